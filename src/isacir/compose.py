@@ -1,0 +1,296 @@
+"""Prompt templates and the splicing of pseudo tokens into a text encoder's input.
+
+The query side produces N vectors in the *word-embedding* space of the foundation's text encoder.
+The server renders ``a photo of {} that {}`` by tokenizing the fixed pieces and the modifier
+separately, reserving N placeholder slots, and then overwriting the embeddings of those slots with
+the pseudo tokens. Building the id sequence by hand (rather than searching for a marker string in
+tokenized text) makes the slots unambiguous, guarantees the pseudo tokens are never truncated, and
+lets the modifier absorb all truncation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence, Union
+
+import torch
+
+from .errors import PseudoTokenError, TemplateError
+
+DEFAULT_TEMPLATE = "a photo of {} that {}"
+PLACEHOLDER = "{}"
+
+Modifier = Union[str, Sequence[str]]
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A template with a pseudo-sentence slot and an optional modifier slot.
+
+    ``full`` is used when a modifier is present and ``empty`` when it is blank. By default the
+    empty form is the template cut right after the first placeholder, so ``a photo of {} that {}``
+    reads ``a photo of {}`` for an empty modifier, which is exactly the GCD training prompt.
+    """
+
+    full: str
+    empty: str
+
+    @classmethod
+    def parse(cls, template: "str | PromptTemplate", empty: str | None = None) -> "PromptTemplate":
+        if isinstance(template, PromptTemplate):
+            return template
+        if not isinstance(template, str):
+            raise TemplateError(f"template must be a string, got {type(template).__name__}")
+        count = template.count(PLACEHOLDER)
+        if count not in (1, 2):
+            raise TemplateError(
+                f"template {template!r} must contain one '{{}}' for the pseudo tokens and optionally a "
+                f"second '{{}}' for the modifier; found {count}"
+            )
+        if empty is None:
+            cut = template.index(PLACEHOLDER) + len(PLACEHOLDER)
+            empty = template[:cut]
+        if empty.count(PLACEHOLDER) != 1:
+            raise TemplateError(f"empty-modifier template {empty!r} must contain exactly one '{{}}'")
+        return cls(full=template, empty=empty)
+
+    @property
+    def has_modifier_slot(self) -> bool:
+        return self.full.count(PLACEHOLDER) == 2
+
+    def pieces(self, with_modifier: bool) -> list[str]:
+        """Text around the slots: ``[prefix, suffix]`` or ``[prefix, middle, suffix]``."""
+        return (self.full if with_modifier else self.empty).split(PLACEHOLDER)
+
+    def render(self, sentence: str, modifier: str = "") -> str:
+        """Plain-text rendering, e.g. to encode a real caption through the same template."""
+        if modifier.strip():
+            if not self.has_modifier_slot:
+                raise TemplateError(f"template {self.full!r} has no modifier slot")
+            return self.full.replace(PLACEHOLDER, sentence, 1).replace(PLACEHOLDER, modifier.strip(), 1)
+        return self.empty.replace(PLACEHOLDER, sentence, 1)
+
+
+class TokenizerAdapter:
+    """The few tokenizer facts composition needs, independent of the tokenizer library."""
+
+    context_length: int
+    bos: list[int]
+    eos: list[int]
+    pad_id: int
+    placeholder_id: int
+    #: "max" pads every row to the context length (CLIP); "longest" pads to the batch maximum.
+    pad_to: str = "max"
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize plain texts with the same layout as composed prompts: ``(ids, attention_mask)``."""
+        rows = []
+        budget = self.context_length - len(self.bos) - len(self.eos)
+        for text in texts:
+            rows.append(self.bos + self.encode(text)[:budget] + self.eos)
+        return self._pad(rows)
+
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = self.context_length if self.pad_to == "max" else max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+
+class OpenClipTokenizerAdapter(TokenizerAdapter):
+    """open_clip's ``SimpleTokenizer`` (CLIP BPE): ``<sot> ... <eot>`` zero-padded to the context."""
+
+    pad_to = "max"
+
+    def __init__(self, tokenizer, context_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.context_length = int(context_length or tokenizer.context_length)
+        self.bos = [tokenizer.sot_token_id]
+        self.eos = [tokenizer.eot_token_id]
+        self.pad_id = 0
+        # CLIP pools at argmax(ids) (the EOT id is the largest): the slot id must stay below it.
+        self.placeholder_id = tokenizer.encoder.get("*</w>", 0)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+
+class HFTokenizerAdapter(TokenizerAdapter):
+    """Any Hugging Face tokenizer (BERT WordPiece for BLIP, SentencePiece for SigLIP, ...)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        context_length: int,
+        pad_to: str = "longest",
+        clean: Callable[[str], str] | None = None,
+        strip_sep: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.context_length = int(context_length)
+        self.pad_to = pad_to
+        self.clean = clean or (lambda s: s)
+        # Learn where the special tokens go by tokenizing a probe word with and without them.
+        bare = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+        wrapped = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        at = next((i for i in range(len(wrapped)) if wrapped[i : i + len(bare)] == bare), None)
+        if not bare or at is None:
+            raise ValueError(f"cannot infer the special-token layout of {type(tokenizer).__name__}")
+        self.bos, self.eos = wrapped[:at], wrapped[at + len(bare) :]
+        if strip_sep and tokenizer.sep_token_id is not None:
+            self.eos = [0 if t == tokenizer.sep_token_id else t for t in self.eos]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        star = tokenizer.convert_tokens_to_ids("*")
+        unk = tokenizer.unk_token_id
+        self.placeholder_id = star if star is not None and star != unk else (unk if unk is not None else 0)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(self.clean(text), add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class ComposedInputs:
+    """Token ids with reserved slots, ready for a text encoder."""
+
+    input_ids: torch.Tensor  # [M, L]
+    attention_mask: torch.Tensor  # [M, L]
+    slot_mask: torch.Tensor  # [M, L] bool, exactly N True per row
+    truncated: list[int]  # modifier tokens dropped per row
+
+
+def max_pseudo_tokens(adapter: TokenizerAdapter, template: PromptTemplate) -> int:
+    """Largest N that fits the context with this template and an empty modifier slot."""
+    with_mod = template.has_modifier_slot
+    fixed = sum(len(adapter.encode(p)) for p in template.pieces(with_mod) if p.strip())
+    return adapter.context_length - len(adapter.bos) - len(adapter.eos) - fixed
+
+
+def build_composed_inputs(
+    adapter: TokenizerAdapter,
+    template: PromptTemplate,
+    num_tokens: int,
+    modifiers: Sequence[str],
+) -> ComposedInputs:
+    """Lay out ``bos + prefix + [slot]*N + middle + modifier + suffix + eos`` for each modifier."""
+    cache: dict[str, list[int]] = {}
+
+    def enc(piece: str) -> list[int]:
+        if piece not in cache:
+            cache[piece] = adapter.encode(piece) if piece.strip() else []
+        return cache[piece]
+
+    specials = len(adapter.bos) + len(adapter.eos)
+    rows: list[list[int]] = []
+    slots: list[int] = []
+    truncated: list[int] = []
+    for modifier in modifiers:
+        if modifier.strip():
+            if not template.has_modifier_slot:
+                raise TemplateError(f"template {template.full!r} has no modifier slot, but a modifier was given")
+            prefix, middle, suffix = template.pieces(True)
+            head, tail = enc(prefix), enc(middle)
+            end = enc(suffix)
+            mod = adapter.encode(modifier)
+        else:
+            prefix, suffix = template.pieces(False)
+            head, tail, end, mod = enc(prefix), [], enc(suffix), []
+        fixed = specials + len(head) + num_tokens + len(tail) + len(end)
+        budget = adapter.context_length - fixed
+        if budget < 0:
+            raise PseudoTokenError(
+                f"{num_tokens} pseudo tokens do not fit: the template needs {fixed} positions but the text "
+                f"encoder's context is {adapter.context_length}"
+            )
+        truncated.append(max(0, len(mod) - budget))
+        mod = mod[:budget]
+        slots.append(len(adapter.bos) + len(head))
+        rows.append(adapter.bos + head + [adapter.placeholder_id] * num_tokens + tail + mod + end + adapter.eos)
+    ids, mask = adapter._pad(rows)
+    slot_mask = torch.zeros_like(ids, dtype=torch.bool)
+    for i, start in enumerate(slots):
+        slot_mask[i, start : start + num_tokens] = True
+    return ComposedInputs(ids, mask, slot_mask, truncated)
+
+
+def splice(embeds: torch.Tensor, slot_mask: torch.Tensor, pseudo_tokens: torch.Tensor) -> torch.Tensor:
+    """Overwrite the slot embeddings with pseudo tokens; differentiable w.r.t. ``pseudo_tokens``."""
+    source = pseudo_tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1])
+    return embeds.masked_scatter(slot_mask.unsqueeze(-1).to(embeds.device), source)
+
+
+def validate_pseudo_tokens(
+    tokens: object,
+    word_dim: int,
+    max_tokens: int | None = None,
+    expected_tokens: int | None = None,
+) -> torch.Tensor:
+    """Check shape, dtype and finiteness, with messages that say what was expected."""
+    if not isinstance(tokens, torch.Tensor):
+        raise PseudoTokenError(f"pseudo tokens must be a torch.Tensor [B, N, D], got {type(tokens).__name__}")
+    if not tokens.is_floating_point():
+        raise PseudoTokenError(f"pseudo tokens must be floating point, got dtype {tokens.dtype}")
+    if tokens.ndim != 3:
+        raise PseudoTokenError(
+            f"pseudo tokens must have shape [B, N, D] (batch, tokens, word dim), got {tuple(tokens.shape)}"
+        )
+    b, n, d = tokens.shape
+    if d != word_dim:
+        raise PseudoTokenError(
+            f"pseudo tokens have D={d}, but this foundation's word-embedding dimension is {word_dim}"
+        )
+    if n < 1:
+        raise PseudoTokenError("pseudo tokens must contain at least one token (N >= 1)")
+    if expected_tokens is not None and n != expected_tokens:
+        raise PseudoTokenError(f"expected N={expected_tokens} pseudo tokens per query, got N={n}")
+    if max_tokens is not None and n > max_tokens:
+        raise PseudoTokenError(f"N={n} pseudo tokens exceed the {max_tokens} that fit in the text context")
+    if b and not torch.isfinite(tokens).all():
+        bad = (~torch.isfinite(tokens)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise PseudoTokenError(f"pseudo tokens contain NaN or Inf (queries {bad[:10]})")
+    return tokens
+
+
+def expand_modifiers(modifiers: "Modifier | Iterable[Modifier] | None", batch: int) -> tuple[list[str], list[int]]:
+    """Flatten per-query modifiers (a string or several strings each) into ``(texts, owner index)``.
+
+    ``None`` means an empty modifier for every query; a single string is shared by all queries.
+    """
+    if modifiers is None:
+        per_query: list[Modifier] = [""] * batch
+    elif isinstance(modifiers, str):
+        per_query = [modifiers] * batch
+    else:
+        per_query = list(modifiers)
+    if len(per_query) != batch:
+        raise PseudoTokenError(f"got {len(per_query)} modifiers for {batch} queries; pass one per query")
+    texts: list[str] = []
+    owner: list[int] = []
+    for i, item in enumerate(per_query):
+        group = [item] if isinstance(item, str) else list(item)
+        if not group:
+            raise PseudoTokenError(f"query {i} has an empty list of modifiers; use '' for no modifier")
+        for text in group:
+            if not isinstance(text, str):
+                raise PseudoTokenError(f"modifier of query {i} must be a string, got {type(text).__name__}")
+            texts.append(text)
+            owner.append(i)
+    return texts, owner
+
+
+def average_groups(features: torch.Tensor, owner: Sequence[int], batch: int, normalize: bool) -> torch.Tensor:
+    """Mean of (normalised) features per query; identity when each query has one modifier."""
+    if len(owner) == batch:
+        return features
+    index = torch.as_tensor(owner, device=features.device)
+    if normalize:
+        features = torch.nn.functional.normalize(features, dim=-1)
+    out = features.new_zeros((batch, features.shape[-1])).index_add(0, index, features)
+    counts = torch.bincount(index, minlength=batch).clamp_min(1).to(features.dtype)
+    out = out / counts.unsqueeze(-1)
+    return torch.nn.functional.normalize(out, dim=-1) if normalize else out

@@ -1,0 +1,249 @@
+"""The one interface every large vision-language foundation implements.
+
+Retrieval, training and serving only talk to :class:`Foundation`; a family (open_clip, BLIP, ...)
+supplies the few model-specific forwards. Composition (template, slots, truncation, averaging of
+several modifiers) is shared here so that it behaves identically across families.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..compose import (
+    DEFAULT_TEMPLATE,
+    Modifier,
+    PromptTemplate,
+    TokenizerAdapter,
+    average_groups,
+    build_composed_inputs,
+    expand_modifiers,
+    max_pseudo_tokens,
+    validate_pseudo_tokens,
+)
+from ..errors import PseudoTokenError
+from ..fingerprint import hash_state_dict
+from ..imageio import ImageSource, load_image
+
+
+@dataclass
+class ImageFeatures:
+    """Image-side outputs of a foundation.
+
+    ``global_`` and ``local`` live in the joint image-text space (what retrieval and token-to-patch
+    alignment compare against); ``hidden`` is the raw vision sequence a matching head cross-attends
+    to (BLIP ITM), or ``None`` where the family has no such head.
+    """
+
+    global_: torch.Tensor  # [B, D]
+    local: torch.Tensor | None = None  # [B, P, D]
+    hidden: torch.Tensor | None = None  # [B, T, W]
+
+
+class Foundation(nn.Module):
+    """A frozen VL model: image/text/composed encoders, word embeddings, optional matching head."""
+
+    #: Registry family prefix, e.g. ``"openclip"``.
+    family: str = ""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self._fingerprint: str | None = None
+
+    # ----- required facts and forwards (family-specific) -----------------------------------------
+    tokenizer: TokenizerAdapter
+    transform: Callable[[Image.Image], torch.Tensor]
+
+    @property
+    @abstractmethod
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text space."""
+
+    @property
+    @abstractmethod
+    def token_embedding(self) -> nn.Embedding:
+        """The text encoder's input word-embedding table."""
+
+    @abstractmethod
+    def _text_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        slot_mask: torch.Tensor | None = None,
+        pseudo_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Un-normalised joint-space text features, with pseudo tokens spliced into the slots."""
+
+    @abstractmethod
+    def _image_forward(self, pixels: torch.Tensor, local: bool) -> ImageFeatures:
+        """Un-normalised joint-space image features."""
+
+    def _architecture(self) -> object:
+        """JSON-able architecture description folded into the fingerprint."""
+        return {"family": self.family}
+
+    # ----- shared behaviour ------------------------------------------------------------------------
+    @property
+    def word_dim(self) -> int:
+        return self.token_embedding.embedding_dim
+
+    @property
+    def context_length(self) -> int:
+        return self.tokenizer.context_length
+
+    @property
+    def has_matching_head(self) -> bool:
+        return False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of architecture and all weights; computed once (weights are frozen)."""
+        if self._fingerprint is None:
+            self._fingerprint = hash_state_dict(self.state_dict(), extra=self._architecture())
+        return self._fingerprint
+
+    def freeze(self) -> "Foundation":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> "Foundation":
+        # Frozen by design: dropout must never switch on because a parent module went to train().
+        return super().train(False)
+
+    def word_embedding_rms(self) -> float:
+        """Per-dimension RMS of the word embeddings; scales a fresh token learner's output."""
+        w = self.token_embedding.weight.detach().float()
+        return float(w.pow(2).mean().sqrt())
+
+    # ----- images ---------------------------------------------------------------------------------
+    def preprocess(self, image: ImageSource) -> torch.Tensor:
+        """Decode any supported image (odd modes are converted) into a model-ready tensor."""
+        return self.transform(load_image(image))
+
+    def preprocess_batch(self, images: Iterable[ImageSource]) -> torch.Tensor:
+        return torch.stack([self.preprocess(im) for im in images])
+
+    def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = self._image_forward(pixels.to(self.device), local=False).global_
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_image_features(self, pixels: torch.Tensor, normalize: bool = True) -> ImageFeatures:
+        """Global plus local (patch) features; local ones are what LAR aligns tokens with."""
+        out = self._image_forward(pixels.to(self.device), local=True)
+        if normalize:
+            out.global_ = F.normalize(out.global_, dim=-1)
+            if out.local is not None:
+                out.local = F.normalize(out.local, dim=-1)
+        return out
+
+    # ----- text -----------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokenizer(list(texts))
+
+    def encode_text(self, texts: Sequence[str] | str, normalize: bool = True) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        ids, mask = self.tokenize(texts)
+        feats = self._text_forward(ids.to(self.device), mask.to(self.device))
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    def embed_words(self, text: str) -> torch.Tensor:
+        """The real word embeddings of ``text`` (no special tokens): ``[n_tokens, word_dim]``."""
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long, device=self.device)
+        return self.token_embedding(ids)
+
+    def max_pseudo_tokens(self, template: str | PromptTemplate = DEFAULT_TEMPLATE) -> int:
+        return max_pseudo_tokens(self.tokenizer, PromptTemplate.parse(template))
+
+    def _composed_inputs(self, pseudo_tokens, modifiers, template, expected_tokens):
+        tpl = PromptTemplate.parse(template)
+        tokens = validate_pseudo_tokens(
+            pseudo_tokens, self.word_dim, max_pseudo_tokens(self.tokenizer, tpl), expected_tokens
+        )
+        texts, owner = expand_modifiers(modifiers, tokens.shape[0])
+        inputs = build_composed_inputs(self.tokenizer, tpl, tokens.shape[1], texts)
+        repeated = tokens.index_select(0, torch.as_tensor(owner, device=tokens.device))
+        dev = self.device
+        return inputs, repeated.to(dev), owner, tokens.shape[0]
+
+    def encode_composed(
+        self,
+        pseudo_tokens: torch.Tensor,
+        modifiers: Modifier | Iterable[Modifier] | None = None,
+        template: str | PromptTemplate = DEFAULT_TEMPLATE,
+        normalize: bool = True,
+        expected_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """Read ``template`` with the pseudo tokens in the first slot and the modifier in the second.
+
+        ``modifiers`` holds one entry per query: a string, or several strings whose normalised
+        features are averaged (FashionIQ's two captions). The modifier is truncated to fit the
+        context; pseudo tokens never are. Gradients flow to ``pseudo_tokens`` only.
+        """
+        inputs, repeated, owner, batch = self._composed_inputs(pseudo_tokens, modifiers, template, expected_tokens)
+        feats = self._text_forward(
+            inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device), inputs.slot_mask, repeated
+        )
+        if normalize:
+            feats = F.normalize(feats, dim=-1)
+        return average_groups(feats, owner, batch, normalize)
+
+    # ----- matching head --------------------------------------------------------------------------
+    def match_score(
+        self,
+        image_hidden: torch.Tensor,
+        texts: Sequence[str] | None = None,
+        pseudo_tokens: torch.Tensor | None = None,
+        modifiers: Modifier | Iterable[Modifier] | None = None,
+        template: str | PromptTemplate = DEFAULT_TEMPLATE,
+    ) -> torch.Tensor | None:
+        """Pairwise match logits (image i with text/composition i), or ``None`` without a head.
+
+        ``image_hidden`` is :attr:`ImageFeatures.hidden`. Pass either plain ``texts`` or
+        ``pseudo_tokens`` (+ ``modifiers``); with several modifiers per query, logits are averaged.
+        """
+        if not self.has_matching_head:
+            return None
+        if (texts is None) == (pseudo_tokens is None):
+            raise PseudoTokenError("match_score needs exactly one of texts or pseudo_tokens")
+        if texts is not None:
+            ids, mask = self.tokenize(list(texts))
+            if ids.shape[0] != image_hidden.shape[0]:
+                raise PseudoTokenError(f"{ids.shape[0]} texts for {image_hidden.shape[0]} images")
+            return self._match_forward(image_hidden.to(self.device), ids.to(self.device), mask.to(self.device))
+        inputs, repeated, owner, batch = self._composed_inputs(pseudo_tokens, modifiers, template, None)
+        if batch != image_hidden.shape[0]:
+            raise PseudoTokenError(f"{batch} pseudo-token queries for {image_hidden.shape[0]} images")
+        hidden = image_hidden.to(self.device).index_select(0, torch.as_tensor(owner, device=self.device))
+        logits = self._match_forward(
+            hidden, inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device), inputs.slot_mask, repeated
+        )
+        return average_groups(logits.unsqueeze(-1), owner, batch, normalize=False).squeeze(-1)
+
+    def _match_forward(self, image_hidden, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Facts for logs, ``isacir foundation info`` and checkpoint configs."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "fingerprint": self.fingerprint,
+            "embed_dim": self.embed_dim,
+            "word_dim": self.word_dim,
+            "context_length": self.context_length,
+            "has_matching_head": self.has_matching_head,
+            "parameters": sum(p.numel() for p in self.parameters()),
+        }

@@ -1,0 +1,267 @@
+"""open_clip foundations: any architecture, random init, a pretrained tag, or a local checkpoint.
+
+Spec forms after ``openclip:``:
+
+* ``ARCH`` -- random init (warns; for latency benchmarks and tests),
+* ``ARCH/TAG`` -- the library's own download and cache (users with internet),
+* ``ARCH@/path/ckpt.pt`` -- a local checkpoint file; a custom ARCH is read from ``ARCH.json`` or
+  ``open_clip_config.json`` beside it,
+* ``ARCH@/path/dir`` or ``local-dir:/path/dir`` -- a folder with ``open_clip_config.json`` and weights,
+* ``hf-hub:org/repo`` -- open_clip's Hub schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..compose import HFTokenizerAdapter, OpenClipTokenizerAdapter, TokenizerAdapter, splice
+from ..errors import FoundationLoadError, UnknownModelError
+from .base import Foundation, ImageFeatures
+from .registry import register_family
+
+
+class RandomInitWarning(UserWarning):
+    """A foundation was built without pretrained weights."""
+
+
+def _offline_hint(arch: str, what: str) -> str:
+    return (
+        f"Could not obtain {what} for open_clip model {arch!r}: no network access and no cached copy. "
+        f"Download it on a machine with internet (it lands in the Hugging Face cache), or pass a local "
+        f"checkpoint: openclip:{arch}@/path/to/checkpoint.pt (or a folder with open_clip_config.json)."
+    )
+
+
+def _register_custom_config(arch: str, checkpoint: Path) -> bool:
+    """Make a custom architecture config next to ``checkpoint`` known to open_clip."""
+    import open_clip
+
+    folder = checkpoint.parent
+    direct = folder / f"{arch}.json"
+    if direct.is_file():
+        open_clip.add_model_config(direct)
+        return True
+    bundled = folder / "open_clip_config.json"
+    if bundled.is_file():
+        cfg = json.loads(bundled.read_text())
+        model_cfg = cfg.get("model_cfg", cfg)
+        tmp = Path(tempfile.mkdtemp(prefix="isacir-oc-")) / f"{arch}.json"
+        tmp.write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(tmp)
+        return True
+    return False
+
+
+def _unknown_arch(arch: str) -> UnknownModelError:
+    import open_clip
+
+    close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return UnknownModelError(
+        f"unknown open_clip architecture {arch!r}.{hint} See open_clip.list_models(), or save a custom "
+        f"config as {arch}.json beside your checkpoint and use openclip:{arch}@/path/ckpt.pt."
+    )
+
+
+def _tokenizer_adapter(tokenizer, context_length: int) -> TokenizerAdapter:
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+
+    if isinstance(tokenizer, SimpleTokenizer):
+        return OpenClipTokenizerAdapter(tokenizer, context_length)
+    if isinstance(tokenizer, HFTokenizer):
+        if getattr(tokenizer, "tokenizer_mode", None) == "clips":
+            raise UnknownModelError("open_clip 'clips' tokenizer mode is not supported for composition")
+        return HFTokenizerAdapter(
+            tokenizer.tokenizer,
+            context_length,
+            pad_to="max",
+            clean=tokenizer.clean_fn,
+            strip_sep=getattr(tokenizer, "strip_sep_token", False),
+        )
+    raise UnknownModelError(f"tokenizer type {type(tokenizer).__name__} is not supported for composition")
+
+
+class OpenClipFoundation(Foundation):
+    family = "openclip"
+
+    def __init__(self, name: str, model: nn.Module, preprocess, tokenizer, architecture: dict):
+        super().__init__(name)
+        self.model = model
+        self.transform = preprocess
+        context = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77)
+        self.tokenizer = _tokenizer_adapter(tokenizer, context)
+        self._arch = architecture
+        self._splice_state = threading.local()
+        self._token_embedding = self._find_token_embedding(model)
+        self._token_embedding.register_forward_hook(self._splice_hook)
+        visual = model.visual
+        # Always ask the ViT for its patch tokens: toggling per call would not be thread-safe.
+        self._visual_tokens = hasattr(visual, "output_tokens")
+        if self._visual_tokens:
+            visual.output_tokens = True
+
+    @staticmethod
+    def _find_token_embedding(model: nn.Module) -> nn.Embedding:
+        for owner in (model, getattr(model, "text", None)):
+            emb = getattr(owner, "token_embedding", None)
+            if isinstance(emb, nn.Embedding):
+                return emb
+        text = getattr(model, "text", None)
+        if text is not None and hasattr(getattr(text, "transformer", None), "get_input_embeddings"):
+            return text.transformer.get_input_embeddings()
+        raise UnknownModelError(f"cannot locate the word-embedding table of {type(model).__name__}")
+
+    def _splice_hook(self, module, args, output):
+        state = getattr(self._splice_state, "value", None)
+        if state is None:
+            return output
+        slot_mask, pseudo = state
+        return splice(output, slot_mask.to(output.device), pseudo)
+
+    @property
+    def embed_dim(self) -> int:
+        proj = getattr(self.model, "text_projection", None)
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        if isinstance(proj, torch.Tensor):
+            return proj.shape[1]
+        return int(self._arch.get("embed_dim"))
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self._token_embedding
+
+    def _architecture(self) -> object:
+        return {"family": self.family, **self._arch}
+
+    def _text_forward(self, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
+        if slot_mask is None:
+            return self.model.encode_text(input_ids)
+        self._splice_state.value = (slot_mask, pseudo_tokens)
+        try:
+            return self.model.encode_text(input_ids)
+        finally:
+            self._splice_state.value = None
+
+    def _image_forward(self, pixels: torch.Tensor, local: bool) -> ImageFeatures:
+        visual = self.model.visual
+        out = visual(pixels)
+        if not self._visual_tokens:
+            if local:
+                warnings.warn(f"{type(visual).__name__} exposes no patch tokens; local features are None")
+            return ImageFeatures(global_=out)
+        pooled, tokens = out
+        if not local:
+            return ImageFeatures(global_=pooled)
+        proj = getattr(visual, "proj", None)
+        if isinstance(proj, torch.Tensor) and tokens.shape[-1] == proj.shape[0]:
+            tokens = tokens @ proj
+        return ImageFeatures(global_=pooled, local=tokens)
+
+
+def _parse_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """-> (arch or schema name, tag, path)."""
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        return spec, None, None
+    if "@" in spec:
+        arch, path = spec.split("@", 1)
+        return arch, None, path
+    if "/" in spec:
+        arch, tag = spec.split("/", 1)
+        return arch, tag, None
+    return spec, None, None
+
+
+def _is_offline_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    needles = ("connect", "offline", "network", "resolve", "download", "hub", "timed out", "cache", "urlopen")
+    return any(n in text for n in needles)
+
+
+@register_family("openclip", "ARCH[/TAG] | ARCH@/path/ckpt.pt | hf-hub:org/repo | local-dir:/path")
+def load_openclip(spec: str, name: str) -> OpenClipFoundation:
+    import open_clip
+
+    arch, tag, path = _parse_spec(spec)
+    kwargs: dict = {}
+    model_name = arch
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise FoundationLoadError(f"open_clip checkpoint not found: {p} (from {name!r})")
+        if p.is_dir():
+            if not (p / "open_clip_config.json").is_file():
+                raise FoundationLoadError(
+                    f"{p} is a folder without open_clip_config.json; pass the checkpoint file instead "
+                    f"(openclip:{arch}@/path/file.pt)"
+                )
+            model_name = f"local-dir:{p}"
+        else:
+            if arch not in open_clip.list_models() and not _register_custom_config(arch, p):
+                raise _unknown_arch(arch)
+            kwargs["pretrained"] = str(p)
+    elif model_name.startswith("local-dir:"):
+        if not Path(model_name.split(":", 1)[1]).is_dir():
+            raise FoundationLoadError(f"open_clip folder not found: {model_name}")
+    elif not model_name.startswith("hf-hub:"):
+        if arch not in open_clip.list_models():
+            raise _unknown_arch(arch)
+        if tag is not None:
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            if tag not in tags:
+                raise UnknownModelError(
+                    f"open_clip model {arch!r} has no pretrained tag {tag!r}; known tags: {', '.join(tags) or 'none'}"
+                )
+            kwargs["pretrained"] = tag
+        else:
+            warnings.warn(
+                f"{name}: no pretrained tag or checkpoint given, using RANDOM weights "
+                "(fine for latency benchmarks and tests, useless for retrieval)",
+                RandomInitWarning,
+                stacklevel=3,
+            )
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, **kwargs)
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except (UnknownModelError, FoundationLoadError):
+        raise
+    except Exception as exc:  # library errors vary by version; translate them into one clear message
+        if path is None and (tag is not None or model_name.startswith("hf-hub:")) and _is_offline_error(exc):
+            what = f"pretrained weights {tag!r}" if tag else "weights"
+            raise FoundationLoadError(_offline_hint(arch, what)) from None
+        where = path or tag or model_name
+        raise FoundationLoadError(f"cannot load open_clip model {name!r} from {where}: {exc}") from None
+    model.eval()
+    cfg = open_clip.get_model_config(model_name) or {}
+    # The fingerprint covers the config, not the name: the same weights saved as a file or a folder
+    # must fingerprint identically.
+    architecture = {"cfg": cfg}
+    return OpenClipFoundation(name, model, preprocess, tokenizer, architecture)
+
+
+def save_openclip_checkpoint(model: nn.Module, folder: str | os.PathLike, model_cfg: dict, preprocess_cfg: dict | None = None) -> Path:
+    """Save an open_clip model as ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+
+    This is the layout ``local-dir:`` and the Hub use, so the folder loads with
+    ``openclip:ARCH@/folder`` on any machine without network.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / "open_clip_model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg, indent=2))
+    return folder

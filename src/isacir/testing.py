@@ -1,0 +1,94 @@
+"""Tiny random-init models of the real architectures, saved in the real on-disk formats.
+
+No machine of this project can download weights, so tests, the demo and CI exercise the real
+loading code on these: an open_clip checkpoint (``open_clip_config.json`` + safetensors, or a
+``.pt`` file with ``ARCH.json`` beside it) and a BLIP model + processor written with
+``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+TINY_OPENCLIP_ARCH = "isacir-tiny-vit"
+TINY_OPENCLIP_CFG: dict = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+TINY_BLIP_WORDS = (
+    "a photo of dog cat that is red blue green big small the with and on in shirt dress sleeveless "
+    "same but make it left right top bottom circle square triangle car chair black white leather"
+).split()
+
+
+def save_tiny_openclip(folder: str | os.PathLike, seed: int = 0, as_file: bool = False) -> str:
+    """Write a tiny random open_clip model; return the foundation name that loads it."""
+    import open_clip
+
+    from .foundation.openclip import save_openclip_checkpoint
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_path = folder / f"{TINY_OPENCLIP_ARCH}.json"
+    cfg_path.write_text(json.dumps(TINY_OPENCLIP_CFG))
+    open_clip.add_model_config(cfg_path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY_OPENCLIP_ARCH, pretrained=None)
+    if as_file:
+        ckpt = folder / "tiny.pt"
+        torch.save({"state_dict": model.state_dict()}, ckpt)
+        return f"openclip:{TINY_OPENCLIP_ARCH}@{ckpt}"
+    save_openclip_checkpoint(
+        model,
+        folder,
+        TINY_OPENCLIP_CFG,
+        {"size": 32, "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
+    )
+    return f"openclip:{TINY_OPENCLIP_ARCH}@{folder}"
+
+
+def save_tiny_blip(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random BLIP retrieval model with a small WordPiece tokenizer via save_pretrained."""
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForImageTextRetrieval,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "*", ",", "."] + TINY_BLIP_WORDS
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True, model_max_length=32)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=32,
+            pad_token_id=0,
+            bos_token_id=2,
+            sep_token_id=3,
+        ),
+        vision_config=dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32, patch_size=8
+        ),
+        image_text_hidden_size=32,
+    )
+    torch.manual_seed(seed)
+    model = BlipForImageTextRetrieval(config).eval()
+    model.save_pretrained(folder)
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return f"hf-blip:{folder}"

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny random-init models of the real architectures, saved in real formats."""
+
+from __future__ import annotations
+
+import os
+
+# No machine of this project can reach a model hub: make any accidental download fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_openclip_dir(tmp_path_factory) -> tuple[str, str]:
+    """(name of the folder form, name of the .pt file form) of the same tiny weights."""
+    from isacir.testing import save_tiny_openclip
+
+    folder = tmp_path_factory.mktemp("tiny_openclip")
+    as_dir = save_tiny_openclip(folder / "dir", seed=0)
+    as_file = save_tiny_openclip(folder / "file", seed=0, as_file=True)
+    return as_dir, as_file
+
+
+@pytest.fixture(scope="session")
+def openclip_fnd(tiny_openclip_dir):
+    from isacir.foundation import create_foundation
+
+    return create_foundation(tiny_openclip_dir[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_name(tmp_path_factory) -> str:
+    from isacir.testing import save_tiny_blip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return save_tiny_blip(tmp_path_factory.mktemp("tiny_blip"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def blip_fnd(tiny_blip_name):
+    from isacir.foundation import create_foundation
+
+    return create_foundation(tiny_blip_name)
+
+
+@pytest.fixture(params=["openclip", "blip"])
+def foundation(request, openclip_fnd, blip_fnd):
+    return openclip_fnd if request.param == "openclip" else blip_fnd

@@ -1,0 +1,80 @@
+"""The CLI as a user runs it: real subprocesses, JSON on the last stdout line, clean errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def run(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+    return proc
+
+
+def last_json(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_version():
+    from isacir import __version__
+
+    assert run("--version").stdout.strip() == f"isacir {__version__}"
+
+
+def test_foundation_info_json(openclip_fnd, tiny_openclip_dir):
+    info = last_json(run("foundation", "info", tiny_openclip_dir[0], "--json"))
+    assert info["fingerprint"] == openclip_fnd.fingerprint
+    assert info["word_dim"] == 64 and info["embed_dim"] == 32
+
+
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("openclip:ViT-B-33", "Did you mean: ViT-B-32"),
+        ("nofamily", "no family prefix"),
+        ("hf-blip:/definitely/not/here", "folder not found"),
+    ],
+)
+def test_bad_foundation_names_give_one_line_errors(name, needle):
+    proc = run("foundation", "info", name, check=False)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+
+
+def test_query_encoder_init_and_info(tmp_path, tiny_blip_name, blip_fnd):
+    out = tmp_path / "qe"
+    run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(out),
+        "--backbone", "mobilenetv3_small_050", "--tokens", "3")
+    info = last_json(run("query-encoder", "info", str(out)))
+    assert info["num_tokens"] == 3 and info["foundation_fingerprint"] == blip_fnd.fingerprint
+    assert info["parameters"] > 0
+    proc = run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(out), "--backbone", "resnet_nope",
+               check=False)
+    assert proc.returncode == 2 and "unknown backbone" in proc.stderr
+
+
+def test_bench_query_side_json(tiny_openclip_dir):
+    proc = run("bench", "query-side", "--foundation", tiny_openclip_dir[0], "--backbone", "mobilenetv3_small_050",
+               "--tokens", "4", "--threads", "1", "--repeats-light", "3", "--repeats-large", "3", "--json")
+    res = last_json(proc)
+    for key in ("light_ms", "large_ms", "speedup", "payload_bytes", "jpeg_bytes"):
+        assert key in res
+    assert res["payload_bytes"] == 4 * 64 * 2
+    assert res["speedup"] == pytest.approx(res["large_ms"] / res["light_ms"], abs=0.01)
+    assert res["jpeg_bytes"] > 1000 and res["jpeg_source"].startswith("scikit-image:astronaut")
+
+
+def test_demo_no_serve(tmp_path):
+    proc = run("demo", "--workdir", str(tmp_path / "demo"), "--no-serve")
+    assert "max |diff|" in proc.stdout and "pseudo tokens" in proc.stdout
+    diffs = [float(line.rsplit("=", 1)[1]) for line in proc.stdout.splitlines() if "max |diff|" in line]
+    assert diffs and max(diffs) < 1e-5
