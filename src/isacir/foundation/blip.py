@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from .._logcapture import captured_library_logs, last_error
 from ..compose import HFTokenizerAdapter, splice
 from ..errors import FoundationLoadError
 from .base import Foundation, ImageFeatures
@@ -111,12 +112,14 @@ def load_blip(spec: str, name: str) -> BlipFoundation:
         raise FoundationLoadError(f"BLIP model folder not found: {local} (from {name!r})")
     source = str(local) if is_local else spec
     try:
-        model = BlipForImageTextRetrieval.from_pretrained(source)
-        processor = BlipProcessor.from_pretrained(source)
+        with captured_library_logs() as logs:
+            model = BlipForImageTextRetrieval.from_pretrained(source)
+            processor = BlipProcessor.from_pretrained(source)
     except OSError as exc:
         if is_local:
             raise FoundationLoadError(f"cannot load BLIP model from {local}: {exc}") from None
-        raise FoundationLoadError(_offline_message(spec)) from None
+        cause = last_error(logs) or str(exc)
+        raise FoundationLoadError(f"{_offline_message(spec)} (last error: {cause})") from None
     except Exception as exc:
         raise FoundationLoadError(f"cannot load BLIP model {name!r}: {exc}") from None
     model.eval()

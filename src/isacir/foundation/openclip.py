@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..compose import HFTokenizerAdapter, OpenClipTokenizerAdapter, TokenizerAdapter, splice
+from .._logcapture import captured_library_logs, last_error
 from ..errors import FoundationLoadError, UnknownModelError
 from .base import Foundation, ImageFeatures
 from .registry import register_family
@@ -230,14 +231,16 @@ def load_openclip(spec: str, name: str) -> OpenClipFoundation:
                 stacklevel=3,
             )
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, **kwargs)
-        tokenizer = open_clip.get_tokenizer(model_name)
+        with captured_library_logs() as logs:
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, **kwargs)
+            tokenizer = open_clip.get_tokenizer(model_name)
     except (UnknownModelError, FoundationLoadError):
         raise
     except Exception as exc:  # library errors vary by version; translate them into one clear message
         if path is None and (tag is not None or model_name.startswith("hf-hub:")) and _is_offline_error(exc):
             what = f"pretrained weights {tag!r}" if tag else "weights"
-            raise FoundationLoadError(_offline_hint(arch, what)) from None
+            cause = last_error(logs) or str(exc)
+            raise FoundationLoadError(f"{_offline_hint(arch, what)} (last error: {cause})") from None
         where = path or tag or model_name
         raise FoundationLoadError(f"cannot load open_clip model {name!r} from {where}: {exc}") from None
     model.eval()
