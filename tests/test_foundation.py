@@ -178,3 +178,24 @@ def test_gradients_reach_pseudo_tokens_only(foundation):
 def test_foundation_stays_in_eval_mode(foundation):
     foundation.train()
     assert not foundation.training and not any(m.training for m in foundation.modules())
+
+
+def test_concurrent_composition_is_thread_safe(foundation):
+    """Serving runs queries in threads; each must get its own pseudo tokens spliced in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    queries = [torch.randn(2, 3, foundation.word_dim) for _ in range(12)]
+    with torch.no_grad():
+        expected = [foundation.encode_composed(q, ["is red", ""]) for q in queries]
+        plain = foundation.encode_text(["a photo of dog"])
+
+        def work(i):
+            if i % 3 == 0:  # plain text encodes interleave with composed ones
+                return foundation.encode_text(["a photo of dog"])
+            return foundation.encode_composed(queries[i], ["is red", ""])
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(work, range(12)))
+    for i, r in enumerate(results):
+        assert torch.allclose(r, plain if i % 3 == 0 else expected[i], atol=1e-6)

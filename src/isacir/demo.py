@@ -43,7 +43,11 @@ def run_demo(workdir: Path, serve: bool = True) -> None:
         warnings.simplefilter("ignore")
         fnd = create_foundation(name)
     info = fnd.describe()
-    console.print(f"   loaded [cyan]{name}[/] through the ordinary loader: {info}")
+    console.print(f"   loaded [cyan]{name}[/] through the ordinary loader")
+    console.print(
+        f"   fingerprint {info['fingerprint']}, joint dim {info['embed_dim']}, word dim {info['word_dim']}, "
+        f"context {info['context_length']}, {info['parameters']:,} parameters"
+    )
 
     console.print("[bold]2.[/] splicing check: real word embeddings in the placeholder vs plain text")
     with torch.no_grad():

@@ -38,8 +38,11 @@ def save_tiny_openclip(folder: str | os.PathLike, seed: int = 0, as_file: bool =
     cfg_path = folder / f"{TINY_OPENCLIP_ARCH}.json"
     cfg_path.write_text(json.dumps(TINY_OPENCLIP_CFG))
     open_clip.add_model_config(cfg_path)
+    from ._logcapture import captured_library_logs
+
     torch.manual_seed(seed)
-    model = open_clip.create_model(TINY_OPENCLIP_ARCH, pretrained=None)
+    with captured_library_logs():  # "no pretrained weights" is the point here
+        model = open_clip.create_model(TINY_OPENCLIP_ARCH, pretrained=None)
     if as_file:
         ckpt = folder / "tiny.pt"
         torch.save({"state_dict": model.state_dict()}, ckpt)
