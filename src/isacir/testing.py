@@ -84,11 +84,21 @@ def save_tiny_blip(folder: str | os.PathLike, seed: int = 0) -> str:
             pad_token_id=0,
             bos_token_id=2,
             sep_token_id=3,
+            initializer_range=0.2,
         ),
+        # BlipVisionConfig defaults to initializer_range=1e-10, which makes a random tower map every
+        # image to the same feature; a livelier init keeps the tiny model a useful test teacher.
         vision_config=dict(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32, patch_size=8
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            image_size=32,
+            patch_size=8,
+            initializer_range=0.2,
         ),
         image_text_hidden_size=32,
+        initializer_range=0.2,
     )
     torch.manual_seed(seed)
     model = BlipForImageTextRetrieval(config).eval()

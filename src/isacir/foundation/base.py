@@ -32,6 +32,18 @@ from ..fingerprint import hash_state_dict
 from ..imageio import ImageSource, load_image
 
 
+def pool_patch_grid(local: torch.Tensor, grid: int | None) -> torch.Tensor:
+    """Average-pool a square patch sequence ``[B, P, D]`` to ``grid x grid`` positions (None: keep)."""
+    if grid is None:
+        return local
+    b, p, d = local.shape
+    side = int(round(p**0.5))
+    if side * side != p:
+        raise ValueError(f"cannot pool {p} local features to a grid: not a square number")
+    x = local.transpose(1, 2).reshape(b, d, side, side)
+    return F.adaptive_avg_pool2d(x, grid).flatten(2).transpose(1, 2)
+
+
 @dataclass
 class ImageFeatures:
     """Image-side outputs of a foundation.

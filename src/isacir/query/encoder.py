@@ -14,9 +14,10 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._version import __version__
@@ -46,7 +47,13 @@ class QueryEncoderConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     foundation_id: str = ""
     foundation_fingerprint: str = ""
+    #: ``isa`` (light backbone on pixels), ``isa-symmetric`` (token learner on the foundation's
+    #: patch features) or ``pic2word`` (one token from the foundation's global feature).
     method: str = "isa"
+    #: Foundation feature size consumed by the symmetric baselines (0 for ``isa``).
+    input_dim: int = 0
+    #: ``isa-symmetric``: patch features pooled to this grid (as in the training cache), or None.
+    local_grid: Optional[int] = None
     backbone_pretrained: str = "none"
     isacir_version: str = __version__
 
@@ -68,16 +75,45 @@ class QueryEncoderConfig:
         return cls(**d)
 
 
+METHODS = ("isa", "isa-symmetric", "pic2word")
+
+
+class Pic2WordMapper(nn.Module):
+    """Pic2Word-style baseline: one pseudo word from the large model's global image feature."""
+
+    def __init__(self, input_dim: int, word_dim: int, hidden_dim: int, output_rms: float):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, word_dim),
+        )
+        self.out_norm = nn.LayerNorm(word_dim)
+        nn.init.constant_(self.out_norm.weight, output_rms)
+
+    def forward(self, global_features: torch.Tensor) -> torch.Tensor:
+        return self.out_norm(self.mlp(global_features)).unsqueeze(1)
+
+
 class QueryEncoder(nn.Module):
-    """Turns an image into ``[N, word_dim]`` pseudo tokens for one specific foundation."""
+    """Turns an image into ``[N, word_dim]`` pseudo tokens for one specific foundation.
+
+    The default method, ``isa``, reads pixels with a light backbone (the asymmetric design). The
+    ``isa-symmetric`` and ``pic2word`` baselines read the large model's own image features instead;
+    they exist so that every comparison runs through the same trainer and evaluation.
+    """
 
     def __init__(self, config: QueryEncoderConfig, backbone_pretrained: bool | str = False):
         super().__init__()
+        if config.method not in METHODS:
+            raise ValueError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
         self.config = config
-        self.backbone, channels, _ = create_backbone(config.backbone, pretrained=backbone_pretrained)
-        self.token_learner = AdaptiveTokenLearner(
-            channels,
-            config.word_dim,
+        self.backbone: nn.Module | None = None
+        self.token_learner: AdaptiveTokenLearner | None = None
+        self.mapper: Pic2WordMapper | None = None
+        tl_kwargs = dict(
             num_tokens=config.num_tokens,
             hidden_dim=config.hidden_dim,
             depth=config.depth,
@@ -85,6 +121,15 @@ class QueryEncoder(nn.Module):
             mlp_ratio=config.mlp_ratio,
             output_rms=config.output_rms,
         )
+        if config.method == "isa":
+            self.backbone, channels, _ = create_backbone(config.backbone, pretrained=backbone_pretrained)
+            self.token_learner = AdaptiveTokenLearner(channels, config.word_dim, **tl_kwargs)
+        elif config.method == "isa-symmetric":
+            self.token_learner = AdaptiveTokenLearner(config.input_dim, config.word_dim, **tl_kwargs)
+        else:
+            if config.num_tokens != 1:
+                raise ValueError("pic2word produces exactly one token (num_tokens=1)")
+            self.mapper = Pic2WordMapper(config.input_dim, config.word_dim, config.hidden_dim, config.output_rms)
         self._transform = config.preprocess.transform()
 
     # ----- construction ---------------------------------------------------------------------------
@@ -96,15 +141,22 @@ class QueryEncoder(nn.Module):
         num_tokens: int = 8,
         pretrained: bool | str = False,
         image_size: int | None = None,
+        method: str = "isa",
         **kwargs,
     ) -> "QueryEncoder":
         """A fresh encoder whose output space is ``foundation``'s word embeddings."""
-        spec = resolve_backbone(backbone)
+        if method != "isa":
+            backbone = "foundation"
+            pretrained = False
+            num_tokens = 1 if method == "pic2word" else num_tokens
+            kwargs.setdefault("input_dim", foundation.embed_dim)
+            kwargs.setdefault("preprocess", PreprocessConfig())
+        spec = resolve_backbone(backbone) if method == "isa" else None
         max_n = foundation.max_pseudo_tokens()
         if not 1 <= num_tokens <= max_n:
             raise ValueError(f"num_tokens must be between 1 and {max_n} for {foundation.name}, got {num_tokens}")
         preprocess = kwargs.pop("preprocess", None)
-        if preprocess is None:
+        if preprocess is None and spec is not None:
             from timm.models import get_pretrained_cfg
 
             pcfg = get_pretrained_cfg(spec.timm_name)
@@ -122,6 +174,7 @@ class QueryEncoder(nn.Module):
             foundation_id=foundation.name,
             foundation_fingerprint=foundation.fingerprint,
             backbone_pretrained=str(pretrained) if pretrained else "none",
+            method=method,
             **kwargs,
         )
         return cls(config, backbone_pretrained=pretrained)
@@ -142,15 +195,56 @@ class QueryEncoder(nn.Module):
     def preprocess(self, image: ImageSource) -> torch.Tensor:
         return self._transform(load_image(image))
 
-    def forward(self, pixels: torch.Tensor, return_maps: bool = False):
-        """``[B, 3, H, W]`` normalised pixels -> ``[B, N, word_dim]`` pseudo tokens."""
-        features = self.backbone(pixels)[-1]
-        return self.token_learner(features, return_maps=return_maps)
+    @property
+    def uses_foundation_features(self) -> bool:
+        """True for the symmetric baselines, which need the large image encoder at query time."""
+        return self.config.method != "isa"
+
+    def forward(
+        self,
+        pixels: torch.Tensor | None = None,
+        *,
+        global_features: torch.Tensor | None = None,
+        local_features: torch.Tensor | None = None,
+        return_maps: bool = False,
+    ):
+        """Pseudo tokens ``[B, N, word_dim]``.
+
+        ``isa`` takes normalised ``pixels [B, 3, H, W]``; ``isa-symmetric`` takes the foundation's
+        ``local_features [B, P, D]``; ``pic2word`` its ``global_features [B, D]``.
+        """
+        method = self.config.method
+        if method == "isa":
+            if pixels is None:
+                raise ValueError("method 'isa' needs pixels")
+            return self.token_learner(self.backbone(pixels)[-1], return_maps=return_maps)
+        if method == "isa-symmetric":
+            if local_features is None:
+                raise ValueError("method 'isa-symmetric' needs the foundation's local features")
+            grid = local_features.transpose(1, 2).unsqueeze(-1)  # [B, D, P, 1]: positions as a 1-wide map
+            return self.token_learner(grid, return_maps=return_maps)
+        if global_features is None:
+            raise ValueError("method 'pic2word' needs the foundation's global features")
+        tokens = self.mapper(global_features)
+        return (tokens, None) if return_maps else tokens
 
     @torch.no_grad()
-    def encode_images(self, images: Iterable[ImageSource]) -> torch.Tensor:
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        return self(pixels)
+    def encode_images(self, images: Iterable[ImageSource], foundation: "Foundation | None" = None) -> torch.Tensor:
+        """Pseudo tokens for image files/bytes/PIL images (symmetric baselines need ``foundation``)."""
+        images = list(images)
+        if not self.uses_foundation_features:
+            pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+            return self(pixels)
+        if foundation is None:
+            raise ValueError(f"method {self.config.method!r} reads the foundation's features: pass foundation=")
+        self.check_foundation(foundation)
+        from ..foundation.base import pool_patch_grid
+
+        feats = foundation.encode_image_features(foundation.preprocess_batch(images))
+        local = None
+        if self.config.method == "isa-symmetric":
+            local = F.normalize(pool_patch_grid(feats.local, self.config.local_grid), dim=-1).to(self.device)
+        return self(global_features=feats.global_.to(self.device), local_features=local)
 
     # ----- compatibility --------------------------------------------------------------------------
     def check_foundation(self, foundation: "Foundation | str") -> None:

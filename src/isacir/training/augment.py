@@ -1,0 +1,31 @@
+"""Query-side augmentation policies.
+
+Only the light side sees augmented images; the teacher features come from the original image
+(that is what makes them cacheable). Policies therefore must not change what a caption would say
+about the image: no colour jitter (colour edits are queries), no flips (left/right edits are
+queries). ``light`` is a mild scale jitter that keeps the layout; ``none`` is plain preprocessing.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+from ..query.preprocess import _INTERP, PreprocessConfig
+
+POLICIES = ("none", "light")
+
+
+def query_transform(pre: PreprocessConfig, policy: str = "light") -> T.Compose:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown augmentation policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if policy == "none":
+        return pre.transform()
+    return T.Compose(
+        [
+            T.RandomResizedCrop(
+                pre.image_size, scale=(0.8, 1.0), ratio=(0.9, 1.1), interpolation=_INTERP[pre.interpolation], antialias=True
+            ),
+            T.ToTensor(),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )

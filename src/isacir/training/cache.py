@@ -1,0 +1,308 @@
+"""Teacher-feature cache: the frozen large model's image features, computed once.
+
+The foundation never changes during training, so re-encoding every image with it each epoch is
+pure waste. Features are stored in shards of memory-mapped ``.npy`` files (fp16), addressed by
+the image's *content hash* inside a folder named by the foundation *fingerprint*, so they are
+reused across epochs, runs, renamed files and duplicate images, and can never be mixed up with
+another model's features.
+
+Crash safety: a shard's arrays are written to temporary names and renamed, then its rows are
+committed to the SQLite index in one transaction. Rows that are not committed do not exist; a
+rerun recomputes only those. Trade-off: the teacher sees the *unaugmented* image (augmentations
+are applied on the query side only); that is what makes caching possible and it matches how the
+gallery is indexed at serving time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import FoundationMismatchError, ImageDecodeError, IsacirError
+from ..foundation.base import pool_patch_grid
+from ..imageio import load_image
+from .data import ImageRecord, content_hash
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+
+CACHE_FORMAT = 1
+
+
+class CacheError(IsacirError):
+    """A cache folder that is unreadable or belongs to another configuration."""
+
+
+@dataclass
+class BuildReport:
+    total: int = 0
+    cached_before: int = 0
+    computed: int = 0
+    duplicates: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
+        return (
+            f"{self.total} images: {self.cached_before} already cached, {self.computed} encoded, "
+            f"{self.duplicates} duplicates, {self.skipped_total} skipped ({why}) in {self.seconds:.1f}s"
+        )
+
+
+class _DecodeDataset(Dataset):
+    """Reads bytes, hashes them and applies the foundation's preprocessing (in DataLoader workers)."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform):
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        rec = self.records[i]
+        try:
+            data = rec.read_bytes()
+            digest = content_hash(data)
+            pixels = self.transform(load_image(data))
+            return i, digest, pixels, ""
+        except ImageDecodeError as exc:
+            return i, "", None, f"{exc.reason}|{rec.key}: {exc}"
+        except OSError as exc:
+            return i, "", None, f"missing|{rec.key}: {exc}"
+
+
+def _collate(batch):
+    return batch
+
+
+class TeacherCache:
+    """Content-addressed, sharded, memory-mapped features of one foundation."""
+
+    def __init__(self, root: str | os.PathLike, foundation_fingerprint: str, variant: dict | None = None):
+        self.variant = dict(variant or {})
+        tag = "-".join(f"{k}{v}" for k, v in sorted(self.variant.items()) if v not in (None, False))
+        self.dir = Path(root) / (foundation_fingerprint + (f"-{tag}" if tag else ""))
+        self.fingerprint = foundation_fingerprint
+        self._db: sqlite3.Connection | None = None
+        self._index: dict[str, tuple[int, int]] | None = None
+        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+
+    # ----- metadata and index ---------------------------------------------------------------------
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "meta.json"
+
+    def meta(self) -> dict:
+        if not self.meta_path.is_file():
+            raise CacheError(f"no teacher cache at {self.dir}")
+        return json.loads(self.meta_path.read_text())
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.dir / "index.sqlite", timeout=60)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE IF NOT EXISTS entries (hash TEXT PRIMARY KEY, shard INTEGER, row INTEGER)")
+            db.execute("CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY, rows INTEGER)")
+            db.commit()
+            self._db = db
+        return self._db
+
+    def _write_meta(self, foundation: "Foundation", kinds: dict[str, list[int]]) -> None:
+        meta = {
+            "format": CACHE_FORMAT,
+            "foundation_id": foundation.name,
+            "foundation_fingerprint": foundation.fingerprint,
+            "variant": self.variant,
+            "arrays": kinds,
+            "dtype": "float16",
+        }
+        if self.meta_path.is_file():
+            old = json.loads(self.meta_path.read_text())
+            if old.get("foundation_fingerprint") != foundation.fingerprint:
+                raise FoundationMismatchError(
+                    f"teacher cache {self.dir} holds features of {old.get('foundation_id')!r} "
+                    f"({old.get('foundation_fingerprint')}), not of {foundation.name!r} ({foundation.fingerprint})"
+                )
+            if old.get("arrays") != kinds:
+                raise CacheError(f"teacher cache {self.dir} stores arrays {old.get('arrays')}, not {kinds}")
+            return
+        tmp = self.meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, self.meta_path)
+
+    def index(self) -> dict[str, tuple[int, int]]:
+        """``content hash -> (shard, row)`` for every committed entry."""
+        if self._index is None:
+            rows = self._connect().execute("SELECT hash, shard, row FROM entries").fetchall()
+            self._index = {h: (s, r) for h, s, r in rows}
+        return self._index
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self.index()
+
+    def __len__(self) -> int:
+        return len(self.index())
+
+    # ----- reading --------------------------------------------------------------------------------
+    def _array(self, shard: int, kind: str) -> np.ndarray:
+        key = (shard, kind)
+        if key not in self._arrays:
+            path = self.dir / f"shard-{shard:06d}.{kind}.npy"
+            self._arrays[key] = np.load(path, mmap_mode="r")
+        return self._arrays[key]
+
+    def get(self, digests: Sequence[str], kind: str = "global") -> torch.Tensor:
+        """Stack cached features of ``digests`` (fp32). Raises KeyError for unknown hashes."""
+        idx = self.index()
+        rows = [idx[d] for d in digests]
+        out = [np.asarray(self._array(s, kind)[r]) for s, r in rows]
+        return torch.from_numpy(np.stack(out).astype(np.float32))
+
+    def kinds(self) -> list[str]:
+        return list(self.meta().get("arrays", {}))
+
+    # ----- building -------------------------------------------------------------------------------
+    def build(
+        self,
+        records: Sequence[ImageRecord],
+        foundation: "Foundation",
+        batch_size: int = 64,
+        shard_size: int = 4096,
+        num_workers: int = 0,
+        local: bool = True,
+        hidden: bool = False,
+        local_grid: int | None = None,
+        progress: bool = True,
+        max_batches: int | None = None,
+    ) -> tuple[BuildReport, list[str | None]]:
+        """Encode every record not cached yet; returns the report and each record's hash (None if skipped).
+
+        ``max_batches`` stops early (used to simulate interruption in tests).
+        """
+        from tqdm.auto import tqdm
+
+        if foundation.fingerprint != self.fingerprint:
+            raise FoundationMismatchError(
+                f"cache {self.dir} is for fingerprint {self.fingerprint}, got {foundation.name} ({foundation.fingerprint})"
+            )
+        t0 = time.perf_counter()
+        db = self._connect()
+        known = self.index()
+        report = BuildReport(total=len(records))
+        hashes: list[str | None] = [None] * len(records)
+        loader = DataLoader(
+            _DecodeDataset(records, foundation.transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            shuffle=False,
+        )
+        pending: dict[str, list[np.ndarray]] = {}
+        pending_hashes: list[str] = []
+        seen_now: set[str] = set()
+        kinds: dict[str, list[int]] | None = None
+        bar = tqdm(total=len(records), desc="teacher cache", unit="img", disable=not progress, leave=False)
+        for b, batch in enumerate(loader):
+            if max_batches is not None and b >= max_batches:
+                break
+            todo_px, todo_hash = [], []
+            for i, digest, pixels, error in batch:
+                if error:
+                    reason, _, message = error.partition("|")
+                    report.skipped[reason] = report.skipped.get(reason, 0) + 1
+                    if len(report.skipped_examples) < 20:
+                        report.skipped_examples.append(message)
+                    continue
+                hashes[i] = digest
+                if digest in known:
+                    report.cached_before += 1
+                elif digest in seen_now:
+                    report.duplicates += 1
+                else:
+                    seen_now.add(digest)
+                    todo_px.append(pixels)
+                    todo_hash.append(digest)
+            if todo_px:
+                feats = self._encode(foundation, torch.stack(todo_px), local, hidden, local_grid)
+                if kinds is None:
+                    kinds = {k: list(v.shape[1:]) for k, v in feats.items()}
+                    self._write_meta(foundation, kinds)
+                for k, v in feats.items():
+                    pending.setdefault(k, []).append(v)
+                pending_hashes.extend(todo_hash)
+                report.computed += len(todo_hash)
+                if len(pending_hashes) >= shard_size:
+                    self._commit_shard(db, pending, pending_hashes)
+                    pending, pending_hashes = {}, []
+            bar.update(len(batch))
+            bar.set_postfix(new=report.computed, skipped=report.skipped_total)
+        bar.close()
+        if pending_hashes:
+            self._commit_shard(db, pending, pending_hashes)
+        report.seconds = time.perf_counter() - t0
+        return report, hashes
+
+    @torch.no_grad()
+    def _encode(self, foundation, pixels, local, hidden, local_grid) -> dict[str, np.ndarray]:
+        feats = foundation.encode_image_features(pixels) if (local or hidden) else None
+        out = {}
+        if feats is None:
+            out["global"] = foundation.encode_image(pixels)
+        else:
+            out["global"] = feats.global_
+            if local:
+                if feats.local is None:
+                    raise CacheError(f"{foundation.name} exposes no local features; use local=False")
+                out["local"] = F.normalize(pool_patch_grid(feats.local, local_grid), dim=-1)
+            if hidden:
+                if feats.hidden is None:
+                    raise CacheError(f"{foundation.name} has no matching-head hidden states")
+                cls, rest = feats.hidden[:, :1], feats.hidden[:, 1:]
+                out["hidden"] = torch.cat([cls, pool_patch_grid(rest, local_grid)], dim=1)
+        return {k: v.float().cpu().numpy().astype(np.float16) for k, v in out.items()}
+
+    def _commit_shard(self, db: sqlite3.Connection, pending: dict[str, list[np.ndarray]], hashes: list[str]) -> None:
+        row = db.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM shards").fetchone()
+        shard = int(row[0])
+        for kind, parts in pending.items():
+            arr = np.concatenate(parts)
+            final = self.dir / f"shard-{shard:06d}.{kind}.npy"
+            tmp = final.with_name(final.name + ".tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        with db:
+            db.execute("INSERT INTO shards (id, rows) VALUES (?, ?)", (shard, len(hashes)))
+            db.executemany(
+                "INSERT OR IGNORE INTO entries (hash, shard, row) VALUES (?, ?, ?)",
+                [(h, shard, r) for r, h in enumerate(hashes)],
+            )
+        self._index = None
+        for k in [k for k in self._arrays if k[0] == shard]:
+            del self._arrays[k]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,133 @@
+"""Unlabeled image sources for training: folders, file lists and WebDataset tar shards.
+
+Every source becomes a sorted list of :class:`ImageRecord` so that training is map-style: a
+per-epoch permutation of indices is a pure function of (seed, epoch), which is what makes exact
+resume and identical DDP sharding possible. Tar shards (what img2dataset writes for CC3M) are
+indexed once by member offset, so reading one image is a seek, not a scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import IsacirError
+
+#: Image extensions used for training data (the gallery side accepts a few more).
+TRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class DataSourceError(IsacirError, ValueError):
+    """A data source that does not exist or holds no images."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """Where one image lives: a file, or a member of a tar shard (``offset``/``size`` of its data)."""
+
+    path: str
+    member: str | None = None
+    offset: int = 0
+    size: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}::{self.member}" if self.member else self.path
+
+    def read_bytes(self) -> bytes:
+        if self.member is None:
+            with open(self.path, "rb") as f:
+                return f.read()
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def content_hash(data: bytes) -> str:
+    """Identity of an image by content: renames and duplicates share one cache entry."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _walk_folder(folder: Path) -> list[ImageRecord]:
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(TRAIN_EXTENSIONS) and not name.startswith("."):
+                found.append(ImageRecord(str(Path(root) / name)))
+    return found
+
+
+def _read_list(list_file: Path) -> list[ImageRecord]:
+    records = []
+    base = list_file.parent
+    for line in list_file.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line)
+        records.append(ImageRecord(str(p if p.is_absolute() else base / p)))
+    return records
+
+
+def index_tar(tar_path: str | os.PathLike) -> list[ImageRecord]:
+    """Image members of one shard with their data offsets (headers only are read)."""
+    records = []
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            for info in tf:
+                if info.isfile() and info.name.lower().endswith(TRAIN_EXTENSIONS):
+                    records.append(ImageRecord(str(tar_path), info.name, info.offset_data, info.size))
+    except (tarfile.TarError, OSError) as exc:
+        raise DataSourceError(f"cannot read tar shard {tar_path}: {exc}") from None
+    return records
+
+
+def _expand_shards(spec: str) -> list[str]:
+    from webdataset.shardlists import expand_urls
+
+    return expand_urls(spec)
+
+
+def discover_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[ImageRecord]:
+    """Resolve folders (recursive), ``.txt``/``.lst`` file lists and ``.tar`` shards (brace patterns ok).
+
+    Files named in a list are not checked here: a missing or corrupt one is skipped and counted
+    when it is read, like any other bad image.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    records: list[ImageRecord] = []
+    for source in sources:
+        s = str(source)
+        if ".tar" in s and ("{" in s or s.endswith(".tar")):
+            shards = _expand_shards(s)
+            missing = [p for p in shards if not Path(p).is_file()]
+            if missing:
+                raise DataSourceError(f"tar shard(s) not found: {missing[:3]}{'...' if len(missing) > 3 else ''}")
+            for shard in shards:
+                records.extend(index_tar(shard))
+            continue
+        p = Path(s)
+        if p.is_dir():
+            records.extend(_walk_folder(p))
+        elif p.is_file() and p.suffix.lower() in (".txt", ".lst"):
+            records.extend(_read_list(p))
+        elif p.is_file() and p.suffix.lower() in TRAIN_EXTENSIONS:
+            records.append(ImageRecord(str(p)))
+        else:
+            raise DataSourceError(
+                f"{s}: not a folder, a .txt/.lst file list, a .tar shard (pattern) or an image file"
+            )
+    if not records:
+        raise DataSourceError(f"no images found in {', '.join(map(str, sources))}")
+    return records
+
+
+def iter_batches(items: Sequence, batch_size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]

@@ -1,0 +1,78 @@
+"""Training objectives: global contrastive distillation (GCD) and local alignment (LAR).
+
+GCD makes the text encoder's reading of ``a photo of <S(x)>`` land where the large image encoder
+put ``x``, relative to the rest of the batch. LAR gives each pseudo token a local visual meaning:
+through the foundation's matching head where it has one (BLIP ITM), otherwise by contrasting each
+token, read on its own, with the image's patch features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Temperature(nn.Module):
+    """``tau`` as ``exp(-log_scale)``: learnable (clamped like CLIP's logit scale) or fixed."""
+
+    def __init__(self, init: float = 0.07, learnable: bool = True, max_scale: float = 100.0):
+        super().__init__()
+        value = torch.tensor(math.log(1.0 / init))
+        if learnable:
+            self.log_scale = nn.Parameter(value)
+        else:
+            self.register_buffer("log_scale", value)
+        self.max_log_scale = math.log(max_scale)
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.clamp(max=self.max_log_scale).exp()
+
+
+def symmetric_info_nce(query: torch.Tensor, target: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Mean of the query->target and target->query cross-entropies with the diagonal as positives."""
+    logits = scale * query @ target.T
+    labels = torch.arange(query.shape[0], device=query.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def gcd_loss(query: torch.Tensor, teacher: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """GCD: composed empty-modifier queries ``[B, D]`` vs cached large image features ``[B, D]``."""
+    return symmetric_info_nce(F.normalize(query, dim=-1), F.normalize(teacher, dim=-1), scale)
+
+
+def token_patch_scores(token_feats: torch.Tensor, patch_feats: torch.Tensor) -> torch.Tensor:
+    """Late-interaction score of every query's tokens against every image's patches.
+
+    ``token_feats [B, N, D]``, ``patch_feats [B, P, D]`` (both normalised) -> ``[B, B]``: for each
+    token its best-matching patch, averaged over tokens.
+    """
+    sim = torch.einsum("ind,jpd->ijnp", token_feats, patch_feats)
+    return sim.max(dim=-1).values.mean(dim=-1)
+
+
+def lar_patch_loss(token_feats: torch.Tensor, patch_feats: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """LAR without a matching head: each token must find its own image's patches, not others'."""
+    scores = token_patch_scores(F.normalize(token_feats, dim=-1), F.normalize(patch_feats, dim=-1))
+    labels = torch.arange(scores.shape[0], device=scores.device)
+    logits = scale * scores
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def hardest_negatives(similarity: torch.Tensor) -> torch.Tensor:
+    """Index of the most similar *other* column per row (BLIP mines ITM negatives this way)."""
+    sim = similarity.detach().clone()
+    sim.fill_diagonal_(float("-inf"))
+    return sim.argmax(dim=1)
+
+
+def lar_itm_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor) -> torch.Tensor:
+    """LAR with a matching head: the pseudo sentence must match its image and not a hard negative.
+
+    Inputs are ITM log-odds for (query i, image i) and (query i, negative image of i).
+    """
+    pos = F.binary_cross_entropy_with_logits(positive_logits, torch.ones_like(positive_logits))
+    neg = F.binary_cross_entropy_with_logits(negative_logits, torch.zeros_like(negative_logits))
+    return 0.5 * (pos + neg)
