@@ -120,6 +120,84 @@ def qe_info(directory: Path = typer.Argument(..., help="Query-encoder checkpoint
     _emit_json(info)
 
 
+@app.command("train")
+def train_cmd(
+    images: list[str] = typer.Option(..., "--images", help="Folder, .txt file list or .tar shards (brace patterns ok); repeatable."),
+    foundation: str = typer.Option(..., help="Frozen large model, e.g. openclip:ViT-L-14/openai."),
+    out_dir: Path = typer.Option(..., "--out", help="Run folder: checkpoints/, final/, train_log.csv."),
+    method: str = typer.Option("isa", help="isa | isa-symmetric | pic2word"),
+    backbone: str = typer.Option("efficientnet_b0", help="Light backbone for isa (see `isacir backbones`)."),
+    tokens: int = typer.Option(8, help="Pseudo tokens N (pic2word always uses 1)."),
+    epochs: int = typer.Option(1),
+    max_steps: Optional[int] = typer.Option(None, help="Optimizer steps for the schedule (default: epochs x steps/epoch)."),
+    stop_after: Optional[int] = typer.Option(None, help="Stop after this many steps without changing the schedule."),
+    batch_size: int = typer.Option(64, help="Per-process batch size."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(3e-4),
+    weight_decay: float = typer.Option(0.05),
+    warmup_steps: int = typer.Option(100),
+    temperature: float = typer.Option(0.07, help="Initial InfoNCE temperature."),
+    fixed_temperature: bool = typer.Option(False, help="Do not learn the temperature."),
+    lar_weight: float = typer.Option(0.0, help="Weight of the local alignment regulariser (0 = GCD only)."),
+    local_grid: Optional[int] = typer.Option(None, help="Pool cached patch features to GRID x GRID (saves disk)."),
+    augment: str = typer.Option("light", help="Query-side augmentation: light | none."),
+    image_size: Optional[int] = typer.Option(None, help="Query-side input size (default: the backbone's)."),
+    pretrained: bool = typer.Option(False, help="Start the backbone from ImageNet weights."),
+    backbone_weights: Optional[Path] = typer.Option(None, help="Local backbone weights file (timm layout)."),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(2, help="DataLoader workers for decoding."),
+    checkpoint_every: int = typer.Option(500, help="Save a resumable checkpoint every N steps."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Teacher-feature cache root (default: OUT/teacher-cache)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute teacher features every step (benchmarks)."),
+    resume: Optional[str] = typer.Option(None, help="'auto' (latest checkpoint in OUT) or a checkpoint folder."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a query encoder from unlabeled images (GCD + optional LAR)."""
+    from .foundation import create_foundation
+    from .training import TrainConfig, train
+
+    config = TrainConfig(
+        method=method,
+        backbone=backbone,
+        pretrained_backbone=str(backbone_weights) if backbone_weights else pretrained,
+        tokens=tokens,
+        image_size=image_size,
+        epochs=epochs,
+        max_steps=max_steps,
+        stop_after=stop_after,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        temperature=temperature,
+        learn_temperature=not fixed_temperature,
+        lar_weight=lar_weight,
+        local_grid=local_grid,
+        augment=augment,
+        seed=seed,
+        num_workers=workers,
+        checkpoint_every=checkpoint_every,
+        use_cache=not no_cache,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        progress=progress,
+    )
+    fnd = create_foundation(foundation)
+    resume_arg: bool | str = False
+    if resume:
+        resume_arg = True if resume == "auto" else resume
+    result = train(images, fnd, out_dir, config, resume=resume_arg, log=lambda m: err.print(m, highlight=False))
+    _emit_json(
+        {
+            "out": str(result.out_dir),
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "skipped": result.skipped,
+            "seconds": round(result.seconds, 2),
+        }
+    )
+
+
 @bench_app.command("query-side")
 def bench_query_side(
     foundation: str = typer.Option("openclip:ViT-L-14", help="Large model (random init is fine for speed)."),

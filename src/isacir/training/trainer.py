@@ -111,6 +111,19 @@ def _barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def _average_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Average float buffers (BatchNorm running stats) across ranks so every rank holds the same model.
+
+    DDP keeps parameters in lockstep but each rank updates running statistics on its own shard.
+    """
+    if info.world <= 1:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world)
+
+
 # ----- data ---------------------------------------------------------------------------------------
 @dataclass
 class TrainItem:
@@ -269,6 +282,7 @@ class TrainResult:
     skipped: dict = field(default_factory=dict)
     seconds: float = 0.0
     history: list = field(default_factory=list)
+    encoder: Optional[QueryEncoder] = None
 
 
 def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistInfo, log) -> list[TrainItem]:
@@ -489,6 +503,7 @@ def train(
                     window_imgs, window_t = 0, time.perf_counter()
             at_epoch_end = micro * config.batch_size >= len(order)
             if step % config.checkpoint_every == 0 or step == stop_at:
+                _average_buffers(module, info)
                 position = {"epoch": epoch + 1, "micro": 0} if at_epoch_end else {"epoch": epoch, "micro": micro}
                 if info.main:
                     _save_checkpoint(out_dir, step, module, optimizer, scheduler, position, config.keep_checkpoints)
@@ -505,4 +520,4 @@ def train(
     _barrier(info)
     seconds = time.perf_counter() - t_start
     say(f"trained {step} steps in {seconds:.1f}s; final loss {last_loss:.4f}; images dropped while training: {dropped_total}")
-    return TrainResult(out_dir, step, last_loss, skipped, seconds, history)
+    return TrainResult(out_dir, step, last_loss, skipped, seconds, history, encoder.eval())

@@ -1,0 +1,224 @@
+"""Training on tiny random models: overfitting, exact resume, DDP, bad files, cache resume."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isacir.query import QueryEncoder
+from isacir.training import TeacherCache, TrainConfig, discover_images, train
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def make_images(folder: Path, n: int, size: int = 32, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images64(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("imgs64"), 64)
+
+
+def _cfg(**kw):
+    base = dict(method="isa", backbone="mobilenetv3_small_050", tokens=4, image_size=48, batch_size=32, lr=3e-3,
+                warmup_steps=5, num_workers=0, augment="none", progress=False, checkpoint_every=10_000)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def self_retrieval_r1(encoder, fnd, paths) -> float:
+    with torch.no_grad():
+        q = fnd.encode_composed(encoder.encode_images(paths, foundation=fnd), None)
+        g = fnd.encode_image(fnd.preprocess_batch(paths))
+    return ((q @ g.T).argmax(1) == torch.arange(len(paths))).float().mean().item()
+
+
+def test_overfit_tiny_run(tmp_path, images64, openclip_fnd):
+    res = train(str(images64), openclip_fnd, tmp_path / "run", _cfg(epochs=100, image_size=64, lr=2e-3), log=lambda m: None)
+    first, last = res.history[0]["loss"], res.history[-1]["loss"]
+    assert last < 0.6 * first, (first, last)
+    encoder = QueryEncoder.from_pretrained(tmp_path / "run" / "final", foundation=openclip_fnd)
+    paths = [r.path for r in discover_images(images64)]
+    assert self_retrieval_r1(encoder, openclip_fnd, paths) >= 0.9
+    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,loss,gcd,lar,lr,temperature,images_per_s") and len(log) > 5
+
+
+def test_blip_with_itm_lar_trains(tmp_path, images64, blip_fnd):
+    res = train(str(images64), blip_fnd, tmp_path / "run", _cfg(epochs=25, lar_weight=0.5), log=lambda m: None)
+    assert res.history[-1]["gcd"] < 0.6 * res.history[0]["gcd"]
+    assert res.history[-1]["lar"] < res.history[0]["lar"]
+    paths = [r.path for r in discover_images(images64)]
+    assert self_retrieval_r1(res.encoder, blip_fnd, paths) >= 0.5
+
+
+@pytest.mark.parametrize("method", ["pic2word", "isa-symmetric"])
+def test_symmetric_baselines_train_from_cache(tmp_path, images64, openclip_fnd, method):
+    res = train(str(images64), openclip_fnd, tmp_path / "run", _cfg(method=method, epochs=100, local_grid=2),
+                log=lambda m: None)
+    assert res.history[-1]["loss"] < 0.7 * res.history[0]["loss"]
+    enc = QueryEncoder.from_pretrained(tmp_path / "run" / "final", foundation=openclip_fnd)
+    assert enc.config.method == method and enc.num_tokens == (1 if method == "pic2word" else 4)
+    paths = [r.path for r in discover_images(images64)]
+    assert self_retrieval_r1(enc, openclip_fnd, paths) > 0.3  # chance is 1/64
+
+
+def test_lar_patch_loss_runs_for_clip(tmp_path, images64, openclip_fnd):
+    res = train(str(images64), openclip_fnd, tmp_path / "run", _cfg(epochs=4, lar_weight=0.3), log=lambda m: None)
+    assert all(r["lar"] > 0 for r in res.history)
+
+
+def test_resume_equivalence(tmp_path, images64, openclip_fnd):
+    """3 steps, stop, resume, 3 more == 6 straight steps (augmentation and grad accumulation on)."""
+    cfg = dict(batch_size=16, grad_accum=2, epochs=3, augment="light", warmup_steps=2, log_every=1)
+    straight = train(str(images64), openclip_fnd, tmp_path / "a", _cfg(**cfg), log=lambda m: None)
+    assert straight.steps == 6
+    first = train(str(images64), openclip_fnd, tmp_path / "b", _cfg(stop_after=3, **cfg), log=lambda m: None)
+    assert first.steps == 3 and not (tmp_path / "b" / "final").exists()
+    resumed = train(str(images64), openclip_fnd, tmp_path / "b", _cfg(**cfg), resume=True, log=lambda m: None)
+    assert resumed.steps == 6
+    a = QueryEncoder.from_pretrained(tmp_path / "a" / "final").state_dict()
+    b = QueryEncoder.from_pretrained(tmp_path / "b" / "final").state_dict()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst
+    rows = (tmp_path / "b" / "train_log.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 7))
+
+
+def test_ddp_two_processes_gloo(tmp_path, images64, tiny_openclip_dir):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           str(Path(__file__).parent / "ddp_train_worker.py"), str(images64), tiny_openclip_dir[0], str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0 world 2" in proc.stdout and "rank 1 world 2" in proc.stdout
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    final = QueryEncoder.from_pretrained(out / "final").state_dict()
+    assert all(torch.equal(final[k], r0[k]) for k in r0)
+    # 64 images / 2 ranks / batch 8 = 4 steps per epoch, 2 epochs
+    assert "steps 8" in proc.stdout
+
+
+def _bad_files(folder: Path) -> dict:
+    (folder / "zero.jpg").write_bytes(b"")
+    good = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(good, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    Image.new("L", (8200, 8200)).save(folder / "bomb.png")
+    (folder / "notes.txt").write_text("not an image, and not a training extension")
+    return {"empty": 1, "truncated": 1, "corrupt": 1, "too_large": 1}
+
+
+def test_folder_with_bad_files_trains_and_reports(tmp_path, tiny_openclip_dir):
+    folder = make_images(tmp_path / "imgs", 40)
+    expected = _bad_files(folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "isacir.cli", "train", "--images", str(folder), "--foundation", tiny_openclip_dir[0],
+         "--out", str(tmp_path / "run"), "--backbone", "mobilenetv3_small_050", "--tokens", "2", "--image-size", "48",
+         "--epochs", "2", "--batch-size", "16", "--workers", "2", "--no-progress"],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["skipped"] == expected and result["steps"] == 4
+    assert "4 skipped" in proc.stderr and "too_large: 1" in proc.stderr
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+SLOW_BUILD = r"""
+import sys, time, warnings
+warnings.simplefilter("ignore")
+from isacir.foundation import create_foundation
+from isacir.training import TeacherCache, discover_images
+fnd = create_foundation(sys.argv[1])
+orig = fnd._image_forward
+def slow(pixels, local):
+    time.sleep(0.3)
+    return orig(pixels, local)
+fnd._image_forward = slow
+cache = TeacherCache(sys.argv[3], fnd.fingerprint)
+cache.build(discover_images(sys.argv[2]), fnd, batch_size=8, shard_size=8, progress=False)
+print("finished")
+"""
+
+
+def test_killed_cache_build_resumes(tmp_path, images64, tiny_openclip_dir, openclip_fnd):
+    root = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, tiny_openclip_dir[0], str(images64), str(root)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cache = TeacherCache(root, openclip_fnd.fingerprint)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (cache.dir / "index.sqlite").exists():
+            cache._index = None
+            try:
+                if 16 <= len(cache) < 64:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cache._index = None
+    done_before = len(cache)
+    assert 16 <= done_before < 64, done_before
+    # a half-written shard left behind by a crash must not confuse the rerun
+    (cache.dir / "shard-999999.global.npy.tmp").write_bytes(b"partial")
+    records = discover_images(images64)
+    report, hashes = cache.build(records, openclip_fnd, batch_size=8, shard_size=8, progress=False)
+    assert report.cached_before == done_before and report.computed == 64 - done_before
+    assert len(cache) == 64 and all(hashes)
+    clean = TeacherCache(tmp_path / "clean", openclip_fnd.fingerprint)
+    clean.build(records, openclip_fnd, batch_size=8, shard_size=8, progress=False)
+    assert torch.equal(cache.get(hashes, "local"), clean.get(hashes, "local"))
+    assert torch.equal(cache.get(hashes, "global"), clean.get(hashes, "global"))
+
+
+def test_cache_refuses_another_foundation(tmp_path, images64, openclip_fnd, blip_fnd):
+    from isacir.errors import FoundationMismatchError
+
+    cache = TeacherCache(tmp_path, openclip_fnd.fingerprint)
+    with pytest.raises(FoundationMismatchError):
+        cache.build(discover_images(images64), blip_fnd, progress=False)
+
+
+def test_tar_shards_and_file_lists(tmp_path, images64):
+    files = sorted(images64.iterdir())
+    for s in range(2):
+        with tarfile.open(tmp_path / f"shard-{s:05d}.tar", "w") as tf:
+            for f in files[s * 32 : (s + 1) * 32]:
+                tf.add(f, arcname=f"{f.stem}.png")
+                info = tarfile.TarInfo(f"{f.stem}.txt")
+                caption = b"a caption img2dataset would write"
+                info.size = len(caption)
+                tf.addfile(info, io.BytesIO(caption))
+    recs = discover_images(str(tmp_path / "shard-{00000..00001}.tar"))
+    assert len(recs) == 64 and all(r.member.endswith(".png") for r in recs)
+    assert recs[5].read_bytes() == files[5].read_bytes()
+    (tmp_path / "list.txt").write_text("# comment\n" + "\n".join(os.path.relpath(f, tmp_path) for f in files[:10]))
+    assert [r.path for r in discover_images(tmp_path / "list.txt")] == [str(tmp_path / os.path.relpath(f, tmp_path)) for f in files[:10]]
+    from isacir.training.data import DataSourceError
+
+    with pytest.raises(DataSourceError, match="not found"):
+        discover_images(str(tmp_path / "missing-{0..3}.tar"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataSourceError, match="no images"):
+        discover_images(tmp_path / "empty")
