@@ -199,3 +199,19 @@ def test_concurrent_composition_is_thread_safe(foundation):
             results = list(pool.map(work, range(12)))
     for i, r in enumerate(results):
         assert torch.allclose(r, plain if i % 3 == 0 else expected[i], atol=1e-6)
+
+
+def test_openclip_truncated_text_path_matches_library(openclip_fnd):
+    """The fast path (skipping padding positions) must equal open_clip's own encode_text."""
+    import open_clip
+
+    assert openclip_fnd._fast_text, "fast text path should be active for a causal CLIP text tower"
+    texts = ["a photo of dog", "a photo of a red car that is now blue and on the left", ""]
+    lib_tok = open_clip.get_tokenizer("local-dir:" + openclip_fnd.name.split("@", 1)[1])
+    with torch.no_grad():
+        lib = F.normalize(openclip_fnd.model.encode_text(lib_tok(texts)), dim=-1)
+        ours = openclip_fnd.encode_text(texts)
+        emb = openclip_fnd.embed_words("dog").unsqueeze(0)
+        spliced = openclip_fnd.encode_composed(emb, [""])
+    assert torch.allclose(ours, lib, atol=1e-5)
+    assert torch.allclose(spliced, lib[:1], atol=1e-5)

@@ -104,6 +104,7 @@ class OpenClipFoundation(Foundation):
         self._splice_state = threading.local()
         self._token_embedding = self._find_token_embedding(model)
         self._token_embedding.register_forward_hook(self._splice_hook)
+        self._fast_text = self._check_fast_text()
         visual = model.visual
         # Always ask the ViT for its patch tokens: toggling per call would not be thread-safe.
         self._visual_tokens = hasattr(visual, "output_tokens")
@@ -144,11 +145,56 @@ class OpenClipFoundation(Foundation):
     def _architecture(self) -> object:
         return {"family": self.family, **self._arch}
 
-    def _text_forward(self, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
-        if slot_mask is None:
-            return self.model.encode_text(input_ids)
-        self._splice_state.value = (slot_mask, pseudo_tokens)
+    def _check_fast_text(self) -> bool:
+        """Use the truncated text forward only where it provably matches the library's.
+
+        CLIP's text tower is causal and pools at the EOT token, so positions after the longest
+        prompt in a batch cannot change the result; skipping them makes short prompts (the usual
+        case: ``a photo of * * * *``) several times faster. The equivalence is checked once here
+        on a real prompt; any mismatch (another open_clip version, a non-causal tower) disables it.
+        """
+        m = self.model
+        mask = getattr(m, "attn_mask", None)
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+        if mask is None or getattr(m, "text_pool_type", None) not in ("argmax", "eos"):
+            return False
+        if not all(hasattr(m, n) for n in needed):
+            return False
         try:
+            ids, att = self.tokenizer(["a photo of a dog that is red"])
+            with torch.no_grad():
+                ref = m.encode_text(ids)
+                fast = self._fast_encode_text(ids, att)
+            return bool(torch.allclose(ref, fast, atol=1e-5, rtol=1e-4))
+        except Exception:
+            return False
+
+    def _fast_encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from open_clip.transformer import text_global_pool
+
+        m = self.model
+        length = int(attention_mask.sum(dim=1).max())
+        ids = input_ids[:, :length]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(ids).to(cast)  # the splice hook sees the truncated ids' embeddings
+        x = x + m.positional_embedding[:length].to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
+        x = m.ln_final(x)
+        x = text_global_pool(x, ids, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        proj = m.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return x
+
+    def _text_forward(self, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
+        fast = getattr(self, "_fast_text", False)
+        if slot_mask is not None:
+            if fast:
+                slot_mask = slot_mask[:, : int(attention_mask.sum(dim=1).max())]
+            self._splice_state.value = (slot_mask, pseudo_tokens)
+        try:
+            if fast:
+                return self._fast_encode_text(input_ids, attention_mask)
             return self.model.encode_text(input_ids)
         finally:
             self._splice_state.value = None
