@@ -92,6 +92,30 @@ def _collate(batch):
     return batch
 
 
+def _no_transform(image):
+    return 0
+
+
+def hash_records(records: Sequence[ImageRecord], num_workers: int = 0) -> tuple[BuildReport, list[str | None]]:
+    """Content hashes of decodable records without encoding anything (training without a cache)."""
+    t0 = time.perf_counter()
+    report = BuildReport(total=len(records))
+    hashes: list[str | None] = [None] * len(records)
+    loader = DataLoader(_DecodeDataset(records, _no_transform), batch_size=64, num_workers=num_workers,
+                        collate_fn=_collate)
+    for batch in loader:
+        for i, digest, _, error in batch:
+            if error:
+                reason, _, message = error.partition("|")
+                report.skipped[reason] = report.skipped.get(reason, 0) + 1
+                if len(report.skipped_examples) < 20:
+                    report.skipped_examples.append(message)
+            else:
+                hashes[i] = digest
+    report.seconds = time.perf_counter() - t0
+    return report, hashes
+
+
 class TeacherCache:
     """Content-addressed, sharded, memory-mapped features of one foundation."""
 
@@ -120,8 +144,8 @@ class TeacherCache:
             db = sqlite3.connect(self.dir / "index.sqlite", timeout=60)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("CREATE TABLE IF NOT EXISTS entries (hash TEXT PRIMARY KEY, shard INTEGER, row INTEGER)")
-            db.execute("CREATE TABLE IF NOT EXISTS shards (id INTEGER PRIMARY KEY, rows INTEGER)")
+            db.execute("CREATE TABLE IF NOT EXISTS entries (hash TEXT PRIMARY KEY, shard TEXT, row INTEGER)")
+            db.execute("CREATE TABLE IF NOT EXISTS shards (id TEXT PRIMARY KEY, writer INTEGER, rows INTEGER)")
             db.commit()
             self._db = db
         return self._db
@@ -145,11 +169,11 @@ class TeacherCache:
             if old.get("arrays") != kinds:
                 raise CacheError(f"teacher cache {self.dir} stores arrays {old.get('arrays')}, not {kinds}")
             return
-        tmp = self.meta_path.with_suffix(".tmp")
+        tmp = self.meta_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, self.meta_path)
 
-    def index(self) -> dict[str, tuple[int, int]]:
+    def index(self) -> dict[str, tuple[str, int]]:
         """``content hash -> (shard, row)`` for every committed entry."""
         if self._index is None:
             rows = self._connect().execute("SELECT hash, shard, row FROM entries").fetchall()
@@ -163,10 +187,10 @@ class TeacherCache:
         return len(self.index())
 
     # ----- reading --------------------------------------------------------------------------------
-    def _array(self, shard: int, kind: str) -> np.ndarray:
+    def _array(self, shard: str, kind: str) -> np.ndarray:
         key = (shard, kind)
         if key not in self._arrays:
-            path = self.dir / f"shard-{shard:06d}.{kind}.npy"
+            path = self.dir / f"shard-{shard}.{kind}.npy"
             self._arrays[key] = np.load(path, mmap_mode="r")
         return self._arrays[key]
 
@@ -193,11 +217,15 @@ class TeacherCache:
         local_grid: int | None = None,
         progress: bool = True,
         max_batches: int | None = None,
+        writer: int = 0,
     ) -> tuple[BuildReport, list[str | None]]:
         """Encode every record not cached yet; returns the report and each record's hash (None if skipped).
 
-        ``max_batches`` stops early (used to simulate interruption in tests).
+        Several processes (DDP ranks) may build into one cache at once, each over its own part of
+        the records and with its own ``writer`` id: shard names never collide and SQLite serialises
+        the short index commits. ``max_batches`` stops early (simulated interruption in tests).
         """
+        self._writer = writer
         from tqdm.auto import tqdm
 
         if foundation.fingerprint != self.fingerprint:
@@ -281,11 +309,12 @@ class TeacherCache:
         return {k: v.float().cpu().numpy().astype(np.float16) for k, v in out.items()}
 
     def _commit_shard(self, db: sqlite3.Connection, pending: dict[str, list[np.ndarray]], hashes: list[str]) -> None:
-        row = db.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM shards").fetchone()
-        shard = int(row[0])
+        writer = getattr(self, "_writer", 0)
+        count = db.execute("SELECT COUNT(*) FROM shards WHERE writer = ?", (writer,)).fetchone()[0]
+        shard = f"w{writer:03d}-{int(count):06d}"
         for kind, parts in pending.items():
             arr = np.concatenate(parts)
-            final = self.dir / f"shard-{shard:06d}.{kind}.npy"
+            final = self.dir / f"shard-{shard}.{kind}.npy"
             tmp = final.with_name(final.name + ".tmp")
             with open(tmp, "wb") as f:
                 np.save(f, arr)
@@ -293,7 +322,7 @@ class TeacherCache:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
         with db:
-            db.execute("INSERT INTO shards (id, rows) VALUES (?, ?)", (shard, len(hashes)))
+            db.execute("INSERT INTO shards (id, writer, rows) VALUES (?, ?, ?)", (shard, writer, len(hashes)))
             db.executemany(
                 "INSERT OR IGNORE INTO entries (hash, shard, row) VALUES (?, ?, ?)",
                 [(h, shard, r) for r, h in enumerate(hashes)],

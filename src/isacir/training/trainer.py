@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from ..errors import ImageDecodeError, IsacirError
 from ..imageio import load_image
 from ..query import QueryEncoder
 from .augment import query_transform
-from .cache import TeacherCache
+from .cache import TeacherCache, hash_records
 from .data import ImageRecord, discover_images
 from .losses import Temperature, gcd_loss, hardest_negatives, lar_itm_loss, lar_patch_loss
 
@@ -99,7 +100,10 @@ def init_distributed() -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        # generous timeout: ranks wait for each other around the teacher-cache build
+        dist.init_process_group(
+            backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=4)
+        )
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
@@ -285,39 +289,58 @@ class TrainResult:
     encoder: Optional[QueryEncoder] = None
 
 
-def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistInfo, log) -> list[TrainItem]:
+def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistInfo, log, work: Path) -> tuple[list[TrainItem], dict]:
+    """Build (or reuse) the teacher cache; every rank encodes its share of the records."""
     records = discover_images(sources)
-    need_local = config.lar_weight > 0 and not foundation.has_matching_head or config.method == "isa-symmetric"
+    need_local = (config.lar_weight > 0 and not foundation.has_matching_head) or config.method == "isa-symmetric"
     need_hidden = config.lar_weight > 0 and foundation.has_matching_head
-    if info.main:
+    mine = list(range(info.rank, len(records), info.world))
+    if config.use_cache:
         report, hashes = cache.build(
-            records,
+            [records[i] for i in mine],
             foundation,
             batch_size=max(8, config.batch_size),
             num_workers=config.num_workers,
             local=need_local,
             hidden=need_hidden,
             local_grid=config.local_grid,
-            progress=config.progress,
+            progress=config.progress and info.main,
+            writer=info.rank,
         )
-        log(f"teacher cache: {report.summary()}")
-        for ex in report.skipped_examples[:5]:
+    else:
+        report, hashes = hash_records([records[i] for i in mine], num_workers=config.num_workers)
+    work.mkdir(parents=True, exist_ok=True)
+    part = work / f".manifest-{os.getpid()}-rank{info.rank}.json"
+    tmp = part.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"index": mine, "hashes": hashes, "skipped": report.skipped,
+                               "summary": report.summary(), "examples": report.skipped_examples[:5]}))
+    os.replace(tmp, part)
+    parts = [part]
+    if info.world > 1:
+        gathered: list = [None] * info.world
+        dist.all_gather_object(gathered, str(part))
+        parts = [Path(p) for p in gathered]
+    all_hashes: list[str | None] = [None] * len(records)
+    skipped: dict[str, int] = {}
+    for p in parts:
+        data = json.loads(Path(p).read_text())
+        for i, h in zip(data["index"], data["hashes"]):
+            all_hashes[i] = h
+        for k, v in data["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+        log(f"teacher cache: {data['summary']}")
+        for ex in data["examples"]:
             log(f"  skipped {ex}")
-        manifest = {"hashes": hashes, "skipped": report.skipped}
-        cache.dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.dir / f".manifest-{os.getpid()}.json"
-        tmp.write_text(json.dumps(manifest))
-        os.replace(tmp, cache.dir / "last-manifest.json")
     _barrier(info)
-    manifest = json.loads((cache.dir / "last-manifest.json").read_text())
+    part.unlink(missing_ok=True)
     seen: set[str] = set()
     items = []
-    for rec, digest in zip(records, manifest["hashes"]):
+    for rec, digest in zip(records, all_hashes):
         if digest and digest not in seen:  # duplicates would be false negatives in the batch
             seen.add(digest)
             items.append(TrainItem(rec, digest))
     cache._index = None
-    return items, manifest["skipped"]
+    return items, skipped
 
 
 def train(
@@ -343,7 +366,7 @@ def train(
     variant = {"grid": config.local_grid}
     cache_root = Path(config.cache_dir) if config.cache_dir else out_dir / "teacher-cache"
     cache = TeacherCache(cache_root, foundation.fingerprint, variant)
-    items, skipped = _prepare_items(config, foundation, sources, cache, info, say)
+    items, skipped = _prepare_items(config, foundation, sources, cache, info, say, out_dir)
     if len(items) < config.batch_size * info.world:
         raise TrainingError(
             f"{len(items)} usable images are fewer than one batch ({config.batch_size} x {info.world} ranks)"
@@ -406,7 +429,7 @@ def train(
     qtf = query_transform(encoder.config.preprocess, config.augment) if need_pixels else None
     dataset = _TrainDataset(items, qtf, teacher_tf, config.seed, need_pixels)
     digests = [it.digest for it in items]
-    kinds = set(cache.kinds())
+    kinds = set(cache.kinds()) if config.use_cache else set()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.csv"
