@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: trainer's auto)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -68,7 +69,7 @@ def main() -> None:
         results = {}
         for use_cache in (True, False):
             cfg = TrainConfig(backbone=args.backbone, tokens=8, image_size=args.image_size, epochs=args.epochs,
-                              batch_size=args.batch_size, num_workers=1, use_cache=use_cache, progress=False,
+                              batch_size=args.batch_size, num_workers=args.workers, use_cache=use_cache, progress=False,
                               log_every=1, checkpoint_every=10_000, warmup_steps=1)
             t0 = time.perf_counter()
             res = train(str(folder), fnd, tmp / f"run-{use_cache}", cfg, log=lambda m: None)

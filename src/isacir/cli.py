@@ -145,7 +145,7 @@ def train_cmd(
     pretrained: bool = typer.Option(False, help="Start the backbone from ImageNet weights."),
     backbone_weights: Optional[Path] = typer.Option(None, help="Local backbone weights file (timm layout)."),
     seed: int = typer.Option(0),
-    workers: int = typer.Option(2, help="DataLoader workers for decoding."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader workers (default: 8 on CUDA, 0 on CPU)."),
     checkpoint_every: int = typer.Option(500, help="Save a resumable checkpoint every N steps."),
     cache_dir: Optional[Path] = typer.Option(None, help="Teacher-feature cache root (default: OUT/teacher-cache)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute teacher features every step (benchmarks)."),
