@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import FoundationMismatchError, ImageDecodeError, IsacirError
 from ..foundation.base import pool_patch_grid
 from ..imageio import load_image
-from .data import ImageRecord, content_hash
+from .data import DecodeDataset, ImageRecord, collate_list
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -65,33 +65,6 @@ class BuildReport:
         )
 
 
-class _DecodeDataset(Dataset):
-    """Reads bytes, hashes them and applies the foundation's preprocessing (in DataLoader workers)."""
-
-    def __init__(self, records: Sequence[ImageRecord], transform):
-        self.records = records
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int):
-        rec = self.records[i]
-        try:
-            data = rec.read_bytes()
-            digest = content_hash(data)
-            pixels = self.transform(load_image(data))
-            return i, digest, pixels, ""
-        except ImageDecodeError as exc:
-            return i, "", None, f"{exc.reason}|{rec.key}: {exc}"
-        except OSError as exc:
-            return i, "", None, f"missing|{rec.key}: {exc}"
-
-
-def _collate(batch):
-    return batch
-
-
 def _no_transform(image):
     return 0
 
@@ -101,8 +74,8 @@ def hash_records(records: Sequence[ImageRecord], num_workers: int = 0) -> tuple[
     t0 = time.perf_counter()
     report = BuildReport(total=len(records))
     hashes: list[str | None] = [None] * len(records)
-    loader = DataLoader(_DecodeDataset(records, _no_transform), batch_size=64, num_workers=num_workers,
-                        collate_fn=_collate)
+    loader = DataLoader(DecodeDataset(records, _no_transform), batch_size=64, num_workers=num_workers,
+                        collate_fn=collate_list)
     for batch in loader:
         for i, digest, _, error in batch:
             if error:
@@ -238,10 +211,10 @@ class TeacherCache:
         report = BuildReport(total=len(records))
         hashes: list[str | None] = [None] * len(records)
         loader = DataLoader(
-            _DecodeDataset(records, foundation.transform),
+            DecodeDataset(records, foundation.transform),
             batch_size=batch_size,
             num_workers=num_workers,
-            collate_fn=_collate,
+            collate_fn=collate_list,
             shuffle=False,
         )
         pending: dict[str, list[np.ndarray]] = {}

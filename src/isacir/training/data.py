@@ -52,13 +52,17 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _walk_folder(folder: Path) -> list[ImageRecord]:
+def _walk_folder(folder: Path, extensions: tuple[str, ...], ignored: list[str] | None) -> list[ImageRecord]:
     found = []
     for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if name.lower().endswith(TRAIN_EXTENSIONS) and not name.startswith("."):
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(extensions):
                 found.append(ImageRecord(str(Path(root) / name)))
+            elif ignored is not None:
+                ignored.append(str(Path(root) / name))
     return found
 
 
@@ -74,13 +78,13 @@ def _read_list(list_file: Path) -> list[ImageRecord]:
     return records
 
 
-def index_tar(tar_path: str | os.PathLike) -> list[ImageRecord]:
+def index_tar(tar_path: str | os.PathLike, extensions: Sequence[str] = TRAIN_EXTENSIONS) -> list[ImageRecord]:
     """Image members of one shard with their data offsets (headers only are read)."""
     records = []
     try:
         with tarfile.open(tar_path, "r:") as tf:
             for info in tf:
-                if info.isfile() and info.name.lower().endswith(TRAIN_EXTENSIONS):
+                if info.isfile() and info.name.lower().endswith(tuple(extensions)):
                     records.append(ImageRecord(str(tar_path), info.name, info.offset_data, info.size))
     except (tarfile.TarError, OSError) as exc:
         raise DataSourceError(f"cannot read tar shard {tar_path}: {exc}") from None
@@ -93,12 +97,18 @@ def _expand_shards(spec: str) -> list[str]:
     return expand_urls(spec)
 
 
-def discover_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) -> list[ImageRecord]:
+def discover_images(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+    extensions: Sequence[str] = TRAIN_EXTENSIONS,
+    ignored: list[str] | None = None,
+) -> list[ImageRecord]:
     """Resolve folders (recursive), ``.txt``/``.lst`` file lists and ``.tar`` shards (brace patterns ok).
 
     Files named in a list are not checked here: a missing or corrupt one is skipped and counted
-    when it is read, like any other bad image.
+    when it is read, like any other bad image. Files in folders with other extensions are left
+    out and, when ``ignored`` is given, listed there.
     """
+    extensions = tuple(e.lower() for e in extensions)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     records: list[ImageRecord] = []
@@ -110,14 +120,14 @@ def discover_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) ->
             if missing:
                 raise DataSourceError(f"tar shard(s) not found: {missing[:3]}{'...' if len(missing) > 3 else ''}")
             for shard in shards:
-                records.extend(index_tar(shard))
+                records.extend(index_tar(shard, extensions))
             continue
         p = Path(s)
         if p.is_dir():
-            records.extend(_walk_folder(p))
+            records.extend(_walk_folder(p, extensions, ignored))
         elif p.is_file() and p.suffix.lower() in (".txt", ".lst"):
             records.extend(_read_list(p))
-        elif p.is_file() and p.suffix.lower() in TRAIN_EXTENSIONS:
+        elif p.is_file() and p.suffix.lower() in extensions:
             records.append(ImageRecord(str(p)))
         else:
             raise DataSourceError(
@@ -126,6 +136,40 @@ def discover_images(sources: str | os.PathLike | Sequence[str | os.PathLike]) ->
     if not records:
         raise DataSourceError(f"no images found in {', '.join(map(str, sources))}")
     return records
+
+
+class DecodeDataset:
+    """Map-style dataset: read bytes, hash them, decode safely and transform (in DataLoader workers).
+
+    Items are ``(index, content hash, pixels, error)``; a bad image yields ``error`` as
+    ``"reason|message"`` instead of raising, so one bad file never kills a batch.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], transform):
+        self.records = records
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        from ..errors import ImageDecodeError
+        from ..imageio import load_image
+
+        rec = self.records[i]
+        try:
+            data = rec.read_bytes()
+            digest = content_hash(data)
+            image = load_image(data)
+            return i, digest, self.transform(image), ""
+        except ImageDecodeError as exc:
+            return i, "", None, f"{exc.reason}|{rec.key}: {exc}"
+        except OSError as exc:
+            return i, "", None, f"missing|{rec.key}: {exc}"
+
+
+def collate_list(batch):
+    return batch
 
 
 def iter_batches(items: Sequence, batch_size: int) -> Iterable[Sequence]:

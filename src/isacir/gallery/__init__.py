@@ -1,0 +1,17 @@
+"""Gallery side: incremental indexing into FAISS or Milvus, crash-safe metadata, search."""
+
+from .gallery import Gallery, GalleryError, Hit, IndexReport, item_id
+from .stores import FaissStore, MilvusStore, VectorStore, choose_index, open_store
+
+__all__ = [
+    "FaissStore",
+    "Gallery",
+    "GalleryError",
+    "Hit",
+    "IndexReport",
+    "MilvusStore",
+    "VectorStore",
+    "choose_index",
+    "item_id",
+    "open_store",
+]

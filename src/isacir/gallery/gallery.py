@@ -1,0 +1,408 @@
+"""A gallery folder: metadata and vectors in SQLite (the truth), a vector store derived from it.
+
+Layout of ``DIR``::
+
+    gallery.json     foundation id + fingerprint, embedding dim, store spec
+    meta.sqlite      items, vectors, change log (WAL mode)
+    faiss/           index.faiss + index.json (FAISS backend)
+
+Crash safety: each encoded batch is committed in one SQLite transaction together with its change-
+log entries and a new generation number. The store records the generation it reflects; on open
+and after indexing it replays newer log entries (upserts/deletes by id are idempotent). Killing
+the indexer at any point therefore loses at most the uncommitted batch, which the next run redoes.
+Ids are derived from the image path, so a rerun assigns the same ids and creates no duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import FoundationMismatchError, IsacirError
+from ..imageio import IMAGE_EXTENSIONS
+from ..training.data import DecodeDataset, ImageRecord, collate_list, discover_images
+from .stores import FaissStore, VectorStore, open_store
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+
+GALLERY_FORMAT = 1
+GALLERY_EXTENSIONS = tuple(sorted(IMAGE_EXTENSIONS))
+
+
+class GalleryError(IsacirError):
+    pass
+
+
+def item_id(key: str) -> int:
+    """Stable 63-bit id of an image location (path, or shard::member)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass
+class IndexReport:
+    scanned: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "scanned": self.scanned,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "skipped": {k: len(v) for k, v in self.skipped.items()},
+            "skipped_files": self.skipped,
+            "ignored_files": len(self.ignored),
+            "seconds": round(self.seconds, 2),
+            "images_per_s": round(self.images_per_s, 2),
+        }
+
+    def summary(self) -> str:
+        skipped = sum(len(v) for v in self.skipped.values())
+        why = ", ".join(f"{k}: {len(v)}" for k, v in sorted(self.skipped.items())) or "none"
+        return (
+            f"{self.scanned} images scanned: {self.added} added, {self.updated} re-embedded, "
+            f"{self.unchanged} unchanged, {self.removed} removed, {skipped} skipped ({why}), "
+            f"{len(self.ignored)} other files ignored; {self.seconds:.1f}s ({self.images_per_s:.1f} img/s encoded)"
+        )
+
+
+@dataclass
+class Hit:
+    id: int
+    path: str
+    score: float
+    metadata: dict
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "path": self.path, "score": round(float(self.score), 6), "metadata": self.metadata}
+
+
+class Gallery:
+    """An indexed image collection bound to one foundation."""
+
+    def __init__(self, directory: str | os.PathLike, info: dict, store: VectorStore):
+        self.dir = Path(directory)
+        self.info = info
+        self.store = store
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+
+    # ----- open / create ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "Gallery":
+        directory = Path(directory)
+        meta = directory / "gallery.json"
+        if not meta.is_file():
+            raise GalleryError(f"{directory} is not a gallery (no gallery.json); create one with `isacir index`")
+        info = json.loads(meta.read_text())
+        gallery = cls(directory, info, open_store(info["store"], directory, info["embed_dim"]))
+        gallery._ensure_schema()
+        gallery.sync()
+        return gallery
+
+    @classmethod
+    def open_or_create(cls, directory: str | os.PathLike, foundation: "Foundation", store: str = "faiss") -> "Gallery":
+        directory = Path(directory)
+        if (directory / "gallery.json").is_file():
+            gallery = cls.open(directory)
+            gallery.check_foundation(foundation)
+            if store != gallery.info["store"]:
+                raise GalleryError(f"gallery {directory} uses store {gallery.info['store']!r}, not {store!r}")
+            return gallery
+        directory.mkdir(parents=True, exist_ok=True)
+        info = {
+            "format": GALLERY_FORMAT,
+            "foundation_id": foundation.name,
+            "foundation_fingerprint": foundation.fingerprint,
+            "embed_dim": foundation.embed_dim,
+            "store": store,
+            "created": time.time(),
+            "isacir_version": __version__,
+        }
+        tmp = directory / ".gallery.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, directory / "gallery.json")
+        return cls.open(directory)
+
+    def check_foundation(self, foundation: "Foundation | str") -> None:
+        fp = foundation if isinstance(foundation, str) else foundation.fingerprint
+        name = "<fingerprint>" if isinstance(foundation, str) else foundation.name
+        if fp != self.info["foundation_fingerprint"]:
+            raise FoundationMismatchError(
+                f"gallery {self.dir} was indexed with {self.info['foundation_id']!r} (fingerprint "
+                f"{self.info['foundation_fingerprint']}); refusing {name!r} (fingerprint {fp}). Its vectors "
+                "live in another embedding space: use the same foundation, or index into a new gallery."
+            )
+
+    # ----- SQLite -----------------------------------------------------------------------------------
+    def db(self) -> sqlite3.Connection:
+        """One connection per thread (SQLite connections must not be shared across threads)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.dir / "meta.sqlite", timeout=60)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def _ensure_schema(self) -> None:
+        db = self.db()
+        with db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL, hash TEXT, "
+                "size INTEGER, mtime_ns INTEGER, added REAL, metadata TEXT)"
+            )
+            db.execute("CREATE TABLE IF NOT EXISTS vectors (id INTEGER PRIMARY KEY, vec BLOB NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS changes (generation INTEGER, id INTEGER, op TEXT)")
+            db.execute("CREATE INDEX IF NOT EXISTS changes_gen ON changes (generation)")
+            db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER)")
+            db.execute("INSERT OR IGNORE INTO state VALUES ('generation', 0)")
+
+    def generation(self) -> int:
+        return int(self.db().execute("SELECT value FROM state WHERE key='generation'").fetchone()[0])
+
+    def count(self) -> int:
+        return int(self.db().execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def items(self) -> list[dict]:
+        rows = self.db().execute("SELECT id, path, hash, size, metadata FROM items ORDER BY id").fetchall()
+        return [{"id": r[0], "path": r[1], "hash": r[2], "size": r[3], "metadata": json.loads(r[4] or "{}")} for r in rows]
+
+    def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` from the source of truth (all, or the given ids in that order)."""
+        db = self.db()
+        if ids is None:
+            rows = db.execute("SELECT id, vec FROM vectors ORDER BY id").fetchall()
+        else:
+            found = {}
+            for start in range(0, len(ids), 900):
+                chunk = [int(i) for i in ids[start : start + 900]]
+                q = f"SELECT id, vec FROM vectors WHERE id IN ({','.join('?' * len(chunk))})"
+                found.update(dict(db.execute(q, chunk).fetchall()))
+            rows = [(int(i), found[int(i)]) for i in ids if int(i) in found]
+        dim = self.info["embed_dim"]
+        out_ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
+        return out_ids, vecs
+
+    def _commit_batch(self, rows: list[tuple], vecs: np.ndarray) -> None:
+        """Upsert items + vectors and log the change, all in one transaction."""
+        db = self.db()
+        with db:
+            gen = self.generation() + 1
+            db.executemany(
+                "INSERT INTO items (id, path, hash, size, mtime_ns, added, metadata) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET hash=excluded.hash, size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                "metadata=excluded.metadata",
+                rows,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO vectors (id, vec) VALUES (?, ?)",
+                [(r[0], vecs[j].astype(np.float32).tobytes()) for j, r in enumerate(rows)],
+            )
+            db.executemany("INSERT INTO changes VALUES (?, ?, 'u')", [(gen, r[0]) for r in rows])
+            db.execute("UPDATE state SET value=? WHERE key='generation'", (gen,))
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Remove entries by id; returns how many existed."""
+        ids = [int(i) for i in ids]
+        with self._write_lock:
+            db = self.db()
+            with db:
+                present = [i for i in ids if db.execute("SELECT 1 FROM items WHERE id=?", (i,)).fetchone()]
+                if present:
+                    gen = self.generation() + 1
+                    db.executemany("DELETE FROM items WHERE id=?", [(i,) for i in present])
+                    db.executemany("DELETE FROM vectors WHERE id=?", [(i,) for i in present])
+                    db.executemany("INSERT INTO changes VALUES (?, ?, 'd')", [(gen, i) for i in present])
+                    db.execute("UPDATE state SET value=? WHERE key='generation'", (gen,))
+            self.sync()
+        return len(present)
+
+    # ----- keeping the store in step ----------------------------------------------------------------
+    def sync(self) -> None:
+        """Replay change-log entries the store has not seen (after a crash, or after writes)."""
+        gen = self.generation()
+        store = self.store
+        if store.generation == gen:
+            return
+        n = self.count()
+        if store.generation > gen or (isinstance(store, FaissStore) and store.needs_rebuild(n)):
+            ids, vecs = self.vectors()
+            store.rebuild(ids, vecs, gen)
+        else:
+            db = self.db()
+            rows = db.execute(
+                "SELECT id, op, MAX(generation) FROM changes WHERE generation > ? GROUP BY id", (store.generation,)
+            ).fetchall()
+            live = [r[0] for r in rows if r[1] == "u"]
+            dead = np.array([r[0] for r in rows if r[1] == "d"], dtype=np.int64)
+            up_ids, up_vecs = self.vectors(live)
+            gone = np.setdiff1d(np.array(live, dtype=np.int64), up_ids)  # upserted, then deleted
+            store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen)
+        with self.db() as db:
+            db.execute("DELETE FROM changes WHERE generation <= ?", (store.generation,))
+
+    # ----- indexing ---------------------------------------------------------------------------------
+    def index(
+        self,
+        sources: Sequence[str | os.PathLike],
+        foundation: "Foundation",
+        prune: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        metadata: dict | None = None,
+        progress: bool = True,
+        encoder=None,
+    ) -> IndexReport:
+        """Add new images, re-embed changed ones, optionally prune deleted ones.
+
+        ``encoder`` (records -> batches of (index, hash, vector)) replaces local encoding, e.g.
+        with the Ray path; by default images are decoded in DataLoader workers and encoded here.
+        """
+        from tqdm.auto import tqdm
+
+        self.check_foundation(foundation)
+        t0 = time.perf_counter()
+        report = IndexReport()
+        records = discover_images(sources, extensions=GALLERY_EXTENSIONS, ignored=report.ignored)
+        report.scanned = len(records)
+        db = self.db()
+        known = {r[0]: (r[1], r[2], r[3], r[4]) for r in db.execute("SELECT path, id, hash, size, mtime_ns FROM items")}
+        todo: list[ImageRecord] = []
+        stats: list[tuple[int, int]] = []
+        seen_paths: set[str] = set()
+        for rec in records:
+            key = rec.key
+            seen_paths.add(key)
+            size, mtime = _stat(rec)
+            old = known.get(key)
+            if old is not None and old[2] == size and old[3] == mtime:
+                report.unchanged += 1
+                continue
+            todo.append(rec)
+            stats.append((size, mtime))
+        meta_json = json.dumps(metadata or {})
+        encoded = 0
+        t_enc = time.perf_counter()
+        batches = encoder(todo) if encoder is not None else self._encode_local(todo, foundation, batch_size, num_workers)
+        bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress, leave=False)
+        for batch in batches:
+            rows, vecs = [], []
+            for i, digest, vec, error in batch:
+                rec = todo[i]
+                if error:
+                    reason, _, message = error.partition("|")
+                    report.skipped.setdefault(reason, []).append(message)
+                    continue
+                old = known.get(rec.key)
+                if old is not None and old[1] == digest:
+                    # same content, new mtime (touched or copied): refresh stat, keep the vector
+                    with db:
+                        db.execute("UPDATE items SET size=?, mtime_ns=? WHERE id=?", (*stats[i], old[0]))
+                    report.unchanged += 1
+                    continue
+                if old is not None:
+                    report.updated += 1
+                else:
+                    report.added += 1
+                rows.append((item_id(rec.key), rec.key, digest, stats[i][0], stats[i][1], time.time(), meta_json))
+                vecs.append(vec)
+            if rows:
+                with self._write_lock:
+                    self._commit_batch(rows, np.stack(vecs))
+                encoded += len(rows)
+            bar.update(len(batch))
+        bar.close()
+        enc_seconds = time.perf_counter() - t_enc
+        if prune:
+            roots = [str(Path(s)) for s in sources]
+            gone = [v[0] for k, v in known.items() if k not in seen_paths and _under(k, roots)]
+            report.removed = self.remove(gone) if gone else 0
+        with self._write_lock:
+            self.sync()
+        report.seconds = time.perf_counter() - t0
+        report.images_per_s = encoded / enc_seconds if encoded and enc_seconds > 0 else 0.0
+        return report
+
+    @staticmethod
+    def _encode_local(records, foundation, batch_size, num_workers):
+        import torch
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            DecodeDataset(records, foundation.transform),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=collate_list,
+        )
+        for batch in loader:
+            good = [b for b in batch if not b[3]]
+            out = [(i, d, None, e) for i, d, _, e in batch if e]
+            if good:
+                with torch.no_grad():
+                    vecs = foundation.encode_image(torch.stack([b[2] for b in good])).float().cpu().numpy()
+                out += [(b[0], b[1], vecs[j], "") for j, b in enumerate(good)]
+            yield out
+
+    # ----- search -----------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.info["embed_dim"]:
+            raise GalleryError(f"query dim {queries.shape[1]} != gallery dim {self.info['embed_dim']}")
+        scores, ids = self.store.search(queries, k)
+        return [self._hits(s, i) for s, i in zip(scores, ids)]
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
+        if not valid:
+            return []
+        db = self.db()
+        q = f"SELECT id, path, metadata FROM items WHERE id IN ({','.join('?' * len(valid))})"
+        info = {r[0]: (r[1], json.loads(r[2] or "{}")) for r in db.execute(q, [i for _, i in valid])}
+        # an id missing here was removed between the store search and this lookup: drop it
+        return [Hit(i, info[i][0], s, info[i][1]) for s, i in valid if i in info]
+
+    def describe(self) -> dict:
+        return {**self.info, "count": self.count(), "generation": self.generation(), "store_state": self.store.describe()}
+
+    def close(self) -> None:
+        self.store.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _stat(rec: ImageRecord) -> tuple[int, int]:
+    try:
+        st = os.stat(rec.path)
+    except OSError:
+        return -1, -1
+    if rec.member is not None:
+        return rec.size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns
+
+
+def _under(key: str, roots: list[str]) -> bool:
+    path = key.split("::", 1)[0]
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)

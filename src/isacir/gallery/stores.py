@@ -1,0 +1,292 @@
+"""Vector stores behind one small interface: FAISS embedded (default) and Milvus.
+
+The gallery's SQLite database is the source of truth for vectors; a store is a derived search
+structure kept in step through the gallery's change log (see :mod:`isacir.gallery.gallery`). That
+makes every store update idempotent (upsert/delete by id), so a crash at any point is repaired by
+replaying the log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IsacirError
+
+
+class StoreError(IsacirError):
+    pass
+
+
+class VectorStore(ABC):
+    """Inner-product search over L2-normalised float32 vectors keyed by int64 ids."""
+
+    dim: int
+    #: Generation of the gallery change log this store reflects.
+    generation: int = 0
+
+    @abstractmethod
+    def apply(self, upsert_ids: np.ndarray, upsert_vecs: np.ndarray, delete_ids: np.ndarray, generation: int) -> None:
+        """Apply one batch of changes and remember ``generation`` durably."""
+
+    @abstractmethod
+    def rebuild(self, ids: np.ndarray, vecs: np.ndarray, generation: int) -> None:
+        """Replace the whole content."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [Q, k], ids [Q, k])``; missing slots have id -1."""
+
+    @abstractmethod
+    def count(self) -> int: ...
+
+    @abstractmethod
+    def describe(self) -> dict: ...
+
+    def close(self) -> None:
+        pass
+
+
+# ----- FAISS ----------------------------------------------------------------------------------------
+#: Below this many vectors exact search is fast enough (and has perfect recall).
+EXACT_LIMIT = 50_000
+
+
+def choose_index(n: int, dim: int) -> dict:
+    """Index family and parameters by size, following autofaiss's rules of thumb.
+
+    Exact (flat) for small galleries; an IVF index with ~4 sqrt(n) lists beyond that. IVF (unlike
+    HNSW) supports removals, which an incrementally maintained gallery needs.
+    """
+    if n < EXACT_LIMIT:
+        return {"type": "flat"}
+    nlist = 2 ** int(round(math.log2(4 * math.sqrt(n))))
+    return {"type": "ivf_flat", "nlist": nlist, "train_size": min(n, 64 * nlist)}
+
+
+def build_faiss_index(vecs: np.ndarray, ids: np.ndarray, params: dict, seed: int = 0):
+    import faiss
+
+    dim = vecs.shape[1]
+    if params["type"] == "flat":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    elif params["type"] == "ivf_flat":
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = vecs[rng.choice(len(vecs), size=params["train_size"], replace=False)] if len(vecs) > params["train_size"] else vecs
+        ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
+        ivf.nprobe = params.get("nprobe", 16)
+        index = ivf
+    else:
+        raise StoreError(f"unknown faiss index type {params['type']!r}")
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+def tune_nprobe(
+    index, vecs: np.ndarray, ids: np.ndarray, target: float = 0.97, k: int = 10, n_queries: int = 200, seed: int = 0
+) -> tuple[int, float]:
+    """Smallest nprobe whose recall@k against exact search reaches ``target`` (autofaiss-style).
+
+    Queries are stored vectors plus a little noise: "find things like this item".
+    """
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(vecs), size=min(n_queries, len(vecs)), replace=False)
+    q = vecs[pick] + rng.normal(scale=0.05 / math.sqrt(vecs.shape[1]), size=(len(pick), vecs.shape[1]))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    exact = faiss.IndexFlatIP(vecs.shape[1])
+    exact.add(np.ascontiguousarray(vecs, dtype=np.float32))
+    _, rows = exact.search(q, k)
+    truth = np.asarray(ids)[rows]
+    ivf = faiss.extract_index_ivf(index)
+    best = (ivf.nlist, 0.0)
+    for nprobe in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]:
+        if nprobe > ivf.nlist:
+            break
+        ivf.nprobe = nprobe
+        _, got = index.search(q, k)
+        recall = recall_at_k(got, truth, k)
+        best = (nprobe, recall)
+        if recall >= target:
+            break
+    ivf.nprobe = best[0]
+    return best
+
+
+def recall_at_k(got: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Fraction of the exact top-k that the approximate top-k contains."""
+    hits = sum(len(set(g[:k].tolist()) & set(t[:k].tolist())) for g, t in zip(got, truth))
+    return hits / (len(truth) * k)
+
+
+class FaissStore(VectorStore):
+    """Embedded FAISS index persisted as ``index.faiss`` + ``index.json`` (both replaced atomically)."""
+
+    def __init__(self, folder: str | os.PathLike, dim: int):
+        import faiss
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.dim = dim
+        self._faiss = faiss
+        self.params: dict = {"type": "flat"}
+        self.generation = 0
+        self.index = None
+        meta = self.folder / "index.json"
+        if meta.is_file() and (self.folder / "index.faiss").is_file():
+            info = json.loads(meta.read_text())
+            self.params, self.generation = info["params"], info["generation"]
+            self.index = faiss.read_index(str(self.folder / "index.faiss"))
+            if "nprobe" in self.params:
+                faiss.extract_index_ivf(self.index).nprobe = self.params["nprobe"]
+        else:
+            self.index = build_faiss_index(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), self.params)
+
+    def _persist(self) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.folder)
+        os.close(fd)
+        self._faiss.write_index(self.index, tmp)
+        os.replace(tmp, self.folder / "index.faiss")
+        info = {"params": self.params, "generation": self.generation, "count": int(self.index.ntotal), "time": time.time()}
+        tmpj = self.folder / ".index.json.tmp"
+        tmpj.write_text(json.dumps(info))
+        os.replace(tmpj, self.folder / "index.json")
+
+    def rebuild(self, ids, vecs, generation) -> None:
+        self.params = choose_index(len(ids), self.dim)
+        self.index = build_faiss_index(vecs, ids, self.params)
+        if self.params["type"] != "flat":
+            nprobe, recall = tune_nprobe(self.index, vecs, ids)
+            self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4))
+        self.params["built_for"] = int(len(ids))
+        self.generation = generation
+        self._persist()
+
+    def needs_rebuild(self, n: int) -> bool:
+        """True when the gallery outgrew (or shrank below) what the current index was chosen for."""
+        want = choose_index(n, self.dim)["type"]
+        if want != self.params["type"]:
+            return True
+        built = self.params.get("built_for", 0)
+        return want != "flat" and (n > 4 * built or n < built // 4)
+
+    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation) -> None:
+        gone = np.unique(np.concatenate([np.asarray(delete_ids, np.int64), np.asarray(upsert_ids, np.int64)]))
+        if len(gone):
+            self.index.remove_ids(gone)
+        if len(upsert_ids):
+            self.index.add_with_ids(np.ascontiguousarray(upsert_vecs, np.float32), np.ascontiguousarray(upsert_ids, np.int64))
+        self.generation = generation
+        self._persist()
+
+    def search(self, queries, k):
+        if self.index.ntotal == 0:
+            q = len(queries)
+            return np.zeros((q, k), np.float32), -np.ones((q, k), np.int64)
+        scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), k)
+        return scores, ids
+
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def describe(self) -> dict:
+        return {"backend": "faiss", **self.params, "count": self.count(), "generation": self.generation}
+
+
+# ----- Milvus ---------------------------------------------------------------------------------------
+class MilvusStore(VectorStore):
+    """Milvus Lite (a local ``.db`` file, the real engine embedded) or a Milvus server (``host:port``)."""
+
+    collection = "isacir_gallery"
+
+    def __init__(self, uri: str, dim: int, gallery_dir: Path):
+        from pymilvus import DataType, MilvusClient
+
+        self.dim = dim
+        self.uri = uri
+        target = uri
+        if not uri.startswith(("http://", "https://", "tcp://")) and not uri.endswith(".db") and ":" in uri:
+            target = f"http://{uri}"
+        elif uri.endswith(".db") and not os.path.isabs(uri):
+            target = str((gallery_dir / uri).resolve()) if not Path(uri).parent.exists() else str(Path(uri).resolve())
+        try:
+            self.client = MilvusClient(target)
+        except Exception as exc:
+            raise StoreError(f"cannot connect to Milvus at {uri}: {exc}") from None
+        if not self.client.has_collection(self.collection):
+            schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            index_params = self.client.prepare_index_params()
+            index_params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+            self.client.create_collection(self.collection, schema=schema, index_params=index_params)
+        self.client.load_collection(self.collection)  # reopened files come back "released"
+        self._gen_file = gallery_dir / "milvus-generation.json"
+        self.generation = json.loads(self._gen_file.read_text())["generation"] if self._gen_file.is_file() else 0
+
+    def _set_generation(self, generation: int) -> None:
+        self.generation = generation
+        tmp = self._gen_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"generation": generation}))
+        os.replace(tmp, self._gen_file)
+
+    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation) -> None:
+        if len(delete_ids):
+            self.client.delete(self.collection, ids=[int(i) for i in delete_ids])
+        if len(upsert_ids):
+            rows = [{"id": int(i), "vector": v.astype(np.float32).tolist()} for i, v in zip(upsert_ids, upsert_vecs)]
+            for start in range(0, len(rows), 1000):
+                self.client.upsert(self.collection, rows[start : start + 1000])
+        self.client.flush(self.collection)
+        self._set_generation(generation)
+
+    def rebuild(self, ids, vecs, generation) -> None:
+        self.client.drop_collection(self.collection)
+        self.__init__(self.uri, self.dim, self._gen_file.parent)
+        self.apply(ids, vecs, np.zeros(0, np.int64), generation)
+
+    def search(self, queries, k):
+        res = self.client.search(
+            self.collection, data=[q.astype(np.float32).tolist() for q in queries], limit=k,
+            search_params={"metric_type": "IP"}, output_fields=["id"],
+        )
+        scores = np.zeros((len(queries), k), np.float32)
+        ids = -np.ones((len(queries), k), np.int64)
+        for qi, hits in enumerate(res):
+            for j, hit in enumerate(hits[:k]):
+                ids[qi, j] = int(hit["id"])
+                scores[qi, j] = float(hit["distance"])
+        return scores, ids
+
+    def count(self) -> int:
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def describe(self) -> dict:
+        return {"backend": "milvus", "uri": self.uri, "index": "FLAT", "metric": "IP", "generation": self.generation}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_store(spec: str, gallery_dir: Path, dim: int) -> VectorStore:
+    """``faiss`` or ``milvus://./gallery.db`` (Milvus Lite) or ``milvus://host:19530``."""
+    if spec == "faiss":
+        return FaissStore(gallery_dir / "faiss", dim)
+    if spec.startswith("milvus://"):
+        uri = spec[len("milvus://") :]
+        if not uri:
+            raise StoreError("milvus store needs a target: milvus://./gallery.db or milvus://host:19530")
+        return MilvusStore(uri, dim, gallery_dir)
+    raise StoreError(f"unknown store {spec!r}; use 'faiss', 'milvus://./gallery.db' or 'milvus://host:19530'")
