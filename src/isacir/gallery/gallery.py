@@ -45,8 +45,11 @@ class GalleryError(IsacirError):
 
 
 def item_id(key: str) -> int:
-    """Stable 63-bit id of an image location (path, or shard::member)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
+    """Stable id of an image location (path, or shard::member).
+
+    53 bits, so ids survive JSON in browsers (JavaScript numbers are exact up to 2**53).
+    """
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 11
 
 
 @dataclass
@@ -323,9 +326,11 @@ class Gallery:
                     continue
                 if old is not None:
                     report.updated += 1
+                    new_id = old[0]
                 else:
                     report.added += 1
-                rows.append((item_id(rec.key), rec.key, digest, stats[i][0], stats[i][1], time.time(), meta_json))
+                    new_id = self._free_id(rec.key)
+                rows.append((new_id, rec.key, digest, stats[i][0], stats[i][1], time.time(), meta_json))
                 vecs.append(vec)
             if rows:
                 with self._write_lock:
@@ -343,6 +348,16 @@ class Gallery:
         report.seconds = time.perf_counter() - t0
         report.images_per_s = encoded / enc_seconds if encoded and enc_seconds > 0 else 0.0
         return report
+
+    def _free_id(self, key: str) -> int:
+        """The path's id, or (on a hash collision with another path) the next free one."""
+        candidate = item_id(key)
+        db = self.db()
+        while True:
+            row = db.execute("SELECT path FROM items WHERE id=?", (candidate,)).fetchone()
+            if row is None or row[0] == key:
+                return candidate
+            candidate = (candidate + 1) % (1 << 53)
 
     @staticmethod
     def _encode_local(records, foundation, batch_size, num_workers):

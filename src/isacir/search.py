@@ -1,0 +1,142 @@
+"""Retriever: (reference image or pseudo tokens) + modifier -> composed query -> top-K -> re-rank.
+
+Modes:
+  * ``isa``: the query encoder's pseudo tokens spliced into ``a photo of {} that {}`` (the method);
+  * ``image_plus_text``: normalised sum of the image feature and the modifier's text feature,
+    training-free (the fallback when no query encoder is available);
+  * ``image_only`` / ``text_only``: the two halves alone (baselines).
+"""
+
+from __future__ import annotations
+
+import tarfile
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .compose import DEFAULT_TEMPLATE
+from .errors import IsacirError
+from .imageio import ImageSource, load_image
+
+if TYPE_CHECKING:
+    from .foundation import Foundation
+    from .gallery import Gallery, Hit
+    from .query import QueryEncoder
+
+MODES = ("isa", "image_plus_text", "image_only", "text_only")
+
+
+class SearchError(IsacirError, ValueError):
+    pass
+
+
+def read_gallery_image(key: str):
+    """Open a gallery entry's image: a file path, or ``shard.tar::member``."""
+    if "::" in key:
+        shard, member = key.split("::", 1)
+        with tarfile.open(shard, "r:") as tf:
+            return load_image(tf.extractfile(member).read())
+    return load_image(key)
+
+
+class Retriever:
+    def __init__(
+        self,
+        gallery: "Gallery",
+        foundation: "Foundation",
+        query_encoder: "QueryEncoder | None" = None,
+        template: str = DEFAULT_TEMPLATE,
+    ):
+        gallery.check_foundation(foundation)
+        if query_encoder is not None:
+            query_encoder.check_foundation(foundation)
+        self.gallery = gallery
+        self.foundation = foundation
+        self.query_encoder = query_encoder
+        self.template = template
+
+    @property
+    def default_mode(self) -> str:
+        return "isa" if self.query_encoder is not None else "image_plus_text"
+
+    @torch.no_grad()
+    def pseudo_tokens(self, image: ImageSource) -> torch.Tensor:
+        if self.query_encoder is None:
+            raise SearchError("mode 'isa' needs a query encoder (--query-encoder) or client-side pseudo tokens")
+        return self.query_encoder.encode_images([image], foundation=self.foundation)
+
+    @torch.no_grad()
+    def query_vector(
+        self,
+        image: ImageSource | None = None,
+        text: str | Sequence[str] = "",
+        tokens: torch.Tensor | None = None,
+        mode: str | None = None,
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The composed query vector (and the pseudo tokens used, if any)."""
+        mode = mode or self.default_mode
+        if mode not in MODES:
+            raise SearchError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        fnd = self.foundation
+        texts = [text] if isinstance(text, str) else list(text)
+        if mode == "isa":
+            if tokens is None:
+                if image is None:
+                    raise SearchError("mode 'isa' needs a reference image or pseudo tokens")
+                tokens = self.pseudo_tokens(image)
+            expected = self.query_encoder.num_tokens if self.query_encoder is not None else None
+            q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
+            return q[0].float().cpu().numpy(), tokens
+        if mode in ("image_plus_text", "image_only") and image is None:
+            raise SearchError(f"mode {mode!r} needs a reference image")
+        img = fnd.encode_image(fnd.preprocess_batch([image])) if image is not None else None
+        if mode == "image_only":
+            return img[0].float().cpu().numpy(), None
+        if not any(t.strip() for t in texts):
+            if mode == "text_only":
+                raise SearchError("mode 'text_only' needs a modifier text")
+            return img[0].float().cpu().numpy(), None
+        txt = F.normalize(fnd.encode_text([t for t in texts if t.strip()]).mean(0, keepdim=True), dim=-1)
+        if mode == "text_only":
+            return txt[0].float().cpu().numpy(), None
+        return F.normalize(img + txt, dim=-1)[0].float().cpu().numpy(), None
+
+    def search(
+        self,
+        image: ImageSource | None = None,
+        text: str | Sequence[str] = "",
+        tokens: torch.Tensor | None = None,
+        k: int = 10,
+        rerank: int = 0,
+        mode: str | None = None,
+        exclude: Sequence[int] = (),
+    ) -> list["Hit"]:
+        if k < 1:
+            raise SearchError("k must be >= 1")
+        query, used_tokens = self.query_vector(image, text, tokens, mode)
+        fetch = max(k, rerank) + len(exclude)
+        hits = [h for h in self.gallery.search(query[None], fetch)[0] if h.id not in set(exclude)]
+        if rerank and hits:
+            hits = self.rerank(hits[: max(k, rerank)], query, used_tokens, text)
+        return hits[:k]
+
+    @torch.no_grad()
+    def rerank(self, hits: list["Hit"], query: np.ndarray, tokens: torch.Tensor | None, text) -> list["Hit"]:
+        """Matching-head scores where the foundation has one (and tokens exist), else exact similarity."""
+        fnd = self.foundation
+        if fnd.has_matching_head and tokens is not None:
+            images = [read_gallery_image(h.path) for h in hits]
+            hidden = fnd.encode_image_features(fnd.preprocess_batch(images)).hidden
+            texts = [text] if isinstance(text, str) else list(text)
+            scores = fnd.match_score(hidden, pseudo_tokens=tokens.expand(len(hits), -1, -1), modifiers=[texts] * len(hits),
+                                     template=self.template)
+            scores = scores.float().cpu().numpy()
+        else:
+            ids, vecs = self.gallery.vectors([h.id for h in hits])
+            exact = dict(zip(ids.tolist(), (vecs @ query).tolist()))
+            scores = np.array([exact.get(h.id, -np.inf) for h in hits])
+        for h, s in zip(hits, scores):
+            h.score = float(s)
+        return sorted(hits, key=lambda h: -h.score)

@@ -1,0 +1,316 @@
+"""Gallery indexing, stores, crash safety and search on tiny models."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isacir.errors import FoundationMismatchError
+from isacir.gallery import FaissStore, Gallery, choose_index
+from isacir.gallery.stores import build_faiss_index, recall_at_k, tune_nprobe
+from isacir.search import Retriever
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def make_folder(folder: Path, n: int, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = (rng.random((24, 24, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).resize((40, 40)).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+def snapshot(g: Gallery):
+    items = [(it["id"], it["path"], it["hash"]) for it in g.items()]
+    ids, vecs = g.vectors()
+    return items, ids, vecs
+
+
+def test_index_and_search_match_brute_force(tmp_path, openclip_fnd):
+    folder = make_folder(tmp_path / "imgs", 30)
+    g = Gallery.open_or_create(tmp_path / "gal", openclip_fnd)
+    report = g.index([folder], openclip_fnd, progress=False)
+    assert report.added == 30 and g.count() == 30 and g.store.count() == 30
+    ids, vecs = g.vectors()
+    with torch.no_grad():
+        direct = openclip_fnd.encode_image(openclip_fnd.preprocess_batch(sorted(folder.iterdir()))).numpy()
+    # vectors are the foundation's own normalised image features
+    by_path = {it["path"]: it["id"] for it in g.items()}
+    order = [by_path[str(p)] for p in sorted(folder.iterdir())]
+    _, ordered = g.vectors(order)
+    assert np.allclose(ordered, direct, atol=1e-5)
+    queries = np.random.default_rng(1).normal(size=(5, vecs.shape[1])).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    results = g.search(queries, k=7)
+    for q, hits in zip(queries, results):
+        scores = vecs @ q
+        expected = ids[np.argsort(-scores)[:7]]
+        assert [h.id for h in hits] == expected.tolist()
+        assert np.allclose([h.score for h in hits], np.sort(scores)[::-1][:7], atol=1e-5)
+
+
+def test_incremental_reindex(tmp_path, openclip_fnd):
+    folder = make_folder(tmp_path / "imgs", 12)
+    g = Gallery.open_or_create(tmp_path / "gal", openclip_fnd)
+    g.index([folder], openclip_fnd, progress=False)
+    first = snapshot(g)
+    again = g.index([folder], openclip_fnd, progress=False)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 12)
+    # touched but identical content: hashed, recognised, not re-embedded
+    os.utime(folder / "img000.png", ns=(1, 1))
+    touched = g.index([folder], openclip_fnd, progress=False)
+    assert (touched.updated, touched.unchanged) == (0, 12)
+    # changed content is re-embedded under the same id
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(folder / "img001.png")
+    changed = g.index([folder], openclip_fnd, progress=False)
+    assert (changed.added, changed.updated) == (0, 1)
+    after = snapshot(g)
+    assert [i[0] for i in after[0]] == [i[0] for i in first[0]]
+    row = [k for k, it in enumerate(after[0]) if it[1].endswith("img001.png")][0]
+    assert not np.allclose(after[2][row], first[2][row])
+    # deleted files stay unless --prune
+    (folder / "img002.png").unlink()
+    (folder / "new.png").write_bytes((folder / "img003.png").read_bytes())
+    kept = g.index([folder], openclip_fnd, progress=False)
+    assert kept.removed == 0 and kept.added == 1 and g.count() == 13
+    pruned = g.index([folder], openclip_fnd, prune=True, progress=False)
+    assert pruned.removed == 1 and g.count() == 12 and g.store.count() == 12
+    assert not any(it["path"].endswith("img002.png") for it in g.items())
+    # explicit removal by id
+    victim = g.items()[0]["id"]
+    assert g.remove([victim, 12345]) == 1 and g.count() == 11 and g.store.count() == 11
+    assert all(h.id != victim for h in g.search(g.vectors()[1][:1], k=11)[0])
+
+
+def _bad_and_odd(folder: Path) -> tuple[dict, int]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "zero.jpg").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(buf, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    Image.new("L", (8200, 8200)).save(folder / "bomb.png")
+    Image.new("CMYK", (30, 30), (0, 200, 0, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.full((30, 30), 40000, np.uint16)).save(folder / "sixteen.png")
+    Image.new("RGBA", (30, 30), (0, 0, 255, 100)).save(folder / "alpha.png")
+    Image.new("P", (30, 30), 3).save(folder / "palette.gif")
+    frames = [Image.new("RGB", (30, 30), c) for c in [(255, 0, 0), (0, 255, 0)]]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "vector.svg").write_text("<svg/>")
+    return {"empty": 1, "truncated": 1, "corrupt": 1, "too_large": 1}, 5
+
+
+def test_bad_file_summary(tmp_path, openclip_fnd):
+    expected, good = _bad_and_odd(tmp_path / "imgs")
+    g = Gallery.open_or_create(tmp_path / "gal", openclip_fnd)
+    report = g.index([tmp_path / "imgs"], openclip_fnd, progress=False)
+    assert {k: len(v) for k, v in report.skipped.items()} == expected
+    assert report.added == good and len(report.ignored) == 2
+    assert any("bomb.png" in m for m in report.skipped["too_large"])
+    assert "4 skipped" in report.summary()
+
+
+def test_foundation_mismatch_is_refused(tmp_path, openclip_fnd, blip_fnd):
+    folder = make_folder(tmp_path / "imgs", 3)
+    Gallery.open_or_create(tmp_path / "gal", openclip_fnd).index([folder], openclip_fnd, progress=False)
+    with pytest.raises(FoundationMismatchError, match="refusing"):
+        Gallery.open_or_create(tmp_path / "gal", blip_fnd)
+    g = Gallery.open(tmp_path / "gal")
+    with pytest.raises(FoundationMismatchError):
+        g.index([folder], blip_fnd, progress=False)
+    with pytest.raises(FoundationMismatchError):
+        Retriever(g, blip_fnd)
+
+
+SLOW_INDEX = r"""
+import sys, time, warnings
+warnings.simplefilter("ignore")
+from isacir.foundation import create_foundation
+from isacir.gallery import Gallery
+fnd = create_foundation(sys.argv[1])
+if sys.argv[4] == "slow":
+    orig = fnd._image_forward
+    def slow(pixels, local):
+        time.sleep(0.4)
+        return orig(pixels, local)
+    fnd._image_forward = slow
+g = Gallery.open_or_create(sys.argv[3], fnd)
+g.index([sys.argv[2]], fnd, batch_size=4, progress=False)
+print("done")
+"""
+
+
+def test_sigkill_mid_index_then_rerun_equals_clean_run(tmp_path, tiny_openclip_dir, openclip_fnd):
+    folder = make_folder(tmp_path / "imgs", 40)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(killed), "slow"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    import sqlite3
+
+    deadline = time.time() + 120
+    n = 0
+    while time.time() < deadline:
+        try:
+            with sqlite3.connect(killed / "meta.sqlite", timeout=1) as c:
+                n = c.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        except Exception:
+            n = 0
+        if n >= 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 8 <= n < 40
+    rerun = subprocess.run([sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(killed), "fast"],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(clean), "fast"],
+                   env=ENV, check=True, capture_output=True, timeout=300)
+    a, b = Gallery.open(killed), Gallery.open(clean)
+    sa, sb = snapshot(a), snapshot(b)
+    assert sa[0] == sb[0] and len(sa[0]) == 40  # same ids, paths, hashes; no duplicates
+    assert np.array_equal(sa[1], sb[1]) and np.allclose(sa[2], sb[2], atol=1e-6)
+    assert a.store.count() == b.store.count() == 40
+    q = sb[2][:3]
+    assert [[h.id for h in r] for r in a.search(q, 5)] == [[h.id for h in r] for r in b.search(q, 5)]
+
+
+def test_store_replays_change_log_after_crash(tmp_path, openclip_fnd):
+    """Rows committed to SQLite but not yet in the index (crash in between) appear after reopening."""
+    folder = make_folder(tmp_path / "imgs", 10)
+    g = Gallery.open_or_create(tmp_path / "gal", openclip_fnd)
+    g.index([folder], openclip_fnd, progress=False)
+    ids, vecs = g.vectors()
+    g._commit_batch([(42, "/virtual.png", "h", 1, 1, 0.0, "{}")], vecs[:1])  # committed, store not synced
+    assert g.store.count() == 10
+    reopened = Gallery.open(tmp_path / "gal")
+    assert reopened.store.count() == 11 and reopened.search(vecs[:1], 2)[0][0].id in (42, ids[0])
+
+
+def test_milvus_lite_matches_faiss_exact(tmp_path, openclip_fnd):
+    folder = make_folder(tmp_path / "imgs", 25)
+    f = Gallery.open_or_create(tmp_path / "faiss", openclip_fnd)
+    f.index([folder], openclip_fnd, progress=False)
+    m = Gallery.open_or_create(tmp_path / "milvus", openclip_fnd, store=f"milvus://{tmp_path / 'milvus' / 'gallery.db'}")
+    m.index([folder], openclip_fnd, progress=False)
+    assert m.store.count() == 25
+    q = f.vectors()[1][:4] + 0.01
+    for hf, hm in zip(f.search(q, 5), m.search(q, 5)):
+        assert [h.id for h in hf] == [h.id for h in hm]
+        assert np.allclose([h.score for h in hf], [h.score for h in hm], atol=1e-4)
+    m.remove([f.items()[0]["id"]])
+    assert m.store.count() == 24
+    m.close()
+    reopened = Gallery.open(tmp_path / "milvus")  # collection comes back released; store loads it
+    assert reopened.store.count() == 24 and len(reopened.search(q, 3)[0]) == 3
+    reopened.close()
+
+
+def test_ray_path_gives_same_vectors(tmp_path, tiny_openclip_dir, openclip_fnd):
+    pytest.importorskip("ray")
+    from isacir.gallery.distributed import ray_encoder
+
+    folder = make_folder(tmp_path / "imgs", 12)
+    local = Gallery.open_or_create(tmp_path / "local", openclip_fnd)
+    local.index([folder], openclip_fnd, progress=False)
+    dist = Gallery.open_or_create(tmp_path / "ray", openclip_fnd)
+    report = dist.index([folder], openclip_fnd, progress=False, encoder=ray_encoder(tiny_openclip_dir[0], actors=2, batch_size=4))
+    import ray
+
+    ray.shutdown()
+    assert report.added == 12
+    a, b = snapshot(local), snapshot(dist)
+    assert a[0] == b[0] and np.allclose(a[2], b[2], atol=1e-5)
+
+
+def test_ivf_index_by_size_and_tuned_recall():
+    assert choose_index(1000, 64)["type"] == "flat"
+    params = choose_index(60_000, 32)
+    assert params["type"] == "ivf_flat" and params["nlist"] == 1024
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(600, 32))
+    vecs = centres[rng.integers(0, 600, 60_000)] + 0.3 * rng.normal(size=(60_000, 32))
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(60_000, dtype=np.int64) * 7
+    index = build_faiss_index(vecs, ids, params)
+    nprobe, recall = tune_nprobe(index, vecs, ids, target=0.95)
+    assert recall >= 0.95 and nprobe < params["nlist"]
+    # removals work on IVF (needed for incremental galleries)
+    index.remove_ids(ids[:10])
+    assert index.ntotal == 60_000 - 10
+    assert recall_at_k(np.array([[1, 2, 3]]), np.array([[3, 2, 9]]), 3) == pytest.approx(2 / 3)
+
+
+def test_faiss_store_rebuilds_when_gallery_outgrows_flat(tmp_path):
+    store = FaissStore(tmp_path, 16)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(100, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    store.apply(np.arange(100), vecs, np.zeros(0, np.int64), generation=1)
+    assert not store.needs_rebuild(100) and store.needs_rebuild(60_000)
+    reopened = FaissStore(tmp_path, 16)
+    assert reopened.count() == 100 and reopened.generation == 1
+    _, ids = reopened.search(vecs[:2], 1)
+    assert ids[:, 0].tolist() == [0, 1]
+
+
+def test_retriever_modes_and_rerank(tmp_path, openclip_fnd, blip_fnd):
+    from isacir.query import QueryEncoder
+
+    folder = make_folder(tmp_path / "imgs", 15)
+    for fnd in (openclip_fnd, blip_fnd):
+        g = Gallery.open_or_create(tmp_path / f"gal-{fnd.family}", fnd)
+        g.index([folder], fnd, progress=False)
+        qe = QueryEncoder.create(fnd, backbone="mobilenetv3_small_050", num_tokens=2, image_size=48)
+        r = Retriever(g, fnd, qe)
+        ref = folder / "img003.png"
+        hits = r.search(image=ref, text="is red", k=5)
+        assert len(hits) == 5 and all(hits[i].score >= hits[i + 1].score for i in range(4))
+        reranked = r.search(image=ref, text="is red", k=5, rerank=10)
+        assert len(reranked) == 5 and all(reranked[i].score >= reranked[i + 1].score for i in range(4))
+        if fnd.has_matching_head:  # ITM log-odds, not cosine similarities
+            assert {h.id for h in reranked} <= {h.id for h in r.search(image=ref, text="is red", k=10)}
+        img_only = r.search(image=ref, k=1, mode="image_only")
+        assert img_only[0].path == str(ref)  # the reference itself is its own nearest image
+        tokens = qe.encode_images([ref])
+        assert [h.id for h in r.search(tokens=tokens, text="is red", k=5)] == [h.id for h in hits]
+        plus = Retriever(g, fnd).search(image=ref, text="is red", k=3)
+        assert len(plus) == 3
+
+
+def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
+    folder = make_folder(tmp_path / "imgs", 8)
+    gal = tmp_path / "gal"
+
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p
+
+    idx = run("index", str(folder), "--gallery", str(gal), "--foundation", tiny_openclip_dir[0], "--json", "--workers", "0",
+              "--metadata", '{"source": "test"}')
+    assert json.loads(idx.stdout.strip().splitlines()[-1])["added"] == 8
+    res = run("search", "--gallery", str(gal), "--image", str(folder / "img002.png"), "--text", "is red", "-k", "3", "--json")
+    hits = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "score"}
+    assert "image_plus_text fallback" in res.stderr
+    victim = str(hits[0]["id"])
+    run("gallery", "rm", victim, "--gallery", str(gal))
+    info = json.loads(run("gallery", "info", str(gal)).stdout.strip().splitlines()[-1])
+    assert info["count"] == 7 and info["foundation_id"] == tiny_openclip_dir[0]
+    bad = subprocess.run([sys.executable, "-m", "isacir.cli", "index", str(folder), "--gallery", str(gal),
+                          "--foundation", "openclip:ViT-S-32"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert bad.returncode == 2 and "refusing" in bad.stderr
