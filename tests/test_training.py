@@ -101,12 +101,20 @@ def test_resume_equivalence(tmp_path, images64, openclip_fnd):
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, 7))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_gloo(tmp_path, images64, tiny_openclip_dir):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
            str(Path(__file__).parent / "ddp_train_worker.py"), str(images64), tiny_openclip_dir[0], str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[:6000]
     assert "rank 0 world 2" in proc.stdout and "rank 1 world 2" in proc.stdout
     r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)

@@ -298,6 +298,11 @@ def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistI
     need_hidden = config.lar_weight > 0 and foundation.has_matching_head
     mine = list(range(info.rank, len(records), info.world))
     if config.use_cache:
+        # Rank 0 creates the index database (switching SQLite to WAL needs it alone) before the
+        # other ranks open it.
+        if info.main:
+            cache._connect()
+        _barrier(info)
         report, hashes = cache.build(
             [records[i] for i in mine],
             foundation,
