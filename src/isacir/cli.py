@@ -335,6 +335,56 @@ def bench_query_side(
     _emit_json(result)
 
 
+@bench_app.command("search")
+def bench_search_cmd(
+    n: int = typer.Option(1_000_000, help="Vectors in the FAISS index."),
+    dim: int = typer.Option(768),
+    queries: int = typer.Option(1000),
+    data: str = typer.Option("clustered", help="clustered | uniform (see the module docs)."),
+    milvus_n: int = typer.Option(20_000, help="Vectors for the Milvus Lite run (0: skip)."),
+    threads: Optional[int] = typer.Option(None, help="FAISS OpenMP threads (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """ANN vs exact latency, recall@10 and build time (FAISS; Milvus Lite at a smaller n)."""
+    from .bench.search import bench_faiss, bench_milvus, make_data, make_queries
+
+    err.print(f"generating {n:,} x {dim} {data} unit vectors ...")
+    vecs = make_data(n, dim, data)
+    qs = make_queries(vecs, queries)
+    err.print("building and measuring FAISS ...")
+    result = bench_faiss(vecs, qs, threads=threads)
+    result["data"] = data
+    if milvus_n:
+        err.print(f"measuring Milvus Lite at n={milvus_n:,} ...")
+        small = vecs[:milvus_n]
+        result["milvus"] = bench_milvus(small, make_queries(small, min(queries, 200)))
+    if not as_json:
+        table = Table("metric", "faiss", "milvus-lite")
+        for key in ("n", "build_s", "ann_p50_ms", "ann_p99_ms", "exact_p50_ms", "recall_at_10"):
+            table.add_row(key, str(result.get(key)), str(result.get("milvus", {}).get(key, "")))
+        err.print(table)
+    _emit_json(result)
+
+
+@bench_app.command("index")
+def bench_index_cmd(
+    foundation: str = typer.Option("openclip:ViT-B-32", help="Random init is fine: speed only."),
+    images: int = typer.Option(64),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(1),
+    threads: int = typer.Option(2),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Indexing images/s as a fraction of the bare model-forward rate on the same images."""
+    from .bench.indexing import bench_index
+
+    result = bench_index(foundation, images, batch_size, workers, threads)
+    if not as_json:
+        err.print(f"bare forward {result['bare_forward_img_s']} img/s, indexing {result['index_img_s']} img/s "
+                  f"= {result['fraction_of_bare']:.0%}")
+    _emit_json(result)
+
+
 @app.command("demo")
 def demo(
     workdir: Path = typer.Option(Path(".cache/demo"), help="Where demo models are cached."),
