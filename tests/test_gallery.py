@@ -314,3 +314,37 @@ def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
     bad = subprocess.run([sys.executable, "-m", "isacir.cli", "index", str(folder), "--gallery", str(gal),
                           "--foundation", "openclip:ViT-S-32"], capture_output=True, text=True, env=ENV, timeout=300)
     assert bad.returncode == 2 and "refusing" in bad.stderr
+
+
+def test_concurrent_search_while_indexing(tmp_path, openclip_fnd):
+    """Searches from several threads keep answering while another thread adds and removes images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = make_folder(tmp_path / "a", 20)
+    second = make_folder(tmp_path / "b", 20, seed=5)
+    g = Gallery.open_or_create(tmp_path / "gal", openclip_fnd)
+    g.index([first], openclip_fnd, progress=False)
+    q = g.vectors()[1][:4]
+    stop = time.time() + 60
+    errors: list[BaseException] = []
+
+    def searcher():
+        n = 0
+        while time.time() < stop and n < 200:
+            try:
+                for hits in g.search(q, 5):
+                    assert len(hits) >= 1 and all(h.path for h in hits)
+            except BaseException as exc:  # noqa: BLE001 - collect for the assertion below
+                errors.append(exc)
+                return n
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(searcher) for _ in range(2)]
+        g.index([first, second], openclip_fnd, batch_size=4, progress=False)
+        g.remove([it["id"] for it in g.items()[:5]])
+        counts = [f.result() for f in futures]
+    assert not errors, errors[:1]
+    assert all(c > 0 for c in counts)
+    assert g.count() == 35 and g.store.count() == 35

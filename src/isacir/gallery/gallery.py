@@ -107,7 +107,10 @@ class Gallery:
         self.info = info
         self.store = store
         self._local = threading.local()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        # FAISS indexes must not be searched while they are modified: searches and store updates
+        # take this lock (ANN searches are sub-millisecond, so serialising them is cheap).
+        self._store_lock = threading.RLock()
 
     # ----- open / create ----------------------------------------------------------------------------
     @classmethod
@@ -244,6 +247,10 @@ class Gallery:
     # ----- keeping the store in step ----------------------------------------------------------------
     def sync(self) -> None:
         """Replay change-log entries the store has not seen (after a crash, or after writes)."""
+        with self._store_lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
         gen = self.generation()
         store = self.store
         if store.generation == gen:
@@ -384,7 +391,8 @@ class Gallery:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.info["embed_dim"]:
             raise GalleryError(f"query dim {queries.shape[1]} != gallery dim {self.info['embed_dim']}")
-        scores, ids = self.store.search(queries, k)
+        with self._store_lock:
+            scores, ids = self.store.search(queries, k)
         return [self._hits(s, i) for s, i in zip(scores, ids)]
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
