@@ -348,3 +348,16 @@ def test_concurrent_search_while_indexing(tmp_path, openclip_fnd):
     assert not errors, errors[:1]
     assert all(c > 0 for c in counts)
     assert g.count() == 35 and g.store.count() == 35
+
+
+def test_bench_search_cli_reports_required_fields():
+    proc = subprocess.run([sys.executable, "-m", "isacir.cli", "bench", "search", "--n", "3000", "--dim", "32",
+                           "--queries", "50", "--milvus-n", "500", "--json"], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    for backend in (res, res["milvus"]):
+        for key in ("ann_p50_ms", "ann_p99_ms", "exact_p50_ms", "recall_at_10", "build_s"):
+            assert key in backend
+    assert res["recall_at_10"] == 1.0 and res["index"]["type"] == "flat"  # 3000 < exact limit
+    assert res["milvus"]["recall_at_10"] == 1.0

@@ -112,14 +112,18 @@ def bench_milvus(data: np.ndarray, queries: np.ndarray, k: int = 10) -> dict:
         recall = recall_at_k(got, truth, k)
         lat = _latencies(lambda q: store.search(q, k), queries[:200])
         store.close()
+    p50, p99 = round(statistics.median(lat), 3), round(_pct(lat, 99), 3)
     return {
         "backend": "milvus-lite",
         "n": n,
         "dim": dim,
         "index": store.describe(),
+        "note": "Milvus Lite runs every index as FLAT, so its ANN search is the exact search",
         "build_s": round(build_s, 2),
-        "ann_p50_ms": round(statistics.median(lat), 3),
-        "ann_p99_ms": round(_pct(lat, 99), 3),
+        "ann_p50_ms": p50,
+        "ann_p99_ms": p99,
+        "exact_p50_ms": p50,
+        "exact_p99_ms": p99,
         "recall_at_10": round(recall, 4),
         "queries": min(200, len(queries)),
     }
