@@ -1,0 +1,150 @@
+"""Run a method on a benchmark: encode the gallery, compose the queries, rank, score, export.
+
+One code path serves CIRR, FashionIQ, CIRCO and Shapes-CIR (which is written in CIRCO's format).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..compose import DEFAULT_TEMPLATE
+from ..training.data import DecodeDataset, ImageRecord, collate_list
+from .benchmarks import BenchmarkDataError, CIRBenchmark
+from .metrics import map_at_k, rank_gallery, recall_at_k, subset_rankings
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+    from ..query import QueryEncoder
+
+METHOD_MODES = ("isa", "image_only", "text_only", "image_plus_text")
+
+
+@torch.no_grad()
+def encode_gallery(fnd: "Foundation", paths: Sequence[Path], batch_size: int = 64, workers: int = 0,
+                   progress: bool = True) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    records = [ImageRecord(str(p)) for p in paths]
+    loader = DataLoader(DecodeDataset(records, fnd.transform), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_list)
+    out = np.zeros((len(records), fnd.embed_dim), np.float32)
+    bad = []
+    for batch in tqdm(loader, desc="gallery", unit="batch", disable=not progress, leave=False):
+        good = [b for b in batch if not b[3]]
+        bad += [b[3] for b in batch if b[3]]
+        if good:
+            vec = fnd.encode_image(torch.stack([b[2] for b in good])).float().cpu().numpy()
+            out[[b[0] for b in good]] = vec
+    if bad:
+        raise BenchmarkDataError(f"{len(bad)} gallery images could not be read, e.g. {bad[0].split('|', 1)[1]}")
+    return out
+
+
+@torch.no_grad()
+def encode_queries(bench: CIRBenchmark, fnd: "Foundation", gallery_vecs: np.ndarray, names: list[str], mode: str,
+                   query_encoder: "QueryEncoder | None" = None, template: str = DEFAULT_TEMPLATE,
+                   batch_size: int = 32) -> np.ndarray:
+    """Composed query vectors ``[Q, D]`` for ``mode``."""
+    if mode not in METHOD_MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    index = {n: i for i, n in enumerate(names)}
+    qs = bench.queries
+    out = np.zeros((len(qs), fnd.embed_dim), np.float32)
+    for start in range(0, len(qs), batch_size):
+        chunk = qs[start : start + batch_size]
+        if mode == "isa":
+            if query_encoder is None:
+                raise ValueError("mode 'isa' needs a query encoder")
+            refs = [bench.gallery[q.reference] for q in chunk]
+            tokens = query_encoder.encode_images(refs, foundation=fnd)
+            vec = fnd.encode_composed(tokens, [q.modifiers for q in chunk], template,
+                                      expected_tokens=query_encoder.num_tokens)
+        else:
+            img = torch.from_numpy(np.stack([gallery_vecs[index[q.reference]] for q in chunk]))
+            if mode == "image_only":
+                vec = img
+            else:
+                flat = [m for q in chunk for m in q.modifiers]
+                owner = [j for j, q in enumerate(chunk) for _ in q.modifiers]
+                t = fnd.encode_text(flat).float().cpu()
+                txt = torch.zeros(len(chunk), t.shape[1]).index_add_(0, torch.tensor(owner), t)
+                txt = F.normalize(txt, dim=-1)
+                vec = txt if mode == "text_only" else F.normalize(img + txt, dim=-1)
+        out[start : start + len(chunk)] = F.normalize(vec.float(), dim=-1).cpu().numpy()
+    return out
+
+
+def score_benchmark(bench: CIRBenchmark, rankings: list[list[str]]) -> dict[str, float]:
+    """The benchmark's official metrics (percent)."""
+    if not bench.labelled:
+        return {}
+    if bench.name == "cirr":
+        r = recall_at_k(rankings, [q.targets[0] for q in bench.queries], [1, 5, 10, 50])
+        sub = subset_rankings(rankings, [q.subset for q in bench.queries], [q.reference for q in bench.queries])
+        rs = recall_at_k(sub, [q.targets[0] for q in bench.queries], [1, 2, 3])
+        res = {f"R@{k}": v for k, v in r.items()} | {f"Rsubset@{k}": v for k, v in rs.items()}
+        res["Avg"] = (res["R@5"] + res["Rsubset@1"]) / 2
+        return res
+    if bench.name.startswith("fashioniq"):
+        r = recall_at_k(rankings, [q.targets[0] for q in bench.queries], [10, 50])
+        return {f"R@{k}": v for k, v in r.items()}
+    # CIRCO format (CIRCO itself and Shapes-CIR): mAP, plus recall against any ground-truth target
+    m = map_at_k(rankings, [set(q.targets) for q in bench.queries], [5, 10, 25, 50])
+    res = {f"mAP@{k}": v for k, v in m.items()}
+    for k in (1, 5, 10, 50):
+        hits = sum(1 for r, q in zip(rankings, bench.queries) if set(r[:k]) & set(q.targets))
+        res[f"R@{k}"] = 100.0 * hits / len(bench.queries)
+    return res
+
+
+def submission_files(bench: CIRBenchmark, rankings: list[list[str]], out: Path) -> list[Path]:
+    """Test-server files: CIRR's two JSONs (top 50, top-3 subset) or CIRCO's ``{id: [50 ids]}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if bench.name == "cirr":
+        recall = {"version": "rc2", "metric": "recall"}
+        subset = {"version": "rc2", "metric": "recall_subset"}
+        subs = subset_rankings(rankings, [q.subset for q in bench.queries], [q.reference for q in bench.queries])
+        for q, r, s in zip(bench.queries, rankings, subs):
+            recall[q.qid] = r[:50]
+            subset[q.qid] = s[:3]
+        for name, obj in (("recall_submission_isacir.json", recall), ("recall_subset_submission_isacir.json", subset)):
+            _atomic_json(out / name, obj)
+            written.append(out / name)
+    elif bench.name == "circo":
+        sub = {q.qid: r[:50] for q, r in zip(bench.queries, rankings)}
+        for q, r in zip(bench.queries, rankings):
+            if len(set(r[:50])) != len(r[:50]):
+                raise BenchmarkDataError(f"duplicate predictions for query {q.qid}")
+        _atomic_json(out / "circo_test_submission_isacir.json", sub)
+        written.append(out / "circo_test_submission_isacir.json")
+    return written
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def evaluate(bench: CIRBenchmark, fnd: "Foundation", mode: str = "isa", query_encoder: "QueryEncoder | None" = None,
+             template: str = DEFAULT_TEMPLATE, gallery_vecs: np.ndarray | None = None, progress: bool = True,
+             workers: int = 0) -> tuple[dict[str, float], list[list[str]]]:
+    names = list(bench.gallery)
+    if gallery_vecs is None:
+        gallery_vecs = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress, workers=workers)
+    queries = encode_queries(bench, fnd, gallery_vecs, names, mode, query_encoder, template)
+    scores = queries @ gallery_vecs.T
+    exclude = [q.reference for q in bench.queries] if bench.exclude_reference else []
+    # CIRR's subset metric re-ranks img_set members, which may sit anywhere: keep full rankings there
+    top = None if any(q.subset for q in bench.queries) else 51
+    rankings = rank_gallery(scores, names, exclude=exclude, top=top)
+    return score_benchmark(bench, rankings), rankings
