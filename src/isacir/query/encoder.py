@@ -246,6 +246,15 @@ class QueryEncoder(nn.Module):
             local = F.normalize(pool_patch_grid(feats.local, self.config.local_grid), dim=-1).to(self.device)
         return self(global_features=feats.global_.to(self.device), local_features=local)
 
+    @property
+    def fingerprint(self) -> str:
+        """Hash of weights and config: payloads carry it so the server can refuse stale devices."""
+        from ..fingerprint import hash_state_dict
+
+        cfg = self.config.to_dict()
+        cfg.pop("isacir_version", None)
+        return hash_state_dict(self.state_dict(), extra=cfg)
+
     # ----- compatibility --------------------------------------------------------------------------
     def check_foundation(self, foundation: "Foundation | str") -> None:
         """Refuse a foundation other than the one this encoder was trained for."""

@@ -1,0 +1,109 @@
+"""ONNX export parity, the torch-free edge runtime, and the CLI around them."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from isacir.export import ExportError, export_edge
+from isacir.query import QueryEncoder
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, openclip_fnd):
+    torch.manual_seed(0)
+    qe = QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=4, image_size=96).eval()
+    out = tmp_path_factory.mktemp("edge") / "edge"
+    config = export_edge(qe, out, int8=True)
+    return qe, out, config
+
+
+def test_export_parity_report(exported):
+    qe, out, config = exported
+    v = config["verification"]
+    assert v["onnx_vs_torch_max_abs_diff"] <= v["tolerance"] and v["preprocess_max_abs_diff"] == 0.0
+    assert config["query_encoder_fingerprint"] == qe.fingerprint and config["num_tokens"] == 4
+    assert v["int8"]["mean_token_cosine"] > 0.99 and (out / "model.int8.onnx").is_file()
+    assert json.loads((out / "edge.json").read_text()) == config
+
+
+def test_edge_runner_matches_pytorch_on_image_files(exported, tmp_path):
+    from isacir.edge import EdgeEncoder, decode_payload
+
+    qe, out, _ = exported
+    paths = []
+    for i, (mode, size) in enumerate([("RGB", (120, 90)), ("CMYK", (80, 140)), ("RGBA", (96, 96))]):
+        img = Image.fromarray((np.random.default_rng(i).random((size[1], size[0], 3)) * 255).astype(np.uint8)).convert(mode)
+        p = tmp_path / f"im{i}.{'jpg' if mode == 'CMYK' else 'png'}"
+        img.save(p)
+        paths.append(p)
+    enc = EdgeEncoder(out)
+    got = enc.tokens(paths)
+    with torch.no_grad():
+        ref = qe(torch.stack([qe.preprocess(p) for p in paths])).numpy()
+    assert np.abs(got - ref).max() <= 1e-3 * np.sqrt((ref**2).mean())
+    payload = decode_payload(enc.payload(paths[0], "int8"), expected_dim=qe.word_dim, expected_tokens=4)
+    assert payload.fingerprint == qe.fingerprint
+
+
+def test_symmetric_methods_do_not_export(tmp_path, openclip_fnd):
+    qe = QueryEncoder.create(openclip_fnd, method="pic2word")
+    with pytest.raises(ExportError, match="cannot run on a device"):
+        export_edge(qe, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+NO_TORCH = textwrap.dedent(
+    r"""
+    import importlib.abc, sys
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith(("torch.", "torchvision", "timm", "open_clip", "transformers")):
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, BlockTorch())
+    from isacir.edge import EdgeEncoder, decode_payload
+    enc = EdgeEncoder(sys.argv[1])
+    data = enc.payload(sys.argv[2], "int8")
+    p = decode_payload(data)
+    print(len(data), p.tokens.shape[0], p.tokens.shape[1], p.fingerprint, "torch" in sys.modules)
+    """
+)
+
+
+def test_edge_runtime_imports_and_runs_without_torch(exported, tmp_path):
+    qe, out, _ = exported
+    img = tmp_path / "ref.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(img)
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(out), str(img)], capture_output=True, text=True, env=ENV,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    size, n, d, fp, torch_loaded = proc.stdout.split()
+    assert (int(n), int(d), fp, torch_loaded) == (4, qe.word_dim, qe.fingerprint, "False")
+    assert int(size) == 26 + 4 * 4 + 4 * qe.word_dim + 4
+
+
+def test_cli_export_and_encode(tmp_path, openclip_fnd):
+    qe = QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=2, image_size=64)
+    qe.save_pretrained(tmp_path / "qe")
+    img = tmp_path / "ref.jpg"
+    Image.new("RGB", (70, 50), (10, 200, 30)).save(img)
+
+    def run(*args):
+        p = subprocess.run([sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return p
+
+    cfg = json.loads(run("export-edge", "--query-encoder", str(tmp_path / "qe"), "--out", str(tmp_path / "edge")).stdout.splitlines()[-1])
+    assert cfg["files"] == {"fp32": "model.onnx"}
+    res = run("edge-encode", "--edge", str(tmp_path / "edge"), "--image", str(img), "--dtype", "fp16",
+              "--out", str(tmp_path / "p.bin"), "--json")
+    obj = json.loads(res.stdout.strip().splitlines()[-1])
+    assert obj["dtype"] == "fp16" and obj["num_tokens"] == 2 and obj["bytes"] == (tmp_path / "p.bin").stat().st_size
