@@ -150,4 +150,6 @@ def load_circo(root: str | Path, split: str = "val") -> CIRBenchmark:
             raise BenchmarkDataError(f"CIRCO query {a['id']}: reference image {ref} is not in the gallery index")
         targets = [str(t) for t in a.get("gt_img_ids", [])]
         queries.append(CIRQuery(qid=str(a["id"]), reference=ref, modifiers=[a["relative_caption"]], targets=targets))
-    return CIRBenchmark("circo", split, queries, gallery, exclude_reference=True, labelled=split == "val")
+    # CIRCO's test split has no ground truth; a CIRCO-format set that carries it (Shapes-CIR) is scored
+    labelled = bool(queries) and all(q.targets for q in queries)
+    return CIRBenchmark("circo", split, queries, gallery, exclude_reference=True, labelled=labelled)

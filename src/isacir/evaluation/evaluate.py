@@ -24,7 +24,19 @@ if TYPE_CHECKING:
     from ..foundation import Foundation
     from ..query import QueryEncoder
 
-METHOD_MODES = ("isa", "image_only", "text_only", "image_plus_text")
+METHOD_MODES = ("isa", "image_only", "text_only", "image_plus_text", "pixel_only")
+
+
+def pixel_vectors(paths: Sequence[Path], side: int = 16) -> np.ndarray:
+    """Raw-pixel sanity baseline: downsampled, mean-centred, L2-normalised RGB."""
+    from ..imageio import load_image
+
+    out = []
+    for p in paths:
+        arr = np.asarray(load_image(p).resize((side, side)), dtype=np.float32).reshape(-1)
+        arr = arr - arr.mean()
+        out.append(arr / (np.linalg.norm(arr) + 1e-8))
+    return np.stack(out)
 
 
 @torch.no_grad()
@@ -139,9 +151,14 @@ def evaluate(bench: CIRBenchmark, fnd: "Foundation", mode: str = "isa", query_en
              template: str = DEFAULT_TEMPLATE, gallery_vecs: np.ndarray | None = None, progress: bool = True,
              workers: int = 0) -> tuple[dict[str, float], list[list[str]]]:
     names = list(bench.gallery)
-    if gallery_vecs is None:
-        gallery_vecs = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress, workers=workers)
-    queries = encode_queries(bench, fnd, gallery_vecs, names, mode, query_encoder, template)
+    if mode == "pixel_only":
+        gallery_vecs = pixel_vectors([bench.gallery[n] for n in names])
+        index = {n: i for i, n in enumerate(names)}
+        queries = np.stack([gallery_vecs[index[q.reference]] for q in bench.queries])
+    else:
+        if gallery_vecs is None:
+            gallery_vecs = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress, workers=workers)
+        queries = encode_queries(bench, fnd, gallery_vecs, names, mode, query_encoder, template)
     scores = queries @ gallery_vecs.T
     exclude = [q.reference for q in bench.queries] if bench.exclude_reference else []
     # CIRR's subset metric re-ranks img_set members, which may sit anywhere: keep full rankings there

@@ -1,0 +1,310 @@
+"""Shapes-CIR: a synthetic composed-retrieval world (in the spirit of CSS / CLEVR).
+
+No machine of this project can download real weights or data, so quality is measured here: a
+deterministic generator of scenes (1-3 objects with shape, colour, size and a 3x3 grid position on
+a random background), captions for training a tiny CLIP-style foundation, and composed queries
+(change colour / shape / size, move, add, remove) with hard negatives. Everything is written in
+CIRCO's layout so the official evaluation path runs unchanged.
+
+Rules that keep the benchmark honest:
+  * the test queries use modifier phrasings held out from everything the foundation saw;
+  * backgrounds are drawn independently for every image (reference, target, negatives) and never
+    mentioned in captions, so raw pixel similarity is no shortcut (``pixel_only`` proves it);
+  * hard negatives are partial edits of the reference (wrong value, edit not applied, ...);
+  * the ground truth of a query is every gallery image showing exactly the target's objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "cross", "diamond")
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 90, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (245, 140, 30),
+    "white": (245, 245, 245),
+}
+SIZES = ("small", "large")
+CELLS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+BACKGROUNDS = [(30, 30, 30), (70, 40, 40), (40, 70, 40), (40, 40, 80), (90, 90, 90), (60, 60, 20), (20, 60, 70),
+               (110, 80, 60), (130, 130, 150), (75, 55, 95)]
+
+# Modifier phrasings per edit type. The foundation's edit-style captions use TRAIN phrasings only;
+# test queries use TEST phrasings only (held out).
+PHRASES = {
+    "colour": {
+        "train": ["make it {value}", "change the colour to {value}", "{value} instead", "paint it {value}"],
+        "test": ["recolour it {value}", "now in {value}", "same but {value}"],
+    },
+    "shape": {
+        "train": ["make it a {value}", "turn it into a {value}", "change the shape to a {value}"],
+        "test": ["reshape it as a {value}", "swap it for a {value}"],
+    },
+    "size": {
+        "train": ["make it {value}", "change the size to {value}", "make it {comparative}"],
+        "test": ["resize it to {value}", "{comparative} please", "it should be {comparative}"],
+    },
+    "move": {
+        "train": ["move it to the {value}", "put it in the {value}", "place it at the {value}"],
+        "test": ["shift it to the {value}", "relocate it to the {value}"],
+    },
+    "add": {
+        "train": ["add a {value}", "also put a {value}", "and a {value}"],
+        "test": ["include a {value}", "insert a {value}"],
+    },
+    "remove": {
+        "train": ["remove the {value}", "take away the {value}", "without the {value}"],
+        "test": ["delete the {value}", "get rid of the {value}"],
+    },
+}
+COMPARATIVE = {"large": "bigger", "small": "smaller"}
+
+
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    cell: int
+
+    def phrase(self, with_position: bool = True) -> str:
+        where = f" {_cell_phrase(self.cell)}" if with_position else ""
+        return f"{self.size} {self.colour} {self.shape}{where}"
+
+
+@dataclass
+class Scene:
+    objects: tuple[Obj, ...]
+    background: int
+
+    def key(self) -> tuple:
+        """Identity for ground truth: the objects, not the background."""
+        return tuple(sorted((o.shape, o.colour, o.size, o.cell) for o in self.objects))
+
+
+def _cell_phrase(cell: int) -> str:
+    name = CELLS[cell]
+    if name in ("left", "right"):
+        return f"on the {name}"
+    if name in ("top", "bottom"):
+        return f"at the {name}"
+    return f"in the {name}"
+
+
+def describe(scene: Scene, rng: random.Random) -> str:
+    objs = list(scene.objects)
+    rng.shuffle(objs)
+    parts = [f"a {o.phrase()}" for o in objs]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def render(scene: Scene, size: int = 64, supersample: int = 4) -> Image.Image:
+    s = size * supersample
+    img = Image.new("RGB", (s, s), BACKGROUNDS[scene.background])
+    d = ImageDraw.Draw(img)
+    cell = s / 3
+    for o in scene.objects:
+        cx, cy = (o.cell % 3 + 0.5) * cell, (o.cell // 3 + 0.5) * cell
+        r = cell * (0.42 if o.size == "large" else 0.22)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        col = COLOURS[o.colour]
+        if o.shape == "circle":
+            d.ellipse(box, fill=col)
+        elif o.shape == "square":
+            d.rectangle(box, fill=col)
+        elif o.shape == "triangle":
+            d.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=col)
+        elif o.shape == "diamond":
+            d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=col)
+        else:  # cross
+            w = r / 2.5
+            d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=col)
+            d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=col)
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def random_object(rng: random.Random, taken: set[int]) -> Obj:
+    cell = rng.choice([c for c in range(9) if c not in taken])
+    return Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), cell)
+
+
+def random_scene(rng: random.Random, max_objects: int = 3) -> Scene:
+    objs: list[Obj] = []
+    for _ in range(rng.randint(1, max_objects)):
+        objs.append(random_object(rng, {o.cell for o in objs}))
+    return Scene(tuple(objs), rng.randrange(len(BACKGROUNDS)))
+
+
+def _with(obj: Obj, **change) -> Obj:
+    return Obj(**{**asdict(obj), **change})
+
+
+def _new_bg(rng: random.Random, scene: Scene) -> Scene:
+    return Scene(scene.objects, rng.randrange(len(BACKGROUNDS)))
+
+
+def make_edit(rng: random.Random, ref: Scene, split: str) -> tuple[str, str, Scene, list[Scene]] | None:
+    """Pick an edit of ``ref``: ``(type, modifier text, target, hard negatives)`` or None if impossible."""
+    kinds = ["colour", "shape", "size", "move", "add", "remove"]
+    kind = rng.choice(kinds)
+    objs = list(ref.objects)
+    i = rng.randrange(len(objs))
+    o = objs[i]
+    many = len(objs) > 1
+    ref_name = f"{o.colour} {o.shape}"  # how multi-object modifiers name the edited object
+    taken = {x.cell for x in objs}
+    template = rng.choice(PHRASES[kind][split])
+    negatives: list[Obj | None] = []
+    if kind == "colour":
+        value = rng.choice([c for c in COLOURS if c != o.colour])
+        new = _with(o, colour=value)
+        negatives = [_with(o, colour=c) for c in rng.sample([c for c in COLOURS if c not in (o.colour, value)], 2)]
+        text = template.format(value=value)
+    elif kind == "shape":
+        value = rng.choice([s for s in SHAPES if s != o.shape])
+        new = _with(o, shape=value)
+        negatives = [_with(o, shape=s) for s in rng.sample([s for s in SHAPES if s not in (o.shape, value)], 2)]
+        text = template.format(value=value)
+    elif kind == "size":
+        value = "small" if o.size == "large" else "large"
+        new = _with(o, size=value)
+        negatives = [_with(o, colour=rng.choice([c for c in COLOURS if c != o.colour]), size=value)]
+        text = template.format(value=value, comparative=COMPARATIVE[value])
+    elif kind == "move":
+        free = [c for c in range(9) if c not in taken]
+        if not free:
+            return None
+        value = rng.choice(free)
+        new = _with(o, cell=value)
+        negatives = [_with(o, cell=c) for c in rng.sample([c for c in free if c != value], min(2, len(free) - 1))]
+        text = template.format(value=CELLS[value])
+    elif kind == "add":
+        if len(objs) >= 3:
+            return None
+        added = random_object(rng, taken)
+        target = Scene(tuple(objs + [added]), rng.randrange(len(BACKGROUNDS)))
+        wrong = [_with(added, colour=rng.choice([c for c in COLOURS if c != added.colour])),
+                 _with(added, shape=rng.choice([s for s in SHAPES if s != added.shape]))]
+        negs = [Scene(tuple(objs + [w]), rng.randrange(len(BACKGROUNDS))) for w in wrong]
+        negs.append(_new_bg(rng, ref))  # edit not applied
+        return kind, template.format(value=added.phrase()), target, negs
+    else:  # remove
+        if not many:
+            return None
+        target = Scene(tuple(x for j, x in enumerate(objs) if j != i), rng.randrange(len(BACKGROUNDS)))
+        others = [j for j in range(len(objs)) if j != i]
+        negs = [Scene(tuple(x for j, x in enumerate(objs) if j != k), rng.randrange(len(BACKGROUNDS))) for k in others]
+        negs.append(_new_bg(rng, ref))
+        return kind, template.format(value=f"{o.colour} {o.shape}"), target, negs
+    if many:
+        text = f"the {ref_name}: {text}"
+    objs_new = objs.copy()
+    objs_new[i] = new
+    target = Scene(tuple(objs_new), rng.randrange(len(BACKGROUNDS)))
+    negs = []
+    for n in negatives:
+        alt = objs.copy()
+        alt[i] = n
+        negs.append(Scene(tuple(alt), rng.randrange(len(BACKGROUNDS))))
+    negs.append(_new_bg(rng, ref))  # the edit not applied
+    return kind, text, target, negs
+
+
+@dataclass
+class ShapesConfig:
+    seed: int = 0
+    image_size: int = 64
+    train_images: int = 4000
+    caption_pairs: int = 20000
+    edit_caption_fraction: float = 0.3
+    test_queries: int = 500
+    distractors: int = 1500
+    max_objects: int = 3
+
+    def key(self) -> str:
+        return hashlib.blake2b(json.dumps(asdict(self), sort_keys=True).encode(), digest_size=6).hexdigest()
+
+
+def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path:
+    """Write the world to ``out`` (skipped when the same config was written there before)."""
+    config = config or ShapesConfig()
+    out = Path(out)
+    done = out / "shapes.json"
+    if done.is_file() and json.loads(done.read_text()).get("key") == config.key():
+        return out
+    rng = random.Random(config.seed)
+    size = config.image_size
+
+    # 1. unlabeled training images for the query side
+    train_dir = out / "train"
+    train_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(config.train_images):
+        render(random_scene(rng, config.max_objects), size).save(train_dir / f"{n:06d}.png")
+
+    # 2. foundation pretraining pairs: descriptions, plus text-only edit-style descriptions of the
+    #    resulting image (language pretraining with TRAIN phrasings only; never CIR training)
+    cap_dir = out / "foundation"
+    cap_dir.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for n in range(config.caption_pairs):
+        scene = random_scene(rng, config.max_objects)
+        caption = describe(scene, rng)
+        if rng.random() < config.edit_caption_fraction:
+            edit = None
+            while edit is None:
+                source = random_scene(rng, config.max_objects)
+                edit = make_edit(rng, source, "train")
+            _, text, scene, _ = edit
+            caption = f"{describe(source, rng)}, {text}"
+        name = f"{n:06d}.png"
+        render(scene, size).save(cap_dir / name)
+        pairs.append({"image": name, "caption": caption})
+    (out / "foundation_captions.json").write_text(json.dumps(pairs))
+
+    # 3. composed test queries over a gallery with hard negatives, in CIRCO's layout
+    gallery: list[Scene] = []
+    queries = []
+    while len(queries) < config.test_queries:
+        ref = random_scene(rng, config.max_objects)
+        edit = make_edit(rng, ref, "test")
+        if edit is None:
+            continue
+        kind, text, target, negs = edit
+        base = len(gallery)
+        gallery.extend([ref, target, *negs])
+        queries.append({"id": len(queries), "ref": base, "target": base + 1, "kind": kind, "text": text})
+    for _ in range(config.distractors):
+        gallery.append(random_scene(rng, config.max_objects))
+    img_dir = out / "unlabeled2017"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    by_key: dict[tuple, list[int]] = {}
+    images = []
+    for gid, scene in enumerate(gallery):
+        image_id = 1_000_000 + gid
+        name = f"{image_id:012d}.png"
+        render(scene, size).save(img_dir / name)
+        images.append({"id": image_id, "file_name": name})
+        by_key.setdefault(scene.key(), []).append(image_id)
+    annotations = []
+    for q in queries:
+        target_id = 1_000_000 + q["target"]
+        ref_id = 1_000_000 + q["ref"]
+        gt = [i for i in by_key[gallery[q["target"]].key()] if i != ref_id]
+        annotations.append({"id": q["id"], "reference_img_id": ref_id, "target_img_id": target_id,
+                            "relative_caption": q["text"], "shared_concept": q["kind"], "gt_img_ids": gt})
+    (out / "annotations").mkdir(exist_ok=True)
+    (out / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
+    (out / "annotations" / "test.json").write_text(json.dumps(annotations))
+    done.write_text(json.dumps({"key": config.key(), "config": asdict(config), "phrases": PHRASES}))
+    return out
