@@ -1,12 +1,11 @@
 """The Shapes-CIR generator: deterministic, honest splits, correct ground truth, CIRCO layout."""
 
 import json
-import re
 
 import pytest
 
 from isacir.evaluation import evaluate, load_circo
-from isacir.evaluation.shapes import PHRASES, ShapesConfig, Scene, generate, make_edit, random_scene
+from isacir.evaluation.shapes import PHRASES, ShapesConfig, generate, make_edit, random_scene
 
 SMALL = dict(train_images=30, caption_pairs=300, test_queries=40, distractors=30)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._fs import replace_dir
 from .errors import IsacirError
 from .query import QueryEncoder
 
@@ -130,13 +131,7 @@ def export_edge(qe: QueryEncoder, out_dir: str | os.PathLike, int8: bool = False
             "verification": report,
         }
         (tmp / EDGE_CONFIG).write_text(json.dumps(config, indent=2))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,7 +6,6 @@ One code path serves CIRR, FashionIQ, CIRCO and Shapes-CIR (which is written in 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .._fs import atomic_write_text
 from ..compose import DEFAULT_TEMPLATE
 from ..training.data import DecodeDataset, ImageRecord, collate_list
 from .benchmarks import BenchmarkDataError, CIRBenchmark
@@ -142,9 +142,7 @@ def submission_files(bench: CIRBenchmark, rankings: list[list[str]], out: Path) 
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj))
 
 
 def evaluate(bench: CIRBenchmark, fnd: "Foundation", mode: str = "isa", query_encoder: "QueryEncoder | None" = None,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from .._fs import atomic_write_text
 from .._version import __version__
 from ..errors import FoundationMismatchError, IsacirError
 from ..imageio import IMAGE_EXTENSIONS
@@ -144,9 +145,7 @@ class Gallery:
             "created": time.time(),
             "isacir_version": __version__,
         }
-        tmp = directory / ".gallery.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, directory / "gallery.json")
+        atomic_write_text(directory / "gallery.json", json.dumps(info, indent=2))
         return cls.open(directory)
 
     def check_foundation(self, foundation: "Foundation | str") -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._fs import replace_dir
 from .._version import __version__
 from ..errors import CheckpointError, FoundationMismatchError
 from ..imageio import ImageSource, load_image
@@ -283,7 +284,7 @@ class QueryEncoder(nn.Module):
         try:
             save_model(self, str(tmp / WEIGHTS_NAME))
             (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            _replace_dir(tmp, directory)
+            replace_dir(tmp, directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -317,14 +318,3 @@ class QueryEncoder(nn.Module):
         except Exception as exc:
             raise CheckpointError(f"weights in {weights} do not match its config: {exc}") from None
         return model.eval()
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Swap ``src`` into place of ``dst`` with renames only."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)

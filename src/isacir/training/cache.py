@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..errors import FoundationMismatchError, ImageDecodeError, IsacirError
+from ..errors import FoundationMismatchError, IsacirError
 from ..foundation.base import pool_patch_grid
-from ..imageio import load_image
 from .data import DecodeDataset, ImageRecord, collate_list
 
 if TYPE_CHECKING:
@@ -52,6 +51,13 @@ class BuildReport:
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def add_skip(self, error: str) -> None:
+        """Count a ``"reason|message"`` error from :class:`DecodeDataset` (keeps a few examples)."""
+        reason, _, message = error.partition("|")
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.skipped_examples) < 20:
+            self.skipped_examples.append(message)
 
     @property
     def skipped_total(self) -> int:
@@ -79,10 +85,7 @@ def hash_records(records: Sequence[ImageRecord], num_workers: int = 0) -> tuple[
     for batch in loader:
         for i, digest, _, error in batch:
             if error:
-                reason, _, message = error.partition("|")
-                report.skipped[reason] = report.skipped.get(reason, 0) + 1
-                if len(report.skipped_examples) < 20:
-                    report.skipped_examples.append(message)
+                report.add_skip(error)
             else:
                 hashes[i] = digest
     report.seconds = time.perf_counter() - t0
@@ -228,10 +231,7 @@ class TeacherCache:
             todo_px, todo_hash = [], []
             for i, digest, pixels, error in batch:
                 if error:
-                    reason, _, message = error.partition("|")
-                    report.skipped[reason] = report.skipped.get(reason, 0) + 1
-                    if len(report.skipped_examples) < 20:
-                        report.skipped_examples.append(message)
+                    report.add_skip(error)
                     continue
                 hashes[i] = digest
                 if digest in known:
