@@ -51,6 +51,20 @@ class EmbedActor:
         }
 
 
+def _start_local_ray(num_cpus: int, attempts: int = 2) -> None:
+    """Start a private local Ray instance; a busy machine can make the first start time out."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
+
+
 def ray_encoder(foundation: str, address: str | None = None, actors: int = 2, batch_size: int = 32, threads: int = 1):
     """Return an ``encoder(records)`` for :meth:`Gallery.index` that embeds with Ray Data."""
 
@@ -63,7 +77,7 @@ def ray_encoder(foundation: str, address: str | None = None, actors: int = 2, ba
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
-                ray.init(num_cpus=max(actors, 1) * threads, include_dashboard=False, log_to_driver=False)
+                _start_local_ray(max(actors, 1) * threads)
         rows = [
             {"i": i, "path": r.path, "member": r.member or "", "offset": r.offset, "size": r.size}
             for i, r in enumerate(records)
