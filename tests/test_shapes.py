@@ -96,3 +96,23 @@ def test_baselines_run_through_the_circo_path(world, openclip_fnd):
     image, _ = evaluate(bench, openclip_fnd, mode="image_only", progress=False)
     for m in (pixel, image):
         assert set(m) >= {"R@1", "R@5", "R@10", "R@50", "mAP@10"} and all(0 <= v <= 100 for v in m.values())
+
+
+def test_shapes_foundation_loads_through_the_ordinary_path(world, tmp_path):
+    import torch
+
+    from isacir.evaluation.shapes_foundation import create_untrained, train_foundation
+    from isacir.foundation import create_foundation
+
+    name = create_untrained(world, tmp_path / "untrained")
+    assert name.startswith("openclip:shapes-clip@")
+    fnd = create_foundation(name)
+    assert fnd._fast_text and fnd.tokenizer.eos == [fnd.token_embedding.num_embeddings - 1]  # argmax pooling
+    with torch.no_grad():
+        spliced = fnd.encode_composed(fnd.embed_words("large red circle").unsqueeze(0), ["move it to the top left"])
+        plain = fnd.encode_text(["a photo of large red circle that move it to the top left"])
+    assert torch.allclose(spliced, plain, atol=1e-5)
+    trained_name = train_foundation(world, tmp_path / "trained", steps=6, batch_size=32, progress=False,
+                                    log=lambda m: None)
+    trained = create_foundation(trained_name)
+    assert trained.fingerprint != fnd.fingerprint and trained.word_dim == fnd.word_dim

@@ -1,0 +1,146 @@
+"""The tiny CLIP-style foundation of the Shapes-CIR world, trained from scratch on the CPU.
+
+It is an ordinary open_clip model (a custom config: a small ViT image tower with 8 px patches, a
+causal text transformer) with a word-level tokenizer saved beside it, so it loads through the
+normal ``openclip:ARCH@/folder`` path like any real checkpoint. Its language comes only from its
+captions, which is why the world's captions include edit-style descriptions (language
+pretraining, never CIR training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .shapes import CELLS, COLOURS, PHRASES, SHAPES, SIZES, COMPARATIVE
+
+ARCH = "shapes-clip"
+SPECIALS = ["[PAD]", "[UNK]", "[SOS]"]
+
+
+def vocabulary(captions: list[str]) -> list[str]:
+    """Every word the world can produce (training and held-out phrasings alike), specials first, EOS last.
+
+    Words that only occur in held-out phrasings get embedding rows that training never updates,
+    as unseen words would in a real model. CLIP pools at argmax(ids), so [EOS] takes the largest id.
+    """
+    import re
+
+    words: set[str] = set()
+    sources = list(captions) + [t for s in PHRASES.values() for k in s.values() for t in k]
+    sources += list(COLOURS) + list(SHAPES) + list(SIZES) + list(CELLS) + list(COMPARATIVE.values())
+    sources += ["a photo of that", "on the in at"]
+    for text in sources:
+        words.update(re.findall(r"\w+|[^\w\s]", text.lower().replace("{value}", " ").replace("{comparative}", " ")))
+    return SPECIALS + sorted(words) + ["[EOS]"]
+
+
+def build_tokenizer(vocab: list[str], context_length: int):
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    ids = {w: i for i, w in enumerate(vocab)}
+    tok = Tokenizer(WordLevel(ids, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[SOS] $A [EOS]", special_tokens=[("[SOS]", ids["[SOS]"]), ("[EOS]", ids["[EOS]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[SOS]", eos_token="[EOS]",
+        model_max_length=context_length,
+    )
+
+
+def model_config(vocab_size: int, image_size: int = 64, context_length: int = 40, width: int = 192) -> dict:
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": image_size, "layers": 4, "width": width, "patch_size": 8, "head_width": 64},
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": vocab_size,
+            "width": width,
+            "heads": 3,
+            "layers": 3,
+            "hf_tokenizer_name": "local",
+            "pool_type": "argmax",
+        },
+    }
+
+
+def save_foundation(model, tokenizer, cfg: dict, folder: Path) -> str:
+    from ..foundation.openclip import save_openclip_checkpoint
+
+    folder = Path(folder)
+    preprocess = {"size": cfg["vision_cfg"]["image_size"], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    save_openclip_checkpoint(model, folder, cfg, preprocess)
+    tokenizer.save_pretrained(str(folder))
+    return f"openclip:{ARCH}@{folder}"
+
+
+def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
+    """An untrained foundation with the world's vocabulary, saved in the real format."""
+    import open_clip
+
+    captions = [c["caption"] for c in json.loads((Path(world) / "foundation_captions.json").read_text())]
+    vocab = vocabulary(captions)
+    cfg = model_config(len(vocab))
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**{k: v for k, v in cfg.items()})
+    return save_foundation(model, build_tokenizer(vocab, cfg["text_cfg"]["context_length"]), cfg, folder)
+
+
+def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: int = 256, lr: float = 1e-3,
+                     seed: int = 0, progress: bool = True, log=print) -> str:
+    """Symmetric InfoNCE on the world's image-caption pairs; returns the foundation name."""
+    from tqdm.auto import tqdm
+
+    from ..foundation import create_foundation
+    from ..imageio import load_image
+
+    world, folder = Path(world), Path(folder)
+    name = create_untrained(world, folder, seed)
+    fnd = create_foundation(name)
+    model = fnd.model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    pairs = json.loads((world / "foundation_captions.json").read_text())
+    images = torch.stack([fnd.transform(load_image(world / "foundation" / p["image"])) for p in pairs])
+    ids, _ = fnd.tokenizer([p["caption"] for p in pairs])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc="shapes foundation", disable=not progress, leave=False)
+    for step in bar:
+        idx = torch.tensor(rng.sample(range(len(pairs)), batch_size))
+        img = model.encode_image(images[idx], normalize=True) if not fnd._visual_tokens else None
+        if img is None:
+            pooled, _ = model.visual(images[idx])
+            img = torch.nn.functional.normalize(pooled, dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(ids[idx]), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
+        labels = torch.arange(batch_size)
+        loss = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    log(f"shapes foundation: {steps} steps in {time.perf_counter() - t0:.0f}s, final loss {loss.item():.3f}")
+    model.eval()
+    fnd.model.visual.output_tokens = False
+    tokenizer = build_tokenizer(vocabulary([p["caption"] for p in pairs]), model.context_length)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    return save_foundation(model, tokenizer, cfg, folder)
