@@ -204,9 +204,10 @@ def test_milvus_lite_matches_faiss_exact(tmp_path, openclip_fnd):
     folder = make_folder(tmp_path / "imgs", 25)
     f = Gallery.open_or_create(tmp_path / "faiss", openclip_fnd)
     f.index([folder], openclip_fnd, progress=False)
-    m = Gallery.open_or_create(tmp_path / "milvus", openclip_fnd, store=f"milvus://{tmp_path / 'milvus' / 'gallery.db'}")
+    m = Gallery.open_or_create(tmp_path / "milvus", openclip_fnd, store="milvus://./gallery.db")
     m.index([folder], openclip_fnd, progress=False)
     assert m.store.count() == 25
+    assert (tmp_path / "milvus" / "gallery.db").exists()  # relative Lite files live in the gallery folder
     q = f.vectors()[1][:4] + 0.01
     for hf, hm in zip(f.search(q, 5), m.search(q, 5)):
         assert [h.id for h in hf] == [h.id for h in hm]

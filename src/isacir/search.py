@@ -116,8 +116,9 @@ class Retriever:
         if k < 1:
             raise SearchError("k must be >= 1")
         query, used_tokens = self.query_vector(image, text, tokens, mode)
-        fetch = max(k, rerank) + len(exclude)
-        hits = [h for h in self.gallery.search(query[None], fetch)[0] if h.id not in set(exclude)]
+        excluded = set(exclude)
+        fetch = max(k, rerank) + len(excluded)
+        hits = [h for h in self.gallery.search(query[None], fetch)[0] if h.id not in excluded]
         if rerank and hits:
             hits = self.rerank(hits[: max(k, rerank)], query, used_tokens, text)
         return hits[:k]

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from .._fs import atomic_write_text
 from ..compose import DEFAULT_TEMPLATE
-from ..training.data import DecodeDataset, ImageRecord, collate_list
+from ..training.data import ImageRecord
 from .benchmarks import BenchmarkDataError, CIRBenchmark
 from .metrics import map_at_k, rank_gallery, recall_at_k, subset_rankings
 
@@ -39,22 +38,23 @@ def pixel_vectors(paths: Sequence[Path], side: int = 16) -> np.ndarray:
     return np.stack(out)
 
 
-@torch.no_grad()
 def encode_gallery(fnd: "Foundation", paths: Sequence[Path], batch_size: int = 64, workers: int = 0,
                    progress: bool = True) -> np.ndarray:
+    """Every gallery image's vector; a benchmark with unreadable images is a data error, not a skip."""
     from tqdm.auto import tqdm
 
+    from ..gallery import encode_records
+
     records = [ImageRecord(str(p)) for p in paths]
-    loader = DataLoader(DecodeDataset(records, fnd.transform), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate_list)
     out = np.zeros((len(records), fnd.embed_dim), np.float32)
     bad = []
-    for batch in tqdm(loader, desc="gallery", unit="batch", disable=not progress, leave=False):
-        good = [b for b in batch if not b[3]]
-        bad += [b[3] for b in batch if b[3]]
-        if good:
-            vec = fnd.encode_image(torch.stack([b[2] for b in good])).float().cpu().numpy()
-            out[[b[0] for b in good]] = vec
+    batches = encode_records(records, fnd, batch_size, workers)
+    for batch in tqdm(batches, desc="gallery", unit="batch", disable=not progress, leave=False):
+        for i, _, vec, error in batch:
+            if error:
+                bad.append(error)
+            else:
+                out[i] = vec
     if bad:
         raise BenchmarkDataError(f"{len(bad)} gallery images could not be read, e.g. {bad[0].split('|', 1)[1]}")
     return out

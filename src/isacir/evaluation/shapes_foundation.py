@@ -74,15 +74,9 @@ def model_config(vocab_size: int, image_size: int = 64, context_length: int = 40
     }
 
 
-def save_foundation(model, tokenizer, cfg: dict, folder: Path) -> str:
-    from ..foundation.openclip import save_openclip_checkpoint
-
-    folder = Path(folder)
-    preprocess = {"size": cfg["vision_cfg"]["image_size"], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-                  "interpolation": "bicubic", "resize_mode": "shortest"}
-    save_openclip_checkpoint(model, folder, cfg, preprocess)
-    tokenizer.save_pretrained(str(folder))
-    return f"openclip:{ARCH}@{folder}"
+def _preprocess_config(cfg: dict) -> dict:
+    return {"size": cfg["vision_cfg"]["image_size"], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+            "interpolation": "bicubic", "resize_mode": "shortest"}
 
 
 def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
@@ -92,9 +86,13 @@ def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
     captions = [c["caption"] for c in json.loads((Path(world) / "foundation_captions.json").read_text())]
     vocab = vocabulary(captions)
     cfg = model_config(len(vocab))
+    from ..foundation.openclip import save_openclip_checkpoint
+
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**{k: v for k, v in cfg.items()})
-    return save_foundation(model, build_tokenizer(vocab, cfg["text_cfg"]["context_length"]), cfg, folder)
+    model = open_clip.CLIP(**cfg)
+    save_openclip_checkpoint(model, folder, cfg, _preprocess_config(cfg))
+    build_tokenizer(vocab, cfg["text_cfg"]["context_length"]).save_pretrained(str(folder))
+    return f"openclip:{ARCH}@{folder}"
 
 
 def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: int = 256, lr: float = 1e-3,
@@ -103,6 +101,7 @@ def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: in
     from tqdm.auto import tqdm
 
     from ..foundation import create_foundation
+    from ..foundation.openclip import save_openclip_checkpoint
     from ..imageio import load_image
 
     world, folder = Path(world), Path(folder)
@@ -123,10 +122,7 @@ def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: in
     bar = tqdm(range(steps), desc="shapes foundation", disable=not progress, leave=False)
     for step in bar:
         idx = torch.tensor(rng.sample(range(len(pairs)), batch_size))
-        img = model.encode_image(images[idx], normalize=True) if not fnd._visual_tokens else None
-        if img is None:
-            pooled, _ = model.visual(images[idx])
-            img = torch.nn.functional.normalize(pooled, dim=-1)
+        img = fnd.encode_image(images[idx])
         txt = torch.nn.functional.normalize(model.encode_text(ids[idx]), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T
         labels = torch.arange(batch_size)
@@ -139,8 +135,7 @@ def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: in
             model.logit_scale.clamp_(0, math.log(100))
         bar.set_postfix(loss=f"{loss.item():.3f}")
     log(f"shapes foundation: {steps} steps in {time.perf_counter() - t0:.0f}s, final loss {loss.item():.3f}")
-    model.eval()
-    fnd.model.visual.output_tokens = False
-    tokenizer = build_tokenizer(vocabulary([p["caption"] for p in pairs]), model.context_length)
-    cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
-    return save_foundation(model, tokenizer, cfg, folder)
+    # the tokenizer saved by create_untrained stays; only the weights change
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    save_openclip_checkpoint(model.eval(), folder, cfg["model_cfg"], cfg["preprocess_cfg"])
+    return name

@@ -1,6 +1,6 @@
 """Gallery side: incremental indexing into FAISS or Milvus, crash-safe metadata, search."""
 
-from .gallery import Gallery, GalleryError, Hit, IndexReport, item_id
+from .gallery import Gallery, GalleryError, Hit, IndexReport, encode_records, item_id
 from .stores import FaissStore, MilvusStore, VectorStore, choose_index, open_store
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "MilvusStore",
     "VectorStore",
     "choose_index",
+    "encode_records",
     "item_id",
     "open_store",
 ]

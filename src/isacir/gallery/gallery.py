@@ -313,7 +313,7 @@ class Gallery:
         meta_json = json.dumps(metadata or {})
         encoded = 0
         t_enc = time.perf_counter()
-        batches = encoder(todo) if encoder is not None else self._encode_local(todo, foundation, batch_size, num_workers)
+        batches = encoder(todo) if encoder is not None else encode_records(todo, foundation, batch_size, num_workers)
         bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress, leave=False)
         for batch in batches:
             rows, vecs = [], []
@@ -365,26 +365,6 @@ class Gallery:
                 return candidate
             candidate = (candidate + 1) % (1 << 53)
 
-    @staticmethod
-    def _encode_local(records, foundation, batch_size, num_workers):
-        import torch
-        from torch.utils.data import DataLoader
-
-        loader = DataLoader(
-            DecodeDataset(records, foundation.transform),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_list,
-        )
-        for batch in loader:
-            good = [b for b in batch if not b[3]]
-            out = [(i, d, None, e) for i, d, _, e in batch if e]
-            if good:
-                with torch.no_grad():
-                    vecs = foundation.encode_image(torch.stack([b[2] for b in good])).float().cpu().numpy()
-                out += [(b[0], b[1], vecs[j], "") for j, b in enumerate(good)]
-            yield out
-
     # ----- search -----------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -413,6 +393,31 @@ class Gallery:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def encode_records(records: Sequence[ImageRecord], foundation: "Foundation", batch_size: int = 32,
+                   num_workers: int = 0) -> Iterable[list[tuple]]:
+    """Decode in DataLoader workers, encode here: batches of ``(index, hash, vector | None, error)``.
+
+    A bad image yields its ``"reason|message"`` error instead of a vector; the batch survives it.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        DecodeDataset(records, foundation.transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_list,
+    )
+    for batch in loader:
+        good = [b for b in batch if not b[3]]
+        out = [(i, d, None, e) for i, d, _, e in batch if e]
+        if good:
+            with torch.no_grad():
+                vecs = foundation.encode_image(torch.stack([b[2] for b in good])).float().cpu().numpy()
+            out += [(b[0], b[1], vecs[j], "") for j, b in enumerate(good)]
+        yield out
 
 
 def _stat(rec: ImageRecord) -> tuple[int, int]:

@@ -213,29 +213,37 @@ class MilvusStore(VectorStore):
     collection = "isacir_gallery"
 
     def __init__(self, uri: str, dim: int, gallery_dir: Path):
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import MilvusClient
 
         self.dim = dim
         self.uri = uri
-        target = uri
-        if not uri.startswith(("http://", "https://", "tcp://")) and not uri.endswith(".db") and ":" in uri:
+        if uri.endswith(".db"):
+            # Milvus Lite file; a relative path belongs to the gallery (the spec is stored in gallery.json
+            # and must mean the same file whatever the working directory is later)
+            target = str(Path(uri) if os.path.isabs(uri) else (gallery_dir / uri).resolve())
+        elif uri.startswith(("http://", "https://", "tcp://")):
+            target = uri
+        else:
             target = f"http://{uri}"
-        elif uri.endswith(".db") and not os.path.isabs(uri):
-            target = str((gallery_dir / uri).resolve()) if not Path(uri).parent.exists() else str(Path(uri).resolve())
         try:
             self.client = MilvusClient(target)
         except Exception as exc:
             raise StoreError(f"cannot connect to Milvus at {uri}: {exc}") from None
+        self._ensure_collection()
+        self._gen_file = gallery_dir / "milvus-generation.json"
+        self.generation = json.loads(self._gen_file.read_text())["generation"] if self._gen_file.is_file() else 0
+
+    def _ensure_collection(self) -> None:
+        from pymilvus import DataType
+
         if not self.client.has_collection(self.collection):
             schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
             index_params = self.client.prepare_index_params()
             index_params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
             self.client.create_collection(self.collection, schema=schema, index_params=index_params)
         self.client.load_collection(self.collection)  # reopened files come back "released"
-        self._gen_file = gallery_dir / "milvus-generation.json"
-        self.generation = json.loads(self._gen_file.read_text())["generation"] if self._gen_file.is_file() else 0
 
     def _set_generation(self, generation: int) -> None:
         self.generation = generation
@@ -255,7 +263,7 @@ class MilvusStore(VectorStore):
 
     def rebuild(self, ids, vecs, generation) -> None:
         self.client.drop_collection(self.collection)
-        self.__init__(self.uri, self.dim, self._gen_file.parent)
+        self._ensure_collection()
         self.apply(ids, vecs, np.zeros(0, np.int64), generation)
 
     def search(self, queries, k):

@@ -18,7 +18,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -252,10 +252,7 @@ def _save_checkpoint(out_dir: Path, step: int, module: TrainModule, optimizer, s
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        module.encoder.save_pretrained(tmp / "model")
-        for f in (tmp / "model").iterdir():
-            os.replace(f, tmp / f.name)
-        (tmp / "model").rmdir()
+        module.encoder.save_pretrained(tmp)
         torch.save(
             {
                 "step": step,
@@ -363,7 +360,7 @@ def train(
 
     info = init_distributed()
     if config.num_workers is None:
-        config = TrainConfig(**{**config.to_dict(), "num_workers": min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0})
+        config = replace(config, num_workers=min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed)
