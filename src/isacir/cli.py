@@ -315,7 +315,7 @@ def search_cmd(
 
 @app.command("eval")
 def eval_cmd(
-    benchmark: str = typer.Option(..., help="cirr | fashioniq | circo"),
+    benchmark: str = typer.Option(..., help="cirr | fashioniq | circo | shapes"),
     data: Path = typer.Option(..., help="Benchmark root folder (official layout)."),
     foundation: str = typer.Option(..., help="Large model the query encoder was trained for."),
     query_encoder: Optional[Path] = typer.Option(None, help="Trained query encoder (mode isa)."),
@@ -326,6 +326,8 @@ def eval_cmd(
     workers: int = typer.Option(2, help="Decode workers for the gallery."),
 ) -> None:
     """Evaluate on an official benchmark: metric table, JSON, and test-server files for test splits."""
+    from dataclasses import replace
+
     from .evaluation import FIQ_CATEGORIES, evaluate, load_circo, load_cirr, load_fashioniq, submission_files
     from .foundation import create_foundation
     from .query import QueryEncoder
@@ -337,13 +339,15 @@ def eval_cmd(
         raise IsacirError("mode isa needs --query-encoder (or pick a training-free --mode)")
     if benchmark == "cirr":
         benches = [load_cirr(data, split)]
-    elif benchmark == "circo":
-        benches = [load_circo(data, split)]
+    elif benchmark in ("circo", "shapes"):
+        # Shapes-CIR is written in CIRCO's layout (its test split carries ground truth)
+        bench = load_circo(data, "test" if benchmark == "shapes" else split)
+        benches = [replace(bench, name=benchmark) if benchmark == "shapes" else bench]
     elif benchmark == "fashioniq":
         cats = FIQ_CATEGORIES if category == "all" else (category,)
         benches = [load_fashioniq(data, c, split) for c in cats]
     else:
-        raise IsacirError(f"unknown benchmark {benchmark!r}; choose cirr, fashioniq or circo")
+        raise IsacirError(f"unknown benchmark {benchmark!r}; choose cirr, fashioniq, circo or shapes")
     results: dict = {"benchmark": benchmark, "split": split, "mode": mode, "foundation": foundation, "metrics": {}}
     out_dir = out_dir or Path("runs") / f"eval-{benchmark}-{split}"
     for bench in benches:
@@ -478,6 +482,91 @@ def bench_index_cmd(
         err.print(f"bare forward {result['bare_forward_img_s']} img/s, indexing {result['index_img_s']} img/s "
                   f"= {result['fraction_of_bare']:.0%}")
     _emit_json(result)
+
+
+@bench_app.command("shapes")
+def bench_shapes_cmd(
+    seed: int = typer.Option(0, help="World, foundation and training seed."),
+    out: Path = typer.Option(Path("runs/shapes"), help="Cache and results folder (reused across runs)."),
+    small: bool = typer.Option(False, help="The scaled-down configuration the tests use."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated subset of methods (default: all)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per trained method."),
+    tokens: Optional[int] = typer.Option(None, help="Pseudo tokens for isa / isa_symmetric."),
+    lar_weight: Optional[float] = typer.Option(None, help="Weight of the local alignment loss."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """Shapes-CIR end to end: generate, train the tiny foundation and each method, evaluate all.
+
+    The last stdout line is {"seed", "methods": {method: {R@1, R@5, R@10, R@50, mAP@10}}}; a
+    Markdown table and a bar chart land in OUT.
+    """
+    from dataclasses import replace
+
+    from .evaluation.shapes_bench import ShapesBenchConfig, run_shapes_bench
+
+    cfg = ShapesBenchConfig.small(seed) if small else ShapesBenchConfig(seed=seed)
+    changes = {k: v for k, v in (("steps", steps), ("tokens", tokens), ("lar_weight", lar_weight)) if v is not None}
+    if changes:
+        cfg.recipe = replace(cfg.recipe, **changes)
+    if methods:
+        try:
+            cfg = replace(cfg, methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+        except ValueError as exc:
+            raise IsacirError(str(exc)) from None
+    summary = run_shapes_bench(out, cfg, log=lambda m: err.print(escape(str(m)), highlight=False))
+    if not as_json:
+        err.print((out / f"results-seed{seed}.md").read_text())
+        err.print(f"table, chart and details: {out}/results-seed{seed}.{{md,png,json}}")
+    _emit_json(summary)
+
+
+def load_service(gallery: Path, query_encoder: Path, foundation: Optional[str] = None, api_key_file: Optional[Path] = None,
+                 max_upload_mb: float = 10.0, feedback_db: Optional[Path] = None):
+    """Open gallery, foundation and query encoder, check they belong together, build the app."""
+    from .foundation import create_foundation
+    from .gallery import Gallery
+    from .query import QueryEncoder
+    from .serve import ServeSettings, ServiceState, create_app, read_api_keys
+
+    g = Gallery.open(gallery)
+    if foundation is None:
+        cfg = json.loads((Path(query_encoder) / "config.json").read_text()) if (Path(query_encoder) / "config.json").is_file() else {}
+        foundation = cfg.get("foundation_id") or g.info["foundation_id"]
+    fnd = create_foundation(foundation)
+    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
+    settings = ServeSettings(
+        api_keys=read_api_keys(api_key_file) if api_key_file else (),
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        feedback_db=feedback_db,
+    )
+    return create_app(ServiceState(g, fnd, qe, settings))
+
+
+@app.command("serve")
+def serve_cmd(
+    gallery: Path = typer.Option(..., help="Gallery folder (from `isacir index`)."),
+    query_encoder: Path = typer.Option(..., help="Query-encoder checkpoint folder the devices run."),
+    foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    api_key_file: Optional[Path] = typer.Option(None, help="File with one API key per line (default: no auth, "
+                                                "only sensible on loopback)."),
+    max_upload_mb: float = typer.Option(10.0, help="Request body cap; larger bodies get 413."),
+    feedback_db: Optional[Path] = typer.Option(None, help="Default: GALLERY/feedback.sqlite."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+) -> None:
+    """Serve composed search over HTTP, with the operator web UI at /."""
+    import uvicorn
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    app_ = load_service(gallery, query_encoder, foundation, api_key_file, max_upload_mb, feedback_db)
+    if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
+    err.print(f"isacir serving {gallery} on http://{host}:{port}/  (UI at /, health at /healthz)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command("demo")

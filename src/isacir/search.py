@@ -47,15 +47,16 @@ class Retriever:
         gallery: "Gallery",
         foundation: "Foundation",
         query_encoder: "QueryEncoder | None" = None,
-        template: str = DEFAULT_TEMPLATE,
+        template: str | None = None,
     ):
+        """``template`` defaults to the one the query encoder was trained with."""
         gallery.check_foundation(foundation)
         if query_encoder is not None:
             query_encoder.check_foundation(foundation)
         self.gallery = gallery
         self.foundation = foundation
         self.query_encoder = query_encoder
-        self.template = template
+        self.template = template or (query_encoder.config.template if query_encoder is not None else DEFAULT_TEMPLATE)
 
     @property
     def default_mode(self) -> str:

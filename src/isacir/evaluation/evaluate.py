@@ -62,11 +62,13 @@ def encode_gallery(fnd: "Foundation", paths: Sequence[Path], batch_size: int = 6
 
 @torch.no_grad()
 def encode_queries(bench: CIRBenchmark, fnd: "Foundation", gallery_vecs: np.ndarray, names: list[str], mode: str,
-                   query_encoder: "QueryEncoder | None" = None, template: str = DEFAULT_TEMPLATE,
+                   query_encoder: "QueryEncoder | None" = None, template: str | None = None,
                    batch_size: int = 32) -> np.ndarray:
-    """Composed query vectors ``[Q, D]`` for ``mode``."""
+    """Composed query vectors ``[Q, D]`` for ``mode`` (``template`` defaults to the encoder's own)."""
     if mode not in METHOD_MODES:
         raise ValueError(f"unknown mode {mode!r}")
+    if template is None:
+        template = query_encoder.config.template if query_encoder is not None else DEFAULT_TEMPLATE
     index = {n: i for i, n in enumerate(names)}
     qs = bench.queries
     out = np.zeros((len(qs), fnd.embed_dim), np.float32)
@@ -146,7 +148,7 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 def evaluate(bench: CIRBenchmark, fnd: "Foundation", mode: str = "isa", query_encoder: "QueryEncoder | None" = None,
-             template: str = DEFAULT_TEMPLATE, gallery_vecs: np.ndarray | None = None, progress: bool = True,
+             template: str | None = None, gallery_vecs: np.ndarray | None = None, progress: bool = True,
              workers: int = 0) -> tuple[dict[str, float], list[list[str]]]:
     names = list(bench.gallery)
     if mode == "pixel_only":

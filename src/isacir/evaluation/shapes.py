@@ -69,6 +69,8 @@ PHRASES = {
     },
 }
 COMPARATIVE = {"large": "bigger", "small": "smaller"}
+#: Bumped whenever the generator's output changes for the same config.
+WORLD_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ class ShapesConfig:
     max_objects: int = 3
 
     def key(self) -> str:
-        return hashlib.blake2b(json.dumps(asdict(self), sort_keys=True).encode(), digest_size=6).hexdigest()
+        return hashlib.blake2b(json.dumps([WORLD_FORMAT, asdict(self)], sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
 def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path:
@@ -275,6 +277,7 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
     # 3. composed test queries over a gallery with hard negatives, in CIRCO's layout
     gallery: list[Scene] = []
     queries = []
+    caption_rng = random.Random(config.seed + 7919)  # separate stream: captions do not move the scenes
     while len(queries) < config.test_queries:
         ref = random_scene(rng, config.max_objects)
         edit = make_edit(rng, ref, "test")
@@ -283,7 +286,8 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
         kind, text, target, negs = edit
         base = len(gallery)
         gallery.extend([ref, target, *negs])
-        queries.append({"id": len(queries), "ref": base, "target": base + 1, "kind": kind, "text": text})
+        queries.append({"id": len(queries), "ref": base, "target": base + 1, "kind": kind, "text": text,
+                        "ref_caption": describe(ref, caption_rng), "target_caption": describe(target, caption_rng)})
     for _ in range(config.distractors):
         gallery.append(random_scene(rng, config.max_objects))
     img_dir = out / "unlabeled2017"
@@ -302,7 +306,9 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
         ref_id = 1_000_000 + q["ref"]
         gt = [i for i in by_key[gallery[q["target"]].key()] if i != ref_id]
         annotations.append({"id": q["id"], "reference_img_id": ref_id, "target_img_id": target_id,
-                            "relative_caption": q["text"], "shared_concept": q["kind"], "gt_img_ids": gt})
+                            "relative_caption": q["text"], "shared_concept": q["kind"], "gt_img_ids": gt,
+                            # for oracle diagnostics only (no method sees them)
+                            "reference_caption": q["ref_caption"], "target_caption": q["target_caption"]})
     (out / "annotations").mkdir(exist_ok=True)
     (out / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
     (out / "annotations" / "test.json").write_text(json.dumps(annotations))

@@ -192,6 +192,20 @@ class Gallery:
         rows = self.db().execute("SELECT id, path, hash, size, metadata FROM items ORDER BY id").fetchall()
         return [{"id": r[0], "path": r[1], "hash": r[2], "size": r[3], "metadata": json.loads(r[4] or "{}")} for r in rows]
 
+    def path_of(self, item_id: int) -> str | None:
+        row = self.db().execute("SELECT path FROM items WHERE id = ?", (int(item_id),)).fetchone()
+        return row[0] if row else None
+
+    def ids_for_paths(self, paths: Sequence[str]) -> dict[str, int]:
+        """Gallery ids of indexed paths (paths not in the gallery are absent)."""
+        out: dict[str, int] = {}
+        db = self.db()
+        for start in range(0, len(paths), 500):
+            chunk = list(paths[start : start + 500])
+            q = f"SELECT path, id FROM items WHERE path IN ({','.join('?' * len(chunk))})"
+            out.update(dict(db.execute(q, chunk).fetchall()))
+        return out
+
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, vectors)`` from the source of truth (all, or the given ids in that order)."""
         db = self.db()

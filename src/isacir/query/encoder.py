@@ -22,6 +22,7 @@ from torch import nn
 
 from .._fs import replace_dir
 from .._version import __version__
+from ..compose import DEFAULT_TEMPLATE
 from ..errors import CheckpointError, FoundationMismatchError
 from ..imageio import ImageSource, load_image
 from .backbones import create_backbone, resolve_backbone
@@ -56,6 +57,8 @@ class QueryEncoderConfig:
     #: ``isa-symmetric``: patch features pooled to this grid (as in the training cache), or None.
     local_grid: Optional[int] = None
     backbone_pretrained: str = "none"
+    #: The prompt the tokens were trained in; search composes queries with the same one.
+    template: str = DEFAULT_TEMPLATE
     isacir_version: str = __version__
 
     def to_dict(self) -> dict:

@@ -211,6 +211,13 @@ class TeacherCache:
         t0 = time.perf_counter()
         db = self._connect()
         known = self.index()
+        wanted = {"global"} | ({"local"} if local else set()) | ({"hidden"} if hidden else set())
+        have = set(self.kinds()) if self.meta_path.is_file() else set()
+        if known and have and wanted != have:
+            raise CacheError(
+                f"cache {self.dir} holds {sorted(have)} features but {sorted(wanted)} were requested; "
+                "use a separate cache folder per feature set"
+            )
         report = BuildReport(total=len(records))
         hashes: list[str | None] = [None] * len(records)
         loader = DataLoader(

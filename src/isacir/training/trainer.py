@@ -288,11 +288,17 @@ class TrainResult:
     encoder: Optional[QueryEncoder] = None
 
 
+def _teacher_kinds(config: TrainConfig, foundation) -> tuple[bool, bool]:
+    """Which teacher features beyond the global one this run reads: ``(local, hidden)``."""
+    need_local = (config.lar_weight > 0 and not foundation.has_matching_head) or config.method == "isa-symmetric"
+    need_hidden = config.lar_weight > 0 and foundation.has_matching_head
+    return need_local, need_hidden
+
+
 def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistInfo, log, work: Path) -> tuple[list[TrainItem], dict]:
     """Build (or reuse) the teacher cache; every rank encodes its share of the records."""
     records = discover_images(sources)
-    need_local = (config.lar_weight > 0 and not foundation.has_matching_head) or config.method == "isa-symmetric"
-    need_hidden = config.lar_weight > 0 and foundation.has_matching_head
+    need_local, need_hidden = _teacher_kinds(config, foundation)
     mine = list(range(info.rank, len(records), info.world))
     if config.use_cache:
         # Rank 0 creates the index database (switching SQLite to WAL needs it alone) before the
@@ -369,7 +375,10 @@ def train(
     foundation = foundation.to(device)
     say = log if info.main else (lambda *a, **k: None)
 
-    variant = {"grid": config.local_grid}
+    # The feature kinds are part of the cache's identity: a global-only cache cannot serve a run
+    # that needs patch features, so such runs get their own cache folder.
+    need_local, need_hidden = _teacher_kinds(config, foundation)
+    variant = {"grid": config.local_grid, "local": need_local, "hidden": need_hidden}
     cache_root = Path(config.cache_dir) if config.cache_dir else out_dir / "teacher-cache"
     cache = TeacherCache(cache_root, foundation.fingerprint, variant)
     items, skipped = _prepare_items(config, foundation, sources, cache, info, say, out_dir)
@@ -394,6 +403,7 @@ def train(
             pretrained=config.pretrained_backbone,
             image_size=config.image_size,
             method=config.method,
+            template=config.template,
             **({"local_grid": config.local_grid} if config.method == "isa-symmetric" else {}),
         )
     module = TrainModule(encoder, foundation, config).to(device).train()

@@ -1,0 +1,299 @@
+"""``isacir bench shapes``: generate -> foundation -> train each method -> evaluate, every stage cached.
+
+Each stage lands in a folder named by a hash of everything that determines it (world config,
+foundation recipe, method recipe), so a rerun with the same settings reuses it and a changed
+setting rebuilds only what depends on it. The three trained methods go through the ordinary
+trainer on the world's unlabeled ``train/`` images: no stage ever sees a (reference, modifier,
+target) triplet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .._fs import atomic_write_text, replace_dir
+from .shapes import ShapesConfig, generate
+
+TRAINING_FREE = ("image_only", "text_only", "image_plus_text", "pixel_only")
+TRAINED = {"pic2word": "pic2word", "isa_symmetric": "isa-symmetric", "isa": "isa"}
+METHODS = TRAINING_FREE + tuple(TRAINED)
+METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@10")
+# The tiny foundation's language is its captions, which read "<description>, <edit>"; this is the
+# world's counterpart of "a photo of {} that {}" for a web-trained CLIP (same for every method).
+SHAPES_TEMPLATE = "{} , {}"
+
+
+def _key(obj) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
+
+
+@dataclass
+class MethodRecipe:
+    """How the trained methods are trained (shared, so the comparison is like for like)."""
+
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    tokens: int = 4
+    lar_weight: float = 0.0
+    isa_backbone: str = "mobilenetv3_small_100"
+    isa_image_size: int = 64
+    augment: str = "light"
+
+
+@dataclass
+class ShapesBenchConfig:
+    seed: int = 0
+    world: ShapesConfig = field(default_factory=ShapesConfig)
+    foundation_steps: int = 600
+    foundation_batch: int = 256
+    recipe: MethodRecipe = field(default_factory=MethodRecipe)
+    template: str = SHAPES_TEMPLATE
+    methods: tuple[str, ...] = METHODS
+
+    def __post_init__(self) -> None:
+        self.world = replace(self.world, seed=self.seed)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+
+    @classmethod
+    def small(cls, seed: int = 0) -> "ShapesBenchConfig":
+        """A scaled-down run for tests: the same pipeline in about two minutes."""
+        world = ShapesConfig(train_images=512, caption_pairs=3000, test_queries=80, distractors=150)
+        recipe = MethodRecipe(steps=120, batch_size=64, warmup_steps=20, isa_backbone="mobilenetv3_small_050")
+        return cls(seed=seed, world=world, foundation_steps=150, foundation_batch=128, recipe=recipe)
+
+    def foundation_key(self) -> str:
+        return _key([self.world.key(), self.foundation_steps, self.foundation_batch, self.seed])
+
+    def method_key(self, method: str) -> str:
+        r = asdict(self.recipe)
+        if method != "isa":  # the symmetric baselines have no backbone
+            r.pop("isa_backbone"), r.pop("isa_image_size"), r.pop("augment")
+        if method == "pic2word":
+            r.pop("tokens")
+        return _key([self.foundation_key(), method, r, self.template])
+
+
+def build_foundation(world: Path, out: Path, config: ShapesBenchConfig, log: Callable = print,
+                     progress: bool = True) -> str:
+    """The cached tiny foundation for ``config`` (trained once per world and recipe)."""
+    from .shapes_foundation import ARCH, train_foundation
+
+    folder = out / "foundations" / config.foundation_key()
+    if (folder / "open_clip_config.json").is_file():
+        log(f"foundation: reusing {folder}")
+        return f"openclip:{ARCH}@{folder}"
+    tmp = folder.with_name(folder.name + ".partial")
+    train_foundation(world, tmp, steps=config.foundation_steps, batch_size=config.foundation_batch,
+                     seed=config.seed, progress=progress, log=log)
+    replace_dir(tmp, folder)
+    return f"openclip:{ARCH}@{folder}"
+
+
+def train_method(method: str, world: Path, foundation, out: Path, config: ShapesBenchConfig,
+                 log: Callable = print, progress: bool = True) -> Path:
+    """A trained query encoder for ``method`` (resumes an interrupted run from its checkpoints)."""
+    from ..training import TrainConfig, train
+
+    r = config.recipe
+    run = out / "methods" / f"{method}-{config.method_key(method)}"
+    final = run / "final"
+    if (final / "config.json").is_file():
+        log(f"{method}: reusing {final}")
+        return final
+    tc = TrainConfig(
+        method=TRAINED[method],
+        backbone=r.isa_backbone,
+        tokens=r.tokens,
+        image_size=r.isa_image_size,
+        max_steps=r.steps,
+        batch_size=r.batch_size,
+        lr=r.lr,
+        warmup_steps=r.warmup_steps,
+        lar_weight=r.lar_weight,
+        template=config.template,
+        augment=r.augment,
+        seed=config.seed,
+        checkpoint_every=max(100, r.steps // 4),
+        cache_dir=str(out / "teacher-cache" / config.foundation_key()),
+        progress=progress,
+    )
+    train(str(world / "train"), foundation, run, tc, resume=True, log=log)
+    return final
+
+
+def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, log: Callable = print,
+                     progress: bool = True) -> dict:
+    """Run every stage for ``config`` under ``out``; returns ``{"seed", "methods", ...}``.
+
+    Writes ``results-seed{S}.json`` (with per-edit-type recall and timings), ``results-seed{S}.md``
+    and ``results-seed{S}.png`` into ``out``.
+    """
+    import torch
+
+    from ..foundation import create_foundation
+    from ..query import QueryEncoder
+    from .benchmarks import load_circo
+    from .evaluate import encode_gallery, evaluate
+
+    config = config or ShapesBenchConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    world = generate(out / "worlds" / config.world.key(), config.world)
+    timings["world_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    name = build_foundation(world, out, config, log, progress)
+    fnd = create_foundation(name)
+    timings["foundation_s"] = time.perf_counter() - t
+
+    encoders = {}
+    for method in config.methods:
+        if method in TRAINED:
+            t = time.perf_counter()
+            torch.manual_seed(config.seed)
+            path = train_method(method, world, fnd, out, config, log, progress)
+            encoders[method] = QueryEncoder.from_pretrained(path, foundation=fnd).eval()
+            timings[f"train_{method}_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    bench = load_circo(world, "test")
+    names = list(bench.gallery)
+    gallery = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress)
+    results: dict[str, dict] = {}
+    by_kind: dict[str, dict] = {}
+    kinds = _query_kinds(world)
+    for method in config.methods:
+        mode = "isa" if method in TRAINED else method
+        metrics, rankings = evaluate(bench, fnd, mode, query_encoder=encoders.get(method),
+                                     template=config.template, gallery_vecs=gallery, progress=False)
+        results[method] = {k: round(metrics[k], 2) for k in METRICS}
+        by_kind[method] = _recall_by_kind(bench, rankings, kinds)
+    diagnostics = oracle_rows(world, bench, fnd, gallery, names, config.template)
+    timings["evaluate_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    summary = {"seed": config.seed, "methods": results}
+    detail = {**summary, "recall_at_1_by_edit": by_kind, "oracles": diagnostics, "timings": {k: round(v, 1) for k, v in timings.items()},
+              "foundation": name, "queries": len(bench.queries), "gallery": len(names),
+              "config": asdict(config), "goals": check_goals(results)}
+    stem = out / f"results-seed{config.seed}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
+    atomic_write_text(stem.with_suffix(".md"), markdown_table(results, by_kind, detail["goals"], config.seed, diagnostics))
+    bar_chart(results, stem.with_suffix(".png"), config.seed)
+    return summary
+
+
+def oracle_rows(world: Path, bench, fnd, gallery, names: list[str], template: str) -> dict[str, dict]:
+    """Upper bounds that read the generator's true captions (diagnostics, never methods).
+
+    ``target_caption``: the text encoder given the target's description, i.e. how well the
+    foundation's text and image towers agree. ``reference_caption + modifier``: the composed prompt
+    with the reference's true description in the slot, i.e. the best a perfect inversion could do.
+    """
+    import numpy as np
+    import torch.nn.functional as F
+
+    from ..compose import PromptTemplate
+    from .evaluate import score_benchmark
+    from .metrics import rank_gallery
+
+    anns = {str(a["id"]): a for a in json.loads((world / "annotations" / "test.json").read_text())}
+    if not all("reference_caption" in anns[q.qid] for q in bench.queries):
+        return {}
+    tpl = PromptTemplate.parse(template)
+    prompts = {
+        "oracle_target_caption": [anns[q.qid]["target_caption"] for q in bench.queries],
+        "oracle_reference_caption_plus_modifier": [
+            tpl.render(anns[q.qid]["reference_caption"], q.modifiers[0]) for q in bench.queries],
+    }
+    out = {}
+    for name, texts in prompts.items():
+        vecs = np.concatenate([F.normalize(fnd.encode_text(texts[i : i + 256]).float(), dim=-1).detach().cpu().numpy()
+                               for i in range(0, len(texts), 256)])
+        rankings = rank_gallery(vecs @ gallery.T, names, exclude=[q.reference for q in bench.queries], top=51)
+        metrics = score_benchmark(bench, rankings)
+        out[name] = {k: round(metrics[k], 2) for k in METRICS}
+    return out
+
+
+def _query_kinds(world: Path) -> dict[str, str]:
+    anns = json.loads((world / "annotations" / "test.json").read_text())
+    return {str(a["id"]): a["shared_concept"] for a in anns}
+
+
+def _recall_by_kind(bench, rankings: list[list[str]], kinds: dict[str, str]) -> dict[str, float]:
+    hits: dict[str, list[int]] = {}
+    for q, r in zip(bench.queries, rankings):
+        hits.setdefault(kinds[q.qid], []).append(int(bool(set(r[:1]) & set(q.targets))))
+    return {k: round(100.0 * sum(v) / len(v), 1) for k, v in sorted(hits.items())}
+
+
+def check_goals(results: dict[str, dict]) -> dict[str, bool]:
+    """The project's quality goals for ``isa`` (only those whose methods were run)."""
+    isa = results.get("isa")
+    if isa is None:
+        return {}
+    goals = {}
+    for base in ("pic2word", "isa_symmetric"):
+        if base in results:
+            goals[f"isa R@10 >= {base} R@10"] = isa["R@10"] >= results[base]["R@10"]
+    if "image_only" in results:
+        goals["isa R@1 >= 2 x image_only R@1"] = isa["R@1"] >= 2 * results["image_only"]["R@1"]
+    if "image_plus_text" in results:
+        goals["isa R@1 >= 1.5 x image_plus_text R@1"] = isa["R@1"] >= 1.5 * results["image_plus_text"]["R@1"]
+    if "pixel_only" in results:
+        goals["isa R@1 >= pixel_only R@1"] = isa["R@1"] >= results["pixel_only"]["R@1"]
+    return goals
+
+
+def markdown_table(results: dict[str, dict], by_kind: dict[str, dict], goals: dict[str, bool], seed: int,
+                   oracles: dict[str, dict] | None = None) -> str:
+    lines = [f"## Shapes-CIR, seed {seed}", "", "| method | " + " | ".join(METRICS) + " |",
+             "|---|" + "---:|" * len(METRICS)]
+    for m, r in results.items():
+        lines.append(f"| {m} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + " |")
+    for m, r in (oracles or {}).items():
+        lines.append(f"| *{m}* (upper bound) | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + " |")
+    kinds = sorted({k for v in by_kind.values() for k in v})
+    if kinds:
+        lines += ["", "R@1 by edit type:", "", "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for m, v in by_kind.items():
+            lines.append(f"| {m} | " + " | ".join(f"{v.get(k, 0):.1f}" for k in kinds) + " |")
+    if goals:
+        lines += ["", "Goals:", ""] + [f"- [{'x' if ok else ' '}] {g}" for g, ok in goals.items()]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: dict[str, dict], path: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = list(results)
+    x = np.arange(len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods)), 3.6), dpi=120)
+    for j, k in enumerate(("R@1", "R@10", "R@50")):
+        ax.bar(x + (j - 1) * 0.27, [results[m][k] for m in methods], 0.27, label=k)
+    ax.set_xticks(x, methods, rotation=20, ha="right")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Shapes-CIR (seed {seed}), held-out modifier phrasings")
+    ax.legend(ncol=3, fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

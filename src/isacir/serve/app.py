@@ -1,0 +1,438 @@
+"""The gallery service: composed search over HTTP, in thin-client and asymmetric (token) modes.
+
+Thin-client mode (``POST /v1/search``) receives the photo and runs the light query side here.
+Asymmetric mode (``POST /v1/search/tokens``) receives only the device's token payload; its
+fingerprint must match the served query encoder, because tokens from another encoder live in a
+different place of the word-embedding space and would silently retrieve garbage (409 instead).
+
+Endpoints are plain ``def`` functions, so FastAPI runs them in its thread pool; the gallery is
+safe for concurrent search and indexing (see :class:`isacir.gallery.Gallery`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from .._version import __version__
+from ..edge.payload import PayloadError, decode_payload
+from ..errors import ImageDecodeError, IsacirError
+from ..imageio import load_image
+from .feedback import FeedbackError, FeedbackStore
+from .metrics import ServiceMetrics
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+    from ..gallery import Gallery
+    from ..query import QueryEncoder
+
+STATIC = Path(__file__).parent / "static"
+MAX_K = 200
+UPLOAD_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
+
+
+@dataclass
+class ServeSettings:
+    api_keys: tuple[str, ...] = ()
+    max_upload_bytes: int = 10 * 1024 * 1024
+    feedback_db: Optional[Path] = None
+    upload_dir: Optional[Path] = None
+    thumbnail_cache: int = 512
+    extra: dict = field(default_factory=dict)
+
+
+def read_api_keys(path: str | os.PathLike) -> tuple[str, ...]:
+    """One key per line; blank lines and ``#`` comments ignored. An empty file is an error."""
+    p = Path(path)
+    if not p.is_file():
+        raise IsacirError(f"API key file not found: {p}")
+    keys = tuple(line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    if not keys:
+        raise IsacirError(f"API key file {p} holds no key")
+    return keys
+
+
+# ----- request bodies -----------------------------------------------------------------------------
+class TokenSearch(BaseModel):
+    payload: str = Field(..., description="The token payload (ISAT binary), base64-encoded.")
+    text: str = Field("", max_length=1000, description="The modification, e.g. 'same but in red'.")
+    k: int = Field(10, ge=1, le=MAX_K)
+    rerank: int = Field(0, ge=0, le=MAX_K, description="Re-rank this many top candidates with the large model.")
+
+
+class FeedbackIn(BaseModel):
+    query_id: str = Field(..., min_length=1, max_length=64)
+    candidate_id: int
+    verdict: str = Field(..., description="confirmed | rejected")
+    note: Optional[str] = Field(None, max_length=2000)
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+class _UploadCap:
+    """ASGI middleware: 413 for bodies over the cap, by Content-Length or while streaming."""
+
+    def __init__(self, app, limit: int, metrics: ServiceMetrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(scope, send)
+        seen = 0
+        started = False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise UploadTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking_send)
+        except UploadTooLarge:
+            if not started:
+                await self._reject(scope, send)
+
+    async def _reject(self, scope, send):
+        self.metrics.observe(scope.get("path", "?"), scope.get("method", "?"), 413, 0.0)
+        response = JSONResponse({"detail": f"request body exceeds the {self.limit:,}-byte upload cap", "code": "too_large"},
+                                status_code=413)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+async def _empty_receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _error(status: int, message: str, code: str) -> HTTPException:
+    return HTTPException(status_code=status, detail={"detail": message, "code": code})
+
+
+def _decode_upload(data: bytes, name: str):
+    """An uploaded image, or 415 (not an image we read) / 422 (an image, but damaged)."""
+    if not data:
+        raise _error(422, f"{name}: empty upload", "empty")
+    try:
+        return load_image(data)
+    except ImageDecodeError as exc:
+        status = 415 if exc.reason in ("unsupported", "corrupt") else 422
+        raise _error(status, f"{name}: {exc}", exc.reason) from None
+
+
+# ----- the app ------------------------------------------------------------------------------------
+class ServiceState:
+    """What the routes share: models, gallery, feedback store, cached fingerprints."""
+
+    def __init__(self, gallery: "Gallery", foundation: "Foundation", query_encoder: "QueryEncoder",
+                 settings: ServeSettings):
+        from ..search import Retriever
+
+        self.gallery = gallery
+        self.foundation = foundation
+        self.query_encoder = query_encoder
+        self.settings = settings
+        self.retriever = Retriever(gallery, foundation, query_encoder)  # checks all three agree
+        # Hashing the weights is slow; they are frozen while serving, so hash once.
+        self.qe_fingerprint = query_encoder.fingerprint
+        self.foundation_fingerprint = foundation.fingerprint
+        self.feedback = FeedbackStore(settings.feedback_db or gallery.dir / "feedback.sqlite")
+        self.upload_dir = Path(settings.upload_dir or gallery.dir / "uploads").resolve()
+        self.upload_dir.mkdir(parents=True, exist_ok=True)
+        self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+
+    def info(self) -> dict:
+        qe = self.query_encoder.config
+        return {
+            "version": __version__,
+            "foundation": self.foundation.name,
+            "foundation_fingerprint": self.foundation_fingerprint,
+            "query_encoder_fingerprint": self.qe_fingerprint,
+            "query_method": qe.method,
+            "num_tokens": qe.num_tokens,
+            "token_dim": qe.word_dim,
+            "template": self.retriever.template,
+            "gallery_items": self.gallery.count(),
+            "store": self.gallery.info["store"],
+        }
+
+    def thumbnail(self, item_id: int, path: str, size: int) -> bytes:
+        from ..search import read_gallery_image
+
+        key = (item_id, size)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        img = read_gallery_image(path)
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumb_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > self.settings.thumbnail_cache:
+                self._thumbs.popitem(last=False)
+        return data
+
+    def forget_thumbnails(self, item_id: int) -> None:
+        with self._thumb_lock:
+            for key in [k for k in self._thumbs if k[0] == item_id]:
+                del self._thumbs[key]
+
+
+def create_app(state: ServiceState) -> FastAPI:
+    settings = state.settings
+    metrics = ServiceMetrics()
+    app = FastAPI(
+        title="isacir",
+        version=__version__,
+        description="Asymmetric zero-shot composed image retrieval: search a gallery with a reference photo "
+        "(or its pseudo-word tokens from the device) plus a text modification.",
+        openapi_url=None,  # served below, behind the API key like every data route
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = state
+    app.state.metrics = metrics
+
+    def require_key(request: Request) -> None:
+        if not settings.api_keys:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not any(hmac.compare_digest(given.encode(), k.encode()) for k in settings.api_keys):
+            raise _error(401, "missing or invalid API key (send X-API-Key or Authorization: Bearer)", "unauthorized")
+
+    auth = [Depends(require_key)]
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            metrics.observe(getattr(route, "path", "unmatched"), request.method, status, time.perf_counter() - t0)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        body = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail, "code": "error"}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(IsacirError)
+    async def isacir_error(request: Request, exc: IsacirError):
+        return JSONResponse({"detail": str(exc), "code": type(exc).__name__}, status_code=422)
+
+    # ----- open routes -------------------------------------------------------------------------
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict:
+        return {"status": "ok", "gallery_items": state.gallery.count(), "version": __version__}
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
+
+    # ----- keyed routes ------------------------------------------------------------------------
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/metrics", dependencies=auth, tags=["ops"])
+    def prometheus() -> Response:
+        metrics.gallery_items.set(state.gallery.count())
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/info", dependencies=auth, tags=["search"])
+    def info() -> dict:
+        """What a device must match: the served query encoder's fingerprint, token count and dim."""
+        return state.info()
+
+    def _respond(mode: str, text: str, hits, k: int, payload: bytes | None, t0: float) -> dict:
+        ids = [h.id for h in hits]
+        qid = state.feedback.log_query(mode, text, payload, k, ids, state.qe_fingerprint, state.foundation_fingerprint)
+        return {
+            "query_id": qid,
+            "mode": mode,
+            "text": text,
+            "took_ms": round(1000 * (time.perf_counter() - t0), 2),
+            "query_encoder_fingerprint": state.qe_fingerprint,
+            "results": [
+                {"id": h.id, "score": round(float(h.score), 6), "name": Path(h.path.split("::")[-1]).name,
+                 "image_url": f"/v1/images/{h.id}", "thumbnail_url": f"/v1/images/{h.id}/thumbnail"}
+                for h in hits
+            ],
+        }
+
+    @app.post("/v1/search", dependencies=auth, tags=["search"])
+    def search(
+        image: UploadFile = File(..., description="The reference photo."),
+        text: str = Form("", max_length=1000),
+        k: int = Form(10, ge=1, le=MAX_K),
+        rerank: int = Form(0, ge=0, le=MAX_K),
+    ) -> dict:
+        """Thin-client mode: the server runs the light query side on the uploaded photo."""
+        t0 = time.perf_counter()
+        pil = _decode_upload(image.file.read(), image.filename or "image")
+        tokens = state.retriever.pseudo_tokens(pil)
+        hits = state.retriever.search(text=text, tokens=tokens, k=k, rerank=rerank, mode="isa")
+        from ..edge.payload import encode_payload
+
+        payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
+        return _respond("image", text, hits, k, payload, t0)
+
+    @app.post("/v1/search/tokens", dependencies=auth, tags=["search"])
+    def search_tokens(body: TokenSearch) -> dict:
+        """Asymmetric mode: only the device's pseudo-word tokens travel, never the photo."""
+        import torch
+
+        t0 = time.perf_counter()
+        try:
+            raw = base64.b64decode(body.payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise _error(422, "payload is not valid base64", "payload_base64") from None
+        qe = state.query_encoder.config
+        try:
+            decoded = decode_payload(raw)
+        except PayloadError as exc:
+            raise _error(422, f"bad token payload: {exc}", f"payload_{exc.code}") from None
+        if decoded.fingerprint != state.qe_fingerprint:
+            raise _error(
+                409,
+                f"token payload fingerprint {decoded.fingerprint} does not match the served query encoder "
+                f"{state.qe_fingerprint} (foundation {state.foundation.name}, fingerprint "
+                f"{state.foundation_fingerprint}, which indexed this gallery). Update the device model to the "
+                "served version (GET /v1/info), or serve the matching query encoder.",
+                "fingerprint_mismatch",
+            )
+        if decoded.tokens.shape != (qe.num_tokens, qe.word_dim):
+            raise _error(422, f"payload holds {decoded.tokens.shape[0]}x{decoded.tokens.shape[1]} tokens; the served "
+                         f"encoder produces {qe.num_tokens}x{qe.word_dim}", "payload_shape")
+        tokens = torch.from_numpy(decoded.tokens)[None]
+        hits = state.retriever.search(text=body.text, tokens=tokens, k=body.k, rerank=body.rerank, mode="isa")
+        return _respond("tokens", body.text, hits, body.k, raw, t0)
+
+    @app.post("/v1/gallery", dependencies=auth, tags=["gallery"])
+    def add_images(images: list[UploadFile] = File(..., description="One or more images to add.")) -> JSONResponse:
+        """Add images; bad members are reported, the rest are indexed (safe while searches run)."""
+        saved, rejected = [], []
+        for up in images:
+            name = up.filename or "upload"
+            try:
+                data = up.file.read()
+                _decode_upload(data, name)
+            except HTTPException as exc:
+                rejected.append({"filename": name, "status": exc.status_code, **exc.detail})
+                continue
+            ext = _ext_from_bytes(data)
+            path = state.upload_dir / f"{hashlib.sha256(data).hexdigest()[:24]}{ext}"
+            if not path.exists():
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            saved.append((name, path))
+        if not saved:
+            status = 415 if all(r["status"] == 415 for r in rejected) else 422
+            return JSONResponse({"detail": "no image in the request could be read", "code": "no_images",
+                                 "added": [], "rejected": rejected}, status_code=status)
+        report = state.gallery.index([str(p) for _, p in saved], state.foundation, progress=False)
+        ids = state.gallery.ids_for_paths([str(p) for _, p in saved])
+        added = [{"filename": n, "id": ids.get(str(p))} for n, p in saved]
+        return JSONResponse({"added": added, "rejected": rejected, "report": report.to_dict(),
+                             "gallery_items": state.gallery.count()})
+
+    @app.delete("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
+    def remove_image(item_id: int) -> dict:
+        path = state.gallery.path_of(item_id)
+        if path is None:
+            raise _error(404, f"no gallery item {item_id}", "not_found")
+        state.gallery.remove([item_id])
+        state.forget_thumbnails(item_id)
+        p = Path(path)
+        if p.parent.resolve() == state.upload_dir.resolve():
+            p.unlink(missing_ok=True)  # uploaded through the API, so ours to delete
+        return {"removed": item_id, "gallery_items": state.gallery.count()}
+
+    def _item_path(item_id: int) -> str:
+        # Only paths recorded in the gallery database are ever opened: ids are integers, so a
+        # request cannot name a file.
+        path = state.gallery.path_of(item_id)
+        if path is None:
+            raise _error(404, f"no gallery item {item_id}", "not_found")
+        return path
+
+    @app.get("/v1/images/{item_id}", dependencies=auth, tags=["gallery"])
+    def get_image(item_id: int):
+        path = _item_path(item_id)
+        if "::" not in path:
+            if not Path(path).is_file():
+                raise _error(410, f"gallery item {item_id} is indexed but its file is gone: {Path(path).name}", "gone")
+            return FileResponse(path)
+        return Response(state.thumbnail(item_id, path, 4096), media_type="image/jpeg")
+
+    @app.get("/v1/images/{item_id}/thumbnail", dependencies=auth, tags=["gallery"])
+    def get_thumbnail(item_id: int, size: int = 256):
+        if not 16 <= size <= 1024:
+            raise _error(422, "thumbnail size must be within 16..1024", "size")
+        path = _item_path(item_id)
+        try:
+            data = state.thumbnail(item_id, path, size)
+        except (ImageDecodeError, OSError) as exc:
+            raise _error(410, f"gallery item {item_id} cannot be read: {exc}", "gone") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.post("/v1/feedback", dependencies=auth, tags=["feedback"])
+    def feedback(body: FeedbackIn) -> dict:
+        """Confirm or reject a candidate of an answered query; kept for continual learning."""
+        try:
+            fid = state.feedback.add(body.query_id, body.candidate_id, body.verdict, body.note)
+        except FeedbackError as exc:
+            raise _error(exc.status, str(exc), "feedback") from None
+        return {"feedback_id": fid, "query_id": body.query_id, "candidate_id": body.candidate_id,
+                "verdict": body.verdict}
+
+    app.add_middleware(_UploadCap, limit=settings.max_upload_bytes, metrics=metrics)
+    return app
+
+
+def _ext_from_bytes(data: bytes) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return UPLOAD_EXTENSIONS.get(im.format or "", ".png")

@@ -1,0 +1,32 @@
+"""Prometheus metrics for the service (one registry per app, so several apps can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Search is milliseconds on small galleries and up to seconds with re-ranking on a CPU.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ServiceMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("isacir_request_duration_seconds", "Request latency by route.",
+                                 ["route", "method"], buckets=BUCKETS, registry=self.registry)
+        self.requests = Counter("isacir_requests", "Requests by route and status.", ["route", "method", "status"],
+                                registry=self.registry)
+        self.errors = Counter("isacir_errors", "Responses with status >= 400 by route and status.",
+                              ["route", "status"], registry=self.registry)
+        self.gallery_items = Gauge("isacir_gallery_items", "Images in the served gallery.", registry=self.registry)
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.latency.labels(route, method).observe(seconds)
+        self.requests.labels(route, method, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(route, str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

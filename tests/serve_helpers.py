@@ -1,0 +1,78 @@
+"""A real service on a real port for the HTTP and browser tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_images(folder: Path, n: int, seed: int = 0, size: int = 48) -> list[Path]:
+    """Distinct little images: a coloured square on a noisy background."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        x, y = rng.integers(0, size // 2, 2)
+        arr[y : y + size // 2, x : x + size // 2] = rng.integers(80, 255, 3, dtype=np.uint8)
+        p = folder / f"img{i:03d}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+@dataclass
+class LiveServer:
+    url: str
+    app: object
+    server: object
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start_server(app, port: int | None = None) -> LiveServer:
+    """uvicorn in a background thread, returned once it accepts connections."""
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    return LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
+
+
+def build_service(tmp: Path, foundation, api_key: str | None = "test-key", max_upload_bytes: int = 2_000_000,
+                  n_images: int = 12):
+    """A gallery of generated images, an (untrained) query encoder, and the app over them."""
+    from isacir.gallery import Gallery
+    from isacir.query import QueryEncoder
+    from isacir.serve import ServeSettings, ServiceState, create_app
+
+    images = make_images(tmp / "gallery-images", n_images)
+    gallery = Gallery.open_or_create(tmp / "gallery", foundation)
+    gallery.index([str(tmp / "gallery-images")], foundation, progress=False)
+    qe = QueryEncoder.create(foundation, backbone="mobilenetv3_small_050", num_tokens=2, image_size=48).eval()
+    settings = ServeSettings(api_keys=(api_key,) if api_key else (), max_upload_bytes=max_upload_bytes)
+    state = ServiceState(gallery, foundation, qe, settings)
+    return create_app(state), state, images

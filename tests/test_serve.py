@@ -1,0 +1,264 @@
+"""The HTTP service against a real uvicorn on a real port (not only a test client)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+import requests
+import torch
+from PIL import Image
+
+from isacir.edge.payload import encode_payload
+from serve_helpers import build_service, make_images, start_server
+
+KEY = {"X-API-Key": "test-key"}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, openclip_fnd):
+    tmp = tmp_path_factory.mktemp("serve")
+    app, state, images = build_service(tmp, openclip_fnd, max_upload_bytes=300_000)
+    server = start_server(app)
+    yield server, state, images, tmp
+    server.stop()
+
+
+def _png(path) -> bytes:
+    return path.read_bytes()
+
+
+def _tokens_payload(state, image_path, fingerprint=None, dtype="fp16") -> tuple[str, torch.Tensor]:
+    tokens = state.retriever.pseudo_tokens(Image.open(image_path))
+    raw = encode_payload(tokens[0].numpy(), fingerprint or state.qe_fingerprint, dtype)
+    return base64.b64encode(raw).decode(), tokens
+
+
+def test_health_needs_no_key(live):
+    server, state, _, _ = live
+    r = requests.get(f"{server.url}/healthz", timeout=10)
+    assert r.status_code == 200
+    assert r.json()["gallery_items"] == state.gallery.count() > 0
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [("post", "/v1/search"), ("post", "/v1/search/tokens"), ("post", "/v1/gallery"), ("delete", "/v1/gallery/1"),
+     ("get", "/v1/images/1"), ("get", "/v1/images/1/thumbnail"), ("post", "/v1/feedback"), ("get", "/metrics"),
+     ("get", "/openapi.json"), ("get", "/v1/info")],
+)
+def test_every_data_route_needs_the_key(live, method, path):
+    server = live[0]
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer nope"}):
+        r = requests.request(method, server.url + path, headers=headers, timeout=10)
+        assert r.status_code == 401, (path, headers, r.text)
+        assert r.json()["code"] == "unauthorized"
+
+
+def test_bearer_key_works(live):
+    server = live[0]
+    r = requests.get(f"{server.url}/v1/info", headers={"Authorization": "Bearer test-key"}, timeout=10)
+    assert r.status_code == 200
+
+
+def test_image_search_returns_k_gallery_items_and_logs_the_query(live):
+    server, state, images, _ = live
+    r = requests.post(f"{server.url}/v1/search", headers=KEY, files={"image": ("q.png", _png(images[0]), "image/png")},
+                      data={"text": "make it red", "k": "5"}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["results"]) == 5
+    ids = {it["id"] for it in state.gallery.items()}
+    assert all(res["id"] in ids for res in body["results"])
+    scores = [res["score"] for res in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    row = state.feedback.db().execute("SELECT text, mode, tokens FROM queries WHERE query_id = ?",
+                                      (body["query_id"],)).fetchone()
+    assert row[0] == "make it red" and row[1] == "image" and len(row[2]) > 0
+
+
+def test_token_search_equals_in_process_search_with_the_same_tokens(live):
+    server, state, images, _ = live
+    payload, _ = _tokens_payload(state, images[3])
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY,
+                      json={"payload": payload, "text": "bigger", "k": 6}, timeout=30)
+    assert r.status_code == 200, r.text
+    from isacir.edge.payload import decode_payload
+
+    tokens = torch.from_numpy(decode_payload(base64.b64decode(payload)).tokens)[None]
+    expected = state.retriever.search(text="bigger", tokens=tokens, k=6, mode="isa")
+    assert [res["id"] for res in r.json()["results"]] == [h.id for h in expected]
+    np.testing.assert_allclose([res["score"] for res in r.json()["results"]], [h.score for h in expected], atol=1e-5)
+
+
+def test_fingerprint_mismatch_is_409_with_both_fingerprints(live):
+    server, state, images, _ = live
+    payload, _ = _tokens_payload(state, images[0], fingerprint="0123456789abcdef")
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": payload, "text": ""}, timeout=30)
+    assert r.status_code == 409
+    msg = r.json()["detail"]
+    assert "0123456789abcdef" in msg and state.qe_fingerprint in msg and state.foundation_fingerprint in msg
+
+
+@pytest.mark.parametrize("mutate,code", [
+    (lambda raw: b"XXXX" + raw[4:], "payload_magic"),
+    (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "payload_checksum"),
+    (lambda raw: raw[:30], "payload_length"),
+])
+def test_bad_payloads_are_422_with_a_specific_code(live, mutate, code):
+    server, state, images, _ = live
+    payload, _ = _tokens_payload(state, images[0])
+    bad = base64.b64encode(mutate(base64.b64decode(payload))).decode()
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": bad}, timeout=30)
+    assert r.status_code == 422 and r.json()["code"] == code, r.text
+
+
+def test_wrong_token_shape_and_bad_base64_are_422(live):
+    server, state, _, _ = live
+    n, d = state.query_encoder.config.num_tokens, state.query_encoder.config.word_dim
+    raw = encode_payload(np.ones((n + 1, d), np.float32), state.qe_fingerprint)
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": base64.b64encode(raw).decode()},
+                      timeout=30)
+    assert r.status_code == 422 and r.json()["code"] == "payload_shape"
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": "not base64!!"}, timeout=30)
+    assert r.status_code == 422 and r.json()["code"] == "payload_base64"
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": "", "k": 0}, timeout=30)
+    assert r.status_code == 422  # k out of range: FastAPI's validation
+
+
+def test_undecodable_upload_is_415_and_oversized_is_413(live):
+    server, _, _, _ = live
+    r = requests.post(f"{server.url}/v1/search", headers=KEY, files={"image": ("x.png", b"this is not an image", "image/png")},
+                      timeout=30)
+    assert r.status_code == 415, r.text
+    big = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, "PNG")
+    assert len(buf.getvalue()) > 300_000
+    r = requests.post(f"{server.url}/v1/search", headers=KEY, files={"image": ("big.png", buf.getvalue(), "image/png")},
+                      timeout=30)
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
+
+
+def test_images_and_thumbnails_serve_only_gallery_files(live):
+    server, state, images, _ = live
+    item = state.gallery.items()[0]
+    r = requests.get(f"{server.url}/v1/images/{item['id']}", headers=KEY, timeout=10)
+    assert r.status_code == 200 and r.content == open(item["path"], "rb").read()
+    r = requests.get(f"{server.url}/v1/images/{item['id']}/thumbnail?size=32", headers=KEY, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(r.content)).size) <= 32
+    for probe in ("/v1/images/..%2F..%2Fetc%2Fpasswd", "/v1/images/%2Fetc%2Fpasswd", "/v1/images/../../etc/passwd",
+                  "/v1/images/999999999/thumbnail", "/v1/images/1e3"):
+        r = requests.get(server.url + probe, headers=KEY, timeout=10)
+        assert r.status_code in (404, 422), (probe, r.status_code)
+        assert b"root:" not in r.content
+
+
+def test_feedback_is_stored_with_tokens_and_text(live):
+    server, state, images, _ = live
+    payload, _ = _tokens_payload(state, images[1])
+    res = requests.post(f"{server.url}/v1/search/tokens", headers=KEY,
+                        json={"payload": payload, "text": "move it left", "k": 3}, timeout=30).json()
+    cand = res["results"][1]["id"]
+    r = requests.post(f"{server.url}/v1/feedback", headers=KEY,
+                      json={"query_id": res["query_id"], "candidate_id": cand, "verdict": "confirmed"}, timeout=10)
+    assert r.status_code == 200, r.text
+    con = sqlite3.connect(state.feedback.path)
+    row = con.execute("SELECT f.candidate_id, f.verdict, q.text, q.tokens FROM feedback f JOIN queries q USING (query_id) "
+                      "WHERE f.feedback_id = ?", (r.json()["feedback_id"],)).fetchone()
+    assert row[:3] == (cand, "confirmed", "move it left")
+    assert row[3] == base64.b64decode(payload)  # the exact bytes that travelled
+    for body, status in [({"query_id": "nope", "candidate_id": cand, "verdict": "confirmed"}, 404),
+                         ({"query_id": res["query_id"], "candidate_id": -5, "verdict": "confirmed"}, 422),
+                         ({"query_id": res["query_id"], "candidate_id": cand, "verdict": "maybe"}, 422)]:
+        assert requests.post(f"{server.url}/v1/feedback", headers=KEY, json=body, timeout=10).status_code == status
+
+
+def test_gallery_add_and_delete(live):
+    server, state, _, tmp = live
+    new = make_images(tmp / "new", 2, seed=42)
+    before = state.gallery.count()
+    files = [("images", (p.name, p.read_bytes(), "image/png")) for p in new]
+    files.append(("images", ("broken.jpg", b"\xff\xd8\xff garbage", "image/jpeg")))
+    r = requests.post(f"{server.url}/v1/gallery", headers=KEY, files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [a["filename"] for a in body["added"]] == ["img000.png", "img001.png"]
+    assert [x["filename"] for x in body["rejected"]] == ["broken.jpg"]
+    assert state.gallery.count() == before + 2
+    new_id = body["added"][0]["id"]
+    got = requests.get(f"{server.url}/v1/images/{new_id}", headers=KEY, timeout=10)
+    assert got.content == new[0].read_bytes()
+    assert requests.delete(f"{server.url}/v1/gallery/{new_id}", headers=KEY, timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/v1/images/{new_id}", headers=KEY, timeout=10).status_code == 404
+    assert requests.delete(f"{server.url}/v1/gallery/{new_id}", headers=KEY, timeout=10).status_code == 404
+    assert state.gallery.count() == before + 1
+    only_bad = requests.post(f"{server.url}/v1/gallery", headers=KEY,
+                             files=[("images", ("x.png", b"nope", "image/png"))], timeout=30)
+    assert only_bad.status_code == 415
+
+
+def test_search_keeps_working_while_images_are_added(live):
+    server, state, images, tmp = live
+    payload, _ = _tokens_payload(state, images[2])
+    errors: list[str] = []
+    done = threading.Event()
+    counts = [0]
+
+    def searcher():
+        s = requests.Session()
+        while not done.is_set():
+            r = s.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": payload, "text": "x", "k": 5},
+                       timeout=60)
+            if r.status_code != 200 or len(r.json()["results"]) != 5:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+            counts[0] += 1
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    before = state.gallery.count()
+    try:
+        for batch in range(3):
+            new = make_images(tmp / f"conc{batch}", 3, seed=100 + batch)
+            r = requests.post(f"{server.url}/v1/gallery", headers=KEY,
+                              files=[("images", (p.name, p.read_bytes(), "image/png")) for p in new], timeout=120)
+            assert r.status_code == 200, r.text
+    finally:
+        done.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert counts[0] >= 3
+    assert state.gallery.count() == before + 9
+
+
+def test_metrics_and_openapi(live):
+    server = live[0]
+    requests.get(f"{server.url}/v1/info", timeout=10)  # a 401 to count
+    text = requests.get(f"{server.url}/metrics", headers=KEY, timeout=10).text
+    assert 'isacir_request_duration_seconds_bucket{le="0.001",method="POST",route="/v1/search/tokens"}' in text or \
+        'route="/v1/search/tokens"' in text
+    assert 'isacir_errors_total{route="/v1/info",status="401"}' in text
+    assert "isacir_gallery_items " in text
+    spec = requests.get(f"{server.url}/openapi.json", headers=KEY, timeout=10).json()
+    for path in ("/v1/search", "/v1/search/tokens", "/v1/gallery", "/v1/gallery/{item_id}", "/v1/images/{item_id}",
+                 "/v1/images/{item_id}/thumbnail", "/v1/feedback", "/healthz", "/metrics"):
+        assert path in spec["paths"], path
+    json.dumps(spec)
+
+
+def test_a_service_without_keys_is_open(tmp_path, openclip_fnd):
+    app, state, images = build_service(tmp_path, openclip_fnd, api_key=None, n_images=3)
+    server = start_server(app)
+    try:
+        r = requests.get(f"{server.url}/v1/info", timeout=10)
+        assert r.status_code == 200 and r.json()["gallery_items"] == 3
+    finally:
+        server.stop()

@@ -1,0 +1,77 @@
+"""The operator UI driven like a person would, in Debian's headless Chromium (Playwright).
+
+CI installs Chromium (``.ci/run``); elsewhere the test skips only when no Chromium exists, and
+never on CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from serve_helpers import build_service, start_server
+
+CHROMIUM = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
+
+if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+    if os.environ.get("CI"):
+        raise RuntimeError(f"Chromium not found at {CHROMIUM}: .ci/run must install Debian's chromium")
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}], ids=["phone"])
+def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
+    from playwright.sync_api import expect, sync_playwright
+
+    app, state, images = build_service(tmp_path, openclip_fnd, n_images=12)
+    server = start_server(app)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport=viewport, device_scale_factor=2)
+            page.goto(server.url + "/")
+            expect(page.locator("h1")).to_have_text("isacir")
+
+            # no key yet: the service says so and the key box opens
+            page.set_input_files("#file", str(images[4]))
+            page.fill("#text", "make it red")
+            page.click("#search")
+            expect(page.locator("#status")).to_contain_text("API key")
+            expect(page.locator("#key-box")).to_be_visible()
+            page.fill("#api-key", "test-key")
+            page.click("#key-save")
+
+            page.select_option("#k", "10")
+            page.click("#search")
+            cards = page.locator("li.result")
+            expect(cards).to_have_count(10)
+            expect(page.locator("#status")).to_contain_text("10 candidates")
+            # thumbnails arrive through authenticated fetches
+            page.wait_for_function("[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+
+            first = cards.nth(0)
+            chosen = int(first.get_attribute("data-id"))
+            first.locator(".confirm").click()
+            expect(first).to_have_class("result confirmed")
+            cards.nth(1).locator(".reject").click()
+            expect(cards.nth(1)).to_have_class("result rejected")
+
+            # the page fits a phone: no horizontal scrolling
+            assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            page.screenshot(path=str(ARTIFACTS / "ui-phone-search.png"), full_page=True)
+            query_id = page.locator("#results").get_attribute("data-query-id")
+            browser.close()
+    finally:
+        server.stop()
+
+    rows = sqlite3.connect(state.feedback.path).execute(
+        "SELECT candidate_id, verdict FROM feedback WHERE query_id = ? ORDER BY feedback_id", (query_id,)).fetchall()
+    assert rows[0] == (chosen, "confirmed")
+    assert rows[1][1] == "rejected"
+    assert (ARTIFACTS / "ui-phone-search.png").stat().st_size > 10_000
