@@ -71,10 +71,3 @@ def test_bench_query_side_json(tiny_openclip_dir):
     assert res["payload_bytes"] == 4 * 64 * 2
     assert res["speedup"] == pytest.approx(res["large_ms"] / res["light_ms"], abs=0.01)
     assert res["jpeg_bytes"] > 1000 and res["jpeg_source"].startswith("scikit-image:astronaut")
-
-
-def test_demo_no_serve(tmp_path):
-    proc = run("demo", "--workdir", str(tmp_path / "demo"), "--no-serve")
-    assert "payload bytes" in proc.stdout and "composed search" in proc.stdout and "gallery" in proc.stdout
-    diffs = [float(line.rsplit("=", 1)[1]) for line in proc.stdout.splitlines() if "max |diff| =" in line]
-    assert diffs and max(diffs) < 1e-5

@@ -520,28 +520,6 @@ def bench_shapes_cmd(
     _emit_json(summary)
 
 
-def load_service(gallery: Path, query_encoder: Path, foundation: Optional[str] = None, api_key_file: Optional[Path] = None,
-                 max_upload_mb: float = 10.0, feedback_db: Optional[Path] = None):
-    """Open gallery, foundation and query encoder, check they belong together, build the app."""
-    from .foundation import create_foundation
-    from .gallery import Gallery
-    from .query import QueryEncoder
-    from .serve import ServeSettings, ServiceState, create_app, read_api_keys
-
-    g = Gallery.open(gallery)
-    if foundation is None:
-        cfg = json.loads((Path(query_encoder) / "config.json").read_text()) if (Path(query_encoder) / "config.json").is_file() else {}
-        foundation = cfg.get("foundation_id") or g.info["foundation_id"]
-    fnd = create_foundation(foundation)
-    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
-    settings = ServeSettings(
-        api_keys=read_api_keys(api_key_file) if api_key_file else (),
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        feedback_db=feedback_db,
-    )
-    return create_app(ServiceState(g, fnd, qe, settings))
-
-
 @app.command("serve")
 def serve_cmd(
     gallery: Path = typer.Option(..., help="Gallery folder (from `isacir index`)."),
@@ -562,6 +540,8 @@ def serve_cmd(
         import torch
 
         torch.set_num_threads(threads)
+    from .serve import load_service
+
     app_ = load_service(gallery, query_encoder, foundation, api_key_file, max_upload_mb, feedback_db)
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
@@ -571,13 +551,16 @@ def serve_cmd(
 
 @app.command("demo")
 def demo(
-    workdir: Path = typer.Option(Path(".cache/demo"), help="Where demo models are cached."),
+    workdir: Path = typer.Option(Path(".cache/demo"), help="Where the world, models and gallery are cached."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Do everything except serving the UI."),
+    port: int = typer.Option(8000, help="Port for the UI on 127.0.0.1."),
+    small: bool = typer.Option(False, help="The scaled-down world and models (what the tests use)."),
 ) -> None:
-    """Run the end-to-end path that exists today on tiny local models."""
+    """Shapes-CIR end to end: world, foundation, ISA encoder, gallery, searches, device path, web UI."""
     from .demo import run_demo
 
-    run_demo(workdir, serve=not no_serve)
+    summary = run_demo(workdir, serve=not no_serve, small=small, port=port)
+    _emit_json(summary)
 
 
 def main() -> None:

@@ -1,122 +1,130 @@
-"""``make demo``: the end-to-end path that exists today, on tiny local models.
+"""``make demo``: the whole asymmetric system on the Shapes-CIR world, then the operator UI.
 
-Every step runs the real code (loaders, trainer, gallery, retriever, edge export) and prints what
-it measured. The foundation is a tiny *random* CLIP, so rankings show the plumbing, not quality;
-quality is measured on the Shapes-CIR benchmark once it lands. Steps are cached in ``workdir``.
+Builds (or reuses) the world, its tiny foundation and an ISA query encoder with the same cached
+pipeline as ``isacir bench shapes`` (the demo's workdir is a valid ``--out`` for it), indexes the
+world's gallery, runs composed searches in the terminal with hits marked, shows the device path
+(ONNX encoder -> token payload -> server search), and serves the web UI on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-
-PENDING = [
-    ("serve", "HTTP API, operator web UI, feedback store"),
-    ("shapes", "the Shapes-CIR world, its trained tiny foundation, and the side-by-side quality table"),
-]
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
+console = Console(stderr=True)
 
 
-def _make_images(folder: Path, n: int = 48, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    names = list(COLOURS)
-    for i in range(n):
-        img = Image.new("RGB", (64, 64), tuple(int(v) for v in rng.integers(0, 60, 3)))
-        d = ImageDraw.Draw(img)
-        colour = names[i % len(names)]
-        x, y = (int(v) for v in rng.integers(4, 28, 2))
-        box = (x, y, x + 30, y + 30)
-        (d.ellipse if (i // len(names)) % 2 else d.rectangle)(box, fill=COLOURS[colour])
-        img.save(folder / f"{i:03d}-{colour}-{'circle' if (i // len(names)) % 2 else 'square'}.png")
+def _say(msg: str) -> None:
+    console.print(f"   {msg}", highlight=False)
 
 
-def run_demo(workdir: Path, serve: bool = True) -> None:
-    from .bench.sample_images import center_square, jpeg_size, natural_photo
-    from .compose import DEFAULT_TEMPLATE, PromptTemplate
+def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int = 8000, queries: int = 4) -> dict:
+    """Returns what it measured (also used by the tests); blocks while serving."""
+    from .compose import PromptTemplate
     from .edge import EdgeEncoder
+    from .edge.payload import decode_payload
+    from .evaluation.benchmarks import load_circo
+    from .evaluation.shapes import generate
+    from .evaluation.shapes_bench import ShapesBenchConfig, build_foundation, train_method
     from .export import export_edge
     from .foundation import create_foundation
     from .gallery import Gallery
     from .query import QueryEncoder
     from .search import Retriever
-    from .testing import TINY_OPENCLIP_ARCH, save_tiny_openclip
-    from .training import TrainConfig, train
 
     workdir = Path(workdir)
-    fdir = workdir / "tiny-openclip"
-    if (fdir / "open_clip_config.json").is_file():
-        name = f"openclip:{TINY_OPENCLIP_ARCH}@{fdir}"
-        console.print(f"[bold]1. foundation[/]: reusing {fdir}")
-    else:
-        name = save_tiny_openclip(fdir)
-        console.print(f"[bold]1. foundation[/]: wrote a tiny random open_clip checkpoint to {fdir}")
+    cfg = ShapesBenchConfig.small() if small else ShapesBenchConfig()
+    summary: dict = {}
+
+    console.print("[bold]1. world[/]: Shapes-CIR (synthetic scenes, composed queries with held-out phrasings)")
+    world = generate(workdir / "worlds" / cfg.world.key(), cfg.world)
+    _say(f"{world}")
+
+    console.print("[bold]2. foundation[/]: a tiny CLIP-style open_clip model trained from scratch on the world's captions")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        name = build_foundation(world, workdir, cfg, log=_say)
         fnd = create_foundation(name)
-    info = fnd.describe()
-    console.print(f"   {name}: fingerprint {info['fingerprint']}, word dim {info['word_dim']}, {info['parameters']:,} params")
-
-    console.print("[bold]2. composition[/]: real word embeddings spliced into the placeholder vs plain text")
-    tpl = PromptTemplate.parse(DEFAULT_TEMPLATE)
+    tpl = PromptTemplate.parse(cfg.template)
     with torch.no_grad():
-        for word, mod in (("dog", ""), ("red car", "is blue")):
-            spliced = fnd.encode_composed(fnd.embed_words(word).unsqueeze(0), [mod])
-            plain = fnd.encode_text([tpl.render(word, mod)])
-            console.print(f"   {tpl.render(word, mod)!r}: max |diff| = {(spliced - plain).abs().max().item():.2e}")
+        words, mod = "a large red circle in the top left", "make it blue"
+        spliced = fnd.encode_composed(fnd.embed_words(words).unsqueeze(0), [mod], cfg.template)
+        plain = fnd.encode_text([tpl.render(words, mod)])
+        diff = (spliced - plain).abs().max().item()
+    _say(f"{name}; splicing real word embeddings reproduces the text encoder: max |diff| {diff:.1e}")
 
-    images = workdir / "images"
-    if not images.is_dir():
-        _make_images(images)
-    run = workdir / "run"
-    if (run / "final" / "model.safetensors").is_file():
-        console.print(f"[bold]3. training[/]: reusing {run / 'final'}")
-    else:
-        console.print("[bold]3. training[/]: GCD on the unlabeled demo images (MobileNetV3-Small + 4-token learner)")
-        cfg = TrainConfig(backbone="mobilenetv3_small_050", tokens=4, image_size=64, epochs=40, batch_size=16,
-                          lr=2e-3, warmup_steps=5, augment="none", progress=True, checkpoint_every=10_000)
-        res = train(str(images), fnd, run, cfg, log=lambda m: console.print(f"   {m}", highlight=False))
-        console.print(f"   loss {res.history[0]['loss']:.3f} -> {res.history[-1]['loss']:.3f} in {res.seconds:.1f}s")
-    qe = QueryEncoder.from_pretrained(run / "final", foundation=fnd)
+    console.print("[bold]3. query side[/]: ISA (light CNN + adaptive token learner) trained on unlabeled images only")
+    final = train_method("isa", world, fnd, workdir, cfg, log=_say)
+    qe = QueryEncoder.from_pretrained(final, foundation=fnd).eval()
+    _say(f"{final}: {qe.config.backbone}, {qe.num_tokens} tokens x {qe.config.word_dim}, template {qe.config.template!r}")
 
-    console.print("[bold]4. gallery[/]: incremental, crash-safe indexing with the foundation's image encoder")
-    gallery = Gallery.open_or_create(workdir / "gallery", fnd)
-    report = gallery.index([images], fnd, progress=False, num_workers=0)
-    console.print(f"   {report.summary()}", highlight=False)
+    console.print("[bold]4. gallery[/]: the world's test gallery, indexed by the foundation's image encoder (FAISS)")
+    gallery_dir = workdir / "gallery"
+    gallery = Gallery.open_or_create(gallery_dir, fnd)
+    report = gallery.index([str(world / "unlabeled2017")], fnd, progress=True, num_workers=0)
+    _say(report.summary())
 
-    console.print("[bold]5. composed search[/] (the random foundation makes rankings arbitrary: plumbing, not quality)")
+    console.print("[bold]5. composed search[/] (thin-client path; a check mark is a correct image)")
+    bench = load_circo(world, "test")
+    kinds = {str(a["id"]): a["shared_concept"] for a in json.loads((world / "annotations" / "test.json").read_text())}
+    chosen, seen = [], set()
+    for q in bench.queries:  # one query per edit type
+        if kinds[q.qid] not in seen:
+            seen.add(kinds[q.qid])
+            chosen.append(q)
     retriever = Retriever(gallery, fnd, qe)
-    refs = sorted(images.iterdir())[:3]
-    for ref, modifier in zip(refs, ["is blue", "is a circle", "is larger"]):
-        hits = retriever.search(image=ref, text=modifier, k=5, rerank=10)
-        table = Table(title=f"{ref.name} + {modifier!r}", show_header=True)
-        table.add_column("#")
-        table.add_column("score")
-        table.add_column("image")
+    hits_at_5 = 0
+    for q in chosen[:queries]:
+        ref = bench.gallery[q.reference]
+        hits = retriever.search(image=ref, text=q.modifiers[0], k=5, exclude=gallery.ids_for_paths([str(ref)]).values())
+        targets = {bench.gallery[t].name for t in q.targets}
+        table = Table(title=f"{ref.name} + {q.modifiers[0]!r} ({kinds[q.qid]})", title_justify="left")
+        for col in ("#", "score", "image", "hit"):
+            table.add_column(col)
+        found = False
         for rank, h in enumerate(hits, 1):
-            table.add_row(str(rank), f"{h.score:.3f}", Path(h.path).name)
+            ok = Path(h.path).name in targets
+            found |= ok
+            table.add_row(str(rank), f"{h.score:.3f}", Path(h.path).name, "[green]✓[/]" if ok else "")
+        hits_at_5 += found
         console.print(table)
+    summary["hits_at_5"] = hits_at_5
+    summary["queries"] = len(chosen[:queries])
 
-    console.print("[bold]6. edge[/]: ONNX export (verified) and the token payload")
-    cfg = export_edge(qe, workdir / "edge")
-    v = cfg["verification"]
-    enc = EdgeEncoder(workdir / "edge")
-    photo, source = natural_photo("astronaut")
-    jpeg = jpeg_size(center_square(photo, 224))
-    sizes = {dt: len(enc.payload(photo, dt)) for dt in ("fp16", "int8", "int4")}
-    console.print(f"   ONNX vs PyTorch max |diff| {v['onnx_vs_torch_max_abs_diff']:.1e} (tolerance {v['tolerance']:.1e})")
-    console.print(f"   payload bytes {sizes} vs a 224 px JPEG of {source}: {jpeg:,}")
+    console.print("[bold]6. device path[/]: ONNX query encoder (no torch) -> token payload -> server search")
+    edge_dir = workdir / "edge"
+    if not (edge_dir / "edge.json").is_file() or json.loads((edge_dir / "edge.json").read_text()).get(
+            "query_encoder_fingerprint") != qe.fingerprint:
+        export_edge(qe, edge_dir)
+    enc = EdgeEncoder(edge_dir)
+    q = chosen[0]
+    ref = bench.gallery[q.reference]
+    payload = enc.payload(ref, "fp16")
+    tokens = torch.from_numpy(decode_payload(payload, expected_tokens=qe.num_tokens).tokens)[None]
+    edge_hits = retriever.search(text=q.modifiers[0], tokens=tokens, k=5, exclude=gallery.ids_for_paths([str(ref)]).values())
+    thin_hits = retriever.search(image=ref, text=q.modifiers[0], k=5, exclude=gallery.ids_for_paths([str(ref)]).values())
+    shared = len({h.id for h in edge_hits} & {h.id for h in thin_hits})
+    _say(f"{len(payload):,}-byte payload (fp16, {enc.num_tokens} x {enc.dim}) instead of the photo; "
+         f"{shared} of the top 5 shared with the thin-client search (fp16 tokens may reorder near-ties)")
+    summary.update(payload_bytes=len(payload), edge_top5_shared=shared, gallery_items=gallery.count())
 
-    console.print("[bold]7. not built yet[/] (see the open issues):")
-    for stage, what in PENDING:
-        console.print(f"   - {stage}: {what}")
-    if serve:
-        console.print("   serving is not available yet; nothing to serve.")
+    if not serve:
+        console.print("[bold]7. serve[/]: skipped (--no-serve). Start it with:")
+        _say(f"isacir serve --gallery {gallery_dir} --query-encoder {final}")
+        return summary
+    import uvicorn
+
+    from .serve import load_service
+
+    gallery.close()
+    app = load_service(gallery_dir, final)
+    console.print("[bold]7. serve[/]: the operator UI and the HTTP API (Ctrl+C stops)")
+    _say(f"reference photos to try: {world / 'unlabeled2017'}")
+    console.print(f"\n   [bold green]open http://127.0.0.1:{port}/[/]\n")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    return summary

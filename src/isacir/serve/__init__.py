@@ -1,6 +1,6 @@
 """HTTP service and operator web UI (``pip install isacir[serve]``; ``isacir serve``)."""
 
-from .app import ServeSettings, ServiceState, create_app, read_api_keys
+from .app import ServeSettings, ServiceState, create_app, load_service, read_api_keys
 from .feedback import FeedbackError, FeedbackStore
 
-__all__ = ["FeedbackError", "FeedbackStore", "ServeSettings", "ServiceState", "create_app", "read_api_keys"]
+__all__ = ["FeedbackError", "FeedbackStore", "ServeSettings", "ServiceState", "create_app", "load_service", "read_api_keys"]

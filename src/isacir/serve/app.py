@@ -436,3 +436,31 @@ def _ext_from_bytes(data: bytes) -> str:
 
     with Image.open(io.BytesIO(data)) as im:
         return UPLOAD_EXTENSIONS.get(im.format or "", ".png")
+
+
+def load_service(gallery: str | os.PathLike, query_encoder: str | os.PathLike, foundation: str | None = None,
+                 api_key_file: str | os.PathLike | None = None, max_upload_mb: float = 10.0,
+                 feedback_db: str | os.PathLike | None = None) -> FastAPI:
+    """Open gallery, foundation and query encoder, check that they belong together, build the app.
+
+    The foundation defaults to the one the query encoder was trained for.
+    """
+    import json
+
+    from ..foundation import create_foundation
+    from ..gallery import Gallery
+    from ..query import QueryEncoder
+
+    g = Gallery.open(gallery)
+    if foundation is None:
+        cfg_path = Path(query_encoder) / "config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        foundation = cfg.get("foundation_id") or g.info["foundation_id"]
+    fnd = create_foundation(foundation)
+    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
+    settings = ServeSettings(
+        api_keys=read_api_keys(api_key_file) if api_key_file else (),
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        feedback_db=Path(feedback_db) if feedback_db else None,
+    )
+    return create_app(ServiceState(g, fnd, qe, settings))
