@@ -96,3 +96,16 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method"):
         ShapesBenchConfig(methods=("isa", "magic"))
+
+
+def test_eval_shapes_matches_the_bench(bench_run, tmp_path):
+    out, summary, _ = bench_run
+    detail = json.loads((out / "results-seed0.json").read_text())
+    cfg = ShapesBenchConfig.small()
+    world = out / "worlds" / cfg.world.key()
+    isa = out / "methods" / f"isa-{cfg.method_key('isa')}" / "final"
+    proc = run("eval", "--benchmark", "shapes", "--data", str(world), "--foundation", detail["foundation"],
+               "--query-encoder", str(isa), "--out", str(tmp_path / "eval"), "--workers", "0")
+    metrics = last_json(proc)["metrics"]["shapes"]
+    for k, v in summary["methods"]["isa"].items():
+        assert metrics[k] == pytest.approx(v, abs=0.01), k

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _say(msg: str) -> None:

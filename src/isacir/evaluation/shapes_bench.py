@@ -65,10 +65,10 @@ class ShapesBenchConfig:
 
     @classmethod
     def small(cls, seed: int = 0) -> "ShapesBenchConfig":
-        """A scaled-down run for tests: the same pipeline in about two minutes."""
-        world = ShapesConfig(train_images=512, caption_pairs=3000, test_queries=80, distractors=150)
-        recipe = MethodRecipe(steps=120, batch_size=64, warmup_steps=20, isa_backbone="mobilenetv3_small_050")
-        return cls(seed=seed, world=world, foundation_steps=150, foundation_batch=128, recipe=recipe)
+        """A scaled-down run for tests: the same pipeline in about two minutes on 2 cores."""
+        world = ShapesConfig(train_images=256, caption_pairs=1500, test_queries=60, distractors=100)
+        recipe = MethodRecipe(steps=60, batch_size=32, warmup_steps=10, isa_backbone="mobilenetv3_small_050")
+        return cls(seed=seed, world=world, foundation_steps=100, foundation_batch=64, recipe=recipe)
 
     def foundation_key(self) -> str:
         return _key([self.world.key(), self.foundation_steps, self.foundation_batch, self.seed])
