@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from .._version import __version__
-from ..edge.payload import PayloadError, decode_payload
+from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
 from ..imageio import load_image
 from .feedback import FeedbackError, FeedbackStore
@@ -312,8 +312,6 @@ def create_app(state: ServiceState) -> FastAPI:
         pil = _decode_upload(image.file.read(), image.filename or "image")
         tokens = state.retriever.pseudo_tokens(pil)
         hits = state.retriever.search(text=text, tokens=tokens, k=k, rerank=rerank, mode="isa")
-        from ..edge.payload import encode_payload
-
         payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
         return _respond("image", text, hits, k, payload, t0)
 
