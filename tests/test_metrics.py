@@ -8,6 +8,7 @@ from isacir.evaluation.metrics import (
     average_precision_at_k,
     map_at_k,
     rank_gallery,
+    recall_any_at_k,
     recall_at_k,
     subset_rankings,
 )
@@ -17,6 +18,16 @@ def test_recall_at_k_by_hand():
     rankings = [["a", "b", "c"], ["c", "a", "b"], ["b", "c", "a"]]
     targets = ["a", "b", "a"]
     assert recall_at_k(rankings, targets, [1, 2, 3]) == {1: pytest.approx(100 / 3), 2: pytest.approx(100 / 3), 3: 100.0}
+
+
+def test_recall_any_at_k_counts_a_query_once_whatever_its_hits():
+    rankings = [["a", "b", "c"], ["c", "a", "b"], ["b", "c", "a"]]
+    relevant = [{"a", "b"}, {"b"}, {"x"}]
+    # query 0 hits twice in the top 2 but counts once; query 2's target is never ranked
+    assert recall_any_at_k(rankings, relevant, [1, 2, 3]) == {
+        1: pytest.approx(100 / 3), 2: pytest.approx(100 / 3), 3: pytest.approx(200 / 3)}
+    with pytest.raises(MetricError, match="2 rankings for 3"):
+        recall_any_at_k(rankings[:2], relevant, [1])
 
 
 def test_reference_exclusion_in_ranking():

@@ -17,7 +17,7 @@ from .._fs import atomic_write_text
 from ..compose import DEFAULT_TEMPLATE
 from ..training.data import ImageRecord
 from .benchmarks import BenchmarkDataError, CIRBenchmark
-from .metrics import map_at_k, rank_gallery, recall_at_k, subset_rankings
+from .metrics import map_at_k, rank_gallery, recall_any_at_k, recall_at_k, subset_rankings
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -113,10 +113,8 @@ def score_benchmark(bench: CIRBenchmark, rankings: list[list[str]]) -> dict[str,
     # CIRCO format (CIRCO itself and Shapes-CIR): mAP, plus recall against any ground-truth target
     m = map_at_k(rankings, [set(q.targets) for q in bench.queries], [5, 10, 25, 50])
     res = {f"mAP@{k}": v for k, v in m.items()}
-    for k in (1, 5, 10, 50):
-        hits = sum(1 for r, q in zip(rankings, bench.queries) if set(r[:k]) & set(q.targets))
-        res[f"R@{k}"] = 100.0 * hits / len(bench.queries)
-    return res
+    r = recall_any_at_k(rankings, [set(q.targets) for q in bench.queries], [1, 5, 10, 50])
+    return res | {f"R@{k}": v for k, v in r.items()}
 
 
 def submission_files(bench: CIRBenchmark, rankings: list[list[str]], out: Path) -> list[Path]:

@@ -25,11 +25,17 @@ def recall_at_k(rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashab
         raise MetricError(f"{len(rankings)} rankings for {len(targets)} targets")
     if not rankings:
         raise MetricError("no queries to evaluate")
-    out = {}
-    for k in ks:
-        hits = sum(1 for ranked, t in zip(rankings, targets) if t in list(ranked[:k]))
-        out[k] = 100.0 * hits / len(targets)
-    return out
+    return recall_any_at_k(rankings, [{t} for t in targets], ks)
+
+
+def recall_any_at_k(rankings: Sequence[Sequence[Hashable]], relevant: Sequence[set], ks: Sequence[int]) -> dict[int, float]:
+    """Fraction of queries with at least one relevant item in the first K (percent); for multi-target sets."""
+    if len(rankings) != len(relevant):
+        raise MetricError(f"{len(rankings)} rankings for {len(relevant)} ground-truth sets")
+    if not rankings:
+        raise MetricError("no queries to evaluate")
+    return {k: 100.0 * sum(1 for ranked, g in zip(rankings, relevant) if set(ranked[:k]) & set(g)) / len(relevant)
+            for k in ks}
 
 
 def subset_rankings(rankings: Sequence[Sequence[Hashable]], subsets: Sequence[Sequence[Hashable]],

@@ -293,13 +293,9 @@ class QueryEncoder(nn.Module):
             raise
         return directory
 
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, foundation: "Foundation | str | None" = None, map_location: str = "cpu"
-    ) -> "QueryEncoder":
-        """Load a folder written by :meth:`save_pretrained`; checks the foundation when given."""
-        from safetensors.torch import load_model
-
+    @staticmethod
+    def load_config(directory: str | os.PathLike) -> QueryEncoderConfig:
+        """The checkpoint's config alone (cheap: lets a caller pick the foundation before loading)."""
         directory = Path(directory)
         cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         if not cfg_path.is_file() or not weights.is_file():
@@ -312,7 +308,17 @@ class QueryEncoder(nn.Module):
             raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
         if raw.get("model_type") != "isacir-query-encoder":
             raise CheckpointError(f"{cfg_path} is not an isacir query-encoder config")
-        config = QueryEncoderConfig.from_dict(raw)
+        return QueryEncoderConfig.from_dict(raw)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, foundation: "Foundation | str | None" = None, map_location: str = "cpu"
+    ) -> "QueryEncoder":
+        """Load a folder written by :meth:`save_pretrained`; checks the foundation when given."""
+        from safetensors.torch import load_model
+
+        config = cls.load_config(directory)
+        weights = Path(directory) / WEIGHTS_NAME
         model = cls(config, backbone_pretrained=False)
         if foundation is not None:
             model.check_foundation(foundation)

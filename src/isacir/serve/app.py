@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from .._fs import atomic_write_bytes
 from .._version import __version__
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
@@ -361,9 +362,7 @@ def create_app(state: ServiceState) -> FastAPI:
             ext = _ext_from_bytes(data)
             path = state.upload_dir / f"{hashlib.sha256(data).hexdigest()[:24]}{ext}"
             if not path.exists():
-                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+                atomic_write_bytes(path, data)
             saved.append((name, path))
         if not saved:
             status = 415 if all(r["status"] == 415 for r in rejected) else 422
@@ -443,17 +442,13 @@ def load_service(gallery: str | os.PathLike, query_encoder: str | os.PathLike, f
 
     The foundation defaults to the one the query encoder was trained for.
     """
-    import json
-
     from ..foundation import create_foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
 
     g = Gallery.open(gallery)
     if foundation is None:
-        cfg_path = Path(query_encoder) / "config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        foundation = cfg.get("foundation_id") or g.info["foundation_id"]
+        foundation = QueryEncoder.load_config(query_encoder).foundation_id or g.info["foundation_id"]
     fnd = create_foundation(foundation)
     qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
     settings = ServeSettings(
