@@ -14,6 +14,7 @@ import time
 import pytest
 from PIL import Image
 
+from isacir.edge.payload import _HEADER
 from isacir.evaluation.shapes_bench import METHODS, METRICS, TRAINED, ShapesBenchConfig, run_shapes_bench
 from test_cli import last_json, run
 
@@ -86,7 +87,10 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
     assert res["gallery_items"] == len(images)
     assert res["queries"] == 4 and 0 <= res["hits_at_5"] <= 4
     assert res["edge_top5_shared"] >= 3
-    assert res["payload_bytes"] < 2000
+    shape = re.search(r"(\d+) tokens x (\d+)", proc.stderr)
+    n, d = int(shape.group(1)), int(shape.group(2))
+    assert n == ShapesBenchConfig.small().recipe.tokens
+    assert res["payload_bytes"] == _HEADER.size + 2 * n * d + 4  # header + fp16 tokens + CRC32, nothing else
     for needle in ("composed search", "device path", "isacir serve --gallery"):
         assert needle in proc.stderr, needle
     diff = re.search(r"max \|diff\| ([0-9.e+-]+)", proc.stderr)

@@ -40,7 +40,7 @@ class MethodRecipe:
     batch_size: int = 128
     lr: float = 1e-3
     warmup_steps: int = 100
-    tokens: int = 4
+    tokens: int = 8
     lar_weight: float = 0.0
     isa_backbone: str = "mobilenetv3_small_100"
     isa_image_size: int = 64
@@ -233,10 +233,13 @@ def _query_kinds(world: Path) -> dict[str, str]:
 
 
 def _recall_by_kind(bench, rankings: list[list[str]], kinds: dict[str, str]) -> dict[str, float]:
-    hits: dict[str, list[int]] = {}
-    for q, r in zip(bench.queries, rankings):
-        hits.setdefault(kinds[q.qid], []).append(int(bool(set(r[:1]) & set(q.targets))))
-    return {k: round(100.0 * sum(v) / len(v), 1) for k, v in sorted(hits.items())}
+    from .metrics import recall_any_at_k
+
+    groups: dict[str, list[int]] = {}
+    for i, q in enumerate(bench.queries):
+        groups.setdefault(kinds[q.qid], []).append(i)
+    return {k: round(recall_any_at_k([rankings[i] for i in idx], [set(bench.queries[i].targets) for i in idx], [1])[1], 1)
+            for k, idx in sorted(groups.items())}
 
 
 def check_goals(results: dict[str, dict]) -> dict[str, bool]:
