@@ -67,7 +67,7 @@ class ShapesBenchConfig:
     def small(cls, seed: int = 0) -> "ShapesBenchConfig":
         """A scaled-down run for tests: the same pipeline in about two minutes on 2 cores."""
         world = ShapesConfig(train_images=256, caption_pairs=1500, test_queries=60, distractors=100)
-        recipe = MethodRecipe(steps=60, batch_size=32, warmup_steps=10, isa_backbone="mobilenetv3_small_050")
+        recipe = MethodRecipe(steps=200, batch_size=32, warmup_steps=10, isa_backbone="mobilenetv3_small_050")
         return cls(seed=seed, world=world, foundation_steps=100, foundation_batch=64, recipe=recipe)
 
     def foundation_key(self) -> str:
