@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from .._fs import atomic_write_text, replace_dir
+from .metrics import recall_any_at_k
 from .shapes import ShapesConfig, generate
 
 TRAINING_FREE = ("image_only", "text_only", "image_plus_text", "pixel_only")
@@ -233,13 +234,12 @@ def _query_kinds(world: Path) -> dict[str, str]:
 
 
 def _recall_by_kind(bench, rankings: list[list[str]], kinds: dict[str, str]) -> dict[str, float]:
-    from .metrics import recall_any_at_k
-
-    groups: dict[str, list[int]] = {}
-    for i, q in enumerate(bench.queries):
-        groups.setdefault(kinds[q.qid], []).append(i)
-    return {k: round(recall_any_at_k([rankings[i] for i in idx], [set(bench.queries[i].targets) for i in idx], [1])[1], 1)
-            for k, idx in sorted(groups.items())}
+    groups: dict[str, tuple[list, list]] = {}
+    for q, r in zip(bench.queries, rankings):
+        ranked, relevant = groups.setdefault(kinds[q.qid], ([], []))
+        ranked.append(r)
+        relevant.append(set(q.targets))
+    return {k: round(recall_any_at_k(ranked, relevant, [1])[1], 1) for k, (ranked, relevant) in sorted(groups.items())}
 
 
 def check_goals(results: dict[str, dict]) -> dict[str, bool]:
