@@ -12,6 +12,7 @@ from isacir.training.losses import (
     lar_itm_loss,
     lar_patch_loss,
     token_patch_scores,
+    word_prior_loss,
 )
 
 
@@ -60,3 +61,20 @@ def test_temperature_learnable_fixed_and_clamped():
     fixed = Temperature(0.05, learnable=False)
     assert not any(p.requires_grad for p in fixed.parameters()) and math.isclose(fixed.scale().item(), 20, rel_tol=1e-5)
     assert math.isclose(Temperature(0.001).scale().item(), 100.0, rel_tol=1e-5)
+
+
+def test_word_prior_zero_on_words_and_chunking_is_exact():
+    torch.manual_seed(0)
+    vocab = torch.randn(50, 16)
+    on_words = (3.0 * vocab[[4, 17, 33, 49]]).view(2, 2, 16)  # scale must not matter: cosine
+    assert word_prior_loss(on_words, vocab).abs() < 1e-6
+    tokens = torch.randn(3, 4, 16)
+    ref = (1 - (F.normalize(tokens.view(-1, 16), dim=-1) @ F.normalize(vocab, dim=-1).T).max(1).values).mean()
+    for chunk in (7, 50, 8192):
+        assert torch.allclose(word_prior_loss(tokens, vocab, chunk=chunk), ref, atol=1e-6)
+    assert ref > 0.1
+    # gradients reach the tokens, never the (frozen) vocabulary
+    tokens.requires_grad_(True)
+    vocab.requires_grad_(True)
+    word_prior_loss(tokens, vocab).backward()
+    assert tokens.grad.abs().sum() > 0 and vocab.grad is None

@@ -10,12 +10,13 @@ import json
 import math
 import re
 import time
+from collections import Counter
 
 import pytest
 from PIL import Image
 
 from isacir.edge.payload import _HEADER
-from isacir.evaluation.shapes_bench import METHODS, METRICS, TRAINED, ShapesBenchConfig, run_shapes_bench
+from isacir.evaluation.shapes_bench import METHODS, METRICS, TRAINED, MethodRecipe, ShapesBenchConfig, run_shapes_bench
 from test_cli import last_json, run
 
 
@@ -64,6 +65,14 @@ def test_outputs_table_chart_and_details(bench_run):
     detail = json.loads((out / "results-seed0.json").read_text())
     assert detail["methods"] == summary["methods"]
     assert set(detail["recall_at_1_by_edit"]["isa"]) == {"add", "colour", "move", "remove", "shape", "size"}
+    # the per-edit R@1 (oracles included) recombines into the overall R@1, weighted by edit counts
+    world = out / "worlds" / ShapesBenchConfig.small().world.key()
+    counts = Counter(a["shared_concept"] for a in json.loads((world / "annotations" / "test.json").read_text()))
+    overall = {**summary["methods"], **detail["oracles"]}
+    assert set(detail["recall_at_1_by_edit"]) == set(overall)
+    for name, by_edit in detail["recall_at_1_by_edit"].items():
+        weighted = sum(counts[k] * v for k, v in by_edit.items()) / sum(counts.values())
+        assert abs(weighted - overall[name]["R@1"]) < 0.1, (name, weighted, overall[name]["R@1"])
     # perfect knowledge of the target's description is an upper bound for what text can retrieve
     assert detail["oracles"]["oracle_target_caption"]["R@10"] >= summary["methods"]["text_only"]["R@10"]
 
@@ -95,6 +104,13 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
         assert needle in proc.stderr, needle
     diff = re.search(r"max \|diff\| ([0-9.e+-]+)", proc.stderr)
     assert diff and float(diff.group(1)) < 1e-5
+
+
+def test_word_prior_keeps_earlier_cache_keys():
+    base = ShapesBenchConfig()
+    assert base.method_key("isa") == ShapesBenchConfig(recipe=MethodRecipe(word_weight=0.0)).method_key("isa")
+    assert base.method_key("isa") != ShapesBenchConfig(recipe=MethodRecipe(word_weight=0.1)).method_key("isa")
+    assert base.foundation_key() != ShapesBenchConfig(foundation_steps=1200).foundation_key()
 
 
 def test_unknown_method_is_a_clear_error():

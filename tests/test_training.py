@@ -83,6 +83,21 @@ def test_lar_patch_loss_runs_for_clip(tmp_path, images64, openclip_fnd):
     assert all(r["lar"] > 0 for r in res.history)
 
 
+def test_word_prior_pulls_tokens_onto_words(tmp_path, images64, openclip_fnd):
+    paths = [r.path for r in discover_images(images64)]
+    words = torch.nn.functional.normalize(openclip_fnd.token_embedding.weight.detach(), dim=-1)
+
+    def nearest_word_cos(weight: float) -> float:
+        train(str(images64), openclip_fnd, tmp_path / f"w{weight}", _cfg(epochs=6, word_weight=weight), log=lambda m: None)
+        enc = QueryEncoder.from_pretrained(tmp_path / f"w{weight}" / "final", foundation=openclip_fnd)
+        with torch.no_grad():
+            t = torch.nn.functional.normalize(enc.encode_images(paths, foundation=openclip_fnd).flatten(0, 1), dim=-1)
+        return (t @ words.T).max(dim=1).values.mean().item()
+
+    off, on = nearest_word_cos(0.0), nearest_word_cos(20.0)
+    assert on > off + 0.1, (off, on)
+
+
 def test_resume_equivalence(tmp_path, images64, openclip_fnd):
     """3 steps, stop, resume, 3 more == 6 straight steps (augmentation and grad accumulation on)."""
     cfg = dict(batch_size=16, grad_accum=2, epochs=3, augment="light", warmup_steps=2, log_every=1)

@@ -138,6 +138,7 @@ def train_cmd(
     temperature: float = typer.Option(0.07, help="Initial InfoNCE temperature."),
     fixed_temperature: bool = typer.Option(False, help="Do not learn the temperature."),
     lar_weight: float = typer.Option(0.0, help="Weight of the local alignment regulariser (0 = GCD only)."),
+    word_weight: float = typer.Option(0.0, help="Weight of the word prior (pull each token towards its nearest real word)."),
     local_grid: Optional[int] = typer.Option(None, help="Pool cached patch features to GRID x GRID (saves disk)."),
     augment: str = typer.Option("light", help="Query-side augmentation: light | none."),
     image_size: Optional[int] = typer.Option(None, help="Query-side input size (default: the backbone's)."),
@@ -172,6 +173,7 @@ def train_cmd(
         temperature=temperature,
         learn_temperature=not fixed_temperature,
         lar_weight=lar_weight,
+        word_weight=word_weight,
         local_grid=local_grid,
         augment=augment,
         seed=seed,
@@ -493,6 +495,8 @@ def bench_shapes_cmd(
     steps: Optional[int] = typer.Option(None, help="Training steps per trained method."),
     tokens: Optional[int] = typer.Option(None, help="Pseudo tokens for isa / isa_symmetric."),
     lar_weight: Optional[float] = typer.Option(None, help="Weight of the local alignment loss."),
+    word_weight: Optional[float] = typer.Option(None, help="Weight of the word prior on the pseudo tokens."),
+    foundation_steps: Optional[int] = typer.Option(None, help="Training steps of the tiny foundation."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """Shapes-CIR end to end: generate, train the tiny foundation and each method, evaluate all.
@@ -505,9 +509,12 @@ def bench_shapes_cmd(
     from .evaluation.shapes_bench import ShapesBenchConfig, run_shapes_bench
 
     cfg = ShapesBenchConfig.small(seed) if small else ShapesBenchConfig(seed=seed)
-    changes = {k: v for k, v in (("steps", steps), ("tokens", tokens), ("lar_weight", lar_weight)) if v is not None}
+    changes = {k: v for k, v in (("steps", steps), ("tokens", tokens), ("lar_weight", lar_weight),
+                                                     ("word_weight", word_weight)) if v is not None}
     if changes:
         cfg.recipe = replace(cfg.recipe, **changes)
+    if foundation_steps is not None:
+        cfg.foundation_steps = foundation_steps
     if methods:
         try:
             cfg = replace(cfg, methods=tuple(m.strip() for m in methods.split(",") if m.strip()))

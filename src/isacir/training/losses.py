@@ -61,6 +61,20 @@ def lar_patch_loss(token_feats: torch.Tensor, patch_feats: torch.Tensor, scale: 
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
+def word_prior_loss(tokens: torch.Tensor, vocabulary: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Mean cosine distance from each pseudo token to its nearest real word embedding.
+
+    The text encoder learned to let a modifier override *words*; tokens far off the word manifold
+    are read as something else and tend to drown the modifier. ``tokens [B, N, D]``,
+    ``vocabulary [V, D]`` (frozen); the vocabulary is scanned in chunks so a 49k-word CLIP vocab
+    never needs a ``[B*N, V]`` matrix at once.
+    """
+    t = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
+    v = F.normalize(vocabulary.detach().float(), dim=-1)
+    best = torch.cat([t @ v[i : i + chunk].T for i in range(0, v.shape[0], chunk)], dim=1).max(dim=1).values
+    return (1.0 - best).mean()
+
+
 def hardest_negatives(similarity: torch.Tensor) -> torch.Tensor:
     """Index of the most similar *other* column per row (BLIP mines ITM negatives this way)."""
     sim = similarity.detach().clone()

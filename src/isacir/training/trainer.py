@@ -35,7 +35,7 @@ from ..query import QueryEncoder
 from .augment import query_transform
 from .cache import TeacherCache, hash_records
 from .data import ImageRecord, discover_images
-from .losses import Temperature, gcd_loss, hardest_negatives, lar_itm_loss, lar_patch_loss
+from .losses import Temperature, gcd_loss, hardest_negatives, lar_itm_loss, lar_patch_loss, word_prior_loss
 
 STATE_NAME = "trainer_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -67,6 +67,8 @@ class TrainConfig:
     temperature: float = 0.07
     learn_temperature: bool = True
     lar_weight: float = 0.0
+    #: Weight of the word prior: each pseudo token's cosine distance to its nearest real word.
+    word_weight: float = 0.0
     local_grid: Optional[int] = None
     template: str = DEFAULT_TEMPLATE
     augment: str = "light"
@@ -216,6 +218,8 @@ class TrainModule(nn.Module):
                 single = fnd.encode_composed(tokens.reshape(b * n, 1, d), None, self.cfg.template)
                 lar = lar_patch_loss(single.view(b, n, -1), teacher_local, scale)
         loss = gcd + self.cfg.lar_weight * lar
+        if self.cfg.word_weight > 0:
+            loss = loss + self.cfg.word_weight * word_prior_loss(tokens, fnd.token_embedding.weight)
         return loss, gcd.detach(), lar.detach()
 
 
