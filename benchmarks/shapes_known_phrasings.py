@@ -1,0 +1,115 @@
+"""Diagnostic for Shapes-CIR: the same test queries with *training* phrasings of each modifier.
+
+The benchmark's test modifiers use phrasings (and verbs) the tiny foundation never saw. This asks
+how much of the gap between methods comes from that: each test modifier is rewritten with a
+training phrasing of the same edit and value ("recolour it blue" -> "change the colour to blue"),
+in a copy of the world's annotations, and the cached models of a finished ``isacir bench shapes``
+run are evaluated on it. It never changes the benchmark itself.
+
+    python benchmarks/shapes_known_phrasings.py --bench runs/shapes --seed 2
+Prints one JSON object as the last stdout line (R@1/5/10/50 and R@1 by edit type per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from isacir.compose import PromptTemplate
+from isacir.evaluation.benchmarks import load_circo
+from isacir.evaluation.evaluate import encode_gallery, evaluate, score_benchmark
+from isacir.evaluation.metrics import rank_gallery
+from isacir.evaluation.shapes import COMPARATIVE, PHRASES
+from isacir.evaluation.shapes_bench import TRAINED, ShapesBenchConfig, _query_kinds, _recall_by_kind
+from isacir.evaluation.shapes_foundation import ARCH
+from isacir.foundation import create_foundation
+from isacir.query import QueryEncoder
+
+KS = ("R@1", "R@5", "R@10", "R@50")
+
+
+def _pattern(template: str) -> re.Pattern:
+    body = re.escape(template).replace(r"\{value\}", r"(?P<value>.+)").replace(r"\{comparative\}", r"(?P<comparative>\w+)")
+    return re.compile(f"^{body}$")
+
+
+def rephrase(annotation: dict) -> str:
+    """The annotation's modifier with a training phrasing (picked by id) of the same edit and value."""
+    kind = annotation["shared_concept"]
+    selector, _, phrase = annotation["relative_caption"].rpartition(": ")
+    match = next((m for t in PHRASES[kind]["test"] if (m := _pattern(t).match(phrase))), None)
+    if match is None:
+        raise ValueError(f"query {annotation['id']}: no test phrasing of {kind!r} matches {phrase!r}")
+    found = match.groupdict()
+    value = found.get("value") or {v: k for k, v in COMPARATIVE.items()}[found["comparative"]]
+    train = PHRASES[kind]["train"]
+    text = train[zlib.crc32(str(annotation["id"]).encode()) % len(train)].format(
+        value=value, comparative=COMPARATIVE.get(value, ""))
+    return f"{selector}: {text}" if selector else text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", type=Path, required=True, help="--out folder of a finished `isacir bench shapes` run")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    cfg = ShapesBenchConfig(seed=args.seed)
+    world = args.bench / "worlds" / cfg.world.key()
+    anns = json.loads((world / "annotations" / "test.json").read_text())
+    for a in anns:
+        a["relative_caption"] = rephrase(a)
+    fnd = create_foundation(f"openclip:{ARCH}@{args.bench / 'foundations' / cfg.foundation_key()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp)
+        for p in world.iterdir():
+            if p.name != "annotations":
+                (copy / p.name).symlink_to(p.resolve())
+        (copy / "annotations").mkdir()
+        (copy / "annotations" / "image_info_unlabeled2017.json").symlink_to(
+            (world / "annotations" / "image_info_unlabeled2017.json").resolve())
+        (copy / "annotations" / "test.json").write_text(json.dumps(anns))
+        results = evaluate_all(copy, cfg, fnd, args.bench, {str(a["id"]): a for a in anns})
+    for name, r in results.items():
+        print(f"{name:40s} " + "  ".join(f"{k} {r[k]:5.1f}" for k in KS))
+    print(json.dumps({"seed": args.seed, "phrasings": "train", "methods": results}))
+
+
+def evaluate_all(world: Path, cfg: ShapesBenchConfig, fnd, bench_dir: Path, by_id: dict) -> dict[str, dict]:
+    bench = load_circo(world, "test")
+    kinds = _query_kinds(world)
+    names = list(bench.gallery)
+    gallery = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=False)
+    results: dict[str, dict] = {}
+
+    def record(name: str, metrics: dict, rankings: list[list[str]]) -> None:
+        results[name] = {**{k: round(metrics[k], 1) for k in KS}, "R@1 by edit": _recall_by_kind(bench, rankings, kinds)}
+
+    for method in ("image_plus_text", "isa_symmetric", "isa"):
+        enc = None
+        if method in TRAINED:
+            enc = QueryEncoder.from_pretrained(bench_dir / "methods" / f"{method}-{cfg.method_key(method)}" / "final",
+                                               foundation=fnd).eval()
+        metrics, rankings = evaluate(bench, fnd, "isa" if enc else method, query_encoder=enc, template=cfg.template,
+                                     gallery_vecs=gallery, progress=False)
+        record(method, metrics, rankings)
+    tpl = PromptTemplate.parse(cfg.template)
+    texts = [tpl.render(by_id[q.qid]["reference_caption"], q.modifiers[0]) for q in bench.queries]
+    with torch.no_grad():
+        vecs = np.concatenate([F.normalize(fnd.encode_text(texts[i:i + 256]).float(), dim=-1).numpy()
+                               for i in range(0, len(texts), 256)])
+    rankings = rank_gallery(vecs @ gallery.T, names, exclude=[q.reference for q in bench.queries], top=51)
+    record("oracle_reference_caption_plus_modifier", score_benchmark(bench, rankings), rankings)
+    return results
+
+
+if __name__ == "__main__":
+    main()
