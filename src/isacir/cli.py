@@ -138,7 +138,7 @@ def train_cmd(
     temperature: float = typer.Option(0.07, help="Initial InfoNCE temperature."),
     fixed_temperature: bool = typer.Option(False, help="Do not learn the temperature."),
     lar_weight: float = typer.Option(0.0, help="Weight of the local alignment regulariser (0 = GCD only)."),
-    word_weight: float = typer.Option(0.0, help="Weight of the word prior (pull each token towards its nearest real word)."),
+    word_weight: float = typer.Option(0.0, help="Weight of the word prior (pull each token towards its nearest real word); an ablation, 0 = off."),
     local_grid: Optional[int] = typer.Option(None, help="Pool cached patch features to GRID x GRID (saves disk)."),
     augment: str = typer.Option("light", help="Query-side augmentation: light | none."),
     image_size: Optional[int] = typer.Option(None, help="Query-side input size (default: the backbone's)."),
@@ -509,8 +509,8 @@ def bench_shapes_cmd(
     from .evaluation.shapes_bench import ShapesBenchConfig, run_shapes_bench
 
     cfg = ShapesBenchConfig.small(seed) if small else ShapesBenchConfig(seed=seed)
-    changes = {k: v for k, v in (("steps", steps), ("tokens", tokens), ("lar_weight", lar_weight),
-                                                     ("word_weight", word_weight)) if v is not None}
+    overrides = (("steps", steps), ("tokens", tokens), ("lar_weight", lar_weight), ("word_weight", word_weight))
+    changes = {k: v for k, v in overrides if v is not None}
     if changes:
         cfg.recipe = replace(cfg.recipe, **changes)
     if foundation_steps is not None:

@@ -64,8 +64,9 @@ def lar_patch_loss(token_feats: torch.Tensor, patch_feats: torch.Tensor, scale: 
 def word_prior_loss(tokens: torch.Tensor, vocabulary: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Mean cosine distance from each pseudo token to its nearest real word embedding.
 
-    The text encoder learned to let a modifier override *words*; tokens far off the word manifold
-    are read as something else and tend to drown the modifier. ``tokens [B, N, D]``,
+    The hypothesis it tests: the text encoder learned to let a modifier override *words*, so tokens
+    far off the word manifold might resist the modifier. An ablation, off by default: on Shapes-CIR
+    it hurt (README, "Further levers"). ``tokens [B, N, D]``,
     ``vocabulary [V, D]`` (frozen); the vocabulary is scanned in chunks so a 49k-word CLIP vocab
     never needs a ``[B*N, V]`` matrix at once.
     """
