@@ -11,6 +11,7 @@ import math
 import re
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -73,6 +74,12 @@ def test_outputs_table_chart_and_details(bench_run):
     for name, by_edit in detail["recall_at_1_by_edit"].items():
         weighted = sum(counts[k] * v for k, v in by_edit.items()) / sum(counts.values())
         assert abs(weighted - overall[name]["R@1"]) < 0.1, (name, weighted, overall[name]["R@1"])
+    # every trained method gets a modifier-response row over every edit type, plus "all"
+    assert set(detail["modifier_response"]) == set(TRAINED)
+    for row in detail["modifier_response"].values():
+        assert set(row) == {"all", *counts}
+        assert all(v["shift_ratio"] > 0 and -1 <= v["direction_cos"] <= 1 for v in row.values())
+    assert "Modifier response" in md
     # perfect knowledge of the target's description is an upper bound for what text can retrieve
     assert detail["oracles"]["oracle_target_caption"]["R@10"] >= summary["methods"]["text_only"]["R@10"]
 
@@ -106,11 +113,32 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
     assert diff and float(diff.group(1)) < 1e-5
 
 
-def test_word_prior_keeps_earlier_cache_keys():
+def test_later_recipe_fields_keep_earlier_cache_keys():
+    # the session-3 recipe (learned temperature, no word prior) keeps the keys its caches were stored under
+    old = MethodRecipe(temperature=None, word_weight=0.0)
+    assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa") == "e2faa386fca9"
+    assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa_symmetric") == "2ec107342575"
+    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"temperature": 0.2}):
+        assert ShapesBenchConfig(recipe=old).method_key("isa") != \
+            ShapesBenchConfig(recipe=replace(old, **change)).method_key("isa"), change
     base = ShapesBenchConfig()
-    assert base.method_key("isa") == ShapesBenchConfig(recipe=MethodRecipe(word_weight=0.0)).method_key("isa")
-    assert base.method_key("isa") != ShapesBenchConfig(recipe=MethodRecipe(word_weight=0.1)).method_key("isa")
     assert base.foundation_key() != ShapesBenchConfig(foundation_steps=1200).foundation_key()
+
+
+def test_trained_methods_use_the_recipe_temperature(bench_run):
+    import csv
+
+    out, _, _ = bench_run
+    cfg = ShapesBenchConfig.small()
+    for method in TRAINED:
+        run_dir = out / "methods" / f"{method}-{cfg.method_key(method)}"
+        tc = json.loads((run_dir / "train_config.json").read_text())
+        logged = {float(row["temperature"]) for row in csv.DictReader((run_dir / "train_log.csv").open())}
+        if cfg.recipe.temperature is None:
+            assert tc["learn_temperature"] and len(logged) > 1
+        else:
+            assert not tc["learn_temperature"] and tc["temperature"] == cfg.recipe.temperature
+            assert logged and all(abs(t - cfg.recipe.temperature) < 1e-4 for t in logged)
 
 
 def test_unknown_method_is_a_clear_error():
@@ -129,3 +157,45 @@ def test_eval_shapes_matches_the_bench(bench_run, tmp_path):
     metrics = last_json(proc)["metrics"]["shapes"]
     for k, v in summary["methods"]["isa"].items():
         assert metrics[k] == pytest.approx(v, abs=0.01), k
+
+
+def test_modifier_response_of_spliced_words_equals_the_caption(openclip_fnd):
+    """A perfect inversion (the caption's own word embeddings in the slot) responds exactly like words."""
+    import numpy as np
+    import torch
+
+    from isacir.evaluation.shapes_bench import SHAPES_TEMPLATE, modifier_response, summarize_response
+
+    captions = ["a large red circle", "a small blue square", "a large green cross"]
+    lengths = {openclip_fnd.embed_words(c).shape[0] for c in captions}
+    assert len(lengths) == 1, "captions must tokenize to the same length to stack"
+    slot = torch.stack([openclip_fnd.embed_words(c) for c in captions])
+    mods = [["make it blue"], ["move it to the left"], ["bigger"]]
+    resp = modifier_response(openclip_fnd, SHAPES_TEMPLATE, slot, mods, captions, batch_size=2)
+    assert np.allclose(resp["shift"], resp["caption_shift"], atol=1e-5)
+    assert np.allclose(resp["direction"], 1.0, atol=1e-3)
+    assert (resp["caption_shift"] > 0).all()
+    # random tokens respond differently, so the equality above is not vacuous
+    noise = modifier_response(openclip_fnd, SHAPES_TEMPLATE, torch.randn_like(slot) * slot.std(), mods, captions)
+    assert not np.allclose(noise["shift"], noise["caption_shift"], atol=1e-3)
+    # the summary is the ratio of summed shifts and the mean direction, per kind and overall
+    toy = {"shift": np.array([1.0, 2.0, 5.0]), "caption_shift": np.array([2.0, 2.0, 2.0]),
+           "direction": np.array([0.5, 1.0, 0.0])}
+    summary = summarize_response(toy, ["colour", "size", "colour"])
+    assert summary == {"all": {"shift_ratio": 1.333, "direction_cos": 0.5},
+                       "colour": {"shift_ratio": 1.5, "direction_cos": 0.25},
+                       "size": {"shift_ratio": 1.0, "direction_cos": 1.0}}
+
+
+@pytest.mark.parametrize("value, needle", [("warm", "positive number or 'learned'"), ("0", "in (0, 10]")])
+def test_bad_bench_temperature_is_a_one_line_error(tmp_path, value, needle):
+    proc = run("bench", "shapes", "--small", "--temperature", value, "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # rejected before any stage ran
+
+
+def test_bench_temperature_option_parses_learned_and_numbers():
+    from isacir.cli import _parse_temperature
+
+    assert _parse_temperature("learned") is None and _parse_temperature(" Learned ") is None
+    assert _parse_temperature("0.2") == 0.2

@@ -486,6 +486,18 @@ def bench_index_cmd(
     _emit_json(result)
 
 
+def _parse_temperature(text: str) -> float | None:
+    if text.strip().lower() == "learned":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise IsacirError(f"--temperature must be a positive number or 'learned', got {text!r}") from None
+    if not 0 < value <= 10:
+        raise IsacirError(f"--temperature must be in (0, 10], got {value}")
+    return value
+
+
 @bench_app.command("shapes")
 def bench_shapes_cmd(
     seed: int = typer.Option(0, help="World, foundation and training seed."),
@@ -496,6 +508,8 @@ def bench_shapes_cmd(
     tokens: Optional[int] = typer.Option(None, help="Pseudo tokens for isa / isa_symmetric."),
     lar_weight: Optional[float] = typer.Option(None, help="Weight of the local alignment loss."),
     word_weight: Optional[float] = typer.Option(None, help="Weight of the word prior on the pseudo tokens."),
+    temperature: Optional[str] = typer.Option(None, help="GCD temperature of the trained methods: a fixed value, "
+                                              "or 'learned' (learned from 0.07)."),
     foundation_steps: Optional[int] = typer.Option(None, help="Training steps of the tiny foundation."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
@@ -511,6 +525,8 @@ def bench_shapes_cmd(
     cfg = ShapesBenchConfig.small(seed) if small else ShapesBenchConfig(seed=seed)
     overrides = (("steps", steps), ("tokens", tokens), ("lar_weight", lar_weight), ("word_weight", word_weight))
     changes = {k: v for k, v in overrides if v is not None}
+    if temperature is not None:
+        changes["temperature"] = _parse_temperature(temperature)
     if changes:
         cfg.recipe = replace(cfg.recipe, **changes)
     if foundation_steps is not None:

@@ -44,6 +44,9 @@ class MethodRecipe:
     tokens: int = 8
     lar_weight: float = 0.0
     word_weight: float = 0.0
+    #: Fixed GCD temperature, or None to learn it from 0.07. A learned one sharpens to ~0.034 and the
+    #: pseudo sentence then resists the modifier (README, "Temperature"); fixed 0.2 composes better.
+    temperature: float | None = 0.2
     isa_backbone: str = "mobilenetv3_small_100"
     isa_image_size: int = 64
     augment: str = "light"
@@ -77,8 +80,11 @@ class ShapesBenchConfig:
 
     def method_key(self, method: str) -> str:
         r = asdict(self.recipe)
-        if r["word_weight"] == 0.0:  # added later; off keeps the keys (and caches) of earlier runs
+        # fields added later are left out at their old behaviour, keeping earlier keys (and caches)
+        if r["word_weight"] == 0.0:
             r.pop("word_weight")
+        if r["temperature"] is None:
+            r.pop("temperature")
         if method != "isa":  # the symmetric baselines have no backbone
             r.pop("isa_backbone"), r.pop("isa_image_size"), r.pop("augment")
         if method == "pic2word":
@@ -124,6 +130,8 @@ def train_method(method: str, world: Path, foundation, out: Path, config: Shapes
         warmup_steps=r.warmup_steps,
         lar_weight=r.lar_weight,
         word_weight=r.word_weight,
+        temperature=0.07 if r.temperature is None else r.temperature,
+        learn_temperature=r.temperature is None,
         template=config.template,
         augment=r.augment,
         seed=config.seed,
@@ -187,16 +195,28 @@ def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, l
     diagnostics, oracle_rankings = oracle_rows(world, bench, fnd, gallery, names, config.template)
     for oracle, rankings in oracle_rankings.items():
         by_kind[oracle] = _recall_by_kind(bench, rankings, kinds)
+    response = {}
+    if diagnostics:  # the world carries true captions
+        anns = {str(a["id"]): a for a in json.loads((world / "annotations" / "test.json").read_text())}
+        captions = [anns[q.qid]["reference_caption"] for q in bench.queries]
+        for method, enc in encoders.items():
+            refs = [bench.gallery[q.reference] for q in bench.queries]
+            with torch.no_grad():
+                tokens = torch.cat([enc.encode_images(refs[i : i + 64], foundation=fnd) for i in range(0, len(refs), 64)])
+            resp = modifier_response(fnd, config.template, tokens, [q.modifiers for q in bench.queries], captions)
+            response[method] = summarize_response(resp, [kinds[q.qid] for q in bench.queries])
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     summary = {"seed": config.seed, "methods": results}
-    detail = {**summary, "recall_at_1_by_edit": by_kind, "oracles": diagnostics, "timings": {k: round(v, 1) for k, v in timings.items()},
+    detail = {**summary, "recall_at_1_by_edit": by_kind, "oracles": diagnostics,
+              "modifier_response": response, "timings": {k: round(v, 1) for k, v in timings.items()},
               "foundation": name, "queries": len(bench.queries), "gallery": len(names),
               "config": asdict(config), "goals": check_goals(results)}
     stem = out / f"results-seed{config.seed}"
     atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
-    atomic_write_text(stem.with_suffix(".md"), markdown_table(results, by_kind, detail["goals"], config.seed, diagnostics))
+    atomic_write_text(stem.with_suffix(".md"), markdown_table(results, by_kind, detail["goals"], config.seed, diagnostics,
+                                                                 response))
     bar_chart(results, stem.with_suffix(".png"), config.seed)
     return summary
 
@@ -237,6 +257,54 @@ def oracle_rows(world: Path, bench, fnd, gallery, names: list[str],
     return out, ranked
 
 
+def modifier_response(fnd, template: str, slot, modifiers: list, reference_captions: list[str],
+                      batch_size: int = 64) -> dict[str, "np.ndarray"]:
+    """How far a modifier moves a composed query, relative to the reference's true caption.
+
+    Diagnoses why pseudo sentences compose worse than words: for each query, the cosine distance
+    between ``slot + modifier`` and ``slot`` alone (``slot`` being pseudo tokens ``[Q, N, D]`` or
+    plain texts), the same distance with the true caption in the slot, and the cosine between the
+    two shift vectors. Returns ``{"shift", "caption_shift", "direction"}``, each ``[Q]``.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from ..compose import PromptTemplate
+
+    tpl = PromptTemplate.parse(template)
+
+    def encode(items, mods):
+        if isinstance(items, torch.Tensor):
+            return fnd.encode_composed(items, mods, tpl, expected_tokens=items.shape[1])
+        texts = [tpl.render(t, m[0] if isinstance(m, (list, tuple)) else m) for t, m in zip(items, mods)] if mods \
+            else [tpl.render(t) for t in items]
+        return fnd.encode_text(texts)
+
+    parts: dict[str, list] = {"shift": [], "caption_shift": [], "direction": []}
+    with torch.no_grad():
+        for i in range(0, len(modifiers), batch_size):
+            mods = modifiers[i : i + batch_size]
+            caps = reference_captions[i : i + batch_size]
+            pairs = [(F.normalize(encode(x, mods).float(), dim=-1), F.normalize(encode(x, None).float(), dim=-1))
+                     for x in (slot[i : i + batch_size], caps)]
+            (pm, pe), (rm, re_) = pairs
+            parts["shift"].append(1 - (pm * pe).sum(-1))
+            parts["caption_shift"].append(1 - (rm * re_).sum(-1))
+            parts["direction"].append((F.normalize(pm - pe, dim=-1) * F.normalize(rm - re_, dim=-1)).sum(-1))
+    return {k: torch.cat(v).cpu().numpy().astype(np.float64) for k, v in parts.items()}
+
+
+def summarize_response(resp: dict, kinds: list[str]) -> dict[str, dict]:
+    """Per edit type (and ``all``): shift ratio (pseudo / caption) and mean shift-direction cosine."""
+    out = {}
+    for kind in ["all"] + sorted(set(kinds)):
+        sel = [i for i, k in enumerate(kinds) if kind in ("all", k)]
+        out[kind] = {"shift_ratio": round(float(resp["shift"][sel].sum() / resp["caption_shift"][sel].sum()), 3),
+                     "direction_cos": round(float(resp["direction"][sel].mean()), 3)}
+    return out
+
+
 def _query_kinds(world: Path) -> dict[str, str]:
     anns = json.loads((world / "annotations" / "test.json").read_text())
     return {str(a["id"]): a["shared_concept"] for a in anns}
@@ -270,7 +338,7 @@ def check_goals(results: dict[str, dict]) -> dict[str, bool]:
 
 
 def markdown_table(results: dict[str, dict], by_kind: dict[str, dict], goals: dict[str, bool], seed: int,
-                   oracles: dict[str, dict] | None = None) -> str:
+                   oracles: dict[str, dict] | None = None, response: dict[str, dict] | None = None) -> str:
     lines = [f"## Shapes-CIR, seed {seed}", "", "| method | " + " | ".join(METRICS) + " |",
              "|---|" + "---:|" * len(METRICS)]
     for m, r in results.items():
@@ -282,6 +350,14 @@ def markdown_table(results: dict[str, dict], by_kind: dict[str, dict], goals: di
         lines += ["", "R@1 by edit type:", "", "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
         for m, v in by_kind.items():
             lines.append(f"| {m} | " + " | ".join(f"{v.get(k, 0):.1f}" for k in kinds) + " |")
+    if response:
+        kinds = list(next(iter(response.values())))
+        lines += ["", "Modifier response: how far the modifier moves each trained method's query, as a fraction "
+                  "of how far it moves the reference's true caption (shift ratio / cosine of the two shifts):", "",
+                  "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for m, v in response.items():
+            lines.append(f"| {m} | " + " | ".join(f"{v[k]['shift_ratio']:.2f} / {v[k]['direction_cos']:.2f}"
+                                                  for k in kinds) + " |")
     if goals:
         lines += ["", "Goals:", ""] + [f"- [{'x' if ok else ' '}] {g}" for g, ok in goals.items()]
     return "\n".join(lines) + "\n"
