@@ -199,8 +199,8 @@ def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, l
     if diagnostics:  # the world carries true captions
         anns = {str(a["id"]): a for a in json.loads((world / "annotations" / "test.json").read_text())}
         captions = [anns[q.qid]["reference_caption"] for q in bench.queries]
+        refs = [bench.gallery[q.reference] for q in bench.queries]
         for method, enc in encoders.items():
-            refs = [bench.gallery[q.reference] for q in bench.queries]
             with torch.no_grad():
                 tokens = torch.cat([enc.encode_images(refs[i : i + 64], foundation=fnd) for i in range(0, len(refs), 64)])
             resp = modifier_response(fnd, config.template, tokens, [q.modifiers for q in bench.queries], captions)
@@ -264,7 +264,8 @@ def modifier_response(fnd, template: str, slot, modifiers: list, reference_capti
     Diagnoses why pseudo sentences compose worse than words: for each query, the cosine distance
     between ``slot + modifier`` and ``slot`` alone (``slot`` being pseudo tokens ``[Q, N, D]`` or
     plain texts), the same distance with the true caption in the slot, and the cosine between the
-    two shift vectors. Returns ``{"shift", "caption_shift", "direction"}``, each ``[Q]``.
+    two shift vectors. Returns ``{"shift", "caption_shift", "direction"}``, each ``[Q]``. Text slots
+    read each query's first modifier (Shapes queries have exactly one).
     """
     import numpy as np
     import torch
