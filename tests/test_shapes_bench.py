@@ -130,15 +130,14 @@ def test_trained_methods_use_the_recipe_temperature(bench_run):
 
     out, _, _ = bench_run
     cfg = ShapesBenchConfig.small()
+    fixed = cfg.recipe.temperature
+    assert fixed is not None, "the recipe fixes the GCD temperature"
     for method in TRAINED:
         run_dir = out / "methods" / f"{method}-{cfg.method_key(method)}"
         tc = json.loads((run_dir / "train_config.json").read_text())
         logged = {float(row["temperature"]) for row in csv.DictReader((run_dir / "train_log.csv").open())}
-        if cfg.recipe.temperature is None:
-            assert tc["learn_temperature"] and len(logged) > 1
-        else:
-            assert not tc["learn_temperature"] and tc["temperature"] == cfg.recipe.temperature
-            assert logged and all(abs(t - cfg.recipe.temperature) < 1e-4 for t in logged)
+        assert not tc["learn_temperature"] and tc["temperature"] == fixed
+        assert logged and all(abs(t - fixed) < 1e-4 for t in logged)
 
 
 def test_unknown_method_is_a_clear_error():

@@ -197,7 +197,7 @@ def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, l
         by_kind[oracle] = _recall_by_kind(bench, rankings, kinds)
     response = {}
     if diagnostics:  # the world carries true captions
-        anns = {str(a["id"]): a for a in json.loads((world / "annotations" / "test.json").read_text())}
+        anns = _test_annotations(world)
         captions = [anns[q.qid]["reference_caption"] for q in bench.queries]
         refs = [bench.gallery[q.reference] for q in bench.queries]
         for method, enc in encoders.items():
@@ -237,7 +237,7 @@ def oracle_rows(world: Path, bench, fnd, gallery, names: list[str],
     from .evaluate import score_benchmark
     from .metrics import rank_gallery
 
-    anns = {str(a["id"]): a for a in json.loads((world / "annotations" / "test.json").read_text())}
+    anns = _test_annotations(world)
     if not all("reference_caption" in anns[q.qid] for q in bench.queries):
         return {}, {}
     tpl = PromptTemplate.parse(template)
@@ -306,9 +306,13 @@ def summarize_response(resp: dict, kinds: list[str]) -> dict[str, dict]:
     return out
 
 
+def _test_annotations(world: Path) -> dict[str, dict]:
+    """The world's test annotations by query id (as ``CIRBenchmark`` names its queries)."""
+    return {str(a["id"]): a for a in json.loads((world / "annotations" / "test.json").read_text())}
+
+
 def _query_kinds(world: Path) -> dict[str, str]:
-    anns = json.loads((world / "annotations" / "test.json").read_text())
-    return {str(a["id"]): a["shared_concept"] for a in anns}
+    return {qid: a["shared_concept"] for qid, a in _test_annotations(world).items()}
 
 
 def _recall_by_kind(bench, rankings: list[list[str]], kinds: dict[str, str]) -> dict[str, float]:
