@@ -177,3 +177,37 @@ def test_positional_conversion_refuses_mismatch():
         convert_positional({"a": torch.zeros(2), "b": torch.zeros(3)}, {"x": torch.Size([2]), "y": torch.Size([4])})
     with pytest.raises(ModelLoadError, match="1 source tensors vs 2"):
         convert_positional({"a": torch.zeros(2)}, {"x": torch.Size([2]), "y": torch.Size([4])})
+
+
+def test_output_stride_dilates_the_same_parameters():
+    # stride 16 keeps a 4x4 map at 64 px where the native stride 32 leaves 2x2, with identical weights
+    native, channels, _ = create_backbone("mobilenetv3_small_050")
+    dilated, channels16, _ = create_backbone("mobilenetv3_small_050", output_stride=16)
+    assert channels16 == channels
+    dilated.load_state_dict(native.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = native.eval()(x)[-1], dilated.eval()(x)[-1]
+    assert a.shape[-2:] == (2, 2) and b.shape[-2:] == (4, 4)
+    assert not torch.allclose(b[..., ::2, ::2], a)  # dilation, not a resize of the same map
+    with pytest.raises(ValueError, match="8, 16, 32"):
+        create_backbone("mobilenetv3_small_050", output_stride=12)
+    with pytest.raises(UnknownModelError, match="cannot change its output stride"):
+        create_backbone("efficientvit_m2", output_stride=16)
+
+
+def test_output_stride_is_saved_and_restored(tmp_path, openclip_fnd):
+    torch.manual_seed(0)
+    qe = QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=4, image_size=64,
+                             output_stride=16).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref, maps = qe.token_learner(qe.backbone(x)[-1], return_maps=True)
+    assert maps.shape[-2:] == (4, 4)  # the token learner attends over a 4x4 grid
+    qe.save_pretrained(tmp_path / "qe")
+    assert json.loads((tmp_path / "qe" / "config.json").read_text())["output_stride"] == 16
+    loaded = QueryEncoder.from_pretrained(tmp_path / "qe", foundation=openclip_fnd).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qe(x)) and torch.equal(qe(x), ref)
+    with pytest.raises(ValueError, match="isa backbone only"):
+        QueryEncoder.create(openclip_fnd, method="isa-symmetric", output_stride=16)

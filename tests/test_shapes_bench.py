@@ -115,12 +115,16 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
 
 def test_later_recipe_fields_keep_earlier_cache_keys():
     # the session-3 recipe (learned temperature, no word prior) keeps the keys its caches were stored under
-    old = MethodRecipe(temperature=None, word_weight=0.0)
+    old = MethodRecipe(temperature=None, word_weight=0.0, isa_output_stride=None)
     assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa") == "e2faa386fca9"
     assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa_symmetric") == "2ec107342575"
-    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"temperature": 0.2}):
+    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"temperature": 0.2}, {"isa_output_stride": 16}):
         assert ShapesBenchConfig(recipe=old).method_key("isa") != \
             ShapesBenchConfig(recipe=replace(old, **change)).method_key("isa"), change
+    # the backbone's stride is isa's alone: the symmetric baselines keep their runs
+    for method in ("isa_symmetric", "pic2word"):
+        assert ShapesBenchConfig(recipe=old).method_key(method) == \
+            ShapesBenchConfig(recipe=replace(old, isa_output_stride=16)).method_key(method)
     base = ShapesBenchConfig()
     assert base.foundation_key() != ShapesBenchConfig(foundation_steps=1200).foundation_key()
 
@@ -191,6 +195,20 @@ def test_bad_bench_temperature_is_a_one_line_error(tmp_path, value, needle):
     proc = run("bench", "shapes", "--small", "--temperature", value, "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # rejected before any stage ran
+
+
+@pytest.mark.parametrize("value", ["12", "wide"])
+def test_bad_bench_output_stride_is_a_one_line_error(tmp_path, value):
+    proc = run("bench", "shapes", "--small", "--isa-output-stride", value, "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "8, 16, 32 or 'native'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_bench_output_stride_option_parses_native_and_strides():
+    from isacir.cli import _parse_output_stride
+
+    assert _parse_output_stride("native") is None and _parse_output_stride(" Native ") is None
+    assert [_parse_output_stride(s) for s in ("8", "16", "32")] == [8, 16, 32]
 
 
 def test_bench_temperature_option_parses_learned_and_numbers():

@@ -96,6 +96,7 @@ def qe_init(
     tokens: int = typer.Option(8, help="Number of pseudo tokens N."),
     pretrained: bool = typer.Option(False, help="Start the backbone from timm's ImageNet weights (download)."),
     backbone_weights: Optional[Path] = typer.Option(None, help="Local weights file for the backbone."),
+    output_stride: Optional[int] = typer.Option(None, help="Backbone output stride, 8 | 16 | 32 (default: its own)."),
 ) -> None:
     """Write an untrained query encoder bound to FOUNDATION (training starts from this)."""
     from .foundation import create_foundation
@@ -103,7 +104,7 @@ def qe_init(
 
     fnd = create_foundation(foundation)
     weights = str(backbone_weights) if backbone_weights else pretrained
-    qe = QueryEncoder.create(fnd, backbone=backbone, num_tokens=tokens, pretrained=weights)
+    qe = QueryEncoder.create(fnd, backbone=backbone, num_tokens=tokens, pretrained=weights, output_stride=output_stride)
     qe.save_pretrained(out_dir)
     err.print(f"wrote untrained query encoder to {out_dir} (foundation fingerprint {fnd.fingerprint})")
 
@@ -142,6 +143,7 @@ def train_cmd(
     local_grid: Optional[int] = typer.Option(None, help="Pool cached patch features to GRID x GRID (saves disk)."),
     augment: str = typer.Option("light", help="Query-side augmentation: light | none."),
     image_size: Optional[int] = typer.Option(None, help="Query-side input size (default: the backbone's)."),
+    output_stride: Optional[int] = typer.Option(None, help="isa backbone output stride, 8 | 16 | 32 (default: its own; 16 keeps a 4x4 map at 64 px)."),
     pretrained: bool = typer.Option(False, help="Start the backbone from ImageNet weights."),
     backbone_weights: Optional[Path] = typer.Option(None, help="Local backbone weights file (timm layout)."),
     seed: int = typer.Option(0),
@@ -162,6 +164,7 @@ def train_cmd(
         pretrained_backbone=str(backbone_weights) if backbone_weights else pretrained,
         tokens=tokens,
         image_size=image_size,
+        output_stride=output_stride,
         epochs=epochs,
         max_steps=max_steps,
         stop_after=stop_after,
@@ -498,6 +501,17 @@ def _parse_temperature(text: str) -> float | None:
     return value
 
 
+def _parse_output_stride(text: str) -> int | None:
+    """``--isa-output-stride``: 8, 16 or 32, or 'native' for the backbone's own."""
+    from .query.backbones import OUTPUT_STRIDES
+
+    if text.strip().lower() == "native":
+        return None
+    if text.strip() not in {str(s) for s in OUTPUT_STRIDES}:
+        raise IsacirError(f"--isa-output-stride must be one of {', '.join(map(str, OUTPUT_STRIDES))} or 'native', got {text!r}")
+    return int(text)
+
+
 @bench_app.command("shapes")
 def bench_shapes_cmd(
     seed: int = typer.Option(0, help="World, foundation and training seed."),
@@ -510,6 +524,8 @@ def bench_shapes_cmd(
     word_weight: Optional[float] = typer.Option(None, help="Weight of the word prior on the pseudo tokens."),
     temperature: Optional[str] = typer.Option(None, help="GCD temperature of the trained methods: a fixed value, "
                                               "or 'learned' (learned from 0.07)."),
+    isa_output_stride: Optional[str] = typer.Option(None, help="Output stride of isa's light backbone: 8 | 16 | 32, "
+                                                    "or 'native' (the backbone's own)."),
     foundation_steps: Optional[int] = typer.Option(None, help="Training steps of the tiny foundation."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
@@ -527,6 +543,8 @@ def bench_shapes_cmd(
     changes = {k: v for k, v in overrides if v is not None}
     if temperature is not None:
         changes["temperature"] = _parse_temperature(temperature)
+    if isa_output_stride is not None:
+        changes["isa_output_stride"] = _parse_output_stride(isa_output_stride)
     if changes:
         cfg.recipe = replace(cfg.recipe, **changes)
     if foundation_steps is not None:

@@ -49,6 +49,10 @@ class MethodRecipe:
     temperature: float | None = 0.2
     isa_backbone: str = "mobilenetv3_small_100"
     isa_image_size: int = 64
+    #: The light backbone's output stride; None = its own. MobileNetV3's native 32 leaves a 2x2 map
+    #: at 64 px for 8 tokens to attend over; 16 (dilated, same weights) keeps a 4x4 grid, like the
+    #: foundation ViT's 16 patches (README, "Output stride").
+    isa_output_stride: int | None = 16
     augment: str = "light"
 
 
@@ -85,6 +89,8 @@ class ShapesBenchConfig:
             r.pop("word_weight")
         if r["temperature"] is None:
             r.pop("temperature")
+        if r["isa_output_stride"] is None or method != "isa":
+            r.pop("isa_output_stride")
         if method != "isa":  # the symmetric baselines have no backbone
             r.pop("isa_backbone"), r.pop("isa_image_size"), r.pop("augment")
         if method == "pic2word":
@@ -124,6 +130,7 @@ def train_method(method: str, world: Path, foundation, out: Path, config: Shapes
         backbone=r.isa_backbone,
         tokens=r.tokens,
         image_size=r.isa_image_size,
+        output_stride=r.isa_output_stride if method == "isa" else None,
         max_steps=r.steps,
         batch_size=r.batch_size,
         lr=r.lr,

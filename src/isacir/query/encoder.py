@@ -57,6 +57,8 @@ class QueryEncoderConfig:
     #: ``isa-symmetric``: patch features pooled to this grid (as in the training cache), or None.
     local_grid: Optional[int] = None
     backbone_pretrained: str = "none"
+    #: ``isa``: the backbone's output stride (None = its own, usually 32); 16 keeps a 4x4 map at 64 px.
+    output_stride: Optional[int] = None
     #: The prompt the tokens were trained in; search composes queries with the same one.
     template: str = DEFAULT_TEMPLATE
     isacir_version: str = __version__
@@ -126,7 +128,8 @@ class QueryEncoder(nn.Module):
             output_rms=config.output_rms,
         )
         if config.method == "isa":
-            self.backbone, channels, _ = create_backbone(config.backbone, pretrained=backbone_pretrained)
+            self.backbone, channels, _ = create_backbone(config.backbone, pretrained=backbone_pretrained,
+                                                         output_stride=config.output_stride)
             self.token_learner = AdaptiveTokenLearner(channels, config.word_dim, **tl_kwargs)
         elif config.method == "isa-symmetric":
             self.token_learner = AdaptiveTokenLearner(config.input_dim, config.word_dim, **tl_kwargs)
@@ -150,6 +153,8 @@ class QueryEncoder(nn.Module):
     ) -> "QueryEncoder":
         """A fresh encoder whose output space is ``foundation``'s word embeddings."""
         if method != "isa":
+            if kwargs.get("output_stride") is not None:
+                raise ValueError(f"output_stride applies to the isa backbone only, not to {method}")
             backbone = "foundation"
             pretrained = False
             num_tokens = 1 if method == "pic2word" else num_tokens

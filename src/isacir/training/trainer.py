@@ -52,6 +52,8 @@ class TrainConfig:
     pretrained_backbone: bool | str = False
     tokens: int = 8
     image_size: Optional[int] = None
+    #: isa: the backbone's output stride (None = its own); 16 keeps a spatial map at small inputs.
+    output_stride: Optional[int] = None
     epochs: int = 1
     #: Total optimizer steps for the schedule; default epochs * steps per epoch.
     max_steps: Optional[int] = None
@@ -409,6 +411,7 @@ def train(
             method=config.method,
             template=config.template,
             **({"local_grid": config.local_grid} if config.method == "isa-symmetric" else {}),
+            **({"output_stride": config.output_stride} if config.output_stride is not None else {}),
         )
     module = TrainModule(encoder, foundation, config).to(device).train()
     model = module
