@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,12 @@ def test_resume_equivalence(tmp_path, images64, openclip_fnd):
     assert worst <= 1e-6, worst
     rows = (tmp_path / "b" / "train_log.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, 7))
+    # a resumed run keeps its checkpoint's network, so settings that would not apply are refused
+    from isacir.training.trainer import TrainingError
+
+    for change, needle in (({"output_stride": 16}, "output_stride None (asked: 16)"), ({"tokens": 2}, "tokens 4 (asked: 2)")):
+        with pytest.raises(TrainingError, match=re.escape(needle)):
+            train(str(images64), openclip_fnd, tmp_path / "b", _cfg(**{**cfg, **change}), resume=True, log=lambda m: None)
 
 
 def _free_port() -> int:

@@ -89,6 +89,25 @@ class TrainConfig:
         return asdict(self)
 
 
+def _check_resumed_architecture(encoder: QueryEncoder, config: TrainConfig, ckpt: Path) -> None:
+    """A resumed run keeps its checkpoint's network; refuse settings that would silently not apply."""
+    c = encoder.config
+    asked = {"method": (c.method, config.method)}
+    if config.method == "isa":
+        asked["backbone"] = (c.backbone, config.backbone)
+        asked["output_stride"] = (c.output_stride, config.output_stride)
+        if config.image_size is not None:
+            asked["image_size"] = (c.preprocess.image_size, config.image_size)
+    if config.method != "pic2word":
+        asked["tokens"] = (c.num_tokens, config.tokens)
+    diff = [f"{k} {have!r} (asked: {want!r})" for k, (have, want) in asked.items() if have != want]
+    if diff:
+        raise TrainingError(
+            f"cannot resume from {ckpt}: it was trained with {', '.join(diff)}. "
+            "Match its settings, or train into a new --out."
+        )
+
+
 # ----- distributed helpers ------------------------------------------------------------------------
 @dataclass
 class DistInfo:
@@ -401,6 +420,7 @@ def train(
             say(f"no checkpoint in {out_dir / 'checkpoints'}; starting fresh")
     if ckpt is not None:
         encoder = QueryEncoder.from_pretrained(ckpt, foundation=foundation)
+        _check_resumed_architecture(encoder, config, ckpt)
     else:
         encoder = QueryEncoder.create(
             foundation,
