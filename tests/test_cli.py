@@ -60,6 +60,14 @@ def test_query_encoder_init_and_info(tmp_path, tiny_blip_name, blip_fnd):
     proc = run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(out), "--backbone", "resnet_nope",
                check=False)
     assert proc.returncode == 2 and "unknown backbone" in proc.stderr
+    for stride, needle in (("12", "output_stride must be one of 8, 16, 32"), ("16", "cannot change its output stride")):
+        backbone = "mobilenetv3_small_050" if stride == "12" else "efficientvit_m2"
+        proc = run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(tmp_path / "x"),
+                   "--backbone", backbone, "--output-stride", stride, check=False)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(out),
+        "--backbone", "mobilenetv3_small_050", "--tokens", "3", "--output-stride", "16")
+    assert last_json(run("query-encoder", "info", str(out)))["output_stride"] == 16
 
 
 def test_bench_query_side_json(tiny_openclip_dir):

@@ -100,7 +100,7 @@ def create_backbone(name: str, pretrained: bool | str = False,
     kwargs: dict = {"features_only": True, "out_indices": (-1,)}
     if output_stride is not None:
         if output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}")
+            raise UnknownModelError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}")
         kwargs["output_stride"] = output_stride
     if pretrained is True and packaged_weights_available(spec.timm_name):
         # Weights shipped by an installed package: no hub access needed.
