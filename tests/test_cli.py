@@ -72,8 +72,10 @@ def test_query_encoder_init_and_info(tmp_path, tiny_blip_name, blip_fnd):
 
 def test_bench_query_side_json(tiny_openclip_dir):
     proc = run("bench", "query-side", "--foundation", tiny_openclip_dir[0], "--backbone", "mobilenetv3_small_050",
-               "--tokens", "4", "--threads", "1", "--repeats-light", "3", "--repeats-large", "3", "--json")
+               "--tokens", "4", "--threads", "1", "--repeats-light", "3", "--repeats-large", "3",
+               "--image-size", "64", "--output-stride", "16", "--json")
     res = last_json(proc)
+    assert res["light_input_px"] == 64 and res["output_stride"] == 16
     for key in ("light_ms", "large_ms", "speedup", "payload_bytes", "jpeg_bytes"):
         assert key in res
     assert res["payload_bytes"] == 4 * 64 * 2

@@ -425,12 +425,15 @@ def bench_query_side(
     threads: int = typer.Option(1, help="CPU threads for both sides."),
     repeats_light: int = typer.Option(30),
     repeats_large: int = typer.Option(7),
+    image_size: Optional[int] = typer.Option(None, help="Light-side input size (default: the backbone's)."),
+    output_stride: Optional[int] = typer.Option(None, help="Light backbone output stride, 8 | 16 | 32 (default: its own)."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON object."),
 ) -> None:
     """Light query side vs large image encoder: latency ratio and bytes on the wire."""
     from .bench.query_side import bench_query_side as run
 
-    result = run(foundation, backbone, tokens, threads, repeats_light, repeats_large)
+    result = run(foundation, backbone, tokens, threads, repeats_light, repeats_large,
+                 image_size=image_size, output_stride=output_stride)
     if not as_json:
         table = Table("metric", "value")
         for k in ("light_ms", "large_ms", "speedup", "payload_bytes", "jpeg_bytes", "payload_over_jpeg"):

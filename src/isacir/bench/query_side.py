@@ -36,6 +36,8 @@ def bench_query_side(
     repeats_light: int = 30,
     repeats_large: int = 7,
     warmup: int = 2,
+    image_size: int | None = None,
+    output_stride: int | None = None,
 ) -> dict:
     from ..foundation import create_foundation
     from ..query import QueryEncoder
@@ -45,7 +47,8 @@ def bench_query_side(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fnd = create_foundation(foundation)
-    qe = QueryEncoder.create(fnd, backbone=backbone, num_tokens=tokens).eval()
+    qe = QueryEncoder.create(fnd, backbone=backbone, num_tokens=tokens, image_size=image_size,
+                             output_stride=output_stride).eval()
 
     photo, source = natural_photo("astronaut")
     light_px = qe.preprocess(photo).unsqueeze(0)
@@ -80,6 +83,7 @@ def bench_query_side(
         if hasattr(fnd, "model") and hasattr(fnd.model, "visual")
         else None,
         "light_input_px": qe.config.preprocess.image_size,
+        "output_stride": qe.config.output_stride,
         "large_input_px": int(large_px.shape[-1]),
         "payload_bytes": payload,
         "payload_format": f"{tokens} x {fnd.word_dim} fp16, raw tensor bytes",
