@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from isacir.errors import CheckpointError, FoundationMismatchError, UnknownModelError
+from isacir.errors import CheckpointError, ConfigError, FoundationMismatchError, UnknownModelError
 from isacir.query import AdaptiveTokenLearner, QueryEncoder, create_backbone, list_backbones
 
 PAPER_BACKBONES = ["efficientnet_b0", "efficientnet_b2", "mobilenetv2_100", "efficientvit_m2", "mobilevitv2_100"]
@@ -128,7 +128,7 @@ def test_broken_checkpoints_are_reported(tmp_path, openclip_fnd):
 
 
 def test_too_many_tokens_for_context_is_refused(openclip_fnd):
-    with pytest.raises(ValueError, match="num_tokens must be between 1 and"):
+    with pytest.raises(ConfigError, match="num_tokens must be between 1 and"):
         QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=100)
 
 
@@ -209,5 +209,5 @@ def test_output_stride_is_saved_and_restored(tmp_path, openclip_fnd):
     loaded = QueryEncoder.from_pretrained(tmp_path / "qe", foundation=openclip_fnd).eval()
     with torch.no_grad():
         assert torch.equal(loaded(x), qe(x)) and torch.equal(qe(x), ref)
-    with pytest.raises(ValueError, match="isa backbone only"):
+    with pytest.raises(ConfigError, match="isa backbone only"):
         QueryEncoder.create(openclip_fnd, method="isa-symmetric", output_stride=16)

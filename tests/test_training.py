@@ -261,3 +261,24 @@ def test_uncached_training_matches_cached(tmp_path, images64, openclip_fnd):
     assert not (tmp_path / "f" / "teacher-cache").exists()
     for a, b in zip(cached.history, fresh.history):
         assert abs(a["loss"] - b["loss"]) < 2e-2 * abs(a["loss"]), (a["loss"], b["loss"])
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--method", "pic2word", "--output-stride", "16"], ["output_stride applies to the isa backbone only"]),
+        (["--augment", "strong", "--tokens", "0"], ["unknown augmentation 'strong'", "tokens must be between 1 and"]),
+        (["--lr", "0", "--batch-size", "0"], ["lr must be positive", "batch_size must be at least 1"]),
+    ],
+)
+def test_contradictory_settings_fail_before_the_teacher_cache(tmp_path, tiny_openclip_dir, args, needles):
+    folder = make_images(tmp_path / "imgs", 4)
+    proc = subprocess.run(
+        [sys.executable, "-m", "isacir.cli", "train", "--images", str(folder), "--foundation", tiny_openclip_dir[0],
+         "--out", str(tmp_path / "run"), "--backbone", "mobilenetv3_small_050", "--no-progress", *args],
+        capture_output=True, text=True, env=ENV, timeout=600,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:  # every problem is named at once
+        assert needle in proc.stderr
+    assert not (tmp_path / "run" / "teacher-cache").exists()  # nothing was encoded first

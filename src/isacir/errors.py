@@ -15,6 +15,10 @@ class UnknownModelError(IsacirError, ValueError):
     """A foundation, family or backbone name that no registry knows."""
 
 
+class ConfigError(IsacirError, ValueError):
+    """Settings that contradict each other or the model they are meant for."""
+
+
 class ModelLoadError(IsacirError, RuntimeError):
     """Weights could not be obtained (offline, missing file, bad checkpoint)."""
 

@@ -23,7 +23,7 @@ from torch import nn
 from .._fs import replace_dir
 from .._version import __version__
 from ..compose import DEFAULT_TEMPLATE
-from ..errors import CheckpointError, FoundationMismatchError
+from ..errors import CheckpointError, ConfigError, FoundationMismatchError
 from ..imageio import ImageSource, load_image
 from .backbones import create_backbone, resolve_backbone
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
@@ -114,7 +114,7 @@ class QueryEncoder(nn.Module):
     def __init__(self, config: QueryEncoderConfig, backbone_pretrained: bool | str = False):
         super().__init__()
         if config.method not in METHODS:
-            raise ValueError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+            raise ConfigError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
         self.config = config
         self.backbone: nn.Module | None = None
         self.token_learner: AdaptiveTokenLearner | None = None
@@ -154,7 +154,7 @@ class QueryEncoder(nn.Module):
         """A fresh encoder whose output space is ``foundation``'s word embeddings."""
         if method != "isa":
             if kwargs.get("output_stride") is not None:
-                raise ValueError(f"output_stride applies to the isa backbone only, not to {method}")
+                raise ConfigError(f"output_stride applies to the isa backbone only, not to {method}")
             backbone = "foundation"
             pretrained = False
             num_tokens = 1 if method == "pic2word" else num_tokens
@@ -163,7 +163,7 @@ class QueryEncoder(nn.Module):
         spec = resolve_backbone(backbone) if method == "isa" else None
         max_n = foundation.max_pseudo_tokens()
         if not 1 <= num_tokens <= max_n:
-            raise ValueError(f"num_tokens must be between 1 and {max_n} for {foundation.name}, got {num_tokens}")
+            raise ConfigError(f"num_tokens must be between 1 and {max_n} for {foundation.name}, got {num_tokens}")
         preprocess = kwargs.pop("preprocess", None)
         if preprocess is None and spec is not None:
             from timm.models import get_pretrained_cfg

@@ -32,7 +32,8 @@ from ..compose import DEFAULT_TEMPLATE
 from ..errors import ImageDecodeError, IsacirError
 from ..imageio import load_image
 from ..query import QueryEncoder
-from .augment import query_transform
+from ..query.encoder import METHODS
+from .augment import POLICIES, query_transform
 from .cache import TeacherCache, hash_records
 from .data import ImageRecord, discover_images
 from .losses import Temperature, gcd_loss, hardest_negatives, lar_itm_loss, lar_patch_loss, word_prior_loss
@@ -87,6 +88,31 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_config(config: TrainConfig, foundation) -> None:
+    """Refuse contradictory settings before the teacher cache is built, which can take hours."""
+    bad = []
+    if config.method not in METHODS:
+        bad.append(f"unknown method {config.method!r} (choose one of {', '.join(METHODS)})")
+    if config.augment not in POLICIES:
+        bad.append(f"unknown augmentation {config.augment!r} (choose one of {', '.join(POLICIES)})")
+    if config.output_stride is not None and config.method != "isa":
+        bad.append(f"output_stride applies to the isa backbone only, not to {config.method}")
+    max_n = foundation.max_pseudo_tokens()
+    if config.method != "pic2word" and not 1 <= config.tokens <= max_n:
+        bad.append(f"tokens must be between 1 and {max_n} for {foundation.name}, got {config.tokens}")
+    for name in ("batch_size", "grad_accum"):
+        if getattr(config, name) < 1:
+            bad.append(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("lr", "temperature"):
+        if not getattr(config, name) > 0:
+            bad.append(f"{name} must be positive, got {getattr(config, name)}")
+    for name in ("lar_weight", "word_weight", "weight_decay"):
+        if not getattr(config, name) >= 0:
+            bad.append(f"{name} must not be negative, got {getattr(config, name)}")
+    if bad:
+        raise TrainingError("bad training settings: " + "; ".join(bad))
 
 
 def _check_resumed_architecture(encoder: QueryEncoder, config: TrainConfig, ckpt: Path) -> None:
@@ -399,6 +425,7 @@ def train(
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     foundation = foundation.to(device)
     say = log if info.main else (lambda *a, **k: None)
+    _check_config(config, foundation)
 
     # The feature kinds are part of the cache's identity: a global-only cache cannot serve a run
     # that needs patch features, so such runs get their own cache folder.
