@@ -282,3 +282,35 @@ def test_contradictory_settings_fail_before_the_teacher_cache(tmp_path, tiny_ope
     for needle in needles:  # every problem is named at once
         assert needle in proc.stderr
     assert not (tmp_path / "run" / "teacher-cache").exists()  # nothing was encoded first
+
+
+def test_medium_augmentation_jitters_tone_but_keeps_every_colour_name():
+    """Colour edits are queries, so the jitter may change brightness and contrast, never the colour's name."""
+    import colorsys
+
+    from isacir.evaluation.shapes import BACKGROUNDS, COLOURS, Obj, Scene, render
+    from isacir.query.preprocess import PreprocessConfig
+    from isacir.training.augment import query_transform
+
+    pre = PreprocessConfig(image_size=64)
+    mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)
+
+    def name(rgb):
+        h, s, _ = colorsys.rgb_to_hsv(*rgb)
+        hues = {c: colorsys.rgb_to_hsv(*(v / 255 for v in p))[0] for c, p in COLOURS.items() if c != "white"}
+        if s < 0.15:
+            return "white"
+        return min(hues, key=lambda c: min(abs(hues[c] - h), 1 - abs(hues[c] - h)))
+
+    tf = query_transform(pre, "medium")
+    for colour in COLOURS:
+        centres = []
+        for bg in range(len(BACKGROUNDS)):
+            img = render(Scene((Obj("square", colour, "large", 4),), bg), size=64)
+            for draw in range(3):
+                torch.manual_seed(100 * bg + draw)
+                x = tf(img) * std + mean  # back to [0, 1] pixels
+                rgb = x[:, 28:36, 28:36].mean(dim=(1, 2)).clamp(0, 1).tolist()
+                assert name(rgb) == colour, (colour, bg, rgb)
+                centres.append(rgb)
+        assert torch.tensor(centres).std(dim=0).max() > 0.02  # the tone really varies

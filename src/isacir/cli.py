@@ -141,7 +141,7 @@ def train_cmd(
     lar_weight: float = typer.Option(0.0, help="Weight of the local alignment regulariser (0 = GCD only)."),
     word_weight: float = typer.Option(0.0, help="Weight of the word prior (pull each token towards its nearest real word); an ablation, 0 = off."),
     local_grid: Optional[int] = typer.Option(None, help="Pool cached patch features to GRID x GRID (saves disk)."),
-    augment: str = typer.Option("light", help="Query-side augmentation: light | none."),
+    augment: str = typer.Option("light", help="Query-side augmentation: light | medium | none (medium adds brightness/contrast jitter)."),
     image_size: Optional[int] = typer.Option(None, help="Query-side input size (default: the backbone's)."),
     output_stride: Optional[int] = typer.Option(None, help="isa backbone output stride, 8 | 16 | 32 (default: its own; 16 keeps a 4x4 map at 64 px)."),
     pretrained: bool = typer.Option(False, help="Start the backbone from ImageNet weights."),
