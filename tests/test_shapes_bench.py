@@ -115,16 +115,20 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
 
 def test_later_recipe_fields_keep_earlier_cache_keys():
     # the session-3 recipe (learned temperature, no word prior) keeps the keys its caches were stored under
-    old = MethodRecipe(temperature=None, word_weight=0.0, isa_output_stride=None)
+    old = MethodRecipe(temperature=None, word_weight=0.0, isa_output_stride=None, augment="light")
     assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa") == "e2faa386fca9"
     assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa_symmetric") == "2ec107342575"
-    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"temperature": 0.2}, {"isa_output_stride": 16}):
+    # the session-6 recipe (fixed temperature, stride 16, light augmentation)
+    assert ShapesBenchConfig(seed=2, recipe=MethodRecipe(augment="light")).method_key("isa") == "c467895b8dff"
+    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"temperature": 0.2}, {"isa_output_stride": 16},
+                   {"augment": "medium"}):
         assert ShapesBenchConfig(recipe=old).method_key("isa") != \
             ShapesBenchConfig(recipe=replace(old, **change)).method_key("isa"), change
-    # the backbone's stride is isa's alone: the symmetric baselines keep their runs
+    # the backbone's stride and pixel augmentation are isa's alone: the symmetric baselines keep their runs
     for method in ("isa_symmetric", "pic2word"):
-        assert ShapesBenchConfig(recipe=old).method_key(method) == \
-            ShapesBenchConfig(recipe=replace(old, isa_output_stride=16)).method_key(method)
+        for change in ({"isa_output_stride": 16}, {"augment": "medium"}):
+            assert ShapesBenchConfig(recipe=old).method_key(method) == \
+                ShapesBenchConfig(recipe=replace(old, **change)).method_key(method), change
     base = ShapesBenchConfig()
     assert base.foundation_key() != ShapesBenchConfig(foundation_steps=1200).foundation_key()
 

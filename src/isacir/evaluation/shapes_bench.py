@@ -53,7 +53,9 @@ class MethodRecipe:
     #: at 64 px for 8 tokens to attend over; 16 (dilated, same weights) keeps a 4x4 grid, like the
     #: foundation ViT's 16 patches (README, "Output stride").
     isa_output_stride: int | None = 16
-    augment: str = "light"
+    #: Query-side augmentation (ISA only: the baselines read cached teacher features). ``medium`` adds
+    #: brightness/contrast jitter to ``light``'s scale jitter (README, "Augmentation").
+    augment: str = "medium"
 
 
 @dataclass
