@@ -2,10 +2,10 @@
 
 Only the light side sees augmented images; the teacher features come from the original image
 (that is what makes them cacheable). Policies therefore must not change what a caption would say
-about the image: no colour jitter (colour edits are queries), no flips (left/right edits are
-queries). ``light`` is a mild scale jitter that keeps the layout; ``medium`` adds brightness and
-contrast jitter, which moves every colour along its own ray and so keeps its name (hue and
-saturation stay); ``none`` is plain preprocessing.
+about the image: no hue or saturation jitter (colour edits are queries), no flips (left/right
+edits are queries). ``light`` is a mild scale jitter that keeps the layout; ``medium`` adds
+brightness and contrast jitter, which scales each colour towards black or blends it with grey, so
+its hue moves only where a channel clips and its name stays; ``none`` is plain preprocessing.
 """
 
 from __future__ import annotations
