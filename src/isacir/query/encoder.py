@@ -84,6 +84,21 @@ class QueryEncoderConfig:
 METHODS = ("isa", "isa-symmetric", "pic2word")
 
 
+def setting_problems(foundation: "Foundation", method: str, num_tokens: int,
+                     output_stride: int | None = None) -> list[str]:
+    """Everything wrong with these encoder settings for ``foundation``, so callers such as the
+    trainer can name all of it at once and before any expensive work."""
+    problems = []
+    if method not in METHODS:
+        problems.append(f"unknown method {method!r} (choose one of {', '.join(METHODS)})")
+    if output_stride is not None and method != "isa":
+        problems.append(f"output_stride applies to the isa backbone only, not to {method}")
+    max_n = foundation.max_pseudo_tokens()
+    if method != "pic2word" and not 1 <= num_tokens <= max_n:  # pic2word always uses one token
+        problems.append(f"num_tokens must be between 1 and {max_n} for {foundation.name}, got {num_tokens}")
+    return problems
+
+
 class Pic2WordMapper(nn.Module):
     """Pic2Word-style baseline: one pseudo word from the large model's global image feature."""
 
@@ -152,18 +167,16 @@ class QueryEncoder(nn.Module):
         **kwargs,
     ) -> "QueryEncoder":
         """A fresh encoder whose output space is ``foundation``'s word embeddings."""
+        problems = setting_problems(foundation, method, num_tokens, kwargs.get("output_stride"))
+        if problems:
+            raise ConfigError("; ".join(problems))
         if method != "isa":
-            if kwargs.get("output_stride") is not None:
-                raise ConfigError(f"output_stride applies to the isa backbone only, not to {method}")
             backbone = "foundation"
             pretrained = False
             num_tokens = 1 if method == "pic2word" else num_tokens
             kwargs.setdefault("input_dim", foundation.embed_dim)
             kwargs.setdefault("preprocess", PreprocessConfig())
         spec = resolve_backbone(backbone) if method == "isa" else None
-        max_n = foundation.max_pseudo_tokens()
-        if not 1 <= num_tokens <= max_n:
-            raise ConfigError(f"num_tokens must be between 1 and {max_n} for {foundation.name}, got {num_tokens}")
         preprocess = kwargs.pop("preprocess", None)
         if preprocess is None and spec is not None:
             from timm.models import get_pretrained_cfg

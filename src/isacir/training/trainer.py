@@ -32,7 +32,7 @@ from ..compose import DEFAULT_TEMPLATE
 from ..errors import ImageDecodeError, IsacirError
 from ..imageio import load_image
 from ..query import QueryEncoder
-from ..query.encoder import METHODS
+from ..query.encoder import setting_problems
 from .augment import POLICIES, query_transform
 from .cache import TeacherCache, hash_records
 from .data import ImageRecord, discover_images
@@ -92,16 +92,9 @@ class TrainConfig:
 
 def _check_config(config: TrainConfig, foundation) -> None:
     """Refuse contradictory settings before the teacher cache is built, which can take hours."""
-    bad = []
-    if config.method not in METHODS:
-        bad.append(f"unknown method {config.method!r} (choose one of {', '.join(METHODS)})")
+    bad = setting_problems(foundation, config.method, config.tokens, config.output_stride)
     if config.augment not in POLICIES:
         bad.append(f"unknown augmentation {config.augment!r} (choose one of {', '.join(POLICIES)})")
-    if config.output_stride is not None and config.method != "isa":
-        bad.append(f"output_stride applies to the isa backbone only, not to {config.method}")
-    max_n = foundation.max_pseudo_tokens()
-    if config.method != "pic2word" and not 1 <= config.tokens <= max_n:
-        bad.append(f"tokens must be between 1 and {max_n} for {foundation.name}, got {config.tokens}")
     for name in ("batch_size", "grad_accum"):
         if getattr(config, name) < 1:
             bad.append(f"{name} must be at least 1, got {getattr(config, name)}")
