@@ -1,26 +1,54 @@
-# The two commands: `make test` and `make demo`. Both create .venv on first use.
+# The two commands are `make demo` and `make test`; `make lint` is the gate CI runs before the tests.
+# Each creates .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.isacir-installed
 PYTEST_ARGS ?=
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: test demo install clean bench-query-side
+.PHONY: test test-fast lint format docs demo install system-deps clean bench-query-side
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: these builds come from local disk; anything else is a multi-GB download.
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,lint,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The browser test drives Debian's chromium. As root, install it when it is missing; otherwise the
+# browser test says what to install.
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	fi
+
 # pytest exits 5 when it collects nothing; that must fail loudly rather than pass silently.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser and not ddp and not bench" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks docs
+	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(VENV)/bin/mypy
+	$(PY) docs/render_results.py --check
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks docs
+	$(VENV)/bin/ruff format src tests benchmarks docs
+
+docs: $(STAMP)
+	$(PY) docs/render_results.py
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 demo: $(STAMP)
 	$(VENV)/bin/isacir demo
@@ -29,4 +57,4 @@ bench-query-side: $(STAMP)
 	$(VENV)/bin/isacir bench query-side --foundation openclip:ViT-L-14 --backbone efficientnet_b0 --tokens 8 --threads 1 --json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache build src/*.egg-info

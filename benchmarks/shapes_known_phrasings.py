@@ -19,11 +19,11 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from isacir.evaluation.benchmarks import load_circo
+from isacir.evaluation.benchmarks import load_shapes
 from isacir.evaluation.evaluate import encode_gallery, evaluate
-from isacir.evaluation.shapes import COMPARATIVE, PHRASES
-from isacir.evaluation.shapes_bench import TRAINED, ShapesBenchConfig, _query_kinds, _recall_by_kind, oracle_rows
-from isacir.evaluation.shapes_foundation import ARCH
+from isacir.experiments.shapes.bench import TRAINED, ShapesBenchConfig, _query_kinds, _recall_by_kind, oracle_rows
+from isacir.experiments.shapes.foundation import ARCH
+from isacir.experiments.shapes.world import COMPARATIVE, PHRASES
 from isacir.foundation import create_foundation
 from isacir.query import QueryEncoder
 
@@ -78,7 +78,7 @@ def main() -> None:
 
 
 def evaluate_all(world: Path, cfg: ShapesBenchConfig, fnd, bench_dir: Path) -> dict[str, dict]:
-    bench = load_circo(world, "test")
+    bench = load_shapes(world)
     kinds = _query_kinds(world)
     names = list(bench.gallery)
     gallery = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=False)

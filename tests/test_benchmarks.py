@@ -125,11 +125,36 @@ def test_circo_layout_map(tmp_path, openclip_fnd):
     # hand computation: hits at ranks 1, 2 and rank_1007; AP@5 = (1 + 1 + [3/r if r <= 5]) / min(3, 5)
     expected5 = (1 + 1 + (3 / rank_1007 if rank_1007 <= 5 else 0)) / 3 * 100
     assert metrics["mAP@5"] == pytest.approx(expected5)
-    assert metrics["R@1"] == 100.0
+    # 1001 and 1002 are pixel copies (a tie): any ground truth is first, the official target is in the top 2
+    assert metrics["Rany@1"] == 100.0 and metrics["R@5"] == 100.0
+    assert bench.queries[0].target == "1001"
     test = load_circo(root, "test")
     _, ranks = evaluate(test, openclip_fnd, mode="text_only", progress=False)
     sub = json.loads(submission_files(test, ranks, tmp_path / "sub")[0].read_text())
     assert list(sub) == ["0"] and len(sub["0"]) == 7 and len(set(sub["0"])) == 7
+
+
+def test_circo_recall_counts_only_the_target_and_rany_counts_any_ground_truth():
+    """Hand-computed: CIRCO's official Recall@K looks for target_img_id alone (mAP uses every gt)."""
+    from isacir.evaluation import CIRBenchmark, CIRQuery, score_benchmark
+
+    queries = [CIRQuery("0", "ref0", ["m"], targets=["t0", "g0"], target="t0"),
+               CIRQuery("1", "ref1", ["m"], targets=["t1", "g1", "h1"], target="t1")]
+    bench = CIRBenchmark("circo", "val", queries, {}, exclude_reference=True, labelled=True)
+    # query 0: another ground truth first, the target second; query 1: the target first
+    rankings = [["g0", "t0"] + [f"x{i}" for i in range(60)], ["t1"] + [f"x{i}" for i in range(60)]]
+    m = score_benchmark(bench, rankings)
+    assert m["R@1"] == 50.0 and m["Rany@1"] == 100.0  # the two definitions differ here
+    assert m["R@5"] == m["Rany@5"] == 100.0
+    # AP@5 by hand: query 0 hits at 1 and 2 of 2 gt -> 1.0; query 1 hits at 1 of 3 gt -> 1/3
+    assert m["mAP@5"] == pytest.approx((1.0 + 1 / 3) / 2 * 100)
+    # Shapes-CIR, CIRCO's layout with equally correct ground truths, keeps recall over any of them
+    shapes = CIRBenchmark("shapes", "test", queries, {}, exclude_reference=True, labelled=True)
+    s = score_benchmark(shapes, rankings)
+    assert s["R@1"] == 100.0 and "Rany@1" not in s and s["mAP@5"] == m["mAP@5"]
+    no_target = CIRBenchmark("circo", "val", [CIRQuery("2", "r", ["m"], targets=["a"])], {}, True, True)
+    with pytest.raises(BenchmarkDataError, match="without target_img_id"):
+        score_benchmark(no_target, [["a"]])
 
 
 def test_isa_mode_runs_on_a_benchmark(tmp_path, openclip_fnd):

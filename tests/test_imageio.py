@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from isacir.data.imageio import load_image
 from isacir.errors import ImageDecodeError
-from isacir.imageio import load_image
 
 
 def _png_bytes(img: Image.Image, fmt="PNG", **kw) -> bytes:

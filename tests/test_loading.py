@@ -61,9 +61,38 @@ def test_blip_saved_with_save_pretrained_loads_by_path(tiny_blip_name):
 
 
 def test_builtin_arch_without_tag_is_random_init_with_warning():
-    with pytest.warns(RandomInitWarning, match="RANDOM weights"):
+    with pytest.warns(RandomInitWarning, match="RANDOM weights drawn from the fixed seed 0"):
         f = create_foundation("openclip:ViT-S-32")
     assert f.word_dim == 384 and f.context_length == 77
+
+
+def test_random_init_is_the_same_in_every_process_and_leaves_the_callers_rng_alone(tmp_path):
+    """index, train and serve run in separate processes: they must agree on the random weights."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, torch; warnings.simplefilter('ignore'); torch.manual_seed({seed}); "
+            "from isacir.foundation import create_foundation; "
+            "before = torch.random.get_rng_state(); f = create_foundation('openclip:ViT-S-32'); "
+            "assert torch.equal(before, torch.random.get_rng_state()); print(f.fingerprint)")
+    prints = {subprocess.run([sys.executable, "-c", code.format(seed=s)], capture_output=True, text=True,
+                             check=True).stdout.strip() for s in (1, 2)}
+    assert len(prints) == 1 and len(next(iter(prints))) == 16
+    with pytest.warns(RandomInitWarning):
+        assert create_foundation("openclip:ViT-S-32").fingerprint in prints
+
+
+def test_same_name_other_weights_says_what_to_do(tmp_path, tiny_openclip_dir):
+    """A query encoder whose foundation has the same name but other weights gets told how to fix it."""
+    from isacir.errors import FoundationMismatchError
+    from isacir.query import QueryEncoder
+    from isacir.testing import save_tiny_openclip
+
+    name = save_tiny_openclip(tmp_path / "clip", seed=0)
+    qe = QueryEncoder.create(create_foundation(name), backbone="mobilenetv3_small_050", num_tokens=2, image_size=32)
+    save_tiny_openclip(tmp_path / "clip", seed=1)  # retrained in place: same name, other weights
+    with pytest.raises(FoundationMismatchError, match="Both are called .* but the weights differ"):
+        qe.check_foundation(create_foundation(name))
 
 
 def test_unknown_names_give_clear_errors():

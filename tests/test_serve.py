@@ -13,9 +13,9 @@ import pytest
 import requests
 import torch
 from PIL import Image
+from serve_helpers import build_service, make_images, start_server
 
 from isacir.edge.payload import encode_payload
-from serve_helpers import build_service, make_images, start_server
 
 KEY = {"X-API-Key": "test-key"}
 

@@ -15,10 +15,17 @@ from dataclasses import replace
 
 import pytest
 from PIL import Image
+from test_cli import last_json, run
 
 from isacir.edge.payload import _HEADER
-from isacir.evaluation.shapes_bench import METHODS, METRICS, TRAINED, MethodRecipe, ShapesBenchConfig, run_shapes_bench
-from test_cli import last_json, run
+from isacir.experiments.shapes.bench import (
+    METHODS,
+    METRICS,
+    SHAPES_TEMPLATE,
+    TRAINED,
+    ShapesBenchConfig,
+    run_shapes_bench,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +34,10 @@ def bench_run(tmp_path_factory):
     t0 = time.perf_counter()
     summary = run_shapes_bench(out, ShapesBenchConfig.small(seed=0), progress=False, log=lambda *_: None)
     return out, summary, time.perf_counter() - t0
+
+
+# Cache keys of the shapes-cir preset at seed 2 (the key derivation of 0.2.0, see CHANGELOG.md).
+PINNED_KEYS = {"pic2word": "a5af4d5173a7", "isa_symmetric": "37fb995dd271", "isa": "e4638e403e97"}
 
 
 def _chance_recall(out, k: int) -> float:
@@ -105,7 +116,7 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
     assert res["edge_top5_shared"] >= 3
     shape = re.search(r"(\d+) tokens x (\d+)", proc.stderr)
     n, d = int(shape.group(1)), int(shape.group(2))
-    assert n == ShapesBenchConfig.small().recipe.tokens
+    assert n == ShapesBenchConfig.small().train.tokens
     assert res["payload_bytes"] == _HEADER.size + 2 * n * d + 4  # header + fp16 tokens + CRC32, nothing else
     for needle in ("composed search", "device path", "isacir serve --gallery"):
         assert needle in proc.stderr, needle
@@ -113,24 +124,36 @@ def test_demo_no_serve_on_the_cached_pipeline(bench_run):
     assert diff and float(diff.group(1)) < 1e-5
 
 
-def test_later_recipe_fields_keep_earlier_cache_keys():
-    # the session-3 recipe (learned temperature, no word prior) keeps the keys its caches were stored under
-    old = MethodRecipe(temperature=None, word_weight=0.0, isa_output_stride=None, augment="light")
-    assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa") == "e2faa386fca9"
-    assert ShapesBenchConfig(seed=2, recipe=old).method_key("isa_symmetric") == "2ec107342575"
-    # the session-6 recipe (fixed temperature, stride 16, light augmentation)
-    assert ShapesBenchConfig(seed=2, recipe=MethodRecipe(augment="light")).method_key("isa") == "c467895b8dff"
-    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"temperature": 0.2}, {"isa_output_stride": 16},
-                   {"augment": "medium"}):
-        assert ShapesBenchConfig(recipe=old).method_key("isa") != \
-            ShapesBenchConfig(recipe=replace(old, **change)).method_key("isa"), change
-    # the backbone's stride and pixel augmentation are isa's alone: the symmetric baselines keep their runs
+def test_cache_keys_follow_what_determines_each_model():
+    base = ShapesBenchConfig(seed=2)
+    # pinned: a change to the preset or to the key derivation must be deliberate (and in CHANGELOG.md)
+    assert {m: base.method_key(m) for m in TRAINED} == PINNED_KEYS
+    tc = base.train
+    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"learn_temperature": True}, {"output_stride": None},
+                   {"augment": "light"}, {"backbone": "mobilenetv3_small_050"}, {"max_steps": 1000}):
+        assert base.method_key("isa") != replace(base, train=tc.replace(**change)).method_key("isa"), change
+    # the backbone, its stride and pixel augmentation are isa's alone: the symmetric baselines keep their runs
     for method in ("isa_symmetric", "pic2word"):
-        for change in ({"isa_output_stride": 16}, {"augment": "medium"}):
-            assert ShapesBenchConfig(recipe=old).method_key(method) == \
-                ShapesBenchConfig(recipe=replace(old, **change)).method_key(method), change
-    base = ShapesBenchConfig()
+        for change in ({"output_stride": 32}, {"augment": "none"}, {"backbone": "efficientnet_b0"}, {"image_size": 96}):
+            assert base.method_key(method) == replace(base, train=tc.replace(**change)).method_key(method), change
+    assert base.method_key("pic2word") == replace(base, train=tc.replace(tokens=4)).method_key("pic2word")
+    assert base.method_key("isa_symmetric") != replace(base, train=tc.replace(tokens=4)).method_key("isa_symmetric")
+    # how a run is carried out never changes what it learns
+    for change in ({"progress": False}, {"cache_dir": "/elsewhere"}, {"checkpoint_every": 7}, {"num_workers": 3}):
+        for method in TRAINED:
+            assert base.method_key(method) == replace(base, train=tc.replace(**change)).method_key(method), change
     assert base.foundation_key() != ShapesBenchConfig(foundation_steps=1200).foundation_key()
+    assert base.method_key("isa") != ShapesBenchConfig(seed=3).method_key("isa")
+
+
+def test_bench_trains_each_row_with_the_preset():
+    from isacir.training import load_config
+
+    cfg = ShapesBenchConfig(seed=4)
+    assert cfg.train == load_config("shapes-cir") and cfg.template == SHAPES_TEMPLATE
+    isa, sym = cfg.train_config("isa"), cfg.train_config("isa_symmetric")
+    assert (isa.method, isa.seed, isa.output_stride) == ("isa", 4, 16)
+    assert (sym.method, sym.output_stride) == ("isa-symmetric", None)  # the registered spelling; no backbone
 
 
 def test_trained_methods_use_the_recipe_temperature(bench_run):
@@ -138,8 +161,8 @@ def test_trained_methods_use_the_recipe_temperature(bench_run):
 
     out, _, _ = bench_run
     cfg = ShapesBenchConfig.small()
-    fixed = cfg.recipe.temperature
-    assert fixed is not None, "the recipe fixes the GCD temperature"
+    fixed = cfg.train.temperature
+    assert not cfg.train.learn_temperature, "the recipe fixes the GCD temperature"
     for method in TRAINED:
         run_dir = out / "methods" / f"{method}-{cfg.method_key(method)}"
         tc = json.loads((run_dir / "train_config.json").read_text())
@@ -171,7 +194,7 @@ def test_modifier_response_of_spliced_words_equals_the_caption(openclip_fnd):
     import numpy as np
     import torch
 
-    from isacir.evaluation.shapes_bench import SHAPES_TEMPLATE, modifier_response, summarize_response
+    from isacir.experiments.shapes.bench import SHAPES_TEMPLATE, modifier_response, summarize_response
 
     captions = ["a large red circle", "a small blue square", "a large green cross"]
     lengths = {openclip_fnd.embed_words(c).shape[0] for c in captions}
@@ -194,29 +217,15 @@ def test_modifier_response_of_spliced_words_equals_the_caption(openclip_fnd):
                        "size": {"shift_ratio": 1.0, "direction_cos": 1.0}}
 
 
-@pytest.mark.parametrize("value, needle", [("warm", "positive number or 'learned'"), ("0", "in (0, 10]")])
-def test_bad_bench_temperature_is_a_one_line_error(tmp_path, value, needle):
-    proc = run("bench", "shapes", "--small", "--temperature", value, "--out", str(tmp_path), check=False)
-    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("override, needle", [
+    ("temperature=warm", "temperature must be float"),
+    ("output_stride=12", "output_stride must be one of 8, 16, 32 or null"),
+    ("augment=strong", "unknown augmentation 'strong'"),
+    ("lr=0", "lr must be positive"),
+    ("tempreature=0.2", "unknown training setting 'tempreature'"),
+    ("max_steps", "KEY=VALUE"),
+])
+def test_bad_bench_override_is_a_one_line_error(tmp_path, override, needle):
+    proc = run("bench", "shapes", "--small", "--override", override, "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir())  # rejected before any stage ran
-
-
-@pytest.mark.parametrize("value", ["12", "wide"])
-def test_bad_bench_output_stride_is_a_one_line_error(tmp_path, value):
-    proc = run("bench", "shapes", "--small", "--isa-output-stride", value, "--out", str(tmp_path), check=False)
-    assert proc.returncode == 2 and "8, 16, 32 or 'native'" in proc.stderr and "Traceback" not in proc.stderr
-    assert not any(tmp_path.iterdir())
-
-
-def test_bench_output_stride_option_parses_native_and_strides():
-    from isacir.cli import _parse_output_stride
-
-    assert _parse_output_stride("native") is None and _parse_output_stride(" Native ") is None
-    assert [_parse_output_stride(s) for s in ("8", "16", "32")] == [8, 16, 32]
-
-
-def test_bench_temperature_option_parses_learned_and_numbers():
-    from isacir.cli import _parse_temperature
-
-    assert _parse_temperature("learned") is None and _parse_temperature(" Learned ") is None
-    assert _parse_temperature("0.2") == 0.2

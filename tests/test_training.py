@@ -244,7 +244,7 @@ def test_tar_shards_and_file_lists(tmp_path, images64):
     assert recs[5].read_bytes() == files[5].read_bytes()
     (tmp_path / "list.txt").write_text("# comment\n" + "\n".join(os.path.relpath(f, tmp_path) for f in files[:10]))
     assert [r.path for r in discover_images(tmp_path / "list.txt")] == [str(tmp_path / os.path.relpath(f, tmp_path)) for f in files[:10]]
-    from isacir.training.data import DataSourceError
+    from isacir.data import DataSourceError
 
     with pytest.raises(DataSourceError, match="not found"):
         discover_images(str(tmp_path / "missing-{0..3}.tar"))
@@ -288,7 +288,7 @@ def test_medium_augmentation_jitters_tone_but_keeps_every_colour_name():
     """Colour edits are queries, so the jitter may change brightness and contrast, never the colour's name."""
     import colorsys
 
-    from isacir.evaluation.shapes import BACKGROUNDS, COLOURS, Obj, Scene, render
+    from isacir.experiments.shapes.world import BACKGROUNDS, COLOURS, Obj, Scene, render
     from isacir.query.preprocess import PreprocessConfig
     from isacir.training.augment import query_transform
 

@@ -12,7 +12,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from serve_helpers import build_service, start_server
 
 CHROMIUM = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")

@@ -28,9 +28,9 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
     from .compose import PromptTemplate
     from .edge import EdgeEncoder
     from .edge.payload import decode_payload
-    from .evaluation.benchmarks import load_circo
-    from .evaluation.shapes import generate
-    from .evaluation.shapes_bench import ShapesBenchConfig, build_foundation, train_method
+    from .evaluation.benchmarks import load_shapes
+    from .experiments.shapes.bench import ShapesBenchConfig, build_foundation, train_method
+    from .experiments.shapes.world import generate
     from .export import export_edge
     from .foundation import create_foundation
     from .gallery import Gallery
@@ -70,7 +70,7 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
     _say(report.summary())
 
     console.print("[bold]5. composed search[/] (thin-client path; a check mark is a correct image)")
-    bench = load_circo(world, "test")
+    bench = load_shapes(world)
     kinds = {str(a["id"]): a["shared_concept"] for a in json.loads((world / "annotations" / "test.json").read_text())}
     chosen, seen = [], set()
     for q in bench.queries:  # one query per edit type

@@ -31,6 +31,19 @@ class FoundationMismatchError(IsacirError):
     """A component was built for one foundation and is used with another."""
 
 
+def same_name_hint(recorded_name: str, given_name: str) -> str:
+    """What to do when the names agree but the weights do not (the fingerprints differ).
+
+    This happens with a checkpoint file that changed, a folder that was retrained in place, or
+    random weights built by an isacir release with another seed or architecture default.
+    """
+    if recorded_name != given_name:
+        return ""
+    return (f" Both are called {given_name!r}, but the weights differ: load the exact weights it was "
+            "built with (save them once and pass the file, openclip:ARCH@/path/model.pt), or rebuild it "
+            "with the weights you have.")
+
+
 class PseudoTokenError(IsacirError, ValueError):
     """Pseudo tokens with a wrong shape, dtype or non-finite values."""
 

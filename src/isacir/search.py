@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .compose import DEFAULT_TEMPLATE
+from .data.imageio import ImageSource, load_image
 from .errors import IsacirError
-from .imageio import ImageSource, load_image
 
 if TYPE_CHECKING:
     from .foundation import Foundation

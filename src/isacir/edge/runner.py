@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from ..imageio import ImageSource, load_image
+from ..data.imageio import ImageSource, load_image
 from .payload import encode_payload
 
 EDGE_CONFIG = "edge.json"

@@ -8,6 +8,7 @@ from .benchmarks import (
     load_circo,
     load_cirr,
     load_fashioniq,
+    load_shapes,
 )
 from .evaluate import evaluate, score_benchmark, submission_files
 from .metrics import average_precision_at_k, map_at_k, rank_gallery, recall_at_k, subset_rankings
@@ -22,6 +23,7 @@ __all__ = [
     "load_circo",
     "load_cirr",
     "load_fashioniq",
+    "load_shapes",
     "map_at_k",
     "rank_gallery",
     "recall_at_k",

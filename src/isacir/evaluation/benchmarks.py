@@ -24,8 +24,11 @@ class CIRQuery:
     qid: str
     reference: str
     modifiers: list[str]
+    #: Every correct gallery image (CIRCO and Shapes-CIR have several; CIRR and FashionIQ one).
     targets: list[str] = field(default_factory=list)
     subset: list[str] | None = None
+    #: CIRCO's ``target_img_id``: the one image its official Recall@K counts (None elsewhere).
+    target: str | None = None
 
 
 @dataclass
@@ -149,7 +152,20 @@ def load_circo(root: str | Path, split: str = "val") -> CIRBenchmark:
         if ref not in gallery:
             raise BenchmarkDataError(f"CIRCO query {a['id']}: reference image {ref} is not in the gallery index")
         targets = [str(t) for t in a.get("gt_img_ids", [])]
-        queries.append(CIRQuery(qid=str(a["id"]), reference=ref, modifiers=[a["relative_caption"]], targets=targets))
+        target = str(a["target_img_id"]) if "target_img_id" in a else None
+        queries.append(CIRQuery(qid=str(a["id"]), reference=ref, modifiers=[a["relative_caption"]], targets=targets,
+                                target=target))
     # CIRCO's test split has no ground truth; a CIRCO-format set that carries it (Shapes-CIR) is scored
     labelled = bool(queries) and all(q.targets for q in queries)
     return CIRBenchmark("circo", split, queries, gallery, exclude_reference=True, labelled=labelled)
+
+
+def load_shapes(root: str | Path) -> CIRBenchmark:
+    """A Shapes-CIR world: CIRCO's layout, with ground truth on its test split.
+
+    Named ``shapes`` so that it is scored by the Shapes-CIR protocol (Recall@K over any ground
+    truth), not by CIRCO's (Recall@K over ``target_img_id`` alone).
+    """
+    from dataclasses import replace
+
+    return replace(load_circo(root, "test"), name="shapes")

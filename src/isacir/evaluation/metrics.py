@@ -1,6 +1,8 @@
 """Retrieval metrics exactly as the official CIR protocols define them.
 
-* Recall@K (CIRR, FashionIQ): the target is among the top K.
+* Recall@K (CIRR, FashionIQ, CIRCO): the target is among the top K. For CIRCO the target is
+  ``target_img_id`` alone, as in its official evaluation; the recall over any of its
+  ``gt_img_ids`` is reported apart, as Rany@K.
 * Recall_subset@K (CIRR): the target is among the top K of the query's ``img_set.members``
   (minus the reference), ranked by the same scores.
 * mAP@K (CIRCO): ``AP@K = sum_{k<=K} P@k * rel_k / min(#GT, K)``, averaged over queries.

@@ -27,9 +27,9 @@ from ..compose import (
     max_pseudo_tokens,
     validate_pseudo_tokens,
 )
+from ..data.imageio import ImageSource, load_image
 from ..errors import PseudoTokenError
 from ..fingerprint import hash_state_dict
-from ..imageio import ImageSource, load_image
 
 
 def pool_patch_grid(local: torch.Tensor, grid: int | None) -> torch.Tensor:

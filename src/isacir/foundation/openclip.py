@@ -2,7 +2,7 @@
 
 Spec forms after ``openclip:``:
 
-* ``ARCH`` -- random init (warns; for latency benchmarks and tests),
+* ``ARCH`` -- random init from a fixed seed (warns; for latency benchmarks and tests),
 * ``ARCH/TAG`` -- the library's own download and cache (users with internet),
 * ``ARCH@/path/ckpt.pt`` -- a local checkpoint file; a custom ARCH is read from ``ARCH.json`` or
   ``open_clip_config.json`` beside it,
@@ -12,6 +12,7 @@ Spec forms after ``openclip:``:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -23,11 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..compose import HFTokenizerAdapter, OpenClipTokenizerAdapter, TokenizerAdapter, splice
 from .._logcapture import captured_library_logs, last_error
+from ..compose import HFTokenizerAdapter, OpenClipTokenizerAdapter, TokenizerAdapter, splice
 from ..errors import FoundationLoadError, UnknownModelError
 from .base import Foundation, ImageFeatures
 from .registry import register_family
+
+
+#: Seed of the random weights of an architecture named without a tag or checkpoint.
+RANDOM_INIT_SEED = 0
 
 
 class RandomInitWarning(UserWarning):
@@ -240,6 +245,7 @@ def load_openclip(spec: str, name: str) -> OpenClipFoundation:
 
     arch, tag, path = _parse_spec(spec)
     kwargs: dict = {}
+    random_init = False
     model_name = arch
     if path is not None:
         p = Path(path).expanduser()
@@ -271,13 +277,20 @@ def load_openclip(spec: str, name: str) -> OpenClipFoundation:
             kwargs["pretrained"] = tag
         else:
             warnings.warn(
-                f"{name}: no pretrained tag or checkpoint given, using RANDOM weights "
+                f"{name}: no pretrained tag or checkpoint given, using RANDOM weights drawn from the fixed "
+                f"seed {RANDOM_INIT_SEED}, so every process builds the same weights and fingerprint "
                 "(fine for latency benchmarks and tests, useless for retrieval)",
                 RandomInitWarning,
                 stacklevel=3,
             )
+            random_init = True
     try:
-        with captured_library_logs() as logs:
+        # Random weights come from a fixed seed, without touching the caller's RNG state: index,
+        # train and serve run in different processes and must agree on the fingerprint.
+        seeded = torch.random.fork_rng(devices=[]) if random_init else contextlib.nullcontext()
+        with captured_library_logs() as logs, seeded:
+            if random_init:
+                torch.manual_seed(RANDOM_INIT_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, **kwargs)
             tokenizer = open_clip.get_tokenizer(model_name)
     except (UnknownModelError, FoundationLoadError):

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..training.data import ImageRecord
+from ..data import ImageRecord
 
 
 class EmbedActor:
@@ -28,7 +28,7 @@ class EmbedActor:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        from ..training.data import DecodeDataset
+        from ..data import DecodeDataset
 
         records = [
             ImageRecord(str(p), str(m) or None, int(o), int(s))

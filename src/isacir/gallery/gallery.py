@@ -29,9 +29,9 @@ import numpy as np
 
 from .._fs import atomic_write_text
 from .._version import __version__
-from ..errors import FoundationMismatchError, IsacirError
-from ..imageio import IMAGE_EXTENSIONS
-from ..training.data import DecodeDataset, ImageRecord, collate_list, discover_images
+from ..data import DecodeDataset, ImageRecord, collate_list, discover_images
+from ..data.imageio import IMAGE_EXTENSIONS
+from ..errors import FoundationMismatchError, IsacirError, same_name_hint
 from .stores import FaissStore, VectorStore, open_store
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ class Gallery:
                 f"gallery {self.dir} was indexed with {self.info['foundation_id']!r} (fingerprint "
                 f"{self.info['foundation_fingerprint']}); refusing {name!r} (fingerprint {fp}). Its vectors "
                 "live in another embedding space: use the same foundation, or index into a new gallery."
+                + same_name_hint(self.info["foundation_id"], name)
             )
 
     # ----- SQLite -----------------------------------------------------------------------------------
@@ -302,7 +303,7 @@ class Gallery:
         ``encoder`` (records -> batches of (index, hash, vector)) replaces local encoding, e.g.
         with the Ray path; by default images are decoded in DataLoader workers and encoded here.
         """
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         self.check_foundation(foundation)
         t0 = time.perf_counter()
@@ -328,7 +329,7 @@ class Gallery:
         encoded = 0
         t_enc = time.perf_counter()
         batches = encoder(todo) if encoder is not None else encode_records(todo, foundation, batch_size, num_workers)
-        bar = tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress, leave=False)
+        bar = progress_bar(total=len(todo), desc="indexing", unit="img", disable=not progress, leave=False)
         for batch in batches:
             rows, vecs = [], []
             for i, digest, vec, error in batch:

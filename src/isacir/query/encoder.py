@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._fs import replace_dir
 from .._version import __version__
 from ..compose import DEFAULT_TEMPLATE
-from ..errors import CheckpointError, ConfigError, FoundationMismatchError
-from ..imageio import ImageSource, load_image
-from .backbones import create_backbone, resolve_backbone
+from ..data.imageio import ImageSource, load_image
+from ..errors import CheckpointError, ConfigError, FoundationMismatchError, same_name_hint
+from .backbones import resolve_backbone
+from .methods import get_method
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 from .token_learner import AdaptiveTokenLearner
 
@@ -81,41 +81,15 @@ class QueryEncoderConfig:
         return cls(**d)
 
 
-METHODS = ("isa", "isa-symmetric", "pic2word")
-
-
-def setting_problems(foundation: "Foundation", method: str, num_tokens: int,
+def setting_problems(foundation: Foundation | None, method: str, num_tokens: int,
                      output_stride: int | None = None) -> list[str]:
     """Everything wrong with these encoder settings for ``foundation``, so callers such as the
     trainer can name all of it at once and before any expensive work."""
-    problems = []
-    if method not in METHODS:
-        problems.append(f"unknown method {method!r} (choose one of {', '.join(METHODS)})")
-    if output_stride is not None and method != "isa":
-        problems.append(f"output_stride applies to the isa backbone only, not to {method}")
-    max_n = foundation.max_pseudo_tokens()
-    if method != "pic2word" and not 1 <= num_tokens <= max_n:  # pic2word always uses one token
-        problems.append(f"num_tokens must be between 1 and {max_n} for {foundation.name}, got {num_tokens}")
-    return problems
-
-
-class Pic2WordMapper(nn.Module):
-    """Pic2Word-style baseline: one pseudo word from the large model's global image feature."""
-
-    def __init__(self, input_dim: int, word_dim: int, hidden_dim: int, output_rms: float):
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(input_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, word_dim),
-        )
-        self.out_norm = nn.LayerNorm(word_dim)
-        nn.init.constant_(self.out_norm.weight, output_rms)
-
-    def forward(self, global_features: torch.Tensor) -> torch.Tensor:
-        return self.out_norm(self.mlp(global_features)).unsqueeze(1)
+    try:
+        impl = get_method(method)
+    except ConfigError as exc:
+        return [str(exc)]
+    return impl.setting_problems(foundation, num_tokens, output_stride)
 
 
 class QueryEncoder(nn.Module):
@@ -128,31 +102,20 @@ class QueryEncoder(nn.Module):
 
     def __init__(self, config: QueryEncoderConfig, backbone_pretrained: bool | str = False):
         super().__init__()
-        if config.method not in METHODS:
-            raise ConfigError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+        self.method_impl = get_method(config.method)
+        config.method = self.method_impl.name
         self.config = config
         self.backbone: nn.Module | None = None
         self.token_learner: AdaptiveTokenLearner | None = None
-        self.mapper: Pic2WordMapper | None = None
-        tl_kwargs = dict(
-            num_tokens=config.num_tokens,
-            hidden_dim=config.hidden_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            output_rms=config.output_rms,
-        )
-        if config.method == "isa":
-            self.backbone, channels, _ = create_backbone(config.backbone, pretrained=backbone_pretrained,
-                                                         output_stride=config.output_stride)
-            self.token_learner = AdaptiveTokenLearner(channels, config.word_dim, **tl_kwargs)
-        elif config.method == "isa-symmetric":
-            self.token_learner = AdaptiveTokenLearner(config.input_dim, config.word_dim, **tl_kwargs)
-        else:
-            if config.num_tokens != 1:
-                raise ValueError("pic2word produces exactly one token (num_tokens=1)")
-            self.mapper = Pic2WordMapper(config.input_dim, config.word_dim, config.hidden_dim, config.output_rms)
+        self.mapper: nn.Module | None = None
+        self.method_impl.build(self, config, backbone_pretrained)
         self._transform = config.preprocess.transform()
+
+    def token_learner_kwargs(self) -> dict:
+        """The token learner's shape from the config (every method that has one builds it alike)."""
+        c = self.config
+        return dict(num_tokens=c.num_tokens, hidden_dim=c.hidden_dim, depth=c.depth, num_heads=c.num_heads,
+                    mlp_ratio=c.mlp_ratio, output_rms=c.output_rms)
 
     # ----- construction ---------------------------------------------------------------------------
     @classmethod
@@ -170,13 +133,17 @@ class QueryEncoder(nn.Module):
         problems = setting_problems(foundation, method, num_tokens, kwargs.get("output_stride"))
         if problems:
             raise ConfigError("; ".join(problems))
-        if method != "isa":
+        impl = get_method(method)
+        method = impl.name
+        if not impl.has_backbone:
             backbone = "foundation"
             pretrained = False
-            num_tokens = 1 if method == "pic2word" else num_tokens
-            kwargs.setdefault("input_dim", foundation.embed_dim)
+            for key, value in impl.create_kwargs(foundation, kwargs).items():
+                kwargs.setdefault(key, value)
             kwargs.setdefault("preprocess", PreprocessConfig())
-        spec = resolve_backbone(backbone) if method == "isa" else None
+        if impl.fixed_tokens is not None:
+            num_tokens = impl.fixed_tokens
+        spec = resolve_backbone(backbone) if impl.has_backbone else None
         preprocess = kwargs.pop("preprocess", None)
         if preprocess is None and spec is not None:
             from timm.models import get_pretrained_cfg
@@ -220,7 +187,7 @@ class QueryEncoder(nn.Module):
     @property
     def uses_foundation_features(self) -> bool:
         """True for the symmetric baselines, which need the large image encoder at query time."""
-        return self.config.method != "isa"
+        return self.method_impl.reads_foundation
 
     def forward(
         self,
@@ -232,23 +199,11 @@ class QueryEncoder(nn.Module):
     ):
         """Pseudo tokens ``[B, N, word_dim]``.
 
-        ``isa`` takes normalised ``pixels [B, 3, H, W]``; ``isa-symmetric`` takes the foundation's
-        ``local_features [B, P, D]``; ``pic2word`` its ``global_features [B, D]``.
+        What each method reads is its ``reads``: ``isa`` takes normalised ``pixels [B, 3, H, W]``,
+        ``isa-symmetric`` the foundation's ``local_features [B, P, D]``, ``pic2word`` its
+        ``global_features [B, D]``.
         """
-        method = self.config.method
-        if method == "isa":
-            if pixels is None:
-                raise ValueError("method 'isa' needs pixels")
-            return self.token_learner(self.backbone(pixels)[-1], return_maps=return_maps)
-        if method == "isa-symmetric":
-            if local_features is None:
-                raise ValueError("method 'isa-symmetric' needs the foundation's local features")
-            grid = local_features.transpose(1, 2).unsqueeze(-1)  # [B, D, P, 1]: positions as a 1-wide map
-            return self.token_learner(grid, return_maps=return_maps)
-        if global_features is None:
-            raise ValueError("method 'pic2word' needs the foundation's global features")
-        tokens = self.mapper(global_features)
-        return (tokens, None) if return_maps else tokens
+        return self.method_impl.forward(self, pixels, global_features, local_features, return_maps)
 
     @torch.no_grad()
     def encode_images(self, images: Iterable[ImageSource], foundation: "Foundation | None" = None) -> torch.Tensor:
@@ -260,13 +215,8 @@ class QueryEncoder(nn.Module):
         if foundation is None:
             raise ValueError(f"method {self.config.method!r} reads the foundation's features: pass foundation=")
         self.check_foundation(foundation)
-        from ..foundation.base import pool_patch_grid
-
         feats = foundation.encode_image_features(foundation.preprocess_batch(images))
-        local = None
-        if self.config.method == "isa-symmetric":
-            local = F.normalize(pool_patch_grid(feats.local, self.config.local_grid), dim=-1).to(self.device)
-        return self(global_features=feats.global_.to(self.device), local_features=local)
+        return self(**self.method_impl.inputs_from_features(self, feats))
 
     @property
     def fingerprint(self) -> str:
@@ -287,7 +237,7 @@ class QueryEncoder(nn.Module):
                 f"query encoder was built for foundation {self.config.foundation_id!r} "
                 f"(fingerprint {self.config.foundation_fingerprint}) but is being used with {name!r} "
                 f"(fingerprint {fp}). Its pseudo tokens only make sense to the former: load that "
-                "foundation, or train a query encoder for this one."
+                "foundation, or train a query encoder for this one." + same_name_hint(self.config.foundation_id, name)
             )
         if not isinstance(foundation, str) and foundation.word_dim != self.word_dim:
             raise FoundationMismatchError(

@@ -31,9 +31,9 @@ from pydantic import BaseModel, Field
 
 from .._fs import atomic_write_bytes
 from .._version import __version__
+from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
-from ..imageio import load_image
 from .feedback import FeedbackError, FeedbackStore
 from .metrics import ServiceMetrics
 

@@ -1,8 +1,9 @@
-"""Training from unlabeled images: data sources, teacher-feature cache, losses, trainer."""
+"""Training from unlabeled images: teacher-feature cache, losses, trainer."""
 
+from ..data import ImageRecord, content_hash, discover_images
 from .cache import BuildReport, TeacherCache
-from .data import ImageRecord, content_hash, discover_images
-from .trainer import TrainConfig, TrainResult, train
+from .config import TrainConfig, list_presets, load_config
+from .trainer import TrainResult, train
 
 __all__ = [
     "BuildReport",
@@ -12,5 +13,7 @@ __all__ = [
     "TrainResult",
     "content_hash",
     "discover_images",
+    "list_presets",
+    "load_config",
     "train",
 ]

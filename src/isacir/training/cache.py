@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..data import DecodeDataset, ImageRecord, collate_list
 from ..errors import FoundationMismatchError, IsacirError
 from ..foundation.base import pool_patch_grid
-from .data import DecodeDataset, ImageRecord, collate_list
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -202,7 +202,7 @@ class TeacherCache:
         the short index commits. ``max_batches`` stops early (simulated interruption in tests).
         """
         self._writer = writer
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         if foundation.fingerprint != self.fingerprint:
             raise FoundationMismatchError(
@@ -231,7 +231,7 @@ class TeacherCache:
         pending_hashes: list[str] = []
         seen_now: set[str] = set()
         kinds: dict[str, list[int]] | None = None
-        bar = tqdm(total=len(records), desc="teacher cache", unit="img", disable=not progress, leave=False)
+        bar = progress_bar(total=len(records), desc="teacher cache", unit="img", disable=not progress, leave=False)
         for b, batch in enumerate(loader):
             if max_batches is not None and b >= max_batches:
                 break

@@ -18,9 +18,9 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,15 +28,20 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..compose import DEFAULT_TEMPLATE
+from ..data import ImageRecord, discover_images
+from ..data.imageio import load_image
 from ..errors import ImageDecodeError, IsacirError
-from ..imageio import load_image
 from ..query import QueryEncoder
+from ..query.backbones import OUTPUT_STRIDES
 from ..query.encoder import setting_problems
+from ..query.methods import get_method
 from .augment import POLICIES, query_transform
 from .cache import TeacherCache, hash_records
-from .data import ImageRecord, discover_images
+from .config import TrainConfig
 from .losses import Temperature, gcd_loss, hardest_negatives, lar_itm_loss, lar_patch_loss, word_prior_loss
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
 
 STATE_NAME = "trainer_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -46,53 +51,16 @@ class TrainingError(IsacirError):
     pass
 
 
-@dataclass
-class TrainConfig:
-    method: str = "isa"
-    backbone: str = "efficientnet_b0"
-    pretrained_backbone: bool | str = False
-    tokens: int = 8
-    image_size: Optional[int] = None
-    #: isa: the backbone's output stride (None = its own); 16 keeps a spatial map at small inputs.
-    output_stride: Optional[int] = None
-    epochs: int = 1
-    #: Total optimizer steps for the schedule; default epochs * steps per epoch.
-    max_steps: Optional[int] = None
-    #: Stop after this many optimizer steps without changing the schedule (interruptions, tests).
-    stop_after: Optional[int] = None
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    temperature: float = 0.07
-    learn_temperature: bool = True
-    lar_weight: float = 0.0
-    #: Weight of the word prior: each pseudo token's cosine distance to its nearest real word.
-    word_weight: float = 0.0
-    local_grid: Optional[int] = None
-    template: str = DEFAULT_TEMPLATE
-    augment: str = "light"
-    seed: int = 0
-    #: DataLoader workers; None = auto (8 on CUDA; 0 on CPU, where decode workers compete with the
-    #: intra-op threads of the training step and slowed it down 2x on a 2-core machine).
-    num_workers: Optional[int] = None
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    use_cache: bool = True
-    cache_dir: Optional[str] = None
-    progress: bool = True
+def check_settings(config: TrainConfig, foundation: Foundation | None = None) -> None:
+    """Refuse contradictory settings before the teacher cache is built, which can take hours.
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _check_config(config: TrainConfig, foundation) -> None:
-    """Refuse contradictory settings before the teacher cache is built, which can take hours."""
+    Without a foundation, everything but the foundation's token limit is checked (the Shapes bench
+    checks its settings this way before it trains the foundation itself).
+    """
     bad = setting_problems(foundation, config.method, config.tokens, config.output_stride)
+    if config.output_stride is not None and config.output_stride not in OUTPUT_STRIDES:
+        bad.append(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))} or null, "
+                   f"got {config.output_stride}")
     if config.augment not in POLICIES:
         bad.append(f"unknown augmentation {config.augment!r} (choose one of {', '.join(POLICIES)})")
     for name in ("batch_size", "grad_accum"):
@@ -110,15 +78,7 @@ def _check_config(config: TrainConfig, foundation) -> None:
 
 def _check_resumed_architecture(encoder: QueryEncoder, config: TrainConfig, ckpt: Path) -> None:
     """A resumed run keeps its checkpoint's network; refuse settings that would silently not apply."""
-    c = encoder.config
-    asked = {"method": (c.method, config.method)}
-    if config.method == "isa":
-        asked["backbone"] = (c.backbone, config.backbone)
-        asked["output_stride"] = (c.output_stride, config.output_stride)
-        if config.image_size is not None:
-            asked["image_size"] = (c.preprocess.image_size, config.image_size)
-    if config.method != "pic2word":
-        asked["tokens"] = (c.num_tokens, config.tokens)
+    asked = encoder.method_impl.resume_checks(encoder.config, config)
     diff = [f"{k} {have!r} (asked: {want!r})" for k, (have, want) in asked.items() if have != want]
     if diff:
         raise TrainingError(
@@ -334,7 +294,7 @@ class TrainResult:
 
 def _teacher_kinds(config: TrainConfig, foundation) -> tuple[bool, bool]:
     """Which teacher features beyond the global one this run reads: ``(local, hidden)``."""
-    need_local = (config.lar_weight > 0 and not foundation.has_matching_head) or config.method == "isa-symmetric"
+    need_local = (config.lar_weight > 0 and not foundation.has_matching_head) or get_method(config.method).reads == "local"
     need_hidden = config.lar_weight > 0 and foundation.has_matching_head
     return need_local, need_hidden
 
@@ -406,7 +366,7 @@ def train(
     log=print,
 ) -> TrainResult:
     """Train a query encoder for ``foundation`` on unlabeled images; returns where it was saved."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     info = init_distributed()
     if config.num_workers is None:
@@ -418,7 +378,7 @@ def train(
     device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
     foundation = foundation.to(device)
     say = log if info.main else (lambda *a, **k: None)
-    _check_config(config, foundation)
+    check_settings(config, foundation)
 
     # The feature kinds are part of the cache's identity: a global-only cache cannot serve a run
     # that needs patch features, so such runs get their own cache folder.
@@ -450,7 +410,7 @@ def train(
             image_size=config.image_size,
             method=config.method,
             template=config.template,
-            **({"local_grid": config.local_grid} if config.method == "isa-symmetric" else {}),
+            **({"local_grid": config.local_grid} if get_method(config.method).reads == "local" else {}),
             output_stride=config.output_stride,
         )
     module = TrainModule(encoder, foundation, config).to(device).train()
@@ -485,9 +445,9 @@ def train(
         epoch, micro = state["position"]["epoch"], state["position"]["micro"]
         say(f"resumed from {ckpt} at step {step} (epoch {epoch}, batch {micro})")
 
-    need_pixels = config.method == "isa"
+    need_pixels = not encoder.uses_foundation_features
     teacher_tf = foundation.transform if not config.use_cache else None
-    if not config.use_cache and config.method != "isa":
+    if not config.use_cache and not need_pixels:
         raise TrainingError("the symmetric baselines read cached teacher features; use_cache must be on")
     qtf = query_transform(encoder.config.preprocess, config.augment) if need_pixels else None
     dataset = _TrainDataset(items, qtf, teacher_tf, config.seed, need_pixels)
@@ -510,7 +470,7 @@ def train(
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     stop_at = min(total, config.stop_after) if config.stop_after else total
-    bar = tqdm(total=total, initial=step, desc=f"train {config.method}", unit="step", disable=not (info.main and config.progress))
+    bar = progress_bar(total=total, initial=step, desc=f"train {config.method}", unit="step", disable=not (info.main and config.progress))
     t_start = time.perf_counter()
     history: list[dict] = []
     window_imgs, window_t = 0, time.perf_counter()

@@ -1,4 +1,4 @@
-"""Unlabeled image sources for training: folders, file lists and WebDataset tar shards.
+"""Unlabeled image sources: folders, file lists and WebDataset tar shards.
 
 Every source becomes a sorted list of :class:`ImageRecord` so that training is map-style: a
 per-epoch permutation of indices is a pure function of (seed, epoch), which is what makes exact
@@ -13,7 +13,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ..errors import IsacirError
 
@@ -136,42 +136,3 @@ def discover_images(
     if not records:
         raise DataSourceError(f"no images found in {', '.join(map(str, sources))}")
     return records
-
-
-class DecodeDataset:
-    """Map-style dataset: read bytes, hash them, decode safely and transform (in DataLoader workers).
-
-    Items are ``(index, content hash, pixels, error)``; a bad image yields ``error`` as
-    ``"reason|message"`` instead of raising, so one bad file never kills a batch.
-    """
-
-    def __init__(self, records: Sequence[ImageRecord], transform):
-        self.records = records
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int):
-        from ..errors import ImageDecodeError
-        from ..imageio import load_image
-
-        rec = self.records[i]
-        try:
-            data = rec.read_bytes()
-            digest = content_hash(data)
-            image = load_image(data)
-            return i, digest, self.transform(image), ""
-        except ImageDecodeError as exc:
-            return i, "", None, f"{exc.reason}|{rec.key}: {exc}"
-        except OSError as exc:
-            return i, "", None, f"missing|{rec.key}: {exc}"
-
-
-def collate_list(batch):
-    return batch
-
-
-def iter_batches(items: Sequence, batch_size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), batch_size):
-        yield items[start : start + batch_size]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .shapes import CELLS, COLOURS, PHRASES, SHAPES, SIZES, COMPARATIVE
+from .world import CELLS, COLOURS, COMPARATIVE, PHRASES, SHAPES, SIZES
 
 ARCH = "shapes-clip"
 SPECIALS = ["[PAD]", "[UNK]", "[SOS]"]
@@ -92,7 +92,7 @@ def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
     captions = [c["caption"] for c in json.loads((Path(world) / "foundation_captions.json").read_text())]
     vocab = vocabulary(captions)
     cfg = model_config(len(vocab))
-    from ..foundation.openclip import save_openclip_checkpoint
+    from ...foundation.openclip import save_openclip_checkpoint
 
     torch.manual_seed(seed)
     model = open_clip.CLIP(**cfg)
@@ -104,11 +104,11 @@ def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
 def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: int = 256, lr: float = 1e-3,
                      seed: int = 0, progress: bool = True, log=print) -> str:
     """Symmetric InfoNCE on the world's image-caption pairs; returns the foundation name."""
-    from tqdm.auto import tqdm
+    from ...progress import progress_bar
 
-    from ..foundation import create_foundation
-    from ..foundation.openclip import save_openclip_checkpoint
-    from ..imageio import load_image
+    from ...data.imageio import load_image
+    from ...foundation import create_foundation
+    from ...foundation.openclip import save_openclip_checkpoint
 
     world, folder = Path(world), Path(folder)
     name = create_untrained(world, folder, seed)
@@ -125,7 +125,7 @@ def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: in
     )
     rng = random.Random(seed)
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="shapes foundation", disable=not progress, leave=False)
+    bar = progress_bar(range(steps), desc="shapes foundation", disable=not progress, leave=False)
     for step in bar:
         idx = torch.tensor(rng.sample(range(len(pairs)), batch_size))
         img = fnd.encode_image(images[idx])

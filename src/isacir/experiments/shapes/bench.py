@@ -16,46 +16,34 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .._fs import atomic_write_text, replace_dir
-from .metrics import recall_any_at_k
-from .shapes import ShapesConfig, generate
+from ..._fs import atomic_write_text, replace_dir
+from ...evaluation.metrics import recall_any_at_k
+from ...query.methods import get_method
+from ...training.config import TrainConfig, load_config
+from .world import ShapesConfig, generate
 
 TRAINING_FREE = ("image_only", "text_only", "image_plus_text", "pixel_only")
-TRAINED = {"pic2word": "pic2word", "isa_symmetric": "isa-symmetric", "isa": "isa"}
-METHODS = TRAINING_FREE + tuple(TRAINED)
+#: Result rows of the trained methods. The names are the bench's JSON keys, which dashboards read;
+#: each maps to a registered method through :func:`canonical_method` (``isa_symmetric`` is an alias).
+TRAINED = ("pic2word", "isa_symmetric", "isa")
+METHODS = TRAINING_FREE + TRAINED
 METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@10")
 # The tiny foundation's language is its captions, which read "<description>, <edit>"; this is the
 # world's counterpart of "a photo of {} that {}" for a web-trained CLIP (same for every method).
 SHAPES_TEMPLATE = "{} , {}"
+#: The training preset every trained method shares, so the comparison is like for like.
+PRESET = "shapes-cir"
+#: Settings that change how a run is carried out, never what it learns: left out of cache keys.
+_NOT_IN_KEY = ("progress", "num_workers", "cache_dir", "checkpoint_every", "keep_checkpoints", "log_every",
+               "stop_after")
 
 
 def _key(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
 
-@dataclass
-class MethodRecipe:
-    """How the trained methods are trained (shared, so the comparison is like for like)."""
-
-    steps: int = 1500
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    tokens: int = 8
-    lar_weight: float = 0.0
-    word_weight: float = 0.0
-    #: Fixed GCD temperature, or None to learn it from 0.07. A learned one sharpens to ~0.034 and the
-    #: pseudo sentence then resists the modifier (README, "Temperature"); fixed 0.2 composes better.
-    temperature: float | None = 0.2
-    isa_backbone: str = "mobilenetv3_small_100"
-    isa_image_size: int = 64
-    #: The light backbone's output stride; None = its own. MobileNetV3's native 32 leaves a 2x2 map
-    #: at 64 px for 8 tokens to attend over; 16 (dilated, same weights) keeps a 4x4 grid, like the
-    #: foundation ViT's 16 patches (README, "Output stride").
-    isa_output_stride: int | None = 16
-    #: Query-side augmentation (ISA only: the baselines read cached teacher features). ``medium`` adds
-    #: brightness/contrast jitter to ``light``'s scale jitter (README, "Augmentation").
-    augment: str = "medium"
+def _preset() -> TrainConfig:
+    return load_config(PRESET)
 
 
 @dataclass
@@ -64,8 +52,8 @@ class ShapesBenchConfig:
     world: ShapesConfig = field(default_factory=ShapesConfig)
     foundation_steps: int = 600
     foundation_batch: int = 256
-    recipe: MethodRecipe = field(default_factory=MethodRecipe)
-    template: str = SHAPES_TEMPLATE
+    #: How the trained methods train: the ``shapes-cir`` preset; ``method`` and ``seed`` are set per run.
+    train: TrainConfig = field(default_factory=_preset)
     methods: tuple[str, ...] = METHODS
 
     def __post_init__(self) -> None:
@@ -74,39 +62,40 @@ class ShapesBenchConfig:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
 
+    @property
+    def template(self) -> str:
+        return self.train.template
+
     @classmethod
-    def small(cls, seed: int = 0) -> "ShapesBenchConfig":
+    def small(cls, seed: int = 0) -> ShapesBenchConfig:
         """A scaled-down run for tests: the same pipeline in about two minutes on 2 cores."""
         world = ShapesConfig(train_images=256, caption_pairs=1500, test_queries=60, distractors=100)
         # 200 steps are too few for the tone jitter to pay off: ISA's R@10 on this run is 11.7 with
         # light augmentation and 6.7 with medium (60 queries, chance 2.7), so the small run keeps light.
-        recipe = MethodRecipe(steps=200, batch_size=32, warmup_steps=10, isa_backbone="mobilenetv3_small_050",
-                              augment="light")
-        return cls(seed=seed, world=world, foundation_steps=100, foundation_batch=64, recipe=recipe)
+        train = _preset().replace(max_steps=200, batch_size=32, warmup_steps=10, backbone="mobilenetv3_small_050",
+                                  augment="light", checkpoint_every=100)
+        return cls(seed=seed, world=world, foundation_steps=100, foundation_batch=64, train=train)
 
     def foundation_key(self) -> str:
         return _key([self.world.key(), self.foundation_steps, self.foundation_batch, self.seed])
 
+    def train_config(self, method: str) -> TrainConfig:
+        """The settings that train result row ``method`` (the shared preset, this seed, that method)."""
+        impl = get_method(method)
+        return self.train.replace(method=impl.name, seed=self.seed,
+                                  output_stride=self.train.output_stride if impl.has_backbone else None)
+
     def method_key(self, method: str) -> str:
-        r = asdict(self.recipe)
-        # fields added later are left out at their old behaviour, keeping earlier keys (and caches)
-        if r["word_weight"] == 0.0:
-            r.pop("word_weight")
-        if r["temperature"] is None:
-            r.pop("temperature")
-        if r["isa_output_stride"] is None or method != "isa":
-            r.pop("isa_output_stride")
-        if method != "isa":  # the symmetric baselines have no backbone
-            r.pop("isa_backbone"), r.pop("isa_image_size"), r.pop("augment")
-        if method == "pic2word":
-            r.pop("tokens")
-        return _key([self.foundation_key(), method, r, self.template])
+        """Everything that determines the trained model, and nothing a method does not read."""
+        skip = set(_NOT_IN_KEY) | set(get_method(method).unused_settings)
+        settings = {k: v for k, v in self.train_config(method).to_dict().items() if k not in skip}
+        return _key([self.foundation_key(), settings])
 
 
 def build_foundation(world: Path, out: Path, config: ShapesBenchConfig, log: Callable = print,
                      progress: bool = True) -> str:
     """The cached tiny foundation for ``config`` (trained once per world and recipe)."""
-    from .shapes_foundation import ARCH, train_foundation
+    from .foundation import ARCH, train_foundation
 
     folder = out / "foundations" / config.foundation_key()
     if (folder / "open_clip_config.json").is_file():
@@ -122,35 +111,15 @@ def build_foundation(world: Path, out: Path, config: ShapesBenchConfig, log: Cal
 def train_method(method: str, world: Path, foundation, out: Path, config: ShapesBenchConfig,
                  log: Callable = print, progress: bool = True) -> Path:
     """A trained query encoder for ``method`` (resumes an interrupted run from its checkpoints)."""
-    from ..training import TrainConfig, train
+    from ...training import train
 
-    r = config.recipe
     run = out / "methods" / f"{method}-{config.method_key(method)}"
     final = run / "final"
     if (final / "config.json").is_file():
         log(f"{method}: reusing {final}")
         return final
-    tc = TrainConfig(
-        method=TRAINED[method],
-        backbone=r.isa_backbone,
-        tokens=r.tokens,
-        image_size=r.isa_image_size,
-        output_stride=r.isa_output_stride if method == "isa" else None,
-        max_steps=r.steps,
-        batch_size=r.batch_size,
-        lr=r.lr,
-        warmup_steps=r.warmup_steps,
-        lar_weight=r.lar_weight,
-        word_weight=r.word_weight,
-        temperature=0.07 if r.temperature is None else r.temperature,
-        learn_temperature=r.temperature is None,
-        template=config.template,
-        augment=r.augment,
-        seed=config.seed,
-        checkpoint_every=max(100, r.steps // 4),
-        cache_dir=str(out / "teacher-cache" / config.foundation_key()),
-        progress=progress,
-    )
+    tc = config.train_config(method).replace(cache_dir=str(out / "teacher-cache" / config.foundation_key()),
+                                             progress=progress)
     train(str(world / "train"), foundation, run, tc, resume=True, log=log)
     return final
 
@@ -164,10 +133,10 @@ def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, l
     """
     import torch
 
-    from ..foundation import create_foundation
-    from ..query import QueryEncoder
-    from .benchmarks import load_circo
-    from .evaluate import encode_gallery, evaluate
+    from ...evaluation.benchmarks import load_shapes
+    from ...evaluation.evaluate import encode_gallery, evaluate
+    from ...foundation import create_foundation
+    from ...query import QueryEncoder
 
     config = config or ShapesBenchConfig()
     out = Path(out)
@@ -192,7 +161,7 @@ def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, l
             timings[f"train_{method}_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    bench = load_circo(world, "test")
+    bench = load_shapes(world)
     names = list(bench.gallery)
     gallery = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress)
     results: dict[str, dict] = {}
@@ -245,9 +214,9 @@ def oracle_rows(world: Path, bench, fnd, gallery, names: list[str],
     import numpy as np
     import torch.nn.functional as F
 
-    from ..compose import PromptTemplate
-    from .evaluate import score_benchmark
-    from .metrics import rank_gallery
+    from ...compose import PromptTemplate
+    from ...evaluation.evaluate import score_benchmark
+    from ...evaluation.metrics import rank_gallery
 
     anns = _test_annotations(world)
     if not all("reference_caption" in anns[q.qid] for q in bench.queries):
@@ -283,7 +252,7 @@ def modifier_response(fnd, template: str, slot, modifiers: list, reference_capti
     import torch
     import torch.nn.functional as F
 
-    from ..compose import PromptTemplate
+    from ...compose import PromptTemplate
 
     tpl = PromptTemplate.parse(template)
 

@@ -1,0 +1,197 @@
+"""Generate the result tables of the docs (CSV and Markdown) from the benchmark JSON in docs/results/.
+
+    .venv/bin/python docs/render_results.py           # rewrite the generated files
+    .venv/bin/python docs/render_results.py --check   # exit 1 if any generated file is stale
+
+Tables are never typed by hand: a bench run writes ``results-seed{S}.json``, which is copied to
+``docs/results/shapes-seed{S}.json``; this script writes ``docs/results/shapes-cir.csv``,
+``docs/results/shapes-cir-summary.csv``, ``docs/results/shapes-cir.md`` and the summary table in
+README.md between its markers. ``make lint`` runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+README = ROOT / "README.md"
+METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@10")
+ORACLES = {
+    "oracle_target_caption": "oracle: the target's true caption",
+    "oracle_reference_caption_plus_modifier": "oracle: the reference's true caption + modifier",
+}
+MARK_START, MARK_END = "<!-- shapes-summary:start (docs/render_results.py) -->", "<!-- shapes-summary:end -->"
+
+
+def load_seeds() -> list[dict]:
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("shapes-seed*.json"))]
+    if not runs:
+        raise SystemExit(f"no shapes-seed*.json in {RESULTS}")
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def rows_of(run: dict) -> dict[str, dict[str, float]]:
+    return {**run["methods"], **{k: v for k, v in run.get("oracles", {}).items() if k in ORACLES}}
+
+
+def label(name: str, bold: bool = False) -> str:
+    if name in ORACLES:
+        return f"*{ORACLES[name]}*"
+    return f"**{name}**" if bold else name
+
+
+def fmt(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def per_seed_csv(runs: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["seed", "row", *METRICS, "source"])
+    for run in runs:
+        for name, m in rows_of(run).items():
+            w.writerow([run["seed"], name, *(fmt(m[k]) for k in METRICS), run.get("source", "isacir bench shapes")])
+    return buf.getvalue()
+
+
+def summary(runs: list[dict]) -> dict[str, dict]:
+    """Mean, min and max of every metric over the seeds that have the row."""
+    names: list[str] = []
+    for run in runs:
+        names += [n for n in rows_of(run) if n not in names]
+    out = {}
+    for name in names:
+        have = [rows_of(r)[name] for r in runs if name in rows_of(r)]
+        out[name] = {"seeds": len(have), **{k: (statistics.mean(h[k] for h in have), min(h[k] for h in have),
+                                               max(h[k] for h in have)) for k in METRICS}}
+    return out
+
+
+def summary_csv(runs: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "seeds", *(f"{k} {s}" for k in METRICS for s in ("mean", "min", "max"))])
+    for name, s in summary(runs).items():
+        w.writerow([name, s["seeds"], *(fmt(v) for k in METRICS for v in s[k])])
+    return buf.getvalue()
+
+
+def summary_table(runs: list[dict]) -> str:
+    seeds = [r["seed"] for r in runs]
+    lines = [f"Mean over seeds {seeds[0]} to {seeds[-1]} (min to max in brackets); gallery 3,869, 500 queries "
+             "per seed, the reference excluded:", "",
+             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    for name, s in summary(runs).items():
+        if s["seeds"] == 1:
+            cells = [fmt(s[k][0]) for k in METRICS]
+        else:
+            cells = [f"{fmt(s[k][0])} ({fmt(s[k][1])} to {fmt(s[k][2])})" for k in METRICS]
+        have = [r["seed"] for r in runs if name in rows_of(r)]
+        note = "" if len(have) == len(runs) else f" (seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))} only)"
+        lines.append(f"| {label(name, name == 'isa')}{note} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+GOALS = (
+    ("R@10 >= pic2word's and isa_symmetric's",
+     lambda m: (m["isa"]["R@10"], max(m["pic2word"]["R@10"], m["isa_symmetric"]["R@10"]),
+                f"{fmt(m['pic2word']['R@10'])} / {fmt(m['isa_symmetric']['R@10'])}", "R@10")),
+    ("R@1 >= 2 x image_only", lambda m: (m["isa"]["R@1"], 2 * m["image_only"]["R@1"], fmt(2 * m["image_only"]["R@1"]), "R@1")),
+    ("R@1 >= 1.5 x image_plus_text",
+     lambda m: (m["isa"]["R@1"], 1.5 * m["image_plus_text"]["R@1"], fmt(1.5 * m["image_plus_text"]["R@1"]), "R@1")),
+    ("R@1 >= pixel_only", lambda m: (m["isa"]["R@1"], m["pixel_only"]["R@1"], fmt(m["pixel_only"]["R@1"]), "R@1")),
+)
+
+
+def goals_table(runs: list[dict]) -> str:
+    lines = ["| goal for isa | " + " | ".join(f"seed {r['seed']}" for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for text, fn in GOALS:
+        cells = []
+        for r in runs:
+            have, need, shown, _ = fn(r["methods"])
+            cells.append(f"{fmt(have)} vs {shown}: {'met' if have >= need - 1e-9 else '**missed**'}")
+        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_seed_tables(runs: list[dict]) -> str:
+    parts = []
+    for r in runs:
+        parts.append(f"### Seed {r['seed']}\n\n`isacir bench shapes --seed {r['seed']}`"
+                     + (f" ({r['source']})" if r.get("source") else "") + ".\n\n")
+        parts.append("| method | " + " | ".join(METRICS) + " |\n|---|" + "---:|" * len(METRICS) + "\n")
+        for name, m in rows_of(r).items():
+            b = name == "isa"
+            cells = [f"**{fmt(m[k])}**" if b else fmt(m[k]) for k in METRICS]
+            parts.append(f"| {label(name, b)} | " + " | ".join(cells) + " |\n")
+        parts.append("\n")
+    return "".join(parts)
+
+
+def results_page(runs: list[dict]) -> str:
+    return f"""<!-- generated by docs/render_results.py from docs/results/shapes-seed*.json; do not edit -->
+# Shapes-CIR results
+
+The quality of every method on [Shapes-CIR](../evaluation.md#shapes-cir-offline-quality), trained
+with the `shapes-cir` preset. How the recipe came about, and every screen and ablation behind it, is
+in [the experiment history](../experiments/shapes-cir.md). The same numbers as CSV:
+[per seed](shapes-cir.csv), [summary](shapes-cir-summary.csv).
+
+## Summary
+
+{summary_table(runs)}
+## The goals for ISA
+
+{goals_table(runs)}
+## Per seed
+
+{per_seed_tables(runs)}"""
+
+
+def readme_block(runs: list[dict]) -> str:
+    return f"{MARK_START}\n{summary_table(runs)}{MARK_END}"
+
+
+def render() -> dict[Path, str]:
+    runs = load_seeds()
+    readme = README.read_text()
+    start, end = readme.find(MARK_START), readme.find(MARK_END)
+    if start < 0 or end < 0:
+        raise SystemExit(f"README.md lacks the markers {MARK_START!r} ... {MARK_END!r}")
+    readme = readme[:start] + readme_block(runs) + readme[end + len(MARK_END):]
+    return {
+        RESULTS / "shapes-cir.csv": per_seed_csv(runs),
+        RESULTS / "shapes-cir-summary.csv": summary_csv(runs),
+        RESULTS / "shapes-cir.md": results_page(runs),
+        README: readme,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail if a generated file differs from what is committed")
+    args = ap.parse_args()
+    stale = []
+    for path, text in render().items():
+        if path.exists() and path.read_text() == text:
+            continue
+        if args.check:
+            stale.append(str(path.relative_to(ROOT)))
+        else:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    if stale:
+        print("stale generated files (run: python docs/render_results.py): " + ", ".join(stale), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""``isacir`` command line: verbs are pipeline stages, one module per group of verbs.
+
+Errors caused by input or environment (:class:`~isacir.errors.IsacirError`) print one line and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.markup import escape
+
+from ..errors import IsacirError
+from . import bench, edge, evaluate, gallery, models, serve, train  # noqa: F401  (registers the verbs)
+from ._app import app, err
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app()
+    except IsacirError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)

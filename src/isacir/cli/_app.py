@@ -1,0 +1,43 @@
+"""The Typer application and the output helpers every verb shares."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+from .._version import __version__
+
+app = typer.Typer(help="Asymmetric zero-shot composed image retrieval (ISA).", no_args_is_help=True)
+foundation_app = typer.Typer(help="Inspect large vision-language foundations.", no_args_is_help=True)
+qe_app = typer.Typer(help="Create and inspect query encoders (the light, on-device side).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print measured ratios as JSON.", no_args_is_help=True)
+gallery_app = typer.Typer(help="Inspect and edit a gallery.", no_args_is_help=True)
+app.add_typer(foundation_app, name="foundation")
+app.add_typer(qe_app, name="query-encoder")
+app.add_typer(bench_app, name="bench")
+app.add_typer(gallery_app, name="gallery")
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"isacir {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    pass
+
+
+def emit_json(obj: object) -> None:
+    """JSON goes to stdout as the last line, so scripts can take ``tail -n1``."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()

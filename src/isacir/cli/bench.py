@@ -1,0 +1,129 @@
+"""``isacir bench``: benchmarks that print measured ratios as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import IsacirError
+from ._app import bench_app, emit_json, err
+
+
+@bench_app.command("query-side")
+def bench_query_side(
+    foundation: str = typer.Option("openclip:ViT-L-14", help="Large model (random init is fine for speed)."),
+    backbone: str = typer.Option("efficientnet_b0"),
+    tokens: int = typer.Option(8),
+    threads: int = typer.Option(1, help="CPU threads for both sides."),
+    repeats_light: int = typer.Option(30),
+    repeats_large: int = typer.Option(7),
+    image_size: Optional[int] = typer.Option(None, help="Light-side input size (default: the backbone's)."),
+    output_stride: Optional[int] = typer.Option(None, help="Light backbone output stride, 8 | 16 | 32 (default: its own)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON object."),
+) -> None:
+    """Light query side vs large image encoder: latency ratio and bytes on the wire."""
+    from ..bench.query_side import bench_query_side as run
+
+    result = run(foundation, backbone, tokens, threads, repeats_light, repeats_large,
+                 image_size=image_size, output_stride=output_stride)
+    if not as_json:
+        table = Table("metric", "value")
+        for k in ("light_ms", "large_ms", "speedup", "payload_bytes", "jpeg_bytes", "payload_over_jpeg"):
+            table.add_row(k, str(result[k]))
+        err.print(table)
+    emit_json(result)
+
+
+@bench_app.command("search")
+def bench_search_cmd(
+    n: int = typer.Option(1_000_000, help="Vectors in the FAISS index."),
+    dim: int = typer.Option(768),
+    queries: int = typer.Option(1000),
+    data: str = typer.Option("clustered", help="clustered | uniform (see the module docs)."),
+    milvus_n: int = typer.Option(20_000, help="Vectors for the Milvus Lite run (0: skip)."),
+    threads: Optional[int] = typer.Option(None, help="FAISS OpenMP threads (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """ANN vs exact latency, recall@10 and build time (FAISS; Milvus Lite at a smaller n)."""
+    from ..bench.search import bench_faiss, bench_milvus, make_data, make_queries
+
+    err.print(f"generating {n:,} x {dim} {data} unit vectors ...")
+    vecs = make_data(n, dim, data)
+    qs = make_queries(vecs, queries)
+    err.print("building and measuring FAISS ...")
+    result = bench_faiss(vecs, qs, threads=threads)
+    result["data"] = data
+    if milvus_n:
+        err.print(f"measuring Milvus Lite at n={milvus_n:,} ...")
+        small = vecs[:milvus_n]
+        result["milvus"] = bench_milvus(small, make_queries(small, min(queries, 200)))
+    if not as_json:
+        table = Table("metric", "faiss", "milvus-lite")
+        for key in ("n", "build_s", "ann_p50_ms", "ann_p99_ms", "exact_p50_ms", "recall_at_10"):
+            table.add_row(key, str(result.get(key)), str(result.get("milvus", {}).get(key, "")))
+        err.print(table)
+    emit_json(result)
+
+
+@bench_app.command("index")
+def bench_index_cmd(
+    foundation: str = typer.Option("openclip:ViT-B-32", help="Random init is fine: speed only."),
+    images: int = typer.Option(64),
+    batch_size: int = typer.Option(16),
+    workers: int = typer.Option(1),
+    threads: int = typer.Option(2),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Indexing images/s as a fraction of the bare model-forward rate on the same images."""
+    from ..bench.indexing import bench_index
+
+    result = bench_index(foundation, images, batch_size, workers, threads)
+    if not as_json:
+        err.print(f"bare forward {result['bare_forward_img_s']} img/s, indexing {result['index_img_s']} img/s "
+                  f"= {result['fraction_of_bare']:.0%}")
+    emit_json(result)
+
+
+@bench_app.command("shapes")
+def bench_shapes_cmd(
+    seed: int = typer.Option(0, help="World, foundation and training seed."),
+    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="Cache and results folder (reused across runs)."),
+    small: bool = typer.Option(False, help="The scaled-down configuration the tests use."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated subset of methods (default: all)."),
+    config: Optional[str] = typer.Option(None, "--config", help="Training settings of the trained methods: a preset "
+                                         "or JSON file (default: shapes-cir, scaled down with --small)."),
+    override: list[str] = typer.Option([], "--override", help="KEY=VALUE on the training settings (repeatable), "
+                                       "e.g. max_steps=2500, output_stride=null, learn_temperature=true."),
+    foundation_steps: Optional[int] = typer.Option(None, help="Training steps of the tiny foundation."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """Shapes-CIR end to end: generate, train the tiny foundation and each method, evaluate all.
+
+    The last stdout line is {"seed", "methods": {method: {R@1, R@5, R@10, R@50, mAP@10}}}; a
+    Markdown table and a bar chart land in OUT.
+    """
+    from dataclasses import replace
+
+    from ..experiments.shapes.bench import ShapesBenchConfig, run_shapes_bench
+    from ..training.config import load_config
+    from ..training.trainer import check_settings
+
+    cfg = ShapesBenchConfig.small(seed) if small else ShapesBenchConfig(seed=seed)
+    cfg.train = (load_config(config) if config else cfg.train).with_overrides(override)
+    check_settings(cfg.train)
+    if foundation_steps is not None:
+        cfg.foundation_steps = foundation_steps
+    if methods:
+        try:
+            cfg = replace(cfg, methods=tuple(m.strip() for m in methods.split(",") if m.strip()))
+        except ValueError as exc:
+            raise IsacirError(str(exc)) from None
+    summary = run_shapes_bench(out_dir, cfg, log=lambda m: err.print(escape(str(m)), highlight=False))
+    if not as_json:
+        err.print((out_dir / f"results-seed{seed}.md").read_text())
+        err.print(f"table, chart and details: {out_dir}/results-seed{seed}.{{md,png,json}}")
+    emit_json(summary)

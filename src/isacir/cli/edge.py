@@ -1,0 +1,54 @@
+"""``isacir export-edge`` and ``isacir edge-encode``: the device side."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, emit_json, err
+
+
+@app.command("export-edge")
+def export_edge_cmd(
+    query_encoder: Path = typer.Option(..., help="Trained query encoder folder."),
+    out_dir: Path = typer.Option(..., "--out", help="Edge folder: model.onnx, edge.json."),
+    int8: bool = typer.Option(False, help="Also write a dynamically quantised int8 model and report its accuracy delta."),
+    opset: int = typer.Option(17),
+) -> None:
+    """Export backbone + token learner to ONNX, verified against PyTorch, for the torch-free edge runtime."""
+    from ..export import export_edge
+    from ..query import QueryEncoder
+
+    qe = QueryEncoder.from_pretrained(query_encoder)
+    config = export_edge(qe, out_dir, int8=int8, opset=opset)
+    v = config["verification"]
+    err.print(f"exported to {out_dir}: ONNX vs PyTorch max |diff| {v['onnx_vs_torch_max_abs_diff']:.2e} "
+              f"(tolerance {v['tolerance']:.2e}); preprocessing max |diff| {v['preprocess_max_abs_diff']:.2e}")
+    if "int8" in v:
+        err.print(f"int8 variant: mean token cosine {v['int8']['mean_token_cosine']:.5f}, "
+                  f"{v['int8']['bytes']:,} bytes vs {v['fp32_bytes']:,}")
+    emit_json(config)
+
+
+@app.command("edge-encode")
+def edge_encode_cmd(
+    edge: Path = typer.Option(..., help="Exported edge folder."),
+    image: Path = typer.Option(..., help="Reference photo."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Write the binary payload here."),
+    dtype: str = typer.Option("int8", help="fp16 | int8 | int4"),
+    variant: str = typer.Option("fp32", help="fp32 | int8 model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the payload's JSON (debug) form."),
+) -> None:
+    """Run the on-device side (no torch): photo -> pseudo tokens -> payload bytes."""
+    from ..edge import EdgeEncoder, payload_to_json
+
+    enc = EdgeEncoder(edge, variant=variant)
+    data = enc.payload(image, dtype=dtype)
+    if out_file:
+        out_file.write_bytes(data)
+    err.print(f"{len(data):,} bytes ({enc.num_tokens} x {enc.dim} {dtype}, fingerprint {enc.fingerprint})")
+    if as_json:
+        sys.stdout.write(payload_to_json(data) + "\n")

@@ -1,0 +1,125 @@
+"""``isacir index``, ``isacir gallery`` and ``isacir search``: the gallery side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import IsacirError
+from ._app import app, emit_json, err, gallery_app, out
+
+
+@app.command("index")
+def index_cmd(
+    paths: list[str] = typer.Argument(..., help="Folders, .txt file lists or .tar shards to index."),
+    gallery: Path = typer.Option(..., help="Gallery folder (created on first use)."),
+    foundation: Optional[str] = typer.Option(None, help="Large model; required for a new gallery."),
+    store: str = typer.Option("faiss", help="faiss | milvus://./gallery.db | milvus://host:19530"),
+    prune: bool = typer.Option(False, help="Remove entries whose files disappeared from PATHS."),
+    batch_size: int = typer.Option(32),
+    workers: int = typer.Option(2, help="DataLoader workers decoding images while the model encodes."),
+    metadata: Optional[str] = typer.Option(None, help="JSON object stored with every added image."),
+    ray: Optional[str] = typer.Option(None, help="Embed with Ray Data: 'local' or a cluster address."),
+    ray_actors: int = typer.Option(2, help="Ray embedding actors."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Embed images with the foundation's image encoder into a gallery (incremental, crash-safe)."""
+    from ..foundation import create_foundation
+    from ..gallery import Gallery
+
+    meta = None
+    if metadata:
+        try:
+            meta = json.loads(metadata)
+        except json.JSONDecodeError as exc:
+            raise IsacirError(f"--metadata is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict):
+            raise IsacirError("--metadata must be a JSON object")
+    if foundation is None:
+        info_path = gallery / "gallery.json"
+        if not info_path.is_file():
+            raise IsacirError(f"{gallery} is a new gallery: pass --foundation")
+        foundation = json.loads(info_path.read_text())["foundation_id"]
+    fnd = create_foundation(foundation)
+    g = Gallery.open_or_create(gallery, fnd, store)
+    encoder = None
+    if ray:
+        from ..gallery.distributed import ray_encoder
+
+        encoder = ray_encoder(foundation, address=None if ray == "local" else ray, actors=ray_actors, batch_size=batch_size)
+    report = g.index(paths, fnd, prune=prune, batch_size=batch_size, num_workers=workers, metadata=meta,
+                     progress=progress, encoder=encoder)
+    err.print(report.summary(), highlight=False)
+    for reason, files in sorted(report.skipped.items()):
+        for f in files[:10]:
+            err.print(f"  skipped ({reason}) {f}", highlight=False)
+    if as_json:
+        emit_json(report.to_dict())
+
+
+@gallery_app.command("info")
+def gallery_info(gallery: Path = typer.Argument(...)) -> None:
+    """Foundation, store, size and index parameters of a gallery."""
+    from ..gallery import Gallery
+
+    emit_json(Gallery.open(gallery).describe())
+
+
+@gallery_app.command("rm")
+def gallery_rm(
+    ids: list[int] = typer.Argument(..., help="Entry ids (from search results or `gallery ls`)."),
+    gallery: Path = typer.Option(...),
+) -> None:
+    """Remove entries by id."""
+    from ..gallery import Gallery
+
+    removed = Gallery.open(gallery).remove(ids)
+    err.print(f"removed {removed} of {len(ids)} ids")
+
+
+@gallery_app.command("ls")
+def gallery_ls(gallery: Path = typer.Argument(...), limit: int = typer.Option(20)) -> None:
+    """List entries (id, path, content hash)."""
+    from ..gallery import Gallery
+
+    for item in Gallery.open(gallery).items()[:limit]:
+        out.print(f"{item['id']}\t{item['path']}\t{item['hash']}", highlight=False)
+
+
+@app.command("search")
+def search_cmd(
+    gallery: Path = typer.Option(...),
+    image: Optional[Path] = typer.Option(None, help="Reference image."),
+    text: list[str] = typer.Option([], help="Modifier text (repeat to average several)."),
+    query_encoder: Optional[Path] = typer.Option(None, help="Trained query encoder folder (mode isa)."),
+    mode: Optional[str] = typer.Option(None, help="isa | image_plus_text | image_only | text_only"),
+    k: int = typer.Option(10, "-k", help="Results to return."),
+    rerank: int = typer.Option(0, help="Re-rank the top N with the large model (0: off)."),
+    foundation: Optional[str] = typer.Option(None, help="Override the gallery's foundation name (same weights)."),
+    as_json: bool = typer.Option(False, "--json", help="Last stdout line: JSON list of hits."),
+) -> None:
+    """Composed search: reference image + modifier text -> top-K gallery images."""
+    from ..foundation import create_foundation
+    from ..gallery import Gallery
+    from ..query import QueryEncoder
+    from ..search import Retriever
+
+    g = Gallery.open(gallery)
+    fnd = create_foundation(foundation or g.info["foundation_id"])
+    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd) if query_encoder else None
+    retriever = Retriever(g, fnd, qe)
+    if mode is None and qe is None:
+        err.print("no --query-encoder given: using the training-free image_plus_text fallback")
+    hits = retriever.search(image=image, text=text or [""], k=k, rerank=rerank, mode=mode)
+    if as_json:
+        emit_json([{"id": h.id, "path": h.path, "score": round(h.score, 6)} for h in hits])
+        return
+    table = Table("#", "score", "id", "path")
+    for rank, h in enumerate(hits, 1):
+        table.add_row(str(rank), f"{h.score:.4f}", str(h.id), h.path)
+    out.print(table)

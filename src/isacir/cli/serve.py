@@ -1,0 +1,53 @@
+"""``isacir serve`` and ``isacir demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, emit_json, err
+
+
+@app.command("serve")
+def serve_cmd(
+    gallery: Path = typer.Option(..., help="Gallery folder (from `isacir index`)."),
+    query_encoder: Path = typer.Option(..., help="Query-encoder checkpoint folder the devices run."),
+    foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    api_key_file: Optional[Path] = typer.Option(None, help="File with one API key per line (default: no auth, "
+                                                "only sensible on loopback)."),
+    max_upload_mb: float = typer.Option(10.0, help="Request body cap; larger bodies get 413."),
+    feedback_db: Optional[Path] = typer.Option(None, help="Default: GALLERY/feedback.sqlite."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+) -> None:
+    """Serve composed search over HTTP, with the operator web UI at /."""
+    import uvicorn
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from ..serve import load_service
+
+    app_ = load_service(gallery, query_encoder, foundation, api_key_file, max_upload_mb, feedback_db)
+    if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
+    err.print(f"isacir serving {gallery} on http://{host}:{port}/  (UI at /, health at /healthz)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path(".cache/demo"), help="Where the world, models and gallery are cached."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do everything except serving the UI."),
+    port: int = typer.Option(8000, help="Port for the UI on 127.0.0.1."),
+    small: bool = typer.Option(False, help="The scaled-down world and models (what the tests use)."),
+) -> None:
+    """Shapes-CIR end to end: world, foundation, ISA encoder, gallery, searches, device path, web UI."""
+    from ..demo import run_demo
+
+    summary = run_demo(workdir, serve=not no_serve, small=small, port=port)
+    emit_json(summary)

@@ -1,0 +1,94 @@
+"""Training settings: one dataclass, presets, overrides, and the CLI generated from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from test_cli import last_json, run
+
+from isacir.errors import ConfigError
+from isacir.training import TrainConfig, list_presets, load_config
+
+
+def test_every_field_documents_itself_and_is_an_option():
+    import typer
+
+    from isacir.cli import app
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["train"].params}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f.name
+        flags = f.metadata.get("flags") or (f"--{f.name.replace('_', '-')}",)
+        option = params[f.name]
+        assert flags[0].split("/")[0] in option.opts and f.metadata["help"] in option.help, f.name
+        assert option.default is None  # "not given", so a preset's value is never overwritten by a default
+
+
+def test_presets_load_and_are_complete():
+    assert {"shapes-cir", "cc3m-vitl14"} <= set(list_presets())
+    shapes = load_config("shapes-cir")
+    assert (shapes.method, shapes.backbone, shapes.output_stride, shapes.augment) == ("isa", "mobilenetv3_small_100", 16,
+                                                                                     "medium")
+    assert shapes.temperature == 0.2 and shapes.learn_temperature is False and shapes.max_steps == 1500
+    assert load_config("cc3m-vitl14").pretrained_backbone is True
+
+
+def test_print_config_resolves_preset_then_options_then_overrides(tmp_path):
+    res = last_json(run("train", "--config", "shapes-cir", "--lr", "0.005", "--batch-size", "7",
+                        "--override", "lr=0.01", "--override", "output_stride=null", "--fixed-temperature",
+                        "--print-config"))
+    assert res["lr"] == 0.01  # --override beats the option
+    assert res["batch_size"] == 7 and res["output_stride"] is None and res["learn_temperature"] is False
+    assert res["max_steps"] == 1500 and res["template"] == "{} , {}"  # from the preset
+    # a printed config is a valid --config file and round-trips exactly
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(res))
+    assert last_json(run("train", "--config", str(path), "--print-config")) == res
+    assert TrainConfig.from_dict(res) == load_config(str(path))
+
+
+def test_method_alias_becomes_the_registered_spelling():
+    assert last_json(run("train", "--method", "isa_symmetric", "--print-config"))["method"] == "isa-symmetric"
+    assert TrainConfig(method="isa_symmetric").method == "isa-symmetric"
+
+
+def test_pretrained_backbone_takes_a_bool_or_a_path():
+    assert last_json(run("train", "--pretrained-backbone", "true", "--print-config"))["pretrained_backbone"] is True
+    assert last_json(run("train", "--backbone-weights", "/w/b0.pth", "--print-config"))["pretrained_backbone"] == "/w/b0.pth"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config", "nope"], "unknown preset 'nope'"),
+    (["--config", "/no/such.json"], "config file /no/such.json not found"),
+    (["--override", "lr"], "KEY=VALUE"),
+    (["--override", "lrr=1"], "unknown training setting 'lrr'"),
+    (["--override", "tokens=2.5"], "tokens must be int"),
+    (["--override", "learn_temperature=maybe"], "learn_temperature must be bool"),
+    ([], "train needs --images, --foundation, --out"),
+])
+def test_bad_settings_are_one_line_errors(args, needle):
+    proc = run("train", *args, *([] if not args else ["--print-config"]), check=False)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_config_file_with_unknown_or_mistyped_keys_is_refused(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"lr": 0.1, "bacth_size": 3}))
+    with pytest.raises(ConfigError, match="unknown training setting.*bacth_size"):
+        load_config(bad)
+    bad.write_text(json.dumps({"batch_size": "many"}))
+    with pytest.raises(ConfigError, match="batch_size must be int"):
+        load_config(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(bad)
+
+
+def test_methods_and_presets_verbs_list_the_registries():
+    methods = run("methods").stdout
+    for name in ("isa", "isa-symmetric", "pic2word", "isa_symmetric"):
+        assert name in methods
+    presets = run("presets").stdout
+    assert "shapes-cir" in presets and "cc3m-vitl14" in presets
