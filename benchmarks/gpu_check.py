@@ -69,18 +69,32 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="isacir-gpu-"))
     make_images(work / "images", args.batch_size * 4)
     for cached in (True, False):
-        cfg = TrainConfig(backbone=args.backbone, tokens=8, batch_size=args.batch_size, max_steps=args.steps,
-                          warmup_steps=5, lr=3e-4, use_cache=cached, checkpoint_every=10_000, progress=False,
-                          log_every=5, num_workers=4 if dev == "cuda" else 0)
+        cfg = TrainConfig(
+            backbone=args.backbone,
+            tokens=8,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            warmup_steps=5,
+            lr=3e-4,
+            use_cache=cached,
+            checkpoint_every=10_000,
+            progress=False,
+            log_every=5,
+            num_workers=4 if dev == "cuda" else 0,
+        )
         t = time.perf_counter()
         out = train(str(work / "images"), fnd, work / f"run-{cached}", cfg, log=lambda m: print(m, flush=True))
         wall = time.perf_counter() - t
         losses = [h["loss"] for h in out.history]
         qe = QueryEncoder.from_pretrained(work / f"run-{cached}" / "final", foundation=fnd)
         res["train_cached" if cached else "train_uncached"] = {
-            "steps": out.steps, "seconds_incl_cache_build": round(wall, 1), "train_seconds": round(out.seconds, 1),
-            "images_per_s_last": out.history[-1]["images_per_s"], "loss_first": round(losses[0], 4),
-            "loss_last": round(losses[-1], 4), "finite": all(math.isfinite(x) for x in losses),
+            "steps": out.steps,
+            "seconds_incl_cache_build": round(wall, 1),
+            "train_seconds": round(out.seconds, 1),
+            "images_per_s_last": out.history[-1]["images_per_s"],
+            "loss_first": round(losses[0], 4),
+            "loss_last": round(losses[-1], 4),
+            "finite": all(math.isfinite(x) for x in losses),
             "falling": float(np.mean(losses[-5:])) < float(np.mean(losses[:5])),
             "reloaded_fingerprint": qe.fingerprint,
         }

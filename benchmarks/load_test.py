@@ -127,8 +127,22 @@ def main() -> int:
             f"wrk.body = {json.dumps(body)}\n"
         )
         port = _free_port()
-        cmd = [sys.executable, "-m", "isacir.cli", "serve", "--gallery", str(gallery), "--query-encoder", str(qe_dir),
-               "--port", str(port), "--api-key-file", str(work / "keys"), "--threads", str(args.torch_threads)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "serve",
+            "--gallery",
+            str(gallery),
+            "--query-encoder",
+            str(qe_dir),
+            "--port",
+            str(port),
+            "--api-key-file",
+            str(work / "keys"),
+            "--threads",
+            str(args.torch_threads),
+        ]
         server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -139,26 +153,48 @@ def main() -> int:
                     break
                 except OSError:
                     if server.poll() is not None or time.time() > deadline:
-                        raise SystemExit(f"server did not start:\n{server.stderr.read()}")
+                        raise SystemExit(f"server did not start:\n{server.stderr.read()}") from None
                     time.sleep(0.3)
             # one request by hand: a wrong setup must fail here, not as 100% errors under load
-            req = urllib.request.Request(url + "/v1/search/tokens", data=body.encode(), method="POST",
-                                         headers={"Content-Type": "application/json", "X-API-Key": key})
+            req = urllib.request.Request(
+                url + "/v1/search/tokens",
+                data=body.encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "X-API-Key": key},
+            )
             first = json.loads(urllib.request.urlopen(req, timeout=60).read())
             assert len(first["results"]) == 10, first
             out = subprocess.run(
-                [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "10s",
-                 "--latency", "-s", str(lua), url + "/v1/search/tokens"],
-                capture_output=True, text=True, timeout=args.duration + 60, check=True,
+                [
+                    wrk,
+                    f"-t{args.threads}",
+                    f"-c{args.connections}",
+                    f"-d{args.duration}s",
+                    "--timeout",
+                    "10s",
+                    "--latency",
+                    "-s",
+                    str(lua),
+                    url + "/v1/search/tokens",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=args.duration + 60,
+                check=True,
             ).stdout
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
         print(out, file=sys.stderr)
         result = parse_wrk(out)
-        result.update(tool="wrk", route="/v1/search/tokens", connections=args.connections, duration_s=args.duration,
-                      payload_bytes=len(base64.b64decode(json.loads(body)["payload"])),
-                      cpu_count=os.cpu_count())
+        result.update(
+            tool="wrk",
+            route="/v1/search/tokens",
+            connections=args.connections,
+            duration_s=args.duration,
+            payload_bytes=len(base64.b64decode(json.loads(body)["payload"])),
+            cpu_count=os.cpu_count(),
+        )
         from isacir.gallery import Gallery
 
         result["gallery_items"] = Gallery.open(gallery).count()

@@ -31,7 +31,9 @@ KS = ("R@1", "R@5", "R@10", "R@50")
 
 
 def _pattern(template: str) -> re.Pattern:
-    body = re.escape(template).replace(r"\{value\}", r"(?P<value>.+)").replace(r"\{comparative\}", r"(?P<comparative>\w+)")
+    body = (
+        re.escape(template).replace(r"\{value\}", r"(?P<value>.+)").replace(r"\{comparative\}", r"(?P<comparative>\w+)")
+    )
     return re.compile(f"^{body}$")
 
 
@@ -46,7 +48,8 @@ def rephrase(annotation: dict) -> str:
     value = found.get("value") or {v: k for k, v in COMPARATIVE.items()}[found["comparative"]]
     train = PHRASES[kind]["train"]
     text = train[zlib.crc32(str(annotation["id"]).encode()) % len(train)].format(
-        value=value, comparative=COMPARATIVE.get(value, ""))
+        value=value, comparative=COMPARATIVE.get(value, "")
+    )
     return f"{selector}: {text}" if selector else text
 
 
@@ -69,7 +72,8 @@ def main() -> None:
                 (copy / p.name).symlink_to(p.resolve())
         (copy / "annotations").mkdir()
         (copy / "annotations" / "image_info_unlabeled2017.json").symlink_to(
-            (world / "annotations" / "image_info_unlabeled2017.json").resolve())
+            (world / "annotations" / "image_info_unlabeled2017.json").resolve()
+        )
         (copy / "annotations" / "test.json").write_text(json.dumps(anns))
         results = evaluate_all(copy, cfg, fnd, args.bench)
     for name, r in results.items():
@@ -85,15 +89,26 @@ def evaluate_all(world: Path, cfg: ShapesBenchConfig, fnd, bench_dir: Path) -> d
     results: dict[str, dict] = {}
 
     def record(name: str, metrics: dict, rankings: list[list[str]]) -> None:
-        results[name] = {**{k: round(metrics[k], 1) for k in KS}, "R@1 by edit": _recall_by_kind(bench, rankings, kinds)}
+        results[name] = {
+            **{k: round(metrics[k], 1) for k in KS},
+            "R@1 by edit": _recall_by_kind(bench, rankings, kinds),
+        }
 
     for method in ("image_plus_text", "isa_symmetric", "isa"):
         enc = None
         if method in TRAINED:
-            enc = QueryEncoder.from_pretrained(bench_dir / "methods" / f"{method}-{cfg.method_key(method)}" / "final",
-                                               foundation=fnd).eval()
-        metrics, rankings = evaluate(bench, fnd, "isa" if enc else method, query_encoder=enc, template=cfg.template,
-                                     gallery_vecs=gallery, progress=False)
+            enc = QueryEncoder.from_pretrained(
+                bench_dir / "methods" / f"{method}-{cfg.method_key(method)}" / "final", foundation=fnd
+            ).eval()
+        metrics, rankings = evaluate(
+            bench,
+            fnd,
+            "isa" if enc else method,
+            query_encoder=enc,
+            template=cfg.template,
+            gallery_vecs=gallery,
+            progress=False,
+        )
         record(method, metrics, rankings)
     # the bench's own oracle, reading the rewritten modifiers from the copy's annotations
     oracles, oracle_rankings = oracle_rows(world, bench, fnd, gallery, names, cfg.template)

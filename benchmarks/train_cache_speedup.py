@@ -68,23 +68,41 @@ def main() -> None:
             pink_noise_image(256, seed=i).save(folder / f"{i:04d}.jpg", quality=90)
         results = {}
         for use_cache in (True, False):
-            cfg = TrainConfig(backbone=args.backbone, tokens=8, image_size=args.image_size, epochs=args.epochs,
-                              batch_size=args.batch_size, num_workers=args.workers, use_cache=use_cache, progress=False,
-                              log_every=1, checkpoint_every=10_000, warmup_steps=1)
+            cfg = TrainConfig(
+                backbone=args.backbone,
+                tokens=8,
+                image_size=args.image_size,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                use_cache=use_cache,
+                progress=False,
+                log_every=1,
+                checkpoint_every=10_000,
+                warmup_steps=1,
+            )
             t0 = time.perf_counter()
             res = train(str(folder), fnd, tmp / f"run-{use_cache}", cfg, log=lambda m: None)
             wall = time.perf_counter() - t0
-            results[use_cache] = {"epochs_s": [round(t, 2) for t in epoch_times(res.history)],
-                                  "setup_s": round(wall - res.seconds, 2)}
+            results[use_cache] = {
+                "epochs_s": [round(t, 2) for t in epoch_times(res.history)],
+                "setup_s": round(wall - res.seconds, 2),
+            }
     cached, fresh = results[True], results[False]
     later = statistics.mean(fresh["epochs_s"][1:]) / statistics.mean(cached["epochs_s"][1:])
     first = (fresh["epochs_s"][0] + fresh["setup_s"]) / (cached["epochs_s"][0] + cached["setup_s"])
     out = {
-        "foundation": args.foundation, "backbone": args.backbone, "images": args.images,
-        "batch_size": args.batch_size, "threads": args.threads,
-        "cached_epoch_s": cached["epochs_s"], "cache_build_and_setup_s": cached["setup_s"],
-        "uncached_epoch_s": fresh["epochs_s"], "uncached_setup_s": fresh["setup_s"],
-        "speedup_epoch2plus": round(later, 2), "speedup_epoch1_incl_build": round(first, 2),
+        "foundation": args.foundation,
+        "backbone": args.backbone,
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "cached_epoch_s": cached["epochs_s"],
+        "cache_build_and_setup_s": cached["setup_s"],
+        "uncached_epoch_s": fresh["epochs_s"],
+        "uncached_setup_s": fresh["setup_s"],
+        "speedup_epoch2plus": round(later, 2),
+        "speedup_epoch1_incl_build": round(first, 2),
     }
     print(f"epochs 2+: {later:.2f}x faster with the cache; epoch 1 incl. cache build: {first:.2f}x", file=sys.stderr)
     print(json.dumps(out))

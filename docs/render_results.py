@@ -69,8 +69,13 @@ def summary(runs: list[dict]) -> dict[str, dict]:
     out = {}
     for name in names:
         have = [rows_of(r)[name] for r in runs if name in rows_of(r)]
-        out[name] = {"seeds": len(have), **{k: (statistics.mean(h[k] for h in have), min(h[k] for h in have),
-                                               max(h[k] for h in have)) for k in METRICS}}
+        out[name] = {
+            "seeds": len(have),
+            **{
+                k: (statistics.mean(h[k] for h in have), min(h[k] for h in have), max(h[k] for h in have))
+                for k in METRICS
+            },
+        }
     return out
 
 
@@ -85,34 +90,50 @@ def summary_csv(runs: list[dict]) -> str:
 
 def summary_table(runs: list[dict]) -> str:
     seeds = [r["seed"] for r in runs]
-    lines = [f"Mean over seeds {seeds[0]} to {seeds[-1]} (min to max in brackets); gallery 3,869, 500 queries "
-             "per seed, the reference excluded:", "",
-             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    lines = [
+        f"Mean over seeds {seeds[0]} to {seeds[-1]} (min to max in brackets); gallery 3,869, 500 queries "
+        "per seed, the reference excluded:",
+        "",
+        "| method | " + " | ".join(METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
     for name, s in summary(runs).items():
         if s["seeds"] == 1:
             cells = [fmt(s[k][0]) for k in METRICS]
         else:
             cells = [f"{fmt(s[k][0])} ({fmt(s[k][1])} to {fmt(s[k][2])})" for k in METRICS]
         have = [r["seed"] for r in runs if name in rows_of(r)]
-        note = "" if len(have) == len(runs) else f" (seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))} only)"
+        note = (
+            "" if len(have) == len(runs) else f" (seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))} only)"
+        )
         lines.append(f"| {label(name, name == 'isa')}{note} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 GOALS = (
-    ("R@10 >= pic2word's and isa_symmetric's",
-     lambda m: (m["isa"]["R@10"], max(m["pic2word"]["R@10"], m["isa_symmetric"]["R@10"]),
-                f"{fmt(m['pic2word']['R@10'])} / {fmt(m['isa_symmetric']['R@10'])}", "R@10")),
-    ("R@1 >= 2 x image_only", lambda m: (m["isa"]["R@1"], 2 * m["image_only"]["R@1"], fmt(2 * m["image_only"]["R@1"]), "R@1")),
-    ("R@1 >= 1.5 x image_plus_text",
-     lambda m: (m["isa"]["R@1"], 1.5 * m["image_plus_text"]["R@1"], fmt(1.5 * m["image_plus_text"]["R@1"]), "R@1")),
+    (
+        "R@10 >= pic2word's and isa_symmetric's",
+        lambda m: (
+            m["isa"]["R@10"],
+            max(m["pic2word"]["R@10"], m["isa_symmetric"]["R@10"]),
+            f"{fmt(m['pic2word']['R@10'])} / {fmt(m['isa_symmetric']['R@10'])}",
+            "R@10",
+        ),
+    ),
+    (
+        "R@1 >= 2 x image_only",
+        lambda m: (m["isa"]["R@1"], 2 * m["image_only"]["R@1"], fmt(2 * m["image_only"]["R@1"]), "R@1"),
+    ),
+    (
+        "R@1 >= 1.5 x image_plus_text",
+        lambda m: (m["isa"]["R@1"], 1.5 * m["image_plus_text"]["R@1"], fmt(1.5 * m["image_plus_text"]["R@1"]), "R@1"),
+    ),
     ("R@1 >= pixel_only", lambda m: (m["isa"]["R@1"], m["pixel_only"]["R@1"], fmt(m["pixel_only"]["R@1"]), "R@1")),
 )
 
 
 def goals_table(runs: list[dict]) -> str:
-    lines = ["| goal for isa | " + " | ".join(f"seed {r['seed']}" for r in runs) + " |",
-             "|---|" + "---|" * len(runs)]
+    lines = ["| goal for isa | " + " | ".join(f"seed {r['seed']}" for r in runs) + " |", "|---|" + "---|" * len(runs)]
     for text, fn in GOALS:
         cells = []
         for r in runs:
@@ -125,8 +146,11 @@ def goals_table(runs: list[dict]) -> str:
 def per_seed_tables(runs: list[dict]) -> str:
     parts = []
     for r in runs:
-        parts.append(f"### Seed {r['seed']}\n\n`isacir bench shapes --seed {r['seed']}`"
-                     + (f" ({r['source']})" if r.get("source") else "") + ".\n\n")
+        parts.append(
+            f"### Seed {r['seed']}\n\n`isacir bench shapes --seed {r['seed']}`"
+            + (f" ({r['source']})" if r.get("source") else "")
+            + ".\n\n"
+        )
         parts.append("| method | " + " | ".join(METRICS) + " |\n|---|" + "---:|" * len(METRICS) + "\n")
         for name, m in rows_of(r).items():
             b = name == "isa"
@@ -166,7 +190,7 @@ def render() -> dict[Path, str]:
     start, end = readme.find(MARK_START), readme.find(MARK_END)
     if start < 0 or end < 0:
         raise SystemExit(f"README.md lacks the markers {MARK_START!r} ... {MARK_END!r}")
-    readme = readme[:start] + readme_block(runs) + readme[end + len(MARK_END):]
+    readme = readme[:start] + readme_block(runs) + readme[end + len(MARK_END) :]
     return {
         RESULTS / "shapes-cir.csv": per_seed_csv(runs),
         RESULTS / "shapes-cir-summary.csv": summary_csv(runs),

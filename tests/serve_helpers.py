@@ -62,8 +62,9 @@ def start_server(app, port: int | None = None) -> LiveServer:
     return LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
 
 
-def build_service(tmp: Path, foundation, api_key: str | None = "test-key", max_upload_bytes: int = 2_000_000,
-                  n_images: int = 12):
+def build_service(
+    tmp: Path, foundation, api_key: str | None = "test-key", max_upload_bytes: int = 2_000_000, n_images: int = 12
+):
     """A gallery of generated images, an (untrained) query encoder, and the app over them."""
     from isacir.gallery import Gallery
     from isacir.query import QueryEncoder

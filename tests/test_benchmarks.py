@@ -31,11 +31,27 @@ def make_cirr(root: Path) -> Path:
         _img(root / "dev" / f"{n}.png", seed=100 + i)
     (root / "dev" / f"{names[1]}.png").write_bytes((root / "dev" / f"{names[0]}.png").read_bytes())
     caps = [
-        {"pairid": 7, "reference": names[0], "target_hard": names[1], "target_soft": {names[1]: 1.0},
-         "caption": "make it the same", "img_set": {"id": 1, "members": names[:4], "reference_rank": 0, "target_rank": 1}},
-        {"pairid": 8, "reference": names[2], "target_hard": names[3], "target_soft": {},
-         "caption": "is red", "img_set": {"id": 2, "members": [names[2], names[3], names[4], names[5]],
-                                          "reference_rank": 0, "target_rank": 1}},
+        {
+            "pairid": 7,
+            "reference": names[0],
+            "target_hard": names[1],
+            "target_soft": {names[1]: 1.0},
+            "caption": "make it the same",
+            "img_set": {"id": 1, "members": names[:4], "reference_rank": 0, "target_rank": 1},
+        },
+        {
+            "pairid": 8,
+            "reference": names[2],
+            "target_hard": names[3],
+            "target_soft": {},
+            "caption": "is red",
+            "img_set": {
+                "id": 2,
+                "members": [names[2], names[3], names[4], names[5]],
+                "reference_rank": 0,
+                "target_rank": 1,
+            },
+        },
     ]
     (root / "cirr" / "captions").mkdir(parents=True)
     (root / "cirr" / "image_splits").mkdir(parents=True)
@@ -67,11 +83,21 @@ def make_circo(root: Path) -> Path:
     for i, im in enumerate(images):
         _img(coco / "unlabeled2017" / im["file_name"], seed=300 + i)
     for j in (1, 2):  # two exact copies of the reference: both ground truth
-        (coco / "unlabeled2017" / images[j]["file_name"]).write_bytes((coco / "unlabeled2017" / images[0]["file_name"]).read_bytes())
+        (coco / "unlabeled2017" / images[j]["file_name"]).write_bytes(
+            (coco / "unlabeled2017" / images[0]["file_name"]).read_bytes()
+        )
     (coco / "annotations").mkdir(parents=True)
     (coco / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
-    val = [{"id": 0, "reference_img_id": 1000, "target_img_id": 1001, "relative_caption": "is identical",
-            "shared_concept": "thing", "gt_img_ids": [1001, 1002, 1007]}]
+    val = [
+        {
+            "id": 0,
+            "reference_img_id": 1000,
+            "target_img_id": 1001,
+            "relative_caption": "is identical",
+            "shared_concept": "thing",
+            "gt_img_ids": [1001, 1002, 1007],
+        }
+    ]
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "val.json").write_text(json.dumps(val))
     test = [{k: v for k, v in val[0].items() if k not in ("target_img_id", "gt_img_ids")}]
@@ -138,8 +164,10 @@ def test_circo_recall_counts_only_the_target_and_rany_counts_any_ground_truth():
     """Hand-computed: CIRCO's official Recall@K looks for target_img_id alone (mAP uses every gt)."""
     from isacir.evaluation import CIRBenchmark, CIRQuery, score_benchmark
 
-    queries = [CIRQuery("0", "ref0", ["m"], targets=["t0", "g0"], target="t0"),
-               CIRQuery("1", "ref1", ["m"], targets=["t1", "g1", "h1"], target="t1")]
+    queries = [
+        CIRQuery("0", "ref0", ["m"], targets=["t0", "g0"], target="t0"),
+        CIRQuery("1", "ref1", ["m"], targets=["t1", "g1", "h1"], target="t1"),
+    ]
     bench = CIRBenchmark("circo", "val", queries, {}, exclude_reference=True, labelled=True)
     # query 0: another ground truth first, the target second; query 1: the target first
     rankings = [["g0", "t0"] + [f"x{i}" for i in range(60)], ["t1"] + [f"x{i}" for i in range(60)]]
@@ -184,17 +212,60 @@ def test_eval_cli_writes_metrics_and_submissions(tmp_path, tiny_openclip_dir):
     root = make_cirr(tmp_path / "CIRR")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     for split in ("val", "test"):
-        proc = subprocess.run([sys.executable, "-m", "isacir.cli", "eval", "--benchmark", "cirr", "--data", str(root),
-                               "--foundation", tiny_openclip_dir[0], "--split", split, "--mode", "image_only",
-                               "--out", str(tmp_path / split), "--workers", "0"],
-                              capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "isacir.cli",
+                "eval",
+                "--benchmark",
+                "cirr",
+                "--data",
+                str(root),
+                "--foundation",
+                tiny_openclip_dir[0],
+                "--split",
+                split,
+                "--mode",
+                "image_only",
+                "--out",
+                str(tmp_path / split),
+                "--workers",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         assert json.loads((tmp_path / split / "metrics.json").read_text()) == res
     assert res["metrics"]["cirr"] == {} and len(res["submission_files"]) == 2
     fiq = make_fiq(tmp_path / "fiq")
-    proc = subprocess.run([sys.executable, "-m", "isacir.cli", "eval", "--benchmark", "fashioniq", "--data", str(fiq),
-                           "--foundation", tiny_openclip_dir[0], "--mode", "image_only", "--out", str(tmp_path / "f"),
-                           "--workers", "0"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "eval",
+            "--benchmark",
+            "fashioniq",
+            "--data",
+            str(fiq),
+            "--foundation",
+            tiny_openclip_dir[0],
+            "--mode",
+            "image_only",
+            "--out",
+            str(tmp_path / "f"),
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["metrics"]["fashioniq-average"]["R@10"] == 100.0

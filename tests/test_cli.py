@@ -52,28 +52,89 @@ def test_bad_foundation_names_give_one_line_errors(name, needle):
 
 def test_query_encoder_init_and_info(tmp_path, tiny_blip_name, blip_fnd):
     out = tmp_path / "qe"
-    run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(out),
-        "--backbone", "mobilenetv3_small_050", "--tokens", "3")
+    run(
+        "query-encoder",
+        "init",
+        "--foundation",
+        tiny_blip_name,
+        "--out",
+        str(out),
+        "--backbone",
+        "mobilenetv3_small_050",
+        "--tokens",
+        "3",
+    )
     info = last_json(run("query-encoder", "info", str(out)))
     assert info["num_tokens"] == 3 and info["foundation_fingerprint"] == blip_fnd.fingerprint
     assert info["parameters"] > 0
-    proc = run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(out), "--backbone", "resnet_nope",
-               check=False)
+    proc = run(
+        "query-encoder",
+        "init",
+        "--foundation",
+        tiny_blip_name,
+        "--out",
+        str(out),
+        "--backbone",
+        "resnet_nope",
+        check=False,
+    )
     assert proc.returncode == 2 and "unknown backbone" in proc.stderr
     for stride, needle in (("12", "output_stride must be one of 8, 16, 32"), ("16", "cannot change its output stride")):
         backbone = "mobilenetv3_small_050" if stride == "12" else "efficientvit_m2"
-        proc = run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(tmp_path / "x"),
-                   "--backbone", backbone, "--output-stride", stride, check=False)
+        proc = run(
+            "query-encoder",
+            "init",
+            "--foundation",
+            tiny_blip_name,
+            "--out",
+            str(tmp_path / "x"),
+            "--backbone",
+            backbone,
+            "--output-stride",
+            stride,
+            check=False,
+        )
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
-    run("query-encoder", "init", "--foundation", tiny_blip_name, "--out", str(out),
-        "--backbone", "mobilenetv3_small_050", "--tokens", "3", "--output-stride", "16")
+    run(
+        "query-encoder",
+        "init",
+        "--foundation",
+        tiny_blip_name,
+        "--out",
+        str(out),
+        "--backbone",
+        "mobilenetv3_small_050",
+        "--tokens",
+        "3",
+        "--output-stride",
+        "16",
+    )
     assert last_json(run("query-encoder", "info", str(out)))["output_stride"] == 16
 
 
+@pytest.mark.bench
 def test_bench_query_side_json(tiny_openclip_dir):
-    proc = run("bench", "query-side", "--foundation", tiny_openclip_dir[0], "--backbone", "mobilenetv3_small_050",
-               "--tokens", "4", "--threads", "1", "--repeats-light", "3", "--repeats-large", "3",
-               "--image-size", "64", "--output-stride", "16", "--json")
+    proc = run(
+        "bench",
+        "query-side",
+        "--foundation",
+        tiny_openclip_dir[0],
+        "--backbone",
+        "mobilenetv3_small_050",
+        "--tokens",
+        "4",
+        "--threads",
+        "1",
+        "--repeats-light",
+        "3",
+        "--repeats-large",
+        "3",
+        "--image-size",
+        "64",
+        "--output-stride",
+        "16",
+        "--json",
+    )
     res = last_json(proc)
     assert res["light_input_px"] == 64 and res["output_stride"] == 16
     for key in ("light_ms", "large_ms", "speedup", "payload_bytes", "jpeg_bytes"):

@@ -29,16 +29,34 @@ def test_every_field_documents_itself_and_is_an_option():
 def test_presets_load_and_are_complete():
     assert {"shapes-cir", "cc3m-vitl14"} <= set(list_presets())
     shapes = load_config("shapes-cir")
-    assert (shapes.method, shapes.backbone, shapes.output_stride, shapes.augment) == ("isa", "mobilenetv3_small_100", 16,
-                                                                                     "medium")
+    assert (shapes.method, shapes.backbone, shapes.output_stride, shapes.augment) == (
+        "isa",
+        "mobilenetv3_small_100",
+        16,
+        "medium",
+    )
     assert shapes.temperature == 0.2 and shapes.learn_temperature is False and shapes.max_steps == 1500
     assert load_config("cc3m-vitl14").pretrained_backbone is True
 
 
 def test_print_config_resolves_preset_then_options_then_overrides(tmp_path):
-    res = last_json(run("train", "--config", "shapes-cir", "--lr", "0.005", "--batch-size", "7",
-                        "--override", "lr=0.01", "--override", "output_stride=null", "--fixed-temperature",
-                        "--print-config"))
+    res = last_json(
+        run(
+            "train",
+            "--config",
+            "shapes-cir",
+            "--lr",
+            "0.005",
+            "--batch-size",
+            "7",
+            "--override",
+            "lr=0.01",
+            "--override",
+            "output_stride=null",
+            "--fixed-temperature",
+            "--print-config",
+        )
+    )
     assert res["lr"] == 0.01  # --override beats the option
     assert res["batch_size"] == 7 and res["output_stride"] is None and res["learn_temperature"] is False
     assert res["max_steps"] == 1500 and res["template"] == "{} , {}"  # from the preset
@@ -56,18 +74,24 @@ def test_method_alias_becomes_the_registered_spelling():
 
 def test_pretrained_backbone_takes_a_bool_or_a_path():
     assert last_json(run("train", "--pretrained-backbone", "true", "--print-config"))["pretrained_backbone"] is True
-    assert last_json(run("train", "--backbone-weights", "/w/b0.pth", "--print-config"))["pretrained_backbone"] == "/w/b0.pth"
+    assert (
+        last_json(run("train", "--backbone-weights", "/w/b0.pth", "--print-config"))["pretrained_backbone"]
+        == "/w/b0.pth"
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--config", "nope"], "unknown preset 'nope'"),
-    (["--config", "/no/such.json"], "config file /no/such.json not found"),
-    (["--override", "lr"], "KEY=VALUE"),
-    (["--override", "lrr=1"], "unknown training setting 'lrr'"),
-    (["--override", "tokens=2.5"], "tokens must be int"),
-    (["--override", "learn_temperature=maybe"], "learn_temperature must be bool"),
-    ([], "train needs --images, --foundation, --out"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--config", "nope"], "unknown preset 'nope'"),
+        (["--config", "/no/such.json"], "config file /no/such.json not found"),
+        (["--override", "lr"], "KEY=VALUE"),
+        (["--override", "lrr=1"], "unknown training setting 'lrr'"),
+        (["--override", "tokens=2.5"], "tokens must be int"),
+        (["--override", "learn_temperature=maybe"], "learn_temperature must be bool"),
+        ([], "train needs --images, --foundation, --out"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(args, needle):
     proc = run("train", *args, *([] if not args else ["--print-config"]), check=False)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

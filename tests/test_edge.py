@@ -41,7 +41,9 @@ def test_edge_runner_matches_pytorch_on_image_files(exported, tmp_path):
     qe, out, _ = exported
     paths = []
     for i, (mode, size) in enumerate([("RGB", (120, 90)), ("CMYK", (80, 140)), ("RGBA", (96, 96))]):
-        img = Image.fromarray((np.random.default_rng(i).random((size[1], size[0], 3)) * 255).astype(np.uint8)).convert(mode)
+        img = Image.fromarray((np.random.default_rng(i).random((size[1], size[0], 3)) * 255).astype(np.uint8)).convert(
+            mode
+        )
         p = tmp_path / f"im{i}.{'jpg' if mode == 'CMYK' else 'png'}"
         img.save(p)
         paths.append(p)
@@ -82,8 +84,9 @@ def test_edge_runtime_imports_and_runs_without_torch(exported, tmp_path):
     qe, out, _ = exported
     img = tmp_path / "ref.png"
     Image.new("RGB", (64, 48), (200, 30, 30)).save(img)
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(out), str(img)], capture_output=True, text=True, env=ENV,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(out), str(img)], capture_output=True, text=True, env=ENV, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     size, n, d, fp, torch_loaded = proc.stdout.split()
     assert (int(n), int(d), fp, torch_loaded) == (4, qe.word_dim, qe.fingerprint, "False")
@@ -97,13 +100,29 @@ def test_cli_export_and_encode(tmp_path, openclip_fnd):
     Image.new("RGB", (70, 50), (10, 200, 30)).save(img)
 
     def run(*args):
-        p = subprocess.run([sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=300
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         return p
 
-    cfg = json.loads(run("export-edge", "--query-encoder", str(tmp_path / "qe"), "--out", str(tmp_path / "edge")).stdout.splitlines()[-1])
+    cfg = json.loads(
+        run(
+            "export-edge", "--query-encoder", str(tmp_path / "qe"), "--out", str(tmp_path / "edge")
+        ).stdout.splitlines()[-1]
+    )
     assert cfg["files"] == {"fp32": "model.onnx"}
-    res = run("edge-encode", "--edge", str(tmp_path / "edge"), "--image", str(img), "--dtype", "fp16",
-              "--out", str(tmp_path / "p.bin"), "--json")
+    res = run(
+        "edge-encode",
+        "--edge",
+        str(tmp_path / "edge"),
+        "--image",
+        str(img),
+        "--dtype",
+        "fp16",
+        "--out",
+        str(tmp_path / "p.bin"),
+        "--json",
+    )
     obj = json.loads(res.stdout.strip().splitlines()[-1])
     assert obj["dtype"] == "fp16" and obj["num_tokens"] == 2 and obj["bytes"] == (tmp_path / "p.bin").stat().st_size

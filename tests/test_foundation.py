@@ -35,7 +35,7 @@ def test_splicing_batch_with_mixed_modifiers(foundation):
     # pad shorter words with the embedding of "a" so all queries have the same N
     pad = foundation.embed_words("a")[0]
     toks, texts = [], []
-    for w, m in zip(words, mods):
+    for w, m in zip(words, mods, strict=True):
         e = foundation.embed_words(w)
         extra = n - e.shape[0]
         toks.append(torch.cat([pad.expand(extra, -1), e]) if extra else e)

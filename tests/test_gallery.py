@@ -53,7 +53,7 @@ def test_index_and_search_match_brute_force(tmp_path, openclip_fnd):
     queries = np.random.default_rng(1).normal(size=(5, vecs.shape[1])).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     results = g.search(queries, k=7)
-    for q, hits in zip(queries, results):
+    for q, hits in zip(queries, results, strict=True):
         scores = vecs @ q
         expected = ids[np.argsort(-scores)[:7]]
         assert [h.id for h in hits] == expected.tolist()
@@ -155,8 +155,12 @@ print("done")
 def test_sigkill_mid_index_then_rerun_equals_clean_run(tmp_path, tiny_openclip_dir, openclip_fnd):
     folder = make_folder(tmp_path / "imgs", 40)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(killed), "slow"],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(killed), "slow"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     import sqlite3
 
     deadline = time.time() + 120
@@ -173,12 +177,22 @@ def test_sigkill_mid_index_then_rerun_equals_clean_run(tmp_path, tiny_openclip_d
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 8 <= n < 40
-    rerun = subprocess.run([sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(killed), "fast"],
-                           env=ENV, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(killed), "fast"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     clean = tmp_path / "clean"
-    subprocess.run([sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(clean), "fast"],
-                   env=ENV, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", SLOW_INDEX, tiny_openclip_dir[0], str(folder), str(clean), "fast"],
+        env=ENV,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     a, b = Gallery.open(killed), Gallery.open(clean)
     sa, sb = snapshot(a), snapshot(b)
     assert sa[0] == sb[0] and len(sa[0]) == 40  # same ids, paths, hashes; no duplicates
@@ -209,7 +223,7 @@ def test_milvus_lite_matches_faiss_exact(tmp_path, openclip_fnd):
     assert m.store.count() == 25
     assert (tmp_path / "milvus" / "gallery.db").exists()  # relative Lite files live in the gallery folder
     q = f.vectors()[1][:4] + 0.01
-    for hf, hm in zip(f.search(q, 5), m.search(q, 5)):
+    for hf, hm in zip(f.search(q, 5), m.search(q, 5), strict=True):
         assert [h.id for h in hf] == [h.id for h in hm]
         assert np.allclose([h.score for h in hf], [h.score for h in hm], atol=1e-4)
     m.remove([f.items()[0]["id"]])
@@ -228,7 +242,9 @@ def test_ray_path_gives_same_vectors(tmp_path, tiny_openclip_dir, openclip_fnd):
     local = Gallery.open_or_create(tmp_path / "local", openclip_fnd)
     local.index([folder], openclip_fnd, progress=False)
     dist = Gallery.open_or_create(tmp_path / "ray", openclip_fnd)
-    report = dist.index([folder], openclip_fnd, progress=False, encoder=ray_encoder(tiny_openclip_dir[0], actors=2, batch_size=4))
+    report = dist.index(
+        [folder], openclip_fnd, progress=False, encoder=ray_encoder(tiny_openclip_dir[0], actors=2, batch_size=4)
+    )
     import ray
 
     ray.shutdown()
@@ -297,14 +313,29 @@ def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
     gal = tmp_path / "gal"
 
     def run(*args):
-        p = subprocess.run([sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=300
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         return p
 
-    idx = run("index", str(folder), "--gallery", str(gal), "--foundation", tiny_openclip_dir[0], "--json", "--workers", "0",
-              "--metadata", '{"source": "test"}')
+    idx = run(
+        "index",
+        str(folder),
+        "--gallery",
+        str(gal),
+        "--foundation",
+        tiny_openclip_dir[0],
+        "--json",
+        "--workers",
+        "0",
+        "--metadata",
+        '{"source": "test"}',
+    )
     assert json.loads(idx.stdout.strip().splitlines()[-1])["added"] == 8
-    res = run("search", "--gallery", str(gal), "--image", str(folder / "img002.png"), "--text", "is red", "-k", "3", "--json")
+    res = run(
+        "search", "--gallery", str(gal), "--image", str(folder / "img002.png"), "--text", "is red", "-k", "3", "--json"
+    )
     hits = json.loads(res.stdout.strip().splitlines()[-1])
     assert len(hits) == 3 and set(hits[0]) == {"id", "path", "score"}
     assert "image_plus_text fallback" in res.stderr
@@ -312,8 +343,23 @@ def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
     run("gallery", "rm", victim, "--gallery", str(gal))
     info = json.loads(run("gallery", "info", str(gal)).stdout.strip().splitlines()[-1])
     assert info["count"] == 7 and info["foundation_id"] == tiny_openclip_dir[0]
-    bad = subprocess.run([sys.executable, "-m", "isacir.cli", "index", str(folder), "--gallery", str(gal),
-                          "--foundation", "openclip:ViT-S-32"], capture_output=True, text=True, env=ENV, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "index",
+            str(folder),
+            "--gallery",
+            str(gal),
+            "--foundation",
+            "openclip:ViT-S-32",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "refusing" in bad.stderr
 
 
@@ -351,10 +397,30 @@ def test_concurrent_search_while_indexing(tmp_path, openclip_fnd):
     assert g.count() == 35 and g.store.count() == 35
 
 
+@pytest.mark.bench
 def test_bench_search_cli_reports_required_fields():
-    proc = subprocess.run([sys.executable, "-m", "isacir.cli", "bench", "search", "--n", "3000", "--dim", "32",
-                           "--queries", "50", "--milvus-n", "500", "--json"], capture_output=True, text=True, env=ENV,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "bench",
+            "search",
+            "--n",
+            "3000",
+            "--dim",
+            "32",
+            "--queries",
+            "50",
+            "--milvus-n",
+            "500",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     for backend in (res, res["milvus"]):

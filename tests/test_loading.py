@@ -71,12 +71,18 @@ def test_random_init_is_the_same_in_every_process_and_leaves_the_callers_rng_alo
     import subprocess
     import sys
 
-    code = ("import warnings, torch; warnings.simplefilter('ignore'); torch.manual_seed({seed}); "
-            "from isacir.foundation import create_foundation; "
-            "before = torch.random.get_rng_state(); f = create_foundation('openclip:ViT-S-32'); "
-            "assert torch.equal(before, torch.random.get_rng_state()); print(f.fingerprint)")
-    prints = {subprocess.run([sys.executable, "-c", code.format(seed=s)], capture_output=True, text=True,
-                             check=True).stdout.strip() for s in (1, 2)}
+    code = (
+        "import warnings, torch; warnings.simplefilter('ignore'); torch.manual_seed({seed}); "
+        "from isacir.foundation import create_foundation; "
+        "before = torch.random.get_rng_state(); f = create_foundation('openclip:ViT-S-32'); "
+        "assert torch.equal(before, torch.random.get_rng_state()); print(f.fingerprint)"
+    )
+    prints = {
+        subprocess.run(
+            [sys.executable, "-c", code.format(seed=s)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for s in (1, 2)
+    }
     assert len(prints) == 1 and len(next(iter(prints))) == 16
     with pytest.warns(RandomInitWarning):
         assert create_foundation("openclip:ViT-S-32").fingerprint in prints

@@ -25,7 +25,10 @@ def test_recall_any_at_k_counts_a_query_once_whatever_its_hits():
     relevant = [{"a", "b"}, {"b"}, {"x"}]
     # query 0 hits twice in the top 2 but counts once; query 2's target is never ranked
     assert recall_any_at_k(rankings, relevant, [1, 2, 3]) == {
-        1: pytest.approx(100 / 3), 2: pytest.approx(100 / 3), 3: pytest.approx(200 / 3)}
+        1: pytest.approx(100 / 3),
+        2: pytest.approx(100 / 3),
+        3: pytest.approx(200 / 3),
+    }
     with pytest.raises(MetricError, match="2 rankings for 3"):
         recall_any_at_k(rankings[:2], relevant, [1])
 

@@ -22,8 +22,14 @@ def tokens(n=8, d=768, seed=0):
     return (np.random.default_rng(seed).standard_normal((n, d)) * 0.02).astype(np.float32)
 
 
-@pytest.mark.parametrize("dtype,size,max_rel", [("fp16", 26 + 8 * 768 * 2 + 4, 1e-3), ("int8", 26 + 32 + 8 * 768 + 4, 1 / 127),
-                                                 ("int4", 26 + 32 + 8 * 768 // 2 + 4, 1 / 7)])
+@pytest.mark.parametrize(
+    "dtype,size,max_rel",
+    [
+        ("fp16", 26 + 8 * 768 * 2 + 4, 1e-3),
+        ("int8", 26 + 32 + 8 * 768 + 4, 1 / 127),
+        ("int4", 26 + 32 + 8 * 768 // 2 + 4, 1 / 7),
+    ],
+)
 def test_round_trip_and_size(dtype, size, max_rel):
     t = tokens()
     data = encode_payload(t, FP, dtype)
@@ -84,8 +90,12 @@ def test_each_rejection_has_its_code():
 
 
 def test_encoder_rejects_bad_tokens():
-    for bad, code in [(np.zeros((2, 3, 4), np.float32), "shape"), (np.full((2, 4), np.nan, np.float32), "nonfinite"),
-                      (np.zeros((2, 4), np.int32), "dtype"), (np.zeros((0, 4), np.float32), "shape")]:
+    for bad, code in [
+        (np.zeros((2, 3, 4), np.float32), "shape"),
+        (np.full((2, 4), np.nan, np.float32), "nonfinite"),
+        (np.zeros((2, 4), np.int32), "dtype"),
+        (np.zeros((0, 4), np.float32), "shape"),
+    ]:
         with pytest.raises(PayloadError) as e:
             encode_payload(bad, FP)
         assert e.value.code == code

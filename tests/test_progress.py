@@ -61,9 +61,28 @@ def test_cli_writes_plain_lines_to_a_log(tmp_path, tiny_openclip_dir):
     from test_gallery import ENV, make_folder
 
     folder = make_folder(tmp_path / "imgs", 40)
-    proc = subprocess.run([sys.executable, "-m", "isacir.cli", "index", str(folder), "--gallery", str(tmp_path / "g"),
-                           "--foundation", tiny_openclip_dir[0], "--workers", "0", "--batch-size", "2", "--json"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "index",
+            str(folder),
+            "--gallery",
+            str(tmp_path / "g"),
+            "--foundation",
+            tiny_openclip_dir[0],
+            "--workers",
+            "0",
+            "--batch-size",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.splitlines()[-1])["added"] == 40
     assert "\r" not in proc.stderr

@@ -155,8 +155,14 @@ def test_packaged_lite0_weights_recognise_real_photos():
     from isacir.query.pretrained import load_lite0_package_weights
 
     model = load_lite0_package_weights(timm.create_model("efficientnet_lite0", pretrained=False)).eval()
-    tf = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
-                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    tf = T.Compose(
+        [
+            T.Resize(256, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
     with torch.no_grad():
         cat = model(tf(Image.fromarray(data.chelsea())).unsqueeze(0)).softmax(-1)[0]
         coffee = model(tf(Image.fromarray(data.coffee())).unsqueeze(0)).softmax(-1)[0]
@@ -198,8 +204,9 @@ def test_output_stride_dilates_the_same_parameters():
 
 def test_output_stride_is_saved_and_restored(tmp_path, openclip_fnd):
     torch.manual_seed(0)
-    qe = QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=4, image_size=64,
-                             output_stride=16).eval()
+    qe = QueryEncoder.create(
+        openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=4, image_size=64, output_stride=16
+    ).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref, maps = qe.token_learner(qe.backbone(x)[-1], return_maps=True)

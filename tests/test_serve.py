@@ -48,9 +48,18 @@ def test_health_needs_no_key(live):
 
 @pytest.mark.parametrize(
     "method,path",
-    [("post", "/v1/search"), ("post", "/v1/search/tokens"), ("post", "/v1/gallery"), ("delete", "/v1/gallery/1"),
-     ("get", "/v1/images/1"), ("get", "/v1/images/1/thumbnail"), ("post", "/v1/feedback"), ("get", "/metrics"),
-     ("get", "/openapi.json"), ("get", "/v1/info")],
+    [
+        ("post", "/v1/search"),
+        ("post", "/v1/search/tokens"),
+        ("post", "/v1/gallery"),
+        ("delete", "/v1/gallery/1"),
+        ("get", "/v1/images/1"),
+        ("get", "/v1/images/1/thumbnail"),
+        ("post", "/v1/feedback"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+        ("get", "/v1/info"),
+    ],
 )
 def test_every_data_route_needs_the_key(live, method, path):
     server = live[0]
@@ -68,8 +77,13 @@ def test_bearer_key_works(live):
 
 def test_image_search_returns_k_gallery_items_and_logs_the_query(live):
     server, state, images, _ = live
-    r = requests.post(f"{server.url}/v1/search", headers=KEY, files={"image": ("q.png", _png(images[0]), "image/png")},
-                      data={"text": "make it red", "k": "5"}, timeout=30)
+    r = requests.post(
+        f"{server.url}/v1/search",
+        headers=KEY,
+        files={"image": ("q.png", _png(images[0]), "image/png")},
+        data={"text": "make it red", "k": "5"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["results"]) == 5
@@ -77,16 +91,20 @@ def test_image_search_returns_k_gallery_items_and_logs_the_query(live):
     assert all(res["id"] in ids for res in body["results"])
     scores = [res["score"] for res in body["results"]]
     assert scores == sorted(scores, reverse=True)
-    row = state.feedback.db().execute("SELECT text, mode, tokens FROM queries WHERE query_id = ?",
-                                      (body["query_id"],)).fetchone()
+    row = (
+        state.feedback.db()
+        .execute("SELECT text, mode, tokens FROM queries WHERE query_id = ?", (body["query_id"],))
+        .fetchone()
+    )
     assert row[0] == "make it red" and row[1] == "image" and len(row[2]) > 0
 
 
 def test_token_search_equals_in_process_search_with_the_same_tokens(live):
     server, state, images, _ = live
     payload, _ = _tokens_payload(state, images[3])
-    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY,
-                      json={"payload": payload, "text": "bigger", "k": 6}, timeout=30)
+    r = requests.post(
+        f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": payload, "text": "bigger", "k": 6}, timeout=30
+    )
     assert r.status_code == 200, r.text
     from isacir.edge.payload import decode_payload
 
@@ -105,11 +123,14 @@ def test_fingerprint_mismatch_is_409_with_both_fingerprints(live):
     assert "0123456789abcdef" in msg and state.qe_fingerprint in msg and state.foundation_fingerprint in msg
 
 
-@pytest.mark.parametrize("mutate,code", [
-    (lambda raw: b"XXXX" + raw[4:], "payload_magic"),
-    (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "payload_checksum"),
-    (lambda raw: raw[:30], "payload_length"),
-])
+@pytest.mark.parametrize(
+    "mutate,code",
+    [
+        (lambda raw: b"XXXX" + raw[4:], "payload_magic"),
+        (lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]), "payload_checksum"),
+        (lambda raw: raw[:30], "payload_length"),
+    ],
+)
 def test_bad_payloads_are_422_with_a_specific_code(live, mutate, code):
     server, state, images, _ = live
     payload, _ = _tokens_payload(state, images[0])
@@ -122,8 +143,9 @@ def test_wrong_token_shape_and_bad_base64_are_422(live):
     server, state, _, _ = live
     n, d = state.query_encoder.config.num_tokens, state.query_encoder.config.word_dim
     raw = encode_payload(np.ones((n + 1, d), np.float32), state.qe_fingerprint)
-    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": base64.b64encode(raw).decode()},
-                      timeout=30)
+    r = requests.post(
+        f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": base64.b64encode(raw).decode()}, timeout=30
+    )
     assert r.status_code == 422 and r.json()["code"] == "payload_shape"
     r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": "not base64!!"}, timeout=30)
     assert r.status_code == 422 and r.json()["code"] == "payload_base64"
@@ -133,15 +155,20 @@ def test_wrong_token_shape_and_bad_base64_are_422(live):
 
 def test_undecodable_upload_is_415_and_oversized_is_413(live):
     server, _, _, _ = live
-    r = requests.post(f"{server.url}/v1/search", headers=KEY, files={"image": ("x.png", b"this is not an image", "image/png")},
-                      timeout=30)
+    r = requests.post(
+        f"{server.url}/v1/search",
+        headers=KEY,
+        files={"image": ("x.png", b"this is not an image", "image/png")},
+        timeout=30,
+    )
     assert r.status_code == 415, r.text
     big = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(big).save(buf, "PNG")
     assert len(buf.getvalue()) > 300_000
-    r = requests.post(f"{server.url}/v1/search", headers=KEY, files={"image": ("big.png", buf.getvalue(), "image/png")},
-                      timeout=30)
+    r = requests.post(
+        f"{server.url}/v1/search", headers=KEY, files={"image": ("big.png", buf.getvalue(), "image/png")}, timeout=30
+    )
     assert r.status_code == 413 and r.json()["code"] == "too_large"
 
 
@@ -153,8 +180,13 @@ def test_images_and_thumbnails_serve_only_gallery_files(live):
     r = requests.get(f"{server.url}/v1/images/{item['id']}/thumbnail?size=32", headers=KEY, timeout=10)
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(r.content)).size) <= 32
-    for probe in ("/v1/images/..%2F..%2Fetc%2Fpasswd", "/v1/images/%2Fetc%2Fpasswd", "/v1/images/../../etc/passwd",
-                  "/v1/images/999999999/thumbnail", "/v1/images/1e3"):
+    for probe in (
+        "/v1/images/..%2F..%2Fetc%2Fpasswd",
+        "/v1/images/%2Fetc%2Fpasswd",
+        "/v1/images/../../etc/passwd",
+        "/v1/images/999999999/thumbnail",
+        "/v1/images/1e3",
+    ):
         r = requests.get(server.url + probe, headers=KEY, timeout=10)
         assert r.status_code in (404, 422), (probe, r.status_code)
         assert b"root:" not in r.content
@@ -163,20 +195,33 @@ def test_images_and_thumbnails_serve_only_gallery_files(live):
 def test_feedback_is_stored_with_tokens_and_text(live):
     server, state, images, _ = live
     payload, _ = _tokens_payload(state, images[1])
-    res = requests.post(f"{server.url}/v1/search/tokens", headers=KEY,
-                        json={"payload": payload, "text": "move it left", "k": 3}, timeout=30).json()
+    res = requests.post(
+        f"{server.url}/v1/search/tokens",
+        headers=KEY,
+        json={"payload": payload, "text": "move it left", "k": 3},
+        timeout=30,
+    ).json()
     cand = res["results"][1]["id"]
-    r = requests.post(f"{server.url}/v1/feedback", headers=KEY,
-                      json={"query_id": res["query_id"], "candidate_id": cand, "verdict": "confirmed"}, timeout=10)
+    r = requests.post(
+        f"{server.url}/v1/feedback",
+        headers=KEY,
+        json={"query_id": res["query_id"], "candidate_id": cand, "verdict": "confirmed"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     con = sqlite3.connect(state.feedback.path)
-    row = con.execute("SELECT f.candidate_id, f.verdict, q.text, q.tokens FROM feedback f JOIN queries q USING (query_id) "
-                      "WHERE f.feedback_id = ?", (r.json()["feedback_id"],)).fetchone()
+    row = con.execute(
+        "SELECT f.candidate_id, f.verdict, q.text, q.tokens FROM feedback f JOIN queries q USING (query_id) "
+        "WHERE f.feedback_id = ?",
+        (r.json()["feedback_id"],),
+    ).fetchone()
     assert row[:3] == (cand, "confirmed", "move it left")
     assert row[3] == base64.b64decode(payload)  # the exact bytes that travelled
-    for body, status in [({"query_id": "nope", "candidate_id": cand, "verdict": "confirmed"}, 404),
-                         ({"query_id": res["query_id"], "candidate_id": -5, "verdict": "confirmed"}, 422),
-                         ({"query_id": res["query_id"], "candidate_id": cand, "verdict": "maybe"}, 422)]:
+    for body, status in [
+        ({"query_id": "nope", "candidate_id": cand, "verdict": "confirmed"}, 404),
+        ({"query_id": res["query_id"], "candidate_id": -5, "verdict": "confirmed"}, 422),
+        ({"query_id": res["query_id"], "candidate_id": cand, "verdict": "maybe"}, 422),
+    ]:
         assert requests.post(f"{server.url}/v1/feedback", headers=KEY, json=body, timeout=10).status_code == status
 
 
@@ -199,8 +244,9 @@ def test_gallery_add_and_delete(live):
     assert requests.get(f"{server.url}/v1/images/{new_id}", headers=KEY, timeout=10).status_code == 404
     assert requests.delete(f"{server.url}/v1/gallery/{new_id}", headers=KEY, timeout=10).status_code == 404
     assert state.gallery.count() == before + 1
-    only_bad = requests.post(f"{server.url}/v1/gallery", headers=KEY,
-                             files=[("images", ("x.png", b"nope", "image/png"))], timeout=30)
+    only_bad = requests.post(
+        f"{server.url}/v1/gallery", headers=KEY, files=[("images", ("x.png", b"nope", "image/png"))], timeout=30
+    )
     assert only_bad.status_code == 415
 
 
@@ -214,8 +260,12 @@ def test_search_keeps_working_while_images_are_added(live):
     def searcher():
         s = requests.Session()
         while not done.is_set():
-            r = s.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": payload, "text": "x", "k": 5},
-                       timeout=60)
+            r = s.post(
+                f"{server.url}/v1/search/tokens",
+                headers=KEY,
+                json={"payload": payload, "text": "x", "k": 5},
+                timeout=60,
+            )
             if r.status_code != 200 or len(r.json()["results"]) != 5:
                 errors.append(f"{r.status_code} {r.text[:200]}")
             counts[0] += 1
@@ -227,8 +277,12 @@ def test_search_keeps_working_while_images_are_added(live):
     try:
         for batch in range(3):
             new = make_images(tmp / f"conc{batch}", 3, seed=100 + batch)
-            r = requests.post(f"{server.url}/v1/gallery", headers=KEY,
-                              files=[("images", (p.name, p.read_bytes(), "image/png")) for p in new], timeout=120)
+            r = requests.post(
+                f"{server.url}/v1/gallery",
+                headers=KEY,
+                files=[("images", (p.name, p.read_bytes(), "image/png")) for p in new],
+                timeout=120,
+            )
             assert r.status_code == 200, r.text
     finally:
         done.set()
@@ -243,13 +297,24 @@ def test_metrics_and_openapi(live):
     server = live[0]
     requests.get(f"{server.url}/v1/info", timeout=10)  # a 401 to count
     text = requests.get(f"{server.url}/metrics", headers=KEY, timeout=10).text
-    assert 'isacir_request_duration_seconds_bucket{le="0.001",method="POST",route="/v1/search/tokens"}' in text or \
-        'route="/v1/search/tokens"' in text
+    assert (
+        'isacir_request_duration_seconds_bucket{le="0.001",method="POST",route="/v1/search/tokens"}' in text
+        or 'route="/v1/search/tokens"' in text
+    )
     assert 'isacir_errors_total{route="/v1/info",status="401"}' in text
     assert "isacir_gallery_items " in text
     spec = requests.get(f"{server.url}/openapi.json", headers=KEY, timeout=10).json()
-    for path in ("/v1/search", "/v1/search/tokens", "/v1/gallery", "/v1/gallery/{item_id}", "/v1/images/{item_id}",
-                 "/v1/images/{item_id}/thumbnail", "/v1/feedback", "/healthz", "/metrics"):
+    for path in (
+        "/v1/search",
+        "/v1/search/tokens",
+        "/v1/gallery",
+        "/v1/gallery/{item_id}",
+        "/v1/images/{item_id}",
+        "/v1/images/{item_id}/thumbnail",
+        "/v1/feedback",
+        "/healthz",
+        "/metrics",
+    ):
         assert path in spec["paths"], path
     json.dumps(spec)
 

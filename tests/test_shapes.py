@@ -42,7 +42,7 @@ def _realisations(template: str) -> list[str]:
 def test_test_phrasings_are_held_out_from_foundation_captions(world):
     captions = [c["caption"] for c in json.loads((world / "foundation_captions.json").read_text())]
     assert sum(", " in c and ": " in c or "add a" in c for c in captions) > 10  # edit-style captions exist
-    for kind, sets in PHRASES.items():
+    for sets in PHRASES.values():
         assert not set(sets["train"]) & set(sets["test"])
         for template in sets["test"]:
             for phrase in _realisations(template):
@@ -83,7 +83,7 @@ def test_edits_change_exactly_what_they_say():
             assert len(target.objects) == len(ref.objects) - 1
         else:
             assert len(target.objects) == len(ref.objects)
-            changed = [(a, b) for a, b in zip(ref.objects, target.objects) if a != b]
+            changed = [(a, b) for a, b in zip(ref.objects, target.objects, strict=True) if a != b]
             assert len(changed) == 1
             field = {"colour": "colour", "shape": "shape", "size": "size", "move": "cell"}[kind]
             a, b = changed[0]
@@ -112,7 +112,8 @@ def test_shapes_foundation_loads_through_the_ordinary_path(world, tmp_path):
         spliced = fnd.encode_composed(fnd.embed_words("large red circle").unsqueeze(0), ["move it to the top left"])
         plain = fnd.encode_text(["a photo of large red circle that move it to the top left"])
     assert torch.allclose(spliced, plain, atol=1e-5)
-    trained_name = train_foundation(world, tmp_path / "trained", steps=6, batch_size=32, progress=False,
-                                    log=lambda m: None)
+    trained_name = train_foundation(
+        world, tmp_path / "trained", steps=6, batch_size=32, progress=False, log=lambda m: None
+    )
     trained = create_foundation(trained_name)
     assert trained.fingerprint != fnd.fingerprint and trained.word_dim == fnd.word_dim

@@ -49,6 +49,7 @@ def _chance_recall(out, k: int) -> float:
     return 100 * sum(1 - math.comb(g - len(a["gt_img_ids"]), k) / math.comb(g, k) for a in anns) / len(anns)
 
 
+@pytest.mark.slow
 def test_summary_has_every_method_and_metric(bench_run):
     _, summary, _ = bench_run
     assert summary["seed"] == 0
@@ -60,6 +61,7 @@ def test_summary_has_every_method_and_metric(bench_run):
         assert r["R@1"] <= r["R@5"] <= r["R@10"] <= r["R@50"]
 
 
+@pytest.mark.slow
 def test_trained_methods_beat_chance(bench_run):
     out, summary, _ = bench_run
     chance = _chance_recall(out, 10)
@@ -67,6 +69,7 @@ def test_trained_methods_beat_chance(bench_run):
         assert summary["methods"][m]["R@10"] > 3 * chance, (m, summary["methods"][m], chance)
 
 
+@pytest.mark.slow
 def test_outputs_table_chart_and_details(bench_run):
     out, summary, _ = bench_run
     md = (out / "results-seed0.md").read_text()
@@ -95,6 +98,7 @@ def test_outputs_table_chart_and_details(bench_run):
     assert detail["oracles"]["oracle_target_caption"]["R@10"] >= summary["methods"]["text_only"]["R@10"]
 
 
+@pytest.mark.slow
 def test_cli_reuses_every_stage_and_prints_the_summary_last(bench_run):
     out, summary, cold = bench_run
     t0 = time.perf_counter()
@@ -105,6 +109,7 @@ def test_cli_reuses_every_stage_and_prints_the_summary_last(bench_run):
     assert warm < cold
 
 
+@pytest.mark.slow
 def test_demo_no_serve_on_the_cached_pipeline(bench_run):
     out, _, _ = bench_run
     proc = run("demo", "--small", "--no-serve", "--workdir", str(out))
@@ -129,8 +134,15 @@ def test_cache_keys_follow_what_determines_each_model():
     # pinned: a change to the preset or to the key derivation must be deliberate (and in CHANGELOG.md)
     assert {m: base.method_key(m) for m in TRAINED} == PINNED_KEYS
     tc = base.train
-    for change in ({"word_weight": 0.1}, {"temperature": 0.07}, {"learn_temperature": True}, {"output_stride": None},
-                   {"augment": "light"}, {"backbone": "mobilenetv3_small_050"}, {"max_steps": 1000}):
+    for change in (
+        {"word_weight": 0.1},
+        {"temperature": 0.07},
+        {"learn_temperature": True},
+        {"output_stride": None},
+        {"augment": "light"},
+        {"backbone": "mobilenetv3_small_050"},
+        {"max_steps": 1000},
+    ):
         assert base.method_key("isa") != replace(base, train=tc.replace(**change)).method_key("isa"), change
     # the backbone, its stride and pixel augmentation are isa's alone: the symmetric baselines keep their runs
     for method in ("isa_symmetric", "pic2word"):
@@ -156,6 +168,7 @@ def test_bench_trains_each_row_with_the_preset():
     assert (sym.method, sym.output_stride) == ("isa-symmetric", None)  # the registered spelling; no backbone
 
 
+@pytest.mark.slow
 def test_trained_methods_use_the_recipe_temperature(bench_run):
     import csv
 
@@ -176,14 +189,28 @@ def test_unknown_method_is_a_clear_error():
         ShapesBenchConfig(methods=("isa", "magic"))
 
 
+@pytest.mark.slow
 def test_eval_shapes_matches_the_bench(bench_run, tmp_path):
     out, summary, _ = bench_run
     detail = json.loads((out / "results-seed0.json").read_text())
     cfg = ShapesBenchConfig.small()
     world = out / "worlds" / cfg.world.key()
     isa = out / "methods" / f"isa-{cfg.method_key('isa')}" / "final"
-    proc = run("eval", "--benchmark", "shapes", "--data", str(world), "--foundation", detail["foundation"],
-               "--query-encoder", str(isa), "--out", str(tmp_path / "eval"), "--workers", "0")
+    proc = run(
+        "eval",
+        "--benchmark",
+        "shapes",
+        "--data",
+        str(world),
+        "--foundation",
+        detail["foundation"],
+        "--query-encoder",
+        str(isa),
+        "--out",
+        str(tmp_path / "eval"),
+        "--workers",
+        "0",
+    )
     metrics = last_json(proc)["metrics"]["shapes"]
     for k, v in summary["methods"]["isa"].items():
         assert metrics[k] == pytest.approx(v, abs=0.01), k
@@ -209,22 +236,30 @@ def test_modifier_response_of_spliced_words_equals_the_caption(openclip_fnd):
     noise = modifier_response(openclip_fnd, SHAPES_TEMPLATE, torch.randn_like(slot) * slot.std(), mods, captions)
     assert not np.allclose(noise["shift"], noise["caption_shift"], atol=1e-3)
     # the summary is the ratio of summed shifts and the mean direction, per kind and overall
-    toy = {"shift": np.array([1.0, 2.0, 5.0]), "caption_shift": np.array([2.0, 2.0, 2.0]),
-           "direction": np.array([0.5, 1.0, 0.0])}
+    toy = {
+        "shift": np.array([1.0, 2.0, 5.0]),
+        "caption_shift": np.array([2.0, 2.0, 2.0]),
+        "direction": np.array([0.5, 1.0, 0.0]),
+    }
     summary = summarize_response(toy, ["colour", "size", "colour"])
-    assert summary == {"all": {"shift_ratio": 1.333, "direction_cos": 0.5},
-                       "colour": {"shift_ratio": 1.5, "direction_cos": 0.25},
-                       "size": {"shift_ratio": 1.0, "direction_cos": 1.0}}
+    assert summary == {
+        "all": {"shift_ratio": 1.333, "direction_cos": 0.5},
+        "colour": {"shift_ratio": 1.5, "direction_cos": 0.25},
+        "size": {"shift_ratio": 1.0, "direction_cos": 1.0},
+    }
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("temperature=warm", "temperature must be float"),
-    ("output_stride=12", "output_stride must be one of 8, 16, 32 or null"),
-    ("augment=strong", "unknown augmentation 'strong'"),
-    ("lr=0", "lr must be positive"),
-    ("tempreature=0.2", "unknown training setting 'tempreature'"),
-    ("max_steps", "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("temperature=warm", "temperature must be float"),
+        ("output_stride=12", "output_stride must be one of 8, 16, 32 or null"),
+        ("augment=strong", "unknown augmentation 'strong'"),
+        ("lr=0", "lr must be positive"),
+        ("tempreature=0.2", "unknown training setting 'tempreature'"),
+        ("max_steps", "KEY=VALUE"),
+    ],
+)
 def test_bad_bench_override_is_a_one_line_error(tmp_path, override, needle):
     proc = run("bench", "shapes", "--small", "--override", override, "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -36,8 +36,19 @@ def images64(tmp_path_factory):
 
 
 def _cfg(**kw):
-    base = dict(method="isa", backbone="mobilenetv3_small_050", tokens=4, image_size=48, batch_size=32, lr=3e-3,
-                warmup_steps=5, num_workers=0, augment="none", progress=False, checkpoint_every=10_000)
+    base = dict(
+        method="isa",
+        backbone="mobilenetv3_small_050",
+        tokens=4,
+        image_size=48,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=5,
+        num_workers=0,
+        augment="none",
+        progress=False,
+        checkpoint_every=10_000,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -50,7 +61,9 @@ def self_retrieval_r1(encoder, fnd, paths) -> float:
 
 
 def test_overfit_tiny_run(tmp_path, images64, openclip_fnd):
-    res = train(str(images64), openclip_fnd, tmp_path / "run", _cfg(epochs=100, image_size=64, lr=2e-3), log=lambda m: None)
+    res = train(
+        str(images64), openclip_fnd, tmp_path / "run", _cfg(epochs=100, image_size=64, lr=2e-3), log=lambda m: None
+    )
     first, last = res.history[0]["loss"], res.history[-1]["loss"]
     assert last < 0.6 * first, (first, last)
     encoder = QueryEncoder.from_pretrained(tmp_path / "run" / "final", foundation=openclip_fnd)
@@ -70,8 +83,9 @@ def test_blip_with_itm_lar_trains(tmp_path, images64, blip_fnd):
 
 @pytest.mark.parametrize("method", ["pic2word", "isa-symmetric"])
 def test_symmetric_baselines_train_from_cache(tmp_path, images64, openclip_fnd, method):
-    res = train(str(images64), openclip_fnd, tmp_path / "run", _cfg(method=method, epochs=100, local_grid=2),
-                log=lambda m: None)
+    res = train(
+        str(images64), openclip_fnd, tmp_path / "run", _cfg(method=method, epochs=100, local_grid=2), log=lambda m: None
+    )
     assert res.history[-1]["loss"] < 0.7 * res.history[0]["loss"]
     enc = QueryEncoder.from_pretrained(tmp_path / "run" / "final", foundation=openclip_fnd)
     assert enc.config.method == method and enc.num_tokens == (1 if method == "pic2word" else 4)
@@ -89,7 +103,9 @@ def test_word_prior_pulls_tokens_onto_words(tmp_path, images64, openclip_fnd):
     words = torch.nn.functional.normalize(openclip_fnd.token_embedding.weight.detach(), dim=-1)
 
     def nearest_word_cos(weight: float) -> float:
-        train(str(images64), openclip_fnd, tmp_path / f"w{weight}", _cfg(epochs=6, word_weight=weight), log=lambda m: None)
+        train(
+            str(images64), openclip_fnd, tmp_path / f"w{weight}", _cfg(epochs=6, word_weight=weight), log=lambda m: None
+        )
         enc = QueryEncoder.from_pretrained(tmp_path / f"w{weight}" / "final", foundation=openclip_fnd)
         with torch.no_grad():
             t = torch.nn.functional.normalize(enc.encode_images(paths, foundation=openclip_fnd).flatten(0, 1), dim=-1)
@@ -117,9 +133,14 @@ def test_resume_equivalence(tmp_path, images64, openclip_fnd):
     # a resumed run keeps its checkpoint's network, so settings that would not apply are refused
     from isacir.training.trainer import TrainingError
 
-    for change, needle in (({"output_stride": 16}, "output_stride None (asked: 16)"), ({"tokens": 2}, "tokens 4 (asked: 2)")):
+    for change, needle in (
+        ({"output_stride": 16}, "output_stride None (asked: 16)"),
+        ({"tokens": 2}, "tokens 4 (asked: 2)"),
+    ):
         with pytest.raises(TrainingError, match=re.escape(needle)):
-            train(str(images64), openclip_fnd, tmp_path / "b", _cfg(**{**cfg, **change}), resume=True, log=lambda m: None)
+            train(
+                str(images64), openclip_fnd, tmp_path / "b", _cfg(**{**cfg, **change}), resume=True, log=lambda m: None
+            )
 
 
 def _free_port() -> int:
@@ -130,10 +151,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.ddp
 def test_ddp_two_processes_gloo(tmp_path, images64, tiny_openclip_dir):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-           str(Path(__file__).parent / "ddp_train_worker.py"), str(images64), tiny_openclip_dir[0], str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        str(Path(__file__).parent / "ddp_train_worker.py"),
+        str(images64),
+        tiny_openclip_dir[0],
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[:6000]
     assert "rank 0 world 2" in proc.stdout and "rank 1 world 2" in proc.stdout
@@ -160,10 +193,35 @@ def test_folder_with_bad_files_trains_and_reports(tmp_path, tiny_openclip_dir):
     folder = make_images(tmp_path / "imgs", 40)
     expected = _bad_files(folder)
     proc = subprocess.run(
-        [sys.executable, "-m", "isacir.cli", "train", "--images", str(folder), "--foundation", tiny_openclip_dir[0],
-         "--out", str(tmp_path / "run"), "--backbone", "mobilenetv3_small_050", "--tokens", "2", "--image-size", "48",
-         "--epochs", "2", "--batch-size", "16", "--workers", "2", "--no-progress"],
-        capture_output=True, text=True, env=ENV, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "train",
+            "--images",
+            str(folder),
+            "--foundation",
+            tiny_openclip_dir[0],
+            "--out",
+            str(tmp_path / "run"),
+            "--backbone",
+            "mobilenetv3_small_050",
+            "--tokens",
+            "2",
+            "--image-size",
+            "48",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -191,8 +249,12 @@ print("finished")
 
 def test_killed_cache_build_resumes(tmp_path, images64, tiny_openclip_dir, openclip_fnd):
     root = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, tiny_openclip_dir[0], str(images64), str(root)],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_BUILD, tiny_openclip_dir[0], str(images64), str(root)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     cache = TeacherCache(root, openclip_fnd.fingerprint)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -243,7 +305,9 @@ def test_tar_shards_and_file_lists(tmp_path, images64):
     assert len(recs) == 64 and all(r.member.endswith(".png") for r in recs)
     assert recs[5].read_bytes() == files[5].read_bytes()
     (tmp_path / "list.txt").write_text("# comment\n" + "\n".join(os.path.relpath(f, tmp_path) for f in files[:10]))
-    assert [r.path for r in discover_images(tmp_path / "list.txt")] == [str(tmp_path / os.path.relpath(f, tmp_path)) for f in files[:10]]
+    assert [r.path for r in discover_images(tmp_path / "list.txt")] == [
+        str(tmp_path / os.path.relpath(f, tmp_path)) for f in files[:10]
+    ]
     from isacir.data import DataSourceError
 
     with pytest.raises(DataSourceError, match="not found"):
@@ -259,7 +323,7 @@ def test_uncached_training_matches_cached(tmp_path, images64, openclip_fnd):
     cached = train(str(images64), openclip_fnd, tmp_path / "c", _cfg(**cfg), log=lambda m: None)
     fresh = train(str(images64), openclip_fnd, tmp_path / "f", _cfg(use_cache=False, **cfg), log=lambda m: None)
     assert not (tmp_path / "f" / "teacher-cache").exists()
-    for a, b in zip(cached.history, fresh.history):
+    for a, b in zip(cached.history, fresh.history, strict=True):
         assert abs(a["loss"] - b["loss"]) < 2e-2 * abs(a["loss"]), (a["loss"], b["loss"])
 
 
@@ -274,9 +338,26 @@ def test_uncached_training_matches_cached(tmp_path, images64, openclip_fnd):
 def test_contradictory_settings_fail_before_the_teacher_cache(tmp_path, tiny_openclip_dir, args, needles):
     folder = make_images(tmp_path / "imgs", 4)
     proc = subprocess.run(
-        [sys.executable, "-m", "isacir.cli", "train", "--images", str(folder), "--foundation", tiny_openclip_dir[0],
-         "--out", str(tmp_path / "run"), "--backbone", "mobilenetv3_small_050", "--no-progress", *args],
-        capture_output=True, text=True, env=ENV, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "train",
+            "--images",
+            str(folder),
+            "--foundation",
+            tiny_openclip_dir[0],
+            "--out",
+            str(tmp_path / "run"),
+            "--backbone",
+            "mobilenetv3_small_050",
+            "--no-progress",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for needle in needles:  # every problem is named at once

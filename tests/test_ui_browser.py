@@ -1,7 +1,7 @@
 """The operator UI driven like a person would, in Debian's headless Chromium (Playwright).
 
-CI installs Chromium (``.ci/run``); elsewhere the test skips only when no Chromium exists, and
-never on CI.
+``make test`` installs Chromium when it runs as root (so CI has it); elsewhere the test skips only
+when no Chromium exists, and never on CI.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 from serve_helpers import build_service, start_server
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
+)
 
 if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
     if os.environ.get("CI"):
@@ -52,7 +56,9 @@ def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
             expect(cards).to_have_count(10)
             expect(page.locator("#status")).to_contain_text("10 candidates")
             # thumbnails arrive through authenticated fetches
-            page.wait_for_function("[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function(
+                "[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+            )
 
             first = cards.nth(0)
             chosen = int(first.get_attribute("data-id"))
@@ -69,8 +75,11 @@ def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
     finally:
         server.stop()
 
-    rows = sqlite3.connect(state.feedback.path).execute(
-        "SELECT candidate_id, verdict FROM feedback WHERE query_id = ? ORDER BY feedback_id", (query_id,)).fetchall()
+    rows = (
+        sqlite3.connect(state.feedback.path)
+        .execute("SELECT candidate_id, verdict FROM feedback WHERE query_id = ? ORDER BY feedback_id", (query_id,))
+        .fetchall()
+    )
     assert rows[0] == (chosen, "confirmed")
     assert rows[1][1] == "rejected"
     assert (ARTIFACTS / "ui-phone-search.png").stat().st_size > 10_000

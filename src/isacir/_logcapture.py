@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 _LOGGERS = ("", "huggingface_hub", "transformers", "open_clip", "timm")
 

@@ -10,8 +10,9 @@ lets the modifier absorb all truncation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, Union
+from typing import Any, Union
 
 import torch
 
@@ -36,7 +37,7 @@ class PromptTemplate:
     empty: str
 
     @classmethod
-    def parse(cls, template: "str | PromptTemplate", empty: str | None = None) -> "PromptTemplate":
+    def parse(cls, template: str | PromptTemplate, empty: str | None = None) -> PromptTemplate:
         if isinstance(template, PromptTemplate):
             return template
         if not isinstance(template, str):
@@ -108,7 +109,7 @@ class OpenClipTokenizerAdapter(TokenizerAdapter):
 
     pad_to = "max"
 
-    def __init__(self, tokenizer, context_length: int | None = None):
+    def __init__(self, tokenizer: Any, context_length: int | None = None):
         self.tokenizer = tokenizer
         self.context_length = int(context_length or tokenizer.context_length)
         self.bos = [tokenizer.sot_token_id]
@@ -126,7 +127,7 @@ class HFTokenizerAdapter(TokenizerAdapter):
 
     def __init__(
         self,
-        tokenizer,
+        tokenizer: Any,
         context_length: int,
         pad_to: str = "longest",
         clean: Callable[[str], str] | None = None,
@@ -256,7 +257,7 @@ def validate_pseudo_tokens(
     return tokens
 
 
-def expand_modifiers(modifiers: "Modifier | Iterable[Modifier] | None", batch: int) -> tuple[list[str], list[int]]:
+def expand_modifiers(modifiers: Modifier | Iterable[Modifier] | None, batch: int) -> tuple[list[str], list[int]]:
     """Flatten per-query modifiers (a string or several strings each) into ``(texts, owner index)``.
 
     ``None`` means an empty modifier for every query; a single string is shared by all queries.

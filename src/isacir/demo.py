@@ -45,7 +45,9 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
     world = generate(workdir / "worlds" / cfg.world.key(), cfg.world)
     _say(f"{world}")
 
-    console.print("[bold]2. foundation[/]: a tiny CLIP-style open_clip model trained from scratch on the world's captions")
+    console.print(
+        "[bold]2. foundation[/]: a tiny CLIP-style open_clip model trained from scratch on the world's captions"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         name = build_foundation(world, workdir, cfg, log=_say)
@@ -61,7 +63,9 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
     console.print("[bold]3. query side[/]: ISA (light CNN + adaptive token learner) trained on unlabeled images only")
     final = train_method("isa", world, fnd, workdir, cfg, log=_say)
     qe = QueryEncoder.from_pretrained(final, foundation=fnd).eval()
-    _say(f"{final}: {qe.config.backbone}, {qe.num_tokens} tokens x {qe.config.word_dim}, template {qe.config.template!r}")
+    _say(
+        f"{final}: {qe.config.backbone}, {qe.num_tokens} tokens x {qe.config.word_dim}, template {qe.config.template!r}"
+    )
 
     console.print("[bold]4. gallery[/]: the world's test gallery, indexed by the foundation's image encoder (FAISS)")
     gallery_dir = workdir / "gallery"
@@ -98,19 +102,27 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
 
     console.print("[bold]6. device path[/]: ONNX query encoder (no torch) -> token payload -> server search")
     edge_dir = workdir / "edge"
-    if not (edge_dir / "edge.json").is_file() or json.loads((edge_dir / "edge.json").read_text()).get(
-            "query_encoder_fingerprint") != qe.fingerprint:
+    if (
+        not (edge_dir / "edge.json").is_file()
+        or json.loads((edge_dir / "edge.json").read_text()).get("query_encoder_fingerprint") != qe.fingerprint
+    ):
         export_edge(qe, edge_dir)
     enc = EdgeEncoder(edge_dir)
     q = chosen[0]
     ref = bench.gallery[q.reference]
     payload = enc.payload(ref, "fp16")
     tokens = torch.from_numpy(decode_payload(payload, expected_tokens=qe.num_tokens).tokens)[None]
-    edge_hits = retriever.search(text=q.modifiers[0], tokens=tokens, k=5, exclude=gallery.ids_for_paths([str(ref)]).values())
-    thin_hits = retriever.search(image=ref, text=q.modifiers[0], k=5, exclude=gallery.ids_for_paths([str(ref)]).values())
+    edge_hits = retriever.search(
+        text=q.modifiers[0], tokens=tokens, k=5, exclude=gallery.ids_for_paths([str(ref)]).values()
+    )
+    thin_hits = retriever.search(
+        image=ref, text=q.modifiers[0], k=5, exclude=gallery.ids_for_paths([str(ref)]).values()
+    )
     shared = len({h.id for h in edge_hits} & {h.id for h in thin_hits})
-    _say(f"{len(payload):,}-byte payload (fp16, {enc.num_tokens} x {enc.dim}) instead of the photo; "
-         f"{shared} of the top 5 shared with the thin-client search (fp16 tokens may reorder near-ties)")
+    _say(
+        f"{len(payload):,}-byte payload (fp16, {enc.num_tokens} x {enc.dim}) instead of the photo; "
+        f"{shared} of the top 5 shared with the thin-client search (fp16 tokens may reorder near-ties)"
+    )
     summary.update(payload_bytes=len(payload), edge_top5_shared=shared, gallery_items=gallery.count())
 
     if not serve:

@@ -39,9 +39,11 @@ def same_name_hint(recorded_name: str, given_name: str) -> str:
     """
     if recorded_name != given_name:
         return ""
-    return (f" Both are called {given_name!r}, but the weights differ: load the exact weights it was "
-            "built with (save them once and pass the file, openclip:ARCH@/path/model.pt), or rebuild it "
-            "with the weights you have.")
+    return (
+        f" Both are called {given_name!r}, but the weights differ: load the exact weights it was "
+        "built with (save them once and pass the file, openclip:ARCH@/path/model.pt), or rebuild it "
+        "with the weights you have."
+    )
 
 
 class PseudoTokenError(IsacirError, ValueError):

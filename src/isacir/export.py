@@ -47,7 +47,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((num / den).mean())
 
 
-def export_edge(qe: QueryEncoder, out_dir: str | os.PathLike, int8: bool = False, opset: int = 17, seed: int = 0) -> dict:
+def export_edge(
+    qe: QueryEncoder, out_dir: str | os.PathLike, int8: bool = False, opset: int = 17, seed: int = 0
+) -> dict:
     """Export ``qe``; returns the verification report (also stored in ``edge.json``)."""
     import onnxruntime as ort
 

@@ -19,9 +19,18 @@ LOG_INTERVAL_S = 30.0
 class LogProgress:
     """The part of tqdm's interface the package uses, writing plain lines at a bounded rate."""
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it", initial: int = 0, stream: IO[str] | None = None,
-                 interval_s: float = LOG_INTERVAL_S, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        initial: int = 0,
+        stream: IO[str] | None = None,
+        interval_s: float = LOG_INTERVAL_S,
+        clock: Any = time.monotonic,
+    ) -> None:
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -76,8 +85,17 @@ class LogProgress:
         self.close()
 
 
-def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             initial: int = 0, disable: bool = False, leave: bool = True, stream: IO[str] | None = None) -> Any:
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    initial: int = 0,
+    disable: bool = False,
+    leave: bool = True,
+    stream: IO[str] | None = None,
+) -> Any:
     """A tqdm bar on a terminal; plain, rate-limited lines elsewhere; nothing when ``disable``."""
     from tqdm.auto import tqdm
 

@@ -10,7 +10,8 @@ Modes:
 from __future__ import annotations
 
 import tarfile
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,9 +45,9 @@ def read_gallery_image(key: str):
 class Retriever:
     def __init__(
         self,
-        gallery: "Gallery",
-        foundation: "Foundation",
-        query_encoder: "QueryEncoder | None" = None,
+        gallery: Gallery,
+        foundation: Foundation,
+        query_encoder: QueryEncoder | None = None,
         template: str | None = None,
     ):
         """``template`` defaults to the one the query encoder was trained with."""
@@ -113,7 +114,7 @@ class Retriever:
         rerank: int = 0,
         mode: str | None = None,
         exclude: Sequence[int] = (),
-    ) -> list["Hit"]:
+    ) -> list[Hit]:
         if k < 1:
             raise SearchError("k must be >= 1")
         query, used_tokens = self.query_vector(image, text, tokens, mode)
@@ -125,20 +126,24 @@ class Retriever:
         return hits[:k]
 
     @torch.no_grad()
-    def rerank(self, hits: list["Hit"], query: np.ndarray, tokens: torch.Tensor | None, text) -> list["Hit"]:
+    def rerank(self, hits: list[Hit], query: np.ndarray, tokens: torch.Tensor | None, text) -> list[Hit]:
         """Matching-head scores where the foundation has one (and tokens exist), else exact similarity."""
         fnd = self.foundation
         if fnd.has_matching_head and tokens is not None:
             images = [read_gallery_image(h.path) for h in hits]
             hidden = fnd.encode_image_features(fnd.preprocess_batch(images)).hidden
             texts = [text] if isinstance(text, str) else list(text)
-            scores = fnd.match_score(hidden, pseudo_tokens=tokens.expand(len(hits), -1, -1), modifiers=[texts] * len(hits),
-                                     template=self.template)
+            scores = fnd.match_score(
+                hidden,
+                pseudo_tokens=tokens.expand(len(hits), -1, -1),
+                modifiers=[texts] * len(hits),
+                template=self.template,
+            )
             scores = scores.float().cpu().numpy()
         else:
             ids, vecs = self.gallery.vectors([h.id for h in hits])
-            exact = dict(zip(ids.tolist(), (vecs @ query).tolist()))
+            exact = dict(zip(ids.tolist(), (vecs @ query).tolist(), strict=True))
             scores = np.array([exact.get(h.id, -np.inf) for h in hits])
-        for h, s in zip(hits, scores):
+        for h, s in zip(hits, scores, strict=True):
             h.score = float(s)
         return sorted(hits, key=lambda h: -h.score)

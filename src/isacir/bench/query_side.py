@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -47,8 +47,9 @@ def bench_query_side(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fnd = create_foundation(foundation)
-    qe = QueryEncoder.create(fnd, backbone=backbone, num_tokens=tokens, image_size=image_size,
-                             output_stride=output_stride).eval()
+    qe = QueryEncoder.create(
+        fnd, backbone=backbone, num_tokens=tokens, image_size=image_size, output_stride=output_stride
+    ).eval()
 
     photo, source = natural_photo("astronaut")
     light_px = qe.preprocess(photo).unsqueeze(0)

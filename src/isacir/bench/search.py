@@ -57,7 +57,9 @@ def _pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-def bench_faiss(data: np.ndarray, queries: np.ndarray, k: int = 10, exact_queries: int = 100, threads: int | None = None) -> dict:
+def bench_faiss(
+    data: np.ndarray, queries: np.ndarray, k: int = 10, exact_queries: int = 100, threads: int | None = None
+) -> dict:
     import faiss
 
     from ..gallery.stores import build_faiss_index, choose_index, recall_at_k, tune_nprobe

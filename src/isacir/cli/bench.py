@@ -22,14 +22,24 @@ def bench_query_side(
     repeats_light: int = typer.Option(30),
     repeats_large: int = typer.Option(7),
     image_size: Optional[int] = typer.Option(None, help="Light-side input size (default: the backbone's)."),
-    output_stride: Optional[int] = typer.Option(None, help="Light backbone output stride, 8 | 16 | 32 (default: its own)."),
+    output_stride: Optional[int] = typer.Option(
+        None, help="Light backbone output stride, 8 | 16 | 32 (default: its own)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON object."),
 ) -> None:
     """Light query side vs large image encoder: latency ratio and bytes on the wire."""
     from ..bench.query_side import bench_query_side as run
 
-    result = run(foundation, backbone, tokens, threads, repeats_light, repeats_large,
-                 image_size=image_size, output_stride=output_stride)
+    result = run(
+        foundation,
+        backbone,
+        tokens,
+        threads,
+        repeats_light,
+        repeats_large,
+        image_size=image_size,
+        output_stride=output_stride,
+    )
     if not as_json:
         table = Table("metric", "value")
         for k in ("light_ms", "large_ms", "speedup", "payload_bytes", "jpeg_bytes", "payload_over_jpeg"):
@@ -83,8 +93,10 @@ def bench_index_cmd(
 
     result = bench_index(foundation, images, batch_size, workers, threads)
     if not as_json:
-        err.print(f"bare forward {result['bare_forward_img_s']} img/s, indexing {result['index_img_s']} img/s "
-                  f"= {result['fraction_of_bare']:.0%}")
+        err.print(
+            f"bare forward {result['bare_forward_img_s']} img/s, indexing {result['index_img_s']} img/s "
+            f"= {result['fraction_of_bare']:.0%}"
+        )
     emit_json(result)
 
 
@@ -94,10 +106,18 @@ def bench_shapes_cmd(
     out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="Cache and results folder (reused across runs)."),
     small: bool = typer.Option(False, help="The scaled-down configuration the tests use."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated subset of methods (default: all)."),
-    config: Optional[str] = typer.Option(None, "--config", help="Training settings of the trained methods: a preset "
-                                         "or JSON file (default: shapes-cir, scaled down with --small)."),
-    override: list[str] = typer.Option([], "--override", help="KEY=VALUE on the training settings (repeatable), "
-                                       "e.g. max_steps=2500, output_stride=null, learn_temperature=true."),
+    config: Optional[str] = typer.Option(
+        None,
+        "--config",
+        help="Training settings of the trained methods: a preset "
+        "or JSON file (default: shapes-cir, scaled down with --small).",
+    ),
+    override: list[str] = typer.Option(
+        [],
+        "--override",
+        help="KEY=VALUE on the training settings (repeatable), "
+        "e.g. max_steps=2500, output_stride=null, learn_temperature=true.",
+    ),
     foundation_steps: Optional[int] = typer.Option(None, help="Training steps of the tiny foundation."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:

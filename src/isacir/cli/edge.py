@@ -15,7 +15,9 @@ from ._app import app, emit_json, err
 def export_edge_cmd(
     query_encoder: Path = typer.Option(..., help="Trained query encoder folder."),
     out_dir: Path = typer.Option(..., "--out", help="Edge folder: model.onnx, edge.json."),
-    int8: bool = typer.Option(False, help="Also write a dynamically quantised int8 model and report its accuracy delta."),
+    int8: bool = typer.Option(
+        False, help="Also write a dynamically quantised int8 model and report its accuracy delta."
+    ),
     opset: int = typer.Option(17),
 ) -> None:
     """Export backbone + token learner to ONNX, verified against PyTorch, for the torch-free edge runtime."""
@@ -25,11 +27,15 @@ def export_edge_cmd(
     qe = QueryEncoder.from_pretrained(query_encoder)
     config = export_edge(qe, out_dir, int8=int8, opset=opset)
     v = config["verification"]
-    err.print(f"exported to {out_dir}: ONNX vs PyTorch max |diff| {v['onnx_vs_torch_max_abs_diff']:.2e} "
-              f"(tolerance {v['tolerance']:.2e}); preprocessing max |diff| {v['preprocess_max_abs_diff']:.2e}")
+    err.print(
+        f"exported to {out_dir}: ONNX vs PyTorch max |diff| {v['onnx_vs_torch_max_abs_diff']:.2e} "
+        f"(tolerance {v['tolerance']:.2e}); preprocessing max |diff| {v['preprocess_max_abs_diff']:.2e}"
+    )
     if "int8" in v:
-        err.print(f"int8 variant: mean token cosine {v['int8']['mean_token_cosine']:.5f}, "
-                  f"{v['int8']['bytes']:,} bytes vs {v['fp32_bytes']:,}")
+        err.print(
+            f"int8 variant: mean token cosine {v['int8']['mean_token_cosine']:.5f}, "
+            f"{v['int8']['bytes']:,} bytes vs {v['fp32_bytes']:,}"
+        )
     emit_json(config)
 
 

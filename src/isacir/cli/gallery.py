@@ -51,9 +51,19 @@ def index_cmd(
     if ray:
         from ..gallery.distributed import ray_encoder
 
-        encoder = ray_encoder(foundation, address=None if ray == "local" else ray, actors=ray_actors, batch_size=batch_size)
-    report = g.index(paths, fnd, prune=prune, batch_size=batch_size, num_workers=workers, metadata=meta,
-                     progress=progress, encoder=encoder)
+        encoder = ray_encoder(
+            foundation, address=None if ray == "local" else ray, actors=ray_actors, batch_size=batch_size
+        )
+    report = g.index(
+        paths,
+        fnd,
+        prune=prune,
+        batch_size=batch_size,
+        num_workers=workers,
+        metadata=meta,
+        progress=progress,
+        encoder=encoder,
+    )
     err.print(report.summary(), highlight=False)
     for reason, files in sorted(report.skipped.items()):
         for f in files[:10]:

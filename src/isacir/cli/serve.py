@@ -17,8 +17,9 @@ def serve_cmd(
     foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    api_key_file: Optional[Path] = typer.Option(None, help="File with one API key per line (default: no auth, "
-                                                "only sensible on loopback)."),
+    api_key_file: Optional[Path] = typer.Option(
+        None, help="File with one API key per line (default: no auth, only sensible on loopback)."
+    ),
     max_upload_mb: float = typer.Option(10.0, help="Request body cap; larger bodies get 413."),
     feedback_db: Optional[Path] = typer.Option(None, help="Default: GALLERY/feedback.sqlite."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),

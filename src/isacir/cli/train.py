@@ -44,20 +44,58 @@ def _option(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
 def _fixed_parameters() -> list[inspect.Parameter]:
     kw = inspect.Parameter.KEYWORD_ONLY
     return [
-        inspect.Parameter("images", kw, annotation=Optional[list[str]], default=typer.Option(
-            None, "--images", help="Folder, .txt file list or .tar shards (brace patterns ok); repeatable.")),
-        inspect.Parameter("foundation", kw, annotation=Optional[str], default=typer.Option(
-            None, help="Frozen large model, e.g. openclip:ViT-L-14/openai.")),
-        inspect.Parameter("out_dir", kw, annotation=Optional[Path], default=typer.Option(
-            None, "--out", help="Run folder: checkpoints/, final/, train_log.csv.")),
-        inspect.Parameter("config", kw, annotation=Optional[str], default=typer.Option(
-            None, "--config", help=f"A named preset ({', '.join(list_presets())}) or a JSON file of settings.")),
-        inspect.Parameter("override", kw, annotation=list[str], default=typer.Option(
-            [], "--override", help="KEY=VALUE on top of everything else (repeatable); VALUE is JSON where it parses.")),
-        inspect.Parameter("print_config", kw, annotation=bool, default=typer.Option(
-            False, "--print-config", help="Print the resolved settings as JSON and exit (nothing is trained).")),
-        inspect.Parameter("resume", kw, annotation=Optional[str], default=typer.Option(
-            None, help="'auto' (latest checkpoint in OUT) or a checkpoint folder.")),
+        inspect.Parameter(
+            "images",
+            kw,
+            annotation=Optional[list[str]],
+            default=typer.Option(
+                None, "--images", help="Folder, .txt file list or .tar shards (brace patterns ok); repeatable."
+            ),
+        ),
+        inspect.Parameter(
+            "foundation",
+            kw,
+            annotation=Optional[str],
+            default=typer.Option(None, help="Frozen large model, e.g. openclip:ViT-L-14/openai."),
+        ),
+        inspect.Parameter(
+            "out_dir",
+            kw,
+            annotation=Optional[Path],
+            default=typer.Option(None, "--out", help="Run folder: checkpoints/, final/, train_log.csv."),
+        ),
+        inspect.Parameter(
+            "config",
+            kw,
+            annotation=Optional[str],
+            default=typer.Option(
+                None, "--config", help=f"A named preset ({', '.join(list_presets())}) or a JSON file of settings."
+            ),
+        ),
+        inspect.Parameter(
+            "override",
+            kw,
+            annotation=list[str],
+            default=typer.Option(
+                [],
+                "--override",
+                help="KEY=VALUE on top of everything else (repeatable); VALUE is JSON where it parses.",
+            ),
+        ),
+        inspect.Parameter(
+            "print_config",
+            kw,
+            annotation=bool,
+            default=typer.Option(
+                False, "--print-config", help="Print the resolved settings as JSON and exit (nothing is trained)."
+            ),
+        ),
+        inspect.Parameter(
+            "resume",
+            kw,
+            annotation=Optional[str],
+            default=typer.Option(None, help="'auto' (latest checkpoint in OUT) or a checkpoint folder."),
+        ),
     ]
 
 
@@ -79,8 +117,11 @@ def train_cmd(**kwargs: Any) -> None:
         err.print(table)
         emit_json(cfg.to_dict())
         return
-    missing = [flag for flag, key in (("--images", "images"), ("--foundation", "foundation"), ("--out", "out_dir"))
-               if not fixed[key]]
+    missing = [
+        flag
+        for flag, key in (("--images", "images"), ("--foundation", "foundation"), ("--out", "out_dir"))
+        if not fixed[key]
+    ]
     if missing:
         raise IsacirError(f"train needs {', '.join(missing)} (or --print-config to see the settings)")
 
@@ -91,10 +132,18 @@ def train_cmd(**kwargs: Any) -> None:
     resume_arg: bool | str = False
     if fixed["resume"]:
         resume_arg = True if fixed["resume"] == "auto" else fixed["resume"]
-    result = train(fixed["images"], fnd, fixed["out_dir"], cfg, resume=resume_arg,
-                   log=lambda m: err.print(m, highlight=False))
-    emit_json({"out": str(result.out_dir), "steps": result.steps, "final_loss": result.final_loss,
-               "skipped": result.skipped, "seconds": round(result.seconds, 2)})
+    result = train(
+        fixed["images"], fnd, fixed["out_dir"], cfg, resume=resume_arg, log=lambda m: err.print(m, highlight=False)
+    )
+    emit_json(
+        {
+            "out": str(result.out_dir),
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "skipped": result.skipped,
+            "seconds": round(result.seconds, 2),
+        }
+    )
 
 
 hints = typing.get_type_hints(TrainConfig)

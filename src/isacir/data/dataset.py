@@ -7,7 +7,10 @@ dataset, so every bad-file reason (``empty``, ``truncated``, ``corrupt``, ``too_
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from PIL import Image
 
 from ..errors import ImageDecodeError
 from .imageio import load_image
@@ -21,14 +24,14 @@ class DecodeDataset:
     ``"reason|message"`` instead of raising, so one bad file never kills a batch.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], transform):
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable[[Image.Image], Any]):
         self.records = records
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, str, Any, str]:
         rec = self.records[i]
         try:
             data = rec.read_bytes()
@@ -41,7 +44,8 @@ class DecodeDataset:
             return i, "", None, f"missing|{rec.key}: {exc}"
 
 
-def collate_list(batch):
+def collate_list(batch: list) -> list:
+    """Keep a batch as a list of items (they hold None for bad images, which default_collate rejects)."""
     return batch
 
 

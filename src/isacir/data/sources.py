@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import IsacirError
 
@@ -130,9 +130,7 @@ def discover_images(
         elif p.is_file() and p.suffix.lower() in extensions:
             records.append(ImageRecord(str(p)))
         else:
-            raise DataSourceError(
-                f"{s}: not a folder, a .txt/.lst file list, a .tar shard (pattern) or an image file"
-            )
+            raise DataSourceError(f"{s}: not a folder, a .txt/.lst file list, a .tar shard (pattern) or an image file")
     if not records:
         raise DataSourceError(f"no images found in {', '.join(map(str, sources))}")
     return records

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -19,7 +19,11 @@ from ..data.imageio import ImageSource, load_image
 from .payload import encode_payload
 
 EDGE_CONFIG = "edge.json"
-_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 def preprocess_image(image: Image.Image, spec: dict) -> np.ndarray:
@@ -36,7 +40,7 @@ def preprocess_image(image: Image.Image, spec: dict) -> np.ndarray:
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     image = image.crop((left, top, left + size, top + size))
-    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr: np.ndarray = np.asarray(image, dtype=np.float32) / np.float32(255.0)
     arr = (arr - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

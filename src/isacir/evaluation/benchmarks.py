@@ -8,9 +8,9 @@ names (empty on test splits) and, for CIRR, the ``img_set`` subset.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import IsacirError
 
@@ -153,8 +153,9 @@ def load_circo(root: str | Path, split: str = "val") -> CIRBenchmark:
             raise BenchmarkDataError(f"CIRCO query {a['id']}: reference image {ref} is not in the gallery index")
         targets = [str(t) for t in a.get("gt_img_ids", [])]
         target = str(a["target_img_id"]) if "target_img_id" in a else None
-        queries.append(CIRQuery(qid=str(a["id"]), reference=ref, modifiers=[a["relative_caption"]], targets=targets,
-                                target=target))
+        queries.append(
+            CIRQuery(qid=str(a["id"]), reference=ref, modifiers=[a["relative_caption"]], targets=targets, target=target)
+        )
     # CIRCO's test split has no ground truth; a CIRCO-format set that carries it (Shapes-CIR) is scored
     labelled = bool(queries) and all(q.targets for q in queries)
     return CIRBenchmark("circo", split, queries, gallery, exclude_reference=True, labelled=labelled)

@@ -6,8 +6,9 @@ One code path serves CIRR, FashionIQ, CIRCO and Shapes-CIR (which is written in 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,12 +39,12 @@ def pixel_vectors(paths: Sequence[Path], side: int = 16) -> np.ndarray:
     return np.stack(out)
 
 
-def encode_gallery(fnd: "Foundation", paths: Sequence[Path], batch_size: int = 64, workers: int = 0,
-                   progress: bool = True) -> np.ndarray:
+def encode_gallery(
+    fnd: Foundation, paths: Sequence[Path], batch_size: int = 64, workers: int = 0, progress: bool = True
+) -> np.ndarray:
     """Every gallery image's vector; a benchmark with unreadable images is a data error, not a skip."""
-    from ..progress import progress_bar
-
     from ..gallery import encode_records
+    from ..progress import progress_bar
 
     records = [ImageRecord(str(p)) for p in paths]
     out = np.zeros((len(records), fnd.embed_dim), np.float32)
@@ -61,9 +62,16 @@ def encode_gallery(fnd: "Foundation", paths: Sequence[Path], batch_size: int = 6
 
 
 @torch.no_grad()
-def encode_queries(bench: CIRBenchmark, fnd: "Foundation", gallery_vecs: np.ndarray, names: list[str], mode: str,
-                   query_encoder: "QueryEncoder | None" = None, template: str | None = None,
-                   batch_size: int = 32) -> np.ndarray:
+def encode_queries(
+    bench: CIRBenchmark,
+    fnd: Foundation,
+    gallery_vecs: np.ndarray,
+    names: list[str],
+    mode: str,
+    query_encoder: QueryEncoder | None = None,
+    template: str | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
     """Composed query vectors ``[Q, D]`` for ``mode`` (``template`` defaults to the encoder's own)."""
     if mode not in METHOD_MODES:
         raise ValueError(f"unknown mode {mode!r}")
@@ -79,8 +87,9 @@ def encode_queries(bench: CIRBenchmark, fnd: "Foundation", gallery_vecs: np.ndar
                 raise ValueError("mode 'isa' needs a query encoder")
             refs = [bench.gallery[q.reference] for q in chunk]
             tokens = query_encoder.encode_images(refs, foundation=fnd)
-            vec = fnd.encode_composed(tokens, [q.modifiers for q in chunk], template,
-                                      expected_tokens=query_encoder.num_tokens)
+            vec = fnd.encode_composed(
+                tokens, [q.modifiers for q in chunk], template, expected_tokens=query_encoder.num_tokens
+            )
         else:
             img = torch.from_numpy(np.stack([gallery_vecs[index[q.reference]] for q in chunk]))
             if mode == "image_only":
@@ -134,15 +143,15 @@ def submission_files(bench: CIRBenchmark, rankings: list[list[str]], out: Path) 
         recall = {"version": "rc2", "metric": "recall"}
         subset = {"version": "rc2", "metric": "recall_subset"}
         subs = subset_rankings(rankings, [q.subset for q in bench.queries], [q.reference for q in bench.queries])
-        for q, r, s in zip(bench.queries, rankings, subs):
+        for q, r, s in zip(bench.queries, rankings, subs, strict=True):
             recall[q.qid] = r[:50]
             subset[q.qid] = s[:3]
         for name, obj in (("recall_submission_isacir.json", recall), ("recall_subset_submission_isacir.json", subset)):
             _atomic_json(out / name, obj)
             written.append(out / name)
     elif bench.name == "circo":
-        sub = {q.qid: r[:50] for q, r in zip(bench.queries, rankings)}
-        for q, r in zip(bench.queries, rankings):
+        sub = {q.qid: r[:50] for q, r in zip(bench.queries, rankings, strict=True)}
+        for q, r in zip(bench.queries, rankings, strict=True):
             if len(set(r[:50])) != len(r[:50]):
                 raise BenchmarkDataError(f"duplicate predictions for query {q.qid}")
         _atomic_json(out / "circo_test_submission_isacir.json", sub)
@@ -154,9 +163,16 @@ def _atomic_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj))
 
 
-def evaluate(bench: CIRBenchmark, fnd: "Foundation", mode: str = "isa", query_encoder: "QueryEncoder | None" = None,
-             template: str | None = None, gallery_vecs: np.ndarray | None = None, progress: bool = True,
-             workers: int = 0) -> tuple[dict[str, float], list[list[str]]]:
+def evaluate(
+    bench: CIRBenchmark,
+    fnd: Foundation,
+    mode: str = "isa",
+    query_encoder: QueryEncoder | None = None,
+    template: str | None = None,
+    gallery_vecs: np.ndarray | None = None,
+    progress: bool = True,
+    workers: int = 0,
+) -> tuple[dict[str, float], list[list[str]]]:
     names = list(bench.gallery)
     if mode == "pixel_only":
         gallery_vecs = pixel_vectors([bench.gallery[n] for n in names])

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -21,7 +21,9 @@ class MetricError(IsacirError, ValueError):
     pass
 
 
-def recall_at_k(rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], ks: Sequence[int]) -> dict[int, float]:
+def recall_at_k(
+    rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashable], ks: Sequence[int]
+) -> dict[int, float]:
     """Fraction of queries whose target is in the first K ranked items, for each K (in percent)."""
     if len(rankings) != len(targets):
         raise MetricError(f"{len(rankings)} rankings for {len(targets)} targets")
@@ -30,21 +32,28 @@ def recall_at_k(rankings: Sequence[Sequence[Hashable]], targets: Sequence[Hashab
     return recall_any_at_k(rankings, [{t} for t in targets], ks)
 
 
-def recall_any_at_k(rankings: Sequence[Sequence[Hashable]], relevant: Sequence[set], ks: Sequence[int]) -> dict[int, float]:
+def recall_any_at_k(
+    rankings: Sequence[Sequence[Hashable]], relevant: Sequence[set], ks: Sequence[int]
+) -> dict[int, float]:
     """Fraction of queries with at least one relevant item in the first K (percent); for multi-target sets."""
     if len(rankings) != len(relevant):
         raise MetricError(f"{len(rankings)} rankings for {len(relevant)} ground-truth sets")
     if not rankings:
         raise MetricError("no queries to evaluate")
-    return {k: 100.0 * sum(1 for ranked, g in zip(rankings, relevant) if set(ranked[:k]) & set(g)) / len(relevant)
-            for k in ks}
+    return {
+        k: 100.0
+        * sum(1 for ranked, g in zip(rankings, relevant, strict=True) if set(ranked[:k]) & set(g))
+        / len(relevant)
+        for k in ks
+    }
 
 
-def subset_rankings(rankings: Sequence[Sequence[Hashable]], subsets: Sequence[Sequence[Hashable]],
-                    references: Sequence[Hashable]) -> list[list[Hashable]]:
+def subset_rankings(
+    rankings: Sequence[Sequence[Hashable]], subsets: Sequence[Sequence[Hashable]], references: Sequence[Hashable]
+) -> list[list[Hashable]]:
     """Restrict each full ranking to the query's subset (members minus the reference), order kept."""
     out = []
-    for ranked, members, ref in zip(rankings, subsets, references):
+    for ranked, members, ref in zip(rankings, subsets, references, strict=True):
         allowed = set(members) - {ref}
         out.append([x for x in ranked if x in allowed])
     return out
@@ -68,12 +77,16 @@ def average_precision_at_k(ranked: Sequence[Hashable], relevant: set, k: int) ->
 def map_at_k(rankings: Sequence[Sequence[Hashable]], relevant: Sequence[set], ks: Sequence[int]) -> dict[int, float]:
     if len(rankings) != len(relevant):
         raise MetricError(f"{len(rankings)} rankings for {len(relevant)} ground-truth sets")
-    return {k: 100.0 * float(np.mean([average_precision_at_k(r, set(g), k) for r, g in zip(rankings, relevant)]))
-            for k in ks}
+    return {
+        k: 100.0
+        * float(np.mean([average_precision_at_k(r, set(g), k) for r, g in zip(rankings, relevant, strict=True)]))
+        for k in ks
+    }
 
 
-def rank_gallery(scores: np.ndarray, names: Sequence[Hashable], exclude: Sequence[Hashable | None] = (),
-                 top: int | None = None) -> list[list[Hashable]]:
+def rank_gallery(
+    scores: np.ndarray, names: Sequence[Hashable], exclude: Sequence[Hashable | None] = (), top: int | None = None
+) -> list[list[Hashable]]:
     """Sort gallery names by descending score per query, dropping each query's excluded name."""
     names = list(names)
     index = {n: i for i, n in enumerate(names)}

@@ -8,8 +8,8 @@ several modifiers) is shared here so that it behaves identically across families
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import nn
 
 from ..compose import (
     DEFAULT_TEMPLATE,
+    ComposedInputs,
     Modifier,
     PromptTemplate,
     TokenizerAdapter,
@@ -125,12 +126,12 @@ class Foundation(nn.Module):
             self._fingerprint = hash_state_dict(self.state_dict(), extra=self._architecture())
         return self._fingerprint
 
-    def freeze(self) -> "Foundation":
+    def freeze(self) -> Foundation:
         for p in self.parameters():
             p.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "Foundation":
+    def train(self, mode: bool = True) -> Foundation:
         # Frozen by design: dropout must never switch on because a parent module went to train().
         return super().train(False)
 
@@ -179,7 +180,13 @@ class Foundation(nn.Module):
     def max_pseudo_tokens(self, template: str | PromptTemplate = DEFAULT_TEMPLATE) -> int:
         return max_pseudo_tokens(self.tokenizer, PromptTemplate.parse(template))
 
-    def _composed_inputs(self, pseudo_tokens, modifiers, template, expected_tokens):
+    def _composed_inputs(
+        self,
+        pseudo_tokens: torch.Tensor,
+        modifiers: Modifier | Iterable[Modifier] | None,
+        template: str | PromptTemplate,
+        expected_tokens: int | None,
+    ) -> tuple[ComposedInputs, torch.Tensor, list[int], int]:
         tpl = PromptTemplate.parse(template)
         tokens = validate_pseudo_tokens(
             pseudo_tokens, self.word_dim, max_pseudo_tokens(self.tokenizer, tpl), expected_tokens
@@ -235,6 +242,7 @@ class Foundation(nn.Module):
             if ids.shape[0] != image_hidden.shape[0]:
                 raise PseudoTokenError(f"{ids.shape[0]} texts for {image_hidden.shape[0]} images")
             return self._match_forward(image_hidden.to(self.device), ids.to(self.device), mask.to(self.device))
+        assert pseudo_tokens is not None  # exactly one of the two, checked above
         inputs, repeated, owner, batch = self._composed_inputs(pseudo_tokens, modifiers, template, None)
         if batch != image_hidden.shape[0]:
             raise PseudoTokenError(f"{batch} pseudo-token queries for {image_hidden.shape[0]} images")
@@ -244,7 +252,14 @@ class Foundation(nn.Module):
         )
         return average_groups(logits.unsqueeze(-1), owner, batch, normalize=False).squeeze(-1)
 
-    def _match_forward(self, image_hidden, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
+    def _match_forward(
+        self,
+        image_hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        slot_mask: torch.Tensor | None = None,
+        pseudo_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def describe(self) -> dict:

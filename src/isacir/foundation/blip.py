@@ -8,6 +8,7 @@ pseudo sentence and the re-ranker uses on the top-K.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from .base import Foundation, ImageFeatures
 from .registry import register_family
 
 
-def _blip_transform(image_processor) -> T.Compose:
+def _blip_transform(image_processor: Any) -> T.Compose:
     """torchvision equivalent of ``BlipImageProcessor`` (resize to a square, rescale, normalise)."""
     size = image_processor.size
     h, w = (size["height"], size["width"]) if "height" in size else (size["shortest_edge"],) * 2
@@ -36,10 +37,11 @@ def _blip_transform(image_processor) -> T.Compose:
 class BlipFoundation(Foundation):
     family = "hf-blip"
 
-    def __init__(self, name: str, model: nn.Module, processor):
+    def __init__(self, name: str, model: Any, processor: Any):
         super().__init__(name)
-        self.model = model
-        self.processor = processor
+        # transformers models are not typed module by module; their attributes are read as Any
+        self.model: Any = model
+        self.processor: Any = processor
         max_len = model.config.text_config.max_position_embeddings
         tok_max = getattr(processor.tokenizer, "model_max_length", max_len) or max_len
         self.tokenizer = HFTokenizerAdapter(processor.tokenizer, min(max_len, tok_max), pad_to="longest")
@@ -60,13 +62,21 @@ class BlipFoundation(Foundation):
     def _architecture(self) -> object:
         return {"family": self.family, "config": self.model.config.to_dict()}
 
-    def _embeds(self, input_ids, slot_mask, pseudo_tokens):
+    def _embeds(
+        self, input_ids: torch.Tensor, slot_mask: torch.Tensor | None, pseudo_tokens: torch.Tensor | None
+    ) -> torch.Tensor:
         embeds = self.token_embedding(input_ids)
-        if slot_mask is not None:
+        if slot_mask is not None and pseudo_tokens is not None:
             embeds = splice(embeds, slot_mask.to(embeds.device), pseudo_tokens)
         return embeds
 
-    def _text_forward(self, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
+    def _text_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        slot_mask: torch.Tensor | None = None,
+        pseudo_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         out = self.model.text_encoder(
             inputs_embeds=self._embeds(input_ids, slot_mask, pseudo_tokens),
             attention_mask=attention_mask,
@@ -80,7 +90,14 @@ class BlipFoundation(Foundation):
             return ImageFeatures(global_=global_)
         return ImageFeatures(global_=global_, local=self.model.vision_proj(hidden[:, 1:, :]), hidden=hidden)
 
-    def _match_forward(self, image_hidden, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
+    def _match_forward(
+        self,
+        image_hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        slot_mask: torch.Tensor | None = None,
+        pseudo_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         image_atts = torch.ones(image_hidden.shape[:-1], dtype=torch.long, device=image_hidden.device)
         out = self.model.text_encoder(
             inputs_embeds=self._embeds(input_ids, slot_mask, pseudo_tokens),

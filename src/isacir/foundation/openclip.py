@@ -20,6 +20,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,6 @@ from ..compose import HFTokenizerAdapter, OpenClipTokenizerAdapter, TokenizerAda
 from ..errors import FoundationLoadError, UnknownModelError
 from .base import Foundation, ImageFeatures
 from .registry import register_family
-
 
 #: Seed of the random weights of an architecture named without a tag or checkpoint.
 RANDOM_INIT_SEED = 0
@@ -78,7 +78,7 @@ def _unknown_arch(arch: str) -> UnknownModelError:
     )
 
 
-def _tokenizer_adapter(tokenizer, context_length: int) -> TokenizerAdapter:
+def _tokenizer_adapter(tokenizer: Any, context_length: int) -> TokenizerAdapter:
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
     if isinstance(tokenizer, SimpleTokenizer):
@@ -99,11 +99,12 @@ def _tokenizer_adapter(tokenizer, context_length: int) -> TokenizerAdapter:
 class OpenClipFoundation(Foundation):
     family = "openclip"
 
-    def __init__(self, name: str, model: nn.Module, preprocess, tokenizer, architecture: dict):
+    def __init__(self, name: str, model: Any, preprocess: Any, tokenizer: Any, architecture: dict):
         super().__init__(name)
-        self.model = model
+        # open_clip models are not typed module by module; their attributes are read as Any
+        self.model: Any = model
         self.transform = preprocess
-        context = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77)
+        context = int(getattr(model, "context_length", None) or getattr(tokenizer, "context_length", None) or 77)
         self.tokenizer = _tokenizer_adapter(tokenizer, context)
         self._arch = architecture
         self._splice_state = threading.local()
@@ -117,7 +118,7 @@ class OpenClipFoundation(Foundation):
             visual.output_tokens = True
 
     @staticmethod
-    def _find_token_embedding(model: nn.Module) -> nn.Embedding:
+    def _find_token_embedding(model: Any) -> nn.Embedding:
         for owner in (model, getattr(model, "text", None)):
             emb = getattr(owner, "token_embedding", None)
             if isinstance(emb, nn.Embedding):
@@ -127,7 +128,7 @@ class OpenClipFoundation(Foundation):
             return text.transformer.get_input_embeddings()
         raise UnknownModelError(f"cannot locate the word-embedding table of {type(model).__name__}")
 
-    def _splice_hook(self, module, args, output):
+    def _splice_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         state = getattr(self._splice_state, "value", None)
         if state is None:
             return output
@@ -141,7 +142,7 @@ class OpenClipFoundation(Foundation):
             return proj.out_features
         if isinstance(proj, torch.Tensor):
             return proj.shape[1]
-        return int(self._arch.get("embed_dim"))
+        return int(self._arch["cfg"]["embed_dim"])
 
     @property
     def token_embedding(self) -> nn.Embedding:
@@ -191,7 +192,13 @@ class OpenClipFoundation(Foundation):
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
         return x
 
-    def _text_forward(self, input_ids, attention_mask, slot_mask=None, pseudo_tokens=None):
+    def _text_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        slot_mask: torch.Tensor | None = None,
+        pseudo_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         fast = getattr(self, "_fast_text", False)
         if slot_mask is not None:
             if fast:
@@ -209,7 +216,7 @@ class OpenClipFoundation(Foundation):
         out = visual(pixels)
         if not self._visual_tokens:
             if local:
-                warnings.warn(f"{type(visual).__name__} exposes no patch tokens; local features are None")
+                warnings.warn(f"{type(visual).__name__} exposes no patch tokens; local features are None", stacklevel=2)
             return ImageFeatures(global_=out)
         pooled, tokens = out
         if not local:
@@ -310,7 +317,9 @@ def load_openclip(spec: str, name: str) -> OpenClipFoundation:
     return OpenClipFoundation(name, model, preprocess, tokenizer, architecture)
 
 
-def save_openclip_checkpoint(model: nn.Module, folder: str | os.PathLike, model_cfg: dict, preprocess_cfg: dict | None = None) -> Path:
+def save_openclip_checkpoint(
+    model: nn.Module, folder: str | os.PathLike, model_cfg: dict, preprocess_cfg: dict | None = None
+) -> Path:
     """Save an open_clip model as ``open_clip_config.json`` + ``open_clip_model.safetensors``.
 
     This is the layout ``local-dir:`` and the Hub use, so the folder loads with

@@ -7,7 +7,7 @@ Names look like ``openclip:ViT-L-14/openai``, ``openclip:ViT-B-32@/ckpt.pt`` or
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,7 +7,7 @@ and commits them through the same crash-safe path as local indexing.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class EmbedActor:
 
         records = [
             ImageRecord(str(p), str(m) or None, int(o), int(s))
-            for p, m, o, s in zip(batch["path"], batch["member"], batch["offset"], batch["size"])
+            for p, m, o, s in zip(batch["path"], batch["member"], batch["offset"], batch["size"], strict=True)
         ]
         ds = DecodeDataset(records, self.fnd.transform)
         items = [ds[j] for j in range(len(records))]
@@ -93,7 +93,7 @@ def ray_encoder(foundation: str, address: str | None = None, actors: int = 2, ba
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield [
                 (int(i), str(h), v if not e else None, str(e))
-                for i, h, v, e in zip(batch["i"], batch["hash"], batch["vec"], batch["error"])
+                for i, h, v, e in zip(batch["i"], batch["hash"], batch["vec"], batch["error"], strict=True)
             ]
 
     return encode

@@ -21,9 +21,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class Gallery:
 
     # ----- open / create ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "Gallery":
+    def open(cls, directory: str | os.PathLike) -> Gallery:
         directory = Path(directory)
         meta = directory / "gallery.json"
         if not meta.is_file():
@@ -127,7 +128,7 @@ class Gallery:
         return gallery
 
     @classmethod
-    def open_or_create(cls, directory: str | os.PathLike, foundation: "Foundation", store: str = "faiss") -> "Gallery":
+    def open_or_create(cls, directory: str | os.PathLike, foundation: Foundation, store: str = "faiss") -> Gallery:
         directory = Path(directory)
         if (directory / "gallery.json").is_file():
             gallery = cls.open(directory)
@@ -148,7 +149,7 @@ class Gallery:
         atomic_write_text(directory / "gallery.json", json.dumps(info, indent=2))
         return cls.open(directory)
 
-    def check_foundation(self, foundation: "Foundation | str") -> None:
+    def check_foundation(self, foundation: Foundation | str) -> None:
         fp = foundation if isinstance(foundation, str) else foundation.fingerprint
         name = "<fingerprint>" if isinstance(foundation, str) else foundation.name
         if fp != self.info["foundation_fingerprint"]:
@@ -191,7 +192,9 @@ class Gallery:
 
     def items(self) -> list[dict]:
         rows = self.db().execute("SELECT id, path, hash, size, metadata FROM items ORDER BY id").fetchall()
-        return [{"id": r[0], "path": r[1], "hash": r[2], "size": r[3], "metadata": json.loads(r[4] or "{}")} for r in rows]
+        return [
+            {"id": r[0], "path": r[1], "hash": r[2], "size": r[3], "metadata": json.loads(r[4] or "{}")} for r in rows
+        ]
 
     def path_of(self, item_id: int) -> str | None:
         row = self.db().execute("SELECT path FROM items WHERE id = ?", (int(item_id),)).fetchone()
@@ -221,7 +224,11 @@ class Gallery:
             rows = [(int(i), found[int(i)]) for i in ids if int(i) in found]
         dim = self.info["embed_dim"]
         out_ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
+        vecs = (
+            np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+            if rows
+            else np.zeros((0, dim), np.float32)
+        )
         return out_ids, vecs
 
     def _commit_batch(self, rows: list[tuple], vecs: np.ndarray) -> None:
@@ -290,7 +297,7 @@ class Gallery:
     def index(
         self,
         sources: Sequence[str | os.PathLike],
-        foundation: "Foundation",
+        foundation: Foundation,
         prune: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -387,10 +394,10 @@ class Gallery:
             raise GalleryError(f"query dim {queries.shape[1]} != gallery dim {self.info['embed_dim']}")
         with self._store_lock:
             scores, ids = self.store.search(queries, k)
-        return [self._hits(s, i) for s, i in zip(scores, ids)]
+        return [self._hits(s, i) for s, i in zip(scores, ids, strict=True)]
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
-        valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
+        valid = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0]
         if not valid:
             return []
         db = self.db()
@@ -400,7 +407,12 @@ class Gallery:
         return [Hit(i, info[i][0], s, info[i][1]) for s, i in valid if i in info]
 
     def describe(self) -> dict:
-        return {**self.info, "count": self.count(), "generation": self.generation(), "store_state": self.store.describe()}
+        return {
+            **self.info,
+            "count": self.count(),
+            "generation": self.generation(),
+            "store_state": self.store.describe(),
+        }
 
     def close(self) -> None:
         self.store.close()
@@ -410,8 +422,9 @@ class Gallery:
             self._local.conn = None
 
 
-def encode_records(records: Sequence[ImageRecord], foundation: "Foundation", batch_size: int = 32,
-                   num_workers: int = 0) -> Iterable[list[tuple]]:
+def encode_records(
+    records: Sequence[ImageRecord], foundation: Foundation, batch_size: int = 32, num_workers: int = 0
+) -> Iterable[list[tuple]]:
     """Decode in DataLoader workers, encode here: batches of ``(index, hash, vector | None, error)``.
 
     A bad image yields its ``"reason|message"`` error instead of a vector; the batch survives it.

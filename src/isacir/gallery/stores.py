@@ -50,8 +50,8 @@ class VectorStore(ABC):
     @abstractmethod
     def describe(self) -> dict: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027  (optional hook: stores without resources need not close)
+        return None
 
 
 # ----- FAISS ----------------------------------------------------------------------------------------
@@ -83,7 +83,11 @@ def build_faiss_index(vecs: np.ndarray, ids: np.ndarray, params: dict, seed: int
         ivf = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
         ivf.cp.niter = params.get("niter", 10)
         rng = np.random.default_rng(seed)
-        sample = vecs[rng.choice(len(vecs), size=params["train_size"], replace=False)] if len(vecs) > params["train_size"] else vecs
+        sample = (
+            vecs[rng.choice(len(vecs), size=params["train_size"], replace=False)]
+            if len(vecs) > params["train_size"]
+            else vecs
+        )
         ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
         ivf.nprobe = params.get("nprobe", 16)
         index = ivf
@@ -128,7 +132,7 @@ def tune_nprobe(
 
 def recall_at_k(got: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Fraction of the exact top-k that the approximate top-k contains."""
-    hits = sum(len(set(g[:k].tolist()) & set(t[:k].tolist())) for g, t in zip(got, truth))
+    hits = sum(len(set(g[:k].tolist()) & set(t[:k].tolist())) for g, t in zip(got, truth, strict=True))
     return hits / (len(truth) * k)
 
 
@@ -160,7 +164,12 @@ class FaissStore(VectorStore):
         os.close(fd)
         self._faiss.write_index(self.index, tmp)
         os.replace(tmp, self.folder / "index.faiss")
-        info = {"params": self.params, "generation": self.generation, "count": int(self.index.ntotal), "time": time.time()}
+        info = {
+            "params": self.params,
+            "generation": self.generation,
+            "count": int(self.index.ntotal),
+            "time": time.time(),
+        }
         tmpj = self.folder / ".index.json.tmp"
         tmpj.write_text(json.dumps(info))
         os.replace(tmpj, self.folder / "index.json")
@@ -188,7 +197,9 @@ class FaissStore(VectorStore):
         if len(gone):
             self.index.remove_ids(gone)
         if len(upsert_ids):
-            self.index.add_with_ids(np.ascontiguousarray(upsert_vecs, np.float32), np.ascontiguousarray(upsert_ids, np.int64))
+            self.index.add_with_ids(
+                np.ascontiguousarray(upsert_vecs, np.float32), np.ascontiguousarray(upsert_ids, np.int64)
+            )
         self.generation = generation
         self._persist()
 
@@ -255,7 +266,10 @@ class MilvusStore(VectorStore):
         if len(delete_ids):
             self.client.delete(self.collection, ids=[int(i) for i in delete_ids])
         if len(upsert_ids):
-            rows = [{"id": int(i), "vector": v.astype(np.float32).tolist()} for i, v in zip(upsert_ids, upsert_vecs)]
+            rows = [
+                {"id": int(i), "vector": v.astype(np.float32).tolist()}
+                for i, v in zip(upsert_ids, upsert_vecs, strict=True)
+            ]
             for start in range(0, len(rows), 1000):
                 self.client.upsert(self.collection, rows[start : start + 1000])
         self.client.flush(self.collection)
@@ -268,8 +282,11 @@ class MilvusStore(VectorStore):
 
     def search(self, queries, k):
         res = self.client.search(
-            self.collection, data=[q.astype(np.float32).tolist() for q in queries], limit=k,
-            search_params={"metric_type": "IP"}, output_fields=["id"],
+            self.collection,
+            data=[q.astype(np.float32).tolist() for q in queries],
+            limit=k,
+            search_params={"metric_type": "IP"},
+            output_fields=["id"],
         )
         scores = np.zeros((len(queries), k), np.float32)
         ids = -np.ones((len(queries), k), np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -68,7 +69,7 @@ def resolve_backbone(name: str) -> BackboneSpec:
 OUTPUT_STRIDES = (8, 16, 32)
 
 
-def _create(spec: BackboneSpec, name: str, **kwargs) -> nn.Module:
+def _create(spec: BackboneSpec, name: str, **kwargs: Any) -> Any:
     import timm
 
     try:
@@ -81,8 +82,9 @@ def _create(spec: BackboneSpec, name: str, **kwargs) -> nn.Module:
         raise
 
 
-def create_backbone(name: str, pretrained: bool | str = False,
-                    output_stride: int | None = None) -> tuple[nn.Module, int, dict]:
+def create_backbone(
+    name: str, pretrained: bool | str = False, output_stride: int | None = None
+) -> tuple[nn.Module, int, dict]:
     """Build ``name`` as a feature extractor; returns ``(module, channels, timm pretrained_cfg)``.
 
     ``output_stride`` (8, 16 or 32; None keeps the model's own, usually 32) dilates the last
@@ -100,7 +102,9 @@ def create_backbone(name: str, pretrained: bool | str = False,
     kwargs: dict = {"features_only": True, "out_indices": (-1,)}
     if output_stride is not None:
         if output_stride not in OUTPUT_STRIDES:
-            raise UnknownModelError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}")
+            raise UnknownModelError(
+                f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}"
+            )
         kwargs["output_stride"] = output_stride
     if pretrained is True and packaged_weights_available(spec.timm_name):
         # Weights shipped by an installed package: no hub access needed.

@@ -12,9 +12,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import nn
@@ -70,7 +71,7 @@ class QueryEncoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "QueryEncoderConfig":
+    def from_dict(cls, d: dict) -> QueryEncoderConfig:
         d = dict(d)
         d.pop("model_type", None)
         known = set(cls.__dataclass_fields__)
@@ -81,8 +82,9 @@ class QueryEncoderConfig:
         return cls(**d)
 
 
-def setting_problems(foundation: Foundation | None, method: str, num_tokens: int,
-                     output_stride: int | None = None) -> list[str]:
+def setting_problems(
+    foundation: Foundation | None, method: str, num_tokens: int, output_stride: int | None = None
+) -> list[str]:
     """Everything wrong with these encoder settings for ``foundation``, so callers such as the
     trainer can name all of it at once and before any expensive work."""
     try:
@@ -114,21 +116,27 @@ class QueryEncoder(nn.Module):
     def token_learner_kwargs(self) -> dict:
         """The token learner's shape from the config (every method that has one builds it alike)."""
         c = self.config
-        return dict(num_tokens=c.num_tokens, hidden_dim=c.hidden_dim, depth=c.depth, num_heads=c.num_heads,
-                    mlp_ratio=c.mlp_ratio, output_rms=c.output_rms)
+        return dict(
+            num_tokens=c.num_tokens,
+            hidden_dim=c.hidden_dim,
+            depth=c.depth,
+            num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio,
+            output_rms=c.output_rms,
+        )
 
     # ----- construction ---------------------------------------------------------------------------
     @classmethod
     def create(
         cls,
-        foundation: "Foundation",
+        foundation: Foundation,
         backbone: str = "efficientnet_b0",
         num_tokens: int = 8,
         pretrained: bool | str = False,
         image_size: int | None = None,
         method: str = "isa",
-        **kwargs,
-    ) -> "QueryEncoder":
+        **kwargs: Any,
+    ) -> QueryEncoder:
         """A fresh encoder whose output space is ``foundation``'s word embeddings."""
         problems = setting_problems(foundation, method, num_tokens, kwargs.get("output_stride"))
         if problems:
@@ -196,8 +204,8 @@ class QueryEncoder(nn.Module):
         global_features: torch.Tensor | None = None,
         local_features: torch.Tensor | None = None,
         return_maps: bool = False,
-    ):
-        """Pseudo tokens ``[B, N, word_dim]``.
+    ) -> Any:
+        """Pseudo tokens ``[B, N, word_dim]`` (with ``return_maps``, a pair with the attention maps).
 
         What each method reads is its ``reads``: ``isa`` takes normalised ``pixels [B, 3, H, W]``,
         ``isa-symmetric`` the foundation's ``local_features [B, P, D]``, ``pic2word`` its
@@ -206,7 +214,7 @@ class QueryEncoder(nn.Module):
         return self.method_impl.forward(self, pixels, global_features, local_features, return_maps)
 
     @torch.no_grad()
-    def encode_images(self, images: Iterable[ImageSource], foundation: "Foundation | None" = None) -> torch.Tensor:
+    def encode_images(self, images: Iterable[ImageSource], foundation: Foundation | None = None) -> torch.Tensor:
         """Pseudo tokens for image files/bytes/PIL images (symmetric baselines need ``foundation``)."""
         images = list(images)
         if not self.uses_foundation_features:
@@ -228,7 +236,7 @@ class QueryEncoder(nn.Module):
         return hash_state_dict(self.state_dict(), extra=cfg)
 
     # ----- compatibility --------------------------------------------------------------------------
-    def check_foundation(self, foundation: "Foundation | str") -> None:
+    def check_foundation(self, foundation: Foundation | str) -> None:
         """Refuse a foundation other than the one this encoder was trained for."""
         fp = foundation if isinstance(foundation, str) else foundation.fingerprint
         name = "<fingerprint>" if isinstance(foundation, str) else foundation.name
@@ -280,8 +288,8 @@ class QueryEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, foundation: "Foundation | str | None" = None, map_location: str = "cpu"
-    ) -> "QueryEncoder":
+        cls, directory: str | os.PathLike, foundation: Foundation | str | None = None, map_location: str = "cpu"
+    ) -> QueryEncoder:
         """Load a folder written by :meth:`save_pretrained`; checks the foundation when given."""
         from safetensors.torch import load_model
 

@@ -7,9 +7,13 @@ and NumPy only, so it must stay simple: resize the short side, centre-crop, scal
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torchvision import transforms as T
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,13 +33,14 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
     std: tuple[float, float, float] = field(default=IMAGENET_STD)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.interpolation not in _INTERP:
             raise ValueError(f"interpolation must be one of {sorted(_INTERP)}, got {self.interpolation!r}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
+        m0, m1, m2 = (float(m) for m in self.mean)
+        s0, s1, s2 = (float(s) for s in self.std)
+        self.mean, self.std = (m0, m1, m2), (s0, s1, s2)
 
     @property
     def resize_size(self) -> int:
@@ -57,8 +62,8 @@ class PreprocessConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
+    def from_dict(cls, d: dict) -> PreprocessConfig:
         return cls(**d)
 
-    def __call__(self, image) -> torch.Tensor:
+    def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.transform()(image)

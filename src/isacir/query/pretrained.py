@@ -8,7 +8,7 @@ shape checked.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ def convert_positional(source: dict[str, torch.Tensor], target_keys: dict[str, t
     if len(src) != len(dst):
         raise ModelLoadError(f"weight layout mismatch: {len(src)} source tensors vs {len(dst)} in the model")
     out = {}
-    for (sk, sv), (dk, ds) in zip(src, dst):
+    for (sk, sv), (dk, ds) in zip(src, dst, strict=True):
         if tuple(sv.shape) != tuple(ds):
             raise ModelLoadError(f"weight layout mismatch at {sk} -> {dk}: {tuple(sv.shape)} vs {tuple(ds)}")
         out[dk] = sv

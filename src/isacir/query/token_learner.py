@@ -57,7 +57,9 @@ class AdaptiveTokenLearner(nn.Module):
         b, n, h, w = logits.shape
         return logits.flatten(2).softmax(dim=-1).view(b, n, h, w)
 
-    def forward(self, features: torch.Tensor, return_maps: bool = False):
+    def forward(
+        self, features: torch.Tensor, return_maps: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         maps = self.attention_maps(features)
         pooled = torch.einsum("bnp,bcp->bnc", maps.flatten(2), features.flatten(2))
         x = self.in_proj(self.in_norm(pooled)) + self.slot_embed

@@ -3,4 +3,12 @@
 from .app import ServeSettings, ServiceState, create_app, load_service, read_api_keys
 from .feedback import FeedbackError, FeedbackStore
 
-__all__ = ["FeedbackError", "FeedbackStore", "ServeSettings", "ServiceState", "create_app", "load_service", "read_api_keys"]
+__all__ = [
+    "FeedbackError",
+    "FeedbackStore",
+    "ServeSettings",
+    "ServiceState",
+    "create_app",
+    "load_service",
+    "read_api_keys",
+]

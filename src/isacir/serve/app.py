@@ -125,8 +125,9 @@ class _UploadCap:
 
     async def _reject(self, scope, send):
         self.metrics.observe(scope.get("path", "?"), scope.get("method", "?"), 413, 0.0)
-        response = JSONResponse({"detail": f"request body exceeds the {self.limit:,}-byte upload cap", "code": "too_large"},
-                                status_code=413)
+        response = JSONResponse(
+            {"detail": f"request body exceeds the {self.limit:,}-byte upload cap", "code": "too_large"}, status_code=413
+        )
         await response({"type": "http"}, _empty_receive, send)
 
 
@@ -153,8 +154,7 @@ def _decode_upload(data: bytes, name: str):
 class ServiceState:
     """What the routes share: models, gallery, feedback store, cached fingerprints."""
 
-    def __init__(self, gallery: "Gallery", foundation: "Foundation", query_encoder: "QueryEncoder",
-                 settings: ServeSettings):
+    def __init__(self, gallery: Gallery, foundation: Foundation, query_encoder: QueryEncoder, settings: ServeSettings):
         from ..search import Retriever
 
         self.gallery = gallery
@@ -295,8 +295,13 @@ def create_app(state: ServiceState) -> FastAPI:
             "took_ms": round(1000 * (time.perf_counter() - t0), 2),
             "query_encoder_fingerprint": state.qe_fingerprint,
             "results": [
-                {"id": h.id, "score": round(float(h.score), 6), "name": Path(h.path.split("::")[-1]).name,
-                 "image_url": f"/v1/images/{h.id}", "thumbnail_url": f"/v1/images/{h.id}/thumbnail"}
+                {
+                    "id": h.id,
+                    "score": round(float(h.score), 6),
+                    "name": Path(h.path.split("::")[-1]).name,
+                    "image_url": f"/v1/images/{h.id}",
+                    "thumbnail_url": f"/v1/images/{h.id}/thumbnail",
+                }
                 for h in hits
             ],
         }
@@ -341,8 +346,12 @@ def create_app(state: ServiceState) -> FastAPI:
                 "fingerprint_mismatch",
             )
         if decoded.tokens.shape != (qe.num_tokens, qe.word_dim):
-            raise _error(422, f"payload holds {decoded.tokens.shape[0]}x{decoded.tokens.shape[1]} tokens; the served "
-                         f"encoder produces {qe.num_tokens}x{qe.word_dim}", "payload_shape")
+            raise _error(
+                422,
+                f"payload holds {decoded.tokens.shape[0]}x{decoded.tokens.shape[1]} tokens; the served "
+                f"encoder produces {qe.num_tokens}x{qe.word_dim}",
+                "payload_shape",
+            )
         tokens = torch.from_numpy(decoded.tokens)[None]
         hits = state.retriever.search(text=body.text, tokens=tokens, k=body.k, rerank=body.rerank, mode="isa")
         return _respond("tokens", body.text, hits, body.k, raw, t0)
@@ -366,13 +375,21 @@ def create_app(state: ServiceState) -> FastAPI:
             saved.append((name, path))
         if not saved:
             status = 415 if all(r["status"] == 415 for r in rejected) else 422
-            return JSONResponse({"detail": "no image in the request could be read", "code": "no_images",
-                                 "added": [], "rejected": rejected}, status_code=status)
+            return JSONResponse(
+                {
+                    "detail": "no image in the request could be read",
+                    "code": "no_images",
+                    "added": [],
+                    "rejected": rejected,
+                },
+                status_code=status,
+            )
         report = state.gallery.index([str(p) for _, p in saved], state.foundation, progress=False)
         ids = state.gallery.ids_for_paths([str(p) for _, p in saved])
         added = [{"filename": n, "id": ids.get(str(p))} for n, p in saved]
-        return JSONResponse({"added": added, "rejected": rejected, "report": report.to_dict(),
-                             "gallery_items": state.gallery.count()})
+        return JSONResponse(
+            {"added": added, "rejected": rejected, "report": report.to_dict(), "gallery_items": state.gallery.count()}
+        )
 
     @app.delete("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
     def remove_image(item_id: int) -> dict:
@@ -421,8 +438,12 @@ def create_app(state: ServiceState) -> FastAPI:
             fid = state.feedback.add(body.query_id, body.candidate_id, body.verdict, body.note)
         except FeedbackError as exc:
             raise _error(exc.status, str(exc), "feedback") from None
-        return {"feedback_id": fid, "query_id": body.query_id, "candidate_id": body.candidate_id,
-                "verdict": body.verdict}
+        return {
+            "feedback_id": fid,
+            "query_id": body.query_id,
+            "candidate_id": body.candidate_id,
+            "verdict": body.verdict,
+        }
 
     app.add_middleware(_UploadCap, limit=settings.max_upload_bytes, metrics=metrics)
     return app
@@ -435,9 +456,14 @@ def _ext_from_bytes(data: bytes) -> str:
         return UPLOAD_EXTENSIONS.get(im.format or "", ".png")
 
 
-def load_service(gallery: str | os.PathLike, query_encoder: str | os.PathLike, foundation: str | None = None,
-                 api_key_file: str | os.PathLike | None = None, max_upload_mb: float = 10.0,
-                 feedback_db: str | os.PathLike | None = None) -> FastAPI:
+def load_service(
+    gallery: str | os.PathLike,
+    query_encoder: str | os.PathLike,
+    foundation: str | None = None,
+    api_key_file: str | os.PathLike | None = None,
+    max_upload_mb: float = 10.0,
+    feedback_db: str | os.PathLike | None = None,
+) -> FastAPI:
     """Open gallery, foundation and query encoder, check that they belong together, build the app.
 
     The foundation defaults to the one the query encoder was trained for.

@@ -71,13 +71,30 @@ class FeedbackStore:
             self._local.conn = conn
         return conn
 
-    def log_query(self, mode: str, text: str, tokens: bytes | None, k: int, results: list[int],
-                  query_encoder_fingerprint: str | None, foundation_fingerprint: str) -> str:
+    def log_query(
+        self,
+        mode: str,
+        text: str,
+        tokens: bytes | None,
+        k: int,
+        results: list[int],
+        query_encoder_fingerprint: str | None,
+        foundation_fingerprint: str,
+    ) -> str:
         query_id = uuid.uuid4().hex
         self.db().execute(
             "INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (query_id, time.time(), mode, text, tokens, query_encoder_fingerprint, foundation_fingerprint, k,
-             json.dumps(results)),
+            (
+                query_id,
+                time.time(),
+                mode,
+                text,
+                tokens,
+                query_encoder_fingerprint,
+                foundation_fingerprint,
+                k,
+                json.dumps(results),
+            ),
         )
         return query_id
 
@@ -87,7 +104,9 @@ class FeedbackStore:
         db = self.db()
         row = db.execute("SELECT results FROM queries WHERE query_id = ?", (query_id,)).fetchone()
         if row is None:
-            raise FeedbackError(f"unknown query_id {query_id!r}: feedback must refer to a search this server answered", 404)
+            raise FeedbackError(
+                f"unknown query_id {query_id!r}: feedback must refer to a search this server answered", 404
+            )
         if candidate_id not in json.loads(row[0]):
             raise FeedbackError(f"candidate {candidate_id} was not among the results of query {query_id}", 422)
         cur = db.execute(
@@ -98,15 +117,26 @@ class FeedbackStore:
 
     def rows(self, query_id: str | None = None) -> list[dict]:
         """Feedback joined with its query (tokens as payload bytes), oldest first."""
-        sql = ("SELECT f.feedback_id, f.query_id, f.candidate_id, f.verdict, f.created, q.text, q.mode, q.tokens, "
-               "q.query_encoder_fingerprint FROM feedback f JOIN queries q USING (query_id)")
+        sql = (
+            "SELECT f.feedback_id, f.query_id, f.candidate_id, f.verdict, f.created, q.text, q.mode, q.tokens, "
+            "q.query_encoder_fingerprint FROM feedback f JOIN queries q USING (query_id)"
+        )
         args: tuple = ()
         if query_id is not None:
             sql += " WHERE f.query_id = ?"
             args = (query_id,)
-        keys = ("feedback_id", "query_id", "candidate_id", "verdict", "created", "text", "mode", "tokens",
-                "query_encoder_fingerprint")
-        return [dict(zip(keys, r)) for r in self.db().execute(sql + " ORDER BY f.feedback_id", args)]
+        keys = (
+            "feedback_id",
+            "query_id",
+            "candidate_id",
+            "verdict",
+            "created",
+            "text",
+            "mode",
+            "tokens",
+            "query_encoder_fingerprint",
+        )
+        return [dict(zip(keys, r, strict=True)) for r in self.db().execute(sql + " ORDER BY f.feedback_id", args)]
 
     def counts(self) -> dict[str, int]:
         db = self.db()

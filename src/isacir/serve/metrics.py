@@ -14,12 +14,22 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.latency = Histogram("isacir_request_duration_seconds", "Request latency by route.",
-                                 ["route", "method"], buckets=BUCKETS, registry=self.registry)
-        self.requests = Counter("isacir_requests", "Requests by route and status.", ["route", "method", "status"],
-                                registry=self.registry)
-        self.errors = Counter("isacir_errors", "Responses with status >= 400 by route and status.",
-                              ["route", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "isacir_request_duration_seconds",
+            "Request latency by route.",
+            ["route", "method"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "isacir_requests", "Requests by route and status.", ["route", "method", "status"], registry=self.registry
+        )
+        self.errors = Counter(
+            "isacir_errors",
+            "Responses with status >= 400 by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
         self.gallery_items = Gauge("isacir_gallery_items", "Images in the served gallery.", registry=self.registry)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -19,9 +19,10 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -80,8 +81,9 @@ def hash_records(records: Sequence[ImageRecord], num_workers: int = 0) -> tuple[
     t0 = time.perf_counter()
     report = BuildReport(total=len(records))
     hashes: list[str | None] = [None] * len(records)
-    loader = DataLoader(DecodeDataset(records, _no_transform), batch_size=64, num_workers=num_workers,
-                        collate_fn=collate_list)
+    loader = DataLoader(
+        DecodeDataset(records, _no_transform), batch_size=64, num_workers=num_workers, collate_fn=collate_list
+    )
     for batch in loader:
         for i, digest, _, error in batch:
             if error:
@@ -126,7 +128,7 @@ class TeacherCache:
             self._db = db
         return self._db
 
-    def _write_meta(self, foundation: "Foundation", kinds: dict[str, list[int]]) -> None:
+    def _write_meta(self, foundation: Foundation, kinds: dict[str, list[int]]) -> None:
         meta = {
             "format": CACHE_FORMAT,
             "foundation_id": foundation.name,
@@ -184,7 +186,7 @@ class TeacherCache:
     def build(
         self,
         records: Sequence[ImageRecord],
-        foundation: "Foundation",
+        foundation: Foundation,
         batch_size: int = 64,
         shard_size: int = 4096,
         num_workers: int = 0,
@@ -206,7 +208,8 @@ class TeacherCache:
 
         if foundation.fingerprint != self.fingerprint:
             raise FoundationMismatchError(
-                f"cache {self.dir} is for fingerprint {self.fingerprint}, got {foundation.name} ({foundation.fingerprint})"
+                f"cache {self.dir} is for fingerprint {self.fingerprint}, "
+                f"got {foundation.name} ({foundation.fingerprint})"
             )
         t0 = time.perf_counter()
         db = self._connect()

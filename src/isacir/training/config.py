@@ -35,12 +35,15 @@ class TrainConfig:
     method: str = setting("isa", "isa | isa-symmetric | pic2word (`isacir methods` lists them).")
     backbone: str = setting("efficientnet_b0", "Light backbone for isa (`isacir backbones`; any timm name works).")
     pretrained_backbone: Union[bool, str] = setting(
-        False, "Backbone start: false (random), true (ImageNet weights) or a local weights file (timm layout).",
-        flags=("--pretrained-backbone", "--backbone-weights"))
+        False,
+        "Backbone start: false (random), true (ImageNet weights) or a local weights file (timm layout).",
+        flags=("--pretrained-backbone", "--backbone-weights"),
+    )
     tokens: int = setting(8, "Pseudo tokens N (pic2word always writes 1).")
     image_size: Optional[int] = setting(None, "Query-side input size in pixels (default: the backbone's own).")
     output_stride: Optional[int] = setting(
-        None, "isa backbone output stride 8 | 16 | 32 (default: its own). 16 keeps a 4x4 map at 64 px.")
+        None, "isa backbone output stride 8 | 16 | 32 (default: its own). 16 keeps a 4x4 map at 64 px."
+    )
     epochs: int = setting(1, "Passes over the data (ignored when max_steps is set).")
     max_steps: Optional[int] = setting(None, "Optimizer steps for the schedule (default: epochs x steps per epoch).")
     stop_after: Optional[int] = setting(None, "Stop after this many steps without changing the schedule.")
@@ -52,24 +55,32 @@ class TrainConfig:
     min_lr_ratio: float = setting(0.0, "Final learning rate as a fraction of the peak.")
     grad_clip: float = setting(1.0, "Gradient norm clip (0 = off).")
     temperature: float = setting(0.07, "InfoNCE temperature (the start value when it is learned).")
-    learn_temperature: bool = setting(True, "Learn the temperature, or keep it fixed.",
-                                      flags=("--learn-temperature/--fixed-temperature",))
+    learn_temperature: bool = setting(
+        True, "Learn the temperature, or keep it fixed.", flags=("--learn-temperature/--fixed-temperature",)
+    )
     lar_weight: float = setting(0.0, "Weight of the local alignment regulariser (0 = GCD only).")
-    word_weight: float = setting(0.0, "Weight of the word prior (pull tokens towards real words); an ablation, 0 = off.")
+    word_weight: float = setting(
+        0.0, "Weight of the word prior (pull tokens towards real words); an ablation, 0 = off."
+    )
     local_grid: Optional[int] = setting(None, "Pool cached patch features to GRID x GRID (saves disk).")
     template: str = setting(DEFAULT_TEMPLATE, "Prompt the pseudo tokens are trained in ({} = tokens, {} = modifier).")
-    augment: str = setting("light", "Query-side augmentation: none | light (scale jitter) | medium (+ brightness/contrast).")
+    augment: str = setting(
+        "light", "Query-side augmentation: none | light (scale jitter) | medium (+ brightness/contrast)."
+    )
     seed: int = setting(0, "Seed for initialisation, data order and augmentation.")
-    num_workers: Optional[int] = setting(None, "DataLoader workers (default: 8 on CUDA, 0 on CPU).",
-                                         flags=("--workers", "--num-workers"))
+    num_workers: Optional[int] = setting(
+        None, "DataLoader workers (default: 8 on CUDA, 0 on CPU).", flags=("--workers", "--num-workers")
+    )
     checkpoint_every: int = setting(500, "Save a resumable checkpoint every N steps.")
     keep_checkpoints: int = setting(2, "Resumable checkpoints kept on disk.")
     log_every: int = setting(10, "Steps between rows of train_log.csv.")
-    use_cache: bool = setting(True, "Cache the frozen teacher's features (off recomputes them every step).",
-                              flags=("--cache/--no-cache",))
+    use_cache: bool = setting(
+        True, "Cache the frozen teacher's features (off recomputes them every step).", flags=("--cache/--no-cache",)
+    )
     cache_dir: Optional[str] = setting(None, "Teacher-feature cache root (default: OUT/teacher-cache).")
-    progress: bool = setting(True, "Show progress (a bar on a terminal, plain lines in logs).",
-                             flags=("--progress/--no-progress",))
+    progress: bool = setting(
+        True, "Show progress (a bar on a terminal, plain lines in logs).", flags=("--progress/--no-progress",)
+    )
 
     def __post_init__(self) -> None:
         from ..query.methods import canonical_method
@@ -90,7 +101,9 @@ class TrainConfig:
         data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys document presets
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ConfigError(f"{source}: unknown training setting(s) {unknown}; `isacir train --print-config` lists them")
+            raise ConfigError(
+                f"{source}: unknown training setting(s) {unknown}; `isacir train --print-config` lists them"
+            )
         return cls(**{k: coerce(cls, k, v, source) for k, v in data.items()})
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -106,7 +119,9 @@ class TrainConfig:
             if not sep or not key:
                 raise ConfigError(f"--override wants KEY=VALUE, got {item!r}")
             if key not in names:
-                raise ConfigError(f"--override: unknown training setting {key!r}; `isacir train --print-config` lists them")
+                raise ConfigError(
+                    f"--override: unknown training setting {key!r}; `isacir train --print-config` lists them"
+                )
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError:
@@ -186,8 +201,10 @@ def load_config(preset_or_file: str | Path | None = None) -> TrainConfig:
     else:
         candidate = resources.files(PRESET_PACKAGE) / f"{preset_or_file}.json"
         if not candidate.is_file():
-            raise ConfigError(f"unknown preset {str(preset_or_file)!r}: choose one of {', '.join(list_presets())}, "
-                              "or pass a JSON file")
+            raise ConfigError(
+                f"unknown preset {str(preset_or_file)!r}: choose one of {', '.join(list_presets())}, "
+                "or pass a JSON file"
+            )
         text, source = candidate.read_text(), f"preset {preset_or_file}"
     try:
         data = json.loads(text)

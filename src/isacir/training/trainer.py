@@ -18,9 +18,10 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -59,8 +60,9 @@ def check_settings(config: TrainConfig, foundation: Foundation | None = None) ->
     """
     bad = setting_problems(foundation, config.method, config.tokens, config.output_stride)
     if config.output_stride is not None and config.output_stride not in OUTPUT_STRIDES:
-        bad.append(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))} or null, "
-                   f"got {config.output_stride}")
+        bad.append(
+            f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))} or null, got {config.output_stride}"
+        )
     if config.augment not in POLICIES:
         bad.append(f"unknown augmentation {config.augment!r} (choose one of {', '.join(POLICIES)})")
     for name in ("batch_size", "grad_accum"):
@@ -294,12 +296,16 @@ class TrainResult:
 
 def _teacher_kinds(config: TrainConfig, foundation) -> tuple[bool, bool]:
     """Which teacher features beyond the global one this run reads: ``(local, hidden)``."""
-    need_local = (config.lar_weight > 0 and not foundation.has_matching_head) or get_method(config.method).reads == "local"
+    need_local = (config.lar_weight > 0 and not foundation.has_matching_head) or get_method(
+        config.method
+    ).reads == "local"
     need_hidden = config.lar_weight > 0 and foundation.has_matching_head
     return need_local, need_hidden
 
 
-def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistInfo, log, work: Path) -> tuple[list[TrainItem], dict]:
+def _prepare_items(
+    config, foundation, sources, cache: TeacherCache, info: DistInfo, log, work: Path
+) -> tuple[list[TrainItem], dict]:
     """Build (or reuse) the teacher cache; every rank encodes its share of the records."""
     records = discover_images(sources)
     need_local, need_hidden = _teacher_kinds(config, foundation)
@@ -326,8 +332,17 @@ def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistI
     work.mkdir(parents=True, exist_ok=True)
     part = work / f".manifest-{os.getpid()}-rank{info.rank}.json"
     tmp = part.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"index": mine, "hashes": hashes, "skipped": report.skipped,
-                               "summary": report.summary(), "examples": report.skipped_examples[:5]}))
+    tmp.write_text(
+        json.dumps(
+            {
+                "index": mine,
+                "hashes": hashes,
+                "skipped": report.skipped,
+                "summary": report.summary(),
+                "examples": report.skipped_examples[:5],
+            }
+        )
+    )
     os.replace(tmp, part)
     parts = [part]
     if info.world > 1:
@@ -338,7 +353,7 @@ def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistI
     skipped: dict[str, int] = {}
     for p in parts:
         data = json.loads(Path(p).read_text())
-        for i, h in zip(data["index"], data["hashes"]):
+        for i, h in zip(data["index"], data["hashes"], strict=True):
             all_hashes[i] = h
         for k, v in data["skipped"].items():
             skipped[k] = skipped.get(k, 0) + v
@@ -349,7 +364,7 @@ def _prepare_items(config, foundation, sources, cache: TeacherCache, info: DistI
     part.unlink(missing_ok=True)
     seen: set[str] = set()
     items = []
-    for rec, digest in zip(records, all_hashes):
+    for rec, digest in zip(records, all_hashes, strict=True):
         if digest and digest not in seen:  # duplicates would be false negatives in the batch
             seen.add(digest)
             items.append(TrainItem(rec, digest))
@@ -395,7 +410,11 @@ def train(
     # model: fresh, or from a checkpoint
     ckpt: Path | None = None
     if resume:
-        ckpt = Path(resume) if isinstance(resume, (str, os.PathLike)) and str(resume) not in ("True", "1") else latest_checkpoint(out_dir)
+        ckpt = (
+            Path(resume)
+            if isinstance(resume, (str, os.PathLike)) and str(resume) not in ("True", "1")
+            else latest_checkpoint(out_dir)
+        )
         if ckpt is None:
             say(f"no checkpoint in {out_dir / 'checkpoints'}; starting fresh")
     if ckpt is not None:
@@ -416,7 +435,9 @@ def train(
     module = TrainModule(encoder, foundation, config).to(device).train()
     model = module
     if info.world > 1:
-        model = nn.parallel.DistributedDataParallel(module, device_ids=[info.local_rank] if device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            module, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
 
     per_epoch = len(epoch_order(len(items), config.seed, 0, info, config.batch_size)) // config.batch_size
     steps_per_epoch = per_epoch // config.grad_accum
@@ -470,7 +491,13 @@ def train(
 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     stop_at = min(total, config.stop_after) if config.stop_after else total
-    bar = progress_bar(total=total, initial=step, desc=f"train {config.method}", unit="step", disable=not (info.main and config.progress))
+    bar = progress_bar(
+        total=total,
+        initial=step,
+        desc=f"train {config.method}",
+        unit="step",
+        disable=not (info.main and config.progress),
+    )
     t_start = time.perf_counter()
     history: list[dict] = []
     window_imgs, window_t = 0, time.perf_counter()
@@ -565,5 +592,8 @@ def train(
         encoder.save_pretrained(out_dir / "final")
     _barrier(info)
     seconds = time.perf_counter() - t_start
-    say(f"trained {step} steps in {seconds:.1f}s; final loss {last_loss:.4f}; images dropped while training: {dropped_total}")
+    say(
+        f"trained {step} steps in {seconds:.1f}s; final loss {last_loss:.4f}; "
+        f"images dropped while training: {dropped_total}"
+    )
     return TrainResult(out_dir, step, last_loss, skipped, seconds, history, encoder.eval())

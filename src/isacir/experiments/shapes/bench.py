@@ -12,15 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from ..._fs import atomic_write_text, replace_dir
 from ...evaluation.metrics import recall_any_at_k
 from ...query.methods import get_method
 from ...training.config import TrainConfig, load_config
 from .world import ShapesConfig, generate
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TRAINING_FREE = ("image_only", "text_only", "image_plus_text", "pixel_only")
 #: Result rows of the trained methods. The names are the bench's JSON keys, which dashboards read;
@@ -34,8 +38,15 @@ SHAPES_TEMPLATE = "{} , {}"
 #: The training preset every trained method shares, so the comparison is like for like.
 PRESET = "shapes-cir"
 #: Settings that change how a run is carried out, never what it learns: left out of cache keys.
-_NOT_IN_KEY = ("progress", "num_workers", "cache_dir", "checkpoint_every", "keep_checkpoints", "log_every",
-               "stop_after")
+_NOT_IN_KEY = (
+    "progress",
+    "num_workers",
+    "cache_dir",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "stop_after",
+)
 
 
 def _key(obj) -> str:
@@ -72,8 +83,14 @@ class ShapesBenchConfig:
         world = ShapesConfig(train_images=256, caption_pairs=1500, test_queries=60, distractors=100)
         # 200 steps are too few for the tone jitter to pay off: ISA's R@10 on this run is 11.7 with
         # light augmentation and 6.7 with medium (60 queries, chance 2.7), so the small run keeps light.
-        train = _preset().replace(max_steps=200, batch_size=32, warmup_steps=10, backbone="mobilenetv3_small_050",
-                                  augment="light", checkpoint_every=100)
+        train = _preset().replace(
+            max_steps=200,
+            batch_size=32,
+            warmup_steps=10,
+            backbone="mobilenetv3_small_050",
+            augment="light",
+            checkpoint_every=100,
+        )
         return cls(seed=seed, world=world, foundation_steps=100, foundation_batch=64, train=train)
 
     def foundation_key(self) -> str:
@@ -82,8 +99,9 @@ class ShapesBenchConfig:
     def train_config(self, method: str) -> TrainConfig:
         """The settings that train result row ``method`` (the shared preset, this seed, that method)."""
         impl = get_method(method)
-        return self.train.replace(method=impl.name, seed=self.seed,
-                                  output_stride=self.train.output_stride if impl.has_backbone else None)
+        return self.train.replace(
+            method=impl.name, seed=self.seed, output_stride=self.train.output_stride if impl.has_backbone else None
+        )
 
     def method_key(self, method: str) -> str:
         """Everything that determines the trained model, and nothing a method does not read."""
@@ -92,8 +110,9 @@ class ShapesBenchConfig:
         return _key([self.foundation_key(), settings])
 
 
-def build_foundation(world: Path, out: Path, config: ShapesBenchConfig, log: Callable = print,
-                     progress: bool = True) -> str:
+def build_foundation(
+    world: Path, out: Path, config: ShapesBenchConfig, log: Callable = print, progress: bool = True
+) -> str:
     """The cached tiny foundation for ``config`` (trained once per world and recipe)."""
     from .foundation import ARCH, train_foundation
 
@@ -102,14 +121,28 @@ def build_foundation(world: Path, out: Path, config: ShapesBenchConfig, log: Cal
         log(f"foundation: reusing {folder}")
         return f"openclip:{ARCH}@{folder}"
     tmp = folder.with_name(folder.name + ".partial")
-    train_foundation(world, tmp, steps=config.foundation_steps, batch_size=config.foundation_batch,
-                     seed=config.seed, progress=progress, log=log)
+    train_foundation(
+        world,
+        tmp,
+        steps=config.foundation_steps,
+        batch_size=config.foundation_batch,
+        seed=config.seed,
+        progress=progress,
+        log=log,
+    )
     replace_dir(tmp, folder)
     return f"openclip:{ARCH}@{folder}"
 
 
-def train_method(method: str, world: Path, foundation, out: Path, config: ShapesBenchConfig,
-                 log: Callable = print, progress: bool = True) -> Path:
+def train_method(
+    method: str,
+    world: Path,
+    foundation,
+    out: Path,
+    config: ShapesBenchConfig,
+    log: Callable = print,
+    progress: bool = True,
+) -> Path:
     """A trained query encoder for ``method`` (resumes an interrupted run from its checkpoints)."""
     from ...training import train
 
@@ -118,14 +151,16 @@ def train_method(method: str, world: Path, foundation, out: Path, config: Shapes
     if (final / "config.json").is_file():
         log(f"{method}: reusing {final}")
         return final
-    tc = config.train_config(method).replace(cache_dir=str(out / "teacher-cache" / config.foundation_key()),
-                                             progress=progress)
+    tc = config.train_config(method).replace(
+        cache_dir=str(out / "teacher-cache" / config.foundation_key()), progress=progress
+    )
     train(str(world / "train"), foundation, run, tc, resume=True, log=log)
     return final
 
 
-def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, log: Callable = print,
-                     progress: bool = True) -> dict:
+def run_shapes_bench(
+    out: str | Path, config: ShapesBenchConfig | None = None, log: Callable = print, progress: bool = True
+) -> dict:
     """Run every stage for ``config`` under ``out``; returns ``{"seed", "methods", ...}``.
 
     Writes ``results-seed{S}.json`` (with per-edit-type recall and timings), ``results-seed{S}.md``
@@ -169,8 +204,15 @@ def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, l
     kinds = _query_kinds(world)
     for method in config.methods:
         mode = "isa" if method in TRAINED else method
-        metrics, rankings = evaluate(bench, fnd, mode, query_encoder=encoders.get(method),
-                                     template=config.template, gallery_vecs=gallery, progress=False)
+        metrics, rankings = evaluate(
+            bench,
+            fnd,
+            mode,
+            query_encoder=encoders.get(method),
+            template=config.template,
+            gallery_vecs=gallery,
+            progress=False,
+        )
         results[method] = {k: round(metrics[k], 2) for k in METRICS}
         by_kind[method] = _recall_by_kind(bench, rankings, kinds)
     diagnostics, oracle_rankings = oracle_rows(world, bench, fnd, gallery, names, config.template)
@@ -183,27 +225,39 @@ def run_shapes_bench(out: str | Path, config: ShapesBenchConfig | None = None, l
         refs = [bench.gallery[q.reference] for q in bench.queries]
         for method, enc in encoders.items():
             with torch.no_grad():
-                tokens = torch.cat([enc.encode_images(refs[i : i + 64], foundation=fnd) for i in range(0, len(refs), 64)])
+                tokens = torch.cat(
+                    [enc.encode_images(refs[i : i + 64], foundation=fnd) for i in range(0, len(refs), 64)]
+                )
             resp = modifier_response(fnd, config.template, tokens, [q.modifiers for q in bench.queries], captions)
             response[method] = summarize_response(resp, [kinds[q.qid] for q in bench.queries])
     timings["evaluate_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     summary = {"seed": config.seed, "methods": results}
-    detail = {**summary, "recall_at_1_by_edit": by_kind, "oracles": diagnostics,
-              "modifier_response": response, "timings": {k: round(v, 1) for k, v in timings.items()},
-              "foundation": name, "queries": len(bench.queries), "gallery": len(names),
-              "config": asdict(config), "goals": check_goals(results)}
+    detail = {
+        **summary,
+        "recall_at_1_by_edit": by_kind,
+        "oracles": diagnostics,
+        "modifier_response": response,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "foundation": name,
+        "queries": len(bench.queries),
+        "gallery": len(names),
+        "config": asdict(config),
+        "goals": check_goals(results),
+    }
     stem = out / f"results-seed{config.seed}"
     atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
-    atomic_write_text(stem.with_suffix(".md"), markdown_table(results, by_kind, detail["goals"], config.seed, diagnostics,
-                                                                 response))
+    atomic_write_text(
+        stem.with_suffix(".md"), markdown_table(results, by_kind, detail["goals"], config.seed, diagnostics, response)
+    )
     bar_chart(results, stem.with_suffix(".png"), config.seed)
     return summary
 
 
-def oracle_rows(world: Path, bench, fnd, gallery, names: list[str],
-                template: str) -> tuple[dict[str, dict], dict[str, list[list[str]]]]:
+def oracle_rows(
+    world: Path, bench, fnd, gallery, names: list[str], template: str
+) -> tuple[dict[str, dict], dict[str, list[list[str]]]]:
     """Upper bounds that read the generator's true captions (diagnostics, never methods).
 
     ``target_caption``: the text encoder given the target's description, i.e. how well the
@@ -225,12 +279,17 @@ def oracle_rows(world: Path, bench, fnd, gallery, names: list[str],
     prompts = {
         "oracle_target_caption": [anns[q.qid]["target_caption"] for q in bench.queries],
         "oracle_reference_caption_plus_modifier": [
-            tpl.render(anns[q.qid]["reference_caption"], q.modifiers[0]) for q in bench.queries],
+            tpl.render(anns[q.qid]["reference_caption"], q.modifiers[0]) for q in bench.queries
+        ],
     }
     out, ranked = {}, {}
     for name, texts in prompts.items():
-        vecs = np.concatenate([F.normalize(fnd.encode_text(texts[i : i + 256]).float(), dim=-1).detach().cpu().numpy()
-                               for i in range(0, len(texts), 256)])
+        vecs = np.concatenate(
+            [
+                F.normalize(fnd.encode_text(texts[i : i + 256]).float(), dim=-1).detach().cpu().numpy()
+                for i in range(0, len(texts), 256)
+            ]
+        )
         rankings = rank_gallery(vecs @ gallery.T, names, exclude=[q.reference for q in bench.queries], top=51)
         metrics = score_benchmark(bench, rankings)
         out[name] = {k: round(metrics[k], 2) for k in METRICS}
@@ -238,8 +297,9 @@ def oracle_rows(world: Path, bench, fnd, gallery, names: list[str],
     return out, ranked
 
 
-def modifier_response(fnd, template: str, slot, modifiers: list, reference_captions: list[str],
-                      batch_size: int = 64) -> dict[str, "np.ndarray"]:
+def modifier_response(
+    fnd, template: str, slot, modifiers: list, reference_captions: list[str], batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """How far a modifier moves a composed query, relative to the reference's true caption.
 
     Diagnoses why pseudo sentences compose worse than words: for each query, the cosine distance
@@ -259,8 +319,11 @@ def modifier_response(fnd, template: str, slot, modifiers: list, reference_capti
     def encode(items, mods):
         if isinstance(items, torch.Tensor):
             return fnd.encode_composed(items, mods, tpl, expected_tokens=items.shape[1])
-        texts = [tpl.render(t, m[0] if isinstance(m, (list, tuple)) else m) for t, m in zip(items, mods)] if mods \
+        texts = (
+            [tpl.render(t, m[0] if isinstance(m, (list, tuple)) else m) for t, m in zip(items, mods, strict=True)]
+            if mods
             else [tpl.render(t) for t in items]
+        )
         return fnd.encode_text(texts)
 
     parts: dict[str, list] = {"shift": [], "caption_shift": [], "direction": []}
@@ -268,8 +331,10 @@ def modifier_response(fnd, template: str, slot, modifiers: list, reference_capti
         for i in range(0, len(modifiers), batch_size):
             mods = modifiers[i : i + batch_size]
             caps = reference_captions[i : i + batch_size]
-            pairs = [(F.normalize(encode(x, mods).float(), dim=-1), F.normalize(encode(x, None).float(), dim=-1))
-                     for x in (slot[i : i + batch_size], caps)]
+            pairs = [
+                (F.normalize(encode(x, mods).float(), dim=-1), F.normalize(encode(x, None).float(), dim=-1))
+                for x in (slot[i : i + batch_size], caps)
+            ]
             (pm, pe), (rm, re_) = pairs
             parts["shift"].append(1 - (pm * pe).sum(-1))
             parts["caption_shift"].append(1 - (rm * re_).sum(-1))
@@ -282,8 +347,10 @@ def summarize_response(resp: dict, kinds: list[str]) -> dict[str, dict]:
     out = {}
     for kind in ["all"] + sorted(set(kinds)):
         sel = [i for i, k in enumerate(kinds) if kind in ("all", k)]
-        out[kind] = {"shift_ratio": round(float(resp["shift"][sel].sum() / resp["caption_shift"][sel].sum()), 3),
-                     "direction_cos": round(float(resp["direction"][sel].mean()), 3)}
+        out[kind] = {
+            "shift_ratio": round(float(resp["shift"][sel].sum() / resp["caption_shift"][sel].sum()), 3),
+            "direction_cos": round(float(resp["direction"][sel].mean()), 3),
+        }
     return out
 
 
@@ -298,7 +365,7 @@ def _query_kinds(world: Path) -> dict[str, str]:
 
 def _recall_by_kind(bench, rankings: list[list[str]], kinds: dict[str, str]) -> dict[str, float]:
     groups: dict[str, tuple[list, list]] = {}
-    for q, r in zip(bench.queries, rankings):
+    for q, r in zip(bench.queries, rankings, strict=True):
         ranked, relevant = groups.setdefault(kinds[q.qid], ([], []))
         ranked.append(r)
         relevant.append(set(q.targets))
@@ -323,10 +390,20 @@ def check_goals(results: dict[str, dict]) -> dict[str, bool]:
     return goals
 
 
-def markdown_table(results: dict[str, dict], by_kind: dict[str, dict], goals: dict[str, bool], seed: int,
-                   oracles: dict[str, dict] | None = None, response: dict[str, dict] | None = None) -> str:
-    lines = [f"## Shapes-CIR, seed {seed}", "", "| method | " + " | ".join(METRICS) + " |",
-             "|---|" + "---:|" * len(METRICS)]
+def markdown_table(
+    results: dict[str, dict],
+    by_kind: dict[str, dict],
+    goals: dict[str, bool],
+    seed: int,
+    oracles: dict[str, dict] | None = None,
+    response: dict[str, dict] | None = None,
+) -> str:
+    lines = [
+        f"## Shapes-CIR, seed {seed}",
+        "",
+        "| method | " + " | ".join(METRICS) + " |",
+        "|---|" + "---:|" * len(METRICS),
+    ]
     for m, r in results.items():
         lines.append(f"| {m} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + " |")
     for m, r in (oracles or {}).items():
@@ -338,12 +415,20 @@ def markdown_table(results: dict[str, dict], by_kind: dict[str, dict], goals: di
             lines.append(f"| {m} | " + " | ".join(f"{v.get(k, 0):.1f}" for k in kinds) + " |")
     if response:
         kinds = list(next(iter(response.values())))
-        lines += ["", "Modifier response: how far the modifier moves each trained method's query, as a fraction "
-                  "of how far it moves the reference's true caption (shift ratio / cosine of the two shifts):", "",
-                  "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        lines += [
+            "",
+            "Modifier response: how far the modifier moves each trained method's query, as a fraction "
+            "of how far it moves the reference's true caption (shift ratio / cosine of the two shifts):",
+            "",
+            "| method | " + " | ".join(kinds) + " |",
+            "|---|" + "---:|" * len(kinds),
+        ]
         for m, v in response.items():
-            lines.append(f"| {m} | " + " | ".join(f"{v[k]['shift_ratio']:.2f} / {v[k]['direction_cos']:.2f}"
-                                                  for k in kinds) + " |")
+            lines.append(
+                f"| {m} | "
+                + " | ".join(f"{v[k]['shift_ratio']:.2f} / {v[k]['direction_cos']:.2f}" for k in kinds)
+                + " |"
+            )
     if goals:
         lines += ["", "Goals:", ""] + [f"- [{'x' if ok else ' '}] {g}" for g, ok in goals.items()]
     return "\n".join(lines) + "\n"

@@ -53,21 +53,31 @@ def build_tokenizer(vocab: list[str], context_length: int):
         single="[SOS] $A [EOS]", special_tokens=[("[SOS]", ids["[SOS]"]), ("[EOS]", ids["[EOS]"])]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[SOS]", eos_token="[EOS]",
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[SOS]",
+        eos_token="[EOS]",
         model_max_length=context_length,
     )
 
 
-def model_config(vocab_size: int, image_size: int = 64, context_length: int = 40, width: int = 128,
-                 patch_size: int = 16) -> dict:
+def model_config(
+    vocab_size: int, image_size: int = 64, context_length: int = 40, width: int = 128, patch_size: int = 16
+) -> dict:
     """A small ViT (16 px patches: a 4x4 grid at 64 px) and a 3-layer causal text tower.
 
     Sized for 2 CPU cores: ~0.6 s per 256-pair step (8 px patches cost 4x as much for this world).
     """
     return {
         "embed_dim": 128,
-        "vision_cfg": {"image_size": image_size, "layers": 4, "width": width, "patch_size": patch_size,
-                       "head_width": 64},
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": 4,
+            "width": width,
+            "patch_size": patch_size,
+            "head_width": 64,
+        },
         "text_cfg": {
             "context_length": context_length,
             "vocab_size": vocab_size,
@@ -81,8 +91,13 @@ def model_config(vocab_size: int, image_size: int = 64, context_length: int = 40
 
 
 def _preprocess_config(cfg: dict) -> dict:
-    return {"size": cfg["vision_cfg"]["image_size"], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-            "interpolation": "bicubic", "resize_mode": "shortest"}
+    return {
+        "size": cfg["vision_cfg"]["image_size"],
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
 
 
 def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
@@ -101,14 +116,21 @@ def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
     return f"openclip:{ARCH}@{folder}"
 
 
-def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: int = 256, lr: float = 1e-3,
-                     seed: int = 0, progress: bool = True, log=print) -> str:
+def train_foundation(
+    world: Path,
+    folder: Path,
+    steps: int = 640,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    log=print,
+) -> str:
     """Symmetric InfoNCE on the world's image-caption pairs; returns the foundation name."""
-    from ...progress import progress_bar
-
     from ...data.imageio import load_image
     from ...foundation import create_foundation
     from ...foundation.openclip import save_openclip_checkpoint
+    from ...progress import progress_bar
 
     world, folder = Path(world), Path(folder)
     name = create_untrained(world, folder, seed)
@@ -126,13 +148,15 @@ def train_foundation(world: Path, folder: Path, steps: int = 640, batch_size: in
     rng = random.Random(seed)
     t0 = time.perf_counter()
     bar = progress_bar(range(steps), desc="shapes foundation", disable=not progress, leave=False)
-    for step in bar:
+    for _ in bar:
         idx = torch.tensor(rng.sample(range(len(pairs)), batch_size))
         img = fnd.encode_image(images[idx])
         txt = torch.nn.functional.normalize(model.encode_text(ids[idx]), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T
         labels = torch.arange(batch_size)
-        loss = 0.5 * (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels))
+        loss = 0.5 * (
+            torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

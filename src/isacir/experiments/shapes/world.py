@@ -37,8 +37,18 @@ COLOURS = {
 }
 SIZES = ("small", "large")
 CELLS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
-BACKGROUNDS = [(30, 30, 30), (70, 40, 40), (40, 70, 40), (40, 40, 80), (90, 90, 90), (60, 60, 20), (20, 60, 70),
-               (110, 80, 60), (130, 130, 150), (75, 55, 95)]
+BACKGROUNDS = [
+    (30, 30, 30),
+    (70, 40, 40),
+    (40, 70, 40),
+    (40, 40, 80),
+    (90, 90, 90),
+    (60, 60, 20),
+    (20, 60, 70),
+    (110, 80, 60),
+    (130, 130, 150),
+    (75, 55, 95),
+]
 
 # Modifier phrasings per edit type. The foundation's edit-style captions use TRAIN phrasings only;
 # test queries use TEST phrasings only (held out).
@@ -196,8 +206,10 @@ def make_edit(rng: random.Random, ref: Scene, split: str) -> tuple[str, str, Sce
             return None
         added = random_object(rng, taken)
         target = Scene(tuple(objs + [added]), rng.randrange(len(BACKGROUNDS)))
-        wrong = [_with(added, colour=rng.choice([c for c in COLOURS if c != added.colour])),
-                 _with(added, shape=rng.choice([s for s in SHAPES if s != added.shape]))]
+        wrong = [
+            _with(added, colour=rng.choice([c for c in COLOURS if c != added.colour])),
+            _with(added, shape=rng.choice([s for s in SHAPES if s != added.shape])),
+        ]
         negs = [Scene(tuple(objs + [w]), rng.randrange(len(BACKGROUNDS))) for w in wrong]
         negs.append(_new_bg(rng, ref))  # edit not applied
         return kind, template.format(value=added.phrase()), target, negs
@@ -235,7 +247,9 @@ class ShapesConfig:
     max_objects: int = 3
 
     def key(self) -> str:
-        return hashlib.blake2b(json.dumps([WORLD_FORMAT, asdict(self)], sort_keys=True).encode(), digest_size=6).hexdigest()
+        return hashlib.blake2b(
+            json.dumps([WORLD_FORMAT, asdict(self)], sort_keys=True).encode(), digest_size=6
+        ).hexdigest()
 
 
 def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path:
@@ -286,8 +300,17 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
         kind, text, target, negs = edit
         base = len(gallery)
         gallery.extend([ref, target, *negs])
-        queries.append({"id": len(queries), "ref": base, "target": base + 1, "kind": kind, "text": text,
-                        "ref_caption": describe(ref, caption_rng), "target_caption": describe(target, caption_rng)})
+        queries.append(
+            {
+                "id": len(queries),
+                "ref": base,
+                "target": base + 1,
+                "kind": kind,
+                "text": text,
+                "ref_caption": describe(ref, caption_rng),
+                "target_caption": describe(target, caption_rng),
+            }
+        )
     for _ in range(config.distractors):
         gallery.append(random_scene(rng, config.max_objects))
     img_dir = out / "unlabeled2017"
@@ -305,10 +328,19 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
         target_id = 1_000_000 + q["target"]
         ref_id = 1_000_000 + q["ref"]
         gt = [i for i in by_key[gallery[q["target"]].key()] if i != ref_id]
-        annotations.append({"id": q["id"], "reference_img_id": ref_id, "target_img_id": target_id,
-                            "relative_caption": q["text"], "shared_concept": q["kind"], "gt_img_ids": gt,
-                            # for oracle diagnostics only (no method sees them)
-                            "reference_caption": q["ref_caption"], "target_caption": q["target_caption"]})
+        annotations.append(
+            {
+                "id": q["id"],
+                "reference_img_id": ref_id,
+                "target_img_id": target_id,
+                "relative_caption": q["text"],
+                "shared_concept": q["kind"],
+                "gt_img_ids": gt,
+                # for oracle diagnostics only (no method sees them)
+                "reference_caption": q["ref_caption"],
+                "target_caption": q["target_caption"],
+            }
+        )
     (out / "annotations").mkdir(exist_ok=True)
     (out / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
     (out / "annotations" / "test.json").write_text(json.dumps(annotations))

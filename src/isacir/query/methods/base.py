@@ -51,8 +51,10 @@ class QueryMethod:
             problems.append(f"output_stride applies to the isa backbone only, not to {self.name}")
         if self.fixed_tokens is None:
             if foundation is not None and not 1 <= num_tokens <= foundation.max_pseudo_tokens():
-                problems.append(f"num_tokens must be between 1 and {foundation.max_pseudo_tokens()} for "
-                                f"{foundation.name}, got {num_tokens}")
+                problems.append(
+                    f"num_tokens must be between 1 and {foundation.max_pseudo_tokens()} for "
+                    f"{foundation.name}, got {num_tokens}"
+                )
             elif foundation is None and num_tokens < 1:
                 problems.append(f"num_tokens must be at least 1, got {num_tokens}")
         return problems
@@ -80,7 +82,7 @@ class QueryMethod:
 
     def resume_checks(self, config: QueryEncoderConfig, asked: Any) -> dict[str, tuple[Any, Any]]:
         """(checkpoint value, asked value) for every setting a resumed run of this method must keep."""
-        checks = {"method": (config.method, asked.method)}
+        checks: dict[str, tuple[Any, Any]] = {"method": (config.method, asked.method)}
         if self.fixed_tokens is None:
             checks["tokens"] = (config.num_tokens, asked.tokens)
         return checks

@@ -37,7 +37,9 @@ class Isa(QueryMethod):
     ) -> Any:
         if pixels is None:
             raise ValueError("method 'isa' needs pixels")
-        return encoder.token_learner(encoder.backbone(pixels)[-1], return_maps=return_maps)
+        backbone, learner = encoder.backbone, encoder.token_learner
+        assert backbone is not None and learner is not None  # made by build()
+        return learner(backbone(pixels)[-1], return_maps=return_maps)
 
     def resume_checks(self, config: QueryEncoderConfig, asked: Any) -> dict[str, tuple[Any, Any]]:
         checks = super().resume_checks(config, asked)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from ...errors import ConfigError
 from ..token_learner import AdaptiveTokenLearner
 from .base import QueryMethod, register_method
 
@@ -27,7 +28,9 @@ class IsaSymmetric(QueryMethod):
         return {"input_dim": foundation.embed_dim}
 
     def build(self, encoder: QueryEncoder, config: QueryEncoderConfig, backbone_pretrained: bool | str) -> None:
-        encoder.token_learner = AdaptiveTokenLearner(config.input_dim, config.word_dim, **encoder.token_learner_kwargs())
+        encoder.token_learner = AdaptiveTokenLearner(
+            config.input_dim, config.word_dim, **encoder.token_learner_kwargs()
+        )
 
     def forward(
         self,
@@ -40,10 +43,13 @@ class IsaSymmetric(QueryMethod):
         if local_features is None:
             raise ValueError("method 'isa-symmetric' needs the foundation's local features")
         grid = local_features.transpose(1, 2).unsqueeze(-1)  # [B, D, P, 1]: positions as a 1-wide map
+        assert encoder.token_learner is not None  # made by build()
         return encoder.token_learner(grid, return_maps=return_maps)
 
     def inputs_from_features(self, encoder: QueryEncoder, feats: ImageFeatures) -> dict[str, torch.Tensor]:
         from ...foundation.base import pool_patch_grid
 
+        if feats.local is None:
+            raise ConfigError(f"{type(feats).__name__} without patch features: isa-symmetric needs a ViT foundation")
         local = F.normalize(pool_patch_grid(feats.local, encoder.config.local_grid), dim=-1)
         return {"local_features": local.to(encoder.device)}

@@ -60,6 +60,7 @@ class Pic2Word(QueryMethod):
     ) -> Any:
         if global_features is None:
             raise ValueError("method 'pic2word' needs the foundation's global features")
+        assert encoder.mapper is not None  # made by build()
         tokens = encoder.mapper(global_features)
         return (tokens, None) if return_maps else tokens
 

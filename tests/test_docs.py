@@ -1,0 +1,152 @@
+"""The front door and the docs: size, layout rules, and every command they show parses."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def isacir_commands(text: str) -> list[list[str]]:
+    """argv (after the program name) of every isacir command in the bash blocks of a page."""
+    commands = []
+    for block in _blocks(text, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
+            lexer.whitespace_split = True
+            parts: list[list[str]] = [[]]
+            for token in lexer:
+                if token in (";", "&&", "||", "|"):
+                    parts.append([])
+                else:
+                    parts[-1].append(token)
+            for words in parts:
+                words = words[: words.index(">")] if ">" in words else words
+                if words and words[0].endswith("isacir"):
+                    commands.append(words[1:])
+                elif words and words[0] == "torchrun" and "isacir.cli" in words:
+                    commands.append(words[words.index("isacir.cli") + 1 :])
+    return commands
+
+
+def parse(argv: list[str]) -> None:
+    """Parse like the CLI would (option names, types, choices, required ones) without running."""
+    from isacir.cli import app
+
+    cmd = typer.main.get_command(app)  # typer ships its own copy of click: duck-type, don't isinstance
+    args, name = list(argv), "isacir"
+    while hasattr(cmd, "resolve_command"):
+        ctx = cmd.make_context(name, args, resilient_parsing=False)
+        name, cmd, args = cmd.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        if cmd is None:
+            raise UsageError(f"no such command {name!r}")
+    cmd.make_context(name, args, resilient_parsing=False)
+
+
+class UsageError(Exception):
+    def format_message(self) -> str:
+        return str(self)
+
+
+def is_usage_error(exc: BaseException) -> bool:
+    """A click usage error (typer's copy of click or the real one): it has format_message()."""
+    return hasattr(exc, "format_message") and type(exc).__name__ != "Exit"
+
+
+def test_readme_is_a_front_door():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 15_000
+    for needle in ("make demo", "make test", "```python", "Quality on Shapes-CIR", "docs/index.md"):
+        assert needle in readme
+    assert readme.index("```python") < len(readme) // 3  # the quickstart is near the top
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_command_shown_parses(page):
+    commands = isacir_commands(page.read_text())
+    for argv in commands:
+        try:
+            parse(argv)
+        except Exception as exc:
+            if type(exc).__name__ == "Exit":
+                continue  # --version and friends
+            assert not is_usage_error(exc), f"{page.name}: `isacir {' '.join(argv)}`: {exc.format_message()}"
+            raise
+
+
+def test_the_parser_check_catches_a_wrong_command():
+    for argv in (
+        ["train", "--no-such-option", "1"],
+        ["gallery", "rm", "not-an-id", "--gallery", "g"],
+        ["search", "-k", "3"],
+        ["no-such-verb"],
+        ["train", "--lr", "fast"],
+    ):
+        with pytest.raises(Exception) as info:
+            parse(argv)
+        assert is_usage_error(info.value), argv
+    parse(["search", "--gallery", "g", "-k", "3"])
+    assert isacir_commands("```bash\nisacir search --gallery g \\\n    -k 3  # c\n```\n") == [
+        ["search", "--gallery", "g", "-k", "3"]
+    ]
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_blocks_compile_and_call_real_apis(page):
+    import isacir
+    from isacir.foundation import Foundation
+    from isacir.query import QueryEncoder
+
+    known = set(dir(Foundation)) | set(dir(QueryEncoder)) | set(dir(isacir)) | {"argmax", "T"}
+    for block in _blocks(page.read_text(), "python"):
+        tree = ast.parse(block)
+        called = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        ours = {c for c in called if c.startswith(("encode", "from_pretrained", "preprocess", "match", "embed"))}
+        assert ours <= known, f"{page.name}: unknown API {sorted(ours - known)}"
+
+
+def test_no_code_comment_points_at_the_readme():
+    offenders = []
+    for path in (ROOT / "src").rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"#.*\bREADME\b", line):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        ("isacir.evaluation", "isacir.training"),
+        ("isacir.gallery", "isacir.training"),
+        ("isacir.edge", "torch"),
+        ("isacir.data", "torch"),
+    ],
+)
+def test_layout_keeps_its_import_rules(module, forbidden):
+    code = (
+        f"import {module}, sys; bad = sorted(m for m in sys.modules if m == {forbidden!r} "
+        f"or m.startswith({forbidden!r} + '.')); print(bad); assert not bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_generated_results_are_up_to_date():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "render_results.py"), "--check"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
