@@ -5,8 +5,8 @@
 
 Tables are never typed by hand: a bench run writes ``results-seed{S}.json``, which is copied to
 ``docs/results/shapes-seed{S}.json``; this script writes ``docs/results/shapes-cir.csv``,
-``docs/results/shapes-cir-summary.csv``, ``docs/results/shapes-cir.md`` and the summary table in
-README.md between its markers. ``make lint`` runs the check.
+``docs/results/shapes-cir-summary.csv``, ``docs/results/shapes-cir.md``, and the blocks between
+``<!-- generated:NAME -->`` markers in README.md and the docs pages. ``make lint`` runs the check.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ ORACLES = {
     "oracle_target_caption": "oracle: the target's true caption",
     "oracle_reference_caption_plus_modifier": "oracle: the reference's true caption + modifier",
 }
-MARK_START, MARK_END = "<!-- shapes-summary:start (docs/render_results.py) -->", "<!-- shapes-summary:end -->"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def markers(name: str) -> tuple[str, str]:
+    """Generated blocks inside hand-written pages sit between these two comments."""
+    return f"<!-- generated:{name} (docs/render_results.py) -->", f"<!-- /generated:{name} -->"
 
 
 def load_seeds() -> list[dict]:
@@ -91,7 +96,7 @@ def summary_csv(runs: list[dict]) -> str:
 def summary_table(runs: list[dict]) -> str:
     seeds = [r["seed"] for r in runs]
     lines = [
-        f"Mean over seeds {seeds[0]} to {seeds[-1]} (min to max in brackets); gallery 3,869, 500 queries "
+        f"Mean over seeds {seeds[0]} to {seeds[-1]} (lowest–highest in brackets); gallery 3,869, 500 queries "
         "per seed, the reference excluded:",
         "",
         "| method | " + " | ".join(METRICS) + " |",
@@ -101,7 +106,7 @@ def summary_table(runs: list[dict]) -> str:
         if s["seeds"] == 1:
             cells = [fmt(s[k][0]) for k in METRICS]
         else:
-            cells = [f"{fmt(s[k][0])} ({fmt(s[k][1])} to {fmt(s[k][2])})" for k in METRICS]
+            cells = [f"{fmt(s[k][0])} ({fmt(s[k][1])}–{fmt(s[k][2])})" for k in METRICS]
         have = [r["seed"] for r in runs if name in rows_of(r)]
         note = (
             "" if len(have) == len(runs) else f" (seed{'s' if len(have) > 1 else ''} {', '.join(map(str, have))} only)"
@@ -180,23 +185,61 @@ in [the experiment history](../experiments/shapes-cir.md). The same numbers as C
 {per_seed_tables(runs)}"""
 
 
-def readme_block(runs: list[dict]) -> str:
-    return f"{MARK_START}\n{summary_table(runs)}{MARK_END}"
+def backbones_table(result: dict) -> str:
+    note = f"; {result['source']}" if result.get("source") else ""
+    lines = [
+        f"{result['foundation']} image encoder: {result['large_ms_before']:.0f} ms before and "
+        f"{result['large_ms_after']:.0f} ms after the light ones, {result['threads']} thread(s){note}.",
+        "",
+        "| backbone | input px | params (M, with token learner) | light ms | speedup |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in result["backbones"]:
+        speedup = result["large_ms"] / r["light_ms"]
+        lines.append(
+            f"| {r['backbone']} | {r['input_px']} | {r['params_m']:.2f} | {r['light_ms']:.1f} | {speedup:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def backbones_csv(result: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["backbone", "input_px", "params_m", "light_ms", "large_ms", "speedup"])
+    for r in result["backbones"]:
+        speedup = result["large_ms"] / r["light_ms"]
+        w.writerow([r["backbone"], r["input_px"], r["params_m"], r["light_ms"], result["large_ms"], f"{speedup:.1f}"])
+    return buf.getvalue()
+
+
+def fill(text: str, blocks: dict[str, str]) -> str:
+    """Replace the body of every generated block a page holds."""
+    for name, body in blocks.items():
+        start_mark, end_mark = markers(name)
+        start, end = text.find(start_mark), text.find(end_mark)
+        if start >= 0 and end > start:
+            text = text[:start] + f"{start_mark}\n{body}{end_mark}" + text[end + len(end_mark) :]
+    return text
 
 
 def render() -> dict[Path, str]:
     runs = load_seeds()
-    readme = README.read_text()
-    start, end = readme.find(MARK_START), readme.find(MARK_END)
-    if start < 0 or end < 0:
-        raise SystemExit(f"README.md lacks the markers {MARK_START!r} ... {MARK_END!r}")
-    readme = readme[:start] + readme_block(runs) + readme[end + len(MARK_END) :]
-    return {
+    backbones = json.loads((RESULTS / "query-side-backbones.json").read_text())
+    blocks = {"shapes-summary": summary_table(runs), "query-side-backbones": backbones_table(backbones)}
+    out = {
         RESULTS / "shapes-cir.csv": per_seed_csv(runs),
         RESULTS / "shapes-cir-summary.csv": summary_csv(runs),
         RESULTS / "shapes-cir.md": results_page(runs),
-        README: readme,
+        RESULTS / "query-side-backbones.csv": backbones_csv(backbones),
     }
+    for page in PAGES:
+        if page not in out:
+            out[page] = fill(page.read_text(), blocks)
+    placed = "".join(out[p] for p in PAGES)
+    for name in blocks:
+        if markers(name)[0] not in placed:
+            raise SystemExit(f"no page holds the markers of the generated block {name!r}")
+    return out
 
 
 def main() -> None:

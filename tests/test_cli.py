@@ -142,3 +142,30 @@ def test_bench_query_side_json(tiny_openclip_dir):
     assert res["payload_bytes"] == 4 * 64 * 2
     assert res["speedup"] == pytest.approx(res["large_ms"] / res["light_ms"], abs=0.01)
     assert res["jpeg_bytes"] > 1000 and res["jpeg_source"].startswith("scikit-image:astronaut")
+
+
+@pytest.mark.bench
+def test_bench_backbones_script_and_verb_agree_on_the_shape(tiny_openclip_dir):
+    """The script in benchmarks/ is a thin wrapper over the verb: same keys, one JSON line."""
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "query_side_backbones.py"
+    args = [
+        "--foundation",
+        tiny_openclip_dir[0],
+        "--backbones",
+        "mobilenetv3_small_050",
+        "--tokens",
+        "2",
+        "--repeats-light",
+        "2",
+        "--repeats-large",
+        "2",
+    ]
+    verb = last_json(run("bench", "backbones", *args))
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    scripted = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(verb) == set(scripted) and [r["backbone"] for r in scripted["backbones"]] == ["mobilenetv3_small_050"]
+    row = verb["backbones"][0]
+    assert row["speedup"] == pytest.approx(verb["large_ms"] / row["light_ms"], rel=0.06)  # rounded to 0.1

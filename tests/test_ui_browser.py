@@ -83,3 +83,64 @@ def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
     assert rows[0] == (chosen, "confirmed")
     assert rows[1][1] == "rejected"
     assert (ARTIFACTS / "ui-phone-search.png").stat().st_size > 10_000
+
+
+def test_none_of_these_then_open_by_id_and_mark_the_right_one(tmp_path, openclip_fnd):
+    """An operator rejects what was shown, finds the right item by id and names it for that search."""
+    from playwright.sync_api import expect, sync_playwright
+
+    app, state, images = build_service(tmp_path, openclip_fnd, n_images=12)
+    server = start_server(app)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1024, "height": 900})
+            page.goto(server.url + "/")
+            page.evaluate("localStorage.setItem('isacir.apiKey', 'test-key')")
+            page.reload()
+            page.set_input_files("#file", str(images[3]))
+            page.fill("#text", "make it green")
+            page.select_option("#k", "5")
+            page.click("#search")
+            cards = page.locator("li.result")
+            expect(cards).to_have_count(5)
+            query_id = page.locator("#results").get_attribute("data-query-id")
+            shown = [int(cards.nth(i).get_attribute("data-id")) for i in range(5)]
+            cards.nth(0).locator(".reject").click()
+            expect(cards.nth(0)).to_have_class("result rejected")
+
+            page.click("#none")
+            expect(page.locator("#correcting")).to_be_visible()
+            expect(page.locator("#correcting-text")).to_have_text("make it green")
+            for i in range(5):
+                expect(cards.nth(i)).to_have_class("result rejected")
+
+            right = next(item["id"] for item in state.gallery.items() if item["id"] not in shown)
+            page.fill("#item-id", str(right))
+            page.click("#open-item button[type=submit]")
+            expect(cards).to_have_count(1)
+            card = cards.nth(0)
+            expect(card).to_have_attribute("data-id", str(right))
+            expect(card.locator(".confirm")).to_be_hidden()
+            page.wait_for_function("document.querySelector('li.result img.thumb').naturalWidth > 0")
+            page.screenshot(path=str(ARTIFACTS / "ui-correct-by-id.png"), full_page=True)
+            card.locator(".correct").click()
+            expect(card).to_have_class("result corrected")
+            expect(page.locator("#correcting")).to_be_hidden()
+            expect(page.locator("#status")).to_contain_text(f"item {right} is the right one")
+            browser.close()
+    finally:
+        server.stop()
+
+    rows = (
+        sqlite3.connect(state.feedback.path)
+        .execute(
+            "SELECT candidate_id, verdict, in_results FROM feedback WHERE query_id = ? ORDER BY feedback_id",
+            (query_id,),
+        )
+        .fetchall()
+    )
+    # the one rejected by hand is not rejected twice; the other four by "none of these"; then the correction
+    assert sorted(r[0] for r in rows if r[1] == "rejected") == sorted(shown)
+    assert rows[-1] == (right, "corrected", 0)

@@ -94,3 +94,68 @@ def bench_query_side(
         "jpeg_bytes_by_image": others,
         "torch": torch.__version__,
     }
+
+
+#: The curated light backbones, measured side by side by :func:`bench_backbones`.
+BACKBONES = (
+    "efficientnet_b0",
+    "efficientnet_b2",
+    "mobilenetv2_100",
+    "efficientvit_m2",
+    "mobilevitv2_100",
+    "efficientnet_lite0",
+)
+
+
+def bench_backbones(
+    foundation: str = "openclip:ViT-L-14",
+    backbones: tuple[str, ...] | list[str] = BACKBONES,
+    tokens: int = 8,
+    threads: int = 1,
+    repeats_light: int = 30,
+    repeats_large: int = 5,
+) -> dict:
+    """Every backbone against one large image encoder in the same run.
+
+    The large encoder is timed before and after the light ones and the two medians are pooled, so
+    drift during the run shows up as a spread between them rather than skewing one ratio.
+    """
+    from ..foundation import create_foundation
+    from ..query import QueryEncoder
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fnd = create_foundation(foundation)
+    photo, source = natural_photo("astronaut")
+    large_px = fnd.preprocess(photo).unsqueeze(0)
+    rows = []
+    with torch.inference_mode():
+        large_before, _ = _median_ms(lambda: fnd.encode_image(large_px), repeats_large, 1)
+        for name in backbones:
+            qe = QueryEncoder.create(fnd, backbone=name, num_tokens=tokens).eval()
+            px = qe.preprocess(photo).unsqueeze(0)
+            ms, _ = _median_ms(lambda qe=qe, px=px: qe(px), repeats_light, 3)
+            rows.append(
+                {
+                    "backbone": name,
+                    "input_px": qe.config.preprocess.image_size,
+                    "light_ms": round(ms, 2),
+                    "params_m": round(sum(p.numel() for p in qe.parameters()) / 1e6, 2),
+                }
+            )
+        large_after, _ = _median_ms(lambda: fnd.encode_image(large_px), repeats_large, 1)
+    large = statistics.mean([large_before, large_after])
+    for r in rows:
+        r["speedup"] = round(large / r["light_ms"], 1)
+    return {
+        "foundation": foundation,
+        "threads": threads,
+        "tokens": tokens,
+        "photo": source,
+        "large_ms": round(large, 1),
+        "large_ms_before": round(large_before, 1),
+        "large_ms_after": round(large_after, 1),
+        "backbones": rows,
+    }

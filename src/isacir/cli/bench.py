@@ -48,6 +48,31 @@ def bench_query_side(
     emit_json(result)
 
 
+@bench_app.command("backbones")
+def bench_backbones_cmd(
+    foundation: str = typer.Option("openclip:ViT-L-14", help="Large model (random init is fine for speed)."),
+    backbones: Optional[str] = typer.Option(None, help="Comma-separated backbones (default: the curated list)."),
+    tokens: int = typer.Option(8),
+    threads: int = typer.Option(1, help="CPU threads for both sides."),
+    repeats_light: int = typer.Option(30),
+    repeats_large: int = typer.Option(5),
+) -> None:
+    """Every light backbone against one large image encoder, side by side in one run."""
+    from ..bench.query_side import BACKBONES, bench_backbones
+
+    names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones else list(BACKBONES)
+    result = bench_backbones(foundation, names, tokens, threads, repeats_light, repeats_large)
+    table = Table("backbone", "input px", "params M", "light ms", "speedup")
+    for r in result["backbones"]:
+        table.add_row(r["backbone"], str(r["input_px"]), str(r["params_m"]), str(r["light_ms"]), str(r["speedup"]))
+    err.print(
+        f"{foundation} image encoder: {result['large_ms_before']:.0f} ms before, "
+        f"{result['large_ms_after']:.0f} ms after"
+    )
+    err.print(table)
+    emit_json(result)
+
+
 @bench_app.command("search")
 def bench_search_cmd(
     n: int = typer.Option(1_000_000, help="Vectors in the FAISS index."),

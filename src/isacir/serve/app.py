@@ -78,8 +78,9 @@ class TokenSearch(BaseModel):
 
 class FeedbackIn(BaseModel):
     query_id: str = Field(..., min_length=1, max_length=64)
-    candidate_id: int
-    verdict: str = Field(..., description="confirmed | rejected")
+    verdict: str = Field(..., description="confirmed | rejected | corrected")
+    candidate_id: Optional[int] = Field(None, description="confirmed / rejected: one of the query's results.")
+    correct_id: Optional[int] = Field(None, description="corrected: the right item, any gallery id (shown or not).")
     note: Optional[str] = Field(None, max_length=2000)
 
 
@@ -287,12 +288,15 @@ def create_app(state: ServiceState) -> FastAPI:
 
     def _respond(mode: str, text: str, hits, k: int, payload: bytes | None, t0: float) -> dict:
         ids = [h.id for h in hits]
-        qid = state.feedback.log_query(mode, text, payload, k, ids, state.qe_fingerprint, state.foundation_fingerprint)
+        took_ms = round(1000 * (time.perf_counter() - t0), 2)
+        qid = state.feedback.log_query(
+            mode, text, payload, k, ids, state.qe_fingerprint, state.foundation_fingerprint, latency_ms=took_ms
+        )
         return {
             "query_id": qid,
             "mode": mode,
             "text": text,
-            "took_ms": round(1000 * (time.perf_counter() - t0), 2),
+            "took_ms": took_ms,
             "query_encoder_fingerprint": state.qe_fingerprint,
             "results": [
                 {
@@ -433,16 +437,50 @@ def create_app(state: ServiceState) -> FastAPI:
 
     @app.post("/v1/feedback", dependencies=auth, tags=["feedback"])
     def feedback(body: FeedbackIn) -> dict:
-        """Confirm or reject a candidate of an answered query; kept for continual learning."""
+        """Confirm or reject a candidate of an answered query, or name the right item (``corrected``).
+
+        Kept for continual learning: with the logged pseudo tokens and text, a positive verdict is a
+        training triplet, and no photo is ever stored.
+        """
+        if body.verdict == "corrected":
+            if body.correct_id is None:
+                raise _error(422, "verdict 'corrected' needs correct_id (the right gallery item)", "feedback")
+            if body.candidate_id is not None and body.candidate_id != body.correct_id:
+                raise _error(422, "for 'corrected', send correct_id alone (candidate_id differs from it)", "feedback")
+            item = body.correct_id
+        else:
+            if body.candidate_id is None:
+                raise _error(422, f"verdict {body.verdict!r} needs candidate_id (one of the results)", "feedback")
+            if body.correct_id is not None:
+                raise _error(422, "correct_id goes with verdict 'corrected' only", "feedback")
+            item = body.candidate_id
         try:
-            fid = state.feedback.add(body.query_id, body.candidate_id, body.verdict, body.note)
+            fid = state.feedback.add(
+                body.query_id,
+                item,
+                body.verdict,
+                body.note,
+                in_gallery=lambda i: state.gallery.path_of(i) is not None,
+            )
         except FeedbackError as exc:
             raise _error(exc.status, str(exc), "feedback") from None
         return {
             "feedback_id": fid,
             "query_id": body.query_id,
-            "candidate_id": body.candidate_id,
+            "candidate_id": item,
             "verdict": body.verdict,
+            **({"correct_id": item} if body.verdict == "corrected" else {}),
+        }
+
+    @app.get("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
+    def gallery_item(item_id: int) -> dict:
+        """One gallery item by id (an operator can open the right item when search did not show it)."""
+        path = _item_path(item_id)
+        return {
+            "id": item_id,
+            "name": Path(path.split("::")[-1]).name,
+            "image_url": f"/v1/images/{item_id}",
+            "thumbnail_url": f"/v1/images/{item_id}/thumbnail",
         }
 
     app.add_middleware(_UploadCap, limit=settings.max_upload_bytes, metrics=metrics)

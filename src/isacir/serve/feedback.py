@@ -2,25 +2,39 @@
 
 Every search the service answers is logged with what is needed to learn from it later: the
 pseudo tokens (as the payload bytes that travelled, or that the server computed), the modifier
-text, the served fingerprints and the returned candidates. Feedback rows point at a logged query,
-so a confirmation is a (tokens, text, target image) triplet with no photo ever stored. SQLite in
-WAL mode with synchronous=FULL: a committed row survives a crash of the process or the machine.
+text, the served fingerprints, the returned candidates and the time it took. Feedback rows point
+at a logged query, so a confirmation or a correction is a (tokens, text, target image) triplet
+with no photo ever stored. SQLite in WAL mode with synchronous=FULL: a committed row survives a
+crash of the process or the machine.
+
+Verdicts:
+
+- ``confirmed``: a returned candidate is the right item;
+- ``rejected``: a returned candidate is wrong;
+- ``corrected``: the right item is ``correct_id``, any gallery item, found by the operator
+  whether or not the search returned it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import IsacirError
 
-VERDICTS = ("confirmed", "rejected")
+VERDICTS = ("confirmed", "rejected", "corrected")
+POSITIVE = ("confirmed", "corrected")
+#: The on-disk layout; older files are migrated in place, in one transaction, when opened.
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS queries (
     query_id TEXT PRIMARY KEY,
     created REAL NOT NULL,
@@ -30,17 +44,40 @@ CREATE TABLE IF NOT EXISTS queries (
     query_encoder_fingerprint TEXT,
     foundation_fingerprint TEXT,
     k INTEGER NOT NULL,
-    results TEXT NOT NULL
+    results TEXT NOT NULL,
+    latency_ms REAL
 );
 CREATE TABLE IF NOT EXISTS feedback (
     feedback_id INTEGER PRIMARY KEY AUTOINCREMENT,
     query_id TEXT NOT NULL REFERENCES queries(query_id),
     candidate_id INTEGER NOT NULL,
-    verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected')),
+    verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected', 'corrected')),
     created REAL NOT NULL,
-    note TEXT
+    note TEXT,
+    in_results INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
+CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
+"""
+
+# Version 1 (no user_version set): verdicts confirmed | rejected only, no latency, no in_results.
+_FROM_V1 = """
+ALTER TABLE queries ADD COLUMN latency_ms REAL;
+CREATE TABLE feedback_v2 (
+    feedback_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    query_id TEXT NOT NULL REFERENCES queries(query_id),
+    candidate_id INTEGER NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected', 'corrected')),
+    created REAL NOT NULL,
+    note TEXT,
+    in_results INTEGER NOT NULL DEFAULT 1
+);
+INSERT INTO feedback_v2 (feedback_id, query_id, candidate_id, verdict, created, note, in_results)
+    SELECT feedback_id, query_id, candidate_id, verdict, created, note, 1 FROM feedback;
+DROP TABLE feedback;
+ALTER TABLE feedback_v2 RENAME TO feedback;
+CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
+CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
 """
 
 
@@ -59,7 +96,7 @@ class FeedbackStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self.db().executescript(_SCHEMA)
+        self._migrate()
 
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -71,6 +108,34 @@ class FeedbackStore:
             self._local.conn = conn
         return conn
 
+    def _migrate(self) -> None:
+        """Create or upgrade the schema in one write transaction (a second opener waits, then sees it done)."""
+        db = self.db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            has_feedback = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feedback'"
+            ).fetchone()
+            if version > SCHEMA_VERSION:
+                raise FeedbackError(
+                    f"{self.path} has feedback schema {version}, newer than this isacir reads ({SCHEMA_VERSION})", 500
+                )
+            if version < SCHEMA_VERSION:
+                if has_feedback and version < 2:
+                    for statement in _FROM_V1.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                else:
+                    for statement in _TABLES.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     def log_query(
         self,
         mode: str,
@@ -80,13 +145,16 @@ class FeedbackStore:
         results: list[int],
         query_encoder_fingerprint: str | None,
         foundation_fingerprint: str,
+        latency_ms: float | None = None,
+        created: float | None = None,
     ) -> str:
         query_id = uuid.uuid4().hex
         self.db().execute(
-            "INSERT INTO queries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO queries (query_id, created, mode, text, tokens, query_encoder_fingerprint, "
+            "foundation_fingerprint, k, results, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 query_id,
-                time.time(),
+                time.time() if created is None else created,
                 mode,
                 text,
                 tokens,
@@ -94,11 +162,22 @@ class FeedbackStore:
                 foundation_fingerprint,
                 k,
                 json.dumps(results),
+                latency_ms,
             ),
         )
         return query_id
 
-    def add(self, query_id: str, candidate_id: int, verdict: str, note: str | None = None) -> int:
+    def add(
+        self,
+        query_id: str,
+        candidate_id: int,
+        verdict: str,
+        note: str | None = None,
+        in_gallery: Callable[[int], bool] | None = None,
+        created: float | None = None,
+    ) -> int:
+        """Store one verdict. For ``corrected``, ``candidate_id`` is the right item (any gallery id:
+        ``in_gallery`` checks it); otherwise it must be one of the query's results."""
         if verdict not in VERDICTS:
             raise FeedbackError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
         db = self.db()
@@ -107,19 +186,24 @@ class FeedbackStore:
             raise FeedbackError(
                 f"unknown query_id {query_id!r}: feedback must refer to a search this server answered", 404
             )
-        if candidate_id not in json.loads(row[0]):
+        returned = candidate_id in json.loads(row[0])
+        if verdict == "corrected":
+            if in_gallery is not None and not in_gallery(candidate_id):
+                raise FeedbackError(f"correct_id {candidate_id} is not an item of the gallery", 422)
+        elif not returned:
             raise FeedbackError(f"candidate {candidate_id} was not among the results of query {query_id}", 422)
         cur = db.execute(
-            "INSERT INTO feedback (query_id, candidate_id, verdict, created, note) VALUES (?, ?, ?, ?, ?)",
-            (query_id, candidate_id, verdict, time.time(), note),
+            "INSERT INTO feedback (query_id, candidate_id, verdict, created, note, in_results) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (query_id, candidate_id, verdict, time.time() if created is None else created, note, int(returned)),
         )
-        return int(cur.lastrowid)
+        return int(cur.lastrowid or 0)
 
     def rows(self, query_id: str | None = None) -> list[dict]:
         """Feedback joined with its query (tokens as payload bytes), oldest first."""
         sql = (
-            "SELECT f.feedback_id, f.query_id, f.candidate_id, f.verdict, f.created, q.text, q.mode, q.tokens, "
-            "q.query_encoder_fingerprint FROM feedback f JOIN queries q USING (query_id)"
+            "SELECT f.feedback_id, f.query_id, f.candidate_id, f.verdict, f.created, f.in_results, q.text, q.mode, "
+            "q.tokens, q.query_encoder_fingerprint FROM feedback f JOIN queries q USING (query_id)"
         )
         args: tuple = ()
         if query_id is not None:
@@ -131,12 +215,57 @@ class FeedbackStore:
             "candidate_id",
             "verdict",
             "created",
+            "in_results",
             "text",
             "mode",
             "tokens",
             "query_encoder_fingerprint",
         )
-        return [dict(zip(keys, r, strict=True)) for r in self.db().execute(sql + " ORDER BY f.feedback_id", args)]
+        out = [dict(zip(keys, r, strict=True)) for r in self.db().execute(sql + " ORDER BY f.feedback_id", args)]
+        for row in out:
+            row["in_results"] = bool(row["in_results"])
+        return out
+
+    def queries(self, since: float | None = None, until: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every logged query with its verdicts, oldest first (what learning and the pilot read)."""
+        where, args = [], []
+        if since is not None:
+            where.append("q.created >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("q.created < ?")
+            args.append(until)
+        sql = (
+            "SELECT q.query_id, q.created, q.mode, q.text, q.tokens, q.query_encoder_fingerprint, "
+            "q.foundation_fingerprint, q.k, q.results, q.latency_ms FROM queries q"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY q.created, q.query_id"
+        )
+        db = self.db()
+        verdicts: dict[str, list[dict]] = {}
+        for qid, cand, verdict, created, in_results in db.execute(
+            "SELECT query_id, candidate_id, verdict, created, in_results FROM feedback ORDER BY feedback_id"
+        ):
+            verdicts.setdefault(qid, []).append(
+                {"candidate_id": cand, "verdict": verdict, "created": created, "in_results": bool(in_results)}
+            )
+        keys = (
+            "query_id",
+            "created",
+            "mode",
+            "text",
+            "tokens",
+            "query_encoder_fingerprint",
+            "foundation_fingerprint",
+            "k",
+            "results",
+            "latency_ms",
+        )
+        for row in db.execute(sql, args):
+            q = dict(zip(keys, row, strict=True))
+            q["results"] = json.loads(q["results"])
+            q["verdicts"] = verdicts.get(q["query_id"], [])
+            yield q
 
     def counts(self) -> dict[str, int]:
         db = self.db()
@@ -150,3 +279,48 @@ class FeedbackStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def learnable(query: dict[str, Any]) -> dict[str, Any] | None:
+    """The training triplet of one logged query, or None when no verdict names a positive.
+
+    The positive is the latest ``confirmed`` or ``corrected`` item; the negatives are the rejected
+    candidates other than it. Tokens travel as base64 payload bytes, exactly as they were logged.
+    """
+    positive = None
+    for v in query["verdicts"]:
+        if v["verdict"] in POSITIVE:
+            positive = v
+    if positive is None or query["tokens"] is None:
+        return None
+    rejected = sorted(
+        {v["candidate_id"] for v in query["verdicts"] if v["verdict"] == "rejected"} - {positive["candidate_id"]}
+    )
+    return {
+        "query_id": query["query_id"],
+        "created": query["created"],
+        "mode": query["mode"],
+        "text": query["text"],
+        "payload": base64.b64encode(query["tokens"]).decode(),
+        "positive_id": positive["candidate_id"],
+        "positive_verdict": positive["verdict"],
+        "positive_in_results": positive["in_results"],
+        "rejected_ids": rejected,
+        "results": query["results"],
+        "query_encoder_fingerprint": query["query_encoder_fingerprint"],
+        "foundation_fingerprint": query["foundation_fingerprint"],
+    }
+
+
+def export_triplets(store: FeedbackStore, out: str | Path) -> dict[str, int]:
+    """Write one JSON line per learnable query (atomically); returns counts."""
+    from .._fs import atomic_write_text
+
+    lines, total = [], 0
+    for q in store.queries():
+        total += 1
+        t = learnable(q)
+        if t is not None:
+            lines.append(json.dumps(t, sort_keys=True))
+    atomic_write_text(Path(out), "".join(line + "\n" for line in lines))
+    return {"queries": total, "learnable": len(lines)}

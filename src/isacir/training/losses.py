@@ -65,10 +65,10 @@ def word_prior_loss(tokens: torch.Tensor, vocabulary: torch.Tensor, chunk: int =
     """Mean cosine distance from each pseudo token to its nearest real word embedding.
 
     The hypothesis it tests: the text encoder learned to let a modifier override *words*, so tokens
-    far off the word manifold might resist the modifier. An ablation, off by default: on Shapes-CIR
-    it hurt (README, "Further levers"). ``tokens [B, N, D]``,
-    ``vocabulary [V, D]`` (frozen); the vocabulary is scanned in chunks so a 49k-word CLIP vocab
-    never needs a ``[B*N, V]`` matrix at once.
+    far off the word manifold might resist the modifier. An ablation, off by default, because
+    snapping tokens towards words loses what they carry. ``tokens [B, N, D]``, ``vocabulary [V, D]``
+    (frozen); the vocabulary is scanned in chunks so a 49k-word CLIP vocab never needs a
+    ``[B*N, V]`` matrix at once.
     """
     t = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
     v = F.normalize(vocabulary.detach().float(), dim=-1)

@@ -4,6 +4,9 @@
   const keyStore = "isacir.apiKey";
   let file = null;
   let thumbs = [];
+  // The search an operator is correcting: {queryId, text}. While set, cards offer "The right one".
+  let correcting = null;
+  let last = null;
 
   const headers = () => {
     const key = localStorage.getItem(keyStore);
@@ -54,14 +57,16 @@
     status("API key saved in this browser.");
   });
 
+  const postFeedback = (body) => api("/v1/feedback", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+
   async function feedback(card, queryId, id, verdict) {
     card.querySelectorAll(".actions button").forEach((b) => (b.disabled = true));
     try {
-      await api("/v1/feedback", {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ query_id: queryId, candidate_id: id, verdict }),
-      });
+      await postFeedback({ query_id: queryId, candidate_id: id, verdict });
       card.classList.remove("confirmed", "rejected");
       card.classList.add(verdict);
       card.dataset.verdict = verdict;
@@ -69,6 +74,53 @@
     } catch (err) {
       status(err.message, true);
     } finally {
+      card.querySelectorAll(".actions button").forEach((b) => (b.disabled = false));
+    }
+  }
+
+  // "None of these": every shown candidate without a verdict is rejected, then the operator looks
+  // for the right item (another search, or an id) and names it for the original query.
+  async function noneOfThese() {
+    if (!last) return;
+    $("none").disabled = true;
+    try {
+      const open = [...document.querySelectorAll("#results li.result")].filter((c) => !c.dataset.verdict);
+      for (const card of open) {
+        await postFeedback({ query_id: last.queryId, candidate_id: Number(card.dataset.id), verdict: "rejected" });
+        card.classList.add("rejected");
+        card.dataset.verdict = "rejected";
+      }
+      correcting = last;
+      $("correcting-text").textContent = correcting.text || "(no text)";
+      $("correcting").hidden = false;
+      $("none-bar").hidden = true;
+      status(`Rejected ${open.length} candidates. Now find the right item.`);
+      $("item-id").focus();
+    } catch (err) {
+      status(err.message, true);
+    } finally {
+      $("none").disabled = false;
+    }
+  }
+
+  function stopCorrecting() {
+    correcting = null;
+    $("correcting").hidden = true;
+  }
+
+  async function correct(card, id) {
+    const target = correcting;
+    if (!target) return;
+    card.querySelectorAll(".actions button").forEach((b) => (b.disabled = true));
+    try {
+      await postFeedback({ query_id: target.queryId, verdict: "corrected", correct_id: id });
+      card.classList.add("corrected");
+      card.dataset.verdict = "corrected";
+      stopCorrecting();
+      document.querySelectorAll("#results .correct").forEach((b) => (b.hidden = true));
+      status(`Recorded: item ${id} is the right one for “${target.text}”.`);
+    } catch (err) {
+      status(err.message, true);
       card.querySelectorAll(".actions button").forEach((b) => (b.disabled = false));
     }
   }
@@ -82,28 +134,58 @@
     } catch (_) { img.alt = "unavailable"; }
   }
 
-  function render(data) {
+  function renderCards(items, queryId) {
     thumbs.forEach((u) => URL.revokeObjectURL(u));
     thumbs = [];
     const list = $("results");
     list.replaceChildren();
-    data.results.forEach((r, i) => {
+    items.forEach((r, i) => {
       const card = $("card").content.firstElementChild.cloneNode(true);
       card.dataset.id = r.id;
-      card.querySelector(".rank").textContent = `#${i + 1}`;
-      card.querySelector(".score").textContent = r.score.toFixed(3);
+      card.querySelector(".rank").textContent = r.score === undefined ? `id ${r.id}` : `#${i + 1}`;
+      card.querySelector(".score").textContent = r.score === undefined ? "" : r.score.toFixed(3);
       card.querySelector(".name").textContent = r.name;
       card.querySelector(".name").title = r.name;
       const img = card.querySelector(".thumb");
       img.alt = `candidate ${i + 1}: ${r.name}`;
       loadThumb(img, r.thumbnail_url);
-      card.querySelector(".confirm").addEventListener("click", () => feedback(card, data.query_id, r.id, "confirmed"));
-      card.querySelector(".reject").addEventListener("click", () => feedback(card, data.query_id, r.id, "rejected"));
+      const judging = !correcting && queryId;
+      card.querySelector(".confirm").hidden = !judging;
+      card.querySelector(".reject").hidden = !judging;
+      card.querySelector(".correct").hidden = !correcting;
+      card.querySelector(".confirm").addEventListener("click", () => feedback(card, queryId, r.id, "confirmed"));
+      card.querySelector(".reject").addEventListener("click", () => feedback(card, queryId, r.id, "rejected"));
+      card.querySelector(".correct").addEventListener("click", () => correct(card, r.id));
       list.appendChild(card);
     });
-    list.dataset.queryId = data.query_id;
+    list.dataset.queryId = queryId || "";
+  }
+
+  function render(data) {
+    renderCards(data.results, data.query_id);
+    if (correcting) {
+      status(`${data.results.length} candidates. Press “The right one” on the item the earlier search should have found.`);
+      return;
+    }
+    last = { queryId: data.query_id, text: data.text };
+    $("none-bar").hidden = data.results.length === 0;
     status(`${data.results.length} candidates in ${data.took_ms} ms. Confirm the right one, reject wrong ones.`);
   }
+
+  $("none").addEventListener("click", noneOfThese);
+  $("correcting-cancel").addEventListener("click", () => { stopCorrecting(); status("Correction cancelled."); });
+  $("open-item").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const id = $("item-id").value.trim();
+    if (!/^[0-9]+$/.test(id)) { status("An item id is a number.", true); return; }
+    try {
+      const item = await (await api(`/v1/gallery/${id}`)).json();
+      renderCards([item], null);
+      status(`Item ${id}. Press “The right one” if it is what the earlier search should have found.`);
+    } catch (err) {
+      status(err.message, true);
+    }
+  });
 
   $("query").addEventListener("submit", async (e) => {
     e.preventDefault();

@@ -1,0 +1,40 @@
+"""``isacir feedback``: read what operators said about answered searches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import IsacirError
+from ._app import app, emit_json, err
+
+feedback_app = typer.Typer(help="Export and inspect the query log and operator feedback.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+def _open(db: Path):
+    from ..serve.feedback import FeedbackStore
+
+    if not db.is_file():
+        raise IsacirError(f"feedback database not found: {db} (the service writes GALLERY/feedback.sqlite)")
+    return FeedbackStore(db)
+
+
+@feedback_app.command("export")
+def export_cmd(
+    db: Path = typer.Option(..., help="The feedback database (GALLERY/feedback.sqlite by default)."),
+    out_file: Path = typer.Option(..., "--out", help="JSON Lines file to write, one line per learnable query."),
+) -> None:
+    """One line per query with a positive (confirmed or corrected): tokens, text, positive, rejected ids."""
+    from ..serve.feedback import export_triplets
+
+    counts = export_triplets(_open(db), out_file)
+    err.print(f"wrote {counts['learnable']} learnable of {counts['queries']} logged queries to {out_file}")
+    emit_json({"out": str(out_file), **counts})
+
+
+@feedback_app.command("stats")
+def stats_cmd(db: Path = typer.Option(..., help="The feedback database.")) -> None:
+    """Counts of logged queries and of each verdict."""
+    emit_json(_open(db).counts())
