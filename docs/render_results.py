@@ -212,6 +212,14 @@ def backbones_csv(result: dict) -> str:
     return buf.getvalue()
 
 
+def pilot_definitions() -> str:
+    """The pilot's definitions as the code states them (so the docs cannot drift from the code)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from isacir.pilot.metrics import DEFINITIONS
+
+    return "| name | definition |\n|---|---|\n" + "".join(f"| `{k}` | {v} |\n" for k, v in DEFINITIONS.items())
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -225,7 +233,11 @@ def fill(text: str, blocks: dict[str, str]) -> str:
 def render() -> dict[Path, str]:
     runs = load_seeds()
     backbones = json.loads((RESULTS / "query-side-backbones.json").read_text())
-    blocks = {"shapes-summary": summary_table(runs), "query-side-backbones": backbones_table(backbones)}
+    blocks = {
+        "shapes-summary": summary_table(runs),
+        "query-side-backbones": backbones_table(backbones),
+        "pilot-definitions": pilot_definitions(),
+    }
     out = {
         RESULTS / "shapes-cir.csv": per_seed_csv(runs),
         RESULTS / "shapes-cir-summary.csv": summary_csv(runs),

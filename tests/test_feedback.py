@@ -120,7 +120,10 @@ def test_corrected_round_trips_through_the_api_and_the_export(live):
     res, tokens = _search(server, state, images[2], "make it blue")
     shown = [h["id"] for h in res["results"]]
     other = next(i["id"] for i in state.gallery.items() if i["id"] not in shown)
-    post = lambda body: requests.post(f"{server.url}/v1/feedback", headers=KEY, json=body, timeout=10)  # noqa: E731
+
+    def post(body):
+        return requests.post(f"{server.url}/v1/feedback", headers=KEY, json=body, timeout=10)
+
     for cand in shown:
         assert post({"query_id": res["query_id"], "candidate_id": cand, "verdict": "rejected"}).status_code == 200
     # the operator opens the right item by id: it was not shown

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -472,6 +472,26 @@ def create_app(state: ServiceState) -> FastAPI:
             **({"correct_id": item} if body.verdict == "corrected" else {}),
         }
 
+    @app.get("/v1/pilot/summary", dependencies=auth, tags=["pilot"])
+    def pilot_summary_route(
+        group_by: str = Query("version", description="overall | day | week | version | mode | category"),
+        since: Optional[str] = Query(None, alias="from", description="ISO date or time (UTC), or unix seconds"),
+        until: Optional[str] = Query(
+            None, alias="to", description="ISO date or time (UTC), or unix seconds; exclusive"
+        ),
+        k: Optional[int] = Query(None, ge=1, le=MAX_K, description="cut hit@K at K (default: each query's list)"),
+    ) -> dict:
+        """Pilot metrics from operator verdicts, per group and overall, with Wilson 95 % intervals."""
+        from ..pilot import GROUPINGS, pilot_summary
+
+        if group_by not in GROUPINGS:
+            raise _error(422, f"group_by must be one of {', '.join(GROUPINGS)}, got {group_by!r}", "group_by")
+        try:
+            start, end = _timestamp(since), _timestamp(until)
+        except ValueError as exc:
+            raise _error(422, str(exc), "time_range") from None
+        return pilot_summary(state.feedback.queries(start, end), group_by, k)
+
     @app.get("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
     def gallery_item(item_id: int) -> dict:
         """One gallery item by id (an operator can open the right item when search did not show it)."""
@@ -485,6 +505,26 @@ def create_app(state: ServiceState) -> FastAPI:
 
     app.add_middleware(_UploadCap, limit=settings.max_upload_bytes, metrics=metrics)
     return app
+
+
+def _timestamp(text: str | None) -> float | None:
+    """``2026-12-01``, ``2026-12-01T10:00:00Z`` (naive means UTC) or unix seconds -> unix seconds."""
+    import datetime as dt
+
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a date, a time or unix seconds: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
 
 
 def _ext_from_bytes(data: bytes) -> str:

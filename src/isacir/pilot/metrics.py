@@ -1,0 +1,167 @@
+"""Pilot metrics from operator verdicts, defined once.
+
+Every number a pilot reports comes from this module: the HTTP summary, the dashboard, the HTML
+report and the docs all read :data:`DEFINITIONS` and :func:`summarize`. Input is the query log as
+:meth:`isacir.serve.feedback.FeedbackStore.queries` yields it: one dict per answered search with
+its ``results`` (gallery ids, best first), ``latency_ms`` and ``verdicts``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .tagger import DEFAULT_TAGGER, Tagger
+
+DEFINITIONS: dict[str, str] = {
+    "judged": "a query with at least one verdict",
+    "positive": "the item of the latest confirmed verdict, or the correct_id of the latest corrected one",
+    "precision_at_1": "judged queries whose top-1 result is their positive, over judged queries",
+    "hit_at_k": "judged queries whose positive is among the returned top K, over judged queries",
+    "false_hit_rate": "judged queries whose top-1 result was rejected, over judged queries",
+    "correction_rate": "judged queries with a corrected verdict whose correct_id was not in the returned list, "
+    "over judged queries",
+    "mrr": "mean over judged queries of 1 / rank of the positive in the returned list (0 when not returned)",
+    "unjudged_share": "queries with no verdict, over all queries",
+    "latency_p50_ms": "median time to answer a search, over all queries that recorded it",
+    "latency_p95_ms": "95th percentile of the same (nearest rank)",
+    "*_ci": "Wilson score interval at 95 % for the rate of the same name",
+}
+RATES = ("precision_at_1", "hit_at_k", "false_hit_rate", "correction_rate", "unjudged_share")
+GROUPINGS = ("overall", "day", "week", "version", "mode", "category")
+Z95 = 1.959963984540054
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for a binomial proportion (None when there are no trials)."""
+    if n == 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # at p = 0 or 1 the bound is exactly 0 or 1; say so rather than leave rounding noise
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def positive_of(query: dict[str, Any]) -> int | None:
+    positive = None
+    for v in query["verdicts"]:
+        if v["verdict"] in ("confirmed", "corrected"):
+            positive = v["candidate_id"]
+    return positive
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: every reported latency was really observed)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def summarize(queries: Iterable[dict[str, Any]], k: int | None = None) -> dict[str, Any]:
+    """Every metric of :data:`DEFINITIONS` over ``queries``. ``k`` cuts hit@K (default: each query's list)."""
+    n = judged = top1 = hits = false_hits = corrections = 0
+    reciprocal = 0.0
+    latencies: list[float] = []
+    for q in queries:
+        n += 1
+        if q.get("latency_ms") is not None:
+            latencies.append(float(q["latency_ms"]))
+        verdicts = q["verdicts"]
+        if not verdicts:
+            continue
+        judged += 1
+        results = list(q["results"])
+        shown = results if k is None else results[:k]
+        positive = positive_of(q)
+        if positive is not None and results and results[0] == positive:
+            top1 += 1
+        if positive is not None and positive in shown:
+            hits += 1
+        if positive is not None and positive in results:
+            reciprocal += 1.0 / (results.index(positive) + 1)
+        if results and any(v["verdict"] == "rejected" and v["candidate_id"] == results[0] for v in verdicts):
+            false_hits += 1
+        if any(v["verdict"] == "corrected" and v["candidate_id"] not in results for v in verdicts):
+            corrections += 1
+    out: dict[str, Any] = {"queries": n, "judged": judged}
+    counts = {
+        "precision_at_1": (top1, judged),
+        "hit_at_k": (hits, judged),
+        "false_hit_rate": (false_hits, judged),
+        "correction_rate": (corrections, judged),
+        "unjudged_share": (n - judged, n),
+    }
+    for name, (num, den) in counts.items():
+        out[name] = num / den if den else None
+        ci = wilson(num, den)
+        out[f"{name}_ci"] = list(ci) if ci else None
+    out["mrr"] = reciprocal / judged if judged else None
+    out["latency_p50_ms"] = _percentile(latencies, 50)
+    out["latency_p95_ms"] = _percentile(latencies, 95)
+    return out
+
+
+def _day(q: dict[str, Any]) -> list[str]:
+    return [dt.datetime.fromtimestamp(q["created"], dt.timezone.utc).date().isoformat()]
+
+
+def _week(q: dict[str, Any]) -> list[str]:
+    year, week, _ = dt.datetime.fromtimestamp(q["created"], dt.timezone.utc).isocalendar()
+    return [f"{year}-W{week:02d}"]
+
+
+def _version(q: dict[str, Any]) -> list[str]:
+    return [q.get("version") or q.get("query_encoder_fingerprint") or "unknown"]
+
+
+def _mode(q: dict[str, Any]) -> list[str]:
+    return [q["mode"]]
+
+
+def keys_for(group_by: str, tagger: Tagger = DEFAULT_TAGGER) -> Callable[[dict[str, Any]], list[str]]:
+    """The group key(s) of a query. A query mentioning two categories counts in both."""
+    if group_by == "category":
+        return lambda q: tagger.tags(q["text"])
+    table: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+        "overall": lambda q: ["all"],
+        "day": _day,
+        "week": _week,
+        "version": _version,
+        "mode": _mode,
+    }
+    if group_by not in table:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPINGS)}, got {group_by!r}")
+    return table[group_by]
+
+
+def pilot_summary(
+    queries: Iterable[dict[str, Any]], group_by: str = "version", k: int | None = None, tagger: Tagger = DEFAULT_TAGGER
+) -> dict[str, Any]:
+    """``{"definitions", "group_by", "groups": [{"key", ...metrics}], "overall": {...metrics}}``."""
+    rows = list(queries)
+    key = keys_for(group_by, tagger)
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for q in rows:
+        for name in key(q):
+            grouped.setdefault(name, []).append(q)
+    return {
+        "definitions": DEFINITIONS,
+        "group_by": group_by,
+        "k": k,
+        "groups": [{"key": name, **summarize(grouped[name], k)} for name in sorted(grouped)],
+        "overall": summarize(rows, k),
+    }
+
+
+def hit_curve(queries: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[int, float | None]:
+    """hit@K for each K: the share of judged queries whose positive is in the top K."""
+    rows = list(queries)
+    return {k: summarize(rows, k)["hit_at_k"] for k in ks}

@@ -1,0 +1,189 @@
+"""Pilot metrics: every definition on hand-made logs, numbers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from isacir.pilot import DEFINITIONS, Tagger, hit_curve, pilot_summary, summarize, wilson
+
+DAY = 86400.0
+T0 = 1_764_547_200.0  # 2025-12-01 00:00 UTC, a Monday
+
+
+def q(results, verdicts=(), created=T0, mode="tokens", text="is red", fp="fpA", latency=None, qid=None):
+    return {
+        "query_id": qid or f"q{created}{results}",
+        "created": created,
+        "mode": mode,
+        "text": text,
+        "query_encoder_fingerprint": fp,
+        "results": list(results),
+        "latency_ms": latency,
+        "verdicts": [{"candidate_id": c, "verdict": v} for c, v in verdicts],
+    }
+
+
+def six_queries():
+    """The acceptance log: two confirmed at top-1, one rejected at top-1, one corrected to an item
+    outside the list, two without a verdict."""
+    return [
+        q([1, 2, 3], [(1, "confirmed")], latency=10),
+        q([4, 5, 6], [(4, "confirmed")], latency=20),
+        q([7, 8, 9], [(7, "rejected")], latency=30),
+        q([10, 11, 12], [(99, "corrected")], latency=40),
+        q([13, 14, 15], latency=50),
+        q([16, 17, 18], latency=60),
+    ]
+
+
+def test_the_acceptance_log_by_hand():
+    s = summarize(six_queries())
+    assert (s["queries"], s["judged"]) == (6, 4)
+    assert s["precision_at_1"] == 0.5  # 2 of 4 judged
+    assert s["hit_at_k"] == 0.5  # the corrected item was not returned
+    assert s["false_hit_rate"] == 0.25  # 1 of 4
+    assert s["correction_rate"] == 0.25  # 1 of 4
+    assert s["unjudged_share"] == pytest.approx(1 / 3)
+    assert s["mrr"] == 0.5  # (1 + 1 + 0 + 0) / 4
+    # nearest rank over 10..60: p50 is the 3rd value, p95 the 6th
+    assert (s["latency_p50_ms"], s["latency_p95_ms"]) == (30.0, 60.0)
+
+
+def test_mrr_hit_at_k_and_the_latest_positive():
+    log = [
+        q([5, 6, 7, 8], [(7, "confirmed")]),  # rank 3
+        q([1, 2, 3, 4], [(1, "rejected"), (2, "confirmed"), (3, "confirmed")]),  # latest positive: rank 3
+        q([9, 10, 11, 12], [(9, "rejected"), (10, "rejected")]),  # judged, no positive
+    ]
+    s = summarize(log)
+    assert s["mrr"] == pytest.approx((1 / 3 + 1 / 3 + 0) / 3)
+    assert s["precision_at_1"] == 0 and s["false_hit_rate"] == pytest.approx(2 / 3)
+    assert hit_curve(log, [1, 2, 3, 4]) == {1: 0.0, 2: 0.0, 3: pytest.approx(2 / 3), 4: pytest.approx(2 / 3)}
+    # a correction to an item that was shown is not a correction from outside the list
+    assert summarize([q([1, 2], [(2, "corrected")])])["correction_rate"] == 0.0
+
+
+def test_wilson_interval_against_the_formula():
+    lo, hi = wilson(2, 4)
+    z = 1.959963984540054
+    centre = (0.5 + z * z / 8) / (1 + z * z / 4)
+    half = z * math.sqrt(0.25 / 4 + z * z / 64) / (1 + z * z / 4)
+    assert (lo, hi) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    assert (round(lo, 4), round(hi, 4)) == (0.15, 0.85)  # the textbook value for 2 of 4
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0 and wilson(0, 0) is None
+    s = summarize(six_queries())
+    assert s["precision_at_1_ci"] == [pytest.approx(lo), pytest.approx(hi)]
+
+
+def test_groups_by_day_week_version_mode_and_category():
+    log = [
+        q([1], [(1, "confirmed")], created=T0, fp="A", text="make it red"),
+        q([2], [(2, "rejected")], created=T0 + DAY, fp="B", mode="image", text="bigger and red"),
+        q([3], created=T0 + 7 * DAY, fp="A", text="the same"),
+    ]
+    by_day = pilot_summary(log, "day")
+    assert [g["key"] for g in by_day["groups"]] == ["2025-12-01", "2025-12-02", "2025-12-08"]
+    assert [g["key"] for g in pilot_summary(log, "week")["groups"]] == ["2025-W49", "2025-W50"]
+    by_version = {g["key"]: g for g in pilot_summary(log, "version")["groups"]}
+    assert by_version["A"]["queries"] == 2 and by_version["A"]["precision_at_1"] == 1.0
+    assert by_version["B"]["false_hit_rate"] == 1.0
+    assert {g["key"]: g["queries"] for g in pilot_summary(log, "mode")["groups"]} == {"image": 1, "tokens": 2}
+    by_cat = {g["key"]: g["queries"] for g in pilot_summary(log, "category")["groups"]}
+    assert by_cat == {"colour": 2, "size": 1, "other": 1}  # "bigger and red" counts in both of its categories
+    summary = pilot_summary(log, "version")
+    assert summary["overall"]["queries"] == 3 and set(summary["definitions"]) == set(DEFINITIONS)
+    assert set(summary["groups"][0]) >= {
+        "key",
+        "queries",
+        "judged",
+        "precision_at_1",
+        "precision_at_1_ci",
+        "hit_at_k",
+        "false_hit_rate",
+        "correction_rate",
+        "mrr",
+        "unjudged_share",
+        "latency_p50_ms",
+        "latency_p95_ms",
+    }
+    with pytest.raises(ValueError, match="group_by must be one of"):
+        pilot_summary(log, "colour")
+
+
+def test_empty_log_reports_nothing_rather_than_zero():
+    s = summarize([])
+    assert s["queries"] == 0 and s["precision_at_1"] is None and s["precision_at_1_ci"] is None
+    assert s["latency_p50_ms"] is None
+
+
+def test_tagger_keywords_are_configurable(tmp_path):
+    t = Tagger()
+    assert t.tags("same dress but sleeveless, in red") == ["colour", "remove"]
+    assert t.tags("Move it to the LEFT") == ["position"]
+    assert t.tags("the same") == ["other"]
+    path = tmp_path / "kw.json"
+    path.write_text('{"material": ["chiffon"], "fit": ["slim", "loose"]}')
+    custom = Tagger.from_file(path)
+    assert custom.tags("a slim chiffon one") == ["material", "fit"]
+    path.write_text('{"fit": "slim"}')
+    from isacir.errors import IsacirError
+
+    with pytest.raises(IsacirError, match="expected"):
+        Tagger.from_file(path)
+
+
+def test_the_summary_route_on_the_acceptance_log(tmp_path, openclip_fnd):
+    """Six answered queries through a real service: the numbers of the issue, overall and per mode."""
+    import requests
+    from serve_helpers import build_service, start_server
+
+    app, state, _ = build_service(tmp_path, openclip_fnd, n_images=8)
+    ids = [item["id"] for item in state.gallery.items()]
+    outside = ids[7]
+    store = state.feedback
+    logged = []
+    for i, (verdict, item) in enumerate(
+        [("confirmed", 0), ("confirmed", 0), ("rejected", 0), ("corrected", None), (None, None), (None, None)]
+    ):
+        results = ids[i % 4 : i % 4 + 3]
+        qid = store.log_query(
+            "image" if i < 3 else "tokens",
+            "make it red",
+            b"\x00",
+            3,
+            results,
+            "fpA",
+            "fpF",
+            latency_ms=10.0 * (i + 1),
+            created=T0 + i * 3600,
+        )
+        if verdict == "corrected":
+            store.add(qid, outside, "corrected", in_gallery=lambda _: True)
+        elif verdict:
+            store.add(qid, results[item], verdict)
+        logged.append(qid)
+    server = start_server(app)
+    try:
+
+        def get(**params):
+            return requests.get(
+                f"{server.url}/v1/pilot/summary", headers={"X-API-Key": "test-key"}, params=params, timeout=30
+            )
+
+        body = get(group_by="mode").json()
+        o = body["overall"]
+        assert (o["queries"], o["judged"]) == (6, 4)
+        assert (o["precision_at_1"], o["hit_at_k"], o["false_hit_rate"], o["correction_rate"]) == (0.5, 0.5, 0.25, 0.25)
+        assert o["unjudged_share"] == pytest.approx(1 / 3) and o["latency_p50_ms"] == 30.0
+        assert {g["key"]: g["judged"] for g in body["groups"]} == {"image": 3, "tokens": 1}
+        assert body["definitions"]["false_hit_rate"].startswith("judged queries whose top-1 result was rejected")
+        # a time window: the first three hours hold the three image queries
+        window = get(group_by="overall", **{"from": "2025-12-01", "to": "2025-12-01T03:00:00Z"}).json()
+        assert window["overall"]["queries"] == 3
+        assert get(group_by="colour").status_code == 422
+        assert get(**{"from": "yesterday"}).json()["code"] == "time_range"
+        assert requests.get(f"{server.url}/v1/pilot/summary", timeout=30).status_code == 401
+    finally:
+        server.stop()
