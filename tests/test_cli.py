@@ -168,4 +168,5 @@ def test_bench_backbones_script_and_verb_agree_on_the_shape(tiny_openclip_dir):
     scripted = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(verb) == set(scripted) and [r["backbone"] for r in scripted["backbones"]] == ["mobilenetv3_small_050"]
     row = verb["backbones"][0]
-    assert row["speedup"] == pytest.approx(verb["large_ms"] / row["light_ms"], rel=0.06)  # rounded to 0.1
+    # speedup is rounded to 0.1 and computed from unrounded times: within 0.05 plus 1 % of the ratio
+    assert abs(row["speedup"] - verb["large_ms"] / row["light_ms"]) <= 0.05 + 0.01 * row["speedup"]
