@@ -187,3 +187,126 @@ def test_the_summary_route_on_the_acceptance_log(tmp_path, openclip_fnd):
         assert requests.get(f"{server.url}/v1/pilot/summary", timeout=30).status_code == 401
     finally:
         server.stop()
+
+
+def two_version_log(store, ids, days=4, per_day=6):
+    """A small pilot: version A is wrong first half the time, version B (from day 2 on) a sixth."""
+    qids = []
+    for d in range(days):
+        for i in range(per_day):
+            version = "A" * 16 if d < 2 else "B" * 16
+            results = ids[i % 3 : i % 3 + 3]
+            text = ("make it red", "move it left", "bigger", "without the stripes", "in leather", "the same")[i]
+            qid = store.log_query(
+                "tokens", text, b"\x00", 3, results, version, "F", latency_ms=20.0 + i, created=T0 + d * DAY + i * 60
+            )
+            wrong = (i % 2 == 0) if version.startswith("A") else (i == 0)
+            store.add(qid, results[0], "rejected" if wrong else "confirmed")
+            qids.append(qid)
+    return qids
+
+
+def test_charts_are_svg_with_every_version_named(tmp_path):
+    from isacir.pilot import charts
+    from isacir.serve.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    two_version_log(store, list(range(1, 10)))
+    log = list(store.queries())
+    for svg in (charts.over_time(log, "false_hit_rate", "day"), charts.hit_at_k(log), charts.by_category(log)):
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    over = charts.over_time(log, "false_hit_rate", "day")
+    assert "AAAAAAAA" in over and "BBBBBBBB" in over and "2025-12-04" in over
+    assert "colour" in charts.by_category(log) and "remove" in charts.by_category(log)
+    by_version = {g["key"]: g for g in pilot_summary(log, "version")["groups"]}
+    assert by_version["A" * 16]["false_hit_rate"] == 0.5 and by_version["B" * 16]["false_hit_rate"] == pytest.approx(
+        1 / 6
+    )
+
+
+def test_report_is_one_self_contained_file_plus_csvs(tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from isacir.serve.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    two_version_log(store, list(range(1, 10)))
+    out, csv_dir = tmp_path / "report.html", tmp_path / "csv"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "pilot",
+            "report",
+            "--feedback-db",
+            str(tmp_path / "f.sqlite"),
+            "--out",
+            str(out),
+            "--csv",
+            str(csv_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    page = out.read_text()
+    assert page.count("<svg") == 4 and "<?xml" not in page  # charts inline, as elements
+    # fetches nothing: no external source, stylesheet, script or link (namespace URIs are names, not fetches)
+    for needle in ("src=", "<link", "<script", "url(http", 'href="http'):
+        assert needle not in page, needle
+    assert "AAAAAAAA" in page and "false-hit rate" in page and "24 answered searches" in page
+    rows = list(csv.DictReader((csv_dir / "pilot-by-version.csv").open()))
+    assert [r["key"] for r in rows] == ["A" * 16, "B" * 16]
+    assert float(rows[0]["false_hit_rate"]) == 0.5 and float(rows[1]["false_hit_rate"]) == pytest.approx(
+        1 / 6, abs=1e-4
+    )
+    assert {p.name for p in csv_dir.iterdir()} == {
+        f"pilot-by-{g}.csv" for g in ("overall", "day", "week", "version", "mode", "category")
+    }
+    # a window holding only version A's two days
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "pilot",
+            "report",
+            "--feedback-db",
+            str(tmp_path / "f.sqlite"),
+            "--out",
+            str(tmp_path / "a.html"),
+            "--from",
+            "2025-12-01",
+            "--to",
+            "2025-12-03",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "12 answered searches" in (tmp_path / "a.html").read_text()
+    assert json.loads(proc.stdout.splitlines()[-1])["written"] == [str(tmp_path / "a.html")]
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "pilot",
+            "report",
+            "--feedback-db",
+            str(tmp_path / "f.sqlite"),
+            "--out",
+            str(tmp_path / "b.html"),
+            "--from",
+            "soon",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "--from/--to" in bad.stderr and "Traceback" not in bad.stderr

@@ -144,3 +144,42 @@ def test_none_of_these_then_open_by_id_and_mark_the_right_one(tmp_path, openclip
     # the one rejected by hand is not rejected twice; the other four by "none of these"; then the correction
     assert sorted(r[0] for r in rows if r[1] == "rejected") == sorted(shown)
     assert rows[-1] == (right, "corrected", 0)
+
+
+@pytest.mark.parametrize(
+    "viewport", [{"width": 390, "height": 844}, {"width": 1280, "height": 900}], ids=["phone", "desktop"]
+)
+def test_pilot_dashboard_draws_both_versions(tmp_path, openclip_fnd, viewport):
+    from playwright.sync_api import expect, sync_playwright
+    from test_pilot import two_version_log
+
+    app, state, _ = build_service(tmp_path, openclip_fnd, n_images=12)
+    ids = [item["id"] for item in state.gallery.items()]
+    two_version_log(state.feedback, ids)
+    server = start_server(app)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = "phone" if viewport["width"] < 600 else "desktop"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport=viewport, device_scale_factor=2 if name == "phone" else 1)
+            page.goto(server.url + "/pilot")
+            expect(page.locator("#status")).to_contain_text("API key")  # the data routes need a key
+            page.fill("#api-key", "test-key")
+            page.click("#key-save")
+            expect(page.locator("#status")).to_contain_text("24 queries, 24 judged, 2 version(s)")
+            rows = page.locator("#versions tbody tr")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0).locator("th")).to_have_text("AAAAAAAA")
+            expect(rows.nth(1).locator("th")).to_have_text("BBBBBBBB")
+            expect(rows.nth(0).locator("td").nth(2)).to_have_text("50.0 %")  # version A's false-hit rate
+            page.wait_for_function(
+                "[...document.querySelectorAll('.charts img')].every(i => i.complete && i.naturalWidth > 100)"
+            )
+            # the page fits a phone: nothing but the table scrolls sideways
+            assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            page.screenshot(path=str(ARTIFACTS / f"pilot-{name}.png"), full_page=True)
+            browser.close()
+    finally:
+        server.stop()
+    assert (ARTIFACTS / f"pilot-{name}.png").stat().st_size > 20_000

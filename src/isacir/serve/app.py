@@ -269,6 +269,11 @@ def create_app(state: ServiceState) -> FastAPI:
     def index() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text())
 
+    @app.get("/pilot", include_in_schema=False)
+    def pilot_page() -> HTMLResponse:
+        """The pilot dashboard; its data and charts come from keyed routes."""
+        return HTMLResponse((STATIC / "pilot.html").read_text())
+
     app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
 
     # ----- keyed routes ------------------------------------------------------------------------
@@ -491,6 +496,32 @@ def create_app(state: ServiceState) -> FastAPI:
         except ValueError as exc:
             raise _error(422, str(exc), "time_range") from None
         return pilot_summary(state.feedback.queries(start, end), group_by, k)
+
+    @app.get("/v1/pilot/charts/{name}.svg", dependencies=auth, tags=["pilot"])
+    def pilot_chart(
+        name: str,
+        metric: str = Query("false_hit_rate", description="over-time: false_hit_rate | precision_at_1 | ..."),
+        period: str = Query("day", description="over-time: day | week"),
+        since: Optional[str] = Query(None, alias="from"),
+        until: Optional[str] = Query(None, alias="to"),
+    ) -> Response:
+        """A pilot chart as SVG, drawn on the server: over-time, hit-at-k or category."""
+        from ..pilot import charts
+
+        if name not in charts.CHARTS:
+            raise _error(404, f"no chart {name!r}; charts: {', '.join(charts.CHARTS)}", "not_found")
+        if metric not in charts.LABELS or period not in ("day", "week"):
+            raise _error(422, f"metric must be one of {', '.join(charts.LABELS)}; period day or week", "chart")
+        try:
+            start, end = _timestamp(since), _timestamp(until)
+        except ValueError as exc:
+            raise _error(422, str(exc), "time_range") from None
+        queries = list(state.feedback.queries(start, end))
+        if name == "over-time":
+            svg = charts.over_time(queries, metric, period)
+        else:
+            svg = charts.CHARTS[name](queries)
+        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
     @app.get("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
     def gallery_item(item_id: int) -> dict:

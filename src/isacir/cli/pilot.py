@@ -1,0 +1,38 @@
+"""``isacir pilot``: reports for people who will not open the dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import IsacirError
+from ._app import app, emit_json, err
+
+pilot_app = typer.Typer(help="Pilot metrics from operator verdicts.", no_args_is_help=True)
+app.add_typer(pilot_app, name="pilot")
+
+
+@pilot_app.command("report")
+def report_cmd(
+    feedback_db: Path = typer.Option(..., help="The feedback database (GALLERY/feedback.sqlite)."),
+    out_file: Path = typer.Option(..., "--out", help="The HTML file to write (self-contained: charts inline)."),
+    csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV of every table into this folder."),
+    since: Optional[str] = typer.Option(None, "--from", help="ISO date or time (UTC), or unix seconds."),
+    until: Optional[str] = typer.Option(None, "--to", help="ISO date or time (UTC), or unix seconds; exclusive."),
+) -> None:
+    """One HTML file with the pilot's charts and tables, plus CSVs."""
+    from ..pilot.report import write_report
+    from ..serve.app import _timestamp
+    from ..serve.feedback import FeedbackStore
+
+    if not feedback_db.is_file():
+        raise IsacirError(f"feedback database not found: {feedback_db}")
+    try:
+        start, end = _timestamp(since), _timestamp(until)
+    except ValueError as exc:
+        raise IsacirError(f"--from/--to: {exc}") from None
+    result = write_report(FeedbackStore(feedback_db).queries(start, end), out_file, csv_dir)
+    err.print(f"wrote {out_file} ({result['bytes']:,} bytes)" + (f" and CSVs in {csv_dir}" if csv_dir else ""))
+    emit_json(result)

@@ -1,0 +1,109 @@
+// isacir pilot dashboard: numbers from /v1/pilot/summary, charts as server-drawn SVG.
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const keyStore = "isacir.apiKey";
+  const urls = [];
+  const headers = () => {
+    const key = localStorage.getItem(keyStore);
+    return key ? { "X-API-Key": key } : {};
+  };
+  const status = (msg, error = false) => {
+    $("status").textContent = msg;
+    $("status").classList.toggle("error", error);
+  };
+  async function api(path) {
+    const res = await fetch(path, { headers: headers() });
+    if (res.status === 401) {
+      $("key-box").hidden = false;
+      throw new Error("The dashboard needs an API key: paste it above and save.");
+    }
+    if (!res.ok) {
+      let detail = res.statusText;
+      try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
+      throw new Error(`${res.status}: ${detail}`);
+    }
+    return res;
+  }
+  const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)} %`);
+  const ci = (c) => (c ? `95 %: ${(100 * c[0]).toFixed(1)}–${(100 * c[1]).toFixed(1)}` : "");
+  const short = (v) => (v.length > 12 ? v.slice(0, 8) : v);
+
+  function range() {
+    const params = new URLSearchParams();
+    if ($("from").value) params.set("from", $("from").value);
+    if ($("to").value) params.set("to", $("to").value);
+    return params;
+  }
+
+  async function chart(img, name, extra = {}) {
+    const params = range();
+    Object.entries(extra).forEach(([k, v]) => params.set(k, v));
+    const blob = await (await api(`/v1/pilot/charts/${name}.svg?${params}`)).blob();
+    const src = URL.createObjectURL(blob);
+    urls.push(src);
+    img.src = src;
+  }
+
+  async function load() {
+    urls.splice(0).forEach((u) => URL.revokeObjectURL(u));
+    status("Loading…");
+    try {
+      const params = range();
+      params.set("group_by", "version");
+      const data = await (await api(`/v1/pilot/summary?${params}`)).json();
+      const o = data.overall;
+      $("o-false").textContent = pct(o.false_hit_rate);
+      $("o-false-ci").textContent = ci(o.false_hit_rate_ci);
+      $("o-p1").textContent = pct(o.precision_at_1);
+      $("o-p1-ci").textContent = ci(o.precision_at_1_ci);
+      $("o-hit").textContent = pct(o.hit_at_k);
+      $("o-hit-ci").textContent = ci(o.hit_at_k_ci);
+      $("o-judged").textContent = `${o.judged} / ${o.queries}`;
+      $("o-latency").textContent = o.latency_p50_ms === null ? "" : `p50 ${o.latency_p50_ms.toFixed(0)} ms, p95 ${o.latency_p95_ms.toFixed(0)} ms`;
+      const body = $("versions").querySelector("tbody");
+      body.replaceChildren();
+      data.groups.forEach((g) => {
+        const tr = document.createElement("tr");
+        const cells = [short(g.key), g.queries, g.judged, pct(g.false_hit_rate), pct(g.precision_at_1), pct(g.hit_at_k),
+          g.mrr === null ? "–" : g.mrr.toFixed(3), pct(g.correction_rate),
+          g.latency_p50_ms === null ? "–" : g.latency_p50_ms.toFixed(0)];
+        cells.forEach((c, i) => {
+          const td = document.createElement(i === 0 ? "th" : "td");
+          td.textContent = c;
+          if (i === 0) td.title = g.key;
+          tr.appendChild(td);
+        });
+        body.appendChild(tr);
+      });
+      const dl = $("definitions");
+      dl.replaceChildren();
+      Object.entries(data.definitions).forEach(([k, v]) => {
+        const dt = document.createElement("dt");
+        dt.textContent = k;
+        const dd = document.createElement("dd");
+        dd.textContent = v;
+        dl.append(dt, dd);
+      });
+      const period = $("period").value;
+      await Promise.all([
+        chart($("chart-false"), "over-time", { metric: "false_hit_rate", period }),
+        chart($("chart-p1"), "over-time", { metric: "precision_at_1", period }),
+        chart($("chart-hitk"), "hit-at-k"),
+        chart($("chart-cat"), "category"),
+      ]);
+      status(`${o.queries} queries, ${o.judged} judged, ${data.groups.length} version(s).`);
+    } catch (err) {
+      status(err.message, true);
+    }
+  }
+
+  $("key-toggle").addEventListener("click", () => { $("key-box").hidden = !$("key-box").hidden; });
+  $("api-key").value = localStorage.getItem(keyStore) || "";
+  $("key-save").addEventListener("click", () => {
+    localStorage.setItem(keyStore, $("api-key").value.trim());
+    $("key-box").hidden = true;
+    load();
+  });
+  $("range").addEventListener("submit", (e) => { e.preventDefault(); load(); });
+  load();
+})();
