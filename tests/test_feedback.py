@@ -186,3 +186,43 @@ def test_export_of_a_missing_db_is_a_one_line_error(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "feedback database not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_retention_drops_only_old_unjudged_tokens_and_keeps_the_counts(tmp_path):
+    from isacir.pilot import summarize
+
+    store = FeedbackStore(tmp_path / "f.sqlite")
+    import time
+
+    now = time.time()
+    day = 86400.0
+    old_judged = store.log_query("tokens", "a", b"\x01", 2, [1, 2], "fq", "ff", created=now - 40 * day)
+    store.add(old_judged, 1, "confirmed")
+    old_unjudged = store.log_query("tokens", "b", b"\x02", 2, [1, 2], "fq", "ff", created=now - 40 * day)
+    recent = store.log_query("tokens", "c", b"\x03", 2, [1, 2], "fq", "ff", created=now - 5 * day)
+    before = summarize(store.queries())
+    assert store.prune(30, now=now, dry_run=True) == 1
+    assert store.prune(30, now=now) == 1
+    tokens = {q["query_id"]: q["tokens"] for q in store.queries()}
+    assert tokens == {old_judged: b"\x01", old_unjudged: None, recent: b"\x03"}
+    assert summarize(store.queries()) == before  # the pilot's numbers do not change
+    assert store.prune(30, now=now) == 0
+    with pytest.raises(FeedbackError, match="negative"):
+        store.prune(-1)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "isacir.cli",
+            "feedback",
+            "prune",
+            "--db",
+            str(tmp_path / "f.sqlite"),
+            "--older-than-days",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and json.loads(proc.stdout.splitlines()[-1])["pruned"] == 1  # the recent one

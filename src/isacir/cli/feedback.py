@@ -34,6 +34,21 @@ def export_cmd(
     emit_json({"out": str(out_file), **counts})
 
 
+@feedback_app.command("prune")
+def prune_cmd(
+    db: Path = typer.Option(..., help="The feedback database."),
+    older_than_days: float = typer.Option(..., help="Drop tokens of queries older than this with no verdict."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be dropped."),
+) -> None:
+    """Drop the payload tokens of old queries without a verdict; the rows (and pilot counts) stay."""
+    n = _open(db).prune(older_than_days, dry_run=dry_run)
+    err.print(
+        f"{'would drop' if dry_run else 'dropped'} the tokens of {n} unjudged queries older than "
+        f"{older_than_days:g} days"
+    )
+    emit_json({"pruned": n, "dry_run": dry_run, "older_than_days": older_than_days})
+
+
 @feedback_app.command("stats")
 def stats_cmd(db: Path = typer.Option(..., help="The feedback database.")) -> None:
     """Counts of logged queries and of each verdict."""

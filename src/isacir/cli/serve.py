@@ -23,6 +23,9 @@ def serve_cmd(
     max_upload_mb: float = typer.Option(10.0, help="Request body cap; larger bodies get 413."),
     feedback_db: Optional[Path] = typer.Option(None, help="Default: GALLERY/feedback.sqlite."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    query_log_retention_days: Optional[float] = typer.Option(
+        None, help="Drop the payload tokens of unjudged queries after N days (default: keep them)."
+    ),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -33,7 +36,9 @@ def serve_cmd(
         torch.set_num_threads(threads)
     from ..serve import load_service
 
-    app_ = load_service(gallery, query_encoder, foundation, api_key_file, max_upload_mb, feedback_db)
+    app_ = load_service(
+        gallery, query_encoder, foundation, api_key_file, max_upload_mb, feedback_db, query_log_retention_days
+    )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
     err.print(f"isacir serving {gallery} on http://{host}:{port}/  (UI at /, health at /healthz)")

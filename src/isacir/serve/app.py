@@ -54,6 +54,8 @@ class ServeSettings:
     feedback_db: Optional[Path] = None
     upload_dir: Optional[Path] = None
     thumbnail_cache: int = 512
+    #: Drop the payload tokens of unjudged queries older than this many days (None: keep them).
+    query_log_retention_days: Optional[float] = None
     extra: dict = field(default_factory=dict)
 
 
@@ -171,6 +173,17 @@ class ServiceState:
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
+        self._last_prune = 0.0
+        self.maybe_prune()
+
+    def maybe_prune(self, every_s: float = 600.0) -> int:
+        """Apply the query-log retention at most every ``every_s`` seconds (cheap to call per request)."""
+        days = self.settings.query_log_retention_days
+        now = time.time()
+        if days is None or now - self._last_prune < every_s:
+            return 0
+        self._last_prune = now
+        return self.feedback.prune(days, now)
 
     def info(self) -> dict:
         qe = self.query_encoder.config
@@ -294,6 +307,7 @@ def create_app(state: ServiceState) -> FastAPI:
     def _respond(mode: str, text: str, hits, k: int, payload: bytes | None, t0: float) -> dict:
         ids = [h.id for h in hits]
         took_ms = round(1000 * (time.perf_counter() - t0), 2)
+        state.maybe_prune()
         qid = state.feedback.log_query(
             mode, text, payload, k, ids, state.qe_fingerprint, state.foundation_fingerprint, latency_ms=took_ms
         )
@@ -572,6 +586,7 @@ def load_service(
     api_key_file: str | os.PathLike | None = None,
     max_upload_mb: float = 10.0,
     feedback_db: str | os.PathLike | None = None,
+    query_log_retention_days: float | None = None,
 ) -> FastAPI:
     """Open gallery, foundation and query encoder, check that they belong together, build the app.
 
@@ -590,5 +605,6 @@ def load_service(
         api_keys=read_api_keys(api_key_file) if api_key_file else (),
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         feedback_db=Path(feedback_db) if feedback_db else None,
+        query_log_retention_days=query_log_retention_days,
     )
     return create_app(ServiceState(g, fnd, qe, settings))

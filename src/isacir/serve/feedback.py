@@ -267,6 +267,25 @@ class FeedbackStore:
             q["verdicts"] = verdicts.get(q["query_id"], [])
             yield q
 
+    def prune(self, older_than_days: float, now: float | None = None, dry_run: bool = False) -> int:
+        """Drop the payload tokens of queries older than the cut-off that have no verdict.
+
+        The rows stay (text, results, fingerprints, latency), so pilot counts and rates do not
+        change; only the pseudo tokens, the one thing derived from a user's photo, go. Queries
+        with a verdict keep their tokens: they are the training triplets. Returns how many.
+        """
+        if older_than_days < 0:
+            raise FeedbackError(f"retention must not be negative, got {older_than_days} days")
+        cutoff = (time.time() if now is None else now) - older_than_days * 86400.0
+        where = (
+            "tokens IS NOT NULL AND created < ? AND NOT EXISTS "
+            "(SELECT 1 FROM feedback f WHERE f.query_id = queries.query_id)"
+        )
+        db = self.db()
+        if dry_run:
+            return int(db.execute(f"SELECT COUNT(*) FROM queries WHERE {where}", (cutoff,)).fetchone()[0])
+        return int(db.execute(f"UPDATE queries SET tokens = NULL WHERE {where}", (cutoff,)).rowcount)
+
     def counts(self) -> dict[str, int]:
         db = self.db()
         out = {"queries": db.execute("SELECT COUNT(*) FROM queries").fetchone()[0]}
