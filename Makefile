@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The browser test drives Debian's chromium. As root, install it when it is missing; otherwise the
-# browser test says what to install.
+# The browser tests drive Debian's chromium and the metrics test scrapes with Debian's prometheus.
+# As root, install what is missing; otherwise those tests say what to install.
+SYSTEM_PACKAGES := chromium prometheus
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 # pytest exits 5 when it collects nothing; that must fail loudly rather than pass silently.

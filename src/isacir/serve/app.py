@@ -308,6 +308,7 @@ def create_app(state: ServiceState) -> FastAPI:
         ids = [h.id for h in hits]
         took_ms = round(1000 * (time.perf_counter() - t0), 2)
         state.maybe_prune()
+        metrics.searches.labels(mode, state.qe_fingerprint).inc()
         qid = state.feedback.log_query(
             mode, text, payload, k, ids, state.qe_fingerprint, state.foundation_fingerprint, latency_ms=took_ms
         )
@@ -483,6 +484,7 @@ def create_app(state: ServiceState) -> FastAPI:
             )
         except FeedbackError as exc:
             raise _error(exc.status, str(exc), "feedback") from None
+        metrics.feedback.labels(body.verdict, state.qe_fingerprint).inc()
         return {
             "feedback_id": fid,
             "query_id": body.query_id,

@@ -31,6 +31,20 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.gallery_items = Gauge("isacir_gallery_items", "Images in the served gallery.", registry=self.registry)
+        # Pilot counters. Labels are bounded: verdicts and modes are fixed sets, and version is the
+        # served query encoder's fingerprint (one per served encoder).
+        self.searches = Counter(
+            "isacir_search",
+            "Answered searches by mode and query-encoder version.",
+            ["mode", "version"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "isacir_feedback",
+            "Stored verdicts by verdict and query-encoder version.",
+            ["verdict", "version"],
+            registry=self.registry,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.latency.labels(route, method).observe(seconds)
