@@ -327,3 +327,89 @@ def test_a_service_without_keys_is_open(tmp_path, openclip_fnd):
         assert r.status_code == 200 and r.json()["gallery_items"] == 3
     finally:
         server.stop()
+
+
+def test_a_chunked_body_over_the_cap_is_413_not_400(live):
+    """No Content-Length to check up front: the cap is enforced while streaming, and says so."""
+    server, _, _, _ = live
+    boundary = "isacirboundary"
+
+    def body():
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'.encode()
+        yield b"Content-Type: image/png\r\n\r\n"
+        for _ in range(40):
+            yield b"\x89PNG" + b"\x00" * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = requests.post(
+        f"{server.url}/v1/search",
+        headers={**KEY, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        data=body(),
+        timeout=30,
+    )
+    assert r.request.headers.get("Transfer-Encoding") == "chunked" and "Content-Length" not in r.request.headers
+    assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
+    # a chunked body under the cap still works
+    small = requests.post(
+        f"{server.url}/v1/feedback",
+        headers={**KEY, "Content-Type": "application/json"},
+        data=iter([b'{"query_id": "x", ', b'"candidate_id": 1, "verdict": "confirmed"}']),
+        timeout=30,
+    )
+    assert small.status_code == 404 and small.json()["code"] == "feedback"
+
+
+def test_clients_cannot_mint_metric_series(live):
+    """Labels come from route templates and a fixed method set, whatever path or method is sent."""
+    import random
+    import string
+
+    server, _, _, _ = live
+
+    def series() -> int:
+        text = requests.get(f"{server.url}/metrics", headers=KEY, timeout=10).text
+        return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+    rng = random.Random(0)
+
+    def noise(n: int) -> None:
+        for _ in range(n):
+            path = "/" + "".join(rng.choices(string.ascii_lowercase + "/%.", k=rng.randint(1, 30)))
+            method = rng.choice(["GET", "POST", "BREW", "X" + "".join(rng.choices(string.ascii_uppercase, k=6))])
+            requests.request(method, server.url + path, timeout=10)
+
+    noise(20)  # the first unmatched request of each status creates its series once
+    before = series()
+    noise(100)
+    assert series() == before
+    text = requests.get(f"{server.url}/metrics", headers=KEY, timeout=10).text
+    assert "BREW" not in text and 'method="OTHER"' in text
+
+
+def test_readyz_reports_each_check_without_a_key(live):
+    server, _, _, _ = live
+    r = requests.get(f"{server.url}/readyz", timeout=10)
+    assert r.status_code == 200 and r.json() == {
+        "ready": True,
+        "checks": {"models": "ok", "store": "ok", "query_log": "ok"},
+    }
+
+
+def test_cors_is_off_unless_an_origin_is_configured(live, tmp_path, openclip_fnd):
+    from isacir.serve import ServeSettings, ServiceState, create_app
+
+    server, state, _, _ = live
+    origin = {"Origin": "https://ops.example"}
+    r = requests.get(f"{server.url}/v1/info", headers={**KEY, **origin}, timeout=10)
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    settings = ServeSettings(
+        api_keys=("test-key",), cors_origins=("https://ops.example",), feedback_db=tmp_path / "f.sqlite"
+    )
+    other = start_server(create_app(ServiceState(state.gallery, openclip_fnd, state.retriever.query_encoder, settings)))
+    try:
+        r = requests.get(f"{other.url}/v1/info", headers={**KEY, **origin}, timeout=10)
+        assert r.headers.get("access-control-allow-origin") == "https://ops.example"
+        r = requests.get(f"{other.url}/v1/info", headers={**KEY, "Origin": "https://evil.example"}, timeout=10)
+        assert "access-control-allow-origin" not in r.headers
+    finally:
+        other.stop()

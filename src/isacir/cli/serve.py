@@ -26,6 +26,9 @@ def serve_cmd(
     query_log_retention_days: Optional[float] = typer.Option(
         None, help="Drop the payload tokens of unjudged queries after N days (default: keep them)."
     ),
+    cors_origin: list[str] = typer.Option(
+        [], help="A browser origin allowed to call the API from another site (repeatable; default: none)."
+    ),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -37,7 +40,14 @@ def serve_cmd(
     from ..serve import load_service
 
     app_ = load_service(
-        gallery, query_encoder, foundation, api_key_file, max_upload_mb, feedback_db, query_log_retention_days
+        gallery,
+        query_encoder,
+        foundation,
+        api_key_file,
+        max_upload_mb,
+        feedback_db,
+        query_log_retention_days,
+        tuple(cors_origin),
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

@@ -56,6 +56,8 @@ class ServeSettings:
     thumbnail_cache: int = 512
     #: Drop the payload tokens of unjudged queries older than this many days (None: keep them).
     query_log_retention_days: Optional[float] = None
+    #: Browser origins allowed to call the API from other sites (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
 
@@ -103,31 +105,42 @@ class _UploadCap:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._reject(scope, send)
         seen = 0
-        started = False
+        started = over = False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise UploadTooLarge()
             return message
 
-        async def tracking_send(message):
+        async def guarded_send(message):
+            # A body parser may catch UploadTooLarge and answer 400 itself (Starlette's form parser
+            # does, for chunked bodies): once the cap is crossed, its response is replaced by ours.
             nonlocal started
+            if over:
+                if not started and message["type"] == "http.response.start":
+                    started = True
+                    await self._reject(scope, send)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counted, tracking_send)
-        except UploadTooLarge:
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not over:
+                raise
             if not started:
                 await self._reject(scope, send)
 
     async def _reject(self, scope, send):
-        self.metrics.observe(scope.get("path", "?"), scope.get("method", "?"), 413, 0.0)
+        # never the raw path: a client must not be able to mint label values
+        self.metrics.observe("(over upload cap)", scope.get("method", "?"), 413, 0.0)
         response = JSONResponse(
             {"detail": f"request body exceeds the {self.limit:,}-byte upload cap", "code": "too_large"}, status_code=413
         )
@@ -277,6 +290,29 @@ def create_app(state: ServiceState) -> FastAPI:
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
         return {"status": "ok", "gallery_items": state.gallery.count(), "version": __version__}
+
+    @app.get("/readyz", tags=["ops"])
+    def readyz() -> JSONResponse:
+        """Ready to answer: models loaded, the vector store open, the query log writable."""
+        checks: dict[str, str] = {}
+        try:
+            checks["models"] = "ok" if state.retriever is not None and state.qe_fingerprint else "not loaded"
+        except Exception as exc:  # noqa: BLE001  (a probe reports, it does not raise)
+            checks["models"] = f"error: {exc}"
+        try:
+            state.gallery.count()
+            checks["store"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["store"] = f"error: {exc}"
+        try:
+            db = state.feedback.db()
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            checks["query_log"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["query_log"] = f"error: {exc}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
@@ -550,6 +586,15 @@ def create_app(state: ServiceState) -> FastAPI:
             "thumbnail_url": f"/v1/images/{item_id}/thumbnail",
         }
 
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
     app.add_middleware(_UploadCap, limit=settings.max_upload_bytes, metrics=metrics)
     return app
 
@@ -589,6 +634,7 @@ def load_service(
     max_upload_mb: float = 10.0,
     feedback_db: str | os.PathLike | None = None,
     query_log_retention_days: float | None = None,
+    cors_origins: tuple[str, ...] = (),
 ) -> FastAPI:
     """Open gallery, foundation and query encoder, check that they belong together, build the app.
 
@@ -608,5 +654,6 @@ def load_service(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         feedback_db=Path(feedback_db) if feedback_db else None,
         query_log_retention_days=query_log_retention_days,
+        cors_origins=tuple(cors_origins),
     )
     return create_app(ServiceState(g, fnd, qe, settings))

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Search is milliseconds on small galleries and up to seconds with re-ranking on a CPU.
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -47,6 +48,8 @@ class ServiceMetrics:
         )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """``route`` must be a route template or a fixed name; methods outside HTTP's set become OTHER."""
+        method = method if method in METHODS else "OTHER"
         self.latency.labels(route, method).observe(seconds)
         self.requests.labels(route, method, str(status)).inc()
         if status >= 400:
