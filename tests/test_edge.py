@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from isacir.edge.payload import decode_payload
 from isacir.export import ExportError, export_edge
 from isacir.query import QueryEncoder
 
@@ -126,3 +127,45 @@ def test_cli_export_and_encode(tmp_path, openclip_fnd):
     )
     obj = json.loads(res.stdout.strip().splitlines()[-1])
     assert obj["dtype"] == "fp16" and obj["num_tokens"] == 2 and obj["bytes"] == (tmp_path / "p.bin").stat().st_size
+
+
+def test_edge_encode_verb_runs_without_torch(exported, tmp_path):
+    """``pip install isacir[edge]`` has no torch: the command line must not import it to start."""
+    qe, out, _ = exported
+    img = tmp_path / "ref.png"
+    Image.new("RGB", (64, 48), (30, 30, 200)).save(img)
+    blocked = NO_TORCH.split("from isacir.edge import")[0]
+    run_cli = blocked + textwrap.dedent(
+        """
+        from isacir.cli import main
+        sys.argv = ["isacir", *sys.argv[1:]]
+        try:
+            main()
+        finally:
+            print("torch loaded:", "torch" in sys.modules)
+        """
+    )
+    payload = tmp_path / "q.bin"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            run_cli,
+            "edge-encode",
+            "--edge",
+            str(out),
+            "--image",
+            str(img),
+            "--dtype",
+            "int8",
+            "--out",
+            str(payload),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torch loaded: False" in proc.stdout
+    assert decode_payload(payload.read_bytes()).fingerprint == qe.fingerprint

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ..errors import IsacirError
 from ._app import app, emit_json, err
 
+if TYPE_CHECKING:
+    from ..serve.feedback import FeedbackStore
+
 feedback_app = typer.Typer(help="Export and inspect the query log and operator feedback.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 
 
-def _open(db: Path):
+def open_feedback_db(db: Path) -> FeedbackStore:
+    """The store of an existing log (the commands here read; they never create one by mistake)."""
     from ..serve.feedback import FeedbackStore
 
     if not db.is_file():
@@ -29,7 +34,7 @@ def export_cmd(
     """One line per query with a positive (confirmed or corrected): tokens, text, positive, rejected ids."""
     from ..serve.feedback import export_triplets
 
-    counts = export_triplets(_open(db), out_file)
+    counts = export_triplets(open_feedback_db(db), out_file)
     err.print(f"wrote {counts['learnable']} learnable of {counts['queries']} logged queries to {out_file}")
     emit_json({"out": str(out_file), **counts})
 
@@ -41,7 +46,7 @@ def prune_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be dropped."),
 ) -> None:
     """Drop the payload tokens of old queries without a verdict; the rows (and pilot counts) stay."""
-    n = _open(db).prune(older_than_days, dry_run=dry_run)
+    n = open_feedback_db(db).prune(older_than_days, dry_run=dry_run)
     err.print(
         f"{'would drop' if dry_run else 'dropped'} the tokens of {n} unjudged queries older than "
         f"{older_than_days:g} days"
@@ -52,4 +57,4 @@ def prune_cmd(
 @feedback_app.command("stats")
 def stats_cmd(db: Path = typer.Option(..., help="The feedback database.")) -> None:
     """Counts of logged queries and of each verdict."""
-    emit_json(_open(db).counts())
+    emit_json(open_feedback_db(db).counts())

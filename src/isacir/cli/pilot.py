@@ -23,16 +23,15 @@ def report_cmd(
     until: Optional[str] = typer.Option(None, "--to", help="ISO date or time (UTC), or unix seconds; exclusive."),
 ) -> None:
     """One HTML file with the pilot's charts and tables, plus CSVs."""
+    from ..pilot import parse_time
     from ..pilot.report import write_report
-    from ..serve.app import _timestamp
-    from ..serve.feedback import FeedbackStore
+    from .feedback import open_feedback_db
 
-    if not feedback_db.is_file():
-        raise IsacirError(f"feedback database not found: {feedback_db}")
+    store = open_feedback_db(feedback_db)
     try:
-        start, end = _timestamp(since), _timestamp(until)
+        start, end = parse_time(since), parse_time(until)
     except ValueError as exc:
         raise IsacirError(f"--from/--to: {exc}") from None
-    result = write_report(FeedbackStore(feedback_db).queries(start, end), out_file, csv_dir)
+    result = write_report(store.queries(start, end), out_file, csv_dir)
     err.print(f"wrote {out_file} ({result['bytes']:,} bytes)" + (f" and CSVs in {csv_dir}" if csv_dir else ""))
     emit_json(result)

@@ -10,7 +10,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .metrics import keys_for, summarize
+from .metrics import group_queries, hit_curve, summarize
 from .tagger import DEFAULT_TAGGER, Tagger
 
 LABELS = {
@@ -53,22 +53,13 @@ def short_version(name: str) -> str:
 def over_time(queries: Iterable[dict[str, Any]], metric: str = "false_hit_rate", period: str = "day") -> str:
     """One line per version over days or weeks, with the Wilson 95 % band around it."""
     rows = list(queries)
-    by_version: dict[str, list[dict[str, Any]]] = {}
-    for q in rows:
-        for v in keys_for("version")(q):
-            by_version.setdefault(v, []).append(q)
-    periods = sorted({p for q in rows for p in keys_for(period)(q)})
+    by_version = group_queries(rows, "version")
+    periods = list(group_queries(rows, period))
     fig, ax = _figure()
-    for version, qs in sorted(by_version.items()):
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        for q in qs:
-            for p in keys_for(period)(q):
-                grouped.setdefault(p, []).append(q)
+    for version, qs in by_version.items():
         xs, ys, lo, hi = [], [], [], []
-        for p in periods:
-            if p not in grouped:
-                continue
-            s = summarize(grouped[p])
+        for p, members in group_queries(qs, period).items():
+            s = summarize(members)
             if s[metric] is None:
                 continue
             xs.append(periods.index(p))
@@ -89,15 +80,10 @@ def over_time(queries: Iterable[dict[str, Any]], metric: str = "false_hit_rate",
 
 def hit_at_k(queries: Iterable[dict[str, Any]], ks: Sequence[int] = (1, 2, 3, 5, 10, 20, 50)) -> str:
     """hit@K against K, one line per version."""
-    rows = list(queries)
-    by_version: dict[str, list[dict[str, Any]]] = {}
-    for q in rows:
-        for v in keys_for("version")(q):
-            by_version.setdefault(v, []).append(q)
+    by_version = group_queries(queries, "version")
     fig, ax = _figure()
-    for version, qs in sorted(by_version.items()):
-        values = [summarize(qs, k)["hit_at_k"] for k in ks]
-        pairs = [(k, v) for k, v in zip(ks, values, strict=True) if v is not None]
+    for version, qs in by_version.items():
+        pairs = [(k, v) for k, v in hit_curve(qs, ks).items() if v is not None]
         if pairs:
             ax.plot([k for k, _ in pairs], [v for _, v in pairs], marker="o", label=short_version(version))
     ax.set_xscale("log")
@@ -113,12 +99,8 @@ def hit_at_k(queries: Iterable[dict[str, Any]], ks: Sequence[int] = (1, 2, 3, 5,
 
 def by_category(queries: Iterable[dict[str, Any]], tagger: Tagger = DEFAULT_TAGGER) -> str:
     """Precision@1 and false-hit rate per modifier category, with 95 % error bars."""
-    rows = list(queries)
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for q in rows:
-        for c in tagger.tags(q["text"]):
-            groups.setdefault(c, []).append(q)
-    names = sorted(groups)
+    groups = group_queries(queries, "category", tagger)
+    names = list(groups)
     fig, ax = _figure()
     width = 0.4
     for offset, metric in ((-width / 2, "precision_at_1"), (width / 2, "false_hit_rate")):

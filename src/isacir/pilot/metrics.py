@@ -34,6 +34,24 @@ GROUPINGS = ("overall", "day", "week", "version", "mode", "category")
 Z95 = 1.959963984540054
 
 
+def parse_time(text: str | None) -> float | None:
+    """``2026-12-01``, ``2026-12-01T10:00:00Z`` (naive means UTC) or unix seconds -> unix seconds."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a date, a time or unix seconds: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
     """Wilson score interval for a binomial proportion (None when there are no trials)."""
     if n == 0:
@@ -48,12 +66,22 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None
     return lo, hi
 
 
-def positive_of(query: dict[str, Any]) -> int | None:
+#: Verdicts that name the right item.
+POSITIVE = ("confirmed", "corrected")
+
+
+def positive_verdict(query: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest verdict that names the right item (the learning export reads the same one)."""
     positive = None
     for v in query["verdicts"]:
-        if v["verdict"] in ("confirmed", "corrected"):
-            positive = v["candidate_id"]
+        if v["verdict"] in POSITIVE:
+            positive = v
     return positive
+
+
+def positive_of(query: dict[str, Any]) -> int | None:
+    positive = positive_verdict(query)
+    return None if positive is None else positive["candidate_id"]
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -142,21 +170,29 @@ def keys_for(group_by: str, tagger: Tagger = DEFAULT_TAGGER) -> Callable[[dict[s
     return table[group_by]
 
 
+def group_queries(
+    queries: Iterable[dict[str, Any]], group_by: str, tagger: Tagger = DEFAULT_TAGGER
+) -> dict[str, list[dict[str, Any]]]:
+    """Queries by group key, keys sorted (a query mentioning two categories lands in both)."""
+    key = keys_for(group_by, tagger)
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for q in queries:
+        for name in key(q):
+            grouped.setdefault(name, []).append(q)
+    return dict(sorted(grouped.items()))
+
+
 def pilot_summary(
     queries: Iterable[dict[str, Any]], group_by: str = "version", k: int | None = None, tagger: Tagger = DEFAULT_TAGGER
 ) -> dict[str, Any]:
     """``{"definitions", "group_by", "groups": [{"key", ...metrics}], "overall": {...metrics}}``."""
     rows = list(queries)
-    key = keys_for(group_by, tagger)
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for q in rows:
-        for name in key(q):
-            grouped.setdefault(name, []).append(q)
+    grouped = group_queries(rows, group_by, tagger)
     return {
         "definitions": DEFINITIONS,
         "group_by": group_by,
         "k": k,
-        "groups": [{"key": name, **summarize(grouped[name], k)} for name in sorted(grouped)],
+        "groups": [{"key": name, **summarize(members, k)} for name, members in grouped.items()],
         "overall": summarize(rows, k),
     }
 

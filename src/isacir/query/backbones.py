@@ -69,6 +69,13 @@ def resolve_backbone(name: str) -> BackboneSpec:
 OUTPUT_STRIDES = (8, 16, 32)
 
 
+def output_stride_problem(output_stride: int | None) -> str | None:
+    """What is wrong with an output stride (None when it is fine; None itself means the model's own)."""
+    if output_stride is None or output_stride in OUTPUT_STRIDES:
+        return None
+    return f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))} or null (its own), got {output_stride}"
+
+
 def _create(spec: BackboneSpec, name: str, **kwargs: Any) -> Any:
     import timm
 
@@ -101,10 +108,9 @@ def create_backbone(
     spec = resolve_backbone(name)
     kwargs: dict = {"features_only": True, "out_indices": (-1,)}
     if output_stride is not None:
-        if output_stride not in OUTPUT_STRIDES:
-            raise UnknownModelError(
-                f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}"
-            )
+        problem = output_stride_problem(output_stride)
+        if problem:
+            raise UnknownModelError(problem)
         kwargs["output_stride"] = output_stride
     if pretrained is True and packaged_weights_available(spec.timm_name):
         # Weights shipped by an installed package: no hub access needed.

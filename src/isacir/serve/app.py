@@ -354,16 +354,7 @@ def create_app(state: ServiceState) -> FastAPI:
             "text": text,
             "took_ms": took_ms,
             "query_encoder_fingerprint": state.qe_fingerprint,
-            "results": [
-                {
-                    "id": h.id,
-                    "score": round(float(h.score), 6),
-                    "name": Path(h.path.split("::")[-1]).name,
-                    "image_url": f"/v1/images/{h.id}",
-                    "thumbnail_url": f"/v1/images/{h.id}/thumbnail",
-                }
-                for h in hits
-            ],
+            "results": [{**_item_json(h.id, h.path), "score": round(float(h.score), 6)} for h in hits],
         }
 
     @app.post("/v1/search", dependencies=auth, tags=["search"])
@@ -543,10 +534,7 @@ def create_app(state: ServiceState) -> FastAPI:
 
         if group_by not in GROUPINGS:
             raise _error(422, f"group_by must be one of {', '.join(GROUPINGS)}, got {group_by!r}", "group_by")
-        try:
-            start, end = _timestamp(since), _timestamp(until)
-        except ValueError as exc:
-            raise _error(422, str(exc), "time_range") from None
+        start, end = _time_range(since, until)
         return pilot_summary(state.feedback.queries(start, end), group_by, k)
 
     @app.get("/v1/pilot/charts/{name}.svg", dependencies=auth, tags=["pilot"])
@@ -564,10 +552,7 @@ def create_app(state: ServiceState) -> FastAPI:
             raise _error(404, f"no chart {name!r}; charts: {', '.join(charts.CHARTS)}", "not_found")
         if metric not in charts.LABELS or period not in ("day", "week"):
             raise _error(422, f"metric must be one of {', '.join(charts.LABELS)}; period day or week", "chart")
-        try:
-            start, end = _timestamp(since), _timestamp(until)
-        except ValueError as exc:
-            raise _error(422, str(exc), "time_range") from None
+        start, end = _time_range(since, until)
         queries = list(state.feedback.queries(start, end))
         if name == "over-time":
             svg = charts.over_time(queries, metric, period)
@@ -578,13 +563,7 @@ def create_app(state: ServiceState) -> FastAPI:
     @app.get("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
     def gallery_item(item_id: int) -> dict:
         """One gallery item by id (an operator can open the right item when search did not show it)."""
-        path = _item_path(item_id)
-        return {
-            "id": item_id,
-            "name": Path(path.split("::")[-1]).name,
-            "image_url": f"/v1/images/{item_id}",
-            "thumbnail_url": f"/v1/images/{item_id}/thumbnail",
-        }
+        return _item_json(item_id, _item_path(item_id))
 
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -599,24 +578,24 @@ def create_app(state: ServiceState) -> FastAPI:
     return app
 
 
-def _timestamp(text: str | None) -> float | None:
-    """``2026-12-01``, ``2026-12-01T10:00:00Z`` (naive means UTC) or unix seconds -> unix seconds."""
-    import datetime as dt
+def _item_json(item_id: int, path: str) -> dict:
+    """What a client gets for one gallery item: its id, file name and image links."""
+    return {
+        "id": item_id,
+        "name": Path(path.split("::")[-1]).name,
+        "image_url": f"/v1/images/{item_id}",
+        "thumbnail_url": f"/v1/images/{item_id}/thumbnail",
+    }
 
-    if text is None or not text.strip():
-        return None
-    text = text.strip()
+
+def _time_range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """``from``/``to`` query parameters as unix seconds, or 422 ``time_range``."""
+    from ..pilot import parse_time
+
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not a date, a time or unix seconds: {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
+        return parse_time(since), parse_time(until)
+    except ValueError as exc:
+        raise _error(422, str(exc), "time_range") from None
 
 
 def _ext_from_bytes(data: bytes) -> str:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IsacirError
+from ..pilot.metrics import positive_verdict
 
 VERDICTS = ("confirmed", "rejected", "corrected")
-POSITIVE = ("confirmed", "corrected")
 #: The on-disk layout; older files are migrated in place, in one transaction, when opened.
 SCHEMA_VERSION = 2
 
@@ -235,16 +235,20 @@ class FeedbackStore:
         if until is not None:
             where.append("q.created < ?")
             args.append(until)
+        window = " WHERE " + " AND ".join(where) if where else ""
         sql = (
             "SELECT q.query_id, q.created, q.mode, q.text, q.tokens, q.query_encoder_fingerprint, "
             "q.foundation_fingerprint, q.k, q.results, q.latency_ms FROM queries q"
-            + (" WHERE " + " AND ".join(where) if where else "")
+            + window
             + " ORDER BY q.created, q.query_id"
         )
         db = self.db()
         verdicts: dict[str, list[dict]] = {}
+        # only the verdicts of queries in the window: a summary of one week must not read the whole log
         for qid, cand, verdict, created, in_results in db.execute(
-            "SELECT query_id, candidate_id, verdict, created, in_results FROM feedback ORDER BY feedback_id"
+            "SELECT f.query_id, f.candidate_id, f.verdict, f.created, f.in_results FROM feedback f "
+            "JOIN queries q USING (query_id)" + window + " ORDER BY f.feedback_id",
+            args,
         ):
             verdicts.setdefault(qid, []).append(
                 {"candidate_id": cand, "verdict": verdict, "created": created, "in_results": bool(in_results)}
@@ -306,10 +310,7 @@ def learnable(query: dict[str, Any]) -> dict[str, Any] | None:
     The positive is the latest ``confirmed`` or ``corrected`` item; the negatives are the rejected
     candidates other than it. Tokens travel as base64 payload bytes, exactly as they were logged.
     """
-    positive = None
-    for v in query["verdicts"]:
-        if v["verdict"] in POSITIVE:
-            positive = v
+    positive = positive_verdict(query)
     if positive is None or query["tokens"] is None:
         return None
     rejected = sorted(

@@ -17,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..compose import DEFAULT_TEMPLATE
 from ..errors import ConfigError
+from ..template import DEFAULT_TEMPLATE
 
 PRESET_PACKAGE = "isacir.training.presets"
 

@@ -33,7 +33,6 @@ from ..data import ImageRecord, discover_images
 from ..data.imageio import load_image
 from ..errors import ImageDecodeError, IsacirError
 from ..query import QueryEncoder
-from ..query.backbones import OUTPUT_STRIDES
 from ..query.encoder import setting_problems
 from ..query.methods import get_method
 from .augment import POLICIES, query_transform
@@ -59,10 +58,6 @@ def check_settings(config: TrainConfig, foundation: Foundation | None = None) ->
     checks its settings this way before it trains the foundation itself).
     """
     bad = setting_problems(foundation, config.method, config.tokens, config.output_stride)
-    if config.output_stride is not None and config.output_stride not in OUTPUT_STRIDES:
-        bad.append(
-            f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))} or null, got {config.output_stride}"
-        )
     if config.augment not in POLICIES:
         bad.append(f"unknown augmentation {config.augment!r} (choose one of {', '.join(POLICIES)})")
     for name in ("batch_size", "grad_accum"):

@@ -46,9 +46,13 @@ class QueryMethod:
 
     def setting_problems(self, foundation: Foundation | None, num_tokens: int, output_stride: int | None) -> list[str]:
         """Every problem with these settings (without a foundation, its token limit is not checked)."""
+        from ..backbones import output_stride_problem
+
         problems = []
         if output_stride is not None and not self.has_backbone:
             problems.append(f"output_stride applies to the isa backbone only, not to {self.name}")
+        elif stride_problem := output_stride_problem(output_stride):
+            problems.append(stride_problem)
         if self.fixed_tokens is None:
             if foundation is not None and not 1 <= num_tokens <= foundation.max_pseudo_tokens():
                 problems.append(
