@@ -108,7 +108,7 @@ def resolve_config(config: str | None, explicit: dict[str, Any], override: list[
 
 def train_cmd(**kwargs: Any) -> None:
     """Train a query encoder from unlabeled images (GCD + optional LAR)."""
-    fixed = {p.name: kwargs.pop(p.name) for p in _fixed_parameters()}
+    fixed = {p.name: kwargs.pop(p.name) for p in FIXED_PARAMETERS}
     cfg = resolve_config(fixed["config"], kwargs, fixed["override"])
     if fixed["print_config"]:
         table = Table("setting", "value", "what it does")
@@ -146,9 +146,10 @@ def train_cmd(**kwargs: Any) -> None:
     )
 
 
+FIXED_PARAMETERS = _fixed_parameters()
 hints = typing.get_type_hints(TrainConfig)
 train_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    _fixed_parameters() + [_option(f, hints[f.name]) for f in dataclasses.fields(TrainConfig)]
+    FIXED_PARAMETERS + [_option(f, hints[f.name]) for f in dataclasses.fields(TrainConfig)]
 )
 app.command("train")(train_cmd)
 
