@@ -9,6 +9,7 @@ Modes:
 
 from __future__ import annotations
 
+import contextlib
 import tarfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .compose import DEFAULT_TEMPLATE
+from .compose import DEFAULT_TEMPLATE, validate_pseudo_tokens
 from .data.imageio import ImageSource, load_image
 from .errors import IsacirError
 
 if TYPE_CHECKING:
+    from .adapt import QueryAdapter
     from .foundation import Foundation
     from .gallery import Gallery, Hit
     from .query import QueryEncoder
@@ -49,15 +51,36 @@ class Retriever:
         foundation: Foundation,
         query_encoder: QueryEncoder | None = None,
         template: str | None = None,
+        adapter: QueryAdapter | None = None,
     ):
-        """``template`` defaults to the one the query encoder was trained with."""
+        """``template`` defaults to the one the query encoder was trained with.
+
+        An ``adapter`` (learned from operator feedback) must belong to this query encoder and
+        foundation; it patches the foundation's word embeddings for as long as this retriever
+        lives (:meth:`close` removes the patch).
+        """
         gallery.check_foundation(foundation)
         if query_encoder is not None:
             query_encoder.check_foundation(foundation)
+        if adapter is not None:
+            if query_encoder is None:
+                raise SearchError("an adapter needs the query encoder it was trained for")
+            adapter.check(query_encoder.fingerprint, foundation.fingerprint)
         self.gallery = gallery
         self.foundation = foundation
         self.query_encoder = query_encoder
+        self.adapter = adapter
+        if adapter is not None:
+            adapter.attach(foundation)
         self.template = template or (query_encoder.config.template if query_encoder is not None else DEFAULT_TEMPLATE)
+
+    def close(self) -> None:
+        """Unhook the adapter from the foundation."""
+        if self.adapter is not None:
+            self.adapter.detach()
+
+    def _adapted(self) -> contextlib.AbstractContextManager:
+        return self.adapter.applied() if self.adapter is not None else contextlib.nullcontext()
 
     @property
     def default_mode(self) -> str:
@@ -89,7 +112,11 @@ class Retriever:
                     raise SearchError("mode 'isa' needs a reference image or pseudo tokens")
                 tokens = self.pseudo_tokens(image)
             expected = self.query_encoder.num_tokens if self.query_encoder is not None else None
-            q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
+            if self.adapter is not None:
+                validate_pseudo_tokens(tokens, fnd.word_dim, expected_tokens=expected)  # before the adapter reads them
+                tokens = self.adapter.adapt_tokens(tokens)
+            with self._adapted():
+                q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
             return q[0].float().cpu().numpy(), tokens
         if mode in ("image_plus_text", "image_only") and image is None:
             raise SearchError(f"mode {mode!r} needs a reference image")
@@ -133,12 +160,13 @@ class Retriever:
             images = [read_gallery_image(h.path) for h in hits]
             hidden = fnd.encode_image_features(fnd.preprocess_batch(images)).hidden
             texts = [text] if isinstance(text, str) else list(text)
-            scores = fnd.match_score(
-                hidden,
-                pseudo_tokens=tokens.expand(len(hits), -1, -1),
-                modifiers=[texts] * len(hits),
-                template=self.template,
-            )
+            with self._adapted():
+                scores = fnd.match_score(
+                    hidden,
+                    pseudo_tokens=tokens.expand(len(hits), -1, -1),
+                    modifiers=[texts] * len(hits),
+                    template=self.template,
+                )
             scores = scores.float().cpu().numpy()
         else:
             ids, vecs = self.gallery.vectors([h.id for h in hits])

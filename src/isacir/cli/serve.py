@@ -29,6 +29,9 @@ def serve_cmd(
     cors_origin: list[str] = typer.Option(
         [], help="A browser origin allowed to call the API from another site (repeatable; default: none)."
     ),
+    adapter: Optional[Path] = typer.Option(
+        None, help="A query adapter folder from `isacir adapt`, applied to every search (default: none)."
+    ),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -48,6 +51,7 @@ def serve_cmd(
         feedback_db,
         query_log_retention_days,
         tuple(cors_origin),
+        adapter,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

@@ -34,10 +34,11 @@ from .._version import __version__
 from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
-from .feedback import FeedbackError, FeedbackStore
+from .feedback import FeedbackError, FeedbackStore, served_version
 from .metrics import ServiceMetrics
 
 if TYPE_CHECKING:
+    from ..adapt import QueryAdapter
     from ..foundation import Foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
@@ -170,17 +171,28 @@ def _decode_upload(data: bytes, name: str):
 class ServiceState:
     """What the routes share: models, gallery, feedback store, cached fingerprints."""
 
-    def __init__(self, gallery: Gallery, foundation: Foundation, query_encoder: QueryEncoder, settings: ServeSettings):
+    def __init__(
+        self,
+        gallery: Gallery,
+        foundation: Foundation,
+        query_encoder: QueryEncoder,
+        settings: ServeSettings,
+        adapter: QueryAdapter | None = None,
+    ):
         from ..search import Retriever
 
         self.gallery = gallery
         self.foundation = foundation
         self.query_encoder = query_encoder
         self.settings = settings
-        self.retriever = Retriever(gallery, foundation, query_encoder)  # checks all three agree
+        self.adapter = adapter
+        self.retriever = Retriever(gallery, foundation, query_encoder, adapter=adapter)  # checks they all agree
         # Hashing the weights is slow; they are frozen while serving, so hash once.
         self.qe_fingerprint = query_encoder.fingerprint
         self.foundation_fingerprint = foundation.fingerprint
+        self.adapter_fingerprint = adapter.fingerprint if adapter is not None else None
+        #: what answered a query: the query encoder, plus the adapter when one is served
+        self.version = served_version(self.qe_fingerprint, self.adapter_fingerprint)
         self.feedback = FeedbackStore(settings.feedback_db or gallery.dir / "feedback.sqlite")
         self.upload_dir = Path(settings.upload_dir or gallery.dir / "uploads").resolve()
         self.upload_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +217,8 @@ class ServiceState:
             "foundation": self.foundation.name,
             "foundation_fingerprint": self.foundation_fingerprint,
             "query_encoder_fingerprint": self.qe_fingerprint,
+            "adapter": self.adapter.describe() if self.adapter is not None else None,
+            "served_version": self.version,
             "query_method": qe.method,
             "num_tokens": qe.num_tokens,
             "token_dim": qe.word_dim,
@@ -344,9 +358,17 @@ def create_app(state: ServiceState) -> FastAPI:
         ids = [h.id for h in hits]
         took_ms = round(1000 * (time.perf_counter() - t0), 2)
         state.maybe_prune()
-        metrics.searches.labels(mode, state.qe_fingerprint).inc()
+        metrics.searches.labels(mode, state.version).inc()
         qid = state.feedback.log_query(
-            mode, text, payload, k, ids, state.qe_fingerprint, state.foundation_fingerprint, latency_ms=took_ms
+            mode,
+            text,
+            payload,
+            k,
+            ids,
+            state.qe_fingerprint,
+            state.foundation_fingerprint,
+            latency_ms=took_ms,
+            adapter_fingerprint=state.adapter_fingerprint,
         )
         return {
             "query_id": qid,
@@ -354,6 +376,7 @@ def create_app(state: ServiceState) -> FastAPI:
             "text": text,
             "took_ms": took_ms,
             "query_encoder_fingerprint": state.qe_fingerprint,
+            "adapter_version": state.adapter_fingerprint,
             "results": [{**_item_json(h.id, h.path), "score": round(float(h.score), 6)} for h in hits],
         }
 
@@ -511,7 +534,7 @@ def create_app(state: ServiceState) -> FastAPI:
             )
         except FeedbackError as exc:
             raise _error(exc.status, str(exc), "feedback") from None
-        metrics.feedback.labels(body.verdict, state.qe_fingerprint).inc()
+        metrics.feedback.labels(body.verdict, state.version).inc()
         return {
             "feedback_id": fid,
             "query_id": body.query_id,
@@ -614,8 +637,9 @@ def load_service(
     feedback_db: str | os.PathLike | None = None,
     query_log_retention_days: float | None = None,
     cors_origins: tuple[str, ...] = (),
+    adapter: str | os.PathLike | None = None,
 ) -> FastAPI:
-    """Open gallery, foundation and query encoder, check that they belong together, build the app.
+    """Open gallery, foundation, query encoder (and adapter), check that they belong together, build the app.
 
     The foundation defaults to the one the query encoder was trained for.
     """
@@ -635,4 +659,9 @@ def load_service(
         query_log_retention_days=query_log_retention_days,
         cors_origins=tuple(cors_origins),
     )
-    return create_app(ServiceState(g, fnd, qe, settings))
+    qa = None
+    if adapter is not None:
+        from ..adapt import QueryAdapter
+
+        qa = QueryAdapter.from_pretrained(adapter)
+    return create_app(ServiceState(g, fnd, qe, settings, adapter=qa))

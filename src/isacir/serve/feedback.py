@@ -32,7 +32,7 @@ from ..pilot.metrics import positive_verdict
 
 VERDICTS = ("confirmed", "rejected", "corrected")
 #: The on-disk layout; older files are migrated in place, in one transaction, when opened.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS queries (
     foundation_fingerprint TEXT,
     k INTEGER NOT NULL,
     results TEXT NOT NULL,
-    latency_ms REAL
+    latency_ms REAL,
+    adapter_fingerprint TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     feedback_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -79,6 +80,18 @@ ALTER TABLE feedback_v2 RENAME TO feedback;
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
 CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
 """
+
+
+# Version 2: no adapter column (queries were always served without a feedback-trained adapter).
+_FROM_V2 = """
+ALTER TABLE queries ADD COLUMN adapter_fingerprint TEXT;
+"""
+
+
+def served_version(query_encoder_fingerprint: str | None, adapter_fingerprint: str | None) -> str:
+    """The version a query was answered by: the query encoder, plus the adapter when one served."""
+    base = query_encoder_fingerprint or "unknown"
+    return f"{base}+{adapter_fingerprint}" if adapter_fingerprint else base
 
 
 class FeedbackError(IsacirError):
@@ -122,12 +135,12 @@ class FeedbackStore:
                     f"{self.path} has feedback schema {version}, newer than this isacir reads ({SCHEMA_VERSION})", 500
                 )
             if version < SCHEMA_VERSION:
-                if has_feedback and version < 2:
-                    for statement in _FROM_V1.split(";"):
-                        if statement.strip():
-                            db.execute(statement)
+                if has_feedback:
+                    steps = ([_FROM_V1] if version < 2 else []) + [_FROM_V2]
                 else:
-                    for statement in _TABLES.split(";"):
+                    steps = [_TABLES]
+                for script in steps:
+                    for statement in script.split(";"):
                         if statement.strip():
                             db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -147,11 +160,13 @@ class FeedbackStore:
         foundation_fingerprint: str,
         latency_ms: float | None = None,
         created: float | None = None,
+        adapter_fingerprint: str | None = None,
     ) -> str:
         query_id = uuid.uuid4().hex
         self.db().execute(
             "INSERT INTO queries (query_id, created, mode, text, tokens, query_encoder_fingerprint, "
-            "foundation_fingerprint, k, results, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "foundation_fingerprint, k, results, latency_ms, adapter_fingerprint) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 query_id,
                 time.time() if created is None else created,
@@ -163,6 +178,7 @@ class FeedbackStore:
                 k,
                 json.dumps(results),
                 latency_ms,
+                adapter_fingerprint,
             ),
         )
         return query_id
@@ -238,7 +254,7 @@ class FeedbackStore:
         window = " WHERE " + " AND ".join(where) if where else ""
         sql = (
             "SELECT q.query_id, q.created, q.mode, q.text, q.tokens, q.query_encoder_fingerprint, "
-            "q.foundation_fingerprint, q.k, q.results, q.latency_ms FROM queries q"
+            "q.foundation_fingerprint, q.k, q.results, q.latency_ms, q.adapter_fingerprint FROM queries q"
             + window
             + " ORDER BY q.created, q.query_id"
         )
@@ -264,9 +280,11 @@ class FeedbackStore:
             "k",
             "results",
             "latency_ms",
+            "adapter_fingerprint",
         )
         for row in db.execute(sql, args):
             q = dict(zip(keys, row, strict=True))
+            q["version"] = served_version(q["query_encoder_fingerprint"], q["adapter_fingerprint"])
             q["results"] = json.loads(q["results"])
             q["verdicts"] = verdicts.get(q["query_id"], [])
             yield q
@@ -329,6 +347,7 @@ def learnable(query: dict[str, Any]) -> dict[str, Any] | None:
         "results": query["results"],
         "query_encoder_fingerprint": query["query_encoder_fingerprint"],
         "foundation_fingerprint": query["foundation_fingerprint"],
+        "adapter_fingerprint": query.get("adapter_fingerprint"),
     }
 
 

@@ -1,0 +1,323 @@
+"""A server-side adaptation of the text side, learned from operator feedback.
+
+The gallery is indexed by the foundation's frozen image tower, so everything on the query side can
+change while every stored vector stays valid. A :class:`QueryAdapter` changes two things there,
+both starting as the identity so that a fresh adapter reproduces the served results exactly:
+
+* a residual **token adapter** on the incoming pseudo tokens (``t + s * up(gelu(down(t / s)))``,
+  ``up`` zero-initialised, ``s`` the word-embedding RMS so the MLP sees unit-scale inputs);
+* a **domain vocabulary**: additive rows on the foundation's word-embedding table for the word
+  pieces that operators use in their modifiers. The patch is applied by a forward hook and stored
+  here, never written into the foundation, so the foundation's fingerprint stays what it is.
+
+``interpolation`` scales both residuals: 1 is the trained adapter, 0 the zero-shot behaviour; the
+values between are the WiSE-FT style trade between the customer's queries and everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._fs import replace_dir
+from .._version import __version__
+from ..errors import CheckpointError, ConfigError, FoundationMismatchError
+from ..fingerprint import hash_state_dict
+
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+
+    from ..foundation import Foundation
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+REPORT_NAME = "report.json"
+MODEL_TYPE = "isacir-query-adapter"
+
+
+class AdapterMismatchError(FoundationMismatchError):
+    """An adapter trained for another query encoder or foundation than the one it is used with."""
+
+
+@dataclass
+class AdapterConfig:
+    """What an adapter is and what it belongs to (the fingerprints are checked at every load)."""
+
+    word_dim: int
+    num_tokens: int
+    query_encoder_fingerprint: str
+    foundation_fingerprint: str
+    foundation_id: str = ""
+    template: str = ""
+    hidden: int = 256
+    token_scale: float = 1.0
+    #: word-piece ids with a trainable row, and the operator words they came from (for people)
+    vocab_ids: list[int] = field(default_factory=list)
+    vocab_words: list[str] = field(default_factory=list)
+    interpolation: float = 1.0
+    created: float = 0.0
+    isacir_version: str = __version__
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MODEL_TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> AdapterConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def architecture(self) -> dict[str, Any]:
+        """The part of the config folded into the fingerprint (not the interpolation: see there)."""
+        return {
+            "model_type": MODEL_TYPE,
+            "word_dim": self.word_dim,
+            "num_tokens": self.num_tokens,
+            "hidden": self.hidden,
+            "token_scale": self.token_scale,
+            "vocab_ids": self.vocab_ids,
+            "query_encoder_fingerprint": self.query_encoder_fingerprint,
+            "foundation_fingerprint": self.foundation_fingerprint,
+            "interpolation": self.interpolation,
+        }
+
+
+class TokenAdapter(nn.Module):
+    """Residual MLP applied to every pseudo token; the identity at initialisation."""
+
+    def __init__(self, word_dim: int, hidden: int, scale: float):
+        super().__init__()
+        self.scale = float(scale)
+        self.down = nn.Linear(word_dim, hidden)
+        self.up = nn.Linear(hidden, word_dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def residual(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(F.gelu(self.down(tokens / self.scale)))
+
+
+class DomainVocab(nn.Module):
+    """Additive rows for chosen word-piece ids of the foundation's embedding table (zero at start)."""
+
+    ids: torch.Tensor
+
+    def __init__(self, ids: Sequence[int], word_dim: int):
+        super().__init__()
+        self.register_buffer("ids", torch.tensor(list(ids), dtype=torch.long), persistent=True)
+        self.delta = nn.Parameter(torch.zeros(len(ids), word_dim))
+        self._lookup: torch.Tensor | None = None
+
+    def patch(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[*, D]`` additions for a batch of ids (zero for ids without a row)."""
+        vocab_max = int(max(int(input_ids.max()), int(self.ids.max())) + 1)
+        lookup = self._lookup
+        if lookup is None or lookup.numel() < vocab_max or lookup.device != input_ids.device:
+            lookup = torch.full((vocab_max,), -1, dtype=torch.long, device=input_ids.device)
+            lookup[self.ids.to(input_ids.device)] = torch.arange(len(self.ids), device=input_ids.device)
+            self._lookup = lookup
+        row = lookup[input_ids]
+        found = (row >= 0).unsqueeze(-1)
+        return torch.where(found, self.delta[row.clamp_min(0)], torch.zeros((), device=input_ids.device))
+
+
+class QueryAdapter(nn.Module):
+    """Token adapter + domain vocabulary, saved as a self-describing folder."""
+
+    def __init__(self, config: AdapterConfig):
+        super().__init__()
+        self.config = config
+        self.tokens = TokenAdapter(config.word_dim, config.hidden, config.token_scale)
+        self.vocab = DomainVocab(config.vocab_ids, config.word_dim) if config.vocab_ids else None
+        self._fingerprint: str | None = None
+        self._hooks: dict[int, RemovableHandle] = {}
+        self._local = threading.local()
+
+    @property
+    def interpolation(self) -> float:
+        return float(self.config.interpolation)
+
+    # ----- the forward pieces --------------------------------------------------------------------
+    def adapt_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The pseudo tokens the text encoder reads, ``[B, N, D]``."""
+        if self.interpolation == 0.0:
+            return tokens
+        dev = self.tokens.up.weight.device
+        out = tokens.to(dev) + self.interpolation * self.tokens.residual(tokens.to(dev, torch.float32)).to(tokens.dtype)
+        return out.to(tokens.device)
+
+    def _embedding_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        if self.vocab is None or self.interpolation == 0.0 or not getattr(self._local, "on", False):
+            return output
+        return output + self.interpolation * self.vocab.patch(args[0]).to(output.dtype)
+
+    def attach(self, foundation: Foundation) -> None:
+        """Hook the vocabulary patch into the foundation's word embeddings (idempotent).
+
+        The patch is a hook, so the foundation's weights and fingerprint stay untouched, and it acts
+        only inside :meth:`applied`, in the thread that entered it: other users of the same
+        foundation (a plain retriever, gallery indexing, a concurrent request) never see it.
+        Placeholder ids never get a row, so the order with the pseudo-token splice is free.
+        """
+        if self.vocab is None:
+            return
+        emb = foundation.token_embedding
+        if id(emb) not in self._hooks:
+            self._hooks[id(emb)] = emb.register_forward_hook(self._embedding_hook)
+
+    def detach(self) -> None:
+        """Remove every hook :meth:`attach` installed."""
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks.clear()
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Within this block (and this thread), attached foundations read the patched embeddings."""
+        before = getattr(self._local, "on", False)
+        self._local.on = True
+        try:
+            yield
+        finally:
+            self._local.on = before
+
+    # ----- identity and checks -------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """The adapter's version: a hash of its weights and its architecture."""
+        if self._fingerprint is None:
+            self._fingerprint = hash_state_dict(self.state_dict(), extra=self.config.architecture())
+        return self._fingerprint
+
+    def check(self, query_encoder_fingerprint: str, foundation_fingerprint: str) -> None:
+        """Refuse an adapter that belongs to another query encoder or foundation, naming both."""
+        cfg = self.config
+        problems = []
+        if cfg.query_encoder_fingerprint != query_encoder_fingerprint:
+            problems.append(
+                f"query encoder: the adapter was trained for {cfg.query_encoder_fingerprint}, "
+                f"the served one is {query_encoder_fingerprint}"
+            )
+        if cfg.foundation_fingerprint != foundation_fingerprint:
+            problems.append(
+                f"foundation: the adapter was trained for {cfg.foundation_fingerprint}, "
+                f"the served one is {foundation_fingerprint}"
+            )
+        if problems:
+            raise AdapterMismatchError(
+                f"adapter {self.fingerprint} does not belong to this service ("
+                + "; ".join(problems)
+                + "). Train an adapter for the served query encoder with isacir adapt."
+            )
+
+    # ----- persistence ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, report: dict[str, Any] | None = None) -> Path:
+        """Write config, weights and report atomically: a crash leaves the old folder or none."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        self._fingerprint = None
+        cfg = {**self.config.to_dict(), "fingerprint": self.fingerprint}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+            if report is not None:
+                (tmp / REPORT_NAME).write_text(json.dumps({"fingerprint": self.fingerprint, **report}, indent=2) + "\n")
+            replace_dir(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, interpolation: float | None = None) -> QueryAdapter:
+        """Load a folder from :meth:`save_pretrained`; its recorded fingerprint must match its weights.
+
+        ``interpolation`` overrides the saved one (0 = zero-shot, 1 = as trained); the adapter's
+        version changes with it, because its answers do.
+        """
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not cfg_path.is_file() or not weights.is_file():
+            raise CheckpointError(f"{directory} is not a query adapter: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
+        if raw.get("model_type") != MODEL_TYPE:
+            raise CheckpointError(f"{cfg_path} is not an isacir query-adapter config")
+        model = cls(AdapterConfig.from_dict(raw))
+        try:
+            load_model(model, str(weights), strict=True)
+        except Exception as exc:
+            raise CheckpointError(f"weights in {weights} do not match its config: {exc}") from None
+        if raw.get("fingerprint") and model.fingerprint != raw["fingerprint"]:
+            raise CheckpointError(
+                f"{directory}: the weights hash to {model.fingerprint}, the config records {raw['fingerprint']} "
+                "(a damaged or hand-edited folder)"
+            )
+        if interpolation is not None:
+            model.set_interpolation(interpolation)
+        return model.eval()
+
+    def set_interpolation(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"interpolation must be within 0..1, got {value}")
+        self.config.interpolation = float(value)
+        self._fingerprint = None
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "fingerprint": self.fingerprint,
+            "query_encoder_fingerprint": cfg.query_encoder_fingerprint,
+            "foundation_fingerprint": cfg.foundation_fingerprint,
+            "interpolation": cfg.interpolation,
+            "vocab_rows": len(cfg.vocab_ids),
+            "created": cfg.created,
+        }
+
+
+def new_adapter(
+    foundation: Foundation,
+    query_encoder_fingerprint: str,
+    num_tokens: int,
+    template: str,
+    vocab_ids: Sequence[int] = (),
+    vocab_words: Sequence[str] = (),
+    hidden: int = 256,
+    seed: int = 0,
+) -> QueryAdapter:
+    """A fresh adapter (the identity) for this foundation and query encoder."""
+    torch.manual_seed(seed)
+    cfg = AdapterConfig(
+        word_dim=foundation.word_dim,
+        num_tokens=num_tokens,
+        query_encoder_fingerprint=query_encoder_fingerprint,
+        foundation_fingerprint=foundation.fingerprint,
+        foundation_id=foundation.name,
+        template=template,
+        hidden=hidden,
+        token_scale=foundation.word_embedding_rms(),
+        vocab_ids=[int(i) for i in vocab_ids],
+        vocab_words=list(vocab_words),
+        created=time.time(),
+    )
+    return QueryAdapter(cfg)

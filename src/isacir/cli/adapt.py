@@ -1,0 +1,79 @@
+"""``isacir adapt``: learn a query adapter from operator feedback (no re-index, no stored photo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, emit_json, err
+
+
+@app.command("adapt")
+def adapt_cmd(
+    gallery: Path = typer.Option(..., help="The served gallery (positives' vectors are read from it)."),
+    feedback: Path = typer.Option(..., help="The feedback database (GALLERY/feedback.sqlite by default)."),
+    query_encoder: Path = typer.Option(..., help="The served query encoder: only its logged tokens are used."),
+    out: Path = typer.Option(..., help="Adapter folder to write (config, weights, fingerprint, report)."),
+    foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),
+    holdout: float = typer.Option(0.2, help="Share of feedback queries held out to judge the adapter."),
+    steps: int = typer.Option(300, help="Optimiser steps."),
+    lr: float = typer.Option(1e-3, help="Learning rate (AdamW)."),
+    batch_size: int = typer.Option(64, help="Feedback queries per step (and as many replay queries)."),
+    seed: int = typer.Option(0, help="Seeds the split, the initialisation and the batches."),
+    temperature: float = typer.Option(0.05, help="Softmax temperature of the contrastive loss."),
+    hidden: int = typer.Option(256, help="Hidden width of the residual token adapter."),
+    vocab: bool = typer.Option(True, "--vocab/--no-vocab", help="Learn rows for the operators' words."),
+    vocab_min_count: int = typer.Option(2, help="A word piece needs this many uses to get a row."),
+    vocab_max_rows: int = typer.Option(512, help="At most this many vocabulary rows (most used first)."),
+    replay_weight: float = typer.Option(1.0, help="Weight of the distillation on unjudged logged queries."),
+    max_replay: int = typer.Option(2000, help="At most this many unjudged queries to replay."),
+    interpolation: float = typer.Option(
+        1.0, help="0 = zero-shot, 1 = as trained; in between trades gains for less forgetting (WiSE-FT)."
+    ),
+    previous: Optional[Path] = typer.Option(
+        None, help="The adapter served now: replay targets and the 'before' of the report come from it."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a server-side adapter of the text side on the feedback log, and report held-out gains."""
+    from ..adapt import AdaptSettings, QueryAdapter, adapt
+    from ..cli.feedback import open_feedback_db
+    from ..foundation import create_foundation
+    from ..gallery import Gallery
+    from ..query import QueryEncoder
+
+    settings = AdaptSettings(
+        holdout=holdout,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        temperature=temperature,
+        hidden=hidden,
+        vocab=vocab,
+        vocab_min_count=vocab_min_count,
+        vocab_max_rows=vocab_max_rows,
+        replay_weight=replay_weight,
+        max_replay=max_replay,
+        interpolation=interpolation,
+    )
+    settings.check()
+    store = open_feedback_db(feedback)
+    g = Gallery.open(gallery)
+    fnd = create_foundation(
+        foundation or QueryEncoder.load_config(query_encoder).foundation_id or g.info["foundation_id"]
+    )
+    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd)
+    prev = QueryAdapter.from_pretrained(previous) if previous is not None else None
+    report = adapt(g, fnd, qe, store, out, settings, previous=prev, progress=progress)
+    held = report["holdout"]
+    verdict = (
+        "[green]promotable[/]" if report["promotable"] else "[yellow]not promotable[/]: " + "; ".join(report["reasons"])
+    )
+    err.print(
+        f"adapter {report['fingerprint']} -> {out}: held-out hit@1 {held['before']['hit@1']} -> "
+        f"{held['after']['hit@1']} over {held['after']['n']} queries; {verdict}"
+    )
+    emit_json(report)

@@ -1,0 +1,211 @@
+"""Learning from operators: the query adapter, its training on feedback, and serving with it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from serve_helpers import build_service
+
+from isacir.adapt import AdapterMismatchError, AdaptSettings, QueryAdapter, adapt, domain_vocabulary, new_adapter
+from isacir.adapt import train as adapt_train
+from isacir.edge.payload import decode_payload, encode_payload
+from isacir.errors import CheckpointError
+from isacir.search import Retriever
+from isacir.serve import ServiceState, create_app
+
+WORDS = ["red", "blue", "striped", "round", "tiny", "shiny", "wooden", "square"]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, openclip_fnd):
+    tmp = tmp_path_factory.mktemp("adapt")
+    app, state, images = build_service(tmp, openclip_fnd, api_key=None, n_images=16)
+    return app, state, tmp
+
+
+def _synthetic_feedback(state, n: int, seed: int = 0, replay: int = 10) -> list[dict]:
+    """Logged queries with random tokens, each with a positive (some corrected, some with rejections)."""
+    rng = np.random.default_rng(seed)
+    ids = state.gallery.vectors()[0].tolist()
+    scale = state.foundation.word_embedding_rms()
+    qe = state.query_encoder
+    made = []
+    for i in range(n + replay):
+        tokens = (rng.standard_normal((qe.num_tokens, qe.word_dim)) * scale).astype(np.float32)
+        text = f"{rng.choice(WORDS)} and {rng.choice(WORDS)}"
+        payload = encode_payload(tokens, state.qe_fingerprint)
+        shown = [int(x) for x in rng.choice(ids, 5, replace=False)]
+        qid = state.feedback.log_query(
+            "tokens", text, payload, 5, shown, state.qe_fingerprint, state.foundation_fingerprint
+        )
+        if i >= n:
+            continue  # unjudged: replay material
+        positive = int(rng.choice(ids))
+        if positive in shown:
+            state.feedback.add(qid, positive, "confirmed")
+        else:
+            state.feedback.add(qid, shown[0], "rejected")
+            state.feedback.add(qid, positive, "corrected")
+        made.append({"query_id": qid, "tokens": decode_payload(payload).tokens, "text": text, "positive": positive})
+    return made
+
+
+def test_fresh_adapter_reproduces_served_results_exactly(service):
+    _, state, _ = service
+    fnd, qe = state.foundation, state.query_encoder
+    ids, words = domain_vocabulary(["red and blue", "red striped", "blue"], fnd.tokenizer, min_count=1)
+    assert ids and len(ids) == len(words)
+    adapter = new_adapter(fnd, qe.fingerprint, qe.num_tokens, qe.config.template, ids, words, hidden=32)
+    plain = Retriever(state.gallery, fnd, qe)
+    adapted = Retriever(state.gallery, fnd, qe, adapter=adapter)
+    try:
+        rng = torch.Generator().manual_seed(3)
+        for text in ("red and blue", "a striped one", ""):
+            tokens = torch.randn(1, qe.num_tokens, qe.word_dim, generator=rng) * fnd.word_embedding_rms()
+            a = [(h.id, h.score) for h in plain.search(text=text, tokens=tokens, k=8)]
+            b = [(h.id, h.score) for h in adapted.search(text=text, tokens=tokens, k=8)]
+            assert a == b  # bit for bit: the identity adds exact zeros
+        # the patch is live, but only for the adapted retriever: the plain one sharing the
+        # foundation keeps its answers while the adapter is attached
+        tokens = torch.randn(1, qe.num_tokens, qe.word_dim, generator=rng) * fnd.word_embedding_rms()
+        a = plain.query_vector(text="red and blue", tokens=tokens)[0]
+        with torch.no_grad():
+            adapter.vocab.delta.normal_(0, 0.5)
+        b = adapted.query_vector(text="red and blue", tokens=tokens)[0]
+        assert not np.allclose(a, b, atol=1e-4)
+        assert np.array_equal(plain.query_vector(text="red and blue", tokens=tokens)[0], a)
+    finally:
+        adapted.close()
+    assert not fnd.token_embedding._forward_hooks or all(
+        getattr(h, "__self__", None) is not adapter for h in fnd.token_embedding._forward_hooks.values()
+    )
+
+
+def test_domain_vocabulary_counts_word_pieces(openclip_fnd):
+    tok = openclip_fnd.tokenizer
+    ids, words = domain_vocabulary(["red red blue", "Red striped"], tok, min_count=2)
+    red = tok.encode("red")
+    assert ids[: len(red)] == red and words[0] == "red"  # 3 uses: first
+    assert all(i not in ids for i in tok.encode("striped"))  # 1 use: below min_count
+    assert tok.placeholder_id not in ids
+
+
+def test_adapt_learns_synthetic_triplets_and_resumes_deterministically(service, tmp_path, monkeypatch):
+    _, state, _ = service
+    made = _synthetic_feedback(state, 40, seed=1)
+    settings = AdaptSettings(holdout=0.0, steps=60, lr=1e-2, batch_size=16, hidden=64, save_every=10, seed=5)
+    report = adapt(
+        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "a", settings, progress=False
+    )
+    before, after = report["train"]["before"]["hit@1"], report["train"]["after"]["hit@1"]
+    assert report["counts"]["train"] == 40 and report["counts"]["replay"] == 10
+    assert after >= before + 0.5, (before, after)
+    assert report["promotable"] is False and "no held-out" in report["reasons"][0]
+
+    # the folder is self-describing and its fingerprint is checked at load
+    folder = tmp_path / "a"
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["query_encoder_fingerprint"] == state.qe_fingerprint
+    assert cfg["foundation_fingerprint"] == state.foundation_fingerprint
+    assert json.loads((folder / "report.json").read_text())["fingerprint"] == cfg["fingerprint"]
+    loaded = QueryAdapter.from_pretrained(folder)
+    assert loaded.fingerprint == report["fingerprint"] == cfg["fingerprint"]
+    assert not (folder / adapt_train.CHECKPOINT_NAME).exists()
+
+    # the served adapter answers the training queries as the report says
+    retr = Retriever(state.gallery, state.foundation, state.query_encoder, adapter=loaded)
+    try:
+        top1 = [
+            retr.search(text=m["text"], tokens=torch.from_numpy(m["tokens"])[None], k=1)[0].id == m["positive"]
+            for m in made
+        ]
+    finally:
+        retr.close()
+    assert np.mean(top1) == pytest.approx(after)
+
+    # a run killed after step 20 resumes there and ends with the same weights as the straight run
+    real_save = adapt_train._save_checkpoint
+
+    def crash_after_20(path, st):
+        real_save(path, st)
+        if st["step"] == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapt_train, "_save_checkpoint", crash_after_20)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(
+            state.gallery,
+            state.foundation,
+            state.query_encoder,
+            state.feedback,
+            tmp_path / "b",
+            settings,
+            progress=False,
+        )
+    monkeypatch.setattr(adapt_train, "_save_checkpoint", real_save)
+    assert torch.load(tmp_path / "b" / adapt_train.CHECKPOINT_NAME, weights_only=False)["step"] == 20
+    resumed = adapt(
+        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "b", settings, progress=False
+    )
+    assert resumed["fingerprint"] == report["fingerprint"]
+
+    # interpolation 0 is the zero-shot behaviour, and a new version
+    zero = QueryAdapter.from_pretrained(folder, interpolation=0.0)
+    assert zero.fingerprint != loaded.fingerprint
+    t = torch.from_numpy(made[0]["tokens"])[None]
+    assert torch.equal(zero.adapt_tokens(t), t)
+
+
+def test_adapter_for_another_encoder_is_refused(service, tmp_path):
+    _, state, _ = service
+    fnd, qe = state.foundation, state.query_encoder
+    other = new_adapter(fnd, "0123456789abcdef", qe.num_tokens, qe.config.template, hidden=8)
+    with pytest.raises(AdapterMismatchError) as err:
+        Retriever(state.gallery, fnd, qe, adapter=other)
+    assert "0123456789abcdef" in str(err.value) and state.qe_fingerprint in str(err.value)
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(AdapterMismatchError):
+        ServiceState(state.gallery, fnd, qe, state.settings, adapter=QueryAdapter.from_pretrained(tmp_path / "other"))
+    # a damaged folder is caught by its recorded fingerprint
+    cfg = tmp_path / "other" / "adapter_config.json"
+    raw = json.loads(cfg.read_text())
+    raw["interpolation"] = 0.5
+    cfg.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="hash to"):
+        QueryAdapter.from_pretrained(tmp_path / "other")
+
+
+def test_service_with_adapter_labels_responses_and_log(service, tmp_path):
+    _, state, _ = service
+    fnd, qe = state.foundation, state.query_encoder
+    adapter = new_adapter(fnd, qe.fingerprint, qe.num_tokens, qe.config.template, hidden=8)
+    with torch.no_grad():
+        adapter.tokens.up.weight.normal_(0, 0.1)
+    served = ServiceState(state.gallery, fnd, qe, state.settings, adapter=adapter)
+    try:
+        client = TestClient(create_app(served))
+        info = client.get("/v1/info").json()
+        assert info["adapter"]["fingerprint"] == adapter.fingerprint
+        assert info["served_version"] == f"{qe.fingerprint}+{adapter.fingerprint}"
+        tokens = torch.randn(1, qe.num_tokens, qe.word_dim) * fnd.word_embedding_rms()
+        raw = encode_payload(tokens[0].numpy(), qe.fingerprint)
+        import base64
+
+        r = client.post("/v1/search/tokens", json={"payload": base64.b64encode(raw).decode(), "text": "red", "k": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["adapter_version"] == adapter.fingerprint
+        row = [q for q in served.feedback.queries() if q["query_id"] == body["query_id"]][0]
+        assert row["adapter_fingerprint"] == adapter.fingerprint
+        assert row["version"] == info["served_version"]
+        # the results are the adapter's: the same query through an adapted retriever, by hand
+        want = served.retriever.search(text="red", tokens=torch.from_numpy(decode_payload(raw).tokens)[None], k=5)
+        assert [x["id"] for x in body["results"]] == [h.id for h in want]
+        # and the served payload is the device's, not the adapted tokens
+        assert row["tokens"] == raw
+    finally:
+        served.retriever.close()
