@@ -14,43 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
-import zlib
 from pathlib import Path
 
 from isacir.evaluation.benchmarks import load_shapes
 from isacir.evaluation.evaluate import encode_gallery, evaluate
 from isacir.experiments.shapes.bench import TRAINED, ShapesBenchConfig, _query_kinds, _recall_by_kind, oracle_rows
 from isacir.experiments.shapes.foundation import ARCH
-from isacir.experiments.shapes.world import COMPARATIVE, PHRASES
+from isacir.experiments.shapes.phrasing import known_phrasings_copy
 from isacir.foundation import create_foundation
 from isacir.query import QueryEncoder
 
 KS = ("R@1", "R@5", "R@10", "R@50")
-
-
-def _pattern(template: str) -> re.Pattern:
-    body = (
-        re.escape(template).replace(r"\{value\}", r"(?P<value>.+)").replace(r"\{comparative\}", r"(?P<comparative>\w+)")
-    )
-    return re.compile(f"^{body}$")
-
-
-def rephrase(annotation: dict) -> str:
-    """The annotation's modifier with a training phrasing (picked by id) of the same edit and value."""
-    kind = annotation["shared_concept"]
-    selector, _, phrase = annotation["relative_caption"].rpartition(": ")
-    match = next((m for t in PHRASES[kind]["test"] if (m := _pattern(t).match(phrase))), None)
-    if match is None:
-        raise ValueError(f"query {annotation['id']}: no test phrasing of {kind!r} matches {phrase!r}")
-    found = match.groupdict()
-    value = found.get("value") or {v: k for k, v in COMPARATIVE.items()}[found["comparative"]]
-    train = PHRASES[kind]["train"]
-    text = train[zlib.crc32(str(annotation["id"]).encode()) % len(train)].format(
-        value=value, comparative=COMPARATIVE.get(value, "")
-    )
-    return f"{selector}: {text}" if selector else text
 
 
 def main() -> None:
@@ -61,20 +36,9 @@ def main() -> None:
 
     cfg = ShapesBenchConfig(seed=args.seed)
     world = args.bench / "worlds" / cfg.world.key()
-    anns = json.loads((world / "annotations" / "test.json").read_text())
-    for a in anns:
-        a["relative_caption"] = rephrase(a)
     fnd = create_foundation(f"openclip:{ARCH}@{args.bench / 'foundations' / cfg.foundation_key()}")
     with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp)
-        for p in world.iterdir():
-            if p.name != "annotations":
-                (copy / p.name).symlink_to(p.resolve())
-        (copy / "annotations").mkdir()
-        (copy / "annotations" / "image_info_unlabeled2017.json").symlink_to(
-            (world / "annotations" / "image_info_unlabeled2017.json").resolve()
-        )
-        (copy / "annotations" / "test.json").write_text(json.dumps(anns))
+        copy = known_phrasings_copy(world, Path(tmp) / "world")
         results = evaluate_all(copy, cfg, fnd, args.bench)
     for name, r in results.items():
         print(f"{name:40s} " + "  ".join(f"{k} {r[k]:5.1f}" for k in KS))

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from isacir.serve.local import LocalServer, free_port  # noqa: F401  (tests import free_port from here)
 
 
 def make_images(folder: Path, n: int, seed: int = 0, size: int = 48) -> list[Path]:
@@ -33,33 +25,9 @@ def make_images(folder: Path, n: int, seed: int = 0, size: int = 48) -> list[Pat
     return paths
 
 
-@dataclass
-class LiveServer:
-    url: str
-    app: object
-    server: object
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def start_server(app, port: int | None = None) -> LiveServer:
+def start_server(app, port: int | None = None) -> LocalServer:
     """uvicorn in a background thread, returned once it accepts connections."""
-    import uvicorn
-
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    return LiveServer(f"http://127.0.0.1:{port}", app, server, thread)
+    return LocalServer(app, port).start()
 
 
 def build_service(

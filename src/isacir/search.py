@@ -114,9 +114,9 @@ class Retriever:
             expected = self.query_encoder.num_tokens if self.query_encoder is not None else None
             if self.adapter is not None:
                 validate_pseudo_tokens(tokens, fnd.word_dim, expected_tokens=expected)  # before the adapter reads them
-                tokens = self.adapter.adapt_tokens(tokens)
-            with self._adapted():
-                q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
+                q = self.adapter.compose(fnd, tokens, [texts], self.template, expected)
+                return q[0].float().cpu().numpy(), self.adapter.adapt_tokens(tokens)
+            q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
             return q[0].float().cpu().numpy(), tokens
         if mode in ("image_plus_text", "image_only") and image is None:
             raise SearchError(f"mode {mode!r} needs a reference image")

@@ -159,6 +159,21 @@ class QueryAdapter(nn.Module):
         out = tokens.to(dev) + self.interpolation * self.tokens.residual(tokens.to(dev, torch.float32)).to(tokens.dtype)
         return out.to(tokens.device)
 
+    def compose(
+        self,
+        foundation: Foundation,
+        tokens: torch.Tensor,
+        modifiers: Any,
+        template: str,
+        expected_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """The adapted composed query: :meth:`Foundation.encode_composed` on adapted tokens, patched words."""
+        self.attach(foundation)
+        with self.applied():
+            return foundation.encode_composed(
+                self.adapt_tokens(tokens), modifiers, template, expected_tokens=expected_tokens
+            )
+
     def _embedding_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         if self.vocab is None or self.interpolation == 0.0 or not getattr(self._local, "on", False):
             return output

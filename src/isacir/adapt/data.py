@@ -8,6 +8,7 @@ ever encoded again.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -33,6 +34,11 @@ class FeedbackExample:
     positive: int | None = None
     rejected: list[int] = field(default_factory=list)
 
+    def content_key(self) -> str:
+        h = hashlib.blake2b(self.tokens.tobytes(), digest_size=12)
+        h.update(f"{self.text}|{self.positive}|{self.query_id}".encode())
+        return h.hexdigest()
+
 
 @dataclass
 class FeedbackData:
@@ -46,7 +52,8 @@ class FeedbackData:
         """A deterministic split by query: the same log and seed give the same two sets."""
         if not 0.0 <= holdout < 1.0:
             raise ValueError(f"holdout must be within [0, 1), got {holdout}")
-        order = sorted(range(len(self.triplets)), key=lambda i: self.triplets[i].query_id)
+        # ordered by content, not by query id (ids are random): a re-run pilot splits the same way
+        order = sorted(range(len(self.triplets)), key=lambda i: self.triplets[i].content_key())
         perm = np.random.default_rng(seed).permutation(len(order))
         n_hold = int(round(holdout * len(order)))
         held = {order[i] for i in perm[:n_hold]}
@@ -62,12 +69,14 @@ def load_feedback(
     gallery: Gallery,
     max_replay: int = 2000,
     seed: int = 0,
+    max_queries: int | None = None,
 ) -> FeedbackData:
     """Read the log; keep the queries whose tokens came from this query encoder.
 
     Tokens of another encoder live elsewhere in the word-embedding space and are skipped, as are
     triplets whose positive has since left the gallery. Replay queries (logged, no verdict) are
-    subsampled to ``max_replay``, deterministically.
+    subsampled to ``max_replay``, deterministically. ``max_queries`` reads only the oldest that many
+    logged queries of this encoder (a learning curve over the first N of a pilot).
     """
     triplets: list[FeedbackExample] = []
     replay: list[FeedbackExample] = []
@@ -83,6 +92,9 @@ def load_feedback(
             continue
         if decoded.fingerprint != query_encoder_fingerprint:
             skipped["other_encoder"] += 1
+            continue
+        if max_queries is not None and len(triplets) + len(replay) + skipped["rejected_only"] >= max_queries:
+            skipped["beyond_max_queries"] += 1
             continue
         if decoded.tokens.shape != (num_tokens, word_dim):
             skipped["bad_shape"] += 1

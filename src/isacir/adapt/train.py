@@ -47,12 +47,22 @@ class AdaptSettings:
     seed: int = 0
     temperature: float = 0.05
     hidden: int = 256
+    #: train the residual token adapter (off: it stays the identity, only the vocabulary learns)
+    token_adapter: bool = True
     vocab: bool = True
     vocab_min_count: int = 2
     vocab_max_rows: int = 512
+    #: random gallery items per step as extra negatives (drawn from a pool of ``negative_pool``)
+    gallery_negatives: int = 1024
+    negative_pool: int = 50000
     replay_weight: float = 1.0
+    #: also replay training tokens paired with other queries' texts (needed when every query was judged)
+    replay_shuffled: bool = True
+    weight_decay: float = 0.0
     max_replay: int = 2000
     interpolation: float = 1.0
+    #: learn from the oldest N logged queries only (None: all of them)
+    max_queries: int | None = None
     save_every: int = 50
 
     def check(self) -> None:
@@ -66,6 +76,8 @@ class AdaptSettings:
             raise ConfigError(f"--interpolation must be within 0..1, got {self.interpolation}")
         if self.replay_weight < 0:
             raise ConfigError("--replay-weight must not be negative")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ConfigError("--max-queries must be at least 1")
 
 
 class ComposedQueries:
@@ -77,10 +89,7 @@ class ComposedQueries:
     def __call__(self, tokens: torch.Tensor, texts: Sequence[str], adapter: QueryAdapter | None) -> torch.Tensor:
         if adapter is None:
             return self.foundation.encode_composed(tokens, list(texts), self.template, expected_tokens=self.num_tokens)
-        adapter.attach(self.foundation)
-        with adapter.applied():
-            t = adapter.adapt_tokens(tokens)
-            return self.foundation.encode_composed(t, list(texts), self.template, expected_tokens=self.num_tokens)
+        return adapter.compose(self.foundation, tokens, list(texts), self.template, self.num_tokens)
 
     @torch.no_grad()
     def many(self, examples: list[FeedbackExample], adapter: QueryAdapter | None, chunk: int = 256) -> torch.Tensor:
@@ -147,7 +156,7 @@ def adapt(
         previous.check(qe_fp, foundation.fingerprint)
     num_tokens, template = query_encoder.num_tokens, query_encoder.config.template
     data: FeedbackData = load_feedback(
-        store, qe_fp, num_tokens, foundation.word_dim, gallery, settings.max_replay, settings.seed
+        store, qe_fp, num_tokens, foundation.word_dim, gallery, settings.max_replay, settings.seed, settings.max_queries
     )
     train, held = data.split(settings.holdout, settings.seed)
     if not train:
@@ -166,13 +175,25 @@ def adapt(
     adapter = new_adapter(foundation, qe_fp, num_tokens, template, ids, words, settings.hidden, settings.seed)
     compose = ComposedQueries(foundation, template, num_tokens)
 
-    # the positives' and negatives' stored vectors: read once, never re-encoded
-    needed = sorted({t.positive for t in train if t.positive is not None} | {r for t in train for r in t.rejected})
-    vid, vecs = gallery.vectors(needed)
-    vectors = {int(i): torch.from_numpy(np.array(v, dtype=np.float32)) for i, v in zip(vid, vecs, strict=True)}
+    # stored vectors, read once and never re-encoded: the positives, the rejected candidates, and a
+    # pool of random gallery items standing for "everything else" the query must not drift to
+    pool_ids = gallery.ids()
+    if len(pool_ids) > settings.negative_pool:
+        pool_ids = np.sort(np.random.default_rng(settings.seed).choice(pool_ids, settings.negative_pool, replace=False))
+    needed = {t.positive for t in train if t.positive is not None} | {r for t in train for r in t.rejected}
+    if settings.gallery_negatives > 0:
+        needed |= set(pool_ids.tolist())
+    vid, vecs = gallery.vectors(sorted(needed))
+    bank = Bank(vid, vecs)
+    pool = torch.from_numpy(np.array([bank.row[int(i)] for i in pool_ids if int(i) in bank.row], dtype=np.int64))
     replay_targets = compose.many(data.replay, previous) if data.replay and settings.replay_weight > 0 else None
 
-    optim = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=settings.lr, weight_decay=0.0)
+    if not settings.token_adapter:
+        adapter.tokens.requires_grad_(False)
+    trainable = [p for p in adapter.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("nothing to train: the token adapter is off and the vocabulary is empty or off")
+    optim = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
@@ -190,11 +211,12 @@ def adapt(
     while step < settings.steps:
         g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
         batch = [train[i] for i in torch.randperm(len(train), generator=g)[: settings.batch_size].tolist()]
-        loss = _contrastive_loss(compose, adapter, batch, vectors, settings.temperature)
-        if replay_targets is not None:
-            pick = torch.randperm(len(data.replay), generator=g)[: settings.batch_size].tolist()
-            q = compose(stack_tokens([data.replay[i] for i in pick]), [data.replay[i].text for i in pick], adapter)
-            loss = loss + settings.replay_weight * (1 - (q.float() * replay_targets[pick]).sum(-1)).mean()
+        extra = pool[torch.randperm(len(pool), generator=g)[: settings.gallery_negatives]] if len(pool) else None
+        loss = _contrastive_loss(compose, adapter, batch, bank, extra, settings.temperature)
+        if settings.replay_weight > 0:
+            loss = loss + settings.replay_weight * _replay_loss(
+                compose, adapter, previous, data.replay, replay_targets, train, settings, g
+            )
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -218,22 +240,71 @@ def adapt(
     return report
 
 
+class Bank:
+    """Stored gallery vectors by row, with the row of every id."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray):
+        self.vectors = torch.from_numpy(np.array(vectors, dtype=np.float32))
+        self.row = {int(i): r for r, i in enumerate(ids.tolist())}
+
+
 def _contrastive_loss(
     compose: ComposedQueries,
     adapter: QueryAdapter,
     batch: list[FeedbackExample],
-    vectors: dict[int, torch.Tensor],
+    bank: Bank,
+    extra_rows: torch.Tensor | None,
     temperature: float,
 ) -> torch.Tensor:
-    columns: dict[int, int] = {}
+    """Softmax over the batch's positives, its rejected candidates and random gallery items.
+
+    Every column is a distinct gallery item, so a query's positive is never also its negative.
+    """
+    rows: dict[int, int] = {}
     for e in batch:
         for i in (e.positive, *e.rejected):
-            if i is not None and i in vectors:
-                columns.setdefault(i, len(columns))
-    cand = torch.stack([vectors[i] for i in columns])
+            if i is not None and i in bank.row:
+                rows.setdefault(bank.row[i], len(rows))
+    if extra_rows is not None:
+        for r in extra_rows.tolist():
+            rows.setdefault(r, len(rows))
+    cand = bank.vectors[torch.tensor(list(rows))]
     q = compose(stack_tokens(batch), [e.text for e in batch], adapter).float()
-    labels = torch.tensor([columns[e.positive] for e in batch if e.positive is not None])
+    labels = torch.tensor([rows[bank.row[e.positive]] for e in batch if e.positive is not None])
     return F.cross_entropy(q @ cand.T / temperature, labels)
+
+
+def _replay_loss(
+    compose: ComposedQueries,
+    adapter: QueryAdapter,
+    previous: QueryAdapter | None,
+    replay: list[FeedbackExample],
+    replay_targets: torch.Tensor | None,
+    train: list[FeedbackExample],
+    settings: AdaptSettings,
+    g: torch.Generator,
+) -> torch.Tensor:
+    """Cosine distillation toward the previous behaviour on queries the feedback does not cover.
+
+    Logged queries without a verdict come first; training tokens paired with another query's text
+    add compositions that no operator judged (a pilot where every query got a verdict has no
+    unjudged queries at all).
+    """
+    parts: list[torch.Tensor] = []
+    half = max(1, settings.batch_size // 2)
+    if replay_targets is not None and replay:
+        pick = torch.randperm(len(replay), generator=g)[:half].tolist()
+        q = compose(stack_tokens([replay[i] for i in pick]), [replay[i].text for i in pick], adapter).float()
+        parts.append(1 - (q * replay_targets[pick]).sum(-1))
+    if settings.replay_shuffled and len(train) > 1:
+        a = torch.randperm(len(train), generator=g)[:half].tolist()
+        b = torch.randint(1, len(train), (len(a),), generator=g).tolist()
+        tokens = stack_tokens([train[i] for i in a])
+        texts = [train[(i + s) % len(train)].text for i, s in zip(a, b, strict=True)]
+        with torch.no_grad():
+            target = compose(tokens, texts, previous).float()
+        parts.append(1 - (compose(tokens, texts, adapter).float() * target).sum(-1))
+    return torch.cat(parts).mean() if parts else torch.zeros(())
 
 
 def _report(

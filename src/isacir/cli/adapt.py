@@ -32,6 +32,7 @@ def adapt_cmd(
     interpolation: float = typer.Option(
         1.0, help="0 = zero-shot, 1 = as trained; in between trades gains for less forgetting (WiSE-FT)."
     ),
+    max_queries: Optional[int] = typer.Option(None, help="Learn from the oldest N logged queries only."),
     previous: Optional[Path] = typer.Option(
         None, help="The adapter served now: replay targets and the 'before' of the report come from it."
     ),
@@ -58,6 +59,7 @@ def adapt_cmd(
         replay_weight=replay_weight,
         max_replay=max_replay,
         interpolation=interpolation,
+        max_queries=max_queries,
     )
     settings.check()
     store = open_feedback_db(feedback)

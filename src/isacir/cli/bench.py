@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -171,4 +172,44 @@ def bench_shapes_cmd(
     if not as_json:
         err.print((out_dir / f"results-seed{seed}.md").read_text())
         err.print(f"table, chart and details: {out_dir}/results-seed{seed}.{{md,png,json}}")
+    emit_json(summary)
+
+
+@bench_app.command("feedback")
+def bench_feedback_cmd(
+    seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse."),
+    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
+    queries: int = typer.Option(1000, help="Pilot queries (the learning curve also stops at 100 and 300)."),
+    k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
+    steps: Optional[int] = typer.Option(None, help="Adapter training steps (default: isacir adapt's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """Learning from a simulated pilot: test R@K with and without the adapter its feedback trains.
+
+    The last stdout line is {"seed", "before", "after", "curve", "known_phrasings",
+    "unseen_phrasings", "flip_rate"}; details, goals and the learning-curve plot land in OUT.
+    """
+    from dataclasses import replace
+
+    from ..experiments.shapes.feedback_bench import BENCH_ADAPT, CURVE, run_feedback_bench
+    from ..experiments.shapes.pilot import PilotConfig
+
+    if queries < 1:
+        raise IsacirError("--queries must be at least 1")
+    settings = replace(BENCH_ADAPT, seed=seed, **({"steps": steps} if steps else {}))
+    curve = tuple(n for n in CURVE if n < queries) + (queries,)
+    summary = run_feedback_bench(
+        out_dir,
+        seed,
+        PilotConfig(queries=queries),
+        settings,
+        curve,
+        k,
+        log=lambda m: err.print(escape(str(m)), highlight=False),
+    )
+    if not as_json:
+        detail = json.loads((out_dir / f"feedback-seed{seed}.json").read_text())
+        for goal, ok in detail["goals"].items():
+            err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal}")
+        err.print(f"details and learning curve: {out_dir}/feedback-seed{seed}.{{json,png}}")
     emit_json(summary)

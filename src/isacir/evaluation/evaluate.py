@@ -21,6 +21,7 @@ from .benchmarks import BenchmarkDataError, CIRBenchmark
 from .metrics import map_at_k, rank_gallery, recall_any_at_k, recall_at_k, subset_rankings
 
 if TYPE_CHECKING:
+    from ..adapt import QueryAdapter
     from ..foundation import Foundation
     from ..query import QueryEncoder
 
@@ -71,8 +72,12 @@ def encode_queries(
     query_encoder: QueryEncoder | None = None,
     template: str | None = None,
     batch_size: int = 32,
+    adapter: QueryAdapter | None = None,
 ) -> np.ndarray:
-    """Composed query vectors ``[Q, D]`` for ``mode`` (``template`` defaults to the encoder's own)."""
+    """Composed query vectors ``[Q, D]`` for ``mode`` (``template`` defaults to the encoder's own).
+
+    ``adapter`` (mode ``isa`` only): a query adapter learned from feedback, applied to every query.
+    """
     if mode not in METHOD_MODES:
         raise ValueError(f"unknown mode {mode!r}")
     if template is None:
@@ -87,9 +92,11 @@ def encode_queries(
                 raise ValueError("mode 'isa' needs a query encoder")
             refs = [bench.gallery[q.reference] for q in chunk]
             tokens = query_encoder.encode_images(refs, foundation=fnd)
-            vec = fnd.encode_composed(
-                tokens, [q.modifiers for q in chunk], template, expected_tokens=query_encoder.num_tokens
-            )
+            mods = [q.modifiers for q in chunk]
+            if adapter is not None:
+                vec = adapter.compose(fnd, tokens, mods, template, query_encoder.num_tokens)
+            else:
+                vec = fnd.encode_composed(tokens, mods, template, expected_tokens=query_encoder.num_tokens)
         else:
             img = torch.from_numpy(np.stack([gallery_vecs[index[q.reference]] for q in chunk]))
             if mode == "image_only":
@@ -172,6 +179,7 @@ def evaluate(
     gallery_vecs: np.ndarray | None = None,
     progress: bool = True,
     workers: int = 0,
+    adapter: QueryAdapter | None = None,
 ) -> tuple[dict[str, float], list[list[str]]]:
     names = list(bench.gallery)
     if mode == "pixel_only":
@@ -181,7 +189,9 @@ def evaluate(
     else:
         if gallery_vecs is None:
             gallery_vecs = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress, workers=workers)
-        queries = encode_queries(bench, fnd, gallery_vecs, names, mode, query_encoder, template)
+        if adapter is not None and query_encoder is not None:
+            adapter.check(query_encoder.fingerprint, fnd.fingerprint)
+        queries = encode_queries(bench, fnd, gallery_vecs, names, mode, query_encoder, template, adapter=adapter)
     scores = queries @ gallery_vecs.T
     exclude = [q.reference for q in bench.queries] if bench.exclude_reference else []
     # CIRR's subset metric re-ranks img_set members, which may sit anywhere: keep full rankings there

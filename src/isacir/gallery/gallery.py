@@ -190,6 +190,10 @@ class Gallery:
     def count(self) -> int:
         return int(self.db().execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
+    def ids(self) -> np.ndarray:
+        """Every indexed id, ascending (cheap: no vectors, no paths)."""
+        return np.array([r[0] for r in self.db().execute("SELECT id FROM vectors ORDER BY id")], dtype=np.int64)
+
     def items(self) -> list[dict]:
         rows = self.db().execute("SELECT id, path, hash, size, metadata FROM items ORDER BY id").fetchall()
         return [

@@ -166,8 +166,13 @@ def _new_bg(rng: random.Random, scene: Scene) -> Scene:
     return Scene(scene.objects, rng.randrange(len(BACKGROUNDS)))
 
 
-def make_edit(rng: random.Random, ref: Scene, split: str) -> tuple[str, str, Scene, list[Scene]] | None:
-    """Pick an edit of ``ref``: ``(type, modifier text, target, hard negatives)`` or None if impossible."""
+def make_edit(
+    rng: random.Random, ref: Scene, split: str, phrasings: dict[str, list[str]] | None = None
+) -> tuple[str, str, Scene, list[Scene]] | None:
+    """Pick an edit of ``ref``: ``(type, modifier text, target, hard negatives)`` or None if impossible.
+
+    ``phrasings`` (per edit type) replaces the ``split`` phrasings, e.g. a subset of them.
+    """
     kinds = ["colour", "shape", "size", "move", "add", "remove"]
     kind = rng.choice(kinds)
     objs = list(ref.objects)
@@ -176,7 +181,7 @@ def make_edit(rng: random.Random, ref: Scene, split: str) -> tuple[str, str, Sce
     many = len(objs) > 1
     ref_name = f"{o.colour} {o.shape}"  # how multi-object modifiers name the edited object
     taken = {x.cell for x in objs}
-    template = rng.choice(PHRASES[kind][split])
+    template = rng.choice(phrasings[kind] if phrasings is not None else PHRASES[kind][split])
     negatives: list[Obj | None] = []
     if kind == "colour":
         value = rng.choice([c for c in COLOURS if c != o.colour])

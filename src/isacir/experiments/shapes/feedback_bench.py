@@ -1,0 +1,341 @@
+"""``isacir bench feedback``: does learning from a pilot's operators improve Shapes-CIR?
+
+Reuses a ``bench shapes`` cache (world, foundation, the ISA encoder), then:
+
+1. prepares the pilot: its own split, its own gallery indexed by the frozen image tower, and the
+   ISA encoder exported to ONNX for the device side;
+2. runs the pilot: every reference photo goes through the ONNX edge runner, its payload to a real
+   ``isacir serve`` app over HTTP with an API key, and a simulated operator answers each search;
+3. trains query adapters on the first 100, 300 and 1,000 pilot queries' feedback;
+4. evaluates the 500 standard test queries (a gallery the pilot never touched) with and without
+   each adapter, plus the known-phrasings copy (forgetting) and the test queries in the phrasings
+   the pilot left out (what was learned beyond the pilot's own phrases).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..._fs import atomic_write_text
+from ...adapt import AdaptSettings
+from .bench import METRICS, ShapesBenchConfig, build_foundation, train_method
+from .phrasing import known_phrasings_copy
+from .pilot import LEFT_OUT, PilotConfig, ServiceClient, generate_pilot, simulate_pilot
+from .world import generate
+
+if TYPE_CHECKING:
+    from ...adapt import QueryAdapter
+    from ...foundation import Foundation
+    from ...query import QueryEncoder
+
+CURVE = (100, 300, 1000)
+#: The adapter recipe of the benchmark (chosen on the pilot's own held-out feedback, never on the test set).
+BENCH_ADAPT = AdaptSettings()
+
+
+def prepare_pilot(
+    bench_dir: str | Path,
+    seed: int = 0,
+    pilot: PilotConfig | None = None,
+    config: ShapesBenchConfig | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The pilot's split, gallery and edge model for a ``bench shapes`` cache (each cached).
+
+    Returns the paths a service and a simulator need: ``pilot``, ``gallery``, ``query_encoder``,
+    ``edge``, ``foundation``.
+    """
+    from ...export import export_edge
+    from ...foundation import create_foundation
+    from ...gallery import Gallery
+    from ...query import QueryEncoder
+
+    bench_dir = Path(bench_dir)
+    config = config or ShapesBenchConfig(seed=seed)
+    pilot = pilot or PilotConfig()
+    world = generate(bench_dir / "worlds" / config.world.key(), config.world)
+    name = build_foundation(world, bench_dir, config, log, progress)
+    fnd = create_foundation(name)
+    qe_path = train_method("isa", world, fnd, bench_dir, config, log, progress)
+    qe = QueryEncoder.from_pretrained(qe_path, foundation=fnd).eval()
+    root = bench_dir / "pilots" / pilot.key(config.world)
+    split = generate_pilot(root / "split", config.world, pilot)
+    edge = root / f"edge-{qe.fingerprint}"
+    if not (edge / "edge.json").is_file():
+        log(f"pilot: exporting the ISA encoder to ONNX -> {edge}")
+        export_edge(qe, edge)
+    gallery_dir = root / f"gallery-{fnd.fingerprint}"
+    gallery = Gallery.open_or_create(gallery_dir, fnd)
+    report = gallery.index([str(split / "gallery")], fnd, progress=progress)
+    log(f"pilot gallery {gallery_dir}: {report.summary()}")
+    gallery.close()
+    paths = {
+        "pilot": str(split),
+        "gallery": str(gallery_dir),
+        "query_encoder": str(qe_path),
+        "edge": str(edge),
+        "foundation": name,
+    }
+    atomic_write_text(root / "pilot-run.json", json.dumps(paths, indent=2))
+    return paths
+
+
+def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
+    """The served gallery's id of every split image, keyed as the split names them."""
+    from ...gallery import Gallery
+
+    g = Gallery.open(gallery_dir)
+    try:
+        root = Path(split).resolve()
+        out = {}
+        for item in g.items():
+            p = Path(item["path"]).resolve()
+            if p.is_relative_to(root):
+                out[p.relative_to(root).as_posix()] = int(item["id"])
+        return out
+    finally:
+        g.close()
+
+
+def run_feedback_bench(
+    out: str | Path,
+    seed: int = 0,
+    pilot: PilotConfig | None = None,
+    settings: AdaptSettings | None = None,
+    curve: tuple[int, ...] = CURVE,
+    k: int = 10,
+    config: ShapesBenchConfig | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``."""
+    import torch
+
+    from ...adapt import QueryAdapter, adapt
+    from ...edge.runner import EdgeEncoder
+    from ...foundation import create_foundation
+    from ...gallery import Gallery
+    from ...query import QueryEncoder
+    from ...serve import ServeSettings, ServiceState, create_app
+    from ...serve.feedback import FeedbackStore
+    from ...serve.local import LocalServer
+
+    out = Path(out)
+    config = config or ShapesBenchConfig(seed=seed)
+    pilot = pilot or PilotConfig(queries=max(curve))
+    settings = settings or replace(BENCH_ADAPT, seed=seed)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    paths = prepare_pilot(out, seed, pilot, config, log, progress)
+    timings["prepare_s"] = time.perf_counter() - t0
+    fnd = create_foundation(paths["foundation"])
+    qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
+
+    # the pilot, through the device path and HTTP; a fresh log every run
+    run = out / "feedback" / f"seed{seed}-{pilot.key(config.world)}"
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    key = secrets.token_hex(16)
+    gallery = Gallery.open(paths["gallery"])
+    state = ServiceState(
+        gallery, fnd, qe, ServeSettings(api_keys=(key,), feedback_db=run / "feedback.sqlite", upload_dir=run / "up")
+    )
+    t = time.perf_counter()
+    with LocalServer(create_app(state)) as server:
+        pilot_stats = simulate_pilot(
+            paths["pilot"],
+            ServiceClient(server.url, key),
+            EdgeEncoder(paths["edge"]),
+            gallery_ids(paths["gallery"], paths["pilot"]),
+            k=k,
+            limit=pilot.queries,
+            progress=progress,
+            log=log,
+        )
+    timings["pilot_s"] = time.perf_counter() - t
+    store = FeedbackStore(run / "feedback.sqlite")
+
+    # the test set: the bench's own queries and gallery, and the two diagnostic views of it
+    t = time.perf_counter()
+    world = out / "worlds" / config.world.key()
+    test = _TestSet(world, fnd, qe, config.template, progress)
+    known = _TestSet(
+        known_phrasings_copy(world, run / "known-phrasings-world"),
+        fnd,
+        qe,
+        config.template,
+        progress,
+        gallery_vecs=test.gallery_vecs,
+    )
+    before, before_rank = test.evaluate(None)
+    known_before, _ = known.evaluate(None)
+    timings["evaluate_before_s"] = time.perf_counter() - t
+
+    results: dict[str, Any] = {"curve": {}}
+    adapters: dict[int, QueryAdapter] = {}
+    reports: dict[str, Any] = {}
+    for n in curve:
+        t = time.perf_counter()
+        folder = run / f"adapter-{n}"
+        torch.manual_seed(seed)
+        report = adapt(gallery, fnd, qe, store, folder, replace(settings, max_queries=n), progress=progress)
+        adapters[n] = QueryAdapter.from_pretrained(folder)
+        metrics, _ = test.evaluate(adapters[n])
+        results["curve"][str(n)] = metrics
+        reports[str(n)] = {f: report[f] for f in ("promotable", "reasons", "holdout", "counts", "fingerprint")}
+        timings[f"adapt_{n}_s"] = time.perf_counter() - t
+        log(f"after {n} pilot queries: test R@1 {metrics['R@1']} R@10 {metrics['R@10']} (before {before['R@1']})")
+    final = adapters[max(curve)]
+    after, after_rank = test.evaluate(final)
+    known_after, _ = known.evaluate(final)
+    unseen = test.subset(lambda a: a["phrasing"] == LEFT_OUT[a["kind"]])
+    flip = _flip_rate(test, before_rank, after_rank)
+    gallery.close()
+    timings["total_s"] = time.perf_counter() - t0
+
+    bench_results = out / f"results-seed{seed}.json"
+    bench_json = json.loads(bench_results.read_text()) if bench_results.is_file() else {}
+    oracle = (bench_json.get("oracles") or {}).get("oracle_reference_caption_plus_modifier")
+    summary = {
+        "seed": seed,
+        "before": before,
+        "after": after,
+        "curve": results["curve"],
+        "known_phrasings": {"before": known_before, "after": known_after},
+        "unseen_phrasings": {"before": unseen(before_rank), "after": unseen(after_rank)},
+        "flip_rate": flip,
+    }
+    detail = {
+        **summary,
+        "goals": check_feedback_goals(summary, oracle),
+        "oracle_reference_caption_plus_modifier": oracle,
+        "pilot": pilot_stats,
+        "adapters": reports,
+        "unseen_phrasings_queries": unseen.count,
+        "left_out_phrasings": LEFT_OUT,
+        "settings": asdict(settings),
+        "pilot_config": asdict(pilot),
+        "timings": {k_: round(v, 1) for k_, v in timings.items()},
+    }
+    stem = out / f"feedback-seed{seed}"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
+    curve_chart(before, results["curve"], stem.with_suffix(".png"), seed)
+    return summary
+
+
+class _TestSet:
+    """A Shapes-CIR benchmark with its gallery encoded once, evaluated with or without an adapter."""
+
+    def __init__(
+        self, world: Path, fnd: Foundation, qe: QueryEncoder, template: str, progress: bool, gallery_vecs=None
+    ):
+        from ...evaluation.benchmarks import load_shapes
+        from ...evaluation.evaluate import encode_gallery
+        from .bench import _query_kinds
+
+        self.bench, self.fnd, self.qe, self.template = load_shapes(world), fnd, qe, template
+        self.kinds = _query_kinds(world)
+        bench = self.bench
+        self.names = list(bench.gallery)
+        self.gallery_vecs = (
+            gallery_vecs
+            if gallery_vecs is not None
+            else encode_gallery(fnd, [bench.gallery[n] for n in self.names], progress=progress)
+        )
+
+    def evaluate(self, adapter: QueryAdapter | None) -> tuple[dict[str, float], list[list[str]]]:
+        from ...evaluation.evaluate import evaluate
+
+        metrics, rankings = evaluate(
+            self.bench,
+            self.fnd,
+            "isa",
+            query_encoder=self.qe,
+            template=self.template,
+            gallery_vecs=self.gallery_vecs,
+            progress=False,
+            adapter=adapter,
+        )
+        return {k: round(metrics[k], 2) for k in METRICS}, rankings
+
+    def subset(self, keep: Callable[[dict], bool]) -> _Subset:
+        return _Subset(self, keep)
+
+
+class _Subset:
+    def __init__(self, test: _TestSet, keep: Callable[[dict], bool]):
+        from .phrasing import parse_modifier
+
+        self.test = test
+        self.index = [
+            i
+            for i, q in enumerate(test.bench.queries)
+            if keep({"kind": test.kinds[q.qid], "phrasing": parse_modifier(test.kinds[q.qid], q.modifiers[0])[1]})
+        ]
+        self.count = len(self.index)
+
+    def __call__(self, rankings: list[list[str]]) -> dict[str, float]:
+        from ...evaluation.evaluate import score_benchmark
+
+        sub = replace(self.test.bench, queries=[self.test.bench.queries[i] for i in self.index])
+        metrics = score_benchmark(sub, [rankings[i] for i in self.index])
+        return {k: round(metrics[k], 2) for k in METRICS}
+
+
+def _flip_rate(test: _TestSet, before: list[list[str]], after: list[list[str]]) -> float | None:
+    """Among test queries whose target was at rank 1 before, the share whose target is not after."""
+    had = lost = 0
+    for q, b, a in zip(test.bench.queries, before, after, strict=True):
+        targets = set(q.targets)
+        if b and b[0] in targets:
+            had += 1
+            lost += not (a and a[0] in targets)
+    return round(lost / had, 4) if had else None
+
+
+def check_feedback_goals(summary: dict[str, Any], oracle: dict[str, float] | None) -> dict[str, bool]:
+    b, a = summary["before"], summary["after"]
+    kb, ka = summary["known_phrasings"]["before"], summary["known_phrasings"]["after"]
+    goals = {
+        "test R@1 >= before + 8": a["R@1"] >= b["R@1"] + 8,
+        "test R@10 >= before + 5": a["R@10"] >= b["R@10"] + 5,
+        "known-phrasings R@10 >= before - 1": ka["R@10"] >= kb["R@10"] - 1,
+        "test flip rate <= 5 %": summary["flip_rate"] is not None and summary["flip_rate"] <= 0.05,
+    }
+    if oracle is not None:
+        goals["moonshot: test R@1 >= oracle reference caption + modifier"] = a["R@1"] >= oracle["R@1"]
+    return goals
+
+
+def curve_chart(before: dict[str, float], curve: dict[str, dict], path: Path, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [0] + [int(n) for n in curve]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    for metric, style in (("R@1", "o-"), ("R@10", "s-")):
+        ax.plot(xs, [before[metric]] + [curve[n][metric] for n in curve], style, label=f"test {metric}")
+    ax.set_xscale("symlog", linthresh=100)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("pilot queries with operator feedback")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Shapes-CIR test, learning from a pilot (seed {seed})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,120 @@
+"""The Shapes-CIR pilot: its split, the simulated operator over HTTP, and `bench feedback`."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+from isacir.experiments.shapes.phrasing import known_phrasings_copy, parse_modifier, rephrase
+from isacir.experiments.shapes.pilot import LEFT_OUT, PILOT_PHRASINGS, PilotConfig, generate_pilot, load_pilot
+from isacir.experiments.shapes.world import PHRASES, ShapesConfig, generate
+
+SMALL_WORLD = ShapesConfig(train_images=8, caption_pairs=8, test_queries=40, distractors=20)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pilot")
+    world = generate(out / "world", SMALL_WORLD)
+    pilot = generate_pilot(out / "pilot", SMALL_WORLD, PilotConfig(queries=120, distractors=30))
+    return world, pilot
+
+
+def test_pilot_split_is_its_own_world(split):
+    world, pilot = split
+    doc = load_pilot(pilot)
+    queries = doc["queries"]
+    assert len(queries) == 120
+    gallery = sorted(p.name for p in (pilot / "gallery").iterdir())
+    refs = {q["reference"] for q in queries}
+    assert len(refs) == 120 and all((pilot / r).is_file() for r in refs)
+    # references are the user's photos: never in the pilot gallery
+    assert not refs & {f"gallery/{n}" for n in gallery}
+    # no test image is reused: the pilot's images differ from every test gallery image
+    test_pixels = {Image.open(p).tobytes() for p in (world / "unlabeled2017").iterdir()}
+    pilot_pixels = [Image.open(pilot / "gallery" / n).tobytes() for n in gallery]
+    assert sum(px in test_pixels for px in pilot_pixels) <= len(pilot_pixels) // 50  # chance repeats only
+    for q in queries:
+        assert q["targets"] and all((pilot / t).is_file() for t in q["targets"])
+        # the operators' phrasings: the test family, minus the left-out phrasing of each edit type
+        template = parse_modifier(q["kind"], q["text"])[1]
+        assert template == q["phrasing"] and template in PHRASES[q["kind"]]["test"]
+        assert template != LEFT_OUT[q["kind"]]
+    used = {(q["kind"], q["phrasing"]) for q in queries}
+    assert used == {(k, t) for k, ts in PILOT_PHRASINGS.items() for t in ts if k in {q["kind"] for q in queries}}
+
+
+def test_pilot_split_is_cached_and_deterministic(split, tmp_path):
+    _, pilot = split
+    again = generate_pilot(tmp_path / "pilot", SMALL_WORLD, PilotConfig(queries=120, distractors=30))
+    assert load_pilot(again)["queries"] == load_pilot(pilot)["queries"]
+    stamp = (pilot / "pilot.json").stat().st_mtime_ns
+    generate_pilot(pilot, SMALL_WORLD, PilotConfig(queries=120, distractors=30))
+    assert (pilot / "pilot.json").stat().st_mtime_ns == stamp
+
+
+def test_known_phrasings_copy_rewrites_every_test_modifier(split, tmp_path):
+    world, _ = split
+    copy = known_phrasings_copy(world, tmp_path / "copy")
+    before = json.loads((world / "annotations" / "test.json").read_text())
+    after = json.loads((copy / "annotations" / "test.json").read_text())
+    assert [a["id"] for a in after] == [a["id"] for a in before]
+    for a, b in zip(before, after, strict=True):
+        kind = a["shared_concept"]
+        selector, _, value = parse_modifier(kind, a["relative_caption"], "test")
+        selector2, template, value2 = parse_modifier(kind, b["relative_caption"], "train")
+        assert (selector, value) == (selector2, value2) and template in PHRASES[kind]["train"]
+        assert b["relative_caption"] == rephrase(a)
+    assert (copy / "unlabeled2017").resolve() == (world / "unlabeled2017").resolve()
+
+
+@pytest.mark.slow
+def test_bench_feedback_on_the_small_bench(tmp_path_factory):
+    """The whole loop on the scaled-down bench: pilot over HTTP, adapters, test before and after."""
+    from isacir.adapt import AdaptSettings
+    from isacir.experiments.shapes.bench import METRICS, ShapesBenchConfig, run_shapes_bench
+    from isacir.experiments.shapes.feedback_bench import run_feedback_bench
+
+    out = tmp_path_factory.mktemp("feedback-bench")
+    cfg = ShapesBenchConfig.small(seed=0)
+    cfg = replace(cfg, methods=("isa",))
+    bench = run_shapes_bench(out, cfg, progress=False, log=lambda *_: None)
+    settings = AdaptSettings(steps=40, batch_size=16, gallery_negatives=64, seed=0)
+    summary = run_feedback_bench(
+        out, 0, PilotConfig(queries=60, distractors=40), settings, (20, 60), config=cfg, progress=False,
+        log=lambda *_: None,
+    )
+    assert set(summary) == {"seed", "before", "after", "curve", "known_phrasings", "unseen_phrasings", "flip_rate"}
+    for block in (summary["before"], summary["after"], *summary["curve"].values()):
+        assert set(block) == set(METRICS)
+    # "before" is the plain ISA encoder: exactly the bench's own row
+    assert summary["before"] == bench["methods"]["isa"]
+    assert summary["curve"]["60"] == summary["after"]
+    detail = json.loads((out / "feedback-seed0.json").read_text())
+    pilot = detail["pilot"]
+    assert pilot["queries"] == 60 and pilot["confirmed"] + pilot["corrected"] == 60
+    # the unseen-phrasing subset: every test query in a phrasing the pilot left out
+    world = out / "worlds" / cfg.world.key()
+    anns = json.loads((world / "annotations" / "test.json").read_text())
+    left_out = sum(
+        parse_modifier(a["shared_concept"], a["relative_caption"])[1] == LEFT_OUT[a["shared_concept"]] for a in anns
+    )
+    assert detail["unseen_phrasings_queries"] == left_out > 0
+    assert (out / "feedback-seed0.png").stat().st_size > 5000
+    # the log holds what the operator did: every query judged, corrections after three rejections
+    db = next((out / "feedback").glob("seed0-*/feedback.sqlite"))
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM queries").fetchone()[0] == 60
+        assert con.execute("SELECT COUNT(DISTINCT query_id) FROM feedback").fetchone()[0] == 60
+        corrected = con.execute("SELECT query_id FROM feedback WHERE verdict = 'corrected'").fetchall()
+        for (qid,) in corrected:
+            n = con.execute(
+                "SELECT COUNT(*) FROM feedback WHERE query_id = ? AND verdict = 'rejected'", (qid,)
+            ).fetchone()[0]
+            assert n == 3
+        assert con.execute("SELECT COUNT(*) FROM queries WHERE tokens IS NULL").fetchone()[0] == 0
+    assert detail["adapters"]["60"]["counts"]["train"] + detail["adapters"]["60"]["counts"]["holdout"] == 60
