@@ -220,6 +220,48 @@ def pilot_definitions() -> str:
     return "| name | definition |\n|---|---|\n" + "".join(f"| `{k}` | {v} |\n" for k, v in DEFINITIONS.items())
 
 
+def load_feedback_runs() -> list[dict]:
+    return sorted((json.loads(p.read_text()) for p in RESULTS.glob("feedback-seed*.json")), key=lambda r: r["seed"])
+
+
+def _arrow(before: float, after: float) -> str:
+    return f"{before:.1f} → {after:.1f} ({after - before:+.1f})"
+
+
+def feedback_table(runs: list[dict]) -> str:
+    """`bench feedback` per seed: test before/after, the curve, forgetting, flips, goals."""
+    if not runs:
+        return "No `bench feedback` run is recorded yet.\n"
+    lines = [
+        "| seed | test R@1 | test R@10 | R@1 after 100 / 300 / 1000 | known-phrasings R@10 "
+        "| unseen-phrasings R@1 | flip rate | flip rate, rephrasing only |",
+        "|---:|---|---|---|---|---|---:|---:|",
+    ]
+    for r in runs:
+        b, a, curve = r["before"], r["after"], r["curve"]
+        kb, ka = r["known_phrasings"]["before"], r["known_phrasings"]["after"]
+        ub, ua = r["unseen_phrasings"]["before"], r["unseen_phrasings"]["after"]
+        points = " / ".join(fmt(curve[n]["R@1"]) for n in sorted(curve, key=int))
+        lines.append(
+            f"| {r['seed']} | {_arrow(b['R@1'], a['R@1'])} | {_arrow(b['R@10'], a['R@10'])} | {points} "
+            f"| {_arrow(kb['R@10'], ka['R@10'])} | {_arrow(ub['R@1'], ua['R@1'])} "
+            f"| {100 * r['flip_rate']:.1f} % | {100 * r['flip_rate_rephrasing_only']:.1f} % |"
+        )
+    goals = list(runs[0]["goals"])
+    lines += ["", "| goal | " + " | ".join(f"seed {r['seed']}" for r in runs) + " |", "|---|" + "---|" * len(runs)]
+    for g in goals:
+        lines.append(f"| {g} | " + " | ".join("met" if r["goals"].get(g) else "**missed**" for r in runs) + " |")
+    oracle = [r for r in runs if r.get("oracle_reference_caption_plus_modifier")]
+    if oracle:
+        lines += [
+            "",
+            "The moonshot's yardstick, R@1 of the oracle that reads the reference's true caption: "
+            + ", ".join(f"{r['oracle_reference_caption_plus_modifier']['R@1']:.1f} (seed {r['seed']})" for r in oracle)
+            + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -237,6 +279,7 @@ def render() -> dict[Path, str]:
         "shapes-summary": summary_table(runs),
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),
+        "feedback-summary": feedback_table(load_feedback_runs()),
     }
     out = {
         RESULTS / "shapes-cir.csv": per_seed_csv(runs),

@@ -209,3 +209,28 @@ def test_service_with_adapter_labels_responses_and_log(service, tmp_path):
         assert row["tokens"] == raw
     finally:
         served.retriever.close()
+
+
+def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_fnd, tiny_openclip_dir):
+    """`isacir adapt` from the command line, then `load_service --adapter` on its output."""
+    from test_cli import last_json, run
+
+    from isacir.serve import load_service
+
+    tmp = tmp_path_factory.mktemp("adapt-cli")
+    _, state, _ = build_service(tmp, openclip_fnd, api_key=None, n_images=12)
+    state.query_encoder.save_pretrained(tmp / "qe")
+    _synthetic_feedback(state, 30, seed=4, replay=0)
+    db = state.settings.feedback_db or state.gallery.dir / "feedback.sqlite"
+    args = ["--gallery", str(state.gallery.dir), "--feedback", str(db), "--query-encoder", str(tmp / "qe")]
+    args += ["--foundation", tiny_openclip_dir[0], "--out", str(tmp / "adapter"), "--steps", "20"]
+    report = last_json(run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress"))
+    assert report["counts"]["train"] + report["counts"]["holdout"] == 30
+    assert report["counts"]["holdout"] == 6  # round(0.2 * 30)
+    assert isinstance(report["promotable"], bool) and report["holdout"]["after"]["n"] == 6
+    app = load_service(state.gallery.dir, tmp / "qe", tiny_openclip_dir[0], adapter=tmp / "adapter")
+    assert app.state.service.adapter_fingerprint == report["fingerprint"]
+    app.state.service.retriever.close()
+    # an unknown feedback file is a one-line error, not a traceback
+    bad = run("adapt", *args[:2], "--feedback", str(tmp / "nope.sqlite"), *args[4:], check=False)
+    assert bad.returncode == 2 and "feedback database not found" in bad.stderr

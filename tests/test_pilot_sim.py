@@ -85,7 +85,13 @@ def test_bench_feedback_on_the_small_bench(tmp_path_factory):
     bench = run_shapes_bench(out, cfg, progress=False, log=lambda *_: None)
     settings = AdaptSettings(steps=40, batch_size=16, gallery_negatives=64, seed=0)
     summary = run_feedback_bench(
-        out, 0, PilotConfig(queries=60, distractors=40), settings, (20, 60), config=cfg, progress=False,
+        out,
+        0,
+        PilotConfig(queries=60, distractors=40),
+        settings,
+        (20, 60),
+        config=cfg,
+        progress=False,
         log=lambda *_: None,
     )
     assert set(summary) == {"seed", "before", "after", "curve", "known_phrasings", "unseen_phrasings", "flip_rate"}

@@ -177,7 +177,7 @@ def run_feedback_bench(
         gallery_vecs=test.gallery_vecs,
     )
     before, before_rank = test.evaluate(None)
-    known_before, _ = known.evaluate(None)
+    known_before, known_rank = known.evaluate(None)
     timings["evaluate_before_s"] = time.perf_counter() - t
 
     results: dict[str, Any] = {"curve": {}}
@@ -199,6 +199,8 @@ def run_feedback_bench(
     known_after, _ = known.evaluate(final)
     unseen = test.subset(lambda a: a["phrasing"] == LEFT_OUT[a["kind"]])
     flip = _flip_rate(test, before_rank, after_rank)
+    # a yardstick for the flip rate: the same model, the same queries, only the phrasing changed
+    flip_rephrased = _flip_rate(test, before_rank, known_rank)
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
@@ -217,6 +219,7 @@ def run_feedback_bench(
     detail = {
         **summary,
         "goals": check_feedback_goals(summary, oracle),
+        "flip_rate_rephrasing_only": flip_rephrased,
         "oracle_reference_caption_plus_modifier": oracle,
         "pilot": pilot_stats,
         "adapters": reports,
@@ -228,7 +231,7 @@ def run_feedback_bench(
     }
     stem = out / f"feedback-seed{seed}"
     atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
-    curve_chart(before, results["curve"], stem.with_suffix(".png"), seed)
+    curve_chart(before, results["curve"], stem.with_suffix(".png"), seed, oracle)
     return summary
 
 
@@ -316,7 +319,9 @@ def check_feedback_goals(summary: dict[str, Any], oracle: dict[str, float] | Non
     return goals
 
 
-def curve_chart(before: dict[str, float], curve: dict[str, dict], path: Path, seed: int) -> None:
+def curve_chart(
+    before: dict[str, float], curve: dict[str, dict], path: Path, seed: int, oracle: dict[str, float] | None = None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -326,6 +331,8 @@ def curve_chart(before: dict[str, float], curve: dict[str, dict], path: Path, se
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
     for metric, style in (("R@1", "o-"), ("R@10", "s-")):
         ax.plot(xs, [before[metric]] + [curve[n][metric] for n in curve], style, label=f"test {metric}")
+    if oracle is not None:
+        ax.axhline(oracle["R@1"], color="grey", ls="--", lw=1, label="R@1 of the oracle: true caption + modifier")
     ax.set_xscale("symlog", linthresh=100)
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("pilot queries with operator feedback")
