@@ -178,6 +178,37 @@ def test_ddp_two_processes_gloo(tmp_path, images64, tiny_openclip_dir):
     assert "steps 8" in proc.stdout
 
 
+@pytest.mark.ddp
+@pytest.mark.parametrize("split", ["4,4", "5,1"])
+def test_ddp_global_batch_gcd_equals_one_process(tmp_path, split):
+    """Loss and gradients of a global batch split over 2 gloo ranks (evenly, and 5 + 1 rows) equal
+    the single-process ones, step after step; no rank skips alone."""
+    out = tmp_path / "result.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        str(Path(__file__).parent / "ddp_loss_worker.py"),
+        str(out),
+        split,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[:6000]
+    result = json.loads(out.read_text())
+    assert result["diffs"]["loss"] < 1e-5 and result["diffs"]["grad"] < 1e-5, result
+    assert result["diffs"]["weight"] < 1e-5, result
+    r0, r1 = result["decisions"]
+    assert r0 == r1  # decided together: no rank waits alone at a sync
+    assert r0 == {"zero_on_one_rank": True, "one_each": False, "one_and_four": False, "two_and_zero": True}
+    # without a shared filesystem, every rank stops with the same message naming the rank that cannot see
+    m0, m1 = result["shared_fs"]
+    assert m0 == m1 and "rank 1 on" in m0 and "view-of-rank1" in m0 and "rank 0 on" not in m0
+
+
 def _bad_files(folder: Path) -> dict:
     (folder / "zero.jpg").write_bytes(b"")
     good = io.BytesIO()

@@ -91,3 +91,82 @@ def lar_itm_loss(positive_logits: torch.Tensor, negative_logits: torch.Tensor) -
     pos = F.binary_cross_entropy_with_logits(positive_logits, torch.ones_like(positive_logits))
     neg = F.binary_cross_entropy_with_logits(negative_logits, torch.zeros_like(negative_logits))
     return 0.5 * (pos + neg)
+
+
+# ----- the global batch across ranks --------------------------------------------------------------
+class _GatherRows(torch.autograd.Function):
+    """All ranks' (equally padded) rows, concatenated; the backward sends each row's gradient home.
+
+    The backward all-reduces the full gradient and keeps this rank's slice, which works on every
+    backend (gloo has no reduce-scatter) and is what open_clip's ``gather_with_grad`` computes.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        ctx.rank, ctx.n = dist.get_rank(), rows.shape[0]
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, rows.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+
+
+def gather_rows(x: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int, list[int]]:
+    """Every rank's rows of ``x [n_r, D]`` in rank order: ``(rows [sum n_r, D], my offset, sizes)``.
+
+    Ranks may hold different numbers of rows (a batch that lost undecodable images): sizes are
+    exchanged first and every rank pads to the largest, so the collectives always match.
+    """
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes_t = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes_t, n)
+    sizes = [int(s) for s in sizes_t]
+    top = max(sizes)
+    padded = F.pad(x, (0, 0, 0, top - x.shape[0]))
+    if with_grad:
+        full = _GatherRows.apply(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.detach().contiguous())
+        full = torch.cat(parts)
+    rows = torch.cat([full[r * top : r * top + s] for r, s in enumerate(sizes)])
+    return rows, sum(sizes[:rank]), sizes
+
+
+def gcd_loss_global(
+    query: torch.Tensor, teacher: torch.Tensor, scale: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GCD over the global batch of all ranks: ``(to_backward, value)``.
+
+    Each rank scores its own queries against every rank's teacher features and its own teacher
+    features against every rank's queries, so the negatives are the global batch. The rank's
+    share is scaled so that, after DDP averages the gradients over ranks, they equal the
+    single-process gradients of :func:`gcd_loss` on the same global batch; ``value`` is that
+    global loss (the same on every rank).
+    """
+    import torch.distributed as dist
+
+    q, t = F.normalize(query, dim=-1), F.normalize(teacher, dim=-1)
+    all_q, offset, sizes = gather_rows(q)
+    all_t, _, _ = gather_rows(t.detach(), with_grad=False)
+    total = sum(sizes)
+    labels = torch.arange(offset, offset + q.shape[0], device=q.device)
+    part = 0.5 * (
+        F.cross_entropy(scale * q @ all_t.T, labels, reduction="sum")
+        + F.cross_entropy(scale * t @ all_q.T, labels, reduction="sum")
+    )
+    part = part / total
+    value = part.detach().clone()
+    dist.all_reduce(value)
+    return part * dist.get_world_size(), value

@@ -16,8 +16,10 @@ import math
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +40,15 @@ from ..query.methods import get_method
 from .augment import POLICIES, query_transform
 from .cache import TeacherCache, hash_records
 from .config import TrainConfig
-from .losses import Temperature, gcd_loss, hardest_negatives, lar_itm_loss, lar_patch_loss, word_prior_loss
+from .losses import (
+    Temperature,
+    gcd_loss,
+    gcd_loss_global,
+    hardest_negatives,
+    lar_itm_loss,
+    lar_patch_loss,
+    word_prior_loss,
+)
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -114,6 +124,61 @@ def init_distributed() -> DistInfo:
 def _barrier(info: DistInfo) -> None:
     if info.world > 1:
         dist.barrier()
+
+
+def _skip_batch(n: int, info: DistInfo, device: torch.device) -> bool:
+    """Whether every rank skips this step: decided together, so no rank waits alone at the sync.
+
+    Skipped when some rank has no usable image left in its batch or the global batch has fewer
+    than two (a contrastive loss needs a negative). A rank with one image still takes part: the
+    global batch gives it negatives.
+    """
+    if info.world <= 1:
+        return n < 2
+    fewest = torch.tensor([n], device=device)
+    dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
+    total = torch.tensor([n], device=device)
+    dist.all_reduce(total)
+    return int(fewest) == 0 or int(total) < 2
+
+
+def check_shared_filesystem(folders: Sequence[Path], info: DistInfo) -> None:
+    """Every rank must see what rank 0 writes: the teacher cache and the manifests live there.
+
+    Rank 0 writes a token into each folder; every rank reads it back; a rank on another machine
+    without a shared filesystem fails here with the folder and host named, not hours later.
+    """
+    if info.world <= 1:
+        return
+    token = uuid.uuid4().hex if info.main else ""
+    box = [token]
+    dist.broadcast_object_list(box, src=0)
+    token = box[0]
+    if info.main:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f".isacir-shared-{token}").write_text(token)
+    dist.barrier()
+    missing = [
+        str(folder)
+        for folder in folders
+        if not (folder / f".isacir-shared-{token}").is_file()
+        or (folder / f".isacir-shared-{token}").read_text() != token
+    ]
+    report: list = [None] * info.world
+    dist.all_gather_object(report, (socket.gethostname(), missing))
+    dist.barrier()
+    if info.main:
+        for folder in folders:
+            (folder / f".isacir-shared-{token}").unlink(missing_ok=True)
+    bad = [(r, host, m) for r, (host, m) in enumerate(report) if m]
+    if bad:
+        detail = "; ".join(f"rank {r} on {host} cannot see {', '.join(m)}" for r, host, m in bad)
+        raise TrainingError(
+            "distributed training needs a filesystem shared by every rank for the output folder and the "
+            f"teacher cache (rank 0 runs on {report[0][0]}): {detail}. Put --out and --cache-dir on shared "
+            "storage (NFS, Lustre, a mounted bucket)."
+        )
 
 
 def _average_buffers(module: nn.Module, info: DistInfo) -> None:
@@ -202,7 +267,12 @@ class TrainModule(nn.Module):
         tokens = self.encoder(pixels, global_features=teacher_global, local_features=teacher_local)
         query = fnd.encode_composed(tokens, None, self.cfg.template, expected_tokens=self.encoder.num_tokens)
         scale = self.temperature.scale()
-        gcd = gcd_loss(query, teacher_global, scale)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            # the global batch: every rank's teachers are every rank's negatives
+            gcd_backward, gcd = gcd_loss_global(query, teacher_global, scale)
+        else:
+            gcd = gcd_loss(query, teacher_global, scale)
+            gcd_backward = gcd
         lar = torch.zeros((), device=gcd.device)
         if self.cfg.lar_weight > 0:
             if fnd.has_matching_head:
@@ -214,10 +284,11 @@ class TrainModule(nn.Module):
                 b, n, d = tokens.shape
                 single = fnd.encode_composed(tokens.reshape(b * n, 1, d), None, self.cfg.template)
                 lar = lar_patch_loss(single.view(b, n, -1), teacher_local, scale)
-        loss = gcd + self.cfg.lar_weight * lar
+        # LAR and the word prior stay per rank: DDP's gradient average is their global mean
+        rest = self.cfg.lar_weight * lar
         if self.cfg.word_weight > 0:
-            loss = loss + self.cfg.word_weight * word_prior_loss(tokens, fnd.token_embedding.weight)
-        return loss, gcd.detach(), lar.detach()
+            rest = rest + self.cfg.word_weight * word_prior_loss(tokens, fnd.token_embedding.weight)
+        return gcd_backward + rest, (gcd + rest).detach(), gcd.detach(), lar.detach()
 
 
 def _lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -395,6 +466,7 @@ def train(
     need_local, need_hidden = _teacher_kinds(config, foundation)
     variant = {"grid": config.local_grid, "local": need_local, "hidden": need_hidden}
     cache_root = Path(config.cache_dir) if config.cache_dir else out_dir / "teacher-cache"
+    check_shared_filesystem([out_dir, cache_root], info)
     cache = TeacherCache(cache_root, foundation.fingerprint, variant)
     items, skipped = _prepare_items(config, foundation, sources, cache, info, say, out_dir)
     if len(items) < config.batch_size * info.world:
@@ -513,7 +585,7 @@ def train(
         )
         for idx, pixels, teacher_px, dropped in loader:
             dropped_total += dropped
-            if len(idx) < 2:
+            if _skip_batch(len(idx), info, device):
                 micro += 1
                 continue
             batch_digests = [digests[i] for i in idx.tolist()]
@@ -530,8 +602,8 @@ def train(
             ctx = model.no_sync() if (info.world > 1 and not sync) else contextlib.nullcontext()
             with ctx:
                 with amp:
-                    loss, gcd, lar = model(pix, tg, tl, th)
-                (loss / config.grad_accum).backward()
+                    to_backward, loss, gcd, lar = model(pix, tg, tl, th)
+                (to_backward / config.grad_accum).backward()
             acc_loss += loss.item() / config.grad_accum
             acc_gcd += gcd.item() / config.grad_accum
             acc_lar += lar.item() / config.grad_accum
