@@ -262,6 +262,23 @@ def feedback_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def domain_table(runs: list[dict]) -> str:
+    """`bench domain` per seed: the shifted world's test (the customer's) and the standard one."""
+    if not runs:
+        return "No `bench domain` run is recorded yet.\n"
+    lines = [
+        "| seed | steps | shifted R@1 | shifted R@10 | standard R@1 | standard R@10 |",
+        "|---:|---:|---|---|---|---|",
+    ]
+    for r in runs:
+        sb, sa, tb, ta = r["shifted"]["before"], r["shifted"]["after"], r["standard"]["before"], r["standard"]["after"]
+        lines.append(
+            f"| {r['seed']} | {r['steps']} | {_arrow(sb['R@1'], sa['R@1'])} | {_arrow(sb['R@10'], sa['R@10'])} "
+            f"| {_arrow(tb['R@1'], ta['R@1'])} | {_arrow(tb['R@10'], ta['R@10'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -280,6 +297,9 @@ def render() -> dict[Path, str]:
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),
         "feedback-summary": feedback_table(load_feedback_runs()),
+        "domain-summary": domain_table(
+            sorted((json.loads(p.read_text()) for p in RESULTS.glob("domain-seed*.json")), key=lambda r: r["seed"])
+        ),
     }
     out = {
         RESULTS / "shapes-cir.csv": per_seed_csv(runs),

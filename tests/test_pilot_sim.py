@@ -124,3 +124,31 @@ def test_bench_feedback_on_the_small_bench(tmp_path_factory):
             assert n == 3
         assert con.execute("SELECT COUNT(*) FROM queries WHERE tokens IS NULL").fetchone()[0] == 0
     assert detail["adapters"]["60"]["counts"]["train"] + detail["adapters"]["60"]["counts"]["holdout"] == 60
+
+
+def test_shifted_world_draws_the_same_scenes_in_another_look(split, tmp_path):
+    import hashlib
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from isacir.experiments.shapes.world import WORLD_FORMAT
+
+    world, _ = split
+    # the standard world's key is the one it had before variants existed
+    legacy = {k: v for k, v in asdict(SMALL_WORLD).items() if k != "variant"}
+    raw = json.dumps([WORLD_FORMAT, legacy], sort_keys=True).encode()
+    assert SMALL_WORLD.key() == hashlib.blake2b(raw, digest_size=6).hexdigest()
+    shifted_cfg = replace(SMALL_WORLD, variant="shifted")
+    assert shifted_cfg.key() != SMALL_WORLD.key()
+    shifted = generate(tmp_path / "shifted", shifted_cfg)
+    a = json.loads((world / "annotations" / "test.json").read_text())
+    b = json.loads((shifted / "annotations" / "test.json").read_text())
+    assert a == b  # the same queries, targets and captions
+    for name in ("train/000000.png", f"unlabeled2017/{1_000_000:012d}.png"):
+        x = np.asarray(Image.open(world / name), dtype=np.float32)
+        y = np.asarray(Image.open(shifted / name), dtype=np.float32)
+        assert x.shape == y.shape and np.abs(x - y).mean() > 20  # visibly another look
+        assert y[..., 2].mean() < y[..., 0].mean()  # the warm light
+    with pytest.raises(ValueError, match="unknown world variant"):
+        ShapesConfig(variant="night")

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from isacir.errors import IsacirError
 from isacir.query import QueryEncoder
 from isacir.training import TeacherCache, TrainConfig, discover_images, train
 
@@ -113,6 +114,29 @@ def test_word_prior_pulls_tokens_onto_words(tmp_path, images64, openclip_fnd):
 
     off, on = nearest_word_cos(0.0), nearest_word_cos(20.0)
     assert on > off + 0.1, (off, on)
+
+
+def test_init_from_starts_at_the_parent_and_records_it(tmp_path, images64, openclip_fnd):
+    """--init-from continues from a trained encoder (its weights, not a fresh network) and records it."""
+    parent = train(str(images64), openclip_fnd, tmp_path / "parent", _cfg(max_steps=2), log=lambda m: None).encoder
+    parent_fp = parent.fingerprint
+    # a vanishing learning rate: whatever the child holds after its steps is where it started
+    child_cfg = _cfg(max_steps=2, lr=1e-12, weight_decay=0.0, init_from=str(tmp_path / "parent" / "final"))
+    train(str(images64), openclip_fnd, tmp_path / "child", child_cfg, log=lambda m: None)
+    child = QueryEncoder.from_pretrained(tmp_path / "child" / "final")
+    assert child.config.parent_fingerprint == parent_fp
+    assert child.fingerprint != parent_fp  # a new version, even with (almost) the same weights
+    p, c = parent.state_dict(), child.state_dict()
+    weights = [k for k in p if p[k].is_floating_point() and "running" not in k]
+    assert max((p[k].float() - c[k].float()).abs().max().item() for k in weights) < 1e-6
+    fresh = train(str(images64), openclip_fnd, tmp_path / "fresh", _cfg(max_steps=2, lr=1e-12), log=lambda m: None)
+    f = fresh.encoder.state_dict()
+    assert max((p[k].float() - f[k].float()).abs().max().item() for k in weights) > 1e-3  # the check can fail
+    # the parent's network wins: settings that would not apply are refused, naming them
+    with pytest.raises(IsacirError, match="cannot continue from .*tokens 4 .asked: 2."):
+        train(str(images64), openclip_fnd, tmp_path / "bad", _cfg(max_steps=1, tokens=2, init_from=child_cfg.init_from))
+    # an encoder without a parent keeps the config (and so the fingerprint) it always had
+    assert "parent_fingerprint" not in parent.config.to_dict()
 
 
 def test_resume_equivalence(tmp_path, images64, openclip_fnd):

@@ -117,6 +117,10 @@ def train_cmd(**kwargs: Any) -> None:
         err.print(table)
         emit_json(cfg.to_dict())
         return
+    if not fixed["foundation"] and cfg.init_from:
+        from ..query import QueryEncoder
+
+        fixed["foundation"] = QueryEncoder.load_config(cfg.init_from).foundation_id or None  # the parent's
     missing = [
         flag
         for flag, key in (("--images", "images"), ("--foundation", "foundation"), ("--out", "out_dir"))

@@ -62,10 +62,14 @@ class QueryEncoderConfig:
     output_stride: Optional[int] = None
     #: The prompt the tokens were trained in; search composes queries with the same one.
     template: str = DEFAULT_TEMPLATE
+    #: The encoder this one continued from (``isacir train --init-from``), or None.
+    parent_fingerprint: Optional[str] = None
     isacir_version: str = __version__
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["parent_fingerprint"] is None:
+            del d["parent_fingerprint"]  # absent, not null: older encoders keep their fingerprints
         d["preprocess"] = self.preprocess.to_dict()
         d["model_type"] = "isacir-query-encoder"
         return d

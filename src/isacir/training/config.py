@@ -68,6 +68,11 @@ class TrainConfig:
         "light", "Query-side augmentation: none | light (scale jitter) | medium (+ brightness/contrast)."
     )
     seed: int = setting(0, "Seed for initialisation, data order and augmentation.")
+    init_from: Optional[str] = setting(
+        None,
+        "Continue distillation from this query-encoder folder (same foundation; the new encoder "
+        "records it as its parent), e.g. to adapt to a customer's own unlabeled photos.",
+    )
     num_workers: Optional[int] = setting(
         None, "DataLoader workers (default: 8 on CUDA, 0 on CPU).", flags=("--workers", "--num-workers")
     )

@@ -83,13 +83,15 @@ def check_settings(config: TrainConfig, foundation: Foundation | None = None) ->
         raise TrainingError("bad training settings: " + "; ".join(bad))
 
 
-def _check_resumed_architecture(encoder: QueryEncoder, config: TrainConfig, ckpt: Path) -> None:
+def _check_resumed_architecture(
+    encoder: QueryEncoder, config: TrainConfig, ckpt: Path, verb: str = "resume from"
+) -> None:
     """A resumed run keeps its checkpoint's network; refuse settings that would silently not apply."""
     asked = encoder.method_impl.resume_checks(encoder.config, config)
     diff = [f"{k} {have!r} (asked: {want!r})" for k, (have, want) in asked.items() if have != want]
     if diff:
         raise TrainingError(
-            f"cannot resume from {ckpt}: it was trained with {', '.join(diff)}. "
+            f"cannot {verb} {ckpt}: it was trained with {', '.join(diff)}. "
             "Match its settings, or train into a new --out."
         )
 
@@ -487,6 +489,12 @@ def train(
     if ckpt is not None:
         encoder = QueryEncoder.from_pretrained(ckpt, foundation=foundation)
         _check_resumed_architecture(encoder, config, ckpt)
+    elif config.init_from:
+        # continue from a trained encoder: its network, this run's data and schedule
+        encoder = QueryEncoder.from_pretrained(config.init_from, foundation=foundation)
+        _check_resumed_architecture(encoder, config, Path(config.init_from), verb="continue from")
+        encoder.config.parent_fingerprint = encoder.fingerprint
+        say(f"continuing from {config.init_from} (encoder {encoder.config.parent_fingerprint})")
     else:
         encoder = QueryEncoder.create(
             foundation,

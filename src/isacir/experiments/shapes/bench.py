@@ -49,6 +49,10 @@ _NOT_IN_KEY = (
 )
 
 
+#: Training settings added after the key derivation of 0.2.0 (left out of keys while unset).
+_ADDED_LATER = ("init_from",)
+
+
 def _key(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=6).hexdigest()
 
@@ -107,6 +111,10 @@ class ShapesBenchConfig:
         """Everything that determines the trained model, and nothing a method does not read."""
         skip = set(_NOT_IN_KEY) | set(get_method(method).unused_settings)
         settings = {k: v for k, v in self.train_config(method).to_dict().items() if k not in skip}
+        # settings added after 0.2.0 count only when set, so that caches built before them stay valid
+        for name in _ADDED_LATER:
+            if settings.get(name) is None:
+                settings.pop(name, None)
         return _key([self.foundation_key(), settings])
 
 

@@ -50,6 +50,25 @@ BACKGROUNDS = [
     (75, 55, 95),
 ]
 
+# A visual shift for domain adaptation: another family of backgrounds (pastel, with a gradient and
+# diagonal stripes instead of flat dark colours) and another light (dimmer and warmer). Same count
+# as BACKGROUNDS, so a shifted world draws exactly the scenes of the standard one.
+SHIFTED_BACKGROUNDS = [
+    (200, 170, 150),
+    (170, 200, 160),
+    (160, 180, 210),
+    (215, 200, 140),
+    (190, 160, 200),
+    (150, 200, 200),
+    (220, 180, 180),
+    (180, 180, 140),
+    (200, 200, 200),
+    (160, 150, 130),
+]
+#: Per-channel gain of the shifted world's light.
+SHIFTED_LIGHT = (0.92, 0.8, 0.62)
+VARIANTS = ("", "shifted")
+
 # Modifier phrasings per edit type. The foundation's edit-style captions use TRAIN phrasings only;
 # test queries use TEST phrasings only (held out).
 PHRASES = {
@@ -121,9 +140,13 @@ def describe(scene: Scene, rng: random.Random) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def render(scene: Scene, size: int = 64, supersample: int = 4) -> Image.Image:
+def render(scene: Scene, size: int = 64, supersample: int = 4, variant: str = "") -> Image.Image:
+    """The scene as an image; ``variant="shifted"`` draws it in the shifted world's look."""
     s = size * supersample
-    img = Image.new("RGB", (s, s), BACKGROUNDS[scene.background])
+    if variant == "shifted":
+        img = _shifted_background(scene.background, s)
+    else:
+        img = Image.new("RGB", (s, s), BACKGROUNDS[scene.background])
     d = ImageDraw.Draw(img)
     cell = s / 3
     for o in scene.objects:
@@ -143,7 +166,25 @@ def render(scene: Scene, size: int = 64, supersample: int = 4) -> Image.Image:
             w = r / 2.5
             d.rectangle((cx - r, cy - w, cx + r, cy + w), fill=col)
             d.rectangle((cx - w, cy - r, cx + w, cy + r), fill=col)
-    return img.resize((size, size), Image.LANCZOS)
+    img = img.resize((size, size), Image.LANCZOS)
+    if variant == "shifted":
+        bands = [b.point(lambda v, g=g: int(v * g)) for b, g in zip(img.split(), SHIFTED_LIGHT, strict=True)]
+        img = Image.merge("RGB", bands)
+    return img
+
+
+def _shifted_background(index: int, side: int) -> Image.Image:
+    """A vertical gradient of the pastel colour with faint diagonal stripes."""
+    base = SHIFTED_BACKGROUNDS[index]
+    img = Image.new("RGB", (side, side))
+    d = ImageDraw.Draw(img)
+    for y in range(side):
+        k = 0.75 + 0.25 * y / side
+        d.line([(0, y), (side, y)], fill=tuple(int(c * k) for c in base))
+    step = max(4, side // 8)
+    for x in range(-side, side, step):
+        d.line([(x, 0), (x + side, side)], fill=tuple(int(c * 0.85) for c in base), width=max(1, side // 64))
+    return img
 
 
 def random_object(rng: random.Random, taken: set[int]) -> Obj:
@@ -250,11 +291,18 @@ class ShapesConfig:
     test_queries: int = 500
     distractors: int = 1500
     max_objects: int = 3
+    #: "" (the standard world) or "shifted" (other backgrounds and light: a domain shift)
+    variant: str = ""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown world variant {self.variant!r}; choose from {VARIANTS}")
 
     def key(self) -> str:
-        return hashlib.blake2b(
-            json.dumps([WORLD_FORMAT, asdict(self)], sort_keys=True).encode(), digest_size=6
-        ).hexdigest()
+        d = asdict(self)
+        if not d["variant"]:
+            del d["variant"]  # the standard world keeps the key it had before variants existed
+        return hashlib.blake2b(json.dumps([WORLD_FORMAT, d], sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
 def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path:
@@ -271,7 +319,7 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
     train_dir = out / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
     for n in range(config.train_images):
-        render(random_scene(rng, config.max_objects), size).save(train_dir / f"{n:06d}.png")
+        render(random_scene(rng, config.max_objects), size, variant=config.variant).save(train_dir / f"{n:06d}.png")
 
     # 2. foundation pretraining pairs: descriptions, plus text-only edit-style descriptions of the
     #    resulting image (language pretraining with TRAIN phrasings only; never CIR training)
@@ -289,7 +337,7 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
             _, text, scene, _ = edit
             caption = f"{describe(source, rng)}, {text}"
         name = f"{n:06d}.png"
-        render(scene, size).save(cap_dir / name)
+        render(scene, size, variant=config.variant).save(cap_dir / name)
         pairs.append({"image": name, "caption": caption})
     (out / "foundation_captions.json").write_text(json.dumps(pairs))
 
@@ -325,7 +373,7 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
     for gid, scene in enumerate(gallery):
         image_id = 1_000_000 + gid
         name = f"{image_id:012d}.png"
-        render(scene, size).save(img_dir / name)
+        render(scene, size, variant=config.variant).save(img_dir / name)
         images.append({"id": image_id, "file_name": name})
         by_key.setdefault(scene.key(), []).append(image_id)
     annotations = []
