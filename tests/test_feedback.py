@@ -55,6 +55,24 @@ def test_a_v1_log_is_migrated_in_place_and_keeps_every_row(tmp_path):
         FeedbackStore(path)
 
 
+def test_a_v2_log_gains_the_adapter_column(tmp_path):
+    """Version 2 (0.2.x after corrections landed): every row kept; queries served before have no adapter."""
+    path = tmp_path / "feedback.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(V1_SCHEMA.replace("results TEXT NOT NULL);", "results TEXT NOT NULL, latency_ms REAL);"))
+    con.execute("ALTER TABLE feedback ADD COLUMN in_results INTEGER NOT NULL DEFAULT 1")
+    con.execute("PRAGMA user_version = 2")
+    con.execute("INSERT INTO queries VALUES ('q1', 1.0, 'tokens', 'red', x'01', 'fpq', 'fpf', 3, '[5]', 4.0)")
+    con.commit()
+    con.close()
+    store = FeedbackStore(path)
+    assert store.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    q = next(store.queries())
+    assert q["adapter_fingerprint"] is None and q["version"] == "fpq" and q["latency_ms"] == 4.0
+    qid = store.log_query("tokens", "blue", b"\x02", 3, [5], "fpq", "fpf", adapter_fingerprint="fpa")
+    assert [q["version"] for q in store.queries() if q["query_id"] == qid] == ["fpq+fpa"]
+
+
 def test_verdict_rules(tmp_path):
     store = FeedbackStore(tmp_path / "f.sqlite")
     qid = store.log_query("tokens", "is red", b"\x00", 3, [1, 2, 3], "fpq", "fpf", latency_ms=12.5)
