@@ -279,6 +279,24 @@ def domain_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pilot_versions_table(runs: list[dict]) -> str:
+    """`bench pilot-versions`: the pilot's rates per served version, with Wilson 95 % intervals."""
+    if not runs:
+        return "No `bench pilot-versions` run is recorded yet.\n"
+    lines = [
+        "| seed | version | queries | false-hit rate [95 %] | precision@1 [95 %] | hit@K |",
+        "|---:|---|---:|---|---|---:|",
+    ]
+    for r in runs:
+        for g in r["versions"]:
+            fh, p1 = g["false_hit_rate_ci"], g["precision_at_1_ci"]
+            lines.append(
+                f"| {r['seed']} | `{g['key']}` | {g['queries']} | {g['false_hit_rate']:.3f} [{fh[0]:.3f}, {fh[1]:.3f}] "
+                f"| {g['precision_at_1']:.3f} [{p1[0]:.3f}, {p1[1]:.3f}] | {g['hit_at_k']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -297,6 +315,11 @@ def render() -> dict[Path, str]:
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),
         "feedback-summary": feedback_table(load_feedback_runs()),
+        "pilot-versions": pilot_versions_table(
+            sorted(
+                (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]
+            )
+        ),
         "domain-summary": domain_table(
             sorted((json.loads(p.read_text()) for p in RESULTS.glob("domain-seed*.json")), key=lambda r: r["seed"])
         ),

@@ -213,7 +213,15 @@ def test_charts_are_svg_with_every_version_named(tmp_path):
     store = FeedbackStore(tmp_path / "f.sqlite")
     two_version_log(store, list(range(1, 10)))
     log = list(store.queries())
-    for svg in (charts.over_time(log, "false_hit_rate", "day"), charts.hit_at_k(log), charts.by_category(log)):
+    assert charts.short_version("a" * 16 + "+" + "b" * 16) == "aaaaaaaa+bbbbbbbb"
+    versions = charts.by_version(log)
+    assert 0 <= versions.index("AAAAAAAA") < versions.index("BBBBBBBB")  # in the order they served
+    for svg in (
+        charts.over_time(log, "false_hit_rate", "day"),
+        charts.hit_at_k(log),
+        charts.by_category(log),
+        charts.by_version(log),
+    ):
         assert svg.lstrip().startswith("<?xml") and "<svg" in svg
     over = charts.over_time(log, "false_hit_rate", "day")
     assert "AAAAAAAA" in over and "BBBBBBBB" in over and "2025-12-04" in over
@@ -255,7 +263,7 @@ def test_report_is_one_self_contained_file_plus_csvs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     page = out.read_text()
-    assert page.count("<svg") == 4 and "<?xml" not in page  # charts inline, as elements
+    assert page.count("<svg") == 5 and "<?xml" not in page  # charts inline, as elements
     # fetches nothing: no external source, stylesheet, script or link (namespace URIs are names, not fetches)
     for needle in ("src=", "<link", "<script", "url(http", 'href="http'):
         assert needle not in page, needle

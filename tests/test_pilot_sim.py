@@ -125,6 +125,23 @@ def test_bench_feedback_on_the_small_bench(tmp_path_factory):
         assert con.execute("SELECT COUNT(*) FROM queries WHERE tokens IS NULL").fetchone()[0] == 0
     assert detail["adapters"]["60"]["counts"]["train"] + detail["adapters"]["60"]["counts"]["holdout"] == 60
 
+    # the same pilot in two versions: ISA, then ISA + the adapter learned from the first half
+    from isacir.experiments.shapes.feedback_bench import run_pilot_versions
+
+    result = run_pilot_versions(
+        out, 0, PilotConfig(queries=40, distractors=40), settings, config=cfg, progress=False, log=lambda *_: None
+    )
+    first, second = result["halves"]
+    assert "+" not in first["version"] and second["version"].startswith(first["version"] + "+")
+    assert first["queries"] == second["queries"] == 20
+    versions = {g["key"]: g for g in result["versions"]}
+    assert set(versions) == {first["version"], second["version"]}
+    assert all(g["queries"] == 20 and g["judged"] == 20 for g in versions.values())
+    run_dir = out / "pilot-versions-seed0"
+    svg = (run_dir / "versions.svg").read_text()
+    assert first["version"][:8] in svg and second["version"].split("+")[1][:8] in svg
+    assert (run_dir / "report.html").stat().st_size > 10_000
+
 
 def test_shifted_world_draws_the_same_scenes_in_another_look(split, tmp_path):
     import hashlib

@@ -236,3 +236,32 @@ def bench_domain_cmd(
             b, a = summary[world]["before"], summary[world]["after"]
             err.print(f"{world}: R@1 {b['R@1']} -> {a['R@1']}, R@10 {b['R@10']} -> {a['R@10']}")
     emit_json(summary)
+
+
+@bench_app.command("pilot-versions")
+def bench_pilot_versions_cmd(
+    seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse."),
+    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
+    queries: int = typer.Option(1000, help="Pilot queries: the first half on ISA, the rest on ISA + adapter."),
+    k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """A two-version pilot: the ISA encoder, then ISA with the adapter learned from the first half.
+
+    Writes the pilot report, the per-version chart and summary.json into OUT/pilot-versions-seedS/.
+    """
+    from ..experiments.shapes.feedback_bench import run_pilot_versions
+    from ..experiments.shapes.pilot import PilotConfig
+
+    if queries < 4:
+        raise IsacirError("--queries must be at least 4")
+    result = run_pilot_versions(
+        out_dir, seed, PilotConfig(queries=queries), k=k, log=lambda m: err.print(escape(str(m)), highlight=False)
+    )
+    if not as_json:
+        for g in result["versions"]:
+            lo, hi = g["false_hit_rate_ci"]
+            err.print(
+                f"{g['key']}: false-hit rate {g['false_hit_rate']:.3f} [{lo:.3f}, {hi:.3f}], {g['queries']} queries"
+            )
+    emit_json(result)

@@ -47,7 +47,8 @@ def _svg(fig: Any) -> str:
 
 
 def short_version(name: str) -> str:
-    return name[:8] if len(name) > 12 else name
+    """A label for a version: 8 characters of each fingerprint (``QE+ADAPTER`` keeps both parts)."""
+    return "+".join(part[:8] if len(part) > 12 else part for part in name.split("+"))
 
 
 def over_time(queries: Iterable[dict[str, Any]], metric: str = "false_hit_rate", period: str = "day") -> str:
@@ -97,9 +98,8 @@ def hit_at_k(queries: Iterable[dict[str, Any]], ks: Sequence[int] = (1, 2, 3, 5,
     return _svg(fig)
 
 
-def by_category(queries: Iterable[dict[str, Any]], tagger: Tagger = DEFAULT_TAGGER) -> str:
-    """Precision@1 and false-hit rate per modifier category, with 95 % error bars."""
-    groups = group_queries(queries, "category", tagger)
+def _bars(groups: dict[str, list[dict[str, Any]]], title: str, labels: list[str] | None = None) -> str:
+    """Precision@1 and false-hit rate per group, with 95 % error bars."""
     names = list(groups)
     fig, ax = _figure()
     width = 0.4
@@ -114,11 +114,23 @@ def by_category(queries: Iterable[dict[str, Any]], tagger: Tagger = DEFAULT_TAGG
             err_lo.append(s[metric] - s[f"{metric}_ci"][0])
             err_hi.append(s[f"{metric}_ci"][1] - s[metric])
         ax.bar(xs, vals, width, yerr=[err_lo, err_hi], capsize=3, label=LABELS[metric])
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), labels or names, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_title("by modifier category (95 % intervals)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     return _svg(fig)
 
 
-CHARTS = {"over-time": over_time, "hit-at-k": hit_at_k, "category": by_category}
+def by_category(queries: Iterable[dict[str, Any]], tagger: Tagger = DEFAULT_TAGGER) -> str:
+    """Precision@1 and false-hit rate per modifier category, with 95 % error bars."""
+    return _bars(group_queries(queries, "category", tagger), "by modifier category (95 % intervals)")
+
+
+def by_version(queries: Iterable[dict[str, Any]]) -> str:
+    """Precision@1 and false-hit rate per served version, in the order they first served."""
+    grouped = group_queries(queries, "version")
+    groups = {v: grouped[v] for v in sorted(grouped, key=lambda v: min(q["created"] for q in grouped[v]))}
+    return _bars(groups, "per version (95 % intervals)", [short_version(v) for v in groups])
+
+
+CHARTS = {"over-time": over_time, "hit-at-k": hit_at_k, "category": by_category, "versions": by_version}

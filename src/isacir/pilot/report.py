@@ -79,6 +79,7 @@ def build_report(queries: Iterable[dict[str, Any]], title: str = "isacir pilot r
         last = dt.datetime.fromtimestamp(max(q["created"] for q in log), dt.timezone.utc)
         span = f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC"
     svgs = [
+        charts.by_version(log),
         charts.over_time(log, "false_hit_rate", "day"),
         charts.over_time(log, "precision_at_1", "day"),
         charts.hit_at_k(log),

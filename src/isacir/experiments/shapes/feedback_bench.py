@@ -235,6 +235,84 @@ def run_feedback_bench(
     return summary
 
 
+def run_pilot_versions(
+    out: str | Path,
+    seed: int = 0,
+    pilot: PilotConfig | None = None,
+    settings: AdaptSettings | None = None,
+    k: int = 10,
+    config: ShapesBenchConfig | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """A pilot of two versions: ISA for the first half, ISA + the adapter learned from it for the rest.
+
+    Both halves log into one feedback database, as one service would across a roll-out; the
+    pilot report (HTML and CSVs), the per-version chart and the summary land in
+    ``out/pilot-versions-seed{S}/``. Returns the per-version summary.
+    """
+    from ...adapt import QueryAdapter, adapt
+    from ...edge.runner import EdgeEncoder
+    from ...foundation import create_foundation
+    from ...gallery import Gallery
+    from ...pilot import charts, pilot_summary
+    from ...pilot.report import write_report
+    from ...query import QueryEncoder
+    from ...serve import ServeSettings, ServiceState, create_app
+    from ...serve.feedback import FeedbackStore
+    from ...serve.local import LocalServer
+
+    out = Path(out)
+    config = config or ShapesBenchConfig(seed=seed)
+    pilot = pilot or PilotConfig()
+    settings = settings or replace(BENCH_ADAPT, seed=seed)
+    paths = prepare_pilot(out, seed, pilot, config, log, progress)
+    fnd = create_foundation(paths["foundation"])
+    qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
+    run = out / f"pilot-versions-seed{seed}"
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    db = run / "feedback.sqlite"
+    key = secrets.token_hex(16)
+    edge = EdgeEncoder(paths["edge"])
+    ids = gallery_ids(paths["gallery"], paths["pilot"])
+    half = pilot.queries // 2
+    gallery = Gallery.open(paths["gallery"])
+    halves: list[dict[str, Any]] = []
+    adapter: QueryAdapter | None = None
+    for part, start in (("first", 0), ("second", half)):
+        settings_ = ServeSettings(api_keys=(key,), feedback_db=db, upload_dir=run / "up")
+        state = ServiceState(gallery, fnd, qe, settings_, adapter=adapter)
+        with LocalServer(create_app(state)) as server:
+            stats = simulate_pilot(
+                paths["pilot"],
+                ServiceClient(server.url, key),
+                edge,
+                ids,
+                k=k,
+                start=start,
+                limit=half if part == "first" else pilot.queries - half,
+                progress=progress,
+                log=log,
+            )
+        state.retriever.close()
+        halves.append({"half": part, "version": state.version, **stats})
+        if part == "first":
+            report = adapt(gallery, fnd, qe, FeedbackStore(db), run / "adapter", settings, progress=progress)
+            adapter = QueryAdapter.from_pretrained(run / "adapter")
+            halves[-1]["adapter_report"] = {f: report[f] for f in ("promotable", "reasons", "holdout")}
+    gallery.close()
+    store = FeedbackStore(db)
+    queries = list(store.queries())
+    summary = pilot_summary(queries, "version", k)
+    write_report(queries, run / "report.html", run / "csv")
+    atomic_write_text(run / "versions.svg", charts.by_version(queries))
+    result = {"seed": seed, "halves": halves, "versions": summary["groups"]}
+    atomic_write_text(run / "summary.json", json.dumps(result, indent=2))
+    return result
+
+
 class _TestSet:
     """A Shapes-CIR benchmark with its gallery encoded once, evaluated with or without an adapter."""
 

@@ -125,18 +125,21 @@ def simulate_pilot(
     k: int = 10,
     limit: int | None = None,
     payload_dtype: str = "int8",
+    start: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the pilot's queries through the device path and the service; the operator answers each.
 
     ``gallery_ids`` maps the split's gallery file names (``gallery/000123.png``) to the served
-    gallery's ids. Returns counts and the pilot's own hit rates as the operator saw them.
+    gallery's ids. ``start`` and ``limit`` pick a slice of the pilot's queries. Returns counts and
+    the pilot's own hit rates as the operator saw them.
     """
     from PIL import Image
 
     folder = Path(pilot_dir)
-    queries = load_pilot(folder)["queries"][:limit]
+    queries = load_pilot(folder)["queries"][start:]
+    queries = queries[:limit] if limit is not None else queries
     stats = {"queries": 0, "confirmed": 0, "corrected": 0, "hit@1": 0, "payload_bytes": 0}
     t0 = time.perf_counter()
     for q in progress_bar(queries, desc="pilot", unit="query", disable=not progress):

@@ -86,6 +86,7 @@
       });
       const period = $("period").value;
       await Promise.all([
+        chart($("chart-versions"), "versions"),
         chart($("chart-false"), "over-time", { metric: "false_hit_rate", period }),
         chart($("chart-p1"), "over-time", { metric: "precision_at_1", period }),
         chart($("chart-hitk"), "hit-at-k"),
