@@ -166,6 +166,20 @@ def train_method(
     return final
 
 
+def cached_isa(out: Path, config: ShapesBenchConfig, log: Callable = print, progress: bool = True):
+    """``(world folder, foundation, ISA encoder folder, ISA encoder)`` of a bench cache (built where missing).
+
+    What the benches that build on ``bench shapes`` start from.
+    """
+    from ...foundation import create_foundation
+    from ...query import QueryEncoder
+
+    world = generate(out / "worlds" / config.world.key(), config.world)
+    fnd = create_foundation(build_foundation(world, out, config, log, progress))
+    path = train_method("isa", world, fnd, out, config, log, progress)
+    return world, fnd, path, QueryEncoder.from_pretrained(path, foundation=fnd).eval()
+
+
 def run_shapes_bench(
     out: str | Path, config: ShapesBenchConfig | None = None, log: Callable = print, progress: bool = True
 ) -> dict:

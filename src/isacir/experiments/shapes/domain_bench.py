@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._fs import atomic_write_text
-from .bench import METRICS, ShapesBenchConfig, _key, build_foundation, train_method
+from .bench import METRICS, ShapesBenchConfig, _key, cached_isa
 from .world import generate
 
 #: Continued-training settings: a short schedule at a third of the preset's learning rate.
@@ -36,17 +36,13 @@ def run_domain_bench(
     """Before/after R@K on the shifted and the standard test; writes ``domain-seed{S}.json``."""
     from ...evaluation.benchmarks import load_shapes
     from ...evaluation.evaluate import encode_gallery, evaluate
-    from ...foundation import create_foundation
     from ...query import QueryEncoder
     from ...training import train
 
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
     t0 = time.perf_counter()
-    world = generate(out / "worlds" / config.world.key(), config.world)
-    fnd = create_foundation(build_foundation(world, out, config, log, progress))
-    parent_path = train_method("isa", world, fnd, out, config, log, progress)
-    parent = QueryEncoder.from_pretrained(parent_path, foundation=fnd).eval()
+    world, fnd, parent_path, parent = cached_isa(out, config, log, progress)
     shifted_cfg = replace(config.world, variant="shifted", caption_pairs=0)
     shifted = generate(out / "worlds" / shifted_cfg.key(), shifted_cfg)
 

@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..._fs import atomic_write_text
 from ...adapt import AdaptSettings
-from .bench import METRICS, ShapesBenchConfig, build_foundation, train_method
+from .bench import METRICS, ShapesBenchConfig, cached_isa
 from .phrasing import known_phrasings_copy
 from .pilot import LEFT_OUT, PilotConfig, ServiceClient, generate_pilot, simulate_pilot
-from .world import generate
 
 if TYPE_CHECKING:
     from ...adapt import QueryAdapter
@@ -54,18 +53,12 @@ def prepare_pilot(
     ``edge``, ``foundation``.
     """
     from ...export import export_edge
-    from ...foundation import create_foundation
     from ...gallery import Gallery
-    from ...query import QueryEncoder
 
     bench_dir = Path(bench_dir)
     config = config or ShapesBenchConfig(seed=seed)
     pilot = pilot or PilotConfig()
-    world = generate(bench_dir / "worlds" / config.world.key(), config.world)
-    name = build_foundation(world, bench_dir, config, log, progress)
-    fnd = create_foundation(name)
-    qe_path = train_method("isa", world, fnd, bench_dir, config, log, progress)
-    qe = QueryEncoder.from_pretrained(qe_path, foundation=fnd).eval()
+    _, fnd, qe_path, qe = cached_isa(bench_dir, config, log, progress)
     root = bench_dir / "pilots" / pilot.key(config.world)
     split = generate_pilot(root / "split", config.world, pilot)
     edge = root / f"edge-{qe.fingerprint}"
@@ -82,7 +75,7 @@ def prepare_pilot(
         "gallery": str(gallery_dir),
         "query_encoder": str(qe_path),
         "edge": str(edge),
-        "foundation": name,
+        "foundation": fnd.name,
     }
     atomic_write_text(root / "pilot-run.json", json.dumps(paths, indent=2))
     return paths
