@@ -267,13 +267,15 @@ def domain_table(runs: list[dict]) -> str:
     if not runs:
         return "No `bench domain` run is recorded yet.\n"
     lines = [
-        "| seed | steps | shifted R@1 | shifted R@10 | standard R@1 | standard R@10 |",
-        "|---:|---:|---|---|---|---|",
+        "| seed | adaptation set | steps | shifted R@1 | shifted R@10 | standard R@1 | standard R@10 |",
+        "|---:|---|---:|---|---|---|---|",
     ]
     for r in runs:
+        images = "customer's + original photos" if r.get("replay") else "customer's photos"
         sb, sa, tb, ta = r["shifted"]["before"], r["shifted"]["after"], r["standard"]["before"], r["standard"]["after"]
         lines.append(
-            f"| {r['seed']} | {r['steps']} | {_arrow(sb['R@1'], sa['R@1'])} | {_arrow(sb['R@10'], sa['R@10'])} "
+            f"| {r['seed']} | {images} | {r['steps']} "
+            f"| {_arrow(sb['R@1'], sa['R@1'])} | {_arrow(sb['R@10'], sa['R@10'])} "
             f"| {_arrow(tb['R@1'], ta['R@1'])} | {_arrow(tb['R@10'], ta['R@10'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -321,7 +323,10 @@ def render() -> dict[Path, str]:
             )
         ),
         "domain-summary": domain_table(
-            sorted((json.loads(p.read_text()) for p in RESULTS.glob("domain-seed*.json")), key=lambda r: r["seed"])
+            sorted(
+                (json.loads(p.read_text()) for p in RESULTS.glob("domain-seed*.json")),
+                key=lambda r: (r["seed"], bool(r.get("replay"))),
+            )
         ),
     }
     out = {

@@ -220,17 +220,19 @@ def bench_domain_cmd(
     seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse."),
     out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
     steps: int = typer.Option(300, help="Steps of continued distillation on the shifted world's photos."),
+    replay: bool = typer.Option(False, "--replay", help="Mix the original unlabeled images into the adaptation set."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """Domain adaptation from unlabeled photos: ISA before and after train --init-from on a shifted world.
 
-    The last stdout line is {"seed", "steps", "shifted": {"before", "after"}, "standard": {"before", "after"}}.
+    The last stdout line is {"seed", "steps", "replay", "shifted": {"before", "after"},
+    "standard": {"before", "after"}}.
     """
     from ..experiments.shapes.domain_bench import run_domain_bench
 
     if steps < 1:
         raise IsacirError("--steps must be at least 1")
-    summary = run_domain_bench(out_dir, seed, steps, log=lambda m: err.print(escape(str(m)), highlight=False))
+    summary = run_domain_bench(out_dir, seed, steps, replay, log=lambda m: err.print(escape(str(m)), highlight=False))
     if not as_json:
         for world in ("shifted", "standard"):
             b, a = summary[world]["before"], summary[world]["after"]

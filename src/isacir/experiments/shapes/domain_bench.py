@@ -29,11 +29,16 @@ def run_domain_bench(
     out: str | Path,
     seed: int = 0,
     steps: int = DOMAIN_STEPS,
+    replay: bool = False,
     config: ShapesBenchConfig | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Before/after R@K on the shifted and the standard test; writes ``domain-seed{S}.json``."""
+    """Before/after R@K on the shifted and the standard test; writes ``domain-seed{S}[-replay].json``.
+
+    ``replay`` mixes the original unlabeled images into the adaptation set (as many as the
+    customer's), the guard against forgetting the original look.
+    """
     from ...evaluation.benchmarks import load_shapes
     from ...evaluation.evaluate import encode_gallery, evaluate
     from ...query import QueryEncoder
@@ -53,10 +58,11 @@ def run_domain_bench(
         warmup_steps=min(base.warmup_steps, steps // 10),
         lr=base.lr * DOMAIN_LR_SCALE,
     )
-    run = out / "domain" / f"isa-{_key([config.method_key('isa'), shifted_cfg.key(), tc.to_dict()])}"
+    sources = [str(shifted / "train")] + ([str(world / "train")] if replay else [])
+    run = out / "domain" / f"isa-{_key([config.method_key('isa'), shifted_cfg.key(), tc.to_dict(), replay])}"
     if not (run / "final" / "config.json").is_file():
         train(
-            str(shifted / "train"),
+            sources,
             fnd,
             run,
             tc.replace(cache_dir=str(out / "teacher-cache" / config.foundation_key()), progress=progress),
@@ -77,7 +83,7 @@ def run_domain_bench(
                 bench, fnd, "isa", query_encoder=enc, template=config.template, gallery_vecs=vecs, progress=False
             )
             results[name][label] = {k: round(metrics[k], 2) for k in METRICS}
-    summary = {"seed": seed, "steps": steps, **results}
+    summary = {"seed": seed, "steps": steps, "replay": replay, **results}
     detail = {
         **summary,
         "parent_fingerprint": parent.fingerprint,
@@ -87,5 +93,5 @@ def run_domain_bench(
         "train": {k: v for k, v in tc.to_dict().items() if k in ("init_from", "max_steps", "lr", "warmup_steps")},
         "took_s": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_text(out / f"domain-seed{seed}.json", json.dumps(detail, indent=2))
+    atomic_write_text(out / f"domain-seed{seed}{'-replay' if replay else ''}.json", json.dumps(detail, indent=2))
     return summary
