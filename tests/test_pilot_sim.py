@@ -72,28 +72,30 @@ def test_known_phrasings_copy_rewrites_every_test_modifier(split, tmp_path):
     assert (copy / "unlabeled2017").resolve() == (world / "unlabeled2017").resolve()
 
 
-@pytest.mark.slow
-def test_bench_feedback_on_the_small_bench(tmp_path_factory):
-    """The whole loop on the scaled-down bench: pilot over HTTP, adapters, test before and after."""
+@pytest.fixture(scope="module")
+def small_loop(tmp_path_factory):
+    """The scaled-down bench, then `bench feedback` and `bench pilot-versions` on it."""
     from isacir.adapt import AdaptSettings
-    from isacir.experiments.shapes.bench import METRICS, ShapesBenchConfig, run_shapes_bench
-    from isacir.experiments.shapes.feedback_bench import run_feedback_bench
+    from isacir.experiments.shapes.bench import ShapesBenchConfig, run_shapes_bench
+    from isacir.experiments.shapes.feedback_bench import run_feedback_bench, run_pilot_versions
 
     out = tmp_path_factory.mktemp("feedback-bench")
-    cfg = ShapesBenchConfig.small(seed=0)
-    cfg = replace(cfg, methods=("isa",))
-    bench = run_shapes_bench(out, cfg, progress=False, log=lambda *_: None)
+    cfg = replace(ShapesBenchConfig.small(seed=0), methods=("isa",))
+    quiet = {"progress": False, "log": lambda *_: None}
+    bench = run_shapes_bench(out, cfg, **quiet)
     settings = AdaptSettings(steps=40, batch_size=16, gallery_negatives=64, seed=0)
-    summary = run_feedback_bench(
-        out,
-        0,
-        PilotConfig(queries=60, distractors=40),
-        settings,
-        (20, 60),
-        config=cfg,
-        progress=False,
-        log=lambda *_: None,
-    )
+    pilot = PilotConfig(queries=60, distractors=40)
+    summary = run_feedback_bench(out, 0, pilot, settings, (20, 60), config=cfg, **quiet)
+    versions = run_pilot_versions(out, 0, PilotConfig(queries=40, distractors=40), settings, config=cfg, **quiet)
+    return out, cfg, bench, summary, versions
+
+
+@pytest.mark.slow
+def test_bench_feedback_on_the_small_bench(small_loop):
+    """The whole loop on the scaled-down bench: pilot over HTTP, adapters, test before and after."""
+    from isacir.experiments.shapes.bench import METRICS
+
+    out, cfg, bench, summary, _ = small_loop
     assert set(summary) == {"seed", "before", "after", "curve", "known_phrasings", "unseen_phrasings", "flip_rate"}
     for block in (summary["before"], summary["after"], *summary["curve"].values()):
         assert set(block) == set(METRICS)
@@ -125,12 +127,10 @@ def test_bench_feedback_on_the_small_bench(tmp_path_factory):
         assert con.execute("SELECT COUNT(*) FROM queries WHERE tokens IS NULL").fetchone()[0] == 0
     assert detail["adapters"]["60"]["counts"]["train"] + detail["adapters"]["60"]["counts"]["holdout"] == 60
 
-    # the same pilot in two versions: ISA, then ISA + the adapter learned from the first half
-    from isacir.experiments.shapes.feedback_bench import run_pilot_versions
 
-    result = run_pilot_versions(
-        out, 0, PilotConfig(queries=40, distractors=40), settings, config=cfg, progress=False, log=lambda *_: None
-    )
+@pytest.mark.slow
+def test_pilot_of_two_versions_on_the_small_bench(small_loop):
+    out, _, _, _, result = small_loop
     first, second = result["halves"]
     assert "+" not in first["version"] and second["version"].startswith(first["version"] + "+")
     assert first["queries"] == second["queries"] == 20
@@ -141,6 +141,65 @@ def test_bench_feedback_on_the_small_bench(tmp_path_factory):
     svg = (run_dir / "versions.svg").read_text()
     assert first["version"][:8] in svg and second["version"].split("+")[1][:8] in svg
     assert (run_dir / "report.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    "viewport", [{"width": 390, "height": 844}, {"width": 1280, "height": 900}], ids=["phone", "desktop"]
+)
+def test_dashboard_after_a_simulated_two_version_pilot(small_loop, viewport):
+    """/pilot over the simulated pilot's own log: both versions named in the table and the charts."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from playwright.sync_api import expect, sync_playwright
+    from serve_helpers import start_server
+
+    from isacir.foundation import create_foundation
+    from isacir.gallery import Gallery
+    from isacir.query import QueryEncoder
+    from isacir.serve import ServeSettings, ServiceState, create_app
+
+    chromium = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists() and not shutil.which("chromium"):
+        if os.environ.get("CI"):
+            raise RuntimeError(f"Chromium not found at {chromium}: .ci/run must install Debian's chromium")
+        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium)")
+    out, _, _, _, result = small_loop
+    paths = json.loads(next((out / "pilots").glob("*/pilot-run.json")).read_text())
+    fnd = create_foundation(paths["foundation"])
+    qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd)
+    settings = ServeSettings(api_keys=("k",), feedback_db=out / "pilot-versions-seed0" / "feedback.sqlite")
+    server = start_server(create_app(ServiceState(Gallery.open(paths["gallery"]), fnd, qe, settings)))
+    artifacts = Path(
+        os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
+    )
+    artifacts.mkdir(parents=True, exist_ok=True)
+    name = "phone" if viewport["width"] < 600 else "desktop"
+    first, second = (h["version"] for h in result["halves"])
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport=viewport)
+            page.goto(server.url + "/pilot")
+            page.fill("#api-key", "k")
+            page.click("#key-save")
+            expect(page.locator("#status")).to_contain_text("40 queries, 40 judged, 2 version(s)")
+            heads = page.locator("#versions tbody tr th")
+            expect(heads).to_have_count(2)
+            names = sorted(heads.all_inner_texts())
+            assert any(first[:8] in n and "+" not in n for n in names), names
+            assert any(second.split("+")[1][:8] in n for n in names), names
+            page.wait_for_function(
+                "[...document.querySelectorAll('.charts img')].every(i => i.complete && i.naturalWidth > 100)"
+            )
+            page.screenshot(path=str(artifacts / f"pilot-simulated-{name}.png"), full_page=True)
+            browser.close()
+    finally:
+        server.stop()
+    assert (artifacts / f"pilot-simulated-{name}.png").stat().st_size > 20_000
 
 
 def test_shifted_world_draws_the_same_scenes_in_another_look(split, tmp_path):

@@ -26,7 +26,8 @@
   }
   const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)} %`);
   const ci = (c) => (c ? `95 %: ${(100 * c[0]).toFixed(1)}–${(100 * c[1]).toFixed(1)}` : "");
-  const short = (v) => (v.length > 12 ? v.slice(0, 8) : v);
+  // 8 characters of each fingerprint: "QE+ADAPTER" versions keep both parts apart
+  const short = (v) => v.split("+").map((p) => (p.length > 12 ? p.slice(0, 8) : p)).join("+");
 
   function range() {
     const params = new URLSearchParams();
