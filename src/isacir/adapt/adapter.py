@@ -130,8 +130,10 @@ class DomainVocab(nn.Module):
             lookup[self.ids.to(input_ids.device)] = torch.arange(len(self.ids), device=input_ids.device)
             self._lookup = lookup
         row = lookup[input_ids]
-        found = (row >= 0).unsqueeze(-1)
-        return torch.where(found, self.delta[row.clamp_min(0)], torch.zeros((), device=input_ids.device))
+        # a one-hot product, not an indexed gather: its backward is a matmul, whose sums run in a
+        # fixed order, where a gather's scatter-add would accumulate in thread order
+        onehot = F.one_hot(row.clamp_min(0), len(self.ids)).to(self.delta.dtype) * (row >= 0).unsqueeze(-1)
+        return onehot @ self.delta
 
 
 class QueryAdapter(nn.Module):

@@ -36,7 +36,7 @@ class FeedbackExample:
 
     def content_key(self) -> str:
         h = hashlib.blake2b(self.tokens.tobytes(), digest_size=12)
-        h.update(f"{self.text}|{self.positive}|{self.query_id}".encode())
+        h.update(f"{self.text}|{self.positive}".encode())  # not the query id: ids are random per run
         return h.hexdigest()
 
 
