@@ -56,8 +56,8 @@ class Retriever:
         """``template`` defaults to the one the query encoder was trained with.
 
         An ``adapter`` (learned from operator feedback) must belong to this query encoder and
-        foundation; it patches the foundation's word embeddings for as long as this retriever
-        lives (:meth:`close` removes the patch).
+        foundation; its word-embedding hook stays attached while this retriever lives and acts only
+        inside this retriever's adapted queries (:meth:`close` removes it).
         """
         gallery.check_foundation(foundation)
         if query_encoder is not None:
@@ -114,9 +114,9 @@ class Retriever:
             expected = self.query_encoder.num_tokens if self.query_encoder is not None else None
             if self.adapter is not None:
                 validate_pseudo_tokens(tokens, fnd.word_dim, expected_tokens=expected)  # before the adapter reads them
-                q = self.adapter.compose(fnd, tokens, [texts], self.template, expected)
-                return q[0].float().cpu().numpy(), self.adapter.adapt_tokens(tokens)
-            q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
+                tokens = self.adapter.adapt_tokens(tokens)
+            with self._adapted():  # the vocabulary hook was attached once, in __init__
+                q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
             return q[0].float().cpu().numpy(), tokens
         if mode in ("image_plus_text", "image_only") and image is None:
             raise SearchError(f"mode {mode!r} needs a reference image")

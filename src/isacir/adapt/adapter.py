@@ -169,12 +169,21 @@ class QueryAdapter(nn.Module):
         template: str,
         expected_tokens: int | None = None,
     ) -> torch.Tensor:
-        """The adapted composed query: :meth:`Foundation.encode_composed` on adapted tokens, patched words."""
+        """The adapted composed query: :meth:`Foundation.encode_composed` on adapted tokens, patched words.
+
+        A hook this call had to attach is removed again, so one-off users (training, evaluation)
+        leave no dead hook on the foundation's embedding forward.
+        """
+        added = self.vocab is not None and id(foundation.token_embedding) not in self._hooks
         self.attach(foundation)
-        with self.applied():
-            return foundation.encode_composed(
-                self.adapt_tokens(tokens), modifiers, template, expected_tokens=expected_tokens
-            )
+        try:
+            with self.applied():
+                return foundation.encode_composed(
+                    self.adapt_tokens(tokens), modifiers, template, expected_tokens=expected_tokens
+                )
+        finally:
+            if added:
+                self._hooks.pop(id(foundation.token_embedding)).remove()
 
     def _embedding_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         if self.vocab is None or self.interpolation == 0.0 or not getattr(self._local, "on", False):

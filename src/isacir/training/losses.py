@@ -119,19 +119,29 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
-def gather_rows(x: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, int, list[int]]:
+def row_counts(n: int, device: torch.device) -> list[int]:
+    """Every rank's ``n``, in rank order (one small collective)."""
+    import torch.distributed as dist
+
+    mine = torch.tensor([n], device=device)
+    counts = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, mine)
+    return [int(c) for c in counts]
+
+
+def gather_rows(
+    x: torch.Tensor, with_grad: bool = True, sizes: list[int] | None = None
+) -> tuple[torch.Tensor, int, list[int]]:
     """Every rank's rows of ``x [n_r, D]`` in rank order: ``(rows [sum n_r, D], my offset, sizes)``.
 
     Ranks may hold different numbers of rows (a batch that lost undecodable images): sizes are
-    exchanged first and every rank pads to the largest, so the collectives always match.
+    exchanged first (unless the caller already knows them) and every rank pads to the largest,
+    so the collectives always match.
     """
     import torch.distributed as dist
 
     world, rank = dist.get_world_size(), dist.get_rank()
-    n = torch.tensor([x.shape[0]], device=x.device)
-    sizes_t = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes_t, n)
-    sizes = [int(s) for s in sizes_t]
+    sizes = sizes if sizes is not None else row_counts(x.shape[0], x.device)
     top = max(sizes)
     padded = F.pad(x, (0, 0, 0, top - x.shape[0]))
     if with_grad:
@@ -159,7 +169,7 @@ def gcd_loss_global(
 
     q, t = F.normalize(query, dim=-1), F.normalize(teacher, dim=-1)
     all_q, offset, sizes = gather_rows(q)
-    all_t, _, _ = gather_rows(t.detach(), with_grad=False)
+    all_t, _, _ = gather_rows(t.detach(), with_grad=False, sizes=sizes)  # same rows per rank as the queries
     total = sum(sizes)
     labels = torch.arange(offset, offset + q.shape[0], device=q.device)
     part = 0.5 * (

@@ -47,6 +47,7 @@ from .losses import (
     hardest_negatives,
     lar_itm_loss,
     lar_patch_loss,
+    row_counts,
     word_prior_loss,
 )
 
@@ -137,11 +138,8 @@ def _skip_batch(n: int, info: DistInfo, device: torch.device) -> bool:
     """
     if info.world <= 1:
         return n < 2
-    fewest = torch.tensor([n], device=device)
-    dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
-    total = torch.tensor([n], device=device)
-    dist.all_reduce(total)
-    return int(fewest) == 0 or int(total) < 2
+    counts = row_counts(n, device)
+    return min(counts) == 0 or sum(counts) < 2
 
 
 def check_shared_filesystem(folders: Sequence[Path], info: DistInfo) -> None:
