@@ -31,7 +31,12 @@ def start_server(app, port: int | None = None) -> LocalServer:
 
 
 def build_service(
-    tmp: Path, foundation, api_key: str | None = "test-key", max_upload_bytes: int = 2_000_000, n_images: int = 12
+    tmp: Path,
+    foundation,
+    api_key: str | None = "test-key",
+    max_upload_bytes: int = 2_000_000,
+    n_images: int = 12,
+    keys=None,
 ):
     """A gallery of generated images, an (untrained) query encoder, and the app over them."""
     from isacir.gallery import Gallery
@@ -42,6 +47,6 @@ def build_service(
     gallery = Gallery.open_or_create(tmp / "gallery", foundation)
     gallery.index([str(tmp / "gallery-images")], foundation, progress=False)
     qe = QueryEncoder.create(foundation, backbone="mobilenetv3_small_050", num_tokens=2, image_size=48).eval()
-    settings = ServeSettings(api_keys=(api_key,) if api_key else (), max_upload_bytes=max_upload_bytes)
+    settings = ServeSettings(api_keys=(api_key,) if api_key else (), max_upload_bytes=max_upload_bytes, keys=keys)
     state = ServiceState(gallery, foundation, qe, settings)
     return create_app(state), state, images

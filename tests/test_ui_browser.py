@@ -153,7 +153,12 @@ def test_pilot_dashboard_draws_both_versions(tmp_path, openclip_fnd, viewport):
     from playwright.sync_api import expect, sync_playwright
     from test_pilot import two_version_log
 
-    app, state, _ = build_service(tmp_path, openclip_fnd, n_images=12)
+    from isacir.serve.keys import KeyRing, add_key
+
+    device_key, _ = add_key(tmp_path / "keys.toml", "camera", "device")
+    operator_key, _ = add_key(tmp_path / "keys.toml", "manager", "operator")
+    keys = KeyRing.from_file(tmp_path / "keys.toml")
+    app, state, _ = build_service(tmp_path, openclip_fnd, n_images=12, api_key=None, keys=keys)
     ids = [item["id"] for item in state.gallery.items()]
     two_version_log(state.feedback, ids)
     server = start_server(app)
@@ -165,7 +170,10 @@ def test_pilot_dashboard_draws_both_versions(tmp_path, openclip_fnd, viewport):
             page = browser.new_page(viewport=viewport, device_scale_factor=2 if name == "phone" else 1)
             page.goto(server.url + "/pilot")
             expect(page.locator("#status")).to_contain_text("API key")  # the data routes need a key
-            page.fill("#api-key", "test-key")
+            page.fill("#api-key", device_key)  # a device key may search, not read the pilot
+            page.click("#key-save")
+            expect(page.locator("#status")).to_contain_text("lacks the 'pilot' scope")
+            page.fill("#api-key", operator_key)
             page.click("#key-save")
             expect(page.locator("#status")).to_contain_text("24 queries, 24 judged, 2 version(s)")
             rows = page.locator("#versions tbody tr")

@@ -11,7 +11,7 @@ import sys
 from rich.markup import escape
 
 from ..errors import IsacirError
-from . import adapt, bench, edge, evaluate, feedback, gallery, models, pilot, serve, train  # noqa: F401  (registers the verbs)
+from . import adapt, bench, edge, evaluate, feedback, gallery, keys, models, pilot, serve, train  # noqa: F401  (registers the verbs)
 from ._app import app, err
 
 __all__ = ["app", "main"]

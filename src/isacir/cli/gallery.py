@@ -64,6 +64,12 @@ def index_cmd(
         progress=progress,
         encoder=encoder,
     )
+    if report.added or report.removed:
+        from ..audit import AuditLog, cli_actor
+
+        AuditLog.of_gallery(gallery).record(
+            cli_actor(), "gallery.index", added=report.added, removed=report.removed, sources=paths, via="cli"
+        )
     err.print(report.summary(), highlight=False)
     for reason, files in sorted(report.skipped.items()):
         for f in files[:10]:
@@ -86,9 +92,17 @@ def gallery_rm(
     gallery: Path = typer.Option(...),
 ) -> None:
     """Remove entries by id."""
+    from ..audit import AuditLog, cli_actor
     from ..gallery import Gallery
 
-    removed = Gallery.open(gallery).remove(ids)
+    g = Gallery.open(gallery)
+    paths = {i: g.path_of(i) for i in ids}
+    removed = g.remove(ids)
+    gone = [i for i, p in paths.items() if p is not None]
+    if gone:
+        AuditLog.of_gallery(gallery).record(
+            cli_actor(), "gallery.remove", ids=gone, paths=[paths[i] for i in gone], via="cli"
+        )
     err.print(f"removed {removed} of {len(ids)} ids")
 
 

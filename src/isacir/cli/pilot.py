@@ -63,7 +63,10 @@ def simulate_cmd(
     gallery: Path = typer.Option(..., help="The gallery the running service serves (to map items to ids)."),
     edge: Path = typer.Option(..., help="The exported device model (edge folder)."),
     url: str = typer.Option("http://127.0.0.1:8000", help="The running isacir serve."),
-    api_key_file: Optional[Path] = typer.Option(None, help="File whose first key the simulator sends."),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="ISACIR_API_KEY", help="The key the simulator sends (needs search and feedback)."
+    ),
+    api_key_file: Optional[Path] = typer.Option(None, help="Or a plaintext keys file whose first key it sends."),
     queries: Optional[int] = typer.Option(None, help="Only the first N pilot queries (default: all)."),
     k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
     payload_dtype: str = typer.Option("int8", help="How the device quantises its tokens: fp16 | int8 | int4."),
@@ -74,7 +77,7 @@ def simulate_cmd(
     from ..experiments.shapes.pilot import ServiceClient, simulate_pilot
     from ..serve.app import read_api_keys
 
-    key = read_api_keys(api_key_file)[0] if api_key_file else None
+    key = api_key or (read_api_keys(api_key_file)[0] if api_key_file else None)
     stats = simulate_pilot(
         pilot,
         ServiceClient(url, key),

@@ -18,7 +18,9 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key_file: Optional[Path] = typer.Option(
-        None, help="File with one API key per line (default: no auth, only sensible on loopback)."
+        None,
+        help="Scoped keys (.toml from `isacir keys add`, reloaded on change), or one plaintext key per line "
+        "(every scope). Default: no auth, only sensible on loopback.",
     ),
     max_upload_mb: float = typer.Option(10.0, help="Request body cap; larger bodies get 413."),
     feedback_db: Optional[Path] = typer.Option(None, help="Default: GALLERY/feedback.sqlite."),

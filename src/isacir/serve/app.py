@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import io
 import os
 import threading
@@ -31,10 +30,12 @@ from pydantic import BaseModel, Field
 
 from .._fs import atomic_write_bytes
 from .._version import __version__
+from ..audit import AuditLog
 from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
 from .feedback import FeedbackError, FeedbackStore, served_version
+from .keys import SCOPES, ApiKey, KeyFileError, KeyRing, retry_after_header
 from .metrics import ServiceMetrics
 
 if TYPE_CHECKING:
@@ -50,7 +51,12 @@ UPLOAD_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bm
 
 @dataclass
 class ServeSettings:
+    #: plaintext keys with every scope (tests, the simulator); ``keys`` wins when both are set
     api_keys: tuple[str, ...] = ()
+    #: scoped keys, usually from a keys file that is reloaded on change
+    keys: Optional[KeyRing] = None
+    #: where gallery changes are recorded with the key's name (default: GALLERY/audit.jsonl)
+    audit_log: Optional[Path] = None
     max_upload_bytes: int = 10 * 1024 * 1024
     feedback_db: Optional[Path] = None
     upload_dir: Optional[Path] = None
@@ -63,10 +69,12 @@ class ServeSettings:
 
 
 def read_api_keys(path: str | os.PathLike) -> tuple[str, ...]:
-    """One key per line; blank lines and ``#`` comments ignored. An empty file is an error."""
+    """The plaintext keys of a one-key-per-line file (what a client sends); ``#`` comments ignored."""
     p = Path(path)
     if not p.is_file():
         raise IsacirError(f"API key file not found: {p}")
+    if p.suffix.lower() == ".toml":
+        raise KeyFileError(f"{p} holds key hashes, not keys: pass the key itself (--api-key or ISACIR_API_KEY)")
     keys = tuple(line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#"))
     if not keys:
         raise IsacirError(f"API key file {p} holds no key")
@@ -194,6 +202,8 @@ class ServiceState:
         #: what answered a query: the query encoder, plus the adapter when one is served
         self.version = served_version(self.qe_fingerprint, self.adapter_fingerprint)
         self.feedback = FeedbackStore(settings.feedback_db or gallery.dir / "feedback.sqlite")
+        self.keys = settings.keys or KeyRing.from_secrets(settings.api_keys)
+        self.audit = AuditLog(settings.audit_log or AuditLog.of_gallery(gallery.dir).path)
         self.upload_dir = Path(settings.upload_dir or gallery.dir / "uploads").resolve()
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
@@ -267,17 +277,46 @@ def create_app(state: ServiceState) -> FastAPI:
     app.state.service = state
     app.state.metrics = metrics
 
-    def require_key(request: Request) -> None:
-        if not settings.api_keys:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not any(hmac.compare_digest(given.encode(), k.encode()) for k in settings.api_keys):
-            raise _error(401, "missing or invalid API key (send X-API-Key or Authorization: Bearer)", "unauthorized")
+    keys = state.keys
 
-    auth = [Depends(require_key)]
+    def require(scope: str | None):
+        """A dependency: 401 without a valid key, 403 without ``scope``, 429 over the key's rate."""
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}")
+
+        def check(request: Request) -> Optional[ApiKey]:
+            if not keys.enabled:
+                request.state.actor = "anonymous"
+                return None
+            given = request.headers.get("x-api-key") or ""
+            bearer = request.headers.get("authorization") or ""
+            if not given and bearer.lower().startswith("bearer "):
+                given = bearer[7:].strip()
+            key = keys.authenticate(given)
+            if key is None:
+                raise _error(
+                    401, "missing or invalid API key (send X-API-Key or Authorization: Bearer)", "unauthorized"
+                )
+            if scope is not None and scope not in key.scopes:
+                raise _error(
+                    403,
+                    f"key {key.name!r} lacks the {scope!r} scope this route needs "
+                    f"(it holds: {', '.join(sorted(key.scopes))})",
+                    "forbidden",
+                )
+            wait = keys.throttle(key)
+            if wait is not None:
+                raise HTTPException(
+                    status_code=429,
+                    detail={"detail": f"rate limit of key {key.name!r} exceeded; retry later", "code": "rate_limited"},
+                    headers={"Retry-After": retry_after_header(wait)},
+                )
+            request.state.actor = key.name
+            return key
+
+        return [Depends(check)]
+
+    auth = require(None)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
@@ -344,12 +383,12 @@ def create_app(state: ServiceState) -> FastAPI:
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/metrics", dependencies=auth, tags=["ops"])
+    @app.get("/metrics", dependencies=require("metrics"), tags=["ops"])
     def prometheus() -> Response:
         metrics.gallery_items.set(state.gallery.count())
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/info", dependencies=auth, tags=["search"])
+    @app.get("/v1/info", dependencies=require("search"), tags=["search"])
     def info() -> dict:
         """What a device must match: the served query encoder's fingerprint, token count and dim."""
         return state.info()
@@ -380,7 +419,7 @@ def create_app(state: ServiceState) -> FastAPI:
             "results": [{**_item_json(h.id, h.path), "score": round(float(h.score), 6)} for h in hits],
         }
 
-    @app.post("/v1/search", dependencies=auth, tags=["search"])
+    @app.post("/v1/search", dependencies=require("search"), tags=["search"])
     def search(
         image: UploadFile = File(..., description="The reference photo."),
         text: str = Form("", max_length=1000),
@@ -395,7 +434,7 @@ def create_app(state: ServiceState) -> FastAPI:
         payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
         return _respond("image", text, hits, k, payload, t0)
 
-    @app.post("/v1/search/tokens", dependencies=auth, tags=["search"])
+    @app.post("/v1/search/tokens", dependencies=require("search"), tags=["search"])
     def search_tokens(body: TokenSearch) -> dict:
         """Asymmetric mode: only the device's pseudo-word tokens travel, never the photo."""
         import torch
@@ -430,8 +469,11 @@ def create_app(state: ServiceState) -> FastAPI:
         hits = state.retriever.search(text=body.text, tokens=tokens, k=body.k, rerank=body.rerank, mode="isa")
         return _respond("tokens", body.text, hits, body.k, raw, t0)
 
-    @app.post("/v1/gallery", dependencies=auth, tags=["gallery"])
-    def add_images(images: list[UploadFile] = File(..., description="One or more images to add.")) -> JSONResponse:
+    @app.post("/v1/gallery", dependencies=require("gallery:write"), tags=["gallery"])
+    def add_images(
+        request: Request,
+        images: list[UploadFile] = File(..., description="One or more images to add."),
+    ) -> JSONResponse:
         """Add images; bad members are reported, the rest are indexed (safe while searches run)."""
         saved, rejected = [], []
         for up in images:
@@ -461,16 +503,18 @@ def create_app(state: ServiceState) -> FastAPI:
         report = state.gallery.index([str(p) for _, p in saved], state.foundation, progress=False)
         ids = state.gallery.ids_for_paths([str(p) for _, p in saved])
         added = [{"filename": n, "id": ids.get(str(p))} for n, p in saved]
+        state.audit.record(request.state.actor, "gallery.add", items=added, via="api")
         return JSONResponse(
             {"added": added, "rejected": rejected, "report": report.to_dict(), "gallery_items": state.gallery.count()}
         )
 
-    @app.delete("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
-    def remove_image(item_id: int) -> dict:
+    @app.delete("/v1/gallery/{item_id}", dependencies=require("gallery:write"), tags=["gallery"])
+    def remove_image(item_id: int, request: Request) -> dict:
         path = state.gallery.path_of(item_id)
         if path is None:
             raise _error(404, f"no gallery item {item_id}", "not_found")
         state.gallery.remove([item_id])
+        state.audit.record(request.state.actor, "gallery.remove", ids=[item_id], paths=[path], via="api")
         state.forget_thumbnails(item_id)
         p = Path(path)
         if p.parent.resolve() == state.upload_dir.resolve():
@@ -485,7 +529,7 @@ def create_app(state: ServiceState) -> FastAPI:
             raise _error(404, f"no gallery item {item_id}", "not_found")
         return path
 
-    @app.get("/v1/images/{item_id}", dependencies=auth, tags=["gallery"])
+    @app.get("/v1/images/{item_id}", dependencies=require("images"), tags=["gallery"])
     def get_image(item_id: int):
         path = _item_path(item_id)
         if "::" not in path:
@@ -494,7 +538,7 @@ def create_app(state: ServiceState) -> FastAPI:
             return FileResponse(path)
         return Response(state.thumbnail(item_id, path, 4096), media_type="image/jpeg")
 
-    @app.get("/v1/images/{item_id}/thumbnail", dependencies=auth, tags=["gallery"])
+    @app.get("/v1/images/{item_id}/thumbnail", dependencies=require("images"), tags=["gallery"])
     def get_thumbnail(item_id: int, size: int = 256):
         if not 16 <= size <= 1024:
             raise _error(422, "thumbnail size must be within 16..1024", "size")
@@ -505,7 +549,7 @@ def create_app(state: ServiceState) -> FastAPI:
             raise _error(410, f"gallery item {item_id} cannot be read: {exc}", "gone") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.post("/v1/feedback", dependencies=auth, tags=["feedback"])
+    @app.post("/v1/feedback", dependencies=require("feedback"), tags=["feedback"])
     def feedback(body: FeedbackIn) -> dict:
         """Confirm or reject a candidate of an answered query, or name the right item (``corrected``).
 
@@ -543,7 +587,7 @@ def create_app(state: ServiceState) -> FastAPI:
             **({"correct_id": item} if body.verdict == "corrected" else {}),
         }
 
-    @app.get("/v1/pilot/summary", dependencies=auth, tags=["pilot"])
+    @app.get("/v1/pilot/summary", dependencies=require("pilot"), tags=["pilot"])
     def pilot_summary_route(
         group_by: str = Query("version", description="overall | day | week | version | mode | category"),
         since: Optional[str] = Query(None, alias="from", description="ISO date or time (UTC), or unix seconds"),
@@ -560,7 +604,7 @@ def create_app(state: ServiceState) -> FastAPI:
         start, end = _time_range(since, until)
         return pilot_summary(state.feedback.queries(start, end), group_by, k)
 
-    @app.get("/v1/pilot/charts/{name}.svg", dependencies=auth, tags=["pilot"])
+    @app.get("/v1/pilot/charts/{name}.svg", dependencies=require("pilot"), tags=["pilot"])
     def pilot_chart(
         name: str,
         metric: str = Query("false_hit_rate", description="over-time: false_hit_rate | precision_at_1 | ..."),
@@ -583,7 +627,7 @@ def create_app(state: ServiceState) -> FastAPI:
             svg = charts.CHARTS[name](queries)
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
-    @app.get("/v1/gallery/{item_id}", dependencies=auth, tags=["gallery"])
+    @app.get("/v1/gallery/{item_id}", dependencies=require("images"), tags=["gallery"])
     def gallery_item(item_id: int) -> dict:
         """One gallery item by id (an operator can open the right item when search did not show it)."""
         return _item_json(item_id, _item_path(item_id))
@@ -653,7 +697,7 @@ def load_service(
     fnd = create_foundation(foundation)
     qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
     settings = ServeSettings(
-        api_keys=read_api_keys(api_key_file) if api_key_file else (),
+        keys=KeyRing.from_file(api_key_file) if api_key_file else None,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         feedback_db=Path(feedback_db) if feedback_db else None,
         query_log_retention_days=query_log_retention_days,

@@ -22,6 +22,11 @@
       $("key-box").hidden = false;
       throw new Error("The service needs an API key: paste it above and save.");
     }
+    if (res.status === 403) {
+      let detail = "this key lacks the scope this action needs";
+      try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
+      throw new Error(`Not allowed: ${detail}. Ask for an operator key.`);
+    }
     if (!res.ok) {
       let detail = res.statusText;
       try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }

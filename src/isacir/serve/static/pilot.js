@@ -17,6 +17,10 @@
       $("key-box").hidden = false;
       throw new Error("The dashboard needs an API key: paste it above and save.");
     }
+    if (res.status === 403) {
+      $("key-box").hidden = false;
+      throw new Error("This key may not read the pilot (it lacks the 'pilot' scope): use an operator or admin key.");
+    }
     if (!res.ok) {
       let detail = res.statusText;
       try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
