@@ -1,12 +1,19 @@
 """Load test of ``POST /v1/search/tokens`` with wrk (Debian package ``wrk``) over loopback.
 
 Starts ``isacir serve`` as its own process (API key on), makes one real token payload with the
-served query encoder, then runs wrk at a fixed concurrency for a bounded duration and prints
-throughput, p50, p99 and errors as JSON (last stdout line). The server is stopped at the end.
+served query encoder, then runs wrk at a fixed concurrency for a bounded duration. The last stdout
+line is JSON: ``rps``, ``p50_ms``, ``p99_ms``, ``errors``, ``requests`` and
+``log_commits_per_query`` (query-log commits over answered searches, read from the server's
+``/metrics`` before and after the load), plus the details.
 
-    python benchmarks/load_test.py                      # tiny random models, generated gallery
+``--compare-to REV`` also serves the same gallery and model with the code of git revision REV
+(checked out in a temporary worktree), one after the other in the same run, and adds ``before``
+and the throughput ratio: a before/after comparison on one machine, not across machines.
+
+    python benchmarks/load_test.py --json                       # tiny random CLIP, generated gallery
+    python benchmarks/load_test.py --foundation openclip:ViT-B-32 --images 500 --json   # ViT-B/32 size, random init
+    python benchmarks/load_test.py --compare-to c84993f --json  # before/after in one run
     python benchmarks/load_test.py --gallery G --query-encoder Q   # your own (e.g. the demo's)
-    python benchmarks/load_test.py --connections 16 --duration 30
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -33,8 +42,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_tiny(work: Path, n_images: int) -> tuple[Path, Path]:
-    """A generated gallery over tiny random open_clip weights and an untrained query encoder."""
+def build_service(work: Path, n_images: int, foundation: str | None) -> tuple[Path, Path]:
+    """A generated gallery over ``foundation`` (default: tiny random open_clip) and an untrained query encoder."""
     import numpy as np
     from PIL import Image
 
@@ -43,14 +52,14 @@ def build_tiny(work: Path, n_images: int) -> tuple[Path, Path]:
     from isacir.query import QueryEncoder
     from isacir.testing import save_tiny_openclip
 
-    fnd = create_foundation(save_tiny_openclip(work / "foundation"))
+    fnd = create_foundation(foundation or save_tiny_openclip(work / "foundation"))
     rng = np.random.default_rng(0)
     img_dir = work / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     for i in range(n_images):
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(img_dir / f"{i:05d}.png")
     gallery = Gallery.open_or_create(work / "gallery", fnd)
-    gallery.index([str(img_dir)], fnd, progress=False)
+    gallery.index([str(img_dir)], fnd, progress=n_images > 2000)
     gallery.close()
     qe = QueryEncoder.create(fnd, backbone="mobilenetv3_small_050", num_tokens=8, image_size=64)
     qe.save_pretrained(work / "query-encoder")
@@ -94,113 +103,189 @@ def parse_wrk(out: str) -> dict:
     return res
 
 
+def scrape(url: str, key: str) -> dict[str, float]:
+    """Counter totals from ``/metrics`` (summed over labels)."""
+    req = urllib.request.Request(url + "/metrics", headers={"X-API-Key": key})
+    text = urllib.request.urlopen(req, timeout=30).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r"^(isacir_[a-z_]+_total)(?:\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    return out
+
+
+def worktree(rev: str, into: Path) -> Path:
+    """The code of git revision ``rev``, checked out beside the repository's history (read-only use)."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(into), rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return into / "src"
+
+
+def run_load(args, gallery: Path, qe_dir: Path, body: str, work: Path, src: Path | None) -> dict:
+    """Serve with the code under ``src`` (None: this checkout), put wrk's load on it, stop it."""
+    key = "load-test-key"
+    (work / "keys").write_text(key + "\n")
+    lua = work / "post.lua"
+    lua.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["X-API-Key"] = "{key}"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+    )
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "isacir.cli",
+        "serve",
+        "--gallery",
+        str(gallery),
+        "--query-encoder",
+        str(qe_dir),
+        "--port",
+        str(port),
+        "--api-key-file",
+        str(work / "keys"),
+        "--threads",
+        str(args.torch_threads),
+    ]
+    if src is None:
+        cmd += args.serve_args.split()
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise SystemExit(f"server did not start:\n{server.stderr.read()}") from None
+                time.sleep(0.3)
+        # one request by hand: a wrong setup must fail here, not as 100% errors under load
+        req = urllib.request.Request(
+            url + "/v1/search/tokens",
+            data=body.encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "X-API-Key": key},
+        )
+        first = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert len(first["results"]) == 10, first
+        before = scrape(url, key)
+        out = subprocess.run(
+            [
+                shutil.which("wrk") or "wrk",
+                f"-t{args.threads}",
+                f"-c{args.connections}",
+                f"-d{args.duration}s",
+                "--timeout",
+                "10s",
+                "--latency",
+                "-s",
+                str(lua),
+                url + "/v1/search/tokens",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=args.duration + 60,
+            check=True,
+        ).stdout
+        after = scrape(url, key)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    print(out, file=sys.stderr)
+    res = parse_wrk(out)
+    searches = after.get("isacir_search_total", 0.0) - before.get("isacir_search_total", 0.0)
+    commits = after.get("isacir_query_log_commits_total")
+    per_query = None
+    if commits is not None and searches > 0:
+        per_query = round((commits - before.get("isacir_query_log_commits_total", 0.0)) / searches, 4)
+    return {
+        "rps": res["requests_per_s"],
+        "p50_ms": res["p50_ms"],
+        "p99_ms": res["p99_ms"],
+        "errors": res["errors"],
+        "requests": res["requests"],
+        # servers older than group commit have no counter: they commit once per query
+        "log_commits_per_query": per_query,
+        "p90_ms": res["p90_ms"],
+        "p99_over_p50": round(res["p99_ms"] / res["p50_ms"], 2) if res["p50_ms"] and res["p99_ms"] else None,
+        "answered_searches": int(searches),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gallery", type=Path)
     ap.add_argument("--query-encoder", type=Path)
-    ap.add_argument("--images", type=int, default=2000, help="Gallery size when building the tiny service.")
+    ap.add_argument(
+        "--foundation",
+        help="Foundation for the generated service (default: tiny random CLIP); "
+        "openclip:ViT-B-32 is the ViT-B/32 architecture with random weights.",
+    )
+    ap.add_argument("--images", type=int, default=2000, help="Gallery size when building the service.")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2, help="wrk threads.")
     ap.add_argument("--duration", type=int, default=20, help="Seconds of load.")
     ap.add_argument("--text", default="make it red")
     ap.add_argument("--torch-threads", type=int, default=1, help="Server-side torch threads.")
+    ap.add_argument("--compare-to", metavar="REV", help="Also load the code of this git revision (before/after).")
+    ap.add_argument(
+        "--serve-args",
+        default="",
+        help="Extra `isacir serve` options for this checkout's server, e.g. '--query-log async --max-batch 1'.",
+    )
+    ap.add_argument("--json", action="store_true", help="Accepted for symmetry: the last line is always JSON.")
     args = ap.parse_args()
 
-    wrk = shutil.which("wrk")
-    if wrk is None:
+    if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
     work = Path(tempfile.mkdtemp(prefix="isacir-load-"))
+    tree = work / "before-src"
     try:
         if args.gallery is None or args.query_encoder is None:
-            print(f"building a tiny service with {args.images} gallery images in {work} ...", file=sys.stderr)
-            gallery, qe_dir = build_tiny(work, args.images)
+            what = args.foundation or "the tiny random CLIP"
+            print(f"building a service over {what} with {args.images} gallery images in {work} ...", file=sys.stderr)
+            gallery, qe_dir = build_service(work, args.images, args.foundation)
         else:
             gallery, qe_dir = args.gallery, args.query_encoder
-        key = "load-test-key"
-        (work / "keys").write_text(key + "\n")
         body = make_body(qe_dir, args.text)
-        lua = work / "post.lua"
-        lua.write_text(
-            'wrk.method = "POST"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.headers["X-API-Key"] = "{key}"\n'
-            f"wrk.body = {json.dumps(body)}\n"
-        )
-        port = _free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "isacir.cli",
-            "serve",
-            "--gallery",
-            str(gallery),
-            "--query-encoder",
-            str(qe_dir),
-            "--port",
-            str(port),
-            "--api-key-file",
-            str(work / "keys"),
-            "--threads",
-            str(args.torch_threads),
-        ]
-        server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/healthz", timeout=2).read()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.time() > deadline:
-                        raise SystemExit(f"server did not start:\n{server.stderr.read()}") from None
-                    time.sleep(0.3)
-            # one request by hand: a wrong setup must fail here, not as 100% errors under load
-            req = urllib.request.Request(
-                url + "/v1/search/tokens",
-                data=body.encode(),
-                method="POST",
-                headers={"Content-Type": "application/json", "X-API-Key": key},
-            )
-            first = json.loads(urllib.request.urlopen(req, timeout=60).read())
-            assert len(first["results"]) == 10, first
-            out = subprocess.run(
-                [
-                    wrk,
-                    f"-t{args.threads}",
-                    f"-c{args.connections}",
-                    f"-d{args.duration}s",
-                    "--timeout",
-                    "10s",
-                    "--latency",
-                    "-s",
-                    str(lua),
-                    url + "/v1/search/tokens",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=args.duration + 60,
-                check=True,
-            ).stdout
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        print(out, file=sys.stderr)
-        result = parse_wrk(out)
+        result: dict = {}
+        if args.compare_to:
+            src = worktree(args.compare_to, tree)
+            before = run_load(args, gallery, qe_dir, body, work, src)
+        result.update(run_load(args, gallery, qe_dir, body, work, None))
+        if args.compare_to:
+            result["before"] = {"revision": args.compare_to, **before}
+            if before["rps"]:
+                result["rps_ratio"] = round(result["rps"] / before["rps"], 2)
+        from isacir.gallery import Gallery
+
         result.update(
             tool="wrk",
             route="/v1/search/tokens",
+            foundation=json.loads((qe_dir / "config.json").read_text())["foundation_id"],
             connections=args.connections,
             duration_s=args.duration,
             payload_bytes=len(base64.b64decode(json.loads(body)["payload"])),
             cpu_count=os.cpu_count(),
+            gallery_items=Gallery.open(gallery).count(),
         )
-        from isacir.gallery import Gallery
-
-        result["gallery_items"] = Gallery.open(gallery).count()
         print(json.dumps(result))
-        return 0 if result["errors"] == 0 else 1
+        return 0 if result["errors"] == 0 and result.get("before", {}).get("errors", 0) == 0 else 1
     finally:
+        if tree.exists():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -112,6 +113,71 @@ def test_token_search_equals_in_process_search_with_the_same_tokens(live):
     expected = state.retriever.search(text="bigger", tokens=tokens, k=6, mode="isa")
     assert [res["id"] for res in r.json()["results"]] == [h.id for h in expected]
     np.testing.assert_allclose([res["score"] for res in r.json()["results"]], [h.score for h in expected], atol=1e-5)
+
+
+def test_concurrent_searches_share_text_batches_and_each_gets_its_own_answer(live):
+    """Micro-batched text encodes: 12 different queries at once, each equal to its lone in-process search."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from isacir.edge.payload import decode_payload
+
+    server, state, images, _ = live
+    texts = ["bigger", "make it red", "on the left", "smaller and blue"]
+    jobs = [(_tokens_payload(state, images[i % len(images)])[0], texts[i % len(texts)]) for i in range(12)]
+
+    def sample(name):
+        return state.metrics.registry.get_sample_value(f"isacir_text_encode_batch_size_{name}") or 0.0
+
+    queries_before, passes_before = sample("sum"), sample("count")
+
+    def ask(job):
+        payload, text = job
+        body = {"payload": payload, "text": text, "k": 5}
+        return requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json=body, timeout=60)
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, jobs))
+    for (payload, text), r in zip(jobs, answers, strict=True):
+        assert r.status_code == 200, r.text
+        tokens = torch.from_numpy(decode_payload(base64.b64decode(payload)).tokens)[None]
+        expected = state.retriever.search(text=text, tokens=tokens, k=5, mode="isa")
+        assert [x["id"] for x in r.json()["results"]] == [h.id for h in expected]
+        np.testing.assert_allclose([x["score"] for x in r.json()["results"]], [h.score for h in expected], atol=1e-5)
+    forward_passes = sample("count") - passes_before
+    assert sample("sum") - queries_before == 12  # every query encoded exactly once
+    assert forward_passes < 12, forward_passes  # and some of them together
+
+
+def test_a_saturated_server_answers_503_with_retry_after(tmp_path, openclip_fnd, monkeypatch):
+    from isacir.serve import ServeSettings, ServiceState, create_app
+
+    app, state, images = build_service(tmp_path, openclip_fnd)
+    settings = ServeSettings(api_keys=("test-key",), max_inflight=2, feedback_db=tmp_path / "f2.sqlite")
+    state = ServiceState(state.gallery, state.foundation, state.query_encoder, settings)
+    slow_search = state.retriever.search_vector
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return slow_search(*args, **kwargs)
+
+    monkeypatch.setattr(state.retriever, "search_vector", slow)
+    server = start_server(create_app(state))
+    try:
+        payload, _ = _tokens_payload(state, images[0])
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ask(_):
+            return requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={"payload": payload}, timeout=60)
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(ask, range(6)))
+        codes = sorted(r.status_code for r in answers)
+        assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
+        refused = next(r for r in answers if r.status_code == 503)
+        assert refused.headers["Retry-After"] == "1" and refused.json()["code"] == "overloaded"
+        assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200  # probes are never refused
+    finally:
+        server.stop()
 
 
 def test_fingerprint_mismatch_is_409_with_both_fingerprints(live):

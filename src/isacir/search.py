@@ -111,13 +111,8 @@ class Retriever:
                 if image is None:
                     raise SearchError("mode 'isa' needs a reference image or pseudo tokens")
                 tokens = self.pseudo_tokens(image)
-            expected = self.query_encoder.num_tokens if self.query_encoder is not None else None
-            if self.adapter is not None:
-                validate_pseudo_tokens(tokens, fnd.word_dim, expected_tokens=expected)  # before the adapter reads them
-                tokens = self.adapter.adapt_tokens(tokens)
-            with self._adapted():  # the vocabulary hook was attached once, in __init__
-                q = fnd.encode_composed(tokens, [texts], self.template, expected_tokens=expected)
-            return q[0].float().cpu().numpy(), tokens
+            tokens = self.prepare_tokens(tokens)
+            return self.compose(tokens, [texts])[0], tokens
         if mode in ("image_plus_text", "image_only") and image is None:
             raise SearchError(f"mode {mode!r} needs a reference image")
         img = fnd.encode_image(fnd.preprocess_batch([image])) if image is not None else None
@@ -132,6 +127,43 @@ class Retriever:
             return txt[0].float().cpu().numpy(), None
         return F.normalize(img + txt, dim=-1)[0].float().cpu().numpy(), None
 
+    def prepare_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Device tokens as the text side reads them: checked, then through the adapter if one is served."""
+        if self.adapter is None:
+            return tokens
+        expected = self.query_encoder.num_tokens if self.query_encoder is not None else None
+        validate_pseudo_tokens(tokens, self.foundation.word_dim, expected_tokens=expected)  # before the adapter
+        return self.adapter.adapt_tokens(tokens)
+
+    @torch.no_grad()
+    def compose(self, tokens: torch.Tensor, texts: Sequence[str | Sequence[str]]) -> np.ndarray:
+        """Composed query vectors of a batch: ``tokens`` (B, n, d) from :meth:`prepare_tokens`, one
+        modifier (or list of modifiers) per row. One forward pass of the text tower for all B."""
+        expected = self.query_encoder.num_tokens if self.query_encoder is not None else None
+        mods = [[t] if isinstance(t, str) else list(t) for t in texts]
+        with self._adapted():  # the vocabulary hook was attached once, in __init__
+            q = self.foundation.encode_composed(tokens, mods, self.template, expected_tokens=expected)
+        return q.float().cpu().numpy()
+
+    def search_vector(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        rerank: int = 0,
+        tokens: torch.Tensor | None = None,
+        text: str | Sequence[str] = "",
+        exclude: Sequence[int] = (),
+    ) -> list[Hit]:
+        """The gallery side of :meth:`search`, for a composed query vector computed elsewhere."""
+        if k < 1:
+            raise SearchError("k must be >= 1")
+        excluded = set(exclude)
+        fetch = max(k, rerank) + len(excluded)
+        hits = [h for h in self.gallery.search(query[None], fetch)[0] if h.id not in excluded]
+        if rerank and hits:
+            hits = self.rerank(hits[: max(k, rerank)], query, tokens, text)
+        return hits[:k]
+
     def search(
         self,
         image: ImageSource | None = None,
@@ -145,12 +177,7 @@ class Retriever:
         if k < 1:
             raise SearchError("k must be >= 1")
         query, used_tokens = self.query_vector(image, text, tokens, mode)
-        excluded = set(exclude)
-        fetch = max(k, rerank) + len(excluded)
-        hits = [h for h in self.gallery.search(query[None], fetch)[0] if h.id not in excluded]
-        if rerank and hits:
-            hits = self.rerank(hits[: max(k, rerank)], query, used_tokens, text)
-        return hits[:k]
+        return self.search_vector(query, k, rerank, used_tokens, text, exclude)
 
     @torch.no_grad()
     def rerank(self, hits: list[Hit], query: np.ndarray, tokens: torch.Tensor | None, text) -> list[Hit]:

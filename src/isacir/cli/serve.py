@@ -34,6 +34,14 @@ def serve_cmd(
     adapter: Optional[Path] = typer.Option(
         None, help="A query adapter folder from `isacir adapt`, applied to every search (default: none)."
     ),
+    query_log: str = typer.Option(
+        "durable",
+        help="durable: a search answers once its log row is on disk (group commit); async: it does not wait, "
+        "and a crash can lose the last few milliseconds of rows.",
+    ),
+    max_batch: int = typer.Option(16, help="Concurrent searches whose text encodes share one forward pass."),
+    batch_wait_ms: float = typer.Option(3.0, help="How long a search waits for others to batch with (ms)."),
+    max_inflight: int = typer.Option(32, help="API requests answered at once; beyond that, 503 with Retry-After."),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -54,6 +62,10 @@ def serve_cmd(
         query_log_retention_days,
         tuple(cors_origin),
         adapter,
+        query_log,
+        max_batch,
+        batch_wait_ms,
+        max_inflight,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import hashlib
 import io
 import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -34,7 +36,8 @@ from ..audit import AuditLog
 from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
-from .feedback import FeedbackError, FeedbackStore, served_version
+from .batching import MicroBatcher
+from .feedback import FeedbackError, FeedbackStore, QueryLog, served_version
 from .keys import SCOPES, ApiKey, KeyFileError, KeyRing, retry_after_header
 from .metrics import ServiceMetrics
 
@@ -65,6 +68,14 @@ class ServeSettings:
     query_log_retention_days: Optional[float] = None
     #: Browser origins allowed to call the API from other sites (CORS); none by default.
     cors_origins: tuple[str, ...] = ()
+    #: ``durable``: a response waits until its query-log row is committed; ``async``: it does not
+    query_log: str = "durable"
+    #: composed text encodes of concurrent requests share one forward pass of up to this many
+    max_batch: int = 16
+    #: how long the first request of a batch waits for others (milliseconds)
+    batch_wait_ms: float = 3.0
+    #: requests on /v1/ being answered at once before new ones get 503 with Retry-After
+    max_inflight: int = 32
     extra: dict = field(default_factory=dict)
 
 
@@ -156,6 +167,35 @@ class _UploadCap:
         await response({"type": "http"}, _empty_receive, send)
 
 
+class _Admission:
+    """ASGI middleware: at most ``limit`` API requests in flight; beyond that 503 with Retry-After.
+
+    A saturated server that queues without limit answers everyone late; refusing at once lets a
+    load balancer or a client retry elsewhere. Probes, the UI and metrics are never refused.
+    """
+
+    def __init__(self, app, limit: int, metrics: ServiceMetrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+        self.inflight = 0  # touched only on the event loop's thread
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        if self.inflight >= self.limit:
+            self.metrics.observe("(overloaded)", scope.get("method", "?"), 503, 0.0)
+            response = JSONResponse(
+                {"detail": f"the server is answering {self.limit} requests; retry shortly", "code": "overloaded"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+            return await response(scope, receive, send)
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
 async def _empty_receive():
     return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -189,6 +229,11 @@ class ServiceState:
     ):
         from ..search import Retriever
 
+        if settings.max_batch < 1 or settings.batch_wait_ms < 0 or settings.max_inflight < 1:
+            raise IsacirError(
+                f"max_batch and max_inflight must be >= 1 and batch_wait_ms >= 0; got {settings.max_batch}, "
+                f"{settings.max_inflight} and {settings.batch_wait_ms}"
+            )
         self.gallery = gallery
         self.foundation = foundation
         self.query_encoder = query_encoder
@@ -202,6 +247,15 @@ class ServiceState:
         #: what answered a query: the query encoder, plus the adapter when one is served
         self.version = served_version(self.qe_fingerprint, self.adapter_fingerprint)
         self.feedback = FeedbackStore(settings.feedback_db or gallery.dir / "feedback.sqlite")
+        self.metrics = ServiceMetrics()
+        self.query_log = QueryLog(self.feedback, settings.query_log, on_commit=self.metrics.query_log_committed)
+        self.composer: MicroBatcher = MicroBatcher(
+            self._compose_batch,
+            settings.max_batch,
+            settings.batch_wait_ms / 1000.0,
+            name="isacir-compose",
+            on_batch=self.metrics.text_batch.observe,
+        )
         self.keys = settings.keys or KeyRing.from_secrets(settings.api_keys)
         self.audit = AuditLog(settings.audit_log or AuditLog.of_gallery(gallery.dir).path)
         self.upload_dir = Path(settings.upload_dir or gallery.dir / "uploads").resolve()
@@ -210,6 +264,21 @@ class ServiceState:
         self._thumb_lock = threading.Lock()
         self._last_prune = 0.0
         self.maybe_prune()
+
+    def _compose_batch(self, items):
+        import torch
+
+        tokens = torch.cat([t for t, _ in items])
+        return list(self.retriever.compose(tokens, [text for _, text in items]))
+
+    def compose(self, tokens, text: str):
+        """One composed query vector; concurrent callers share a text-tower forward pass."""
+        return self.composer((tokens, text))
+
+    def close(self) -> None:
+        """Stop the batch workers; queued query-log rows are committed first."""
+        self.composer.close()
+        self.query_log.close()
 
     def maybe_prune(self, every_s: float = 600.0) -> int:
         """Apply the query-log retention at most every ``every_s`` seconds (cheap to call per request)."""
@@ -264,8 +333,15 @@ class ServiceState:
 
 def create_app(state: ServiceState) -> FastAPI:
     settings = state.settings
-    metrics = ServiceMetrics()
+    metrics = state.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        state.close()  # on shutdown: the query log's last group is committed, not dropped
+
     app = FastAPI(
+        lifespan=lifespan,
         title="isacir",
         version=__version__,
         description="Asymmetric zero-shot composed image retrieval: search a gallery with a reference photo "
@@ -398,7 +474,7 @@ def create_app(state: ServiceState) -> FastAPI:
         took_ms = round(1000 * (time.perf_counter() - t0), 2)
         state.maybe_prune()
         metrics.searches.labels(mode, state.version).inc()
-        qid = state.feedback.log_query(
+        qid = state.query_log.log(
             mode,
             text,
             payload,
@@ -419,6 +495,11 @@ def create_app(state: ServiceState) -> FastAPI:
             "results": [{**_item_json(h.id, h.path), "score": round(float(h.score), 6)} for h in hits],
         }
 
+    def _search(tokens, text: str, k: int, rerank: int):
+        prepared = state.retriever.prepare_tokens(tokens)
+        query = state.compose(prepared, text)
+        return state.retriever.search_vector(query, k, rerank, prepared, text)
+
     @app.post("/v1/search", dependencies=require("search"), tags=["search"])
     def search(
         image: UploadFile = File(..., description="The reference photo."),
@@ -430,7 +511,7 @@ def create_app(state: ServiceState) -> FastAPI:
         t0 = time.perf_counter()
         pil = _decode_upload(image.file.read(), image.filename or "image")
         tokens = state.retriever.pseudo_tokens(pil)
-        hits = state.retriever.search(text=text, tokens=tokens, k=k, rerank=rerank, mode="isa")
+        hits = _search(tokens, text, k, rerank)
         payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
         return _respond("image", text, hits, k, payload, t0)
 
@@ -466,7 +547,7 @@ def create_app(state: ServiceState) -> FastAPI:
                 "payload_shape",
             )
         tokens = torch.from_numpy(decoded.tokens)[None]
-        hits = state.retriever.search(text=body.text, tokens=tokens, k=body.k, rerank=body.rerank, mode="isa")
+        hits = _search(tokens, body.text, body.k, body.rerank)
         return _respond("tokens", body.text, hits, body.k, raw, t0)
 
     @app.post("/v1/gallery", dependencies=require("gallery:write"), tags=["gallery"])
@@ -568,6 +649,8 @@ def create_app(state: ServiceState) -> FastAPI:
             if body.correct_id is not None:
                 raise _error(422, "correct_id goes with verdict 'corrected' only", "feedback")
             item = body.candidate_id
+        if state.query_log.mode == "async":
+            state.query_log.flush()  # the query this verdict names may still be in the writer's queue
         try:
             fid = state.feedback.add(
                 body.query_id,
@@ -642,6 +725,7 @@ def create_app(state: ServiceState) -> FastAPI:
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
     app.add_middleware(_UploadCap, limit=settings.max_upload_bytes, metrics=metrics)
+    app.add_middleware(_Admission, limit=settings.max_inflight, metrics=metrics)
     return app
 
 
@@ -682,6 +766,10 @@ def load_service(
     query_log_retention_days: float | None = None,
     cors_origins: tuple[str, ...] = (),
     adapter: str | os.PathLike | None = None,
+    query_log: str = "durable",
+    max_batch: int = 16,
+    batch_wait_ms: float = 3.0,
+    max_inflight: int = 32,
 ) -> FastAPI:
     """Open gallery, foundation, query encoder (and adapter), check that they belong together, build the app.
 
@@ -702,10 +790,20 @@ def load_service(
         feedback_db=Path(feedback_db) if feedback_db else None,
         query_log_retention_days=query_log_retention_days,
         cors_origins=tuple(cors_origins),
+        query_log=query_log,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_inflight=max_inflight,
     )
     qa = None
     if adapter is not None:
         from ..adapt import QueryAdapter
 
         qa = QueryAdapter.from_pretrained(adapter)
-    return create_app(ServiceState(g, fnd, qe, settings, adapter=qa))
+    app = create_app(ServiceState(g, fnd, qe, settings, adapter=qa))
+    # The models are hundreds of thousands of long-lived Python objects. A full garbage collection
+    # scans them all, tens of milliseconds during which every request waits: that was the p99 tail
+    # under load. Frozen objects are never scanned again; what requests allocate still is.
+    gc.collect()
+    gc.freeze()
+    return app

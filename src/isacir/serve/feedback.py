@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from ..errors import IsacirError
 from ..pilot.metrics import positive_verdict
 
+log = logging.getLogger(__name__)
 VERDICTS = ("confirmed", "rejected", "corrected")
 #: The on-disk layout; older files are migrated in place, in one transaction, when opened.
 SCHEMA_VERSION = 3
@@ -162,26 +165,37 @@ class FeedbackStore:
         created: float | None = None,
         adapter_fingerprint: str | None = None,
     ) -> str:
-        query_id = uuid.uuid4().hex
-        self.db().execute(
-            "INSERT INTO queries (query_id, created, mode, text, tokens, query_encoder_fingerprint, "
-            "foundation_fingerprint, k, results, latency_ms, adapter_fingerprint) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                query_id,
-                time.time() if created is None else created,
-                mode,
-                text,
-                tokens,
-                query_encoder_fingerprint,
-                foundation_fingerprint,
-                k,
-                json.dumps(results),
-                latency_ms,
-                adapter_fingerprint,
-            ),
+        """Store one answered query now (its own commit); returns its id."""
+        row = query_row(
+            mode,
+            text,
+            tokens,
+            k,
+            results,
+            query_encoder_fingerprint,
+            foundation_fingerprint,
+            latency_ms,
+            created,
+            adapter_fingerprint,
         )
-        return query_id
+        self.log_rows([row])
+        return row[0]
+
+    def log_rows(self, rows: Sequence[tuple]) -> None:
+        """Store rows from :func:`query_row` in one transaction: one fsync for all of them."""
+        db = self.db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO queries (query_id, created, mode, text, tokens, query_encoder_fingerprint, "
+                "foundation_fingerprint, k, results, latency_ms, adapter_fingerprint) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def add(
         self,
@@ -320,6 +334,110 @@ class FeedbackStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def query_row(
+    mode: str,
+    text: str,
+    tokens: bytes | None,
+    k: int,
+    results: list[int],
+    query_encoder_fingerprint: str | None,
+    foundation_fingerprint: str,
+    latency_ms: float | None = None,
+    created: float | None = None,
+    adapter_fingerprint: str | None = None,
+) -> tuple:
+    """One row of the ``queries`` table, with a fresh query id first."""
+    return (
+        uuid.uuid4().hex,
+        time.time() if created is None else created,
+        mode,
+        text,
+        tokens,
+        query_encoder_fingerprint,
+        foundation_fingerprint,
+        k,
+        json.dumps(results),
+        latency_ms,
+        adapter_fingerprint,
+    )
+
+
+class QueryLog:
+    """The service's writer of answered queries: group commit through one background thread.
+
+    ``durable`` (the default): :meth:`log` returns once the row is committed with
+    ``synchronous=FULL``, so a query id a client has seen survives a crash; rows that arrive within
+    ``max_wait_s`` of each other share one commit and one fsync. ``async``: :meth:`log` returns at
+    once and the row is committed in the next group; a crash loses the rows of the last few
+    milliseconds, and a feedback call flushes first, so it always finds its query.
+    """
+
+    MODES = ("durable", "async")
+
+    def __init__(
+        self,
+        store: FeedbackStore,
+        mode: str = "durable",
+        max_wait_s: float = 0.004,
+        max_batch: int = 256,
+        on_commit: Callable[[int], None] | None = None,
+    ):
+        from .batching import MicroBatcher
+
+        if mode not in self.MODES:
+            raise FeedbackError(f"query log mode must be durable or async, got {mode!r}")
+        self.store, self.mode = store, mode
+        self.commits = 0
+        self.rows = 0
+        self._on_commit = on_commit
+        self._writer = MicroBatcher(self._commit, max_batch, max_wait_s, name="isacir-query-log")
+        # Checkpoints (copying the WAL into the database, with fsyncs of their own) run on a thread
+        # of their own: inside a commit they would stall every request waiting on that group.
+        self._stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoints, name="isacir-query-log-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoints(self, every_s: float = 1.0) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self.store.db().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # busy or locked: the next round catches up
+                log.debug("query-log checkpoint skipped: %s", exc)
+
+    def _commit(self, rows: Sequence[tuple]) -> list[str]:
+        if self.commits == 0:
+            self.store.db().execute("PRAGMA wal_autocheckpoint=0")  # this thread's connection: see _checkpoints
+        self.store.log_rows(rows)
+        self.commits += 1
+        self.rows += len(rows)
+        if self._on_commit is not None:
+            self._on_commit(len(rows))
+        return [r[0] for r in rows]
+
+    def log(self, *args: Any, **kwargs: Any) -> str:
+        """Same arguments as :meth:`FeedbackStore.log_query`; returns the query id."""
+        row = query_row(*args, **kwargs)
+        fut = self._writer.submit(row)
+        if self.mode == "durable":
+            return fut.result()
+        fut.add_done_callback(_report_lost)
+        return row[0]
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        return self._writer.flush(timeout)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._stop.set()
+        self._checkpointer.join(10)
+
+
+def _report_lost(fut: Future) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.error("query-log row lost (async mode): %s", exc)
 
 
 def learnable(query: dict[str, Any]) -> dict[str, Any] | None:

@@ -47,6 +47,23 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        self.query_log_commits = Counter(
+            "isacir_query_log_commits",
+            "Commits of the query log (each one fsync); group commit puts many rows in one.",
+            registry=self.registry,
+        )
+        self.query_log_rows = Counter("isacir_query_log_rows", "Query-log rows committed.", registry=self.registry)
+        self.text_batch = Histogram(
+            "isacir_text_encode_batch_size",
+            "Composed queries per text-tower forward pass (micro-batching across requests).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+
+    def query_log_committed(self, rows: int) -> None:
+        self.query_log_commits.inc()
+        self.query_log_rows.inc(rows)
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """``route`` must be a route template or a fixed name; methods outside HTTP's set become OTHER."""
         method = method if method in METHODS else "OTHER"
