@@ -39,9 +39,12 @@ def serve_cmd(
         help="durable: a search answers once its log row is on disk (group commit); async: it does not wait, "
         "and a crash can lose the last few milliseconds of rows.",
     ),
-    max_batch: int = typer.Option(16, help="Concurrent searches whose text encodes share one forward pass."),
-    batch_wait_ms: float = typer.Option(3.0, help="How long a search waits for others to batch with (ms)."),
+    max_batch: int = typer.Option(8, help="Concurrent searches whose text encodes share one forward pass."),
+    batch_wait_ms: float = typer.Option(
+        20.0, help="Longest wait for other searches to batch with (ms); the wait is a quarter of a batch's compute."
+    ),
     max_inflight: int = typer.Option(32, help="API requests answered at once; beyond that, 503 with Retry-After."),
+    batch_workers: int = typer.Option(1, help="Batches of composed queries run at once (each uses --threads)."),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -66,6 +69,7 @@ def serve_cmd(
         max_batch,
         batch_wait_ms,
         max_inflight,
+        batch_workers,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

@@ -42,18 +42,31 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float = 0.003,
         name: str = "batcher",
         on_batch: Callable[[int], None] | None = None,
+        workers: int = 1,
+        wait_ratio: float | None = None,
     ):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if max_wait_s < 0:
             raise ValueError("max_wait_s must be >= 0")
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
         self.fn, self.max_batch, self.max_wait_s, self.on_batch = fn, max_batch, max_wait_s, on_batch
+        #: wait at most this fraction of a typical group's run time (None: always ``max_wait_s``).
+        #: Waiting buys batch size at the price of latency; it pays only when a group's work costs
+        #: much more than the wait, so a cheap model batches little and an expensive one a lot.
+        self.wait_ratio = wait_ratio
+        self._typical_s: float | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._pending = 0
         self._idle = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        # Several workers keep several cores busy when one group's work runs on one core (torch
+        # releases the GIL); each worker gathers and runs its own group.
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        self._gather = threading.Lock()
+        for t in self._threads:
+            t.start()
 
     def submit(self, item: T) -> Future:
         """Queue one item; the future holds its result (or its own exception)."""
@@ -85,8 +98,11 @@ class MicroBatcher(Generic[T, R]):
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def pending(self) -> int:
@@ -94,30 +110,40 @@ class MicroBatcher(Generic[T, R]):
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            group = [first]
-            stop = False
-            deadline = time.monotonic() + self.max_wait_s
-            while len(group) < self.max_batch:
-                left = deadline - time.monotonic()
-                try:
-                    nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                group.append(nxt)
+            with self._gather:  # one worker gathers at a time, so groups fill before the next starts
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                group = [first]
+                stop = False
+                deadline = time.monotonic() + self.current_wait_s()
+                while len(group) < self.max_batch:
+                    left = deadline - time.monotonic()
+                    try:
+                        nxt = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    group.append(nxt)
             self._run_group(group)
             if stop:
                 return
 
+    def current_wait_s(self) -> float:
+        if self.wait_ratio is None or self._typical_s is None:
+            return self.max_wait_s
+        return min(self.max_wait_s, self.wait_ratio * self._typical_s)
+
     def _run_group(self, group: list) -> None:
         items = [item for item, _ in group]
+        t0 = time.perf_counter()
         try:
             results = list(self.fn(items))
+            took = time.perf_counter() - t0
+            # a moving average of the group's run time, which grows with the model and the batch
+            self._typical_s = took if self._typical_s is None else 0.8 * self._typical_s + 0.2 * took
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
             outcomes: list = [(r, None) for r in results]

@@ -380,7 +380,7 @@ class QueryLog:
         self,
         store: FeedbackStore,
         mode: str = "durable",
-        max_wait_s: float = 0.004,
+        max_wait_s: float = 0.006,
         max_batch: int = 256,
         on_commit: Callable[[int], None] | None = None,
     ):
