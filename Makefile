@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The browser tests drive Debian's chromium and the metrics test scrapes with Debian's prometheus.
+# The browser tests drive Debian's chromium, the metrics test scrapes with Debian's prometheus,
+# and the load-test check drives Debian's wrk.
 # As root, install what is missing; otherwise those tests say what to install.
-SYSTEM_PACKAGES := chromium prometheus
+SYSTEM_PACKAGES := chromium prometheus wrk
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \

@@ -299,6 +299,30 @@ def pilot_versions_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_test_table(runs: list[tuple[str, dict]]) -> str:
+    """`benchmarks/load_test.py --compare-to REV`: before and after, side by side from one run each."""
+    if not runs:
+        return "No load-test run is recorded yet.\n"
+    lines = [
+        "| foundation | server | requests/s | p50 ms | p99 ms | p99 / p50 | log commits per query | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in runs:
+        b = r["before"]
+        names = {1: "1 torch thread", None: "torch's threads"}
+        threads = names.get(b["torch_threads"], f"{b['torch_threads']} threads")
+        for who, x, commits in (
+            (f"before (`{b['revision']}`, {threads})", b, "1 (one per query)"),
+            ("after (defaults)", r, f"{r['log_commits_per_query']:.3f}"),
+        ):
+            lines.append(
+                f"| {name} | {who} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | "
+                f"{x['p99_ms'] / x['p50_ms']:.2f} | {commits} | {x['errors']} |"
+            )
+        lines.append(f"| {name} | **after / before** | **{r['rps_ratio']:.2f}x** | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -321,6 +345,13 @@ def render() -> dict[Path, str]:
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]
             )
+        ),
+        "load-test": load_test_table(
+            [
+                (name, json.loads((RESULTS / f"load-{tag}.json").read_text()))
+                for name, tag in (("tiny test CLIP", "tiny"), ("ViT-B/32 (random init)", "vitb32"))
+                if (RESULTS / f"load-{tag}.json").exists()
+            ]
         ),
         "domain-summary": domain_table(
             sorted(

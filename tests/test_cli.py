@@ -170,3 +170,28 @@ def test_bench_backbones_script_and_verb_agree_on_the_shape(tiny_openclip_dir):
     row = verb["backbones"][0]
     # speedup is rounded to 0.1 and computed from unrounded times: within 0.05 plus 1 % of the ratio
     assert abs(row["speedup"] - verb["large_ms"] / row["light_ms"]) <= 0.05 + 0.01 * row["speedup"]
+
+
+@pytest.mark.bench
+def test_load_test_script_reports_the_goal_keys_from_the_server():
+    """A short wrk run against a real server: the JSON keys the docs table reads, 0 errors, and a
+    query-log commit count that comes from the server's counters (group commit: several rows each)."""
+    import pathlib
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is missing: make system-deps installs it as root (apt-get install wrk)")
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--images", "60", "--duration", "3", "--connections", "8", "--json"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"rps", "p50_ms", "p99_ms", "errors", "requests", "log_commits_per_query"} <= set(res)
+    assert res["errors"] == 0 and res["requests"] > 20 and res["gallery_items"] == 60
+    assert res["answered_searches"] >= res["requests"]
+    assert 0 < res["log_commits_per_query"] < 1  # rows share commits
