@@ -23,12 +23,15 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._fs import atomic_write_bytes
 from .._version import __version__
@@ -96,9 +99,49 @@ def read_api_keys(path: str | os.PathLike) -> tuple[str, ...]:
     return keys
 
 
-# ----- request bodies -----------------------------------------------------------------------------
+# ----- request and error bodies -------------------------------------------------------------------
+class ErrorOut(BaseModel):
+    """Every error the API answers: a message for people and a stable code for programs."""
+
+    detail: str = Field(..., description="What went wrong, for a person.")
+    code: str = Field(..., description="What went wrong, for a program: unauthorized, forbidden, payload_crc, ...")
+    errors: Optional[list[dict]] = Field(None, description="Request validation (422): one entry per bad field.")
+
+
+_ERROR_TEXT = {
+    401: "No valid API key (send X-API-Key or Authorization: Bearer).",
+    403: "The key lacks the scope this route needs.",
+    404: "No such item or resource.",
+    409: "The token payload was made by another query encoder than the served one.",
+    410: "The item is indexed but its file is gone.",
+    413: "The request body is over the upload cap.",
+    415: "The upload is not an image format the server reads.",
+    422: "The request is malformed: a bad field, payload or image.",
+    429: "The key is over its rate limit; see Retry-After.",
+    503: "The server is saturated; see Retry-After.",
+}
+
+
+def errors(*extra: int) -> dict:
+    """The error responses of a keyed route, for the OpenAPI spec: the common ones plus ``extra``."""
+    return {
+        code: {"model": ErrorOut, "description": _ERROR_TEXT[code]} for code in (401, 403, 413, 422, 429, 503, *extra)
+    }
+
+
+#: gallery ids are non-negative 64-bit integers (FAISS and SQLite ids); larger ones are 422, not 500
+ITEM_ID = PathParam(..., ge=0, le=2**63 - 1, description="A gallery item id.")
+
+IMAGE_CONTENT = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
+
+
 class TokenSearch(BaseModel):
-    payload: str = Field(..., description="The token payload (ISAT binary), base64-encoded.")
+    payload: str = Field(
+        ...,
+        min_length=1,
+        max_length=2_000_000,
+        description="The token payload (ISAT binary), base64-encoded.",
+    )
     text: str = Field("", max_length=1000, description="The modification, e.g. 'same but in red'.")
     k: int = Field(10, ge=1, le=MAX_K)
     rerank: int = Field(0, ge=0, le=MAX_K, description="Re-rank this many top candidates with the large model.")
@@ -106,7 +149,7 @@ class TokenSearch(BaseModel):
 
 class FeedbackIn(BaseModel):
     query_id: str = Field(..., min_length=1, max_length=64)
-    verdict: str = Field(..., description="confirmed | rejected | corrected")
+    verdict: Literal["confirmed", "rejected", "corrected"] = Field(..., description="confirmed | rejected | corrected")
     candidate_id: Optional[int] = Field(None, description="confirmed / rejected: one of the query's results.")
     correct_id: Optional[int] = Field(None, description="corrected: the right item, any gallery id (shown or not).")
     note: Optional[str] = Field(None, max_length=2000)
@@ -412,10 +455,27 @@ def create_app(state: ServiceState) -> FastAPI:
             route = request.scope.get("route")
             metrics.observe(getattr(route, "path", "unmatched"), request.method, status, time.perf_counter() - t0)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        body = exc.detail if isinstance(exc.detail, dict) else {"detail": exc.detail, "code": "error"}
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc.detail, dict):
+            body = exc.detail
+        else:  # the framework's own: unknown route (404), wrong method (405)
+            body = {
+                "detail": str(exc.detail),
+                "code": {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error"),
+            }
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{'.'.join(p['loc'][1:]) or p['loc'][0]}: {p['msg']}" for p in problems[:5])
+        return JSONResponse(
+            {"detail": f"invalid request: {summary}", "code": "validation", "errors": problems}, status_code=422
+        )
 
     @app.exception_handler(IsacirError)
     async def isacir_error(request: Request, exc: IsacirError):
@@ -426,7 +486,7 @@ def create_app(state: ServiceState) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok", "gallery_items": state.gallery.count(), "version": __version__}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "Not ready: a check failed."}})
     def readyz() -> JSONResponse:
         """Ready to answer: models loaded, the vector store open, the query log writable."""
         checks: dict[str, str] = {}
@@ -465,12 +525,17 @@ def create_app(state: ServiceState) -> FastAPI:
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/metrics", dependencies=require("metrics"), tags=["ops"])
+    @app.get(
+        "/metrics",
+        dependencies=require("metrics"),
+        tags=["ops"],
+        responses={**errors(), 200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     def prometheus() -> Response:
         metrics.gallery_items.set(state.gallery.count())
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/info", dependencies=require("search"), tags=["search"])
+    @app.get("/v1/info", dependencies=require("search"), tags=["search"], responses=errors())
     def info() -> dict:
         """What a device must match: the served query encoder's fingerprint, token count and dim."""
         return state.info()
@@ -506,7 +571,7 @@ def create_app(state: ServiceState) -> FastAPI:
         query = state.compose(prepared, text)
         return state.retriever.search_vector(query, k, rerank, prepared, text)
 
-    @app.post("/v1/search", dependencies=require("search"), tags=["search"])
+    @app.post("/v1/search", dependencies=require("search"), tags=["search"], responses=errors(415))
     def search(
         image: UploadFile = File(..., description="The reference photo."),
         text: str = Form("", max_length=1000),
@@ -521,7 +586,7 @@ def create_app(state: ServiceState) -> FastAPI:
         payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
         return _respond("image", text, hits, k, payload, t0)
 
-    @app.post("/v1/search/tokens", dependencies=require("search"), tags=["search"])
+    @app.post("/v1/search/tokens", dependencies=require("search"), tags=["search"], responses=errors(409))
     def search_tokens(body: TokenSearch) -> dict:
         """Asymmetric mode: only the device's pseudo-word tokens travel, never the photo."""
         import torch
@@ -556,7 +621,7 @@ def create_app(state: ServiceState) -> FastAPI:
         hits = _search(tokens, body.text, body.k, body.rerank)
         return _respond("tokens", body.text, hits, body.k, raw, t0)
 
-    @app.post("/v1/gallery", dependencies=require("gallery:write"), tags=["gallery"])
+    @app.post("/v1/gallery", dependencies=require("gallery:write"), tags=["gallery"], responses=errors(415))
     def add_images(
         request: Request,
         images: list[UploadFile] = File(..., description="One or more images to add."),
@@ -595,8 +660,8 @@ def create_app(state: ServiceState) -> FastAPI:
             {"added": added, "rejected": rejected, "report": report.to_dict(), "gallery_items": state.gallery.count()}
         )
 
-    @app.delete("/v1/gallery/{item_id}", dependencies=require("gallery:write"), tags=["gallery"])
-    def remove_image(item_id: int, request: Request) -> dict:
+    @app.delete("/v1/gallery/{item_id}", dependencies=require("gallery:write"), tags=["gallery"], responses=errors(404))
+    def remove_image(request: Request, item_id: int = ITEM_ID) -> dict:
         path = state.gallery.path_of(item_id)
         if path is None:
             raise _error(404, f"no gallery item {item_id}", "not_found")
@@ -616,8 +681,13 @@ def create_app(state: ServiceState) -> FastAPI:
             raise _error(404, f"no gallery item {item_id}", "not_found")
         return path
 
-    @app.get("/v1/images/{item_id}", dependencies=require("images"), tags=["gallery"])
-    def get_image(item_id: int):
+    @app.get(
+        "/v1/images/{item_id}",
+        dependencies=require("images"),
+        tags=["gallery"],
+        responses={**errors(404, 410), 200: {"content": IMAGE_CONTENT}},
+    )
+    def get_image(item_id: int = ITEM_ID):
         path = _item_path(item_id)
         if "::" not in path:
             if not Path(path).is_file():
@@ -625,8 +695,13 @@ def create_app(state: ServiceState) -> FastAPI:
             return FileResponse(path)
         return Response(state.thumbnail(item_id, path, 4096), media_type="image/jpeg")
 
-    @app.get("/v1/images/{item_id}/thumbnail", dependencies=require("images"), tags=["gallery"])
-    def get_thumbnail(item_id: int, size: int = 256):
+    @app.get(
+        "/v1/images/{item_id}/thumbnail",
+        dependencies=require("images"),
+        tags=["gallery"],
+        responses={**errors(404, 410), 200: {"content": {"image/jpeg": IMAGE_CONTENT["image/*"]}}},
+    )
+    def get_thumbnail(item_id: int = ITEM_ID, size: int = Query(256, ge=16, le=1024)):
         if not 16 <= size <= 1024:
             raise _error(422, "thumbnail size must be within 16..1024", "size")
         path = _item_path(item_id)
@@ -636,7 +711,7 @@ def create_app(state: ServiceState) -> FastAPI:
             raise _error(410, f"gallery item {item_id} cannot be read: {exc}", "gone") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.post("/v1/feedback", dependencies=require("feedback"), tags=["feedback"])
+    @app.post("/v1/feedback", dependencies=require("feedback"), tags=["feedback"], responses=errors(404))
     def feedback(body: FeedbackIn) -> dict:
         """Confirm or reject a candidate of an answered query, or name the right item (``corrected``).
 
@@ -676,7 +751,7 @@ def create_app(state: ServiceState) -> FastAPI:
             **({"correct_id": item} if body.verdict == "corrected" else {}),
         }
 
-    @app.get("/v1/pilot/summary", dependencies=require("pilot"), tags=["pilot"])
+    @app.get("/v1/pilot/summary", dependencies=require("pilot"), tags=["pilot"], responses=errors())
     def pilot_summary_route(
         group_by: str = Query("version", description="overall | day | week | version | mode | category"),
         since: Optional[str] = Query(None, alias="from", description="ISO date or time (UTC), or unix seconds"),
@@ -693,7 +768,12 @@ def create_app(state: ServiceState) -> FastAPI:
         start, end = _time_range(since, until)
         return pilot_summary(state.feedback.queries(start, end), group_by, k)
 
-    @app.get("/v1/pilot/charts/{name}.svg", dependencies=require("pilot"), tags=["pilot"])
+    @app.get(
+        "/v1/pilot/charts/{name}.svg",
+        dependencies=require("pilot"),
+        tags=["pilot"],
+        responses={**errors(404), 200: {"content": {"image/svg+xml": {"schema": {"type": "string"}}}}},
+    )
     def pilot_chart(
         name: str,
         metric: str = Query("false_hit_rate", description="over-time: false_hit_rate | precision_at_1 | ..."),
@@ -716,8 +796,8 @@ def create_app(state: ServiceState) -> FastAPI:
             svg = charts.CHARTS[name](queries)
         return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
-    @app.get("/v1/gallery/{item_id}", dependencies=require("images"), tags=["gallery"])
-    def gallery_item(item_id: int) -> dict:
+    @app.get("/v1/gallery/{item_id}", dependencies=require("images"), tags=["gallery"], responses=errors(404))
+    def gallery_item(item_id: int = ITEM_ID) -> dict:
         """One gallery item by id (an operator can open the right item when search did not show it)."""
         return _item_json(item_id, _item_path(item_id))
 
