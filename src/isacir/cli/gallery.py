@@ -106,6 +106,31 @@ def gallery_rm(
     err.print(f"removed {removed} of {len(ids)} ids")
 
 
+@gallery_app.command("verify")
+def gallery_verify(
+    gallery: Path = typer.Argument(...),
+    sample: Optional[int] = typer.Option(None, help="Check self-retrieval on N random items (default: all)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Check that the database and the vector store agree; exit 1 on any problem."""
+    from ..gallery import Gallery
+
+    report = Gallery.open(gallery).verify(sample=sample)
+    for line in report["problems"]:
+        err.print(f"[red]problem:[/] {line}", highlight=False)
+    for line in report["warnings"]:
+        err.print(f"[yellow]warning:[/] {line}", highlight=False)
+    err.print(
+        f"{report['items']} items, {report['store_count']} vectors in the store, generation {report['generation']}; "
+        f"self-retrieval checked on {report['self_retrieval_checked']}: {'ok' if report['ok'] else 'NOT OK'}",
+        highlight=False,
+    )
+    if as_json:
+        emit_json(report)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 @gallery_app.command("ls")
 def gallery_ls(gallery: Path = typer.Argument(...), limit: int = typer.Option(20)) -> None:
     """List entries (id, path, content hash)."""
