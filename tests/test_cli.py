@@ -195,3 +195,26 @@ def test_load_test_script_reports_the_goal_keys_from_the_server():
     assert res["errors"] == 0 and res["requests"] > 20 and res["gallery_items"] == 60
     assert res["answered_searches"] >= res["requests"]
     assert 0 < res["log_commits_per_query"] < 1  # rows share commits
+
+
+@pytest.mark.bench
+def test_a_one_minute_soak_has_no_server_error_and_flat_memory():
+    """Mixed search, feedback, upload and delete at fixed rates: 0 5xx, resident memory within 10 %."""
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--duration", "60", "--images", "200", "--json"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, (res, proc.stderr[-2000:])
+    assert res["server_errors"] == 0 and res["transport_errors"] == 0
+    assert res["rss_growth"] <= 0.10 and res["rss_samples"] >= 50
+    # the open-loop schedule held: each workload sent about rate x duration requests
+    for name, rate in res["rates_per_s"].items():
+        assert res["requests"][name] >= 0.8 * rate * 60, (name, res["requests"])
+    assert res["status"]["delete"].get("200", 0) >= 20 and res["status"]["upload"].get("200", 0) >= 50
