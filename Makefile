@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The browser tests drive Debian's chromium, the metrics test scrapes with Debian's prometheus,
-# and the load-test check drives Debian's wrk.
+# the load-test check drives Debian's wrk, and the feedback-store tests start Debian's postgresql.
+# Each entry is PACKAGE:PROGRAM (PostgreSQL keeps its programs off PATH, under /usr/lib/postgresql).
 # As root, install what is missing; otherwise those tests say what to install.
-SYSTEM_PACKAGES := chromium prometheus wrk
+SYSTEM_PACKAGES := chromium:chromium prometheus:prometheus wrk:wrk postgresql:/usr/lib/postgresql/*/bin/initdb
 system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do pkg=$${entry%%:*}; prog=$${entry#*:}; \
+		command -v $$prog >/dev/null 2>&1 || ls $$prog >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi

@@ -323,6 +323,23 @@ def load_test_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def soak_table(run: dict | None) -> str:
+    """`benchmarks/soak.py`: requests per workload, server errors and resident memory."""
+    if run is None:
+        return "No soak run is recorded yet.\n"
+    lines = ["| workload | rate /s | requests | statuses |", "|---|---:|---:|---|"]
+    for name, rate in run["rates_per_s"].items():
+        codes = ", ".join(f"{code}: {n}" for code, n in sorted(run["status"][name].items()))
+        lines.append(f"| {name} | {rate:g} | {run['requests'][name]} | {codes} |")
+    lines.append("")
+    lines.append(
+        f"{run['duration_s']:.0f} s on {run['cpu_count']} cores: **{run['server_errors']} server errors**, "
+        f"{run['transport_errors']} transport errors; resident memory {run['rss_warm_mb']:.0f} MB after warm-up, "
+        f"{run['rss_end_mb']:.0f} MB at the end (**{100 * run['rss_growth']:+.1f} %**, goal at most +10 %)."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -352,6 +369,9 @@ def render() -> dict[Path, str]:
                 for name, tag in (("tiny test CLIP", "tiny"), ("ViT-B/32 (random init)", "vitb32"))
                 if (RESULTS / f"load-{tag}.json").exists()
             ]
+        ),
+        "soak": soak_table(
+            json.loads((RESULTS / "soak-600s.json").read_text()) if (RESULTS / "soak-600s.json").exists() else None
         ),
         "domain-summary": domain_table(
             sorted(

@@ -53,3 +53,34 @@ def blip_fnd(tiny_blip_name):
 @pytest.fixture(params=["openclip", "blip"])
 def foundation(request, openclip_fnd, blip_fnd):
     return openclip_fnd if request.param == "openclip" else blip_fnd
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL for the session (Debian's postgresql package; `make test` installs it as root)."""
+    from pg_server import TempPostgres
+
+    server = TempPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request, tmp_path):
+    """A factory of fresh feedback stores on each backend: the same tests run against both."""
+    from isacir.serve.feedback_pg import open_store
+
+    if request.param == "sqlite":
+        spec = str(tmp_path / "feedback.sqlite")
+    else:
+        spec = request.getfixturevalue("postgres").new_database()
+    stores = []
+
+    def make():
+        stores.append(open_store(spec))
+        return stores[-1]
+
+    make.spec = spec
+    yield make
+    for s in stores:
+        s.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from isacir.serve.batching import BatcherClosed, MicroBatcher
-from isacir.serve.feedback import FeedbackStore, QueryLog
+from isacir.serve.feedback import QueryLog
 
 
 def test_concurrent_submits_share_batches_and_each_gets_its_own_result():
@@ -56,21 +55,14 @@ def _log_args(i: int):
     return ("tokens", f"query {i}", b"\x00" * 64, 10, list(range(10)), "qe", "fnd")
 
 
-def test_durable_log_returns_only_committed_rows_and_groups_commits(tmp_path):
-    store = FeedbackStore(tmp_path / "f.sqlite")
+def test_durable_log_returns_only_committed_rows_and_groups_commits(make_store):
+    store = make_store()
     log = QueryLog(store, "durable", max_wait_s=0.01)
-    # another connection sees only committed rows
-    reader = sqlite3.connect(tmp_path / "f.sqlite", check_same_thread=False)
+    reader = make_store()  # another connection sees only committed rows
 
     def log_and_check(i):
         qid = log.log(*_log_args(i))
-        return reader_sees(qid)
-
-    lock = threading.Lock()
-
-    def reader_sees(qid):
-        with lock:
-            return reader.execute("SELECT COUNT(*) FROM queries WHERE query_id = ?", (qid,)).fetchone()[0]
+        return reader._fetchall("SELECT COUNT(*) FROM queries WHERE query_id = ?", (qid,))[0][0]
 
     with ThreadPoolExecutor(16) as pool:
         seen = list(pool.map(log_and_check, range(64)))
@@ -80,8 +72,8 @@ def test_durable_log_returns_only_committed_rows_and_groups_commits(tmp_path):
     assert store.counts()["queries"] == 64
 
 
-def test_async_log_answers_before_the_commit_and_flush_makes_rows_visible(tmp_path):
-    store = FeedbackStore(tmp_path / "f.sqlite")
+def test_async_log_answers_before_the_commit_and_flush_makes_rows_visible(make_store):
+    store = make_store()
     gate = threading.Event()
     log = QueryLog(store, "async", max_wait_s=0.0)
     real = store.log_rows
@@ -99,9 +91,9 @@ def test_async_log_answers_before_the_commit_and_flush_makes_rows_visible(tmp_pa
     log.close()
 
 
-def test_closing_the_log_commits_the_last_group(tmp_path):
-    store = FeedbackStore(tmp_path / "f.sqlite")
+def test_closing_the_log_commits_the_last_group(make_store):
+    store = make_store()
     log = QueryLog(store, "async", max_wait_s=0.5)  # a long window: rows are still queued at close
     ids = [log.log(*_log_args(i)) for i in range(5)]
     log.close()
-    assert sorted(q["query_id"] for q in FeedbackStore(tmp_path / "f.sqlite").queries()) == sorted(ids)
+    assert sorted(q["query_id"] for q in make_store().queries()) == sorted(ids)

@@ -73,8 +73,8 @@ def test_a_v2_log_gains_the_adapter_column(tmp_path):
     assert [q["version"] for q in store.queries() if q["query_id"] == qid] == ["fpq+fpa"]
 
 
-def test_verdict_rules(tmp_path):
-    store = FeedbackStore(tmp_path / "f.sqlite")
+def test_verdict_rules(make_store):
+    store = make_store()
     qid = store.log_query("tokens", "is red", b"\x00", 3, [1, 2, 3], "fpq", "fpf", latency_ms=12.5)
     with pytest.raises(FeedbackError, match="not among the results"):
         store.add(qid, 4, "confirmed")
@@ -206,10 +206,10 @@ def test_export_of_a_missing_db_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2 and "feedback database not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_retention_drops_only_old_unjudged_tokens_and_keeps_the_counts(tmp_path):
+def test_retention_drops_only_old_unjudged_tokens_and_keeps_the_counts(make_store):
     from isacir.pilot import summarize
 
-    store = FeedbackStore(tmp_path / "f.sqlite")
+    store = make_store()
     import time
 
     now = time.time()
@@ -235,7 +235,7 @@ def test_retention_drops_only_old_unjudged_tokens_and_keeps_the_counts(tmp_path)
             "feedback",
             "prune",
             "--db",
-            str(tmp_path / "f.sqlite"),
+            make_store.spec,
             "--older-than-days",
             "0",
         ],

@@ -7,13 +7,13 @@ from typing import Optional
 
 import typer
 
-from ._app import app, emit_json, err
+from ._app import FEEDBACK_DB_HELP, app, emit_json, err
 
 
 @app.command("adapt")
 def adapt_cmd(
     gallery: Path = typer.Option(..., help="The served gallery (positives' vectors are read from it)."),
-    feedback: Path = typer.Option(..., help="The feedback database (GALLERY/feedback.sqlite by default)."),
+    feedback: str = typer.Option(..., help=FEEDBACK_DB_HELP),
     query_encoder: Path = typer.Option(..., help="The served query encoder: only its logged tokens are used."),
     out: Path = typer.Option(..., help="Adapter folder to write (config, weights, fingerprint, report)."),
     foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..errors import IsacirError
-from ._app import app, emit_json, err
+from ._app import FEEDBACK_DB_HELP, app, emit_json, err
 
 if TYPE_CHECKING:
     from ..serve.feedback import FeedbackStore
@@ -17,18 +17,21 @@ feedback_app = typer.Typer(help="Export and inspect the query log and operator f
 app.add_typer(feedback_app, name="feedback")
 
 
-def open_feedback_db(db: Path) -> FeedbackStore:
+def open_feedback_db(db: str | Path) -> FeedbackStore:
     """The store of an existing log (the commands here read; they never create one by mistake)."""
     from ..serve.feedback import FeedbackStore
+    from ..serve.feedback_pg import PostgresFeedbackStore, is_postgres_url
 
-    if not db.is_file():
+    if is_postgres_url(str(db)):
+        return PostgresFeedbackStore(str(db))
+    if not Path(db).is_file():
         raise IsacirError(f"feedback database not found: {db} (the service writes GALLERY/feedback.sqlite)")
     return FeedbackStore(db)
 
 
 @feedback_app.command("export")
 def export_cmd(
-    db: Path = typer.Option(..., help="The feedback database (GALLERY/feedback.sqlite by default)."),
+    db: str = typer.Option(..., help=FEEDBACK_DB_HELP),
     out_file: Path = typer.Option(..., "--out", help="JSON Lines file to write, one line per learnable query."),
 ) -> None:
     """One line per query with a positive (confirmed or corrected): tokens, text, positive, rejected ids."""
@@ -41,7 +44,7 @@ def export_cmd(
 
 @feedback_app.command("prune")
 def prune_cmd(
-    db: Path = typer.Option(..., help="The feedback database."),
+    db: str = typer.Option(..., help=FEEDBACK_DB_HELP),
     older_than_days: float = typer.Option(..., help="Drop tokens of queries older than this with no verdict."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be dropped."),
 ) -> None:
@@ -55,6 +58,8 @@ def prune_cmd(
 
 
 @feedback_app.command("stats")
-def stats_cmd(db: Path = typer.Option(..., help="The feedback database.")) -> None:
+def stats_cmd(
+    db: str = typer.Option(..., help=FEEDBACK_DB_HELP),
+) -> None:
     """Counts of logged queries and of each verdict."""
     emit_json(open_feedback_db(db).counts())

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import IsacirError
-from ._app import app, emit_json, err
+from ._app import FEEDBACK_DB_HELP, app, emit_json, err
 
 pilot_app = typer.Typer(help="Pilot metrics from operator verdicts.", no_args_is_help=True)
 app.add_typer(pilot_app, name="pilot")
@@ -16,7 +16,7 @@ app.add_typer(pilot_app, name="pilot")
 
 @pilot_app.command("report")
 def report_cmd(
-    feedback_db: Path = typer.Option(..., help="The feedback database (GALLERY/feedback.sqlite)."),
+    feedback_db: str = typer.Option(..., help=FEEDBACK_DB_HELP),
     out_file: Path = typer.Option(..., "--out", help="The HTML file to write (self-contained: charts inline)."),
     csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV of every table into this folder."),
     since: Optional[str] = typer.Option(None, "--from", help="ISO date or time (UTC), or unix seconds."),

@@ -23,7 +23,9 @@ def serve_cmd(
         "(every scope). Default: no auth, only sensible on loopback.",
     ),
     max_upload_mb: float = typer.Option(10.0, help="Request body cap; larger bodies get 413."),
-    feedback_db: Optional[Path] = typer.Option(None, help="Default: GALLERY/feedback.sqlite."),
+    feedback_db: Optional[str] = typer.Option(
+        None, help="A SQLite file (default: GALLERY/feedback.sqlite) or a postgresql:// URL that replicas share."
+    ),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     query_log_retention_days: Optional[float] = typer.Option(
         None, help="Drop the payload tokens of unjudged queries after N days (default: keep them)."

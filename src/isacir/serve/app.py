@@ -40,7 +40,8 @@ from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
 from .batching import MicroBatcher
-from .feedback import FeedbackError, FeedbackStore, QueryLog, served_version
+from .feedback import FeedbackError, QueryLog, served_version
+from .feedback_pg import is_postgres_url, open_store
 from .keys import SCOPES, ApiKey, KeyFileError, KeyRing, retry_after_header
 from .metrics import ServiceMetrics
 
@@ -64,7 +65,8 @@ class ServeSettings:
     #: where gallery changes are recorded with the key's name (default: GALLERY/audit.jsonl)
     audit_log: Optional[Path] = None
     max_upload_bytes: int = 10 * 1024 * 1024
-    feedback_db: Optional[Path] = None
+    #: a SQLite file (default: GALLERY/feedback.sqlite) or a postgresql:// URL shared by replicas
+    feedback_db: Optional[Path | str] = None
     upload_dir: Optional[Path] = None
     thumbnail_cache: int = 512
     #: Drop the payload tokens of unjudged queries older than this many days (None: keep them).
@@ -293,7 +295,7 @@ class ServiceState:
         self.adapter_fingerprint = adapter.fingerprint if adapter is not None else None
         #: what answered a query: the query encoder, plus the adapter when one is served
         self.version = served_version(self.qe_fingerprint, self.adapter_fingerprint)
-        self.feedback = FeedbackStore(settings.feedback_db or gallery.dir / "feedback.sqlite")
+        self.feedback = open_store(settings.feedback_db or gallery.dir / "feedback.sqlite")
         self.metrics = ServiceMetrics()
         self.query_log = QueryLog(self.feedback, settings.query_log, on_commit=self.metrics.query_log_committed)
         self.composer: MicroBatcher = MicroBatcher(
@@ -500,9 +502,7 @@ def create_app(state: ServiceState) -> FastAPI:
         except Exception as exc:  # noqa: BLE001
             checks["store"] = f"error: {exc}"
         try:
-            db = state.feedback.db()
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("ROLLBACK")
+            state.feedback.check_writable()
             checks["query_log"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["query_log"] = f"error: {exc}"
@@ -835,6 +835,13 @@ def _time_range(since: str | None, until: str | None) -> tuple[float | None, flo
         raise _error(422, str(exc), "time_range") from None
 
 
+def _feedback_location(spec: str | os.PathLike | None) -> Path | str | None:
+    """A postgresql:// URL stays a string (a Path would fold its '//'); anything else is a file path."""
+    if spec is None or spec == "":
+        return None
+    return str(spec) if is_postgres_url(str(spec)) else Path(spec)
+
+
 def _ext_from_bytes(data: bytes) -> str:
     from PIL import Image
 
@@ -874,7 +881,9 @@ def load_service(
     settings = ServeSettings(
         keys=KeyRing.from_file(api_key_file) if api_key_file else None,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        feedback_db=Path(feedback_db) if feedback_db else None,
+        feedback_db=(str(feedback_db) if is_postgres_url(str(feedback_db)) else Path(feedback_db))
+        if feedback_db
+        else None,
         query_log_retention_days=query_log_retention_days,
         cors_origins=tuple(cors_origins),
         query_log=query_log,

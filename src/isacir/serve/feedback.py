@@ -183,19 +183,57 @@ class FeedbackStore:
 
     def log_rows(self, rows: Sequence[tuple]) -> None:
         """Store rows from :func:`query_row` in one transaction: one fsync for all of them."""
+        self._insert_many(
+            "INSERT INTO queries (query_id, created, mode, text, tokens, query_encoder_fingerprint, "
+            "foundation_fingerprint, k, results, latency_ms, adapter_fingerprint) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    # ----- the few operations a backend provides ----------------------------------------------
+    def _insert_many(self, sql: str, rows: Sequence[tuple]) -> None:
+        """All rows in one transaction (one fsync)."""
         db = self.db()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO queries (query_id, created, mode, text, tokens, query_encoder_fingerprint, "
-                "foundation_fingerprint, k, results, latency_ms, adapter_fingerprint) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            db.executemany(sql, rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _fetchall(self, sql: str, args: Sequence = ()) -> list[tuple]:
+        return self.db().execute(sql, tuple(args)).fetchall()
+
+    def _execute(self, sql: str, args: Sequence = ()) -> int:
+        """One statement in its own transaction; returns the rows it changed."""
+        return int(self.db().execute(sql, tuple(args)).rowcount)
+
+    def _insert_feedback(self, row: tuple) -> int:
+        cur = self.db().execute(
+            "INSERT INTO feedback (query_id, candidate_id, verdict, created, note, in_results) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        return int(cur.lastrowid or 0)
+
+    def check_writable(self) -> None:
+        """Raise unless a write transaction can start now (the readiness probe)."""
+        db = self.db()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+
+    def writer_setup(self) -> None:
+        """Called once on the query-log writer's thread: its commits never run a WAL checkpoint."""
+        self.db().execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database, off the commit path (see :class:`QueryLog`)."""
+        self.db().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def add(
         self,
@@ -210,8 +248,8 @@ class FeedbackStore:
         ``in_gallery`` checks it); otherwise it must be one of the query's results."""
         if verdict not in VERDICTS:
             raise FeedbackError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
-        db = self.db()
-        row = db.execute("SELECT results FROM queries WHERE query_id = ?", (query_id,)).fetchone()
+        found = self._fetchall("SELECT results FROM queries WHERE query_id = ?", (query_id,))
+        row = found[0] if found else None
         if row is None:
             raise FeedbackError(
                 f"unknown query_id {query_id!r}: feedback must refer to a search this server answered", 404
@@ -222,12 +260,9 @@ class FeedbackStore:
                 raise FeedbackError(f"correct_id {candidate_id} is not an item of the gallery", 422)
         elif not returned:
             raise FeedbackError(f"candidate {candidate_id} was not among the results of query {query_id}", 422)
-        cur = db.execute(
-            "INSERT INTO feedback (query_id, candidate_id, verdict, created, note, in_results) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (query_id, candidate_id, verdict, time.time() if created is None else created, note, int(returned)),
+        return self._insert_feedback(
+            (query_id, candidate_id, verdict, time.time() if created is None else created, note, returned)
         )
-        return int(cur.lastrowid or 0)
 
     def rows(self, query_id: str | None = None) -> list[dict]:
         """Feedback joined with its query (tokens as payload bytes), oldest first."""
@@ -251,7 +286,7 @@ class FeedbackStore:
             "tokens",
             "query_encoder_fingerprint",
         )
-        out = [dict(zip(keys, r, strict=True)) for r in self.db().execute(sql + " ORDER BY f.feedback_id", args)]
+        out = [dict(zip(keys, r, strict=True)) for r in self._fetchall(sql + " ORDER BY f.feedback_id", args)]
         for row in out:
             row["in_results"] = bool(row["in_results"])
         return out
@@ -272,10 +307,9 @@ class FeedbackStore:
             + window
             + " ORDER BY q.created, q.query_id"
         )
-        db = self.db()
         verdicts: dict[str, list[dict]] = {}
         # only the verdicts of queries in the window: a summary of one week must not read the whole log
-        for qid, cand, verdict, created, in_results in db.execute(
+        for qid, cand, verdict, created, in_results in self._fetchall(
             "SELECT f.query_id, f.candidate_id, f.verdict, f.created, f.in_results FROM feedback f "
             "JOIN queries q USING (query_id)" + window + " ORDER BY f.feedback_id",
             args,
@@ -296,8 +330,10 @@ class FeedbackStore:
             "latency_ms",
             "adapter_fingerprint",
         )
-        for row in db.execute(sql, args):
+        for row in self._fetchall(sql, args):
             q = dict(zip(keys, row, strict=True))
+            if isinstance(q["tokens"], memoryview):
+                q["tokens"] = bytes(q["tokens"])
             q["version"] = served_version(q["query_encoder_fingerprint"], q["adapter_fingerprint"])
             q["results"] = json.loads(q["results"])
             q["verdicts"] = verdicts.get(q["query_id"], [])
@@ -317,15 +353,13 @@ class FeedbackStore:
             "tokens IS NOT NULL AND created < ? AND NOT EXISTS "
             "(SELECT 1 FROM feedback f WHERE f.query_id = queries.query_id)"
         )
-        db = self.db()
         if dry_run:
-            return int(db.execute(f"SELECT COUNT(*) FROM queries WHERE {where}", (cutoff,)).fetchone()[0])
-        return int(db.execute(f"UPDATE queries SET tokens = NULL WHERE {where}", (cutoff,)).rowcount)
+            return int(self._fetchall(f"SELECT COUNT(*) FROM queries WHERE {where}", (cutoff,))[0][0])
+        return self._execute(f"UPDATE queries SET tokens = NULL WHERE {where}", (cutoff,))
 
     def counts(self) -> dict[str, int]:
-        db = self.db()
-        out = {"queries": db.execute("SELECT COUNT(*) FROM queries").fetchone()[0]}
-        for verdict, n in db.execute("SELECT verdict, COUNT(*) FROM feedback GROUP BY verdict"):
+        out = {"queries": int(self._fetchall("SELECT COUNT(*) FROM queries")[0][0])}
+        for verdict, n in self._fetchall("SELECT verdict, COUNT(*) FROM feedback GROUP BY verdict"):
             out[verdict] = n
         return out
 
@@ -402,13 +436,13 @@ class QueryLog:
     def _checkpoints(self, every_s: float = 1.0) -> None:
         while not self._stop.wait(every_s):
             try:
-                self.store.db().execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:  # busy or locked: the next round catches up
+                self.store.checkpoint()
+            except Exception as exc:  # noqa: BLE001  (busy or locked: the next round catches up)
                 log.debug("query-log checkpoint skipped: %s", exc)
 
     def _commit(self, rows: Sequence[tuple]) -> list[str]:
         if self.commits == 0:
-            self.store.db().execute("PRAGMA wal_autocheckpoint=0")  # this thread's connection: see _checkpoints
+            self.store.writer_setup()  # this thread's connection: see _checkpoints
         self.store.log_rows(rows)
         self.commits += 1
         self.rows += len(rows)
