@@ -157,3 +157,93 @@ def test_kill_9_during_uploads_and_feedback_loses_nothing_acknowledged(tmp_path,
     assert len(rows) <= sent_feedback  # and none twice
     logged = {q["query_id"] for q in store.queries()}
     assert set(queries) <= logged  # durable query log: every query id a client saw survived
+
+
+@pytest.mark.slow
+def test_several_writers_on_one_served_gallery_lose_nothing(tmp_path, tiny_openclip_dir):
+    """API uploads and deletes on a running service while `isacir index` and `isacir gallery rm` run
+    against the same gallery from other processes: afterwards the database and the store agree, and
+    every item's own image finds that item first."""
+    from isacir.foundation import create_foundation
+    from isacir.gallery import Gallery
+    from isacir.query import QueryEncoder
+    from isacir.search import Retriever
+
+    fnd = create_foundation(tiny_openclip_dir[0])
+    seed = make_images(tmp_path / "seed-images", 12, seed=1)
+    g = Gallery.open_or_create(tmp_path / "gallery", fnd)
+    g.index([str(tmp_path / "seed-images")], fnd, progress=False)
+    seed_ids = g.ids_for_paths([str(p) for p in seed])
+    g.close()
+    QueryEncoder.create(fnd, backbone="mobilenetv3_small_050", num_tokens=2, image_size=48).save_pretrained(
+        tmp_path / "qe"
+    )
+    (tmp_path / "keys").write_text("fault-key\n")
+    make_images(tmp_path / "cli-images", 16, seed=2)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(tmp_path / "gallery", tmp_path / "qe", tmp_path / "keys", port)
+    api_kept: list[int] = []
+    api_deleted: list[int] = []
+    try:
+        cli = [sys.executable, "-m", "isacir.cli"]
+        to_remove = sorted(seed_ids.values())[:4]
+        others = [
+            subprocess.Popen(
+                [*cli, "index", str(tmp_path / "cli-images"), "--gallery", str(tmp_path / "gallery"), "--no-progress"],
+                env=ENV,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+            subprocess.Popen(
+                [*cli, "gallery", "rm", *map(str, to_remove), "--gallery", str(tmp_path / "gallery")],
+                env=ENV,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        ]
+        i = 0
+        # keep uploading and deleting for as long as the other writers run (and at least 14 times)
+        while i < 14 or any(proc.poll() is None for proc in others):
+            r = requests.post(
+                f"{url}/v1/gallery", headers=KEY, files=[("images", (f"a{i}.png", _png(500 + i)))], timeout=120
+            )
+            assert r.status_code == 200, r.text
+            item = r.json()["added"][0]["id"]
+            if i % 3 == 0:
+                assert requests.delete(f"{url}/v1/gallery/{item}", headers=KEY, timeout=120).status_code == 200
+                api_deleted.append(item)
+            else:
+                api_kept.append(item)
+            i += 1
+        for proc in others:
+            assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
+        # while the service is idle, another process changes the gallery; then the service writes again:
+        # it must start from that process's index, not from its own older one
+        late = sorted(seed_ids.values())[4:6]
+        subprocess.run(
+            [*cli, "gallery", "rm", *map(str, late), "--gallery", str(tmp_path / "gallery")], env=ENV, check=True
+        )
+        to_remove += late
+        for j in range(3):
+            r = requests.post(
+                f"{url}/v1/gallery", headers=KEY, files=[("images", (f"b{j}.png", _png(900 + j)))], timeout=120
+            )
+            assert r.status_code == 200, r.text
+            api_kept.append(r.json()["added"][0]["id"])
+        # the service sees what the other processes did without a restart
+        r = requests.get(f"{url}/healthz", timeout=30).json()
+        assert r["gallery_items"] == 12 - 6 + 16 + len(api_kept)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+    g = Gallery.open(tmp_path / "gallery")
+    report = g.verify()
+    assert report["ok"], report
+    items = {it["id"]: it["path"] for it in g.items()}
+    assert len(items) == 12 - 6 + 16 + len(api_kept)
+    assert not set(to_remove) & set(items) and not set(api_deleted) & set(items) and set(api_kept) <= set(items)
+    retriever = Retriever(g, fnd)
+    for item, path in items.items():
+        assert [h.id for h in retriever.search(image=path, mode="image_only", k=1)] == [item], path

@@ -439,7 +439,7 @@ def test_verify_passes_a_healthy_gallery_and_names_each_kind_of_damage(tmp_path,
     g = Gallery.open_or_create(tmp_path / "g", openclip_fnd)
     g.index([str(folder)], openclip_fnd, progress=False)
     report = g.verify()
-    assert report["ok"] and report["items"] == report["store_count"] == 12 and report["self_retrieval_lost"] == 0
+    assert report["ok"] and report["items"] == report["store_items"] == 12 and report["self_retrieval_lost"] == 0
     ok = CliRunner().invoke(cli, ["gallery", "verify", str(tmp_path / "g"), "--json"])
     assert ok.exit_code == 0 and json.loads(ok.stdout.strip().splitlines()[-1])["ok"]
 
@@ -448,6 +448,7 @@ def test_verify_passes_a_healthy_gallery_and_names_each_kind_of_damage(tmp_path,
     g.store._persist()
     report = g.verify()
     assert not report["ok"] and report["self_retrieval_lost"] == 1
+    assert report["missing"] == [victim] and report["extra"] == []
     assert any("11 vectors for 12 items" in p for p in report["problems"])
     bad = CliRunner().invoke(cli, ["gallery", "verify", str(tmp_path / "g")])
     assert bad.exit_code == 1  # a fresh open replays nothing (same generation), so the loss shows
@@ -458,5 +459,138 @@ def test_verify_passes_a_healthy_gallery_and_names_each_kind_of_damage(tmp_path,
         db.execute("DELETE FROM vectors WHERE id = ?", (victim,))
     report = g.verify()
     assert any("1 item(s) without a vector" in p for p in report["problems"])
+    g.store.index.add_with_ids(np.ones((1, g.info["embed_dim"]), np.float32), np.array([10**9], dtype=np.int64))
+    report = g.verify()
+    assert 10**9 in report["extra"] and any("1 vector(s) in the store for no item" in p for p in report["problems"])
     (folder / "img000.png").unlink()
     assert any("gone from disk" in w for w in g.verify()["warnings"])
+
+
+def test_paths_are_canonical_and_another_spelling_is_a_no_op(tmp_path, openclip_fnd, monkeypatch):
+    folder = make_folder(tmp_path / "data" / "imgs", 5, seed=4)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    monkeypatch.chdir(tmp_path / "data")
+    g = Gallery.open_or_create(tmp_path / "g", openclip_fnd)
+    first = g.index(["imgs"], openclip_fnd, progress=False)  # relative, as a user types it
+    assert first.added == 5
+    assert {it["path"] for it in g.items()} == {str(p.resolve()) for p in folder.iterdir()}
+    for spelling in ("./imgs/../imgs", str(tmp_path / "link" / "imgs"), str(folder)):
+        again = g.index([spelling], openclip_fnd, progress=False)
+        assert (again.added, again.unchanged) == (0, 5), spelling
+    monkeypatch.chdir(tmp_path)  # served from elsewhere: every stored path still opens
+    assert all(Path(it["path"]).is_file() for it in g.items())
+
+
+def test_an_old_gallery_with_relative_paths_is_migrated_on_open(tmp_path, openclip_fnd, monkeypatch):
+    folder = make_folder(tmp_path / "imgs", 3, seed=5)
+    g = Gallery.open_or_create(tmp_path / "g", openclip_fnd)
+    g.index([str(folder)], openclip_fnd, progress=False)
+    before = {it["id"]: it["path"] for it in g.items()}
+    with g.db() as db:  # what an older isacir stored when indexing `imgs` from tmp_path
+        db.executemany(
+            "UPDATE items SET path = ? WHERE id = ?", [(f"imgs/{Path(p).name}", i) for i, p in before.items()]
+        )
+    g.close()
+    other = tmp_path / "elsewhere" / "imgs"
+    make_folder(other, 3, seed=99)  # same names, other pictures
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    g = Gallery.open(tmp_path / "g")
+    assert all(not it["path"].startswith("/") for it in g.items())  # not rewritten to the wrong files
+    g.close()
+    monkeypatch.chdir(tmp_path)
+    g = Gallery.open(tmp_path / "g")
+    assert {it["id"]: it["path"] for it in g.items()} == before  # same ids, canonical paths
+    assert g.index([str(folder)], openclip_fnd, progress=False).unchanged == 3
+
+
+def test_removed_items_stay_removed_on_reindex_until_restored(tmp_path, openclip_fnd):
+    from typer.testing import CliRunner
+
+    from isacir.cli import app as cli
+
+    folder = make_folder(tmp_path / "imgs", 6, seed=6)
+    g = Gallery.open_or_create(tmp_path / "g", openclip_fnd)
+    g.index([str(folder)], openclip_fnd, progress=False)
+    victims = sorted(g.ids().tolist())[:2]
+    assert g.remove(victims) == 2
+    again = g.index([str(folder)], openclip_fnd, progress=False)
+    assert (again.added, again.tombstoned) == (0, 2) and g.count() == 4
+    assert sorted(t["id"] for t in g.tombstones()) == victims
+    # a file that disappears is pruned without a tombstone: when it comes back, it is indexed again
+    gone = Path(g.items()[0]["path"])  # one that is still indexed
+    data = gone.read_bytes()
+    gone.unlink()
+    assert g.index([str(folder)], openclip_fnd, prune=True, progress=False).removed == 1
+    gone.write_bytes(data)
+    assert g.index([str(folder)], openclip_fnd, progress=False).added == 1
+    # restoring one id by the CLI, then the rest with --restore
+    r = CliRunner().invoke(cli, ["gallery", "restore", str(victims[0]), "--gallery", str(tmp_path / "g")])
+    assert r.exit_code == 0, r.output
+    g2 = Gallery.open(tmp_path / "g")
+    assert g2.index([str(folder)], openclip_fnd, progress=False).added == 1
+    back = g2.index([str(folder)], openclip_fnd, progress=False, restore=True)
+    assert (back.restored, back.added, g2.count()) == (1, 1, 6) and g2.tombstones() == []
+    with pytest.raises(Exception, match="no removed item 12345"):
+        g2.restore([12345])
+
+
+def test_a_second_writer_waits_or_fails_with_no_wait(tmp_path, openclip_fnd):
+    import fcntl
+
+    make_folder(tmp_path / "imgs", 2, seed=7)
+    g = Gallery.open_or_create(tmp_path / "g", openclip_fnd)
+    with open(tmp_path / "g" / ".write.lock", "a+") as other:  # another process holds the writer lock
+        fcntl.flock(other, fcntl.LOCK_EX)
+        other.write("pid 4242 (isacir index)")
+        other.flush()
+        g.wait_for_writer = False
+        with pytest.raises(Exception, match="being changed by pid 4242"):
+            g.index([str(tmp_path / "imgs")], openclip_fnd, progress=False)
+        fcntl.flock(other, fcntl.LOCK_UN)
+    g.wait_for_writer = True
+    assert g.index([str(tmp_path / "imgs")], openclip_fnd, progress=False).added == 2
+
+
+def test_rerank_rescores_the_top_n_and_says_which_reranker_ran(tmp_path, openclip_fnd, blip_fnd):
+    from isacir.query import QueryEncoder
+
+    folder = make_folder(tmp_path / "imgs", 15, seed=8)
+    ref = folder / "img002.png"
+    # an exact store: re-scoring would repeat its scores, so nothing runs and nothing changes
+    g = Gallery.open_or_create(tmp_path / "gal-clip", openclip_fnd)
+    g.index([folder], openclip_fnd, progress=False)
+    qe = QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=2, image_size=48)
+    r = Retriever(g, openclip_fnd, qe)
+    assert g.store_is_exact and r.reranker(True) == "none"
+    plain = r.search(image=ref, text="is red", k=5)
+    assert [(h.id, h.score) for h in r.search(image=ref, text="is red", k=5, rerank=10)] == [
+        (h.id, h.score) for h in plain
+    ]
+    # an approximate store: the top N are re-scored exactly from the stored vectors, the rest keep their place
+    g.store.params = {"type": "ivf_flat", "nlist": 4, "nprobe": 1, "train_size": 15}
+    ids, vecs = g.vectors()
+    g.store.index = build_faiss_index(vecs, ids, g.store.params)
+    assert not g.store_is_exact and r.reranker(True) == "exact" and r.reranker(False) == "exact"
+    query, _ = r.query_vector(image=ref, text="is red")
+    base = r.gallery.search(query[None], 8)[0]
+    got = r.search_vector(query, k=8, rerank=4)
+    _, top_vecs = g.vectors([h.id for h in base[:4]])
+    oracle = [base[i].id for i in np.argsort(-(top_vecs @ query), kind="stable")]
+    assert [h.id for h in got[:4]] == oracle and [h.id for h in got[4:]] == [h.id for h in base[4:8]]
+    # BLIP: the matching head re-scores the top N; the order equals match_score computed here
+    gb = Gallery.open_or_create(tmp_path / "gal-blip", blip_fnd)
+    gb.index([folder], blip_fnd, progress=False)
+    qb = QueryEncoder.create(blip_fnd, backbone="mobilenetv3_small_050", num_tokens=2, image_size=48)
+    rb = Retriever(gb, blip_fnd, qb)
+    assert rb.reranker(True) == "itm" and rb.reranker(False) == "none"
+    tokens = qb.encode_images([ref])
+    query, _ = rb.query_vector(text="is red", tokens=tokens)
+    base = gb.search(query[None], 6)[0]
+    got = rb.search_vector(query, k=6, rerank=3, tokens=tokens, text="is red")
+    hidden = blip_fnd.encode_image_features(blip_fnd.preprocess_batch([Image.open(h.path) for h in base[:3]])).hidden
+    with torch.no_grad():
+        scores = blip_fnd.match_score(
+            hidden, pseudo_tokens=tokens.expand(3, -1, -1), modifiers=[["is red"]] * 3, template=rb.template
+        )
+    oracle = [base[i].id for i in np.argsort(-scores.float().numpy(), kind="stable")]
+    assert [h.id for h in got[:3]] == oracle and [h.id for h in got[3:]] == [h.id for h in base[3:6]]

@@ -160,9 +160,18 @@ class Retriever:
         excluded = set(exclude)
         fetch = max(k, rerank) + len(excluded)
         hits = [h for h in self.gallery.search(query[None], fetch)[0] if h.id not in excluded]
-        if rerank and hits:
-            hits = self.rerank(hits[: max(k, rerank)], query, tokens, text)
+        if rerank and hits and self.reranker(tokens is not None) != "none":
+            # the top ``rerank`` are re-scored; below them the store's order stands
+            hits = self.rerank(hits[:rerank], query, tokens, text) + hits[rerank:]
         return hits[:k]
+
+    def reranker(self, has_tokens: bool) -> str:
+        """What ``rerank`` does here: ``itm`` (the foundation's matching head on the pseudo
+        sentence), ``exact`` (stored full-precision vectors, when the store is approximate), or
+        ``none`` (the store's scores are already exact; re-scoring would change nothing)."""
+        if self.foundation.has_matching_head and has_tokens:
+            return "itm"
+        return "none" if self.gallery.store_is_exact else "exact"
 
     def search(
         self,

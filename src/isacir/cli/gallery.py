@@ -27,6 +27,8 @@ def index_cmd(
     ray_actors: int = typer.Option(2, help="Ray embedding actors."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     progress: bool = typer.Option(True),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once when another process is changing the gallery."),
+    restore: bool = typer.Option(False, "--restore", help="Index again the files under PATHS that were removed by id."),
 ) -> None:
     """Embed images with the foundation's image encoder into a gallery (incremental, crash-safe)."""
     from ..foundation import create_foundation
@@ -47,6 +49,7 @@ def index_cmd(
         foundation = json.loads(info_path.read_text())["foundation_id"]
     fnd = create_foundation(foundation)
     g = Gallery.open_or_create(gallery, fnd, store)
+    _writer_settings(g, no_wait)
     encoder = None
     if ray:
         from ..gallery.distributed import ray_encoder
@@ -63,6 +66,7 @@ def index_cmd(
         metadata=meta,
         progress=progress,
         encoder=encoder,
+        restore=restore,
     )
     if report.added or report.removed:
         from ..audit import AuditLog, cli_actor
@@ -90,12 +94,14 @@ def gallery_info(gallery: Path = typer.Argument(...)) -> None:
 def gallery_rm(
     ids: list[int] = typer.Argument(..., help="Entry ids (from search results or `gallery ls`)."),
     gallery: Path = typer.Option(...),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once when another process is changing the gallery."),
 ) -> None:
     """Remove entries by id."""
     from ..audit import AuditLog, cli_actor
     from ..gallery import Gallery
 
     g = Gallery.open(gallery)
+    _writer_settings(g, no_wait)
     paths = {i: g.path_of(i) for i in ids}
     removed = g.remove(ids)
     gone = [i for i, p in paths.items() if p is not None]
@@ -104,6 +110,42 @@ def gallery_rm(
             cli_actor(), "gallery.remove", ids=gone, paths=[paths[i] for i in gone], via="cli"
         )
     err.print(f"removed {removed} of {len(ids)} ids")
+
+
+def _writer_settings(g, no_wait: bool) -> None:
+    g.wait_for_writer = not no_wait
+    g.on_wait = lambda message: err.print(message, highlight=False)
+
+
+@gallery_app.command("restore")
+def gallery_restore(
+    ids: list[int] = typer.Argument(..., help="Ids of removed items (`gallery ls-removed`)."),
+    gallery: Path = typer.Option(...),
+) -> None:
+    """Let removed items back in: the next `isacir index` of their folder adds them again."""
+    from ..gallery import Gallery
+
+    paths = Gallery.open(gallery).restore(ids)
+    err.print(f"restored {len(paths)}; run `isacir index` on their folder to add them again", highlight=False)
+    emit_json({"restored": paths})
+
+
+@gallery_app.command("ls-removed")
+def gallery_ls_removed(gallery: Path = typer.Argument(...)) -> None:
+    """Items removed by id, which re-indexing leaves out."""
+    from ..gallery import Gallery
+
+    emit_json(Gallery.open(gallery).tombstones())
+
+
+@gallery_app.command("rebuild-index")
+def gallery_rebuild_index(gallery: Path = typer.Argument(...)) -> None:
+    """Rebuild the vector store from the gallery database (after `verify` reports a difference)."""
+    from ..gallery import Gallery
+
+    g = Gallery.open(gallery)
+    _writer_settings(g, False)
+    emit_json(g.rebuild_index())
 
 
 @gallery_app.command("verify")
@@ -121,7 +163,7 @@ def gallery_verify(
     for line in report["warnings"]:
         err.print(f"[yellow]warning:[/] {line}", highlight=False)
     err.print(
-        f"{report['items']} items, {report['store_count']} vectors in the store, generation {report['generation']}; "
+        f"{report['items']} items, {report['store_items']} vectors in the store, generation {report['generation']}; "
         f"self-retrieval checked on {report['self_retrieval_checked']}: {'ok' if report['ok'] else 'NOT OK'}",
         highlight=False,
     )
@@ -165,6 +207,9 @@ def search_cmd(
     if mode is None and qe is None:
         err.print("no --query-encoder given: using the training-free image_plus_text fallback")
     hits = retriever.search(image=image, text=text or [""], k=k, rerank=rerank, mode=mode)
+    if rerank:
+        ran = retriever.reranker((mode or retriever.default_mode) == "isa")
+        err.print(f"re-ranked the top {rerank} with: {ran}", highlight=False)
     if as_json:
         emit_json([{"id": h.id, "path": h.path, "score": round(h.score, 6)} for h in hits])
         return

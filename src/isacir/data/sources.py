@@ -8,6 +8,7 @@ indexed once by member offset, so reading one image is a seek, not a scan.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tarfile
@@ -101,8 +102,13 @@ def discover_images(
     sources: str | os.PathLike | Sequence[str | os.PathLike],
     extensions: Sequence[str] = TRAIN_EXTENSIONS,
     ignored: list[str] | None = None,
+    canonical: bool = False,
 ) -> list[ImageRecord]:
     """Resolve folders (recursive), ``.txt``/``.lst`` file lists and ``.tar`` shards (brace patterns ok).
+
+    ``canonical``: every path absolute with symlinks and ``..`` resolved (a tar member keeps its
+    ``shard::member`` form with the shard's canonical path), so one file has one spelling
+    whatever the working directory; the gallery keys its items by it.
 
     Files named in a list are not checked here: a missing or corrupt one is skipped and counted
     when it is read, like any other bad image. Files in folders with other extensions are left
@@ -133,4 +139,6 @@ def discover_images(
             raise DataSourceError(f"{s}: not a folder, a .txt/.lst file list, a .tar shard (pattern) or an image file")
     if not records:
         raise DataSourceError(f"no images found in {', '.join(map(str, sources))}")
+    if canonical:
+        records = [dataclasses.replace(r, path=os.path.realpath(r.path)) for r in records]
     return records

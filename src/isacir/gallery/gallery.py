@@ -15,16 +15,19 @@ Ids are derived from the image path, so a rerun assigns the same ids and creates
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,6 +64,9 @@ class IndexReport:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    #: files left out because an operator removed them (``--restore`` brings them back)
+    tombstoned: int = 0
+    restored: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -73,6 +79,8 @@ class IndexReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "removed": self.removed,
+            "tombstoned": self.tombstoned,
+            "restored": self.restored,
             "skipped": {k: len(v) for k, v in self.skipped.items()},
             "skipped_files": self.skipped,
             "ignored_files": len(self.ignored),
@@ -85,7 +93,10 @@ class IndexReport:
         why = ", ".join(f"{k}: {len(v)}" for k, v in sorted(self.skipped.items())) or "none"
         return (
             f"{self.scanned} images scanned: {self.added} added, {self.updated} re-embedded, "
-            f"{self.unchanged} unchanged, {self.removed} removed, {skipped} skipped ({why}), "
+            f"{self.unchanged} unchanged, {self.removed} removed, "
+            + (f"{self.tombstoned} left out (removed by an operator; --restore), " if self.tombstoned else "")
+            + (f"{self.restored} restored, " if self.restored else "")
+            + f"{skipped} skipped ({why}), "
             f"{len(self.ignored)} other files ignored; {self.seconds:.1f}s ({self.images_per_s:.1f} img/s encoded)"
         )
 
@@ -110,6 +121,12 @@ class Gallery:
         self.store = store
         self._local = threading.local()
         self._write_lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_file: Any = None
+        #: how a write waits for another process's (True), or fails at once (False, ``--no-wait``)
+        self.wait_for_writer = True
+        #: told once when a write waits for another process (the CLI prints it)
+        self.on_wait: Callable[[str], None] | None = None
         # FAISS indexes must not be searched while they are modified: searches and store updates
         # take this lock (ANN searches are sub-millisecond, so serialising them is cheap).
         self._store_lock = threading.RLock()
@@ -124,6 +141,7 @@ class Gallery:
         info = json.loads(meta.read_text())
         gallery = cls(directory, info, open_store(info["store"], directory, info["embed_dim"]))
         gallery._ensure_schema()
+        gallery._canonical_paths()
         gallery.sync()
         return gallery
 
@@ -182,7 +200,37 @@ class Gallery:
             db.execute("CREATE TABLE IF NOT EXISTS changes (generation INTEGER, id INTEGER, op TEXT)")
             db.execute("CREATE INDEX IF NOT EXISTS changes_gen ON changes (generation)")
             db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER)")
+            # items an operator removed: re-indexing their folder must not bring them back
+            db.execute("CREATE TABLE IF NOT EXISTS tombstones (path TEXT PRIMARY KEY, id INTEGER, removed REAL)")
             db.execute("INSERT OR IGNORE INTO state VALUES ('generation', 0)")
+
+    def _canonical_paths(self) -> None:
+        """Galleries written before paths were canonical stored them as typed (often relative).
+
+        Each such path that still names a file from here is rewritten to its canonical form; the
+        item keeps its id and vector. One that names nothing is left alone: ``verify`` reports it.
+        """
+        from ..data.sources import content_hash
+
+        db = self.db()
+        rows = db.execute("SELECT id, path, hash FROM items").fetchall()
+        moves: list[tuple[str, int]] = []
+        for item, key, digest in rows:
+            path, sep, member = key.partition("::")
+            real = os.path.realpath(path)
+            if real == path or not os.path.isfile(real):
+                continue
+            # the same file, not another one that happens to have that name from this folder
+            if sep or digest is None or content_hash(Path(real).read_bytes()) == digest:
+                moves.append((real + sep + member, item))
+        if not moves:
+            return
+        taken = {r[1] for r in rows}
+        with db:
+            for new, item in moves:
+                if new not in taken:  # a second spelling of an indexed file stays as it was
+                    db.execute("UPDATE items SET path = ? WHERE id = ?", (new, item))
+                    taken.add(new)
 
     def generation(self) -> int:
         return int(self.db().execute("SELECT value FROM state WHERE key='generation'").fetchone()[0])
@@ -253,13 +301,24 @@ class Gallery:
             db.executemany("INSERT INTO changes VALUES (?, ?, 'u')", [(gen, r[0]) for r in rows])
             db.execute("UPDATE state SET value=? WHERE key='generation'", (gen,))
 
-    def remove(self, ids: Iterable[int]) -> int:
-        """Remove entries by id; returns how many existed."""
+    def remove(self, ids: Iterable[int], tombstone: bool = True) -> int:
+        """Remove entries by id; returns how many existed.
+
+        ``tombstone`` (an operator's removal): the file stays out of later ``index`` runs of its
+        folder until restored. Pruning files that are gone from disk leaves none, so a file that
+        comes back is indexed again.
+        """
         ids = [int(i) for i in ids]
-        with self._write_lock:
+        with self.writing():
             db = self.db()
             with db:
-                present = [i for i in ids if db.execute("SELECT 1 FROM items WHERE id=?", (i,)).fetchone()]
+                found = {i: db.execute("SELECT path FROM items WHERE id=?", (i,)).fetchone() for i in ids}
+                present = [i for i, row in found.items() if row]
+                if present and tombstone:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)",
+                        [(found[i][0], i, time.time()) for i in present],
+                    )
                 if present:
                     gen = self.generation() + 1
                     db.executemany("DELETE FROM items WHERE id=?", [(i,) for i in present])
@@ -269,21 +328,67 @@ class Gallery:
             self.sync()
         return len(present)
 
+    # ----- one writer at a time ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the gallery's writer lock: threads of this process and other processes take turns.
+
+        An OS lock on ``GALLERY/.write.lock``: ``isacir index``, ``isacir gallery rm`` and the
+        service's uploads and deletes each hold it while they change the gallery, so no process
+        ever writes a vector store older than what another process made durable. Re-entrant.
+        """
+        with self._write_lock:
+            if self._lock_depth == 0:
+                self._acquire_file_lock()
+            self._lock_depth += 1
+            try:
+                with self._store_lock:
+                    self._sync_locked(persist=True)  # start from what other writers made durable
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def _acquire_file_lock(self) -> None:
+        if self._lock_file is None:
+            self._lock_file = open(self.dir / ".write.lock", "a+")  # noqa: SIM115  (held for the gallery's life)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "another process"
+            if not self.wait_for_writer:
+                raise GalleryError(f"{self.dir} is being changed by {holder}; try again later (or wait)") from None
+            if self.on_wait is not None:
+                self.on_wait(f"waiting for {holder} to finish changing {self.dir} ...")
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        self._lock_file.seek(0)
+        self._lock_file.truncate()
+        self._lock_file.write(f"pid {os.getpid()} ({' '.join(sys.argv[:3])[:200]})")
+        self._lock_file.flush()
+
     # ----- keeping the store in step ----------------------------------------------------------------
     def sync(self) -> None:
-        """Replay change-log entries the store has not seen (after a crash, or after writes)."""
-        with self._store_lock:
-            self._sync_locked()
+        """Bring the store up to the database: adopt what another process persisted, replay the rest.
 
-    def _sync_locked(self) -> None:
-        gen = self.generation()
+        Only the holder of the writer lock persists the store and trims the change log; anyone else
+        catches up in memory, so a reader never overwrites a writer's newer index.
+        """
+        with self._store_lock:
+            self._sync_locked(persist=self._lock_depth > 0)
+
+    def _sync_locked(self, persist: bool) -> None:
         store = self.store
+        if store.disk_generation() > store.generation:
+            store.reload()  # another process persisted a newer index; the change log before it is gone
+        gen = self.generation()
         if store.generation == gen:
             return
         n = self.count()
         if store.generation > gen or (isinstance(store, FaissStore) and store.needs_rebuild(n)):
             ids, vecs = self.vectors()
-            store.rebuild(ids, vecs, gen)
+            store.rebuild(ids, vecs, gen, persist=persist)
         else:
             db = self.db()
             rows = db.execute(
@@ -293,9 +398,10 @@ class Gallery:
             dead = np.array([r[0] for r in rows if r[1] == "d"], dtype=np.int64)
             up_ids, up_vecs = self.vectors(live)
             gone = np.setdiff1d(np.array(live, dtype=np.int64), up_ids)  # upserted, then deleted
-            store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen)
-        with self.db() as db:
-            db.execute("DELETE FROM changes WHERE generation <= ?", (store.generation,))
+            store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen, persist=persist)
+        if persist:
+            with self.db() as db:
+                db.execute("DELETE FROM changes WHERE generation <= ?", (store.generation,))
 
     # ----- indexing ---------------------------------------------------------------------------------
     def index(
@@ -308,20 +414,68 @@ class Gallery:
         metadata: dict | None = None,
         progress: bool = True,
         encoder=None,
+        restore: bool = False,
     ) -> IndexReport:
         """Add new images, re-embed changed ones, optionally prune deleted ones.
+
+        Files an operator removed (``remove``, ``gallery rm``, ``DELETE /v1/gallery/{id}``) stay
+        out unless ``restore``.
 
         ``encoder`` (records -> batches of (index, hash, vector)) replaces local encoding, e.g.
         with the Ray path; by default images are decoded in DataLoader workers and encoded here.
         """
+        self.check_foundation(foundation)
+        with self.writing():
+            return self._index(
+                sources, foundation, prune, batch_size, num_workers, metadata, progress, encoder, restore
+            )
+
+    def tombstones(self) -> list[dict]:
+        rows = self.db().execute("SELECT id, path, removed FROM tombstones ORDER BY removed").fetchall()
+        return [{"id": r[0], "path": r[1], "removed": r[2]} for r in rows]
+
+    def restore(self, ids: Iterable[int] | None = None) -> list[str]:
+        """Forget the tombstones of these removed ids (all when None); returns their paths, which
+        the next ``index`` of their folder adds again."""
+        with self.writing(), self.db() as db:
+            if ids is None:
+                paths = [r[0] for r in db.execute("SELECT path FROM tombstones")]
+                db.execute("DELETE FROM tombstones")
+            else:
+                paths = []
+                for i in ids:
+                    row = db.execute("SELECT path FROM tombstones WHERE id = ?", (int(i),)).fetchone()
+                    if row is None:
+                        raise GalleryError(f"no removed item {i} to restore (`isacir gallery ls-removed` lists them)")
+                    paths.append(row[0])
+                db.executemany("DELETE FROM tombstones WHERE path = ?", [(p,) for p in paths])
+        return paths
+
+    def _restore_under(self, sources: Sequence[str | os.PathLike]) -> int:
+        """``index --restore``: forget the tombstones of files under these sources."""
+        roots = [os.path.realpath(s) for s in sources]
+        with self.db() as db:
+            paths = [r[0] for r in db.execute("SELECT path FROM tombstones") if _under(r[0], roots)]
+            db.executemany("DELETE FROM tombstones WHERE path = ?", [(p,) for p in paths])
+        return len(paths)
+
+    def _index(
+        self, sources, foundation, prune, batch_size, num_workers, metadata, progress, encoder, restore
+    ) -> IndexReport:
         from ..progress import progress_bar
 
-        self.check_foundation(foundation)
         t0 = time.perf_counter()
         report = IndexReport()
-        records = discover_images(sources, extensions=GALLERY_EXTENSIONS, ignored=report.ignored)
+        records = discover_images(sources, extensions=GALLERY_EXTENSIONS, ignored=report.ignored, canonical=True)
         report.scanned = len(records)
         db = self.db()
+        if restore:
+            report.restored = self._restore_under(sources)
+        dead = {r[0] for r in db.execute("SELECT path FROM tombstones")}
+        if dead:
+            kept = [r for r in records if r.key not in dead]
+            report.tombstoned = len(records) - len(kept)
+            records = kept
         known = {r[0]: (r[1], r[2], r[3], r[4]) for r in db.execute("SELECT path, id, hash, size, mtime_ns FROM items")}
         todo: list[ImageRecord] = []
         stats: list[tuple[int, int]] = []
@@ -372,9 +526,9 @@ class Gallery:
         bar.close()
         enc_seconds = time.perf_counter() - t_enc
         if prune:
-            roots = [str(Path(s)) for s in sources]
+            roots = [os.path.realpath(s) for s in sources]
             gone = [v[0] for k, v in known.items() if k not in seen_paths and _under(k, roots)]
-            report.removed = self.remove(gone) if gone else 0
+            report.removed = self.remove(gone, tombstone=False) if gone else 0
         with self._write_lock:
             self.sync()
         report.seconds = time.perf_counter() - t0
@@ -397,6 +551,8 @@ class Gallery:
         if queries.shape[1] != self.info["embed_dim"]:
             raise GalleryError(f"query dim {queries.shape[1]} != gallery dim {self.info['embed_dim']}")
         with self._store_lock:
+            if self.generation() != self.store.generation:
+                self._sync_locked(persist=self._lock_depth > 0)  # another process changed the gallery
             scores, ids = self.store.search(queries, k)
         return [self._hits(s, i) for s, i in zip(scores, ids, strict=True)]
 
@@ -409,6 +565,24 @@ class Gallery:
         info = {r[0]: (r[1], json.loads(r[2] or "{}")) for r in db.execute(q, [i for _, i in valid])}
         # an id missing here was removed between the store search and this lookup: drop it
         return [Hit(i, info[i][0], s, info[i][1]) for s, i in valid if i in info]
+
+    @property
+    def store_is_exact(self) -> bool:
+        """Whether the store's scores are exact inner products of the stored vectors (flat FAISS,
+        Milvus FLAT), so that exact re-scoring would only repeat them."""
+        if isinstance(self.store, FaissStore):
+            return self.store.params.get("type") == "flat"
+        return self.store.describe().get("index") == "FLAT"
+
+    def rebuild_index(self) -> dict:
+        """Rebuild the vector store from the database (the source of truth), under the writer lock."""
+        with self.writing(), self._store_lock:
+            ids, vecs = self.vectors()
+            gen = self.generation()
+            self.store.rebuild(ids, vecs, gen, persist=True)
+            with self.db() as db:
+                db.execute("DELETE FROM changes WHERE generation <= ?", (gen,))
+        return {"items": int(len(ids)), "generation": gen, "store": self.store.describe()}
 
     def verify(self, sample: int | None = None, seed: int = 0) -> dict:
         """Check that the database and the vector store agree; returns a report (``ok`` is the verdict).
@@ -437,6 +611,7 @@ class Gallery:
             )
         with self._store_lock:
             store_count, store_gen, gen = self.store.count(), self.store.generation, self.generation()
+            listed = self.store.ids()
         if store_gen != gen:
             problems.append(f"the vector store is at generation {store_gen}, the database at {gen}")
         if store_count != len(item_ids):
@@ -456,6 +631,15 @@ class Gallery:
                 # than k items tie with it at the top
                 if item not in found[row] and not scores[row, -1] >= self_score - 1e-4:
                     lost.append(int(item))
+        missing = set(item_ids - vec_ids) | set(lost)
+        extra = set(vec_ids - item_ids)
+        if listed is not None:
+            in_store = set(listed.tolist())
+            missing |= item_ids - in_store
+            extra |= in_store - item_ids
+            orphans = sorted(in_store - item_ids)
+            if orphans:
+                problems.append(f"{len(orphans)} vector(s) in the store for no item, e.g. {orphans[:5]}")
         approximate = isinstance(self.store, FaissStore) and self.store.params.get("type") != "flat"
         if lost:
             message = f"{len(lost)} of {len(ids)} item(s) not found by their own vector, e.g. {lost[:5]}"
@@ -463,11 +647,11 @@ class Gallery:
                 warnings.append(message + " (an approximate index; within its tuned recall)")
             else:
                 problems.append(message)
-        missing = [
+        gone = [
             path for (path,) in db.execute("SELECT path FROM items") if "::" not in path and not os.path.exists(path)
         ]
-        if missing:
-            warnings.append(f"{len(missing)} indexed file(s) are gone from disk, e.g. {missing[:3]}")
+        if gone:
+            warnings.append(f"{len(gone)} indexed file(s) are gone from disk, e.g. {gone[:3]}")
         dupes = db.execute(
             "SELECT hash, COUNT(*) FROM items WHERE hash IS NOT NULL GROUP BY hash HAVING COUNT(*) > 1"
         ).fetchall()
@@ -477,7 +661,10 @@ class Gallery:
             "ok": not problems,
             "items": len(item_ids),
             "vectors": len(vec_ids),
-            "store_count": store_count,
+            "store_items": store_count,
+            #: item ids the store does not hold (or does not find), and store ids with no item
+            "missing": sorted(missing),
+            "extra": sorted(extra),
             "generation": gen,
             "store_generation": store_gen,
             "self_retrieval_checked": int(len(ids)),

@@ -33,12 +33,27 @@ class VectorStore(ABC):
     generation: int = 0
 
     @abstractmethod
-    def apply(self, upsert_ids: np.ndarray, upsert_vecs: np.ndarray, delete_ids: np.ndarray, generation: int) -> None:
-        """Apply one batch of changes and remember ``generation`` durably."""
+    def apply(
+        self,
+        upsert_ids: np.ndarray,
+        upsert_vecs: np.ndarray,
+        delete_ids: np.ndarray,
+        generation: int,
+        persist: bool = True,
+    ) -> None:
+        """Apply one batch of changes and remember ``generation`` (durably when ``persist``: only the
+        holder of the gallery's writer lock persists; a reader catches up in memory)."""
 
     @abstractmethod
-    def rebuild(self, ids: np.ndarray, vecs: np.ndarray, generation: int) -> None:
+    def rebuild(self, ids: np.ndarray, vecs: np.ndarray, generation: int, persist: bool = True) -> None:
         """Replace the whole content."""
+
+    def disk_generation(self) -> int:
+        """The generation that the store's durable state reflects (another process may have moved it)."""
+        return self.generation
+
+    def reload(self) -> None:  # noqa: B027  (stores with nothing local to reload need not)
+        """Adopt the durable state another process wrote (called when it is newer than ours)."""
 
     @abstractmethod
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +64,10 @@ class VectorStore(ABC):
 
     @abstractmethod
     def describe(self) -> dict: ...
+
+    def ids(self) -> np.ndarray | None:
+        """Every id the store holds, where the store can list them cheaply (None: it cannot)."""
+        return None
 
     def close(self) -> None:  # noqa: B027  (optional hook: stores without resources need not close)
         return None
@@ -149,15 +168,30 @@ class FaissStore(VectorStore):
         self.params: dict = {"type": "flat"}
         self.generation = 0
         self.index = None
-        meta = self.folder / "index.json"
-        if meta.is_file() and (self.folder / "index.faiss").is_file():
-            info = json.loads(meta.read_text())
-            self.params, self.generation = info["params"], info["generation"]
-            self.index = faiss.read_index(str(self.folder / "index.faiss"))
-            if "nprobe" in self.params:
-                faiss.extract_index_ivf(self.index).nprobe = self.params["nprobe"]
-        else:
+        if not self._load():
             self.index = build_faiss_index(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), self.params)
+
+    def _load(self) -> bool:
+        meta = self.folder / "index.json"
+        if not (meta.is_file() and (self.folder / "index.faiss").is_file()):
+            return False
+        # index.faiss is replaced before index.json: an index newer than the generation read here only
+        # means some changes are replayed twice, and replaying is idempotent
+        info = json.loads(meta.read_text())
+        index = self._faiss.read_index(str(self.folder / "index.faiss"))
+        if "nprobe" in info["params"]:
+            self._faiss.extract_index_ivf(index).nprobe = info["params"]["nprobe"]
+        self.params, self.generation, self.index = info["params"], info["generation"], index
+        return True
+
+    def disk_generation(self) -> int:
+        try:
+            return int(json.loads((self.folder / "index.json").read_text())["generation"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def reload(self) -> None:
+        self._load()
 
     def _persist(self) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.folder)
@@ -174,7 +208,7 @@ class FaissStore(VectorStore):
         tmpj.write_text(json.dumps(info))
         os.replace(tmpj, self.folder / "index.json")
 
-    def rebuild(self, ids, vecs, generation) -> None:
+    def rebuild(self, ids, vecs, generation, persist=True) -> None:
         self.params = choose_index(len(ids), self.dim)
         self.index = build_faiss_index(vecs, ids, self.params)
         if self.params["type"] != "flat":
@@ -182,7 +216,8 @@ class FaissStore(VectorStore):
             self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4))
         self.params["built_for"] = int(len(ids))
         self.generation = generation
-        self._persist()
+        if persist:
+            self._persist()
 
     def needs_rebuild(self, n: int) -> bool:
         """True when the gallery outgrew (or shrank below) what the current index was chosen for."""
@@ -192,7 +227,7 @@ class FaissStore(VectorStore):
         built = self.params.get("built_for", 0)
         return want != "flat" and (n > 4 * built or n < built // 4)
 
-    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation) -> None:
+    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation, persist=True) -> None:
         gone = np.unique(np.concatenate([np.asarray(delete_ids, np.int64), np.asarray(upsert_ids, np.int64)]))
         if len(gone):
             self.index.remove_ids(gone)
@@ -201,7 +236,8 @@ class FaissStore(VectorStore):
                 np.ascontiguousarray(upsert_vecs, np.float32), np.ascontiguousarray(upsert_ids, np.int64)
             )
         self.generation = generation
-        self._persist()
+        if persist:
+            self._persist()
 
     def search(self, queries, k):
         if self.index.ntotal == 0:
@@ -212,6 +248,19 @@ class FaissStore(VectorStore):
 
     def count(self) -> int:
         return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        faiss = self._faiss
+        if hasattr(self.index, "id_map"):
+            return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+        ivf = faiss.extract_index_ivf(self.index)
+        lists = ivf.invlists
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(ivf.nlist)
+            if lists.list_size(i)
+        ]
+        return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(0, np.int64)
 
     def describe(self) -> dict:
         return {"backend": "faiss", **self.params, "count": self.count(), "generation": self.generation}
@@ -262,7 +311,16 @@ class MilvusStore(VectorStore):
         tmp.write_text(json.dumps({"generation": generation}))
         os.replace(tmp, self._gen_file)
 
-    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation) -> None:
+    def disk_generation(self) -> int:
+        try:
+            return int(json.loads(self._gen_file.read_text())["generation"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def reload(self) -> None:
+        self.generation = self.disk_generation()  # the collection itself is shared: nothing else to read
+
+    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation, persist=True) -> None:
         if len(delete_ids):
             self.client.delete(self.collection, ids=[int(i) for i in delete_ids])
         if len(upsert_ids):
@@ -273,12 +331,15 @@ class MilvusStore(VectorStore):
             for start in range(0, len(rows), 1000):
                 self.client.upsert(self.collection, rows[start : start + 1000])
         self.client.flush(self.collection)
-        self._set_generation(generation)
+        if persist:
+            self._set_generation(generation)
+        else:
+            self.generation = generation
 
-    def rebuild(self, ids, vecs, generation) -> None:
+    def rebuild(self, ids, vecs, generation, persist=True) -> None:
         self.client.drop_collection(self.collection)
         self._ensure_collection()
-        self.apply(ids, vecs, np.zeros(0, np.int64), generation)
+        self.apply(ids, vecs, np.zeros(0, np.int64), generation, persist)
 
     def search(self, queries, k):
         res = self.client.search(

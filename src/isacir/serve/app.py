@@ -540,7 +540,7 @@ def create_app(state: ServiceState) -> FastAPI:
         """What a device must match: the served query encoder's fingerprint, token count and dim."""
         return state.info()
 
-    def _respond(mode: str, text: str, hits, k: int, payload: bytes | None, t0: float) -> dict:
+    def _respond(mode: str, text: str, hits, k: int, payload: bytes | None, t0: float, reranker: str) -> dict:
         ids = [h.id for h in hits]
         took_ms = round(1000 * (time.perf_counter() - t0), 2)
         state.maybe_prune()
@@ -563,13 +563,15 @@ def create_app(state: ServiceState) -> FastAPI:
             "took_ms": took_ms,
             "query_encoder_fingerprint": state.qe_fingerprint,
             "adapter_version": state.adapter_fingerprint,
+            "reranker": reranker,
             "results": [{**_item_json(h.id, h.path), "score": round(float(h.score), 6)} for h in hits],
         }
 
     def _search(tokens, text: str, k: int, rerank: int):
         prepared = state.retriever.prepare_tokens(tokens)
         query = state.compose(prepared, text)
-        return state.retriever.search_vector(query, k, rerank, prepared, text)
+        hits = state.retriever.search_vector(query, k, rerank, prepared, text)
+        return hits, state.retriever.reranker(True) if rerank else "none"
 
     @app.post("/v1/search", dependencies=require("search"), tags=["search"], responses=errors(415))
     def search(
@@ -582,9 +584,9 @@ def create_app(state: ServiceState) -> FastAPI:
         t0 = time.perf_counter()
         pil = _decode_upload(image.file.read(), image.filename or "image")
         tokens = state.retriever.pseudo_tokens(pil)
-        hits = _search(tokens, text, k, rerank)
+        hits, reranker = _search(tokens, text, k, rerank)
         payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
-        return _respond("image", text, hits, k, payload, t0)
+        return _respond("image", text, hits, k, payload, t0, reranker)
 
     @app.post("/v1/search/tokens", dependencies=require("search"), tags=["search"], responses=errors(409))
     def search_tokens(body: TokenSearch) -> dict:
@@ -618,8 +620,8 @@ def create_app(state: ServiceState) -> FastAPI:
                 "payload_shape",
             )
         tokens = torch.from_numpy(decoded.tokens)[None]
-        hits = _search(tokens, body.text, body.k, body.rerank)
-        return _respond("tokens", body.text, hits, body.k, raw, t0)
+        hits, reranker = _search(tokens, body.text, body.k, body.rerank)
+        return _respond("tokens", body.text, hits, body.k, raw, t0, reranker)
 
     @app.post("/v1/gallery", dependencies=require("gallery:write"), tags=["gallery"], responses=errors(415))
     def add_images(
@@ -652,7 +654,8 @@ def create_app(state: ServiceState) -> FastAPI:
                 },
                 status_code=status,
             )
-        report = state.gallery.index([str(p) for _, p in saved], state.foundation, progress=False)
+        # an explicit upload brings back a file that was deleted before (no tombstone applies)
+        report = state.gallery.index([str(p) for _, p in saved], state.foundation, progress=False, restore=True)
         ids = state.gallery.ids_for_paths([str(p) for _, p in saved])
         added = [{"filename": n, "id": ids.get(str(p))} for n, p in saved]
         state.audit.record(request.state.actor, "gallery.add", items=added, via="api")

@@ -152,32 +152,9 @@ class FeedbackStore:
             db.execute("ROLLBACK")
             raise
 
-    def log_query(
-        self,
-        mode: str,
-        text: str,
-        tokens: bytes | None,
-        k: int,
-        results: list[int],
-        query_encoder_fingerprint: str | None,
-        foundation_fingerprint: str,
-        latency_ms: float | None = None,
-        created: float | None = None,
-        adapter_fingerprint: str | None = None,
-    ) -> str:
-        """Store one answered query now (its own commit); returns its id."""
-        row = query_row(
-            mode,
-            text,
-            tokens,
-            k,
-            results,
-            query_encoder_fingerprint,
-            foundation_fingerprint,
-            latency_ms,
-            created,
-            adapter_fingerprint,
-        )
+    def log_query(self, *args: Any, **kwargs: Any) -> str:
+        """Store one answered query now (its own commit); arguments as :func:`query_row`. Returns its id."""
+        row = query_row(*args, **kwargs)
         self.log_rows([row])
         return row[0]
 
@@ -451,7 +428,7 @@ class QueryLog:
         return [r[0] for r in rows]
 
     def log(self, *args: Any, **kwargs: Any) -> str:
-        """Same arguments as :meth:`FeedbackStore.log_query`; returns the query id."""
+        """Arguments as :func:`query_row`; returns the query id."""
         row = query_row(*args, **kwargs)
         fut = self._writer.submit(row)
         if self.mode == "durable":
