@@ -215,3 +215,46 @@ def test_openclip_truncated_text_path_matches_library(openclip_fnd):
         spliced = openclip_fnd.encode_composed(emb, [""])
     assert torch.allclose(ours, lib, atol=1e-5)
     assert torch.allclose(spliced, lib[:1], atol=1e-5)
+
+
+def test_device_resolution_and_inference_precision(monkeypatch, tiny_openclip_dir):
+    import torch
+
+    from isacir.foundation import DeviceError, create_foundation, resolve_device
+    from isacir.foundation.registry import inference_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device(" CPU ") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="sees no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(DeviceError, match="there are 2 CUDA device"):
+        resolve_device("cuda:2")
+    # bf16 where the GPU has it, fp16 otherwise, nothing on a CPU or when fp32 is asked for
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert inference_dtype(cuda) == torch.bfloat16 and inference_dtype(cuda, "fp16") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert inference_dtype(cuda) == torch.float16 and inference_dtype(cuda, "fp32") is None
+    assert inference_dtype(torch.device("cpu"), "bf16") is None
+    with pytest.raises(DeviceError, match="precision must be"):
+        inference_dtype(cuda, "int8")
+    monkeypatch.undo()
+    fnd = create_foundation(tiny_openclip_dir[0], device="auto")
+    assert fnd.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if fnd.device.type == "cpu":
+        assert fnd.inference_dtype is None and fnd.encode_text(["a red car"]).dtype == torch.float32
+
+
+@pytest.mark.parametrize("verb", [["index"], ["search"], ["eval"], ["serve"], ["bench", "index"]])
+def test_the_model_verbs_take_a_device(verb):
+    from typer.testing import CliRunner
+
+    from isacir.cli import app as cli
+
+    r = CliRunner().invoke(cli, [*verb, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "--device" in r.output

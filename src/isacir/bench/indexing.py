@@ -17,14 +17,16 @@ import torch
 from .sample_images import pink_noise_image
 
 
-def bench_index(foundation: str, n: int = 64, batch_size: int = 16, workers: int = 1, threads: int = 2) -> dict:
+def bench_index(
+    foundation: str, n: int = 64, batch_size: int = 16, workers: int = 1, threads: int = 2, device: str = "cpu"
+) -> dict:
     from ..foundation import create_foundation
     from ..gallery import Gallery
 
     torch.set_num_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fnd = create_foundation(foundation)
+        fnd = create_foundation(foundation, device=device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()

@@ -21,6 +21,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(gallery_app, name="gallery")
 
 err = Console(stderr=True)
+DEVICE_HELP = "Where the large model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
 FEEDBACK_DB_HELP = "The feedback database: a SQLite file (GALLERY/feedback.sqlite by default) or a postgresql:// URL."
 out = Console()
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import IsacirError
-from ._app import bench_app, emit_json, err
+from ._app import DEVICE_HELP, bench_app, emit_json, err
 
 
 @bench_app.command("query-side")
@@ -113,11 +113,12 @@ def bench_index_cmd(
     workers: int = typer.Option(1),
     threads: int = typer.Option(2),
     as_json: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Indexing images/s as a fraction of the bare model-forward rate on the same images."""
     from ..bench.indexing import bench_index
 
-    result = bench_index(foundation, images, batch_size, workers, threads)
+    result = bench_index(foundation, images, batch_size, workers, threads, device)
     if not as_json:
         err.print(
             f"bare forward {result['bare_forward_img_s']} img/s, indexing {result['index_img_s']} img/s "

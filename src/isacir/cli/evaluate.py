@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import IsacirError
-from ._app import app, emit_json, err
+from ._app import DEVICE_HELP, app, emit_json, err
 
 
 @app.command("eval")
@@ -24,6 +24,7 @@ def eval_cmd(
     category: str = typer.Option("all", help="FashionIQ: dress | shirt | toptee | all."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where metrics JSON and submissions go."),
     workers: int = typer.Option(2, help="Decode workers for the gallery."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Evaluate on an official benchmark: metric table, JSON, and test-server files for test splits."""
     from ..evaluation import (
@@ -38,7 +39,7 @@ def eval_cmd(
     from ..foundation import create_foundation
     from ..query import QueryEncoder
 
-    fnd = create_foundation(foundation)
+    fnd = create_foundation(foundation, device=device)
     qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd) if query_encoder else None
     mode = mode or ("isa" if qe else "image_plus_text")
     if mode == "isa" and qe is None:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import IsacirError
-from ._app import app, emit_json, err, gallery_app, out
+from ._app import DEVICE_HELP, app, emit_json, err, gallery_app, out
 
 
 @app.command("index")
@@ -25,6 +25,8 @@ def index_cmd(
     metadata: Optional[str] = typer.Option(None, help="JSON object stored with every added image."),
     ray: Optional[str] = typer.Option(None, help="Embed with Ray Data: 'local' or a cluster address."),
     ray_actors: int = typer.Option(2, help="Ray embedding actors."),
+    ray_gpus_per_actor: float = typer.Option(0.0, help="GPUs each Ray actor requests (and runs the model on)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     progress: bool = typer.Option(True),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once when another process is changing the gallery."),
@@ -47,7 +49,7 @@ def index_cmd(
         if not info_path.is_file():
             raise IsacirError(f"{gallery} is a new gallery: pass --foundation")
         foundation = json.loads(info_path.read_text())["foundation_id"]
-    fnd = create_foundation(foundation)
+    fnd = create_foundation(foundation, device=device)
     g = Gallery.open_or_create(gallery, fnd, store)
     _writer_settings(g, no_wait)
     encoder = None
@@ -55,7 +57,11 @@ def index_cmd(
         from ..gallery.distributed import ray_encoder
 
         encoder = ray_encoder(
-            foundation, address=None if ray == "local" else ray, actors=ray_actors, batch_size=batch_size
+            foundation,
+            address=None if ray == "local" else ray,
+            actors=ray_actors,
+            batch_size=batch_size,
+            gpus_per_actor=ray_gpus_per_actor,
         )
     report = g.index(
         paths,
@@ -193,6 +199,7 @@ def search_cmd(
     rerank: int = typer.Option(0, help="Re-rank the top N with the large model (0: off)."),
     foundation: Optional[str] = typer.Option(None, help="Override the gallery's foundation name (same weights)."),
     as_json: bool = typer.Option(False, "--json", help="Last stdout line: JSON list of hits."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Composed search: reference image + modifier text -> top-K gallery images."""
     from ..foundation import create_foundation
@@ -201,7 +208,7 @@ def search_cmd(
     from ..search import Retriever
 
     g = Gallery.open(gallery)
-    fnd = create_foundation(foundation or g.info["foundation_id"])
+    fnd = create_foundation(foundation or g.info["foundation_id"], device=device)
     qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd) if query_encoder else None
     retriever = Retriever(g, fnd, qe)
     if mode is None and qe is None:

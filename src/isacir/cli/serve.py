@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, emit_json, err
+from ._app import DEVICE_HELP, app, emit_json, err
 
 
 @app.command("serve")
@@ -47,6 +47,7 @@ def serve_cmd(
     ),
     max_inflight: int = typer.Option(32, help="API requests answered at once; beyond that, 503 with Retry-After."),
     batch_workers: int = typer.Option(1, help="Batches of composed queries run at once (each uses --threads)."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -72,6 +73,7 @@ def serve_cmd(
         batch_wait_ms,
         max_inflight,
         batch_workers,
+        device,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

@@ -7,6 +7,7 @@ several modifiers) is shared here so that it behaves identically across families
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,15 @@ class Foundation(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    #: autocast dtype for inference on a GPU (set by ``create_foundation``); None: full precision
+    inference_dtype: torch.dtype | None = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dev = self.device
+        if self.inference_dtype is None or dev.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.inference_dtype)
+
     @property
     def fingerprint(self) -> str:
         """Hash of architecture and all weights; computed once (weights are frozen)."""
@@ -149,7 +159,8 @@ class Foundation(nn.Module):
         return torch.stack([self.preprocess(im) for im in images])
 
     def encode_image(self, pixels: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        feats = self._image_forward(pixels.to(self.device), local=False).global_
+        with self._autocast():
+            feats = self._image_forward(pixels.to(self.device), local=False).global_.float()
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def encode_image_features(self, pixels: torch.Tensor, normalize: bool = True) -> ImageFeatures:
@@ -169,7 +180,8 @@ class Foundation(nn.Module):
         if isinstance(texts, str):
             texts = [texts]
         ids, mask = self.tokenize(texts)
-        feats = self._text_forward(ids.to(self.device), mask.to(self.device))
+        with self._autocast():
+            feats = self._text_forward(ids.to(self.device), mask.to(self.device)).float()
         return F.normalize(feats, dim=-1) if normalize else feats
 
     def embed_words(self, text: str) -> torch.Tensor:
@@ -212,9 +224,10 @@ class Foundation(nn.Module):
         context; pseudo tokens never are. Gradients flow to ``pseudo_tokens`` only.
         """
         inputs, repeated, owner, batch = self._composed_inputs(pseudo_tokens, modifiers, template, expected_tokens)
-        feats = self._text_forward(
-            inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device), inputs.slot_mask, repeated
-        )
+        with self._autocast():
+            feats = self._text_forward(
+                inputs.input_ids.to(self.device), inputs.attention_mask.to(self.device), inputs.slot_mask, repeated
+            ).float()
         if normalize:
             feats = F.normalize(feats, dim=-1)
         return average_groups(feats, owner, batch, normalize)

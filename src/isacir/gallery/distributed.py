@@ -17,13 +17,13 @@ from ..data import ImageRecord
 class EmbedActor:
     """Ray Data callable class: a batch of record descriptions -> vectors (or per-item errors)."""
 
-    def __init__(self, foundation: str, threads: int = 1):
+    def __init__(self, foundation: str, threads: int = 1, device: str = "cpu"):
         import torch
 
         from ..foundation import create_foundation
 
         torch.set_num_threads(threads)
-        self.fnd = create_foundation(foundation)
+        self.fnd = create_foundation(foundation, device=device)
 
     def __call__(self, batch: dict) -> dict:
         import torch
@@ -65,8 +65,18 @@ def _start_local_ray(num_cpus: int, attempts: int = 2) -> None:
                 raise
 
 
-def ray_encoder(foundation: str, address: str | None = None, actors: int = 2, batch_size: int = 32, threads: int = 1):
-    """Return an ``encoder(records)`` for :meth:`Gallery.index` that embeds with Ray Data."""
+def ray_encoder(
+    foundation: str,
+    address: str | None = None,
+    actors: int = 2,
+    batch_size: int = 32,
+    threads: int = 1,
+    gpus_per_actor: float = 0.0,
+):
+    """Return an ``encoder(records)`` for :meth:`Gallery.index` that embeds with Ray Data.
+
+    ``gpus_per_actor`` > 0: each actor requests that share of a GPU from Ray and runs the model
+    there (Ray sets CUDA_VISIBLE_DEVICES per actor, so ``auto`` finds it)."""
 
     def encode(records: Sequence[ImageRecord]) -> Iterator[list]:
         import ray
@@ -84,10 +94,15 @@ def ray_encoder(foundation: str, address: str | None = None, actors: int = 2, ba
         ]
         ds = ray.data.from_items(rows).map_batches(
             EmbedActor,
-            fn_constructor_kwargs={"foundation": foundation, "threads": threads},
+            fn_constructor_kwargs={
+                "foundation": foundation,
+                "threads": threads,
+                "device": "auto" if gpus_per_actor > 0 else "cpu",
+            },
             batch_size=batch_size,
             concurrency=actors,
             num_cpus=threads,
+            num_gpus=gpus_per_actor if gpus_per_actor > 0 else None,
             batch_format="numpy",
         )
         for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):

@@ -867,6 +867,7 @@ def load_service(
     batch_wait_ms: float = 20.0,
     max_inflight: int = 32,
     batch_workers: int = 1,
+    device: str = "auto",
 ) -> FastAPI:
     """Open gallery, foundation, query encoder (and adapter), check that they belong together, build the app.
 
@@ -879,7 +880,7 @@ def load_service(
     g = Gallery.open(gallery)
     if foundation is None:
         foundation = QueryEncoder.load_config(query_encoder).foundation_id or g.info["foundation_id"]
-    fnd = create_foundation(foundation)
+    fnd = create_foundation(foundation, device=device)
     qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
     settings = ServeSettings(
         keys=KeyRing.from_file(api_key_file) if api_key_file else None,
