@@ -479,3 +479,26 @@ def test_cors_is_off_unless_an_origin_is_configured(live, tmp_path, openclip_fnd
         assert "access-control-allow-origin" not in r.headers
     finally:
         other.stop()
+
+
+def test_the_reference_and_its_copies_are_not_answers(live):
+    server, state, images, _ = live
+    ref = images[5]
+    ref_id = state.gallery.ids_for_paths([str(ref.resolve())])[str(ref.resolve())]
+    n = state.gallery.count()
+    files = {"image": (ref.name, ref.read_bytes(), "image/png")}
+    r = requests.post(f"{server.url}/v1/search", headers=KEY, files=files, data={"k": n}, timeout=30)
+    assert r.status_code == 200 and ref_id not in [x["id"] for x in r.json()["results"]]
+    assert len(r.json()["results"]) == n - 1  # everything else is still there
+    kept = requests.post(
+        f"{server.url}/v1/search", headers=KEY, files=files, data={"k": n, "keep_copies": "true"}, timeout=30
+    )
+    assert ref_id in [x["id"] for x in kept.json()["results"]]
+    payload, _ = _tokens_payload(state, ref)
+    other = [x["id"] for x in kept.json()["results"] if x["id"] != ref_id][:2]
+    body = {"payload": payload, "k": n, "reference_id": ref_id, "exclude_ids": other}
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json=body, timeout=30)
+    got = [x["id"] for x in r.json()["results"]]
+    assert r.status_code == 200 and not {ref_id, *other} & set(got) and len(got) == n - 3
+    r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={**body, "reference_id": 123}, timeout=30)
+    assert r.status_code == 404 and r.json()["code"] == "not_found"

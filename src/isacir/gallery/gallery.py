@@ -252,6 +252,14 @@ class Gallery:
         row = self.db().execute("SELECT path FROM items WHERE id = ?", (int(item_id),)).fetchone()
         return row[0] if row else None
 
+    def ids_with_hash(self, digest: str) -> list[int]:
+        """Items whose file content has this hash (:func:`isacir.data.sources.content_hash`)."""
+        return [r[0] for r in self.db().execute("SELECT id FROM items WHERE hash = ? ORDER BY id", (digest,))]
+
+    def hash_of(self, item_id: int) -> str | None:
+        row = self.db().execute("SELECT hash FROM items WHERE id = ?", (int(item_id),)).fetchone()
+        return row[0] if row else None
+
     def ids_for_paths(self, paths: Sequence[str]) -> dict[str, int]:
         """Gallery ids of indexed paths (paths not in the gallery are absent)."""
         out: dict[str, int] = {}

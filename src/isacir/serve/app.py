@@ -23,7 +23,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -147,6 +147,15 @@ class TokenSearch(BaseModel):
     text: str = Field("", max_length=1000, description="The modification, e.g. 'same but in red'.")
     k: int = Field(10, ge=1, le=MAX_K)
     rerank: int = Field(0, ge=0, le=MAX_K, description="Re-rank this many top candidates with the large model.")
+    reference_id: Optional[int] = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="The reference is this gallery item: it and its exact copies are left out.",
+    )
+    exclude_ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        default_factory=list, max_length=MAX_K, description="Gallery items never to return."
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -567,28 +576,51 @@ def create_app(state: ServiceState) -> FastAPI:
             "results": [{**_item_json(h.id, h.path), "score": round(float(h.score), 6)} for h in hits],
         }
 
-    def _search(tokens, text: str, k: int, rerank: int):
+    def _search(tokens, text: str, k: int, rerank: int, exclude: set[int]):
         prepared = state.retriever.prepare_tokens(tokens)
         query = state.compose(prepared, text)
-        hits = state.retriever.search_vector(query, k, rerank, prepared, text)
+        hits = state.retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude))
         return hits, state.retriever.reranker(True) if rerank else "none"
 
-    @app.post("/v1/search", dependencies=require("search"), tags=["search"], responses=errors(415))
+    def _excluded(reference_id: Optional[int], exclude_ids: list[int], reference_hash: Optional[str]) -> set[int]:
+        """What a search must not return: the reference itself (by id, or by the content of an
+        uploaded photo) and its exact copies, plus whatever the caller names."""
+        out = set(exclude_ids)
+        if reference_id is not None:
+            digest = state.gallery.hash_of(reference_id)
+            if digest is None:
+                raise _error(404, f"no gallery item {reference_id} (reference_id)", "not_found")
+            out.add(reference_id)
+            reference_hash = reference_hash or digest
+        if reference_hash:
+            out.update(state.gallery.ids_with_hash(reference_hash))
+        return out
+
+    @app.post("/v1/search", dependencies=require("search"), tags=["search"], responses=errors(404, 415))
     def search(
         image: UploadFile = File(..., description="The reference photo."),
         text: str = Form("", max_length=1000),
         k: int = Form(10, ge=1, le=MAX_K),
         rerank: int = Form(0, ge=0, le=MAX_K),
+        reference_id: Optional[int] = Form(None, ge=0, le=2**63 - 1, description="The reference's gallery id."),
+        keep_copies: bool = Form(False, description="Also return gallery items identical to the photo."),
     ) -> dict:
-        """Thin-client mode: the server runs the light query side on the uploaded photo."""
+        """Thin-client mode: the server runs the light query side on the uploaded photo.
+
+        A gallery item identical to the uploaded photo (same content) is the reference itself, not
+        an answer: it is left out unless ``keep_copies``."""
+        from ..data.sources import content_hash
+
         t0 = time.perf_counter()
-        pil = _decode_upload(image.file.read(), image.filename or "image")
+        data = image.file.read()
+        pil = _decode_upload(data, image.filename or "image")
+        exclude = _excluded(reference_id, [], None if keep_copies else content_hash(data))
         tokens = state.retriever.pseudo_tokens(pil)
-        hits, reranker = _search(tokens, text, k, rerank)
+        hits, reranker = _search(tokens, text, k, rerank, exclude)
         payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
         return _respond("image", text, hits, k, payload, t0, reranker)
 
-    @app.post("/v1/search/tokens", dependencies=require("search"), tags=["search"], responses=errors(409))
+    @app.post("/v1/search/tokens", dependencies=require("search"), tags=["search"], responses=errors(404, 409))
     def search_tokens(body: TokenSearch) -> dict:
         """Asymmetric mode: only the device's pseudo-word tokens travel, never the photo."""
         import torch
@@ -620,7 +652,8 @@ def create_app(state: ServiceState) -> FastAPI:
                 "payload_shape",
             )
         tokens = torch.from_numpy(decoded.tokens)[None]
-        hits, reranker = _search(tokens, body.text, body.k, body.rerank)
+        exclude = _excluded(body.reference_id, body.exclude_ids, None)
+        hits, reranker = _search(tokens, body.text, body.k, body.rerank, exclude)
         return _respond("tokens", body.text, hits, body.k, raw, t0, reranker)
 
     @app.post("/v1/gallery", dependencies=require("gallery:write"), tags=["gallery"], responses=errors(415))
