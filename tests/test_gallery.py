@@ -594,3 +594,43 @@ def test_rerank_rescores_the_top_n_and_says_which_reranker_ran(tmp_path, opencli
         )
     oracle = [base[i].id for i in np.argsort(-scores.float().numpy(), kind="stable")]
     assert [h.id for h in got[:3]] == oracle and [h.id for h in got[3:]] == [h.id for h in base[3:6]]
+
+
+def test_index_metadata_from_jsonl_per_path_and_updated_without_reembedding(tmp_path, tiny_openclip_dir):
+    from typer.testing import CliRunner
+
+    from isacir.cli import app as cli
+    from isacir.errors import IsacirError
+
+    folder = make_folder(tmp_path / "shop" / "imgs", 3, seed=9)
+    meta = tmp_path / "shop" / "catalogue.jsonl"
+    meta.write_text(
+        json.dumps({"path": "imgs/img000.png", "title": "Red dress", "sku": "D-1"})
+        + "\n\n"
+        + json.dumps({"path": str(folder / "img001.png"), "title": "Blue shirt"})
+        + "\n"
+    )
+    args = ["index", str(folder), "--gallery", str(tmp_path / "g"), "--foundation", tiny_openclip_dir[0]]
+    r = CliRunner().invoke(cli, [*args, "--metadata", str(meta), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    g = Gallery.open(tmp_path / "g")
+    by_name = {Path(it["path"]).name: it["metadata"] for it in g.items()}
+    assert by_name == {
+        "img000.png": {"title": "Red dress", "sku": "D-1"},
+        "img001.png": {"title": "Blue shirt"},
+        "img002.png": {},
+    }
+    hits = g.search(g.vectors()[1][:1], k=3)[0]
+    assert {h.path: h.metadata for h in hits}[g.items()[0]["path"]] == g.items()[0]["metadata"]
+    meta.write_text(json.dumps({"path": "imgs/img002.png", "title": "Green hat"}) + "\n")
+    r = CliRunner().invoke(cli, [*args, "--metadata", str(meta), "--no-progress", "--json"])
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["unchanged"] == 3 and report["added"] == 0  # nothing re-embedded
+    assert {Path(it["path"]).name: it["metadata"] for it in Gallery.open(tmp_path / "g").items()}["img002.png"] == {
+        "title": "Green hat"
+    }
+    meta.write_text('{"title": "no path"}\n')
+    bad = CliRunner().invoke(cli, [*args, "--metadata", str(meta)])
+    assert isinstance(
+        bad.exception, IsacirError
+    ) and 'catalogue.jsonl:1: each line must be a JSON object with a "path"' in str(bad.exception)

@@ -489,6 +489,7 @@ def test_the_reference_and_its_copies_are_not_answers(live):
     files = {"image": (ref.name, ref.read_bytes(), "image/png")}
     r = requests.post(f"{server.url}/v1/search", headers=KEY, files=files, data={"k": n}, timeout=30)
     assert r.status_code == 200 and ref_id not in [x["id"] for x in r.json()["results"]]
+    assert all(x["metadata"] == {} for x in r.json()["results"])  # indexed without metadata
     assert len(r.json()["results"]) == n - 1  # everything else is still there
     kept = requests.post(
         f"{server.url}/v1/search", headers=KEY, files=files, data={"k": n, "keep_copies": "true"}, timeout=30

@@ -22,7 +22,11 @@ def index_cmd(
     prune: bool = typer.Option(False, help="Remove entries whose files disappeared from PATHS."),
     batch_size: int = typer.Option(32),
     workers: int = typer.Option(2, help="DataLoader workers decoding images while the model encodes."),
-    metadata: Optional[str] = typer.Option(None, help="JSON object stored with every added image."),
+    metadata: Optional[str] = typer.Option(
+        None,
+        help='A JSON object stored with every added image, or a .jsonl file of objects with a "path" each '
+        "(title, SKU, URL...; relative paths are read from the file's folder).",
+    ),
     ray: Optional[str] = typer.Option(None, help="Embed with Ray Data: 'local' or a cluster address."),
     ray_actors: int = typer.Option(2, help="Ray embedding actors."),
     ray_gpus_per_actor: float = typer.Option(0.0, help="GPUs each Ray actor requests (and runs the model on)."),
@@ -37,7 +41,10 @@ def index_cmd(
     from ..gallery import Gallery
 
     meta = None
-    if metadata:
+    by_path = None
+    if metadata and metadata.endswith(".jsonl"):
+        by_path = read_metadata_jsonl(Path(metadata))
+    elif metadata:
         try:
             meta = json.loads(metadata)
         except json.JSONDecodeError as exc:
@@ -73,6 +80,7 @@ def index_cmd(
         progress=progress,
         encoder=encoder,
         restore=restore,
+        metadata_by_path=by_path,
     )
     if report.added or report.removed:
         from ..audit import AuditLog, cli_actor
@@ -86,6 +94,29 @@ def index_cmd(
             err.print(f"  skipped ({reason}) {f}", highlight=False)
     if as_json:
         emit_json(report.to_dict())
+
+
+def read_metadata_jsonl(path: Path) -> dict[str, dict]:
+    """``{"path": ..., "title": ...}`` per line -> canonical path -> the other fields."""
+    import os
+
+    if not path.is_file():
+        raise IsacirError(f"--metadata file not found: {path}")
+    out: dict[str, dict] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IsacirError(f"{path}:{n}: not JSON: {exc}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("path"), str):
+            raise IsacirError(f'{path}:{n}: each line must be a JSON object with a "path" string')
+        where = obj.pop("path")
+        base, sep, member = where.partition("::")
+        full = base if os.path.isabs(base) else str(path.parent / base)
+        out[os.path.realpath(full) + sep + member] = obj
+    return out
 
 
 @gallery_app.command("info")

@@ -423,9 +423,12 @@ class Gallery:
         progress: bool = True,
         encoder=None,
         restore: bool = False,
+        metadata_by_path: dict[str, dict] | None = None,
     ) -> IndexReport:
         """Add new images, re-embed changed ones, optionally prune deleted ones.
 
+        ``metadata_by_path`` (canonical path -> object, e.g. from a JSON Lines file) wins over
+        ``metadata`` for the files it names, and also updates items whose image did not change.
         Files an operator removed (``remove``, ``gallery rm``, ``DELETE /v1/gallery/{id}``) stay
         out unless ``restore``.
 
@@ -435,7 +438,16 @@ class Gallery:
         self.check_foundation(foundation)
         with self.writing():
             return self._index(
-                sources, foundation, prune, batch_size, num_workers, metadata, progress, encoder, restore
+                sources,
+                foundation,
+                prune,
+                batch_size,
+                num_workers,
+                metadata,
+                progress,
+                encoder,
+                restore,
+                metadata_by_path or {},
             )
 
     def tombstones(self) -> list[dict]:
@@ -468,7 +480,7 @@ class Gallery:
         return len(paths)
 
     def _index(
-        self, sources, foundation, prune, batch_size, num_workers, metadata, progress, encoder, restore
+        self, sources, foundation, prune, batch_size, num_workers, metadata, progress, encoder, restore, by_path
     ) -> IndexReport:
         from ..progress import progress_bar
 
@@ -524,7 +536,8 @@ class Gallery:
                 else:
                     report.added += 1
                     new_id = self._free_id(rec.key)
-                rows.append((new_id, rec.key, digest, stats[i][0], stats[i][1], time.time(), meta_json))
+                meta = json.dumps(by_path[rec.key]) if rec.key in by_path else meta_json
+                rows.append((new_id, rec.key, digest, stats[i][0], stats[i][1], time.time(), meta))
                 vecs.append(vec)
             if rows:
                 with self._write_lock:
@@ -532,6 +545,11 @@ class Gallery:
                 encoded += len(rows)
             bar.update(len(batch))
         bar.close()
+        if by_path:  # metadata needs no re-embedding: items whose image did not change get theirs too
+            with self._write_lock, db:
+                db.executemany(
+                    "UPDATE items SET metadata = ? WHERE path = ?", [(json.dumps(m), k) for k, m in by_path.items()]
+                )
         enc_seconds = time.perf_counter() - t_enc
         if prune:
             roots = [os.path.realpath(s) for s in sources]

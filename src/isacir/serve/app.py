@@ -573,7 +573,9 @@ def create_app(state: ServiceState) -> FastAPI:
             "query_encoder_fingerprint": state.qe_fingerprint,
             "adapter_version": state.adapter_fingerprint,
             "reranker": reranker,
-            "results": [{**_item_json(h.id, h.path), "score": round(float(h.score), 6)} for h in hits],
+            "results": [
+                {**_item_json(h.id, h.path), "score": round(float(h.score), 6), "metadata": h.metadata} for h in hits
+            ],
         }
 
     def _search(tokens, text: str, k: int, rerank: int, exclude: set[int]):

@@ -149,8 +149,10 @@
       card.dataset.id = r.id;
       card.querySelector(".rank").textContent = r.score === undefined ? `id ${r.id}` : `#${i + 1}`;
       card.querySelector(".score").textContent = r.score === undefined ? "" : r.score.toFixed(3);
-      card.querySelector(".name").textContent = r.name;
-      card.querySelector(".name").title = r.name;
+      // a catalogue title (index --metadata) reads better than a file name; the name stays in the tooltip
+      const title = (r.metadata && r.metadata.title) || r.name;
+      card.querySelector(".name").textContent = title;
+      card.querySelector(".name").title = title === r.name ? r.name : `${title} (${r.name})`;
       const img = card.querySelector(".thumb");
       img.alt = `candidate ${i + 1}: ${r.name}`;
       loadThumb(img, r.thumbnail_url);
