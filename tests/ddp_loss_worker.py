@@ -86,3 +86,6 @@ if rank == 0:
     with open(out, "w") as f:
         json.dump({"diffs": diffs, "decisions": everyone, "shared_fs": messages}, f)
 print(f"rank {rank} done")
+# leave the group before exiting: gloo's threads otherwise abort the process at interpreter exit
+dist.barrier()
+dist.destroy_process_group()

@@ -227,10 +227,11 @@ def test_several_writers_on_one_served_gallery_lose_nothing(tmp_path, tiny_openc
         to_remove += late
         for j in range(3):
             r = requests.post(
-                f"{url}/v1/gallery", headers=KEY, files=[("images", (f"b{j}.png", _png(900 + j)))], timeout=120
+                f"{url}/v1/gallery", headers=KEY, files=[("images", (f"b{j}.png", _png(1_000_000 + j)))], timeout=120
             )
             assert r.status_code == 200, r.text
             api_kept.append(r.json()["added"][0]["id"])
+        assert len(set(api_kept)) == len(api_kept)  # every upload was a new image
         # the service sees what the other processes did without a restart
         r = requests.get(f"{url}/healthz", timeout=30).json()
         assert r["gallery_items"] == 12 - 6 + 16 + len(api_kept)

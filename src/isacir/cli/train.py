@@ -148,6 +148,10 @@ def train_cmd(**kwargs: Any) -> None:
             "seconds": round(result.seconds, 2),
         }
     )
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # left alive, the backend's threads can abort the process at exit
 
 
 FIXED_PARAMETERS = _fixed_parameters()
