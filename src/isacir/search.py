@@ -192,22 +192,19 @@ class Retriever:
     def rerank(self, hits: list[Hit], query: np.ndarray, tokens: torch.Tensor | None, text) -> list[Hit]:
         """Matching-head scores where the foundation has one (and tokens exist), else exact similarity."""
         fnd = self.foundation
-        if fnd.has_matching_head and tokens is not None:
-            images = [read_gallery_image(h.path) for h in hits]
-            hidden = fnd.encode_image_features(fnd.preprocess_batch(images)).hidden
-            texts = [text] if isinstance(text, str) else list(text)
-            with self._adapted():
-                scores = fnd.match_score(
-                    hidden,
-                    pseudo_tokens=tokens.expand(len(hits), -1, -1),
-                    modifiers=[texts] * len(hits),
-                    template=self.template,
-                )
-            scores = scores.float().cpu().numpy()
-        else:
-            ids, vecs = self.gallery.vectors([h.id for h in hits])
-            exact = dict(zip(ids.tolist(), (vecs @ query).tolist(), strict=True))
-            scores = np.array([exact.get(h.id, -np.inf) for h in hits])
+        if not (fnd.has_matching_head and tokens is not None):
+            return self.gallery.rescore(hits, query)
+        images = [read_gallery_image(h.path) for h in hits]
+        hidden = fnd.encode_image_features(fnd.preprocess_batch(images)).hidden
+        texts = [text] if isinstance(text, str) else list(text)
+        with self._adapted():
+            scores = fnd.match_score(
+                hidden,
+                pseudo_tokens=tokens.expand(len(hits), -1, -1),
+                modifiers=[texts] * len(hits),
+                template=self.template,
+            )
+        scores = scores.float().cpu().numpy()
         for h, s in zip(hits, scores, strict=True):
             h.score = float(s)
         return sorted(hits, key=lambda h: -h.score)

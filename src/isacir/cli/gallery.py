@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import IsacirError
+from ..gallery.stores import INDEX_HELP
 from ._app import DEVICE_HELP, app, emit_json, err, gallery_app, out
 
 
@@ -19,6 +20,9 @@ def index_cmd(
     gallery: Path = typer.Option(..., help="Gallery folder (created on first use)."),
     foundation: Optional[str] = typer.Option(None, help="Large model; required for a new gallery."),
     store: str = typer.Option("faiss", help="faiss | milvus://./gallery.db | milvus://host:19530"),
+    index: Optional[str] = typer.Option(
+        None, "--index", help=f"FAISS index family, remembered by the gallery: {INDEX_HELP}. Default: keep (auto)."
+    ),
     prune: bool = typer.Option(False, help="Remove entries whose files disappeared from PATHS."),
     batch_size: int = typer.Option(32),
     workers: int = typer.Option(2, help="DataLoader workers decoding images while the model encodes."),
@@ -57,7 +61,7 @@ def index_cmd(
             raise IsacirError(f"{gallery} is a new gallery: pass --foundation")
         foundation = json.loads(info_path.read_text())["foundation_id"]
     fnd = create_foundation(foundation, device=device)
-    g = Gallery.open_or_create(gallery, fnd, store)
+    g = Gallery.open_or_create(gallery, fnd, store, index=index)
     _writer_settings(g, no_wait)
     encoder = None
     if ray:
@@ -176,12 +180,18 @@ def gallery_ls_removed(gallery: Path = typer.Argument(...)) -> None:
 
 
 @gallery_app.command("rebuild-index")
-def gallery_rebuild_index(gallery: Path = typer.Argument(...)) -> None:
-    """Rebuild the vector store from the gallery database (after `verify` reports a difference)."""
+def gallery_rebuild_index(
+    gallery: Path = typer.Argument(...),
+    index: Optional[str] = typer.Option(None, "--index", help=f"Switch the FAISS index family: {INDEX_HELP}."),
+) -> None:
+    """Rebuild the vector store from the gallery database (after `verify` reports a difference,
+    or to switch the index family)."""
     from ..gallery import Gallery
 
     g = Gallery.open(gallery)
     _writer_settings(g, False)
+    if index is not None and index != g.info.get("index", "auto"):
+        g.set_index_kind(index)
     emit_json(g.rebuild_index())
 
 

@@ -139,20 +139,34 @@ class Gallery:
         if not meta.is_file():
             raise GalleryError(f"{directory} is not a gallery (no gallery.json); create one with `isacir index`")
         info = json.loads(meta.read_text())
-        gallery = cls(directory, info, open_store(info["store"], directory, info["embed_dim"]))
+        store = open_store(info["store"], directory, info["embed_dim"], info.get("index", "auto"))
+        gallery = cls(directory, info, store)
         gallery._ensure_schema()
         gallery._canonical_paths()
         gallery.sync()
         return gallery
 
     @classmethod
-    def open_or_create(cls, directory: str | os.PathLike, foundation: Foundation, store: str = "faiss") -> Gallery:
+    def open_or_create(
+        cls, directory: str | os.PathLike, foundation: Foundation, store: str = "faiss", index: str | None = None
+    ) -> Gallery:
+        """Open the gallery at ``directory``, or create it for ``foundation``.
+
+        ``index`` (a FAISS family, see :data:`isacir.gallery.stores.INDEX_KINDS`) is remembered in
+        ``gallery.json``; None keeps an existing gallery's choice (``auto`` for a new one).
+        """
+        from .stores import resolve_index_kind
+
         directory = Path(directory)
+        if index is not None:
+            resolve_index_kind(0, foundation.embed_dim, index)  # reject a typo before creating anything
         if (directory / "gallery.json").is_file():
             gallery = cls.open(directory)
             gallery.check_foundation(foundation)
             if store != gallery.info["store"]:
                 raise GalleryError(f"gallery {directory} uses store {gallery.info['store']!r}, not {store!r}")
+            if index is not None and index != gallery.info.get("index", "auto"):
+                gallery.set_index_kind(index)
             return gallery
         directory.mkdir(parents=True, exist_ok=True)
         info = {
@@ -161,6 +175,7 @@ class Gallery:
             "foundation_fingerprint": foundation.fingerprint,
             "embed_dim": foundation.embed_dim,
             "store": store,
+            "index": index or "auto",
             "created": time.time(),
             "isacir_version": __version__,
         }
@@ -308,6 +323,43 @@ class Gallery:
             )
             db.executemany("INSERT INTO changes VALUES (?, ?, 'u')", [(gen, r[0]) for r in rows])
             db.execute("UPDATE state SET value=? WHERE key='generation'", (gen,))
+
+    def add_vectors(
+        self,
+        keys: Sequence[str],
+        vecs: np.ndarray,
+        metadata: Sequence[dict] | None = None,
+        hashes: Sequence[str | None] | None = None,
+    ) -> list[int]:
+        """Add (or replace) items whose image vectors were computed elsewhere; returns their ids.
+
+        ``keys`` name the items as ``index`` would (a path, ``shard::member`` or any unique string).
+        The vectors must come from this gallery's foundation, L2-normalised: that is the caller's
+        promise, checked here only for shape, finiteness and norm.
+        """
+        vecs = np.asarray(vecs, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape != (len(keys), self.info["embed_dim"]):
+            raise GalleryError(f"expected {len(keys)} vectors of dim {self.info['embed_dim']}, got {vecs.shape}")
+        norms = np.linalg.norm(vecs, axis=1)
+        if not np.all(np.isfinite(vecs)) or np.any(np.abs(norms - 1) > 1e-3):
+            raise GalleryError("vectors must be finite and L2-normalised")
+        if len(set(keys)) != len(keys):
+            raise GalleryError("keys must be unique")
+        metadata = list(metadata) if metadata is not None else [{}] * len(keys)
+        hashes = list(hashes) if hashes is not None else [None] * len(keys)
+        if len(metadata) != len(keys) or len(hashes) != len(keys):
+            raise GalleryError("metadata and hashes need one entry per key")
+        with self.writing():
+            ids = [self._free_id(k) for k in keys]
+            now = time.time()
+            rows = [
+                (i, k, h, None, None, now, json.dumps(m))
+                for i, k, h, m in zip(ids, keys, hashes, metadata, strict=True)
+            ]
+            for start in range(0, len(rows), 5000):
+                self._commit_batch(rows[start : start + 5000], vecs[start : start + 5000])
+            self.sync()
+        return ids
 
     def remove(self, ids: Iterable[int], tombstone: bool = True) -> int:
         """Remove entries by id; returns how many existed.
@@ -592,6 +644,16 @@ class Gallery:
         # an id missing here was removed between the store search and this lookup: drop it
         return [Hit(i, info[i][0], s, info[i][1]) for s, i in valid if i in info]
 
+    def rescore(self, hits: list[Hit], query: np.ndarray) -> list[Hit]:
+        """Re-score hits with the stored full-precision vectors (an approximate store's scores are
+        not the exact inner products) and sort them by it; a hit removed meanwhile drops out."""
+        ids, vecs = self.vectors([h.id for h in hits])
+        exact = dict(zip(ids.tolist(), (vecs @ np.asarray(query, np.float32).reshape(-1)).tolist(), strict=True))
+        kept = [h for h in hits if h.id in exact]
+        for h in kept:
+            h.score = float(exact[h.id])
+        return sorted(kept, key=lambda h: -h.score)
+
     @property
     def store_is_exact(self) -> bool:
         """Whether the store's scores are exact inner products of the stored vectors (flat FAISS,
@@ -599,6 +661,22 @@ class Gallery:
         if isinstance(self.store, FaissStore):
             return self.store.params.get("type") == "flat"
         return self.store.describe().get("index") == "FLAT"
+
+    def set_index_kind(self, kind: str) -> dict | None:
+        """Switch the FAISS index family (remembered in ``gallery.json``) and rebuild when the
+        current index is not of it; returns the rebuild's report, or None when nothing changed."""
+        from .stores import resolve_index_kind
+
+        if not isinstance(self.store, FaissStore):
+            raise GalleryError(f"--index applies to the faiss store; this gallery uses {self.info['store']!r}")
+        resolve_index_kind(0, self.info["embed_dim"], kind)
+        with self.writing():
+            self.info["index"] = kind
+            atomic_write_text(self.dir / "gallery.json", json.dumps(self.info, indent=2))
+            self.store.kind = kind
+            if self.store.needs_rebuild(self.count()) or self.store.params.get("requested", "auto") != kind:
+                return self.rebuild_index()
+        return None
 
     def rebuild_index(self) -> dict:
         """Rebuild the vector store from the database (the source of truth), under the writer lock."""
@@ -674,7 +752,9 @@ class Gallery:
             else:
                 problems.append(message)
         gone = [
-            path for (path,) in db.execute("SELECT path FROM items") if "::" not in path and not os.path.exists(path)
+            path
+            for (path,) in db.execute("SELECT path FROM items")
+            if os.path.isabs(path) and not os.path.exists(path.split("::", 1)[0])
         ]
         if gone:
             warnings.append(f"{len(gone)} indexed file(s) are gone from disk, e.g. {gone[:3]}")

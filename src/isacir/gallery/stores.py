@@ -76,19 +76,71 @@ class VectorStore(ABC):
 # ----- FAISS ----------------------------------------------------------------------------------------
 #: Below this many vectors exact search is fast enough (and has perfect recall).
 EXACT_LIMIT = 50_000
+#: ``auto`` keeps full-precision vectors in RAM up to this many bytes of them, then compresses.
+FP32_BUDGET = 8 * 2**30
+#: ... with 8-bit scalar quantization (4x smaller) up to this many bytes of fp32, and PQ beyond.
+SQ8_BUDGET = 32 * 2**30
+#: Fewer vectors than this cannot train an IVF quantizer well: such galleries stay flat.
+IVF_MIN_TRAIN = 1_000
+INDEX_KINDS = ("auto", "flat", "ivf_flat", "ivf_sq8", "ivf_pq")
+#: What each kind keeps per vector, for ``--help`` texts and the docs.
+INDEX_HELP = (
+    "auto (by size: flat, then IVF-Flat, then IVF-SQ8, then IVF-PQ) | flat (exact) | ivf_flat | "
+    "ivf_sq8 (8-bit scalar quantization, 4x smaller) | ivf_pq (product quantization, 32x smaller)"
+)
 
 
-def choose_index(n: int, dim: int) -> dict:
-    """Index family and parameters by size, following autofaiss's rules of thumb.
+def resolve_index_kind(n: int, dim: int, kind: str = "auto") -> str:
+    """The index family for ``n`` vectors: ``kind`` itself, or the ``auto`` choice by size."""
+    if kind not in INDEX_KINDS:
+        raise StoreError(f"unknown index {kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+    if kind == "auto":
+        fp32 = n * dim * 4
+        if n < EXACT_LIMIT:
+            return "flat"
+        return "ivf_flat" if fp32 <= FP32_BUDGET else "ivf_sq8" if fp32 <= SQ8_BUDGET else "ivf_pq"
+    if kind != "flat" and n < IVF_MIN_TRAIN:
+        return "flat"
+    return kind
 
-    Exact (flat) for small galleries; an IVF index with ~4 sqrt(n) lists beyond that. IVF (unlike
-    HNSW) supports removals, which an incrementally maintained gallery needs.
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ sub-vectors of 8 dimensions each (96 bytes for 768-d), or the largest divisor of ``dim``
+    that keeps sub-vectors at least 4 wide."""
+    for m in range(max(1, dim // 8), 0, -1):
+        if dim % m == 0 and dim // m >= 4:
+            return m
+    return 1
+
+
+def choose_index(n: int, dim: int, kind: str = "auto") -> dict:
+    """Index family and parameters for ``n`` vectors, following autofaiss's rules of thumb.
+
+    Exact (flat) for small galleries; an IVF index with ~4 sqrt(n) lists beyond that, storing the
+    vectors in full (``ivf_flat``), as 8-bit scalars (``ivf_sq8``) or as PQ codes (``ivf_pq``).
+    IVF (unlike HNSW) supports removals, which an incrementally maintained gallery needs. ``kind``
+    forces a family (``auto`` picks by the RAM that full-precision vectors would take).
     """
-    if n < EXACT_LIMIT:
-        return {"type": "flat"}
-    nlist = 2 ** int(round(math.log2(4 * math.sqrt(n))))
-    # 40 points per centroid and 10 k-means iterations: faiss's own lower bounds for a stable fit
-    return {"type": "ivf_flat", "nlist": nlist, "train_size": min(n, 40 * nlist), "niter": 10}
+    family = resolve_index_kind(n, dim, kind)
+    if family == "flat":
+        return {"type": "flat", "requested": kind}
+    # at least 39 points per list (faiss's lower bound for a stable k-means fit)
+    nlist = min(2 ** int(round(math.log2(4 * math.sqrt(n)))), max(1, 2 ** int(math.log2(max(1, n // 39)))))
+    params = {"type": family, "requested": kind, "nlist": nlist, "train_size": min(n, 40 * nlist), "niter": 10}
+    if family == "ivf_pq":
+        params.update(m=pq_subquantizers(dim), nbits=8, train_size=min(n, max(40 * nlist, 256 * 39)))
+    return params
+
+
+def index_factory_string(params: dict) -> str:
+    kind = params["type"]
+    if kind == "ivf_flat":
+        return f"IVF{params['nlist']},Flat"
+    if kind == "ivf_sq8":
+        return f"IVF{params['nlist']},SQ8"
+    if kind == "ivf_pq":
+        return f"IVF{params['nlist']},PQ{params['m']}x{params['nbits']}"
+    raise StoreError(f"unknown faiss index type {kind!r}")
 
 
 def build_faiss_index(vecs: np.ndarray, ids: np.ndarray, params: dict, seed: int = 0):
@@ -97,24 +149,36 @@ def build_faiss_index(vecs: np.ndarray, ids: np.ndarray, params: dict, seed: int
     dim = vecs.shape[1]
     if params["type"] == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    elif params["type"] == "ivf_flat":
-        quantizer = faiss.IndexFlatIP(dim)
-        ivf = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.index_factory(dim, index_factory_string(params), faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
         ivf.cp.niter = params.get("niter", 10)
+        ivf.cp.seed = seed
+        if params["type"] == "ivf_pq":
+            # small galleries forced to PQ train on fewer points than faiss's 39 per code: fine, quietly
+            faiss.downcast_index(ivf).pq.cp.min_points_per_centroid = 1
         rng = np.random.default_rng(seed)
         sample = (
-            vecs[rng.choice(len(vecs), size=params["train_size"], replace=False)]
+            vecs[np.sort(rng.choice(len(vecs), size=params["train_size"], replace=False))]
             if len(vecs) > params["train_size"]
             else vecs
         )
-        ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
         ivf.nprobe = params.get("nprobe", 16)
-        index = ivf
-    else:
-        raise StoreError(f"unknown faiss index type {params['type']!r}")
     if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        for start in range(0, len(ids), 100_000):  # bounded temporaries when encoding PQ/SQ codes
+            index.add_with_ids(
+                np.ascontiguousarray(vecs[start : start + 100_000], dtype=np.float32),
+                np.ascontiguousarray(ids[start : start + 100_000], dtype=np.int64),
+            )
     return index
+
+
+def index_bytes(index) -> int:
+    """Serialized size of a FAISS index: what it holds in RAM, within a few percent."""
+    import faiss
+
+    return int(faiss.serialize_index(index).nbytes)
 
 
 def tune_nprobe(
@@ -122,7 +186,9 @@ def tune_nprobe(
 ) -> tuple[int, float]:
     """Smallest nprobe whose recall@k against exact search reaches ``target`` (autofaiss-style).
 
-    Queries are stored vectors plus a little noise: "find things like this item".
+    Queries are stored vectors plus a little noise: "find things like this item". A compressed
+    index (SQ, PQ) may never reach ``target``: its codes cap the recall whatever the probing, so
+    the search stops where more lists stop helping (exact re-ranking recovers the rest).
     """
     import faiss
 
@@ -142,6 +208,8 @@ def tune_nprobe(
         ivf.nprobe = nprobe
         _, got = index.search(q, k)
         recall = recall_at_k(got, truth, k)
+        if recall < best[1] + 0.002 and best[1] > 0:
+            break  # a plateau: the codes, not the probing, limit the recall now
         best = (nprobe, recall)
         if recall >= target:
             break
@@ -158,12 +226,15 @@ def recall_at_k(got: np.ndarray, truth: np.ndarray, k: int) -> float:
 class FaissStore(VectorStore):
     """Embedded FAISS index persisted as ``index.faiss`` + ``index.json`` (both replaced atomically)."""
 
-    def __init__(self, folder: str | os.PathLike, dim: int):
+    def __init__(self, folder: str | os.PathLike, dim: int, kind: str = "auto"):
         import faiss
 
+        resolve_index_kind(0, dim, kind)  # a clear error for an unknown kind, before anything is built
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.dim = dim
+        #: the index family asked for (``auto``: by size); ``params["type"]`` is what was built
+        self.kind = kind
         self._faiss = faiss
         self.params: dict = {"type": "flat"}
         self.generation = 0
@@ -209,19 +280,20 @@ class FaissStore(VectorStore):
         os.replace(tmpj, self.folder / "index.json")
 
     def rebuild(self, ids, vecs, generation, persist=True) -> None:
-        self.params = choose_index(len(ids), self.dim)
+        self.params = choose_index(len(ids), self.dim, self.kind)
         self.index = build_faiss_index(vecs, ids, self.params)
         if self.params["type"] != "flat":
             nprobe, recall = tune_nprobe(self.index, vecs, ids)
             self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4))
         self.params["built_for"] = int(len(ids))
+        self.params["bytes_per_vector"] = round(index_bytes(self.index) / len(ids), 1) if len(ids) else None
         self.generation = generation
         if persist:
             self._persist()
 
     def needs_rebuild(self, n: int) -> bool:
         """True when the gallery outgrew (or shrank below) what the current index was chosen for."""
-        want = choose_index(n, self.dim)["type"]
+        want = resolve_index_kind(n, self.dim, self.kind)
         if want != self.params["type"]:
             return True
         built = self.params.get("built_for", 0)
@@ -368,10 +440,13 @@ class MilvusStore(VectorStore):
         self.client.close()
 
 
-def open_store(spec: str, gallery_dir: Path, dim: int) -> VectorStore:
-    """``faiss`` or ``milvus://./gallery.db`` (Milvus Lite) or ``milvus://host:19530``."""
+def open_store(spec: str, gallery_dir: Path, dim: int, index: str = "auto") -> VectorStore:
+    """``faiss`` or ``milvus://./gallery.db`` (Milvus Lite) or ``milvus://host:19530``.
+
+    ``index`` is the FAISS index family (:data:`INDEX_KINDS`); Milvus chooses its own.
+    """
     if spec == "faiss":
-        return FaissStore(gallery_dir / "faiss", dim)
+        return FaissStore(gallery_dir / "faiss", dim, index)
     if spec.startswith("milvus://"):
         uri = spec[len("milvus://") :]
         if not uri:
