@@ -410,7 +410,7 @@ def test_bench_search_cli_reports_required_fields():
             "3000",
             "--dim",
             "32",
-            "--queries",
+            "--n-queries",
             "50",
             "--milvus-n",
             "500",

@@ -153,13 +153,16 @@ class Retriever:
         tokens: torch.Tensor | None = None,
         text: str | Sequence[str] = "",
         exclude: Sequence[int] = (),
+        where: dict | None = None,
     ) -> list[Hit]:
-        """The gallery side of :meth:`search`, for a composed query vector computed elsewhere."""
+        """The gallery side of :meth:`search`, for a composed query vector computed elsewhere.
+
+        ``where`` keeps only items whose metadata passes it (see :func:`isacir.gallery.check_filter`)."""
         if k < 1:
             raise SearchError("k must be >= 1")
         excluded = set(exclude)
         fetch = max(k, rerank) + len(excluded)
-        hits = [h for h in self.gallery.search(query[None], fetch)[0] if h.id not in excluded]
+        hits = [h for h in self.gallery.search(query[None], fetch, where=where)[0] if h.id not in excluded]
         if rerank and hits and self.reranker(tokens is not None) != "none":
             # the top ``rerank`` are re-scored; below them the store's order stands
             hits = self.rerank(hits[:rerank], query, tokens, text) + hits[rerank:]
@@ -182,11 +185,12 @@ class Retriever:
         rerank: int = 0,
         mode: str | None = None,
         exclude: Sequence[int] = (),
+        where: dict | None = None,
     ) -> list[Hit]:
         if k < 1:
             raise SearchError("k must be >= 1")
         query, used_tokens = self.query_vector(image, text, tokens, mode)
-        return self.search_vector(query, k, rerank, used_tokens, text, exclude)
+        return self.search_vector(query, k, rerank, used_tokens, text, exclude, where)
 
     @torch.no_grad()
     def rerank(self, hits: list[Hit], query: np.ndarray, tokens: torch.Tensor | None, text) -> list[Hit]:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import IsacirError
+from ..gallery.stores import INDEX_HELP
 from ._app import DEVICE_HELP, bench_app, emit_json, err
 
 
@@ -78,30 +79,74 @@ def bench_backbones_cmd(
 def bench_search_cmd(
     n: int = typer.Option(1_000_000, help="Vectors in the FAISS index."),
     dim: int = typer.Option(768),
-    queries: int = typer.Option(1000),
-    data: str = typer.Option("clustered", help="clustered | uniform (see the module docs)."),
+    n_queries: int = typer.Option(1000, "--n-queries", help="Queries measured (and as many more to tune nprobe)."),
+    data: str = typer.Option("clustered", help="clustered | calibrated | uniform (see the module docs)."),
+    calibrate_from: Optional[Path] = typer.Option(
+        None, help="Gallery whose vectors shape --data calibrated (cluster sizes, spread, lean)."
+    ),
+    queries: str = typer.Option("near", "--queries", help="near (stored point + noise) | gap (across a modality gap)."),
+    gap_cos: float = typer.Option(0.3, help="Cosine of a gap query to its source point."),
+    index: str = typer.Option(
+        "auto", "--index", help="Index families to compare: 'all' or a comma list of " + INDEX_HELP
+    ),
+    rerank: int = typer.Option(100, help="Exact re-ranking depth measured for approximate families (0: skip)."),
     milvus_n: int = typer.Option(20_000, help="Vectors for the Milvus Lite run (0: skip)."),
     threads: Optional[int] = typer.Option(None, help="FAISS OpenMP threads (default: all cores)."),
+    seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """ANN vs exact latency, recall@10 and build time (FAISS; Milvus Lite at a smaller n)."""
-    from ..bench.search import bench_faiss, bench_milvus, make_data, make_queries
+    """Index families against exact search: latency, recall@10 (with and without exact re-ranking),
+    memory per million vectors and build time; Milvus Lite at a smaller n."""
+    from ..bench.search import bench_faiss, bench_milvus, calibrate, make_data, make_queries
+    from ..gallery.stores import INDEX_KINDS, resolve_index_kind
 
+    kinds = tuple(k for k in INDEX_KINDS if k != "auto") if index == "all" else tuple(index.split(","))
+    for kind in kinds:
+        resolve_index_kind(0, dim, kind)
+    profile = None
+    if data == "calibrated":
+        if calibrate_from is None:
+            raise IsacirError("--data calibrated needs --calibrate-from GALLERY")
+        from ..gallery import Gallery
+
+        _, source = Gallery.open(calibrate_from).vectors()
+        err.print(f"calibrating on {len(source):,} vectors of {calibrate_from} ...")
+        profile = calibrate(source, seed=seed)
     err.print(f"generating {n:,} x {dim} {data} unit vectors ...")
-    vecs = make_data(n, dim, data)
-    qs = make_queries(vecs, queries)
-    err.print("building and measuring FAISS ...")
-    result = bench_faiss(vecs, qs, threads=threads)
-    result["data"] = data
+    vecs = make_data(n, dim, data, seed=seed, profile=profile)
+    qs = make_queries(vecs, n_queries, seed=seed + 1, kind=queries, gap_cos=gap_cos)
+    tune = make_queries(vecs, 200, seed=seed + 2, kind=queries, gap_cos=gap_cos)
+    err.print(f"building and measuring FAISS ({', '.join(kinds)}) ...")
+    result = bench_faiss(vecs, qs, threads=threads, kinds=kinds, tune_queries=tune, rerank=rerank)
+    result.update(data=data, query_kind=queries)
+    if queries == "gap":
+        result["gap_cos"] = gap_cos
+    if profile is not None:
+        result["calibration"] = {
+            "gallery": str(calibrate_from),
+            **{k: v for k, v in profile.items() if k not in ("size_fractions", "cos_to_centre_quantiles")},
+            "cos_to_centre_median": profile["cos_to_centre_quantiles"][50],
+            "largest_cluster_fraction": profile["size_fractions"][0],
+        }
     if milvus_n:
         err.print(f"measuring Milvus Lite at n={milvus_n:,} ...")
         small = vecs[:milvus_n]
-        result["milvus"] = bench_milvus(small, make_queries(small, min(queries, 200)))
+        result["milvus"] = bench_milvus(small, make_queries(small, min(n_queries, 200), kind=queries, gap_cos=gap_cos))
     if not as_json:
-        table = Table("metric", "faiss", "milvus-lite")
-        for key in ("n", "build_s", "ann_p50_ms", "ann_p99_ms", "exact_p50_ms", "recall_at_10"):
-            table.add_row(key, str(result.get(key)), str(result.get("milvus", {}).get(key, "")))
+        table = Table("index", "build s", "p50 ms", "p99 ms", "R@10", "R@10 rerank", "rerank p50", "GiB/1M")
+        for r in result["indexes"].values():
+            table.add_row(
+                r["index"]["type"],
+                str(r["build_s"]),
+                str(r["ann_p50_ms"]),
+                str(r["ann_p99_ms"]),
+                str(r["recall_at_10"]),
+                str(r.get("recall_at_10_rerank", "")),
+                str(r.get("rerank_p50_ms", "")),
+                str(r["gib_per_million"]),
+            )
         err.print(table)
+        err.print(f"exact p50 {result['exact_p50_ms']} ms")
     emit_json(result)
 
 

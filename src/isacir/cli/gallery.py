@@ -239,6 +239,12 @@ def search_cmd(
     k: int = typer.Option(10, "-k", help="Results to return."),
     rerank: int = typer.Option(0, help="Re-rank the top N with the large model (0: off)."),
     foundation: Optional[str] = typer.Option(None, help="Override the gallery's foundation name (same weights)."),
+    where: Optional[str] = typer.Option(
+        None,
+        "--filter",
+        help='Only items whose metadata passes: a JSON object, e.g. \'{"category": "shoes"}\' '
+        'or \'{"category": ["shoes", "bags"]}\' (fields are ANDed).',
+    ),
     as_json: bool = typer.Option(False, "--json", help="Last stdout line: JSON list of hits."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
@@ -249,17 +255,26 @@ def search_cmd(
     from ..search import Retriever
 
     g = Gallery.open(gallery)
+    filt = None
+    if where is not None:
+        from ..gallery import check_filter
+
+        try:
+            filt = json.loads(where)
+        except json.JSONDecodeError as exc:
+            raise IsacirError(f"--filter is not valid JSON: {exc}") from None
+        check_filter(filt)
     fnd = create_foundation(foundation or g.info["foundation_id"], device=device)
     qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd) if query_encoder else None
     retriever = Retriever(g, fnd, qe)
     if mode is None and qe is None:
         err.print("no --query-encoder given: using the training-free image_plus_text fallback")
-    hits = retriever.search(image=image, text=text or [""], k=k, rerank=rerank, mode=mode)
+    hits = retriever.search(image=image, text=text or [""], k=k, rerank=rerank, mode=mode, where=filt)
     if rerank:
         ran = retriever.reranker((mode or retriever.default_mode) == "isa")
         err.print(f"re-ranked the top {rerank} with: {ran}", highlight=False)
     if as_json:
-        emit_json([{"id": h.id, "path": h.path, "score": round(h.score, 6)} for h in hits])
+        emit_json([h.to_dict() for h in hits])
         return
     table = Table("#", "score", "id", "path")
     for rank, h in enumerate(hits, 1):

@@ -1,6 +1,6 @@
 """Gallery side: incremental indexing into FAISS or Milvus, crash-safe metadata, search."""
 
-from .gallery import Gallery, GalleryError, Hit, IndexReport, encode_records, item_id
+from .gallery import Gallery, GalleryError, Hit, IndexReport, check_filter, encode_records, item_id
 from .stores import FaissStore, MilvusStore, VectorStore, choose_index, open_store
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "IndexReport",
     "MilvusStore",
     "VectorStore",
+    "check_filter",
     "choose_index",
     "encode_records",
     "item_id",

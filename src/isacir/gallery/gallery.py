@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -47,6 +48,39 @@ GALLERY_EXTENSIONS = tuple(sorted(IMAGE_EXTENSIONS))
 
 class GalleryError(IsacirError):
     pass
+
+
+#: a metadata filter: field -> value, or -> list of accepted values (fields are ANDed)
+Filter = dict[str, Any]
+FILTER_MAX_FIELDS = 16
+FILTER_MAX_VALUES = 100
+#: a filter passing at most this many items is searched exactly over their stored vectors
+FILTER_EXACT_LIMIT = 4096
+#: a filter field's name: 1 to 64 characters, no quote, backslash or control character
+FILTER_FIELD = r'^[^"\\\x00-\x1f\x7f]{1,64}$'
+
+
+def check_filter(where: Any) -> dict[str, list]:
+    """Validate a metadata filter; returns field -> accepted values. Why strict: a typo'd filter
+    that silently matched nothing (or everything) would look like a retrieval failure."""
+    if not isinstance(where, dict):
+        raise GalleryError('a filter is a JSON object of field -> value, e.g. {"category": "shoes"}')
+    if not 1 <= len(where) <= FILTER_MAX_FIELDS:
+        raise GalleryError(f"a filter names 1 to {FILTER_MAX_FIELDS} fields, not {len(where)}")
+    out: dict[str, list] = {}
+    for key, value in where.items():
+        if not isinstance(key, str) or not re.fullmatch(FILTER_FIELD, key):
+            raise GalleryError(
+                f"filter field {key!r}: 1 to 64 characters, no quotes, backslashes or control characters"
+            )
+        values = value if isinstance(value, list) else [value]
+        if not 1 <= len(values) <= FILTER_MAX_VALUES:
+            raise GalleryError(f"filter field {key!r}: 1 to {FILTER_MAX_VALUES} accepted values")
+        for v in values:
+            if not isinstance(v, (str, int, float)) or (isinstance(v, float) and not np.isfinite(v)):
+                raise GalleryError(f"filter field {key!r}: values are strings, numbers or booleans, not {v!r}")
+        out[key] = values
+    return out
 
 
 def item_id(key: str) -> int:
@@ -624,15 +658,43 @@ class Gallery:
             candidate = (candidate + 1) % (1 << 53)
 
     # ----- search -----------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+    def ids_matching(self, where: Filter) -> np.ndarray:
+        """Ids of the items whose metadata passes the filter (:func:`check_filter`), ascending."""
+        clauses, args = [], []
+        for key, values in check_filter(where).items():
+            clauses.append(f"json_extract(metadata, ?) IN ({','.join('?' * len(values))})")
+            args += [f'$."{key}"', *values]
+        q = f"SELECT id FROM items WHERE {' AND '.join(clauses)} ORDER BY id"
+        return np.array([r[0] for r in self.db().execute(q, args)], dtype=np.int64)
+
+    def search(self, queries: np.ndarray, k: int = 10, where: Filter | None = None) -> list[list[Hit]]:
+        """The top ``k`` items for each query; with ``where``, the top ``k`` of the items that pass
+        it (exact over their stored vectors when few pass, else the store restricted to them)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.info["embed_dim"]:
             raise GalleryError(f"query dim {queries.shape[1]} != gallery dim {self.info['embed_dim']}")
+        allowed = self.ids_matching(where) if where is not None else None
+        if allowed is not None and len(allowed) <= FILTER_EXACT_LIMIT:
+            return [self._exact_among(q, k, allowed) for q in queries]
         with self._store_lock:
             if self.generation() != self.store.generation:
                 self._sync_locked(persist=self._lock_depth > 0)  # another process changed the gallery
-            scores, ids = self.store.search(queries, k)
+            scores, ids = self.store.search(queries, k, ids=allowed)
+            want = min(k, len(allowed)) if allowed is not None else 0
+            widen = 8
+            while allowed is not None and widen <= 512 and ((ids >= 0).sum(1) < want).any():
+                # an IVF search restricted to few items can probe lists that hold none of them
+                scores, ids = self.store.search(queries, k, ids=allowed, widen=widen)
+                widen *= 8
         return [self._hits(s, i) for s, i in zip(scores, ids, strict=True)]
+
+    def _exact_among(self, query: np.ndarray, k: int, allowed: np.ndarray) -> list[Hit]:
+        ids, vecs = self.vectors(allowed)
+        if not len(ids):
+            return []
+        scores = vecs @ query
+        top = np.argsort(-scores, kind="stable")[:k]
+        return self._hits(scores[top], ids[top])
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         valid = [(float(s), int(i)) for s, i in zip(scores, ids, strict=True) if i >= 0]

@@ -56,8 +56,14 @@ class VectorStore(ABC):
         """Adopt the durable state another process wrote (called when it is newer than ours)."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores [Q, k], ids [Q, k])``; missing slots have id -1."""
+    def search(
+        self, queries: np.ndarray, k: int, ids: np.ndarray | None = None, widen: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [Q, k], ids [Q, k])``; missing slots have id -1.
+
+        ``ids`` restricts the search to those items (a metadata filter); ``widen`` asks an
+        approximate index to look that many times further (more IVF lists) when a restricted
+        search came back short."""
 
     @abstractmethod
     def count(self) -> int: ...
@@ -182,20 +188,31 @@ def index_bytes(index) -> int:
 
 
 def tune_nprobe(
-    index, vecs: np.ndarray, ids: np.ndarray, target: float = 0.97, k: int = 10, n_queries: int = 200, seed: int = 0
+    index,
+    vecs: np.ndarray,
+    ids: np.ndarray,
+    target: float = 0.97,
+    k: int = 10,
+    n_queries: int = 200,
+    seed: int = 0,
+    queries: np.ndarray | None = None,
 ) -> tuple[int, float]:
     """Smallest nprobe whose recall@k against exact search reaches ``target`` (autofaiss-style).
 
-    Queries are stored vectors plus a little noise: "find things like this item". A compressed
+    ``queries`` are the searches to tune for (text-side queries sit far from any stored vector);
+    without them, stored vectors plus a little noise: "find things like this item". A compressed
     index (SQ, PQ) may never reach ``target``: its codes cap the recall whatever the probing, so
     the search stops where more lists stop helping (exact re-ranking recovers the rest).
     """
     import faiss
 
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(vecs), size=min(n_queries, len(vecs)), replace=False)
-    q = vecs[pick] + rng.normal(scale=0.05 / math.sqrt(vecs.shape[1]), size=(len(pick), vecs.shape[1]))
-    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    if queries is not None:
+        q = np.ascontiguousarray(queries[:n_queries], dtype=np.float32)
+    else:
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(vecs), size=min(n_queries, len(vecs)), replace=False)
+        q = vecs[pick] + rng.normal(scale=0.05 / math.sqrt(vecs.shape[1]), size=(len(pick), vecs.shape[1]))
+        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
     exact = faiss.IndexFlatIP(vecs.shape[1])
     exact.add(np.ascontiguousarray(vecs, dtype=np.float32))
     _, rows = exact.search(q, k)
@@ -311,12 +328,24 @@ class FaissStore(VectorStore):
         if persist:
             self._persist()
 
-    def search(self, queries, k):
+    def search(self, queries, k, ids=None, widen=1):
         if self.index.ntotal == 0:
             q = len(queries)
             return np.zeros((q, k), np.float32), -np.ones((q, k), np.int64)
-        scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), k)
-        return scores, ids
+        queries = np.ascontiguousarray(queries, np.float32)
+        if ids is None and widen == 1:
+            return self.index.search(queries, k)
+        faiss = self._faiss
+        sel = None
+        if ids is not None:
+            keep = np.ascontiguousarray(ids, dtype=np.int64)
+            sel = faiss.IDSelectorBatch(len(keep), faiss.swig_ptr(keep))
+        if self.params["type"] == "flat":
+            params = faiss.SearchParameters(sel=sel)
+        else:
+            ivf = faiss.extract_index_ivf(self.index)
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=min(ivf.nlist, ivf.nprobe * widen))
+        return self.index.search(queries, k, params=params)
 
     def count(self) -> int:
         return int(self.index.ntotal)
@@ -413,13 +442,15 @@ class MilvusStore(VectorStore):
         self._ensure_collection()
         self.apply(ids, vecs, np.zeros(0, np.int64), generation, persist)
 
-    def search(self, queries, k):
+    def search(self, queries, k, ids=None, widen=1):
         res = self.client.search(
             self.collection,
             data=[q.astype(np.float32).tolist() for q in queries],
             limit=k,
             search_params={"metric_type": "IP"},
             output_fields=["id"],
+            # a boolean expression over the primary key (the matching ids come from the gallery's metadata)
+            filter="" if ids is None else f"id in [{','.join(str(int(i)) for i in ids)}]",
         )
         scores = np.zeros((len(queries), k), np.float32)
         ids = -np.ones((len(queries), k), np.int64)

@@ -16,6 +16,7 @@ import binascii
 import gc
 import hashlib
 import io
+import json
 import os
 import threading
 import time
@@ -23,14 +24,14 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional, Union
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StringConstraints, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._fs import atomic_write_bytes
@@ -39,6 +40,7 @@ from ..audit import AuditLog
 from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
+from ..gallery.gallery import FILTER_FIELD, FILTER_MAX_FIELDS, FILTER_MAX_VALUES
 from .batching import MicroBatcher
 from .feedback import FeedbackError, QueryLog, served_version
 from .feedback_pg import is_postgres_url, open_store
@@ -137,6 +139,24 @@ ITEM_ID = PathParam(..., ge=0, le=2**63 - 1, description="A gallery item id.")
 IMAGE_CONTENT = {"image/*": {"schema": {"type": "string", "format": "binary"}}}
 
 
+FilterScalar = Annotated[
+    Union[StrictBool, StrictInt, Annotated[float, Field(allow_inf_nan=False)], Annotated[str, Field(max_length=1000)]],
+    Field(description="A string, number or boolean."),
+]
+FilterValues = Union[FilterScalar, Annotated[list[FilterScalar], Field(min_length=1, max_length=FILTER_MAX_VALUES)]]
+#: the metadata filter of a search: field -> accepted value(s); fields are ANDed
+SearchFilter = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=FILTER_FIELD)], FilterValues],
+    Field(min_length=1, max_length=FILTER_MAX_FIELDS),
+]
+FILTER_DOC = (
+    'Only items whose metadata passes, e.g. {"category": "shoes"} or {"category": ["shoes", "bags"], '
+    '"in_stock": true}; fields are ANDed, a list accepts any of its values.'
+)
+
+_FILTER: TypeAdapter = TypeAdapter(SearchFilter)
+
+
 class TokenSearch(BaseModel):
     payload: str = Field(
         ...,
@@ -156,6 +176,7 @@ class TokenSearch(BaseModel):
     exclude_ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
         default_factory=list, max_length=MAX_K, description="Gallery items never to return."
     )
+    filter: Optional[SearchFilter] = Field(None, description=FILTER_DOC)
 
 
 class FeedbackIn(BaseModel):
@@ -578,10 +599,10 @@ def create_app(state: ServiceState) -> FastAPI:
             ],
         }
 
-    def _search(tokens, text: str, k: int, rerank: int, exclude: set[int]):
+    def _search(tokens, text: str, k: int, rerank: int, exclude: set[int], where: Optional[dict] = None):
         prepared = state.retriever.prepare_tokens(tokens)
         query = state.compose(prepared, text)
-        hits = state.retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude))
+        hits = state.retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude), where=where)
         return hits, state.retriever.reranker(True) if rerank else "none"
 
     def _excluded(reference_id: Optional[int], exclude_ids: list[int], reference_hash: Optional[str]) -> set[int]:
@@ -598,6 +619,16 @@ def create_app(state: ServiceState) -> FastAPI:
             out.update(state.gallery.ids_with_hash(reference_hash))
         return out
 
+    def _parse_filter(raw: Optional[str]) -> Optional[dict]:
+        if raw is None or not raw.strip():
+            return None
+        try:
+            return _FILTER.validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise _error(422, f"bad filter{' at ' + where if where else ''}: {first['msg']}", "bad_filter") from None
+
     @app.post("/v1/search", dependencies=require("search"), tags=["search"], responses=errors(404, 415))
     def search(
         image: UploadFile = File(..., description="The reference photo."),
@@ -606,6 +637,7 @@ def create_app(state: ServiceState) -> FastAPI:
         rerank: int = Form(0, ge=0, le=MAX_K),
         reference_id: Optional[int] = Form(None, ge=0, le=2**63 - 1, description="The reference's gallery id."),
         keep_copies: bool = Form(False, description="Also return gallery items identical to the photo."),
+        filter: Optional[str] = Form(None, max_length=100_000, description="A JSON object. " + FILTER_DOC),
     ) -> dict:
         """Thin-client mode: the server runs the light query side on the uploaded photo.
 
@@ -614,11 +646,12 @@ def create_app(state: ServiceState) -> FastAPI:
         from ..data.sources import content_hash
 
         t0 = time.perf_counter()
+        where = _parse_filter(filter)
         data = image.file.read()
         pil = _decode_upload(data, image.filename or "image")
         exclude = _excluded(reference_id, [], None if keep_copies else content_hash(data))
         tokens = state.retriever.pseudo_tokens(pil)
-        hits, reranker = _search(tokens, text, k, rerank, exclude)
+        hits, reranker = _search(tokens, text, k, rerank, exclude, where)
         payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
         return _respond("image", text, hits, k, payload, t0, reranker)
 
@@ -655,17 +688,39 @@ def create_app(state: ServiceState) -> FastAPI:
             )
         tokens = torch.from_numpy(decoded.tokens)[None]
         exclude = _excluded(body.reference_id, body.exclude_ids, None)
-        hits, reranker = _search(tokens, body.text, body.k, body.rerank, exclude)
+        hits, reranker = _search(tokens, body.text, body.k, body.rerank, exclude, body.filter)
         return _respond("tokens", body.text, hits, body.k, raw, t0, reranker)
+
+    def _parse_metadata(raw: Optional[str], n: int) -> Optional[list[dict]]:
+        """One metadata object per uploaded image (None: no metadata given)."""
+        if raw is None or not raw.strip():
+            return None
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise _error(422, f"metadata is not valid JSON: {exc}", "bad_metadata") from None
+        objects = value if isinstance(value, list) else [value] * n
+        if len(objects) != n:
+            raise _error(422, f"metadata lists {len(objects)} objects for {n} images", "bad_metadata")
+        if not all(isinstance(o, dict) for o in objects):
+            raise _error(422, "metadata must be a JSON object, or a list of one object per image", "bad_metadata")
+        return objects
 
     @app.post("/v1/gallery", dependencies=require("gallery:write"), tags=["gallery"], responses=errors(415))
     def add_images(
         request: Request,
         images: list[UploadFile] = File(..., description="One or more images to add."),
+        metadata: Optional[str] = Form(
+            None,
+            max_length=1_000_000,
+            description='Metadata stored with the images: a JSON object for all of them (e.g. {"title": "Red '
+            'dress", "category": "dresses"}), or a JSON list with one object per image, in order.',
+        ),
     ) -> JSONResponse:
         """Add images; bad members are reported, the rest are indexed (safe while searches run)."""
-        saved, rejected = [], []
-        for up in images:
+        per_image = _parse_metadata(metadata, len(images))
+        saved, rejected, meta_of = [], [], {}
+        for n_up, up in enumerate(images):
             name = up.filename or "upload"
             try:
                 data = up.file.read()
@@ -678,6 +733,8 @@ def create_app(state: ServiceState) -> FastAPI:
             if not path.exists():
                 atomic_write_bytes(path, data)
             saved.append((name, path))
+            if per_image is not None:
+                meta_of[str(path)] = per_image[n_up]
         if not saved:
             status = 415 if all(r["status"] == 415 for r in rejected) else 422
             return JSONResponse(
@@ -690,7 +747,9 @@ def create_app(state: ServiceState) -> FastAPI:
                 status_code=status,
             )
         # an explicit upload brings back a file that was deleted before (no tombstone applies)
-        report = state.gallery.index([str(p) for _, p in saved], state.foundation, progress=False, restore=True)
+        report = state.gallery.index(
+            [str(p) for _, p in saved], state.foundation, progress=False, restore=True, metadata_by_path=meta_of
+        )
         ids = state.gallery.ids_for_paths([str(p) for _, p in saved])
         added = [{"filename": n, "id": ids.get(str(p))} for n, p in saved]
         state.audit.record(request.state.actor, "gallery.add", items=added, via="api")
