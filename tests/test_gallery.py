@@ -337,7 +337,8 @@ def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
         "search", "--gallery", str(gal), "--image", str(folder / "img002.png"), "--text", "is red", "-k", "3", "--json"
     )
     hits = json.loads(res.stdout.strip().splitlines()[-1])
-    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "score"}
+    assert len(hits) == 3 and set(hits[0]) == {"id", "path", "score", "metadata"}
+    assert hits[0]["metadata"] == {"source": "test"}
     assert "image_plus_text fallback" in res.stderr
     victim = str(hits[0]["id"])
     run("gallery", "rm", victim, "--gallery", str(gal))

@@ -37,6 +37,7 @@ from .._version import __version__
 from ..data import DecodeDataset, ImageRecord, collate_list, discover_images
 from ..data.imageio import IMAGE_EXTENSIONS
 from ..errors import FoundationMismatchError, IsacirError, same_name_hint
+from .locks import SharedLock
 from .stores import FaissStore, VectorStore, open_store
 
 if TYPE_CHECKING:
@@ -156,14 +157,23 @@ class Gallery:
         self._local = threading.local()
         self._write_lock = threading.RLock()
         self._lock_depth = 0
+        self._writer_thread: int | None = None
         self._lock_file: Any = None
         #: how a write waits for another process's (True), or fails at once (False, ``--no-wait``)
         self.wait_for_writer = True
         #: told once when a write waits for another process (the CLI prints it)
         self.on_wait: Callable[[str], None] | None = None
-        # FAISS indexes must not be searched while they are modified: searches and store updates
-        # take this lock (ANN searches are sub-millisecond, so serialising them is cheap).
-        self._store_lock = threading.RLock()
+        # FAISS indexes must not be searched while they are modified: searches and persisting share
+        # this lock, applying changes and swapping in a new index take it exclusively (briefly)
+        self._store_lock = SharedLock()
+        # one thread at a time brings the store up to the database
+        self._catchup = threading.RLock()
+        #: when the first change not yet persisted was applied (monotonic), or None
+        self._dirty_since: float | None = None
+        #: the generation persisted at the previous checkpoint: the change log is kept back to it,
+        #: so a reader a little behind replays rather than reloads the whole index
+        self._prev_checkpoint = store.persisted_generation
+        self._wrote = False
 
     # ----- open / create ----------------------------------------------------------------------------
     @classmethod
@@ -252,6 +262,9 @@ class Gallery:
             # items an operator removed: re-indexing their folder must not bring them back
             db.execute("CREATE TABLE IF NOT EXISTS tombstones (path TEXT PRIMARY KEY, id INTEGER, removed REAL)")
             db.execute("INSERT OR IGNORE INTO state VALUES ('generation', 0)")
+            # the change log holds every change after this generation (older ones were trimmed; a
+            # gallery from before this row existed was trimmed up to its persisted index at most)
+            db.execute("INSERT OR IGNORE INTO state VALUES ('log_floor', ?)", (self.store.disk_generation(),))
 
     def _canonical_paths(self) -> None:
         """Galleries written before paths were canonical stored them as typed (often relative).
@@ -343,6 +356,7 @@ class Gallery:
     def _commit_batch(self, rows: list[tuple], vecs: np.ndarray) -> None:
         """Upsert items + vectors and log the change, all in one transaction."""
         db = self.db()
+        self._wrote = True
         with db:
             gen = self.generation() + 1
             db.executemany(
@@ -414,6 +428,7 @@ class Gallery:
                         [(found[i][0], i, time.time()) for i in present],
                     )
                 if present:
+                    self._wrote = True
                     gen = self.generation() + 1
                     db.executemany("DELETE FROM items WHERE id=?", [(i,) for i in present])
                     db.executemany("DELETE FROM vectors WHERE id=?", [(i,) for i in present])
@@ -436,12 +451,14 @@ class Gallery:
                 self._acquire_file_lock()
             self._lock_depth += 1
             try:
-                with self._store_lock:
-                    self._sync_locked(persist=True)  # start from what other writers made durable
+                if self._lock_depth == 1:
+                    self._writer_thread = threading.get_ident()
+                    self.sync(checkpoint=False)  # start from what other writers made durable
                 yield
             finally:
                 self._lock_depth -= 1
                 if self._lock_depth == 0:
+                    self._writer_thread = None
                     fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     def _acquire_file_lock(self) -> None:
@@ -463,39 +480,126 @@ class Gallery:
         self._lock_file.flush()
 
     # ----- keeping the store in step ----------------------------------------------------------------
-    def sync(self) -> None:
+    #: a writer persists the FAISS index after this many changes (or a tenth of the gallery, if more) ...
+    CHECKPOINT_CHANGES = 10_000
+    #: ... or when its oldest change not yet persisted is this old (checked at its next write)
+    CHECKPOINT_SECONDS = 60.0
+
+    def sync(self, checkpoint: bool | None = None) -> None:
         """Bring the store up to the database: adopt what another process persisted, replay the rest.
 
-        Only the holder of the writer lock persists the store and trims the change log; anyone else
-        catches up in memory, so a reader never overwrites a writer's newer index.
+        Only the holder of the writer lock rebuilds and persists the store and trims the change log;
+        anyone else catches up in memory, so a reader never overwrites a writer's newer index. A
+        FAISS index is one large file, so a writer persists it in checkpoints (``checkpoint``: True
+        forces one, False skips it, None when due); until then the change log, committed with every
+        change, is what makes the change durable. Heavy work (reading another process's index,
+        training a new IVF index, writing a checkpoint) runs while searches go on with the live index;
+        only applying a batch and swapping an index are exclusive.
         """
-        with self._store_lock:
-            self._sync_locked(persist=self._lock_depth > 0)
+        self._catch_up()
+        if self._writer_thread == threading.get_ident():
+            store = self.store
+            if isinstance(store, FaissStore) and store.needs_rebuild(self.count()):
+                self._rebuild_aside()
+            if checkpoint is not False:
+                self._checkpoint(force=bool(checkpoint))
 
-    def _sync_locked(self, persist: bool) -> None:
+    def checkpoint(self) -> None:
+        """Persist the vector store now and trim the change log (under the writer lock)."""
+        with self.writing():
+            self.sync(checkpoint=True)
+
+    def _catch_up(self) -> None:
+        with self._catchup:
+            store = self.store
+            if store.disk_generation() > store.generation and not self._log_reaches(store):
+                self._adopt_disk()  # another process persisted an index that our log cannot reach
+            gen = self.generation()
+            if store.generation == gen:
+                return
+            if store.generation > gen:  # the database went back (restored from a backup): rebuild from it
+                ids, vecs = self.vectors()
+                with self._store_lock.exclusive():
+                    store.rebuild(ids, vecs, gen, persist=self._writer_thread == threading.get_ident())
+                return
+            with self._store_lock.exclusive():
+                self._replay(gen)
+
+    def _log_reaches(self, store: VectorStore) -> bool:
+        """Whether replaying the change log brings ``store`` up to date (rather than reloading), and
+        the persisted index is not a rebuilt one (a new family is adopted, not replayed onto)."""
+        floor = self.db().execute("SELECT value FROM state WHERE key='log_floor'").fetchone()
+        if floor is not None and store.generation < int(floor[0]):
+            return False
+        if isinstance(store, FaissStore):
+            return store.disk_params().get("built_for") == store.params.get("built_for")
+        return True
+
+    def _adopt_disk(self) -> None:
         store = self.store
-        if store.disk_generation() > store.generation:
-            store.reload()  # another process persisted a newer index; the change log before it is gone
-        gen = self.generation()
-        if store.generation == gen:
-            return
-        n = self.count()
-        if store.generation > gen or (isinstance(store, FaissStore) and store.needs_rebuild(n)):
-            ids, vecs = self.vectors()
-            store.rebuild(ids, vecs, gen, persist=persist)
+        if isinstance(store, FaissStore):
+            loaded = store.read_disk()  # aside: searches keep using the live index meanwhile
+            if loaded is not None:
+                with self._store_lock.exclusive():
+                    store.adopt(*loaded)
+                    self._dirty_since = None
         else:
-            db = self.db()
-            rows = db.execute(
+            with self._store_lock.exclusive():
+                store.reload()
+
+    def _replay(self, gen: int) -> None:
+        """Apply the change log after the store's generation, in memory (caller holds the store
+        exclusively)."""
+        store = self.store
+        rows = (
+            self.db()
+            .execute(
                 "SELECT id, op, MAX(generation) FROM changes WHERE generation > ? GROUP BY id", (store.generation,)
-            ).fetchall()
-            live = [r[0] for r in rows if r[1] == "u"]
-            dead = np.array([r[0] for r in rows if r[1] == "d"], dtype=np.int64)
-            up_ids, up_vecs = self.vectors(live)
-            gone = np.setdiff1d(np.array(live, dtype=np.int64), up_ids)  # upserted, then deleted
-            store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen, persist=persist)
-        if persist:
-            with self.db() as db:
-                db.execute("DELETE FROM changes WHERE generation <= ?", (store.generation,))
+            )
+            .fetchall()
+        )
+        live = [r[0] for r in rows if r[1] == "u"]
+        dead = np.array([r[0] for r in rows if r[1] == "d"], dtype=np.int64)
+        up_ids, up_vecs = self.vectors(live)
+        gone = np.setdiff1d(np.array(live, dtype=np.int64), up_ids)  # upserted, then deleted
+        if store.generation == store.persisted_generation:
+            self._dirty_since = time.monotonic()
+        store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen, persist=False)
+
+    def _rebuild_aside(self) -> None:
+        """Train and fill a new index from a snapshot of the database, then swap it in. The writer
+        lock is held, so the snapshot stays current; searches use the old index until the swap."""
+        store = self.store
+        assert isinstance(store, FaissStore)
+        gen = self.generation()
+        ids, vecs = self.vectors()
+        index, params = store.build(ids, vecs)
+        with self._catchup, self._store_lock.exclusive():
+            store.adopt(index, params, gen, persisted=False)
+            self._replay(self.generation())
+        self._checkpoint(force=True)  # a new index family is worth persisting at once
+
+    def _checkpoint(self, force: bool) -> None:
+        store = self.store
+        if store.generation == store.persisted_generation:
+            return
+        if not force and store.persist_is_costly:
+            pending = (
+                self.db()
+                .execute("SELECT COUNT(*) FROM changes WHERE generation > ?", (store.persisted_generation,))
+                .fetchone()[0]
+            )
+            old = self._dirty_since is not None and time.monotonic() - self._dirty_since >= self.CHECKPOINT_SECONDS
+            if pending < max(self.CHECKPOINT_CHANGES, self.count() // 10) and not old:
+                return
+        with self._store_lock.shared():  # searches share it: they go on while the file is written
+            store.persist()
+        self._dirty_since = None
+        floor = min(self._prev_checkpoint, store.persisted_generation)
+        with self.db() as db:
+            db.execute("DELETE FROM changes WHERE generation <= ?", (floor,))
+            db.execute("UPDATE state SET value = MAX(value, ?) WHERE key = 'log_floor'", (floor,))
+        self._prev_checkpoint = store.persisted_generation
 
     # ----- indexing ---------------------------------------------------------------------------------
     def index(
@@ -510,8 +614,12 @@ class Gallery:
         encoder=None,
         restore: bool = False,
         metadata_by_path: dict[str, dict] | None = None,
+        checkpoint: bool | None = None,
     ) -> IndexReport:
         """Add new images, re-embed changed ones, optionally prune deleted ones.
+
+        ``checkpoint``: persist the vector store at the end (True: a batch job leaves a compact
+        gallery), or when a checkpoint is due (None: uploads to a service).
 
         ``metadata_by_path`` (canonical path -> object, e.g. from a JSON Lines file) wins over
         ``metadata`` for the files it names, and also updates items whose image did not change.
@@ -534,6 +642,7 @@ class Gallery:
                 encoder,
                 restore,
                 metadata_by_path or {},
+                checkpoint,
             )
 
     def tombstones(self) -> list[dict]:
@@ -566,7 +675,18 @@ class Gallery:
         return len(paths)
 
     def _index(
-        self, sources, foundation, prune, batch_size, num_workers, metadata, progress, encoder, restore, by_path
+        self,
+        sources,
+        foundation,
+        prune,
+        batch_size,
+        num_workers,
+        metadata,
+        progress,
+        encoder,
+        restore,
+        by_path,
+        checkpoint,
     ) -> IndexReport:
         from ..progress import progress_bar
 
@@ -628,6 +748,7 @@ class Gallery:
             if rows:
                 with self._write_lock:
                     self._commit_batch(rows, np.stack(vecs))
+                    self.sync()  # searches see the batch now; the index persists when a checkpoint is due
                 encoded += len(rows)
             bar.update(len(batch))
         bar.close()
@@ -642,7 +763,7 @@ class Gallery:
             gone = [v[0] for k, v in known.items() if k not in seen_paths and _under(k, roots)]
             report.removed = self.remove(gone, tombstone=False) if gone else 0
         with self._write_lock:
-            self.sync()
+            self.sync(checkpoint=checkpoint)
         report.seconds = time.perf_counter() - t0
         report.images_per_s = encoded / enc_seconds if encoded and enc_seconds > 0 else 0.0
         return report
@@ -676,9 +797,9 @@ class Gallery:
         allowed = self.ids_matching(where) if where is not None else None
         if allowed is not None and len(allowed) <= FILTER_EXACT_LIMIT:
             return [self._exact_among(q, k, allowed) for q in queries]
-        with self._store_lock:
-            if self.generation() != self.store.generation:
-                self._sync_locked(persist=self._lock_depth > 0)  # another process changed the gallery
+        if self.generation() != self.store.generation:
+            self._catch_up()  # a change by another process, or by this one's writer a moment ago
+        with self._store_lock.shared():
             scores, ids = self.store.search(queries, k, ids=allowed)
             want = min(k, len(allowed)) if allowed is not None else 0
             widen = 8
@@ -742,13 +863,19 @@ class Gallery:
 
     def rebuild_index(self) -> dict:
         """Rebuild the vector store from the database (the source of truth), under the writer lock."""
-        with self.writing(), self._store_lock:
-            ids, vecs = self.vectors()
+        with self.writing():
             gen = self.generation()
-            self.store.rebuild(ids, vecs, gen, persist=True)
-            with self.db() as db:
+            if isinstance(self.store, FaissStore):
+                self._rebuild_aside()  # searches go on with the old index while the new one trains
+            else:
+                ids, vecs = self.vectors()
+                with self._catchup, self._store_lock.exclusive():
+                    self.store.rebuild(ids, vecs, gen, persist=True)
+            self._checkpoint(force=True)
+            with self.db() as db:  # everything up to here is in the rebuilt index
                 db.execute("DELETE FROM changes WHERE generation <= ?", (gen,))
-        return {"items": int(len(ids)), "generation": gen, "store": self.store.describe()}
+                db.execute("UPDATE state SET value = MAX(value, ?) WHERE key = 'log_floor'", (gen,))
+        return {"items": self.count(), "generation": gen, "store": self.store.describe()}
 
     def verify(self, sample: int | None = None, seed: int = 0) -> dict:
         """Check that the database and the vector store agree; returns a report (``ok`` is the verdict).
@@ -775,7 +902,7 @@ class Gallery:
             problems.append(
                 f"{len(vec_ids - item_ids)} vector(s) without an item, e.g. {sorted(vec_ids - item_ids)[:5]}"
             )
-        with self._store_lock:
+        with self._store_lock.shared():
             store_count, store_gen, gen = self.store.count(), self.store.generation, self.generation()
             listed = self.store.ids()
         if store_gen != gen:
@@ -789,7 +916,7 @@ class Gallery:
         k = int(min(16, max(1, len(item_ids))))
         for start in range(0, len(ids), 256):
             got_ids, vecs = self.vectors(ids[start : start + 256])
-            with self._store_lock:
+            with self._store_lock.shared():
                 scores, found = self.store.search(vecs, k)
             for row, item in enumerate(got_ids):
                 self_score = float(vecs[row] @ vecs[row])
@@ -850,6 +977,17 @@ class Gallery:
         }
 
     def close(self) -> None:
+        """Persist what this process changed (when no other process is writing: otherwise the
+        change log keeps it), then release the store and the database."""
+        store = self.store
+        if self._wrote and store.persist_is_costly and store.generation != store.persisted_generation:
+            wait, self.wait_for_writer = self.wait_for_writer, False
+            try:
+                self.checkpoint()
+            except GalleryError:
+                pass  # another process holds the writer lock; the change log is durable
+            finally:
+                self.wait_for_writer = wait
         self.store.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:

@@ -48,12 +48,20 @@ class VectorStore(ABC):
     def rebuild(self, ids: np.ndarray, vecs: np.ndarray, generation: int, persist: bool = True) -> None:
         """Replace the whole content."""
 
+    #: whether :meth:`persist` rewrites a large file (FAISS), so that it is done in checkpoints
+    persist_is_costly: bool = False
+    #: generation of the durable state this process last wrote or read
+    persisted_generation: int = 0
+
     def disk_generation(self) -> int:
         """The generation that the store's durable state reflects (another process may have moved it)."""
         return self.generation
 
     def reload(self) -> None:  # noqa: B027  (stores with nothing local to reload need not)
         """Adopt the durable state another process wrote (called when it is newer than ours)."""
+
+    def persist(self) -> None:  # noqa: B027  (stores that persist every change need not)
+        """Make the current content durable with its generation (safe while searches run)."""
 
     @abstractmethod
     def search(
@@ -259,18 +267,52 @@ class FaissStore(VectorStore):
         if not self._load():
             self.index = build_faiss_index(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), self.params)
 
+    persist_is_costly = True
+
     def _load(self) -> bool:
+        loaded = self.read_disk()
+        if loaded is None:
+            return False
+        self.adopt(*loaded)
+        return True
+
+    def read_disk(self) -> tuple[object, dict, int] | None:
+        """``(index, params, generation)`` as persisted, without touching the live index (a reader
+        loads a newer index aside while searches go on, then swaps it in with :meth:`adopt`)."""
         meta = self.folder / "index.json"
         if not (meta.is_file() and (self.folder / "index.faiss").is_file()):
-            return False
+            return None
         # index.faiss is replaced before index.json: an index newer than the generation read here only
         # means some changes are replayed twice, and replaying is idempotent
         info = json.loads(meta.read_text())
         index = self._faiss.read_index(str(self.folder / "index.faiss"))
         if "nprobe" in info["params"]:
             self._faiss.extract_index_ivf(index).nprobe = info["params"]["nprobe"]
-        self.params, self.generation, self.index = info["params"], info["generation"], index
-        return True
+        return index, info["params"], int(info["generation"])
+
+    def disk_params(self) -> dict:
+        try:
+            return dict(json.loads((self.folder / "index.json").read_text())["params"])
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def adopt(self, index, params: dict, generation: int, persisted: bool = True) -> None:
+        """Swap in an index built or loaded aside (under the caller's exclusive lock: a pointer swap)."""
+        self.index, self.params, self.generation = index, params, generation
+        if persisted:
+            self.persisted_generation = generation
+
+    def build(self, ids: np.ndarray, vecs: np.ndarray) -> tuple[object, dict]:
+        """A new index of the family that fits ``len(ids)`` vectors, trained and tuned, not swapped
+        in: training takes seconds to minutes, and searches keep using the live index meanwhile."""
+        params = choose_index(len(ids), self.dim, self.kind)
+        index = build_faiss_index(vecs, ids, params)
+        if params["type"] != "flat":
+            nprobe, recall = tune_nprobe(index, vecs, ids)
+            params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4))
+        params["built_for"] = int(len(ids))
+        params["bytes_per_vector"] = round(index_bytes(index) / len(ids), 1) if len(ids) else None
+        return index, params
 
     def disk_generation(self) -> int:
         try:
@@ -280,6 +322,9 @@ class FaissStore(VectorStore):
 
     def reload(self) -> None:
         self._load()
+
+    def persist(self) -> None:
+        self._persist()
 
     def _persist(self) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".index-", dir=self.folder)
@@ -295,16 +340,10 @@ class FaissStore(VectorStore):
         tmpj = self.folder / ".index.json.tmp"
         tmpj.write_text(json.dumps(info))
         os.replace(tmpj, self.folder / "index.json")
+        self.persisted_generation = info["generation"]
 
     def rebuild(self, ids, vecs, generation, persist=True) -> None:
-        self.params = choose_index(len(ids), self.dim, self.kind)
-        self.index = build_faiss_index(vecs, ids, self.params)
-        if self.params["type"] != "flat":
-            nprobe, recall = tune_nprobe(self.index, vecs, ids)
-            self.params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4))
-        self.params["built_for"] = int(len(ids))
-        self.params["bytes_per_vector"] = round(index_bytes(self.index) / len(ids), 1) if len(ids) else None
-        self.generation = generation
+        self.adopt(*self.build(ids, vecs), generation, persisted=False)
         if persist:
             self._persist()
 
@@ -392,7 +431,7 @@ class MilvusStore(VectorStore):
             raise StoreError(f"cannot connect to Milvus at {uri}: {exc}") from None
         self._ensure_collection()
         self._gen_file = gallery_dir / "milvus-generation.json"
-        self.generation = json.loads(self._gen_file.read_text())["generation"] if self._gen_file.is_file() else 0
+        self.generation = self.persisted_generation = self.disk_generation()
 
     def _ensure_collection(self) -> None:
         from pymilvus import DataType
@@ -407,7 +446,7 @@ class MilvusStore(VectorStore):
         self.client.load_collection(self.collection)  # reopened files come back "released"
 
     def _set_generation(self, generation: int) -> None:
-        self.generation = generation
+        self.generation = self.persisted_generation = generation
         tmp = self._gen_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"generation": generation}))
         os.replace(tmp, self._gen_file)
@@ -420,6 +459,9 @@ class MilvusStore(VectorStore):
 
     def reload(self) -> None:
         self.generation = self.disk_generation()  # the collection itself is shared: nothing else to read
+
+    def persist(self) -> None:
+        self._set_generation(self.generation)
 
     def apply(self, upsert_ids, upsert_vecs, delete_ids, generation, persist=True) -> None:
         if len(delete_ids):
