@@ -187,15 +187,16 @@ def _exact_baseline(data: np.ndarray, queries: np.ndarray, k: int, timed: int) -
 
 
 def _bench_kind(data, ids, queries, truth, k, kind, tune_queries, rerank) -> dict:
-    from ..gallery.stores import build_faiss_index, choose_index, index_bytes, recall_at_k, tune_nprobe
+    from ..gallery.stores import build_faiss_index, choose_index, index_bytes, recall_at_k, rerank_depth, tune_nprobe
 
     n, dim = data.shape
     t0 = time.perf_counter()
     params = choose_index(n, dim, kind)
     index = build_faiss_index(data, ids, params)
     if params["type"] != "flat":
-        nprobe, tuned = tune_nprobe(index, data, ids, target=0.97, queries=tune_queries)
-        params.update(nprobe=nprobe, tuned_recall_at_10=round(tuned, 4))
+        depth = rerank_depth(params)
+        nprobe, tuned = tune_nprobe(index, data, ids, target=0.97, queries=tune_queries, depth=depth)
+        params.update(nprobe=nprobe, tuned_recall_at_10=round(tuned, 4), tuned_within_top=depth)
     build_s = time.perf_counter() - t0
     _, got = index.search(queries, k)
     for q in queries[:20]:  # warm caches

@@ -146,6 +146,16 @@ def choose_index(n: int, dim: int, kind: str = "auto") -> dict:
     return params
 
 
+#: exact re-ranking depth that compressed indexes are tuned for (``rerank`` of at least this much)
+COMPRESSED_RERANK = 100
+
+
+def rerank_depth(params: dict) -> int:
+    """How many candidates an index family is tuned to hold the true top 10 in: 10 where it stores
+    full vectors, :data:`COMPRESSED_RERANK` where its codes need exact re-ranking to rank well."""
+    return COMPRESSED_RERANK if params["type"] in ("ivf_sq8", "ivf_pq") else 10
+
+
 def index_factory_string(params: dict) -> str:
     kind = params["type"]
     if kind == "ivf_flat":
@@ -204,13 +214,15 @@ def tune_nprobe(
     n_queries: int = 200,
     seed: int = 0,
     queries: np.ndarray | None = None,
+    depth: int | None = None,
 ) -> tuple[int, float]:
     """Smallest nprobe whose recall@k against exact search reaches ``target`` (autofaiss-style).
 
     ``queries`` are the searches to tune for (text-side queries sit far from any stored vector);
     without them, stored vectors plus a little noise: "find things like this item". A compressed
     index (SQ, PQ) may never reach ``target``: its codes cap the recall whatever the probing, so
-    the search stops where more lists stop helping (exact re-ranking recovers the rest).
+    the search stops where more lists stop helping. ``depth`` counts the exact top-k found anywhere
+    in the index's top ``depth`` instead: what exact re-ranking of that many candidates recovers.
     """
     import faiss
 
@@ -227,12 +239,13 @@ def tune_nprobe(
     truth = np.asarray(ids)[rows]
     ivf = faiss.extract_index_ivf(index)
     best = (ivf.nlist, 0.0)
+    depth = max(k, depth or k)
     for nprobe in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]:
         if nprobe > ivf.nlist:
             break
         ivf.nprobe = nprobe
-        _, got = index.search(q, k)
-        recall = recall_at_k(got, truth, k)
+        _, got = index.search(q, depth)
+        recall = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth, strict=True)) / truth.size
         if recall < best[1] + 0.002 and best[1] > 0:
             break  # a plateau: the codes, not the probing, limit the recall now
         best = (nprobe, recall)
@@ -308,8 +321,9 @@ class FaissStore(VectorStore):
         params = choose_index(len(ids), self.dim, self.kind)
         index = build_faiss_index(vecs, ids, params)
         if params["type"] != "flat":
-            nprobe, recall = tune_nprobe(index, vecs, ids)
-            params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4))
+            depth = rerank_depth(params)
+            nprobe, recall = tune_nprobe(index, vecs, ids, depth=depth)
+            params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4), tuned_within_top=depth)
         params["built_for"] = int(len(ids))
         params["bytes_per_vector"] = round(index_bytes(index) / len(ids), 1) if len(ids) else None
         return index, params
