@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -43,6 +44,8 @@ from .stores import FaissStore, VectorStore, open_store
 if TYPE_CHECKING:
     from ..foundation import Foundation
 
+_log = logging.getLogger(__name__)
+
 GALLERY_FORMAT = 1
 GALLERY_EXTENSIONS = tuple(sorted(IMAGE_EXTENSIONS))
 
@@ -55,6 +58,8 @@ class GalleryError(IsacirError):
 Filter = dict[str, Any]
 FILTER_MAX_FIELDS = 16
 FILTER_MAX_VALUES = 100
+#: scheduling priority of the follower thread (Linux niceness applies per thread)
+FOLLOWER_NICE = 10
 #: a filter passing at most this many items is searched exactly over their stored vectors
 FILTER_EXACT_LIMIT = 4096
 #: a filter field's name: 1 to 64 characters, no quote, backslash or control character
@@ -174,6 +179,8 @@ class Gallery:
         #: so a reader a little behind replays rather than reloads the whole index
         self._prev_checkpoint = store.persisted_generation
         self._wrote = False
+        self._follower: threading.Thread | None = None
+        self._stop_following = threading.Event()
 
     # ----- open / create ----------------------------------------------------------------------------
     @classmethod
@@ -504,6 +511,30 @@ class Gallery:
             if checkpoint is not False:
                 self._checkpoint(force=bool(checkpoint))
 
+    def follow(self, interval: float = 0.02) -> None:
+        """Keep the store up with other processes' changes from a background thread, so that
+        searches never replay changes themselves (for a long-running reader: the service).
+
+        Another process's change becomes searchable within about ``interval`` plus its replay;
+        this process's own writes are applied before the write returns. Without a follower each
+        search that finds the database ahead of the store catches up first.
+        """
+        if self._follower is not None:
+            return
+
+        def loop() -> None:
+            with contextlib.suppress(OSError):  # background work: searches get the CPU first
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FOLLOWER_NICE)
+            while not self._stop_following.wait(interval):
+                try:
+                    if self.generation() != self.store.generation:
+                        self._catch_up()
+                except Exception as exc:  # noqa: BLE001 - a busy database or a half-written file: next round
+                    _log.warning("gallery %s: catching up failed (%s); retrying", self.dir, exc)
+
+        self._follower = threading.Thread(target=loop, name="gallery-follower", daemon=True)
+        self._follower.start()
+
     def checkpoint(self) -> None:
         """Persist the vector store now and trim the change log (under the writer lock)."""
         with self.writing():
@@ -522,8 +553,7 @@ class Gallery:
                 with self._store_lock.exclusive():
                     store.rebuild(ids, vecs, gen, persist=self._writer_thread == threading.get_ident())
                 return
-            with self._store_lock.exclusive():
-                self._replay(gen)
+            self._replay(gen)
 
     def _log_reaches(self, store: VectorStore) -> bool:
         """Whether replaying the change log brings ``store`` up to date (rather than reloading), and
@@ -548,8 +578,9 @@ class Gallery:
                 store.reload()
 
     def _replay(self, gen: int) -> None:
-        """Apply the change log after the store's generation, in memory (caller holds the store
-        exclusively)."""
+        """Apply the change log after the store's generation, in memory. The caller holds
+        ``_catchup`` (so the index is not swapped meanwhile); reading the changes and encoding them
+        happen before the exclusive section, which is left with the insert itself."""
         store = self.store
         rows = (
             self.db()
@@ -562,9 +593,11 @@ class Gallery:
         dead = np.array([r[0] for r in rows if r[1] == "d"], dtype=np.int64)
         up_ids, up_vecs = self.vectors(live)
         gone = np.setdiff1d(np.array(live, dtype=np.int64), up_ids)  # upserted, then deleted
-        if store.generation == store.persisted_generation:
-            self._dirty_since = time.monotonic()
-        store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen, persist=False)
+        prepared = store.prepare(up_vecs)
+        with self._store_lock.exclusive():
+            if store.generation == store.persisted_generation:
+                self._dirty_since = time.monotonic()
+            store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen, persist=False, prepared=prepared)
 
     def _rebuild_aside(self) -> None:
         """Train and fill a new index from a snapshot of the database, then swap it in. The writer
@@ -797,8 +830,8 @@ class Gallery:
         allowed = self.ids_matching(where) if where is not None else None
         if allowed is not None and len(allowed) <= FILTER_EXACT_LIMIT:
             return [self._exact_among(q, k, allowed) for q in queries]
-        if self.generation() != self.store.generation:
-            self._catch_up()  # a change by another process, or by this one's writer a moment ago
+        if self._follower is None and self.generation() != self.store.generation:
+            self._catch_up()  # a change by another process
         with self._store_lock.shared():
             scores, ids = self.store.search(queries, k, ids=allowed)
             want = min(k, len(allowed)) if allowed is not None else 0
@@ -979,6 +1012,10 @@ class Gallery:
     def close(self) -> None:
         """Persist what this process changed (when no other process is writing: otherwise the
         change log keeps it), then release the store and the database."""
+        if self._follower is not None:
+            self._stop_following.set()
+            self._follower.join()
+            self._follower = None
         store = self.store
         if self._wrote and store.persist_is_costly and store.generation != store.persisted_generation:
             wait, self.wait_for_writer = self.wait_for_writer, False

@@ -40,9 +40,15 @@ class VectorStore(ABC):
         delete_ids: np.ndarray,
         generation: int,
         persist: bool = True,
+        prepared: object = None,
     ) -> None:
         """Apply one batch of changes and remember ``generation`` (durably when ``persist``: only the
-        holder of the gallery's writer lock persists; a reader catches up in memory)."""
+        holder of the gallery's writer lock persists; a reader catches up in memory). ``prepared``
+        is :meth:`prepare`'s result for ``upsert_vecs``, computed outside the caller's lock."""
+
+    def prepare(self, vecs: np.ndarray) -> object:
+        """Work for adding ``vecs`` that can run before the exclusive section (default: none)."""
+        return None
 
     @abstractmethod
     def rebuild(self, ids: np.ndarray, vecs: np.ndarray, generation: int, persist: bool = True) -> None:
@@ -189,6 +195,8 @@ def build_faiss_index(vecs: np.ndarray, ids: np.ndarray, params: dict, seed: int
         )
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         ivf.nprobe = params.get("nprobe", 16)
+        # id -> list position: removing or replacing a few items costs O(items), not a scan of every list
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     if len(ids):
         for start in range(0, len(ids), 100_000):  # bounded temporaries when encoding PQ/SQ codes
             index.add_with_ids(
@@ -369,14 +377,27 @@ class FaissStore(VectorStore):
         built = self.params.get("built_for", 0)
         return want != "flat" and (n > 4 * built or n < built // 4)
 
-    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation, persist=True) -> None:
+    def prepare(self, vecs: np.ndarray) -> tuple[int, np.ndarray]:
+        """The part of adding vectors that needs no lock: an IVF index's codes (list number and
+        encoded vector, the costly quantizer search). Valid only for the index it was made on."""
+        vecs = np.ascontiguousarray(vecs, np.float32)
+        if self.params["type"] == "flat" or not len(vecs):
+            return id(self.index), vecs
+        return id(self.index), self.index.sa_encode(vecs)
+
+    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation, persist=True, prepared=None) -> None:
         gone = np.unique(np.concatenate([np.asarray(delete_ids, np.int64), np.asarray(upsert_ids, np.int64)]))
         if len(gone):
-            self.index.remove_ids(gone)
+            # an IDSelectorArray: the only kind an IVF index with a hashtable direct map accepts
+            self.index.remove_ids(self._faiss.IDSelectorArray(len(gone), self._faiss.swig_ptr(gone)))
         if len(upsert_ids):
-            self.index.add_with_ids(
-                np.ascontiguousarray(upsert_vecs, np.float32), np.ascontiguousarray(upsert_ids, np.int64)
-            )
+            ids = np.ascontiguousarray(upsert_ids, np.int64)
+            if prepared is None or prepared[0] != id(self.index):
+                prepared = self.prepare(upsert_vecs)
+            if self.params["type"] == "flat":
+                self.index.add_with_ids(prepared[1], ids)
+            else:
+                self.index.add_sa_codes(prepared[1], ids)
         self.generation = generation
         if persist:
             self._persist()
@@ -477,7 +498,7 @@ class MilvusStore(VectorStore):
     def persist(self) -> None:
         self._set_generation(self.generation)
 
-    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation, persist=True) -> None:
+    def apply(self, upsert_ids, upsert_vecs, delete_ids, generation, persist=True, prepared=None) -> None:
         if len(delete_ids):
             self.client.delete(self.collection, ids=[int(i) for i in delete_ids])
         if len(upsert_ids):

@@ -314,6 +314,7 @@ class ServiceState:
                 f"{settings.max_batch}, {settings.max_inflight}, {settings.batch_workers} and {settings.batch_wait_ms}"
             )
         self.gallery = gallery
+        gallery.follow()  # other processes' index runs reach searches without searches replaying them
         self.foundation = foundation
         self.query_encoder = query_encoder
         self.settings = settings
@@ -360,6 +361,7 @@ class ServiceState:
         """Stop the batch workers; queued query-log rows are committed first."""
         self.composer.close()
         self.query_log.close()
+        self.gallery.close()  # persists what the service's uploads changed, when no one else is writing
 
     def maybe_prune(self, every_s: float = 600.0) -> int:
         """Apply the query-log retention at most every ``every_s`` seconds (cheap to call per request)."""
