@@ -340,6 +340,61 @@ def soak_table(run: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ann_table(runs: list[tuple[str, dict]]) -> str:
+    """`isacir bench search --index all`: every index family on the same data, against exact search."""
+    if not runs:
+        return "No ANN run is recorded yet.\n"
+    lines = [
+        "| data, queries | index | nprobe | build s | p50 ms | p99 ms | recall@10 "
+        "| re-ranked top 100: recall@10, p50 ms | GiB per 1M vectors |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, run in runs:
+        for r in run["indexes"].values():
+            idx = r["index"]
+            rerank = (
+                f"{r['recall_at_10_rerank']:.3f}, {r['rerank_p50_ms']:.2f}" if "recall_at_10_rerank" in r else "(exact)"
+            )
+            lines.append(
+                f"| {name} | {idx['type']} | {idx.get('nprobe', '-')} | {r['build_s']:.0f} | {r['ann_p50_ms']:.2f} | "
+                f"{r['ann_p99_ms']:.2f} | {r['recall_at_10']:.3f} | {rerank} | {r['gib_per_million']:.3f} |"
+            )
+    first = runs[0][1]
+    lines.append("")
+    lines.append(
+        f"{first['n']:,} x {first['dim']} vectors, {first['queries']} single queries each; exact search p50 "
+        f"{first['exact_p50_ms']:.0f} ms. Memory is the serialized index (codes, ids, lists and the id map)."
+    )
+    cal = next((r["calibration"] for _, r in runs if "calibration" in r), None)
+    if cal:
+        lines.append(
+            f"Calibrated on `{cal['gallery']}` ({cal['source_n']:,} vectors, {cal['source_dim']}-d): "
+            f"{cal['clusters']} k-means clusters, median cosine to the centre {cal['cos_to_centre_median']:.2f}, "
+            f"mean cosine between centres {cal['centre_pairwise_cos']:.3f}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def ingest_table(runs: list[dict]) -> str:
+    """`benchmarks/ingest_under_load.py --compare-to REV`: search latency idle and during a 20k add."""
+    if not runs:
+        return "No ingest run is recorded yet.\n"
+    lines = [
+        "| writer | gallery | code | idle p50 / p99 ms | during p50 / p99 ms | p99 during / idle | add time |",
+        "|---|---|---|---|---|---:|---:|",
+    ]
+    for r in runs:
+        where = f"{r['base'] // 1000}k + {r['added'] // 1000}k"
+        writer = "another process (nice 10)" if r["writer"] == "process" else "a thread of the service"
+        for who, x in ((f"before (`{r['before']['revision']}`)", r["before"]), ("after", r)):
+            lines.append(
+                f"| {writer} | {where} | {who} | {x['idle']['p50_ms']:.2f} / {x['idle']['p99_ms']:.2f} | "
+                f"{x['during']['p50_ms']:.2f} / {x['during']['p99_ms']:.2f} | **{x['p99_ratio']:.2f}x** | "
+                f"{x['add_s']:.0f} s |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -372,6 +427,20 @@ def render() -> dict[Path, str]:
         ),
         "soak": soak_table(
             json.loads((RESULTS / "soak-600s.json").read_text()) if (RESULTS / "soak-600s.json").exists() else None
+        ),
+        "ann-families": ann_table(
+            [
+                (name, json.loads((RESULTS / f"ann-1m-{tag}.json").read_text()))
+                for name, tag in (("calibrated, gap", "calibrated-gap"), ("clustered, near", "clustered-near"))
+                if (RESULTS / f"ann-1m-{tag}.json").exists()
+            ]
+        ),
+        "ingest": ingest_table(
+            [
+                json.loads((RESULTS / f"ingest-{tag}.json").read_text())
+                for tag in ("process", "thread", "process-rebuild")
+                if (RESULTS / f"ingest-{tag}.json").exists()
+            ]
         ),
         "domain-summary": domain_table(
             sorted(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import tarfile
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from .compose import DEFAULT_TEMPLATE, validate_pseudo_tokens
 from .data.imageio import ImageSource, load_image
 from .errors import IsacirError
+from .itm_cache import HiddenStateCache
 
 if TYPE_CHECKING:
     from .adapt import QueryAdapter
@@ -52,8 +54,14 @@ class Retriever:
         query_encoder: QueryEncoder | None = None,
         template: str | None = None,
         adapter: QueryAdapter | None = None,
+        itm_cache_bytes: int = 2 * 2**30,
+        itm_concurrency: int = 1,
     ):
         """``template`` defaults to the one the query encoder was trained with.
+
+        With a matching head (BLIP ITM), re-ranking keeps the candidates' vision hidden states in
+        ``GALLERY/itm-cache`` up to ``itm_cache_bytes`` (0: no cache), and at most
+        ``itm_concurrency`` requests run the head at once (each one is a burst of large-model work).
 
         An ``adapter`` (learned from operator feedback) must belong to this query encoder and
         foundation; its word-embedding hook stays attached while this retriever lives and acts only
@@ -73,6 +81,13 @@ class Retriever:
         if adapter is not None:
             adapter.attach(foundation)
         self.template = template or (query_encoder.config.template if query_encoder is not None else DEFAULT_TEMPLATE)
+        self.itm_cache: HiddenStateCache | None = None
+        if foundation.has_matching_head and itm_cache_bytes > 0:
+            try:
+                self.itm_cache = HiddenStateCache(gallery.dir / "itm-cache", foundation.fingerprint, itm_cache_bytes)
+            except OSError:  # a read-only gallery folder: re-rank without a cache
+                self.itm_cache = None
+        self._itm_slots = threading.BoundedSemaphore(max(1, itm_concurrency))
 
     def close(self) -> None:
         """Unhook the adapter from the foundation."""
@@ -192,22 +207,37 @@ class Retriever:
         query, used_tokens = self.query_vector(image, text, tokens, mode)
         return self.search_vector(query, k, rerank, used_tokens, text, exclude, where)
 
+    def _hidden_states(self, hits: list[Hit]) -> torch.Tensor:
+        """The candidates' vision hidden states, from the cache where it has them."""
+        fnd, cache = self.foundation, self.itm_cache
+        hashes = self.gallery.hashes_of([h.id for h in hits]) if cache is not None else {}
+        rows: list[np.ndarray | None] = [cache.get(h.id, hashes.get(h.id)) if cache is not None else None for h in hits]
+        todo = [j for j, r in enumerate(rows) if r is None]
+        if todo:
+            images = [read_gallery_image(hits[j].path) for j in todo]
+            fresh = fnd.encode_image_features(fnd.preprocess_batch(images)).hidden.float().cpu().numpy()
+            for j, state in zip(todo, fresh, strict=True):
+                rows[j] = state
+                if cache is not None:
+                    cache.put(hits[j].id, hashes.get(hits[j].id), state)
+        return torch.from_numpy(np.stack(rows).astype(np.float32)).to(fnd.device)
+
     @torch.no_grad()
     def rerank(self, hits: list[Hit], query: np.ndarray, tokens: torch.Tensor | None, text) -> list[Hit]:
         """Matching-head scores where the foundation has one (and tokens exist), else exact similarity."""
         fnd = self.foundation
         if not (fnd.has_matching_head and tokens is not None):
             return self.gallery.rescore(hits, query)
-        images = [read_gallery_image(h.path) for h in hits]
-        hidden = fnd.encode_image_features(fnd.preprocess_batch(images)).hidden
         texts = [text] if isinstance(text, str) else list(text)
-        with self._adapted():
-            scores = fnd.match_score(
-                hidden,
-                pseudo_tokens=tokens.expand(len(hits), -1, -1),
-                modifiers=[texts] * len(hits),
-                template=self.template,
-            )
+        with self._itm_slots:
+            hidden = self._hidden_states(hits)
+            with self._adapted():
+                scores = fnd.match_score(
+                    hidden,
+                    pseudo_tokens=tokens.expand(len(hits), -1, -1),
+                    modifiers=[texts] * len(hits),
+                    template=self.template,
+                )
         scores = scores.float().cpu().numpy()
         for h, s in zip(hits, scores, strict=True):
             h.score = float(s)

@@ -39,11 +39,20 @@ def index_cmd(
     progress: bool = typer.Option(True),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once when another process is changing the gallery."),
     restore: bool = typer.Option(False, "--restore", help="Index again the files under PATHS that were removed by id."),
+    nice: int = typer.Option(
+        10,
+        help="Run at this niceness: a service searching the same machine keeps its latency; alone the "
+        "run is as fast (0: normal priority).",
+    ),
 ) -> None:
     """Embed images with the foundation's image encoder into a gallery (incremental, crash-safe)."""
+    import os
+
     from ..foundation import create_foundation
     from ..gallery import Gallery
 
+    if nice > 0:
+        os.nice(nice)
     meta = None
     by_path = None
     if metadata and metadata.endswith(".jsonl"):
@@ -77,6 +86,7 @@ def index_cmd(
     report = g.index(
         paths,
         fnd,
+        checkpoint=True,  # a batch job leaves the index persisted and the change log short
         prune=prune,
         batch_size=batch_size,
         num_workers=workers,

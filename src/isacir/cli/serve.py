@@ -48,6 +48,10 @@ def serve_cmd(
     max_inflight: int = typer.Option(32, help="API requests answered at once; beyond that, 503 with Retry-After."),
     batch_workers: int = typer.Option(1, help="Batches of composed queries run at once (each uses --threads)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    itm_cache_mb: float = typer.Option(
+        2048.0, help="Matching-head (BLIP ITM) re-ranking: MiB of cached gallery hidden states (0: no cache)."
+    ),
+    itm_concurrency: int = typer.Option(1, help="Requests that may run the matching head at once."),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -74,6 +78,8 @@ def serve_cmd(
         max_inflight,
         batch_workers,
         device,
+        itm_cache_mb,
+        itm_concurrency,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

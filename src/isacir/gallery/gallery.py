@@ -325,6 +325,15 @@ class Gallery:
         """Items whose file content has this hash (:func:`isacir.data.sources.content_hash`)."""
         return [r[0] for r in self.db().execute("SELECT id FROM items WHERE hash = ? ORDER BY id", (digest,))]
 
+    def hashes_of(self, ids: Sequence[int]) -> dict[int, str | None]:
+        """Content hashes of these items (absent ids are left out)."""
+        out: dict[int, str | None] = {}
+        for start in range(0, len(ids), 900):
+            chunk = [int(i) for i in ids[start : start + 900]]
+            q = f"SELECT id, hash FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+            out.update(dict(self.db().execute(q, chunk).fetchall()))
+        return out
+
     def hash_of(self, item_id: int) -> str | None:
         row = self.db().execute("SELECT hash FROM items WHERE id = ?", (int(item_id),)).fetchone()
         return row[0] if row else None

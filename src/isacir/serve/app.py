@@ -87,6 +87,10 @@ class ServeSettings:
     batch_workers: int = 1
     #: requests on /v1/ being answered at once before new ones get 503 with Retry-After
     max_inflight: int = 32
+    #: matching-head re-ranking: cached vision hidden states (MiB on disk; 0: none) and the
+    #: requests that may run the head at once
+    itm_cache_mb: float = 2048.0
+    itm_concurrency: int = 1
     extra: dict = field(default_factory=dict)
 
 
@@ -319,7 +323,14 @@ class ServiceState:
         self.query_encoder = query_encoder
         self.settings = settings
         self.adapter = adapter
-        self.retriever = Retriever(gallery, foundation, query_encoder, adapter=adapter)  # checks they all agree
+        self.retriever = Retriever(
+            gallery,
+            foundation,
+            query_encoder,
+            adapter=adapter,
+            itm_cache_bytes=int(settings.itm_cache_mb * 2**20),
+            itm_concurrency=settings.itm_concurrency,
+        )  # checks they all agree
         # Hashing the weights is slow; they are frozen while serving, so hash once.
         self.qe_fingerprint = query_encoder.fingerprint
         self.foundation_fingerprint = foundation.fingerprint
@@ -964,6 +975,8 @@ def load_service(
     max_inflight: int = 32,
     batch_workers: int = 1,
     device: str = "auto",
+    itm_cache_mb: float = 2048.0,
+    itm_concurrency: int = 1,
 ) -> FastAPI:
     """Open gallery, foundation, query encoder (and adapter), check that they belong together, build the app.
 
@@ -991,6 +1004,8 @@ def load_service(
         batch_wait_ms=batch_wait_ms,
         max_inflight=max_inflight,
         batch_workers=batch_workers,
+        itm_cache_mb=itm_cache_mb,
+        itm_concurrency=itm_concurrency,
     )
     qa = None
     if adapter is not None:
