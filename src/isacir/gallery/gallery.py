@@ -26,6 +26,7 @@ import sqlite3
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from ..data import DecodeDataset, ImageRecord, collate_list, discover_images
 from ..data.imageio import IMAGE_EXTENSIONS
 from ..errors import FoundationMismatchError, IsacirError, same_name_hint
 from .locks import SharedLock
-from .stores import FaissStore, VectorStore, open_store
+from .stores import LEGACY_COLLECTION, FaissStore, VectorStore, open_store
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -190,7 +191,13 @@ class Gallery:
         if not meta.is_file():
             raise GalleryError(f"{directory} is not a gallery (no gallery.json); create one with `isacir index`")
         info = json.loads(meta.read_text())
-        store = open_store(info["store"], directory, info["embed_dim"], info.get("index", "auto"))
+        store = open_store(
+            info["store"],
+            directory,
+            info["embed_dim"],
+            info.get("index", "auto"),
+            info.get("milvus_collection", LEGACY_COLLECTION),
+        )
         gallery = cls(directory, info, store)
         gallery._ensure_schema()
         gallery._canonical_paths()
@@ -227,6 +234,8 @@ class Gallery:
             "embed_dim": foundation.embed_dim,
             "store": store,
             "index": index or "auto",
+            # a gallery's own Milvus collection: several galleries can share one Milvus server
+            "milvus_collection": f"isacir_{uuid.uuid4().hex[:16]}",
             "created": time.time(),
             "isacir_version": __version__,
         }
@@ -552,6 +561,12 @@ class Gallery:
     def _catch_up(self) -> None:
         with self._catchup:
             store = self.store
+            if store.shared and self._writer_thread != threading.get_ident():
+                # a reader must not write the shared store (it could undo a newer write); the writer
+                # applies every batch there at once, so adopting its generation is catching up
+                with self._store_lock.exclusive():
+                    store.reload()
+                return
             if store.disk_generation() > store.generation and not self._log_reaches(store):
                 self._adopt_disk()  # another process persisted an index that our log cannot reach
             gen = self.generation()

@@ -56,6 +56,9 @@ class VectorStore(ABC):
 
     #: whether :meth:`persist` rewrites a large file (FAISS), so that it is done in checkpoints
     persist_is_costly: bool = False
+    #: whether every process searches the same live data (a Milvus collection): then only the
+    #: holder of the writer lock changes it, and a reader adopts the generation the writer reached
+    shared: bool = False
     #: generation of the durable state this process last wrote or read
     persisted_generation: int = 0
 
@@ -442,30 +445,70 @@ class FaissStore(VectorStore):
 
 
 # ----- Milvus ---------------------------------------------------------------------------------------
+#: the collection of galleries created before each gallery had its own
+LEGACY_COLLECTION = "isacir_gallery"
+#: collection property holding the generation of the gallery's change log that the collection reflects
+GENERATION_PROPERTY = "isacir.generation"
+#: environment variable holding a Milvus token (``user:password`` or an API key); never stored
+MILVUS_TOKEN_ENV = "ISACIR_MILVUS_TOKEN"
+
+
+def parse_milvus_uri(uri: str, gallery_dir: Path) -> tuple[str, str]:
+    """``(target, db_name)`` from what follows ``milvus://``.
+
+    ``./gallery.db`` (Milvus Lite; a relative file lives in the gallery folder), ``host:19530``
+    (plain), ``https://host:443`` (TLS), each optionally followed by ``?db=NAME``.
+    """
+    base, _, query = uri.partition("?")
+    params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+    unknown = set(params) - {"db"}
+    if unknown:
+        raise StoreError(f"unknown Milvus option(s) {sorted(unknown)}; the only one is ?db=NAME")
+    db_name = params.get("db", "")
+    if base.endswith(".db"):
+        # a relative path belongs to the gallery (the spec is stored in gallery.json and must mean
+        # the same file whatever the working directory is later)
+        return str(Path(base) if os.path.isabs(base) else (gallery_dir / base).resolve()), db_name
+    if base.startswith(("http://", "https://", "tcp://")):
+        return base, db_name
+    return f"http://{base}", db_name
+
+
 class MilvusStore(VectorStore):
-    """Milvus Lite (a local ``.db`` file, the real engine embedded) or a Milvus server (``host:port``)."""
+    """Milvus Lite (a local ``.db`` file, the real engine embedded) or a Milvus server.
 
-    collection = "isacir_gallery"
+    Each gallery has its own collection (named in ``gallery.json``), so galleries share a server
+    safely. The generation lives in the collection's properties, beside the data it describes.
+    Reads use strong consistency: a search sees every write acknowledged before it. Milvus makes
+    writes durable itself, so nothing is flushed per change.
+    """
 
-    def __init__(self, uri: str, dim: int, gallery_dir: Path):
+    shared = True
+
+    def __init__(
+        self, uri: str, dim: int, gallery_dir: Path, collection: str = LEGACY_COLLECTION, token: str | None = None
+    ):
         from pymilvus import MilvusClient
 
         self.dim = dim
         self.uri = uri
-        if uri.endswith(".db"):
-            # Milvus Lite file; a relative path belongs to the gallery (the spec is stored in gallery.json
-            # and must mean the same file whatever the working directory is later)
-            target = str(Path(uri) if os.path.isabs(uri) else (gallery_dir / uri).resolve())
-        elif uri.startswith(("http://", "https://", "tcp://")):
-            target = uri
-        else:
-            target = f"http://{uri}"
+        self.collection = collection
+        target, db_name = parse_milvus_uri(uri, gallery_dir)
+        self.db_name = db_name
+        token = token if token is not None else os.environ.get(MILVUS_TOKEN_ENV, "")
         try:
-            self.client = MilvusClient(target)
+            if db_name and not target.endswith(".db"):
+                admin = MilvusClient(target, token=token)
+                if db_name not in admin.list_databases():
+                    admin.create_database(db_name)  # a gallery's first use creates its database
+                admin.close()
+            self.client = MilvusClient(target, token=token, db_name=db_name)
         except Exception as exc:
             raise StoreError(f"cannot connect to Milvus at {uri}: {exc}") from None
         self._ensure_collection()
-        self._gen_file = gallery_dir / "milvus-generation.json"
+        legacy = gallery_dir / "milvus-generation.json"  # where the generation lived before
+        if legacy.is_file() and not str(self._properties().get(GENERATION_PROPERTY, "")).strip():
+            self._set_generation(int(json.loads(legacy.read_text())["generation"]))
         self.generation = self.persisted_generation = self.disk_generation()
 
     def _ensure_collection(self) -> None:
@@ -477,19 +520,22 @@ class MilvusStore(VectorStore):
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
             index_params = self.client.prepare_index_params()
             index_params.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
-            self.client.create_collection(self.collection, schema=schema, index_params=index_params)
+            self.client.create_collection(
+                self.collection, schema=schema, index_params=index_params, consistency_level="Strong"
+            )
         self.client.load_collection(self.collection)  # reopened files come back "released"
 
+    def _properties(self) -> dict:
+        return dict(self.client.describe_collection(self.collection).get("properties") or {})
+
     def _set_generation(self, generation: int) -> None:
+        self.client.alter_collection_properties(self.collection, properties={GENERATION_PROPERTY: str(generation)})
         self.generation = self.persisted_generation = generation
-        tmp = self._gen_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"generation": generation}))
-        os.replace(tmp, self._gen_file)
 
     def disk_generation(self) -> int:
         try:
-            return int(json.loads(self._gen_file.read_text())["generation"])
-        except (OSError, ValueError, KeyError):
+            return int(self._properties().get(GENERATION_PROPERTY, 0))
+        except (ValueError, TypeError):
             return 0
 
     def reload(self) -> None:
@@ -508,14 +554,13 @@ class MilvusStore(VectorStore):
             ]
             for start in range(0, len(rows), 1000):
                 self.client.upsert(self.collection, rows[start : start + 1000])
-        self.client.flush(self.collection)
         if persist:
             self._set_generation(generation)
         else:
             self.generation = generation
 
     def rebuild(self, ids, vecs, generation, persist=True) -> None:
-        self.client.drop_collection(self.collection)
+        self.client.drop_collection(self.collection)  # this gallery's own collection only
         self._ensure_collection()
         self.apply(ids, vecs, np.zeros(0, np.int64), generation, persist)
 
@@ -528,30 +573,55 @@ class MilvusStore(VectorStore):
             output_fields=["id"],
             # a boolean expression over the primary key (the matching ids come from the gallery's metadata)
             filter="" if ids is None else f"id in [{','.join(str(int(i)) for i in ids)}]",
+            consistency_level="Strong",
         )
         scores = np.zeros((len(queries), k), np.float32)
-        ids = -np.ones((len(queries), k), np.int64)
+        out = -np.ones((len(queries), k), np.int64)
         for qi, hits in enumerate(res):
             for j, hit in enumerate(hits[:k]):
-                ids[qi, j] = int(hit["id"])
+                out[qi, j] = int(hit["id"])
                 scores[qi, j] = float(hit["distance"])
-        return scores, ids
+        return scores, out
 
     def count(self) -> int:
-        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"])
 
+    def ids(self) -> np.ndarray:
+        got: list[int] = []
+        iterator = self.client.query_iterator(
+            self.collection, batch_size=10_000, filter="", output_fields=["id"], consistency_level="Strong"
+        )
+        while True:
+            batch = iterator.next()
+            if not batch:
+                iterator.close()
+                break
+            got += [int(r["id"]) for r in batch]
+        return np.sort(np.array(got, dtype=np.int64))
+
     def describe(self) -> dict:
-        return {"backend": "milvus", "uri": self.uri, "index": "FLAT", "metric": "IP", "generation": self.generation}
+        return {
+            "backend": "milvus",
+            "uri": self.uri,
+            "db": self.db_name or "default",
+            "collection": self.collection,
+            "index": "FLAT",
+            "metric": "IP",
+            "generation": self.generation,
+        }
 
     def close(self) -> None:
         self.client.close()
 
 
-def open_store(spec: str, gallery_dir: Path, dim: int, index: str = "auto") -> VectorStore:
-    """``faiss`` or ``milvus://./gallery.db`` (Milvus Lite) or ``milvus://host:19530``.
+def open_store(
+    spec: str, gallery_dir: Path, dim: int, index: str = "auto", collection: str = LEGACY_COLLECTION
+) -> VectorStore:
+    """``faiss``, ``milvus://./gallery.db`` (Milvus Lite) or ``milvus://host:19530[?db=NAME]``.
 
-    ``index`` is the FAISS index family (:data:`INDEX_KINDS`); Milvus chooses its own.
+    ``index`` is the FAISS index family (:data:`INDEX_KINDS`); Milvus chooses its own, and keeps
+    the gallery in ``collection``.
     """
     if spec == "faiss":
         return FaissStore(gallery_dir / "faiss", dim, index)
@@ -559,5 +629,5 @@ def open_store(spec: str, gallery_dir: Path, dim: int, index: str = "auto") -> V
         uri = spec[len("milvus://") :]
         if not uri:
             raise StoreError("milvus store needs a target: milvus://./gallery.db or milvus://host:19530")
-        return MilvusStore(uri, dim, gallery_dir)
+        return MilvusStore(uri, dim, gallery_dir, collection)
     raise StoreError(f"unknown store {spec!r}; use 'faiss', 'milvus://./gallery.db' or 'milvus://host:19530'")
