@@ -5,8 +5,11 @@
    checks the losses are finite and falling and the checkpoint reloads.
 2. Measures batch-1 latency on the GPU: the light query side against the large image encoder, and
    the composed-query text encode the server runs per search.
+3. Measures gallery indexing (``isacir bench index``: decode workers, the foundation under
+   autocast, SQLite commits) in images/s on the GPU against the CPU, for the same foundation.
 
     PYTHONPATH=src python benchmarks/gpu_check.py [--steps 40] [--batch-size 64]
+    PYTHONPATH=src python benchmarks/gpu_check.py --only index --index-images 2048
 Prints one JSON object as the last stdout line.
 """
 
@@ -50,6 +53,25 @@ def cuda_ms(fn, reps: int = 50, warmup: int = 10) -> float:
     return float(np.median(times))
 
 
+def index_gpu_vs_cpu(args, dev: str) -> dict:
+    """Indexing throughput of one foundation on ``dev`` and on the CPU, each with its bare forward."""
+    import os
+
+    from isacir.bench.indexing import bench_index
+
+    cores = os.cpu_count() or 1
+    on_dev = bench_index(
+        args.foundation, args.index_images, args.index_batch_size, workers=min(8, cores), threads=cores, device=dev
+    )
+    on_cpu = bench_index(args.foundation, args.index_images_cpu, 16, workers=2, threads=cores, device="cpu")
+    return {
+        "foundation": args.foundation,
+        dev: on_dev,
+        "cpu": on_cpu,
+        "index_speedup": round(on_dev["index_img_s"] / on_cpu["index_img_s"], 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--foundation", default="openclip:ViT-L-14")
@@ -57,6 +79,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
+    ap.add_argument("--only", choices=("all", "train", "index"), default="all")
+    ap.add_argument("--index-images", type=int, default=1024, help="Images indexed on the GPU.")
+    ap.add_argument("--index-images-cpu", type=int, default=64, help="Images indexed on the CPU (slow: keep small).")
+    ap.add_argument("--index-batch-size", type=int, default=128)
     args = ap.parse_args()
     dev = args.device
     assert dev == "cpu" or torch.cuda.is_available(), "no CUDA device"
@@ -65,6 +91,11 @@ def main() -> None:
     from isacir.training import TrainConfig, train
 
     res: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__}
+    if args.only in ("all", "index"):
+        res["index"] = index_gpu_vs_cpu(args, dev)
+        print(json.dumps(res), flush=True)
+        if args.only == "index":
+            return
     fnd = create_foundation(args.foundation).to(dev)
     work = Path(tempfile.mkdtemp(prefix="isacir-gpu-"))
     make_images(work / "images", args.batch_size * 4)

@@ -194,3 +194,21 @@ def test_interleaved_writers_and_readers_agree_with_the_database(tmp_path, openc
             assert g.search(data[60 * r + 59 : 60 * r + 60], 1)[0][0].path == f"b{r}-29"
     for g in (a, b):
         assert g.verify()["ok"]
+
+
+def test_a_reader_that_kept_up_adopts_the_writers_new_index_family(tmp_path, openclip_fnd, monkeypatch):
+    """A reader replaying every batch is never behind the persisted generation, yet must take the
+    writer's rebuilt IVF index rather than keep growing its own flat one."""
+    dim = openclip_fnd.embed_dim
+    monkeypatch.setattr(stores_module, "EXACT_LIMIT", 1_000)
+    writer = Gallery.open_or_create(tmp_path / "g", openclip_fnd)
+    data = make_data(1_400, dim, seed=12)
+    writer.add_vectors([f"a{i}" for i in range(900)], data[:900])
+    reader = Gallery.open(tmp_path / "g")
+    for b in range(900, 1_400, 100):
+        writer.add_vectors([f"a{i}" for i in range(b, b + 100)], data[b : b + 100])
+        reader.search(data[b : b + 1], 1)  # keeps up batch by batch
+    assert writer.store.params["type"] == "ivf_flat"
+    hit = reader.search(data[1_399:1_400], 1)[0][0]
+    assert reader.store.params["type"] == "ivf_flat" and hit.path == "a1399"
+    assert reader.store.params["built_for"] == writer.store.params["built_for"] and reader.verify()["ok"]

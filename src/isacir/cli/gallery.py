@@ -205,6 +205,18 @@ def gallery_rebuild_index(
     emit_json(g.rebuild_index())
 
 
+@gallery_app.command("tune")
+def gallery_tune(gallery: Path = typer.Argument(...)) -> None:
+    """Tune an IVF index's nprobe again on the real queries the service has seen (no retraining)."""
+    from ..gallery import Gallery
+
+    g = Gallery.open(gallery)
+    _writer_settings(g, False)
+    kept = len(g.tuning_queries())
+    err.print(f"{kept} real queries kept for tuning", highlight=False)
+    emit_json(g.retune())
+
+
 @gallery_app.command("verify")
 def gallery_verify(
     gallery: Path = typer.Argument(...),

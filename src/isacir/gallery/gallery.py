@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._fs import atomic_write_text
+from .._fs import atomic_write_bytes, atomic_write_text
 from .._version import __version__
 from ..data import DecodeDataset, ImageRecord, collate_list, discover_images
 from ..data.imageio import IMAGE_EXTENSIONS
@@ -181,6 +182,11 @@ class Gallery:
         self._prev_checkpoint = store.persisted_generation
         self._wrote = False
         self._follower: threading.Thread | None = None
+        # a reservoir sample of real query vectors (composed, text-side): what nprobe is tuned on
+        self._queries: np.ndarray | None = None
+        self._queries_seen = 0
+        self._queries_dirty = False
+        self._queries_lock = threading.Lock()
         self._stop_following = threading.Event()
 
     # ----- open / create ----------------------------------------------------------------------------
@@ -567,8 +573,9 @@ class Gallery:
                 with self._store_lock.exclusive():
                     store.reload()
                 return
-            if store.disk_generation() > store.generation and not self._log_reaches(store):
-                self._adopt_disk()  # another process persisted an index that our log cannot reach
+            behind = store.disk_generation() > store.generation and not self._log_reaches(store)
+            if behind or self._disk_rebuilt(store):
+                self._adopt_disk()  # another process persisted an index that our log cannot reach, or a new build
             gen = self.generation()
             if store.generation == gen:
                 return
@@ -580,14 +587,25 @@ class Gallery:
             self._replay(gen)
 
     def _log_reaches(self, store: VectorStore) -> bool:
-        """Whether replaying the change log brings ``store`` up to date (rather than reloading), and
-        the persisted index is not a rebuilt one (a new family is adopted, not replayed onto)."""
+        """Whether replaying the change log brings ``store`` up to date (rather than reloading)."""
+        return store.generation >= self._log_floor()
+
+    def _log_floor(self) -> int:
         floor = self.db().execute("SELECT value FROM state WHERE key='log_floor'").fetchone()
-        if floor is not None and store.generation < int(floor[0]):
+        return int(floor[0]) if floor is not None else 0
+
+    def _disk_rebuilt(self, store: VectorStore) -> bool:
+        """Whether the persisted index is another build than the live one (a writer rebuilt or
+        retuned it): a reader adopts it whole, then replays the log from its generation."""
+        if not isinstance(store, FaissStore):
             return False
-        if isinstance(store, FaissStore):
-            return store.disk_params().get("built_for") == store.params.get("built_for")
-        return True
+        disk = store.disk_params()
+        keys = ("type", "built_for", "nprobe")
+        return (
+            bool(disk)
+            and any(disk.get(k) != store.params.get(k) for k in keys)
+            and (store.disk_generation() >= self._log_floor())
+        )
 
     def _adopt_disk(self) -> None:
         store = self.store
@@ -623,6 +641,71 @@ class Gallery:
                 self._dirty_since = time.monotonic()
             store.apply(up_ids, up_vecs, np.concatenate([dead, gone]), gen, persist=False, prepared=prepared)
 
+    # ----- real queries, for tuning ------------------------------------------------------------------
+    #: query vectors kept for tuning (a uniform sample of every query noted)
+    TUNING_QUERIES = 1000
+
+    def note_query(self, vec: np.ndarray) -> None:
+        """Remember a real query vector (reservoir sampling), so that the next IVF build or
+        :meth:`retune` sets ``nprobe`` for the searches this gallery really gets: composed,
+        text-side queries sit far from every stored vector, unlike "more like this item"."""
+        vec = np.asarray(vec, np.float32).reshape(-1)
+        if vec.shape[0] != self.info["embed_dim"] or not np.all(np.isfinite(vec)):
+            return
+        with self._queries_lock:
+            if self._queries is None:
+                self._queries = self._saved_queries()
+                self._queries_seen = len(self._queries)
+            self._queries_seen += 1
+            if len(self._queries) < self.TUNING_QUERIES:
+                self._queries = np.concatenate([self._queries, vec[None]])
+            else:
+                slot = int(np.random.default_rng().integers(0, self._queries_seen))
+                if slot >= self.TUNING_QUERIES:
+                    return
+                self._queries[slot] = vec
+            self._queries_dirty = True
+
+    def tuning_queries(self) -> np.ndarray:
+        """The kept query vectors (``[m, dim]``, maybe empty)."""
+        with self._queries_lock:
+            if self._queries is not None:
+                return self._queries.copy()
+        return self._saved_queries()
+
+    def _saved_queries(self) -> np.ndarray:
+        try:
+            kept = np.load(self.dir / "tuning-queries.npy", allow_pickle=False)
+            if kept.ndim == 2 and kept.shape[1] == self.info["embed_dim"]:
+                return kept.astype(np.float32)
+        except (OSError, ValueError):
+            pass
+        return np.zeros((0, self.info["embed_dim"]), np.float32)
+
+    def save_tuning_queries(self) -> None:
+        with self._queries_lock:
+            if not self._queries_dirty or self._queries is None:
+                return
+            buf = io.BytesIO()
+            np.save(buf, self._queries, allow_pickle=False)
+            self._queries_dirty = False
+        atomic_write_bytes(self.dir / "tuning-queries.npy", buf.getvalue())
+
+    def retune(self) -> dict:
+        """Tune an IVF index's ``nprobe`` again on the kept real queries (no retraining), and
+        persist it. Returns the index parameters."""
+        store = self.store
+        if not isinstance(store, FaissStore) or store.params["type"] == "flat":
+            return dict(store.describe())
+        with self.writing():
+            ids, vecs = self.vectors()
+            with self._catchup:
+                with self._store_lock.exclusive():
+                    store.tune(store.index, store.params, ids, vecs, self.tuning_queries())
+                    store.persisted_generation = -1  # the parameters changed: the checkpoint writes them
+                self._checkpoint(force=True)
+        return dict(store.params)
+
     def _rebuild_aside(self) -> None:
         """Train and fill a new index from a snapshot of the database, then swap it in. The writer
         lock is held, so the snapshot stays current; searches use the old index until the swap."""
@@ -630,11 +713,12 @@ class Gallery:
         assert isinstance(store, FaissStore)
         gen = self.generation()
         ids, vecs = self.vectors()
-        index, params = store.build(ids, vecs)
-        with self._catchup, self._store_lock.exclusive():
-            store.adopt(index, params, gen, persisted=False)
-            self._replay(self.generation())
-        self._checkpoint(force=True)  # a new index family is worth persisting at once
+        index, params = store.build(ids, vecs, self.tuning_queries())
+        with self._catchup:  # until persisted, no other thread may take the older file for news
+            with self._store_lock.exclusive():
+                store.adopt(index, params, gen, persisted=False)
+                self._replay(self.generation())
+            self._checkpoint(force=True)  # a new index family is worth persisting at once
 
     def _checkpoint(self, force: bool) -> None:
         store = self.store
@@ -1040,6 +1124,8 @@ class Gallery:
             self._stop_following.set()
             self._follower.join()
             self._follower = None
+        with contextlib.suppress(OSError):
+            self.save_tuning_queries()
         store = self.store
         if self._wrote and store.persist_is_costly and store.generation != store.persisted_generation:
             wait, self.wait_for_writer = self.wait_for_writer, False

@@ -155,6 +155,8 @@ def choose_index(n: int, dim: int, kind: str = "auto") -> dict:
     return params
 
 
+#: real queries needed before ``nprobe`` is tuned on them rather than on stored vectors plus noise
+MIN_TUNING_QUERIES = 50
 #: exact re-ranking depth that compressed indexes are tuned for (``rerank`` of at least this much)
 COMPRESSED_RERANK = 100
 
@@ -326,15 +328,14 @@ class FaissStore(VectorStore):
         if persisted:
             self.persisted_generation = generation
 
-    def build(self, ids: np.ndarray, vecs: np.ndarray) -> tuple[object, dict]:
+    def build(self, ids: np.ndarray, vecs: np.ndarray, queries: np.ndarray | None = None) -> tuple[object, dict]:
         """A new index of the family that fits ``len(ids)`` vectors, trained and tuned, not swapped
-        in: training takes seconds to minutes, and searches keep using the live index meanwhile."""
+        in: training takes seconds to minutes, and searches keep using the live index meanwhile.
+        ``queries`` (real searches, e.g. composed text-side queries) are what ``nprobe`` is tuned on."""
         params = choose_index(len(ids), self.dim, self.kind)
         index = build_faiss_index(vecs, ids, params)
         if params["type"] != "flat":
-            depth = rerank_depth(params)
-            nprobe, recall = tune_nprobe(index, vecs, ids, depth=depth)
-            params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4), tuned_within_top=depth)
+            self.tune(index, params, ids, vecs, queries)
         params["built_for"] = int(len(ids))
         params["bytes_per_vector"] = round(index_bytes(index) / len(ids), 1) if len(ids) else None
         return index, params
@@ -366,6 +367,16 @@ class FaissStore(VectorStore):
         tmpj.write_text(json.dumps(info))
         os.replace(tmpj, self.folder / "index.json")
         self.persisted_generation = info["generation"]
+
+    @staticmethod
+    def tune(index, params: dict, ids: np.ndarray, vecs: np.ndarray, queries: np.ndarray | None = None) -> None:
+        """Set ``nprobe`` (in the index and ``params``) for the recall target on ``queries``, or on
+        stored vectors plus noise when there are too few real ones."""
+        depth = rerank_depth(params)
+        real = queries if queries is not None and len(queries) >= MIN_TUNING_QUERIES else None
+        nprobe, recall = tune_nprobe(index, vecs, ids, depth=depth, queries=real)
+        on = f"{min(len(real), 200)} logged queries" if real is not None else "stored vectors + noise"
+        params.update(nprobe=nprobe, tuned_recall_at_10=round(recall, 4), tuned_within_top=depth, tuned_on=on)
 
     def rebuild(self, ids, vecs, generation, persist=True) -> None:
         self.adopt(*self.build(ids, vecs), generation, persisted=False)

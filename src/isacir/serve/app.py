@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gc
 import hashlib
 import io
@@ -378,10 +379,12 @@ class ServiceState:
         """Apply the query-log retention at most every ``every_s`` seconds (cheap to call per request)."""
         days = self.settings.query_log_retention_days
         now = time.time()
-        if days is None or now - self._last_prune < every_s:
+        if now - self._last_prune < every_s:
             return 0
         self._last_prune = now
-        return self.feedback.prune(days, now)
+        with contextlib.suppress(OSError):  # a read-only gallery folder keeps them in memory only
+            self.gallery.save_tuning_queries()
+        return self.feedback.prune(days, now) if days is not None else 0
 
     def info(self) -> dict:
         qe = self.query_encoder.config
@@ -615,6 +618,7 @@ def create_app(state: ServiceState) -> FastAPI:
     def _search(tokens, text: str, k: int, rerank: int, exclude: set[int], where: Optional[dict] = None):
         prepared = state.retriever.prepare_tokens(tokens)
         query = state.compose(prepared, text)
+        state.gallery.note_query(query)  # real composed queries are what the IVF index is tuned on
         hits = state.retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude), where=where)
         return hits, state.retriever.reranker(True) if rerank else "none"
 
