@@ -21,6 +21,7 @@ from PIL import Image
 from serve_helpers import free_port, make_images
 
 from isacir.edge.payload import encode_payload
+from isacir.gallery import Gallery
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 KEY = {"X-API-Key": "fault-key"}
@@ -42,6 +43,19 @@ def _serve(gallery: Path, qe: Path, keys: Path, port: int) -> subprocess.Popen:
         time.sleep(0.2)
 
 
+def _stop(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def _verified(gallery: Path) -> Gallery:
+    """The gallery, reopened, after ``verify`` found the database and the store in agreement."""
+    g = Gallery.open(gallery)
+    report = g.verify()
+    assert report["ok"], report
+    return g
+
+
 def _png(i: int) -> bytes:
     arr = np.random.default_rng(10_000 + i).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -52,7 +66,6 @@ def _png(i: int) -> bytes:
 @pytest.mark.slow
 def test_kill_9_during_uploads_and_feedback_loses_nothing_acknowledged(tmp_path, openclip_fnd, tiny_openclip_dir):
     from isacir.foundation import create_foundation
-    from isacir.gallery import Gallery
     from isacir.query import QueryEncoder
     from isacir.serve.feedback import FeedbackStore
 
@@ -131,12 +144,9 @@ def test_kill_9_during_uploads_and_feedback_loses_nothing_acknowledged(tmp_path,
         r = requests.post(f"{url}/v1/search/tokens", headers=KEY, json={"payload": payload, "k": 3}, timeout=30)
         assert r.status_code == 200
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        _stop(server)
 
-    g = Gallery.open(tmp_path / "gallery")
-    report = g.verify()
-    assert report["ok"], report
+    g = _verified(tmp_path / "gallery")
     stored = {it["id"]: it["hash"] for it in g.items()}
     assert set(uploads) <= set(stored)  # every acknowledged upload is indexed and found by its own vector
     hashes = [h for h in stored.values() if h is not None]
@@ -165,7 +175,6 @@ def test_several_writers_on_one_served_gallery_lose_nothing(tmp_path, tiny_openc
     against the same gallery from other processes: afterwards the database and the store agree, and
     every item's own image finds that item first."""
     from isacir.foundation import create_foundation
-    from isacir.gallery import Gallery
     from isacir.query import QueryEncoder
     from isacir.search import Retriever
 
@@ -236,12 +245,9 @@ def test_several_writers_on_one_served_gallery_lose_nothing(tmp_path, tiny_openc
         r = requests.get(f"{url}/healthz", timeout=30).json()
         assert r["gallery_items"] == 12 - 6 + 16 + len(api_kept)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        _stop(server)
 
-    g = Gallery.open(tmp_path / "gallery")
-    report = g.verify()
-    assert report["ok"], report
+    g = _verified(tmp_path / "gallery")
     items = {it["id"]: it["path"] for it in g.items()}
     assert len(items) == 12 - 6 + 16 + len(api_kept)
     assert not set(to_remove) & set(items) and not set(api_deleted) & set(items) and set(api_kept) <= set(items)

@@ -491,6 +491,7 @@ def test_an_old_gallery_with_relative_paths_is_migrated_on_open(tmp_path, opencl
         db.executemany(
             "UPDATE items SET path = ? WHERE id = ?", [(f"imgs/{Path(p).name}", i) for i, p in before.items()]
         )
+        db.execute("DELETE FROM state WHERE key = 'paths_canonical'")  # an older isacir never set it
     g.close()
     other = tmp_path / "elsewhere" / "imgs"
     make_folder(other, 3, seed=99)  # same names, other pictures
@@ -502,6 +503,8 @@ def test_an_old_gallery_with_relative_paths_is_migrated_on_open(tmp_path, opencl
     g = Gallery.open(tmp_path / "g")
     assert {it["id"]: it["path"] for it in g.items()} == before  # same ids, canonical paths
     assert g.index([str(folder)], openclip_fnd, progress=False).unchanged == 3
+    # migrated once: later opens do not scan the items again
+    assert g.db().execute("SELECT value FROM state WHERE key = 'paths_canonical'").fetchone() == (1,)
 
 
 def test_removed_items_stay_removed_on_reindex_until_restored(tmp_path, openclip_fnd):

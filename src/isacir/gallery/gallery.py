@@ -297,24 +297,32 @@ class Gallery:
         from ..data.sources import content_hash
 
         db = self.db()
+        if db.execute("SELECT value FROM state WHERE key='paths_canonical'").fetchone():
+            return  # migrated before (or created canonical): no scan of every item on every open
         rows = db.execute("SELECT id, path, hash FROM items").fetchall()
         moves: list[tuple[str, int]] = []
+        unresolved = 0
         for item, key, digest in rows:
             path, sep, member = key.partition("::")
             real = os.path.realpath(path)
-            if real == path or not os.path.isfile(real):
+            if real == path:
+                continue
+            if not os.path.isfile(real):
+                unresolved += not os.path.isabs(path)  # relative to a folder this process is not in
                 continue
             # the same file, not another one that happens to have that name from this folder
             if sep or digest is None or content_hash(Path(real).read_bytes()) == digest:
                 moves.append((real + sep + member, item))
-        if not moves:
-            return
+            else:
+                unresolved += 1
         taken = {r[1] for r in rows}
         with db:
             for new, item in moves:
                 if new not in taken:  # a second spelling of an indexed file stays as it was
                     db.execute("UPDATE items SET path = ? WHERE id = ?", (new, item))
                     taken.add(new)
+            if not unresolved:  # an open from the indexing folder may still resolve the others
+                db.execute("INSERT OR REPLACE INTO state VALUES ('paths_canonical', 1)")
 
     def generation(self) -> int:
         return int(self.db().execute("SELECT value FROM state WHERE key='generation'").fetchone()[0])
