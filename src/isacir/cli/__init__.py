@@ -11,7 +11,20 @@ import sys
 from rich.markup import escape
 
 from ..errors import IsacirError
-from . import adapt, bench, edge, evaluate, feedback, gallery, keys, models, pilot, serve, train  # noqa: F401  (registers the verbs)
+from . import (  # noqa: F401  (registers the verbs)
+    adapt,
+    bench,
+    edge,
+    evaluate,
+    feedback,
+    gallery,
+    keys,
+    models,
+    pilot,
+    registry,
+    serve,
+    train,
+)
 from ._app import app, err
 
 __all__ = ["app", "main"]

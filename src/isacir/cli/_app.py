@@ -15,10 +15,16 @@ foundation_app = typer.Typer(help="Inspect large vision-language foundations.", 
 qe_app = typer.Typer(help="Create and inspect query encoders (the light, on-device side).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print measured ratios as JSON.", no_args_is_help=True)
 gallery_app = typer.Typer(help="Inspect and edit a gallery.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="The model registry: query-side versions, their states (staged, canary, active, deprecated, retired) "
+    "and the quality gate.",
+    no_args_is_help=True,
+)
 app.add_typer(foundation_app, name="foundation")
 app.add_typer(qe_app, name="query-encoder")
 app.add_typer(bench_app, name="bench")
 app.add_typer(gallery_app, name="gallery")
+app.add_typer(models_app, name="models")
 
 err = Console(stderr=True)
 DEVICE_HELP = "Where the large model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
