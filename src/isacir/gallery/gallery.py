@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -97,6 +98,17 @@ def item_id(key: str) -> int:
     53 bits, so ids survive JSON in browsers (JavaScript numbers are exact up to 2**53).
     """
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 11
+
+
+def _holding_writer_lock(method: Callable) -> Callable:
+    """Run a :class:`Gallery` method under the gallery's writer lock (see :meth:`Gallery.writing`)."""
+
+    @functools.wraps(method)
+    def locked(self: Gallery, *args: Any, **kwargs: Any) -> Any:
+        with self.writing():
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 @dataclass
@@ -751,49 +763,6 @@ class Gallery:
         self._prev_checkpoint = store.persisted_generation
 
     # ----- indexing ---------------------------------------------------------------------------------
-    def index(
-        self,
-        sources: Sequence[str | os.PathLike],
-        foundation: Foundation,
-        prune: bool = False,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        metadata: dict | None = None,
-        progress: bool = True,
-        encoder=None,
-        restore: bool = False,
-        metadata_by_path: dict[str, dict] | None = None,
-        checkpoint: bool | None = None,
-    ) -> IndexReport:
-        """Add new images, re-embed changed ones, optionally prune deleted ones.
-
-        ``checkpoint``: persist the vector store at the end (True: a batch job leaves a compact
-        gallery), or when a checkpoint is due (None: uploads to a service).
-
-        ``metadata_by_path`` (canonical path -> object, e.g. from a JSON Lines file) wins over
-        ``metadata`` for the files it names, and also updates items whose image did not change.
-        Files an operator removed (``remove``, ``gallery rm``, ``DELETE /v1/gallery/{id}``) stay
-        out unless ``restore``.
-
-        ``encoder`` (records -> batches of (index, hash, vector)) replaces local encoding, e.g.
-        with the Ray path; by default images are decoded in DataLoader workers and encoded here.
-        """
-        self.check_foundation(foundation)
-        with self.writing():
-            return self._index(
-                sources,
-                foundation,
-                prune,
-                batch_size,
-                num_workers,
-                metadata,
-                progress,
-                encoder,
-                restore,
-                metadata_by_path or {},
-                checkpoint,
-            )
-
     def tombstones(self) -> list[dict]:
         rows = self.db().execute("SELECT id, path, removed FROM tombstones ORDER BY removed").fetchall()
         return [{"id": r[0], "path": r[1], "removed": r[2]} for r in rows]
@@ -823,22 +792,38 @@ class Gallery:
             db.executemany("DELETE FROM tombstones WHERE path = ?", [(p,) for p in paths])
         return len(paths)
 
-    def _index(
+    @_holding_writer_lock
+    def index(
         self,
-        sources,
-        foundation,
-        prune,
-        batch_size,
-        num_workers,
-        metadata,
-        progress,
-        encoder,
-        restore,
-        by_path,
-        checkpoint,
+        sources: Sequence[str | os.PathLike],
+        foundation: Foundation,
+        prune: bool = False,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        metadata: dict | None = None,
+        progress: bool = True,
+        encoder=None,
+        restore: bool = False,
+        metadata_by_path: dict[str, dict] | None = None,
+        checkpoint: bool | None = None,
     ) -> IndexReport:
+        """Add new images, re-embed changed ones, optionally prune deleted ones.
+
+        ``checkpoint``: persist the vector store at the end (True: a batch job leaves a compact
+        gallery), or when a checkpoint is due (None: uploads to a service).
+
+        ``metadata_by_path`` (canonical path -> object, e.g. from a JSON Lines file) wins over
+        ``metadata`` for the files it names, and also updates items whose image did not change.
+        Files an operator removed (``remove``, ``gallery rm``, ``DELETE /v1/gallery/{id}``) stay
+        out unless ``restore``.
+
+        ``encoder`` (records -> batches of (index, hash, vector)) replaces local encoding, e.g.
+        with the Ray path; by default images are decoded in DataLoader workers and encoded here.
+        """
         from ..progress import progress_bar
 
+        self.check_foundation(foundation)
+        by_path = metadata_by_path or {}
         t0 = time.perf_counter()
         report = IndexReport()
         records = discover_images(sources, extensions=GALLERY_EXTENSIONS, ignored=report.ignored, canonical=True)
