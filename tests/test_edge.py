@@ -23,7 +23,7 @@ def exported(tmp_path_factory, openclip_fnd):
     torch.manual_seed(0)
     qe = QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=4, image_size=96).eval()
     out = tmp_path_factory.mktemp("edge") / "edge"
-    config = export_edge(qe, out, int8=True)
+    config = export_edge(qe, out, int8=True, foundation=openclip_fnd)
     return qe, out, config
 
 
@@ -33,7 +33,21 @@ def test_export_parity_report(exported):
     assert v["onnx_vs_torch_max_abs_diff"] <= v["tolerance"] and v["preprocess_max_abs_diff"] == 0.0
     assert config["query_encoder_fingerprint"] == qe.fingerprint and config["num_tokens"] == 4
     assert v["int8"]["mean_token_cosine"] > 0.99 and (out / "model.int8.onnx").is_file()
+    assert v["int8"]["min_query_cosine"] >= 0.99 and v["int8"]["query_checks"] == 3 * 4
+    # int8 is its own version; fp32 is the encoder itself
+    versions = config["versions"]
+    assert versions["fp32"] == qe.fingerprint and versions["int8"].startswith(qe.fingerprint + "-int8-")
     assert json.loads((out / "edge.json").read_text()) == config
+
+
+def test_the_int8_gate_refuses_with_the_numbers(tmp_path, openclip_fnd):
+    torch.manual_seed(0)
+    qe = QueryEncoder.create(openclip_fnd, backbone="mobilenetv3_small_050", num_tokens=4, image_size=96).eval()
+    with pytest.raises(ExportError, match=r"least cosine to the fp32 query 0\.9\d+ .* below the required 1\.0"):
+        export_edge(qe, tmp_path / "edge", int8=True, foundation=openclip_fnd, min_query_cosine=1.0)
+    assert not (tmp_path / "edge").exists()  # nothing written
+    with pytest.raises(ExportError, match="needs the foundation"):
+        export_edge(qe, tmp_path / "edge", int8=True)
 
 
 def test_edge_runner_matches_pytorch_on_image_files(exported, tmp_path):

@@ -25,6 +25,11 @@ from .query import QueryEncoder
 EDGE_FORMAT = 1
 #: Max |onnx - torch| allowed, relative to the RMS of the tokens.
 PARITY_RTOL = 1e-3
+#: The least cosine between a composed query from int8 tokens and the same query from fp32 tokens
+#: (every check input, every check modifier) for the int8 model to be written.
+INT8_MIN_QUERY_COSINE = 0.99
+#: Modifiers the int8 gate composes with (what a query's text side sees in practice).
+INT8_CHECK_MODIFIERS = ("", "make it red", "same but larger and striped", "without the background")
 
 
 class ExportError(IsacirError):
@@ -40,6 +45,13 @@ class _PixelsToTokens(nn.Module):
         return self.qe(pixels)
 
 
+def _file_version(fingerprint: str, path: Path) -> str:
+    """A quantised model's identity: its encoder's fingerprint and a hash of its own bytes."""
+    import hashlib
+
+    return f"{fingerprint}-{path.stem.split('.')[-1]}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     num = (a * b).sum(-1)
@@ -47,10 +59,41 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((num / den).mean())
 
 
+def composed_cosines(foundation, template: str, fp32_tokens: np.ndarray, other_tokens: np.ndarray) -> np.ndarray:
+    """Cosine between the composed query from ``other_tokens`` and from ``fp32_tokens``, for every
+    input and every check modifier: what the server would search with, not the tokens alone."""
+    a, b = torch.from_numpy(fp32_tokens).float(), torch.from_numpy(other_tokens).float()
+    out = []
+    with torch.no_grad():
+        for mod in INT8_CHECK_MODIFIERS:
+            mods = [[mod]] * len(a)
+            qa = foundation.encode_composed(a.to(foundation.device), mods, template).float().cpu()
+            qb = foundation.encode_composed(b.to(foundation.device), mods, template).float().cpu()
+            out.append(torch.nn.functional.cosine_similarity(qa, qb, dim=-1).numpy())
+    return np.concatenate(out)
+
+
 def export_edge(
-    qe: QueryEncoder, out_dir: str | os.PathLike, int8: bool = False, opset: int = 17, seed: int = 0
+    qe: QueryEncoder,
+    out_dir: str | os.PathLike,
+    int8: bool = False,
+    opset: int = 17,
+    seed: int = 0,
+    foundation=None,
+    min_query_cosine: float = INT8_MIN_QUERY_COSINE,
 ) -> dict:
-    """Export ``qe``; returns the verification report (also stored in ``edge.json``)."""
+    """Export ``qe``; returns the verification report (also stored in ``edge.json``).
+
+    ``int8`` also writes a dynamically quantised model, gated: with ``foundation`` (the one ``qe``
+    belongs to), every composed query from int8 tokens must stay within ``min_query_cosine`` of
+    the fp32 one on the export's checks, or the export is refused with the numbers. The int8 model
+    gets its own version identity (``versions.int8`` in ``edge.json``); its payloads carry the
+    query encoder's fingerprint, so the same server decodes them.
+    """
+    if int8 and foundation is None:
+        raise ExportError("--int8 needs the foundation, to check the composed queries int8 tokens make")
+    if foundation is not None:
+        qe.check_foundation(foundation)
     import onnxruntime as ort
 
     from .bench.sample_images import natural_photo
@@ -112,11 +155,22 @@ def export_edge(
             quantize_dynamic(str(model_path), str(q_path), weight_type=QuantType.QInt8)
             q_sess = ort.InferenceSession(str(q_path), providers=["CPUExecutionProvider"])
             q_out = q_sess.run(["tokens"], {"pixels": inputs.numpy()})[0]
+            cos = composed_cosines(foundation, qe.config.template, ref, q_out)
             report["int8"] = {
                 "max_abs_diff": float(np.abs(q_out - ref).max()),
                 "mean_token_cosine": _cosine(q_out, ref),
+                "min_query_cosine": float(cos.min()),
+                "mean_query_cosine": float(cos.mean()),
+                "required_query_cosine": min_query_cosine,
+                "query_checks": int(cos.size),
                 "bytes": q_path.stat().st_size,
             }
+            if not cos.min() >= min_query_cosine:
+                raise ExportError(
+                    f"the int8 model moves composed queries too far: least cosine to the fp32 query "
+                    f"{cos.min():.4f} (mean {cos.mean():.4f}) over {cos.size} checks, below the required "
+                    f"{min_query_cosine}; export without --int8, or with a larger tolerance if that is acceptable"
+                )
             files["int8"] = "model.int8.onnx"
         report["fp32_bytes"] = model_path.stat().st_size
         config = {
@@ -130,6 +184,11 @@ def export_edge(
             "preprocess": spec,
             "opset": opset,
             "files": files,
+            # each file is its own model version: a registry and the pilot tell int8 from fp32
+            "versions": {
+                name: qe.fingerprint if name == "fp32" else _file_version(qe.fingerprint, tmp / fname)
+                for name, fname in files.items()
+            },
             "verification": report,
         }
         (tmp / EDGE_CONFIG).write_text(json.dumps(config, indent=2))

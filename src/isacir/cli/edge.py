@@ -16,8 +16,12 @@ def export_edge_cmd(
     query_encoder: Path = typer.Option(..., help="Trained query encoder folder."),
     out_dir: Path = typer.Option(..., "--out", help="Edge folder: model.onnx, edge.json."),
     int8: bool = typer.Option(
-        False, help="Also write a dynamically quantised int8 model and report its accuracy delta."
+        False,
+        help="Also write a dynamically quantised int8 model, only if the composed queries its tokens make "
+        "stay within --min-query-cosine of fp32's (loads the foundation to check).",
     ),
+    min_query_cosine: float = typer.Option(0.99, help="The int8 gate: least cosine to the fp32 composed query."),
+    foundation: Optional[str] = typer.Option(None, help="The foundation (default: the encoder's own)."),
     opset: int = typer.Option(17),
 ) -> None:
     """Export backbone + token learner to ONNX, verified against PyTorch, for the torch-free edge runtime."""
@@ -25,7 +29,12 @@ def export_edge_cmd(
     from ..query import QueryEncoder
 
     qe = QueryEncoder.from_pretrained(query_encoder)
-    config = export_edge(qe, out_dir, int8=int8, opset=opset)
+    fnd = None
+    if int8:
+        from ..foundation import create_foundation
+
+        fnd = create_foundation(foundation or qe.config.foundation_id)
+    config = export_edge(qe, out_dir, int8=int8, opset=opset, foundation=fnd, min_query_cosine=min_query_cosine)
     v = config["verification"]
     err.print(
         f"exported to {out_dir}: ONNX vs PyTorch max |diff| {v['onnx_vs_torch_max_abs_diff']:.2e} "
@@ -33,8 +42,8 @@ def export_edge_cmd(
     )
     if "int8" in v:
         err.print(
-            f"int8 variant: mean token cosine {v['int8']['mean_token_cosine']:.5f}, "
-            f"{v['int8']['bytes']:,} bytes vs {v['fp32_bytes']:,}"
+            f"int8 variant: composed-query cosine to fp32 at least {v['int8']['min_query_cosine']:.5f} "
+            f"(mean {v['int8']['mean_query_cosine']:.5f}), {v['int8']['bytes']:,} bytes vs {v['fp32_bytes']:,}"
         )
     emit_json(config)
 
