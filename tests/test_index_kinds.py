@@ -148,3 +148,21 @@ def test_nprobe_is_tuned_on_the_real_queries_the_gallery_gets(tmp_path, openclip
     reopened = Gallery.open(tmp_path / "g")
     assert len(reopened.tuning_queries()) == g.TUNING_QUERIES
     assert reopened.store.params["nprobe"] == params["nprobe"]  # the retuned index was persisted
+
+
+def test_the_tuner_keeps_probing_while_recall_climbs_slowly():
+    """On structureless data each extra list adds a little recall: the tuner must not take that
+    for a plateau (only compressed codes plateau), and ends at a full scan if need be."""
+    import faiss
+
+    from isacir.gallery.stores import build_faiss_index, tune_nprobe
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((20_000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(20_000, dtype=np.int64)
+    params = choose_index(20_000, 32, "ivf_flat")
+    index = build_faiss_index(vecs, ids, params)
+    nprobe, recall = tune_nprobe(index, vecs, ids, target=0.97)
+    assert recall >= 0.97 and nprobe >= 16
+    assert faiss.extract_index_ivf(index).nprobe == nprobe

@@ -253,14 +253,14 @@ def tune_nprobe(
     ivf = faiss.extract_index_ivf(index)
     best = (ivf.nlist, 0.0)
     depth = max(k, depth or k)
-    for nprobe in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]:
-        if nprobe > ivf.nlist:
-            break
+    # every power of two up to nlist, and nlist itself (a full scan, where structureless data leads)
+    steps = sorted({*(2**i for i in range(int(math.log2(ivf.nlist)) + 1)), ivf.nlist})
+    for nprobe in steps:
         ivf.nprobe = nprobe
         _, got = index.search(q, depth)
         recall = sum(len(set(g.tolist()) & set(t.tolist())) for g, t in zip(got, truth, strict=True)) / truth.size
-        if recall < best[1] + 0.002 and best[1] > 0:
-            break  # a plateau: the codes, not the probing, limit the recall now
+        if depth > k and best[1] > 0 and recall < best[1] + 0.002:
+            break  # compressed codes: a plateau where they, not the probing, limit the recall
         best = (nprobe, recall)
         if recall >= target:
             break
