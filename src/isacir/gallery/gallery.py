@@ -593,8 +593,9 @@ class Gallery:
                 with self._store_lock.exclusive():
                     store.reload()
                 return
-            behind = store.disk_generation() > store.generation and not self._log_reaches(store)
-            if behind or self._disk_rebuilt(store):
+            disk_gen = store.disk_generation()
+            behind = disk_gen > store.generation and not self._log_reaches(store)
+            if behind or self._disk_rebuilt(store, disk_gen):
                 self._adopt_disk()  # another process persisted an index that our log cannot reach, or a new build
             gen = self.generation()
             if store.generation == gen:
@@ -614,18 +615,14 @@ class Gallery:
         floor = self.db().execute("SELECT value FROM state WHERE key='log_floor'").fetchone()
         return int(floor[0]) if floor is not None else 0
 
-    def _disk_rebuilt(self, store: VectorStore) -> bool:
+    def _disk_rebuilt(self, store: VectorStore, disk_gen: int) -> bool:
         """Whether the persisted index is another build than the live one (a writer rebuilt or
         retuned it): a reader adopts it whole, then replays the log from its generation."""
         if not isinstance(store, FaissStore):
             return False
         disk = store.disk_params()
         keys = ("type", "built_for", "nprobe")
-        return (
-            bool(disk)
-            and any(disk.get(k) != store.params.get(k) for k in keys)
-            and (store.disk_generation() >= self._log_floor())
-        )
+        return bool(disk) and any(disk.get(k) != store.params.get(k) for k in keys) and disk_gen >= self._log_floor()
 
     def _adopt_disk(self) -> None:
         store = self.store
@@ -756,11 +753,14 @@ class Gallery:
         with self._store_lock.shared():  # searches share it: they go on while the file is written
             store.persist()
         self._dirty_since = None
-        floor = min(self._prev_checkpoint, store.persisted_generation)
-        with self.db() as db:
-            db.execute("DELETE FROM changes WHERE generation <= ?", (floor,))
-            db.execute("UPDATE state SET value = MAX(value, ?) WHERE key = 'log_floor'", (floor,))
+        self._trim_log(min(self._prev_checkpoint, store.persisted_generation))
         self._prev_checkpoint = store.persisted_generation
+
+    def _trim_log(self, upto: int) -> None:
+        """Drop the change log up to generation ``upto`` and record that it starts after it."""
+        with self.db() as db:
+            db.execute("DELETE FROM changes WHERE generation <= ?", (upto,))
+            db.execute("UPDATE state SET value = MAX(value, ?) WHERE key = 'log_floor'", (upto,))
 
     # ----- indexing ---------------------------------------------------------------------------------
     def tombstones(self) -> list[dict]:
@@ -1006,9 +1006,7 @@ class Gallery:
                 with self._catchup, self._store_lock.exclusive():
                     self.store.rebuild(ids, vecs, gen, persist=True)
             self._checkpoint(force=True)
-            with self.db() as db:  # everything up to here is in the rebuilt index
-                db.execute("DELETE FROM changes WHERE generation <= ?", (gen,))
-                db.execute("UPDATE state SET value = MAX(value, ?) WHERE key = 'log_floor'", (gen,))
+            self._trim_log(gen)  # everything up to here is in the rebuilt index
         return {"items": self.count(), "generation": gen, "store": self.store.describe()}
 
     def verify(self, sample: int | None = None, seed: int = 0) -> dict:
