@@ -66,11 +66,34 @@ def test_a_v2_log_gains_the_adapter_column(tmp_path):
     con.commit()
     con.close()
     store = FeedbackStore(path)
-    assert store.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     q = next(store.queries())
     assert q["adapter_fingerprint"] is None and q["version"] == "fpq" and q["latency_ms"] == 4.0
+    assert q["model_version"] is None and q["interleave"] is None
     qid = store.log_query("tokens", "blue", b"\x02", 3, [5], "fpq", "fpf", adapter_fingerprint="fpa")
     assert [q["version"] for q in store.queries() if q["query_id"] == qid] == ["fpq+fpa"]
+
+
+def test_a_v3_log_gains_the_version_name_and_interleaving_columns(tmp_path):
+    """Version 3 (one served version at a time): rows kept; new rows record the registry version and teams."""
+    path = tmp_path / "feedback.sqlite"
+    FeedbackStore(path).close()
+    con = sqlite3.connect(path)
+    # a v3 file: the same tables without the two newest columns
+    con.execute("ALTER TABLE queries DROP COLUMN interleave")
+    con.execute("ALTER TABLE queries DROP COLUMN model_version")
+    con.execute("PRAGMA user_version = 3")
+    con.execute("INSERT INTO queries VALUES ('q1', 1.0, 'tokens', 'red', x'01', 'fpq', 'fpf', 3, '[5]', 4.0, 'fpa')")
+    con.commit()
+    con.close()
+    store = FeedbackStore(path)
+    assert store.db().execute("PRAGMA user_version").fetchone()[0] == 4
+    old = next(store.queries())
+    assert old["version"] == "fpq+fpa" and old["model_version"] is None and old["interleave"] is None
+    teams = {"A": "v1", "B": "v2", "teams": {"5": "A", "6": "B"}}
+    qid = store.log_query("image", "x", None, 2, [5, 6], "fpq", "fpf", model_version="v1", interleave=teams)
+    new = next(q for q in store.queries() if q["query_id"] == qid)
+    assert new["model_version"] == "v1" and new["interleave"] == teams
 
 
 def test_verdict_rules(make_store):

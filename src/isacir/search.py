@@ -89,6 +89,19 @@ class Retriever:
                 self.itm_cache = None
         self._itm_slots = threading.BoundedSemaphore(max(1, itm_concurrency))
 
+    def sibling(self, query_encoder: QueryEncoder | None, adapter: QueryAdapter | None = None) -> Retriever:
+        """A retriever for another query-side version over the same gallery and foundation.
+
+        It shares this one's re-ranking cache and its bound on concurrent matching-head work:
+        the cache is keyed by gallery item and foundation, so every version of one foundation
+        reads the same hidden states, and the bound is on the large model, which they share."""
+        other = Retriever(
+            self.gallery, self.foundation, query_encoder, adapter=adapter, itm_cache_bytes=0, itm_concurrency=1
+        )
+        other.itm_cache = self.itm_cache
+        other._itm_slots = self._itm_slots
+        return other
+
     def close(self) -> None:
         """Unhook the adapter from the foundation."""
         if self.adapter is not None:

@@ -67,3 +67,47 @@ def edge_encode_cmd(
     err.print(f"{len(data):,} bytes ({enc.num_tokens} x {enc.dim} {dtype}, fingerprint {enc.fingerprint})")
     if as_json:
         sys.stdout.write(payload_to_json(data) + "\n")
+
+
+@app.command("edge-update")
+def edge_update_cmd(
+    edge: Path = typer.Option(..., help="The device's edge folder (becomes a link to the version in use)."),
+    server: Optional[str] = typer.Option(None, help="The isacir service, e.g. https://search.example.com."),
+    api_key_file: Optional[Path] = typer.Option(
+        None, help="A file whose first line is the device's API key (default: $ISACIR_API_KEY)."
+    ),
+    rollback: bool = typer.Option(False, "--rollback", help="Switch back to the version used before the last update."),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Update the on-device model to the server's active version: download, verify, swap atomically."""
+    import os
+
+    from ..edge.update import EdgeUpdateError, update
+    from ..edge.update import rollback as do_rollback
+
+    try:
+        if rollback:
+            result = do_rollback(edge)
+            err.print(f"{edge} now runs {result['rolled_back_to']} (was {result['from']})")
+        else:
+            if not server:
+                raise typer.BadParameter("--server is needed to update (or pass --rollback)")
+            key = os.environ.get("ISACIR_API_KEY")
+            if api_key_file is not None:
+                text = api_key_file.read_text().splitlines()
+                lines = [x.strip() for x in text if x.strip() and not x.startswith("#")]
+                if not lines:
+                    raise typer.BadParameter(f"{api_key_file} holds no key")
+                key = lines[0]
+            result = update(server, edge, key, progress=not no_progress)
+            if result["updated"]:
+                err.print(
+                    f"{edge} updated to {result['version']} ({result['bytes']:,} bytes, sha256 checked; "
+                    f"previous: {result['previous']})"
+                )
+            else:
+                err.print(f"{edge} already runs the active version {result['version']}")
+    except EdgeUpdateError as exc:
+        err.print(f"[red]edge-update failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    emit_json(result)

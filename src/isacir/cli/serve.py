@@ -13,8 +13,27 @@ from ._app import DEVICE_HELP, app, emit_json, err
 @app.command("serve")
 def serve_cmd(
     gallery: Path = typer.Option(..., help="Gallery folder (from `isacir index`)."),
-    query_encoder: Path = typer.Option(..., help="Query-encoder checkpoint folder the devices run."),
-    foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),
+    query_encoder: Optional[Path] = typer.Option(
+        None,
+        help="Serve this one query-encoder folder. Default: every served version of the model registry "
+        "(--registry, or GALLERY/models).",
+    ),
+    registry: Optional[Path] = typer.Option(
+        None, help="A model registry (`isacir models`) whose canary, active and deprecated versions are served."
+    ),
+    canary_share: float = typer.Option(
+        0.1, help="With a registry: the share of thin-client searches the canary answers."
+    ),
+    interleave: Optional[str] = typer.Option(
+        None,
+        help="With a registry: 'A,B' compares two served versions by team-draft interleaving on thin-client searches.",
+    ),
+    registry_poll_s: float = typer.Option(
+        1.0, help="With a registry: seconds between checks for changes (0: only POST /v1/admin/reload)."
+    ),
+    foundation: Optional[str] = typer.Option(
+        None, help="Default: the one the query encoder was trained for, or the gallery's."
+    ),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key_file: Optional[Path] = typer.Option(
@@ -62,6 +81,12 @@ def serve_cmd(
         torch.set_num_threads(threads)
     from ..serve import load_service
 
+    pair = None
+    if interleave:
+        names = tuple(n.strip() for n in interleave.split(","))
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise typer.BadParameter(f"--interleave takes two different version names, 'A,B'; got {interleave!r}")
+        pair = (names[0], names[1])
     app_ = load_service(
         gallery,
         query_encoder,
@@ -80,6 +105,10 @@ def serve_cmd(
         device,
         itm_cache_mb,
         itm_concurrency,
+        registry=registry,
+        canary_share=canary_share,
+        interleave=pair,
+        registry_poll_s=registry_poll_s,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

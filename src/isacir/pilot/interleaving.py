@@ -99,3 +99,28 @@ def summarize(outcomes: Iterable[str], a: str = "A", b: str = "B") -> dict:
         "win_rate_ci95": [round(x, 4) for x in interval] if interval else None,
         "preferred": (a if interval[0] > 0.5 else b if interval[1] < 0.5 else None) if interval else None,
     }
+
+
+def interleaving_report(queries: Iterable[dict]) -> dict:
+    """The live comparisons in a query log: each interleaved query that an operator judged is a win
+    for the version with more confirmed items, or a tie; queries nobody judged do not count.
+
+    ``queries`` are :meth:`FeedbackStore.queries` rows, whose ``interleave`` is
+    ``{"A": version, "B": version, "teams": {item id: "A" or "B"}}``."""
+    pairs: dict[tuple[str, str], dict] = {}
+    for q in queries:
+        record = q.get("interleave")
+        if not record:
+            continue
+        pair = pairs.setdefault((record["A"], record["B"]), {"outcomes": [], "shown": 0})
+        pair["shown"] += 1
+        if not q["verdicts"]:
+            continue
+        confirmed = [str(v["candidate_id"]) for v in q["verdicts"] if v["verdict"] == "confirmed"]
+        pair["outcomes"].append(credit(record["teams"], confirmed))
+    comparisons = []
+    for (a, b), pair in pairs.items():
+        summary = summarize(pair["outcomes"], a, b)
+        summary["interleaved_queries"] = pair["shown"]
+        comparisons.append(summary)
+    return {"comparisons": comparisons}

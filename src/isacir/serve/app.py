@@ -18,9 +18,12 @@ import gc
 import hashlib
 import io
 import json
+import logging
 import os
+import random
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,9 +46,19 @@ from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
 from ..gallery.gallery import FILTER_FIELD, FILTER_MAX_FIELDS, FILTER_MAX_VALUES
 from .batching import MicroBatcher
-from .feedback import FeedbackError, QueryLog, served_version
+from .feedback import FeedbackError, QueryLog
 from .feedback_pg import is_postgres_url, open_store
 from .keys import SCOPES, ApiKey, KeyFileError, KeyRing, retry_after_header
+from .lineup import (
+    RELEASE_AFTER_S,
+    Lineup,
+    Model,
+    Served,
+    VersionRefused,
+    lineup_from_registry,
+    registry_stamp,
+    released_models,
+)
 from .metrics import ServiceMetrics
 
 if TYPE_CHECKING:
@@ -53,7 +66,10 @@ if TYPE_CHECKING:
     from ..foundation import Foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
+    from ..registry import Registry
+    from ..search import Retriever
 
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_K = 200
 UPLOAD_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif"}
@@ -92,6 +108,12 @@ class ServeSettings:
     #: requests that may run the head at once
     itm_cache_mb: float = 2048.0
     itm_concurrency: int = 1
+    #: with a registry: the share of thin-client searches the canary answers (0..1)
+    canary_share: float = 0.1
+    #: with a registry: two served versions compared by team-draft interleaving on thin-client searches
+    interleave: Optional[tuple[str, str]] = None
+    #: with a registry: how often its file is checked for changes (seconds; 0: only POST /v1/admin/reload)
+    registry_poll_s: float = 1.0
     extra: dict = field(default_factory=dict)
 
 
@@ -115,13 +137,17 @@ class ErrorOut(BaseModel):
     detail: str = Field(..., description="What went wrong, for a person.")
     code: str = Field(..., description="What went wrong, for a program: unauthorized, forbidden, payload_crc, ...")
     errors: Optional[list[dict]] = Field(None, description="Request validation (422): one entry per bad field.")
+    active_version: Optional[str] = Field(
+        None, description="409 on a token search: the served version a device should update to."
+    )
 
 
 _ERROR_TEXT = {
     401: "No valid API key (send X-API-Key or Authorization: Bearer).",
     403: "The key lacks the scope this route needs.",
     404: "No such item or resource.",
-    409: "The token payload was made by another query encoder than the served one.",
+    409: "No served version reads this token payload (encoder_unknown, encoder_retired, foundation_mismatch), "
+    "or the registry change cannot be applied.",
     410: "The item is indexed but its file is gone.",
     413: "The request body is over the upload cap.",
     415: "The upload is not an image format the server reads.",
@@ -301,43 +327,44 @@ def _decode_upload(data: bytes, name: str):
 
 # ----- the app ------------------------------------------------------------------------------------
 class ServiceState:
-    """What the routes share: models, gallery, feedback store, cached fingerprints."""
+    """What the routes share: models, gallery, feedback store, cached fingerprints.
+
+    The served query-side versions are one immutable :class:`Lineup`, replaced whole when the
+    registry changes; a request reads ``state.lineup`` once and keeps that snapshot."""
 
     def __init__(
         self,
         gallery: Gallery,
         foundation: Foundation,
-        query_encoder: QueryEncoder,
+        query_encoder: QueryEncoder | None,
         settings: ServeSettings,
         adapter: QueryAdapter | None = None,
+        registry: Registry | None = None,
     ):
-        from ..search import Retriever
-
         if min(settings.max_batch, settings.max_inflight, settings.batch_workers) < 1 or settings.batch_wait_ms < 0:
             raise IsacirError(
                 "max_batch, max_inflight and batch_workers must be >= 1 and batch_wait_ms >= 0; got "
                 f"{settings.max_batch}, {settings.max_inflight}, {settings.batch_workers} and {settings.batch_wait_ms}"
             )
+        if (query_encoder is None) == (registry is None):
+            raise IsacirError("serve either one query encoder or the versions of a registry (exactly one of them)")
         self.gallery = gallery
-        gallery.follow()  # other processes' index runs reach searches without searches replaying them
         self.foundation = foundation
-        self.query_encoder = query_encoder
         self.settings = settings
-        self.adapter = adapter
-        self.retriever = Retriever(
-            gallery,
-            foundation,
-            query_encoder,
-            adapter=adapter,
-            itm_cache_bytes=int(settings.itm_cache_mb * 2**20),
-            itm_concurrency=settings.itm_concurrency,
-        )  # checks they all agree
-        # Hashing the weights is slow; they are frozen while serving, so hash once.
-        self.qe_fingerprint = query_encoder.fingerprint
+        self.registry = registry
         self.foundation_fingerprint = foundation.fingerprint
-        self.adapter_fingerprint = adapter.fingerprint if adapter is not None else None
-        #: what answered a query: the query encoder, plus the adapter when one is served
-        self.version = served_version(self.qe_fingerprint, self.adapter_fingerprint)
+        self._first_retriever: Retriever | None = None
+        if registry is None:
+            assert query_encoder is not None
+            only = Served(self._make_model(None, query_encoder, adapter, None, None), "active")
+            self.lineup = Lineup(
+                (only,), foundation_fingerprint=foundation.fingerprint, foundation_name=foundation.name
+            )
+        else:
+            self.lineup = lineup_from_registry(
+                registry, foundation, self._make_model, None, settings.canary_share, settings.interleave
+            )
+        gallery.follow()  # other processes' index runs reach searches without searches replaying them
         self.feedback = open_store(settings.feedback_db or gallery.dir / "feedback.sqlite")
         self.metrics = ServiceMetrics()
         self.query_log = QueryLog(self.feedback, settings.query_log, on_commit=self.metrics.query_log_committed)
@@ -357,20 +384,142 @@ class ServiceState:
         self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._last_prune = 0.0
+        self._reload_lock = threading.Lock()
+        self._released: list[tuple[float, Model]] = []
+        self._failed_stamp: object = None
+        self.last_reload_error: str | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if registry is not None and settings.registry_poll_s > 0:
+            self._watcher = threading.Thread(target=self._watch_registry, name="isacir-registry", daemon=True)
+            self._watcher.start()
         self.maybe_prune()
 
+    # ----- the served versions --------------------------------------------------------------------
+    def _make_model(
+        self, name: str | None, qe: QueryEncoder, adapter: QueryAdapter | None, edge: dict | None, edge_dir
+    ) -> Model:
+        """A loaded version: every version's retriever shares the first one's re-ranking cache."""
+        from ..search import Retriever
+
+        if self._first_retriever is None:
+            retriever = Retriever(
+                self.gallery,
+                self.foundation,
+                qe,
+                adapter=adapter,
+                itm_cache_bytes=int(self.settings.itm_cache_mb * 2**20),
+                itm_concurrency=self.settings.itm_concurrency,
+            )  # checks they all agree
+            self._first_retriever = retriever
+        else:
+            retriever = self._first_retriever.sibling(qe, adapter)
+        return Model(name, qe, adapter, retriever, edge, edge_dir)
+
+    @property
+    def primary(self) -> Served:
+        return self.lineup.primary
+
+    # what the single-version service exposed; now the primary (active) version's
+    @property
+    def retriever(self) -> Retriever:
+        return self.lineup.primary.model.retriever
+
+    @property
+    def query_encoder(self) -> QueryEncoder:
+        return self.lineup.primary.model.query_encoder
+
+    @property
+    def adapter(self) -> QueryAdapter | None:
+        return self.lineup.primary.model.adapter
+
+    @property
+    def qe_fingerprint(self) -> str:
+        return self.lineup.primary.model.qe_fingerprint
+
+    @property
+    def adapter_fingerprint(self) -> str | None:
+        return self.lineup.primary.model.adapter_fingerprint
+
+    @property
+    def version(self) -> str:
+        return self.lineup.primary.version
+
+    def reload(self, force: bool = False) -> dict:
+        """Serve what the registry says now. Models are loaded beside the running lineup, then
+        swapped in with one assignment; a build that fails leaves the running lineup as it was."""
+        if self.registry is None:
+            raise IsacirError("this service serves one query encoder, not a registry: nothing to reload")
+        with self._reload_lock:
+            old = self.lineup
+            stamp = registry_stamp(self.registry)
+            if not force and stamp == old.stamp:
+                return {"changed": False, "versions": [s.describe() for s in old.served]}
+            try:
+                new = lineup_from_registry(
+                    self.registry, self.foundation, self._make_model, old, old.canary_share, old.interleave
+                )
+            except Exception as exc:
+                self._failed_stamp = stamp
+                self.last_reload_error = str(exc)
+                log.error("registry change not applied, still serving the previous versions: %s", exc)
+                raise
+            self.lineup = new
+            self._failed_stamp = None
+            self.last_reload_error = None
+            now = time.time()
+            self._released.extend((now, m) for m in released_models(old, new))
+            self._close_released(now)
+            self.metrics.reloads.inc()
+            log.info("serving %s", ", ".join(f"{s.name} ({s.state})" for s in new.served))
+            return {"changed": True, "versions": [s.describe() for s in new.served]}
+
+    def _close_released(self, now: float) -> None:
+        """Unload models that left the lineup long enough ago that no request still holds them."""
+        keep = []
+        for t, model in self._released:
+            if now - t >= RELEASE_AFTER_S:
+                model.close()
+            else:
+                keep.append((t, model))
+        self._released = keep
+
+    def _watch_registry(self) -> None:
+        registry = self.registry
+        assert registry is not None
+        while not self._stop.wait(self.settings.registry_poll_s):
+            stamp = registry_stamp(registry)
+            if stamp != self.lineup.stamp and stamp != self._failed_stamp:
+                with contextlib.suppress(Exception):  # logged by reload; the old lineup keeps serving
+                    self.reload()
+            if self._released:
+                with self._reload_lock:
+                    self._close_released(time.time())
+
     def _compose_batch(self, items):
+        """Composed queries of concurrent requests: one text-tower pass per version in the batch."""
         import torch
 
-        tokens = torch.cat([t for t, _ in items])
-        return list(self.retriever.compose(tokens, [text for _, text in items]))
+        out: list = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (retriever, _, _) in enumerate(items):
+            groups.setdefault(id(retriever), []).append(i)
+        for idx in groups.values():
+            retriever = items[idx[0]][0]
+            tokens = torch.cat([items[i][1] for i in idx])
+            for i, q in zip(idx, retriever.compose(tokens, [items[i][2] for i in idx]), strict=True):
+                out[i] = q
+        return out
 
-    def compose(self, tokens, text: str):
+    def compose(self, retriever: Retriever, tokens, text: str):
         """One composed query vector; concurrent callers share a text-tower forward pass."""
-        return self.composer((tokens, text))
+        return self.composer((retriever, tokens, text))
 
     def close(self) -> None:
         """Stop the batch workers; queued query-log rows are committed first."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         self.composer.close()
         self.query_log.close()
         self.gallery.close()  # persists what the service's uploads changed, when no one else is writing
@@ -387,18 +536,25 @@ class ServiceState:
         return self.feedback.prune(days, now) if days is not None else 0
 
     def info(self) -> dict:
-        qe = self.query_encoder.config
+        """What a device must match (the primary version's encoder), and every served version."""
+        lineup = self.lineup
+        primary = lineup.primary
+        qe = primary.model.query_encoder.config
         return {
             "version": __version__,
             "foundation": self.foundation.name,
             "foundation_fingerprint": self.foundation_fingerprint,
-            "query_encoder_fingerprint": self.qe_fingerprint,
-            "adapter": self.adapter.describe() if self.adapter is not None else None,
-            "served_version": self.version,
+            "query_encoder_fingerprint": primary.model.qe_fingerprint,
+            "model_version": primary.name,
+            "adapter": primary.model.adapter.describe() if primary.model.adapter is not None else None,
+            "served_version": primary.version,
+            "served_versions": [s.describe() for s in lineup.served],
+            "canary_share": lineup.canary_share,
+            "interleave": list(lineup.interleave) if lineup.interleave else None,
             "query_method": qe.method,
             "num_tokens": qe.num_tokens,
             "token_dim": qe.word_dim,
-            "template": self.retriever.template,
+            "template": primary.model.retriever.template,
             "gallery_items": self.gallery.count(),
             "store": self.gallery.info["store"],
         }
@@ -586,41 +742,163 @@ def create_app(state: ServiceState) -> FastAPI:
         """What a device must match: the served query encoder's fingerprint, token count and dim."""
         return state.info()
 
-    def _respond(mode: str, text: str, hits, k: int, payload: bytes | None, t0: float, reranker: str) -> dict:
+    @app.get("/v1/versions", dependencies=require("search"), tags=["models"], responses=errors())
+    def versions() -> dict:
+        """The served query-side versions with their registry states, and how traffic is split."""
+        lineup = state.lineup
+        return {
+            "versions": [s.describe() for s in lineup.served],
+            "primary": lineup.primary.name,
+            "canary_share": lineup.canary_share,
+            "interleave": list(lineup.interleave) if lineup.interleave else None,
+            "registry": str(state.registry.folder) if state.registry is not None else None,
+            "last_reload_error": state.last_reload_error,
+        }
+
+    @app.post("/v1/admin/reload", dependencies=require("models:admin"), tags=["models"], responses=errors(409))
+    def admin_reload(request: Request) -> dict:
+        """Apply the registry's current state now (the service also watches the registry file)."""
+        if state.registry is None:
+            raise _error(409, "this service serves one query encoder (--query-encoder), not a registry", "no_registry")
+        try:
+            result = state.reload(force=True)
+        except IsacirError as exc:
+            msg = f"registry change not applied, still serving the previous versions: {exc}"
+            raise _error(409, msg, "reload") from None
+        state.audit.record(request.state.actor, "models.reload", versions=result["versions"], via="api")
+        return result
+
+    def _package(served: Served):
+        from ..edge.package import package_of
+
+        m = served.model
+        if m.edge_dir is None:
+            raise _error(
+                404,
+                f"version {m.name or m.qe_fingerprint} has no edge package (register it with "
+                "`isacir models add --edge DIR`)",
+                "no_edge_package",
+            )
+        try:
+            return package_of(m.edge_dir)
+        except OSError:  # a read-only registry: build the package in the gallery's folder
+            return package_of(m.edge_dir, state.gallery.dir / "edge-packages" / str(m.name))
+
+    @app.get("/v1/edge/manifest", dependencies=require("search"), tags=["edge"], responses=errors(404))
+    def edge_manifest() -> dict:
+        """The edge package devices should run: the active version's (``isacir edge-update`` reads this)."""
+        served = state.lineup.active or state.lineup.primary
+        pkg = _package(served)
+        m = served.model
+        return {
+            "version": m.name,
+            "fingerprint": m.qe_fingerprint,
+            "foundation_fingerprint": state.foundation_fingerprint,
+            "sha256": pkg.sha256,
+            "size": pkg.size,
+            "url": f"/v1/edge/packages/{m.name}",
+            "files": (m.edge or {}).get("files", {}),
+        }
+
+    @app.get(
+        "/v1/edge/packages/{version}",
+        dependencies=require("search"),
+        tags=["edge"],
+        responses={**errors(404), 200: {"content": {"application/gzip": {"schema": {"type": "string"}}}}},
+    )
+    def edge_package(version: str = PathParam(..., max_length=64)) -> Response:
+        """A served version's edge package (``model.onnx`` + ``edge.json``, tar.gz); ranges resume a download."""
+        served = state.lineup.by_name(version)
+        if served is None:
+            raise _error(404, f"no served version {version!r}", "not_found")
+        pkg = _package(served)
+        return FileResponse(
+            pkg.path,
+            media_type="application/gzip",
+            filename=f"isacir-edge-{version}.tar.gz",
+            headers={"ETag": f'"{pkg.sha256}"', "Cache-Control": "private, max-age=31536000, immutable"},
+        )
+
+    @app.get("/v1/interleaving", dependencies=require("pilot"), tags=["pilot"], responses=errors())
+    def interleaving(
+        since: Optional[str] = Query(None, alias="from", description="ISO date or time (UTC), or unix seconds"),
+        until: Optional[str] = Query(None, alias="to", description="exclusive"),
+    ) -> dict:
+        """Team-draft comparisons: per compared pair, wins, ties and the win rate with a 95 % interval."""
+        from ..pilot.interleaving import interleaving_report
+
+        start, end = _time_range(since, until)
+        return interleaving_report(state.feedback.queries(start, end))
+
+    def _respond(
+        lineup: Lineup,
+        served: Served,
+        mode: str,
+        text: str,
+        hits,
+        k: int,
+        payload: bytes | None,
+        t0: float,
+        reranker: str,
+        query_id: Optional[str] = None,
+        interleave: Optional[dict] = None,
+    ) -> dict:
+        m = served.model
         ids = [h.id for h in hits]
         took_ms = round(1000 * (time.perf_counter() - t0), 2)
         state.maybe_prune()
-        metrics.searches.labels(mode, state.version).inc()
+        metrics.searches.labels(mode, served.version).inc()
         qid = state.query_log.log(
             mode,
             text,
             payload,
             k,
             ids,
-            state.qe_fingerprint,
+            m.qe_fingerprint,
             state.foundation_fingerprint,
             latency_ms=took_ms,
-            adapter_fingerprint=state.adapter_fingerprint,
+            adapter_fingerprint=m.adapter_fingerprint,
+            model_version=m.name,
+            interleave=interleave,
+            query_id=query_id,
         )
-        return {
+        teams = interleave["teams"] if interleave else {}
+        out = {
             "query_id": qid,
             "mode": mode,
             "text": text,
             "took_ms": took_ms,
-            "query_encoder_fingerprint": state.qe_fingerprint,
-            "adapter_version": state.adapter_fingerprint,
+            "model_version": m.name,
+            "version_state": served.state,
+            "query_encoder_fingerprint": m.qe_fingerprint,
+            "adapter_version": m.adapter_fingerprint,
             "reranker": reranker,
             "results": [
-                {**_item_json(h.id, h.path), "score": round(float(h.score), 6), "metadata": h.metadata} for h in hits
+                {
+                    **_item_json(h.id, h.path),
+                    "score": round(float(h.score), 6),
+                    "metadata": h.metadata,
+                    **({"team": teams[str(h.id)]} if teams else {}),
+                }
+                for h in hits
             ],
         }
+        upgrade = lineup.upgrade_for(served)
+        if upgrade is not None:
+            out["upgrade"] = upgrade
+        if interleave:
+            out["interleaving"] = {"A": interleave["A"], "B": interleave["B"]}
+        return out
 
-    def _search(tokens, text: str, k: int, rerank: int, exclude: set[int], where: Optional[dict] = None):
-        prepared = state.retriever.prepare_tokens(tokens)
-        query = state.compose(prepared, text)
+    def _search(
+        served: Served, tokens, text: str, k: int, rerank: int, exclude: set[int], where: Optional[dict] = None
+    ):
+        retriever = served.model.retriever
+        prepared = retriever.prepare_tokens(tokens)
+        query = state.compose(retriever, prepared, text)
         state.gallery.note_query(query)  # real composed queries are what the IVF index is tuned on
-        hits = state.retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude), where=where)
-        return hits, state.retriever.reranker(True) if rerank else "none"
+        hits = retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude), where=where)
+        return hits, retriever.reranker(True) if rerank else "none"
 
     def _excluded(reference_id: Optional[int], exclude_ids: list[int], reference_hash: Optional[str]) -> set[int]:
         """What a search must not return: the reference itself (by id, or by the content of an
@@ -667,10 +945,40 @@ def create_app(state: ServiceState) -> FastAPI:
         data = image.file.read()
         pil = _decode_upload(data, image.filename or "image")
         exclude = _excluded(reference_id, [], None if keep_copies else content_hash(data))
-        tokens = state.retriever.pseudo_tokens(pil)
-        hits, reranker = _search(tokens, text, k, rerank, exclude, where)
-        payload = encode_payload(tokens[0].float().cpu().numpy(), state.qe_fingerprint, "fp16")
-        return _respond("image", text, hits, k, payload, t0, reranker)
+        lineup = state.lineup
+        if lineup.interleave is not None:
+            return _interleaved(lineup, pil, text, k, rerank, exclude, where, t0)
+        served = lineup.for_thin_client(random.random())
+        tokens = served.model.retriever.pseudo_tokens(pil)
+        hits, reranker = _search(served, tokens, text, k, rerank, exclude, where)
+        payload = encode_payload(tokens[0].float().cpu().numpy(), served.model.qe_fingerprint, "fp16")
+        return _respond(lineup, served, "image", text, hits, k, payload, t0, reranker)
+
+    def _interleaved(lineup: Lineup, pil, text: str, k: int, rerank: int, exclude: set[int], where, t0: float):
+        """Both compared versions answer; the operator sees their rankings merged by team draft."""
+        from ..pilot.interleaving import query_seed, team_draft
+
+        assert lineup.interleave is not None
+        pair = [lineup.by_name(name) for name in lineup.interleave]
+        answers = []
+        for served in pair:
+            assert served is not None
+            tokens = served.model.retriever.pseudo_tokens(pil)
+            answers.append((tokens, *_search(served, tokens, text, k, rerank, exclude, where)))
+        qid = uuid.uuid4().hex
+        merged = team_draft([h.id for h in answers[0][1]], [h.id for h in answers[1][1]], k, query_seed(qid))
+        by_team = {"A": {h.id: h for h in answers[0][1]}, "B": {h.id: h for h in answers[1][1]}}
+        hits = [by_team[merged.teams[i]][i] for i in merged.items]
+        a = pair[0]
+        assert a is not None
+        record = {
+            "A": lineup.interleave[0],
+            "B": lineup.interleave[1],
+            "teams": {str(i): team for i, team in merged.teams.items()},
+        }
+        payload = encode_payload(answers[0][0][0].float().cpu().numpy(), a.model.qe_fingerprint, "fp16")
+        reranker = answers[0][2]
+        return _respond(lineup, a, "image", text, hits, k, payload, t0, reranker, query_id=qid, interleave=record)
 
     @app.post("/v1/search/tokens", dependencies=require("search"), tags=["search"], responses=errors(404, 409))
     def search_tokens(body: TokenSearch) -> dict:
@@ -682,20 +990,19 @@ def create_app(state: ServiceState) -> FastAPI:
             raw = base64.b64decode(body.payload, validate=True)
         except (binascii.Error, ValueError):
             raise _error(422, "payload is not valid base64", "payload_base64") from None
-        qe = state.query_encoder.config
         try:
             decoded = decode_payload(raw)
         except PayloadError as exc:
             raise _error(422, f"bad token payload: {exc}", f"payload_{exc.code}") from None
-        if decoded.fingerprint != state.qe_fingerprint:
-            raise _error(
-                409,
-                f"token payload fingerprint {decoded.fingerprint} does not match the served query encoder "
-                f"{state.qe_fingerprint} (foundation {state.foundation.name}, fingerprint "
-                f"{state.foundation_fingerprint}, which indexed this gallery). Update the device model to the "
-                "served version (GET /v1/info), or serve the matching query encoder.",
-                "fingerprint_mismatch",
-            )
+        lineup = state.lineup
+        try:
+            served = lineup.for_tokens(decoded.fingerprint, random.random())
+        except VersionRefused as exc:
+            metrics.refused.labels(exc.code).inc()
+            raise HTTPException(
+                status_code=409, detail={"detail": str(exc), "code": exc.code, "active_version": exc.active_version}
+            ) from None
+        qe = served.model.query_encoder.config
         if decoded.tokens.shape != (qe.num_tokens, qe.word_dim):
             raise _error(
                 422,
@@ -705,8 +1012,8 @@ def create_app(state: ServiceState) -> FastAPI:
             )
         tokens = torch.from_numpy(decoded.tokens)[None]
         exclude = _excluded(body.reference_id, body.exclude_ids, None)
-        hits, reranker = _search(tokens, body.text, body.k, body.rerank, exclude, body.filter)
-        return _respond("tokens", body.text, hits, body.k, raw, t0, reranker)
+        hits, reranker = _search(served, tokens, body.text, body.k, body.rerank, exclude, body.filter)
+        return _respond(lineup, served, "tokens", body.text, hits, body.k, raw, t0, reranker)
 
     def _parse_metadata(raw: Optional[str], n: int) -> Optional[list[dict]]:
         """One metadata object per uploaded image (None: no metadata given)."""
@@ -965,7 +1272,7 @@ def _ext_from_bytes(data: bytes) -> str:
 
 def load_service(
     gallery: str | os.PathLike,
-    query_encoder: str | os.PathLike,
+    query_encoder: str | os.PathLike | None = None,
     foundation: str | None = None,
     api_key_file: str | os.PathLike | None = None,
     max_upload_mb: float = 10.0,
@@ -981,26 +1288,47 @@ def load_service(
     device: str = "auto",
     itm_cache_mb: float = 2048.0,
     itm_concurrency: int = 1,
+    registry: str | os.PathLike | None = None,
+    canary_share: float = 0.1,
+    interleave: tuple[str, str] | None = None,
+    registry_poll_s: float = 1.0,
 ) -> FastAPI:
-    """Open gallery, foundation, query encoder (and adapter), check that they belong together, build the app.
+    """Open gallery, foundation and query side, check that they belong together, build the app.
 
-    The foundation defaults to the one the query encoder was trained for.
+    The query side is one query encoder (and adapter), or every served version of a model
+    registry (``registry``, by default ``GALLERY/models`` when no query encoder is given). The
+    foundation defaults to the one the query encoder was trained for, or the gallery's.
     """
     from ..foundation import create_foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
+    from ..registry import Registry
 
+    if query_encoder is not None and registry is not None:
+        raise IsacirError("pass --query-encoder (one version) or --registry (its served versions), not both")
+    if query_encoder is None and adapter is not None:
+        raise IsacirError("--adapter goes with --query-encoder; a registry version carries its own adapter")
+    if interleave is not None and query_encoder is not None:
+        raise IsacirError("--interleave compares two registry versions; serve a registry (--registry)")
     g = Gallery.open(gallery)
+    reg = None
+    if query_encoder is None:
+        reg = Registry(registry) if registry is not None else Registry.of_gallery(gallery)
+        if not (reg.folder / "registry.json").is_file():
+            raise IsacirError(
+                f"no model registry at {reg.folder}: pass --query-encoder DIR, or register versions with "
+                "`isacir models add` and promote one to active"
+            )
     if foundation is None:
-        foundation = QueryEncoder.load_config(query_encoder).foundation_id or g.info["foundation_id"]
+        foundation = (
+            QueryEncoder.load_config(query_encoder).foundation_id if query_encoder is not None else None
+        ) or g.info["foundation_id"]
     fnd = create_foundation(foundation, device=device)
-    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
+    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval() if query_encoder is not None else None
     settings = ServeSettings(
         keys=KeyRing.from_file(api_key_file) if api_key_file else None,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        feedback_db=(str(feedback_db) if is_postgres_url(str(feedback_db)) else Path(feedback_db))
-        if feedback_db
-        else None,
+        feedback_db=_feedback_location(feedback_db),
         query_log_retention_days=query_log_retention_days,
         cors_origins=tuple(cors_origins),
         query_log=query_log,
@@ -1010,13 +1338,16 @@ def load_service(
         batch_workers=batch_workers,
         itm_cache_mb=itm_cache_mb,
         itm_concurrency=itm_concurrency,
+        canary_share=canary_share,
+        interleave=interleave,
+        registry_poll_s=registry_poll_s,
     )
     qa = None
     if adapter is not None:
         from ..adapt import QueryAdapter
 
         qa = QueryAdapter.from_pretrained(adapter)
-    app = create_app(ServiceState(g, fnd, qe, settings, adapter=qa))
+    app = create_app(ServiceState(g, fnd, qe, settings, adapter=qa, registry=reg))
     # The models are hundreds of thousands of long-lived Python objects. A full garbage collection
     # scans them all, tens of milliseconds during which every request waits: that was the p99 tail
     # under load. Frozen objects are never scanned again; what requests allocate still is.

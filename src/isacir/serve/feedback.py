@@ -35,7 +35,7 @@ from ..pilot.metrics import positive_verdict
 log = logging.getLogger(__name__)
 VERDICTS = ("confirmed", "rejected", "corrected")
 #: The on-disk layout; older files are migrated in place, in one transaction, when opened.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS queries (
     k INTEGER NOT NULL,
     results TEXT NOT NULL,
     latency_ms REAL,
-    adapter_fingerprint TEXT
+    adapter_fingerprint TEXT,
+    model_version TEXT,
+    interleave TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     feedback_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,6 +90,12 @@ CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
 # Version 2: no adapter column (queries were always served without a feedback-trained adapter).
 _FROM_V2 = """
 ALTER TABLE queries ADD COLUMN adapter_fingerprint TEXT;
+"""
+
+# Version 3: no registry version name and no interleaving record (one version was served at a time).
+_FROM_V3 = """
+ALTER TABLE queries ADD COLUMN model_version TEXT;
+ALTER TABLE queries ADD COLUMN interleave TEXT;
 """
 
 
@@ -139,7 +147,7 @@ class FeedbackStore:
                 )
             if version < SCHEMA_VERSION:
                 if has_feedback:
-                    steps = ([_FROM_V1] if version < 2 else []) + [_FROM_V2]
+                    steps = ([_FROM_V1] if version < 2 else []) + ([_FROM_V2] if version < 3 else []) + [_FROM_V3]
                 else:
                     steps = [_TABLES]
                 for script in steps:
@@ -162,8 +170,8 @@ class FeedbackStore:
         """Store rows from :func:`query_row` in one transaction: one fsync for all of them."""
         self._insert_many(
             "INSERT INTO queries (query_id, created, mode, text, tokens, query_encoder_fingerprint, "
-            "foundation_fingerprint, k, results, latency_ms, adapter_fingerprint) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "foundation_fingerprint, k, results, latency_ms, adapter_fingerprint, model_version, interleave) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
 
@@ -280,9 +288,8 @@ class FeedbackStore:
         window = " WHERE " + " AND ".join(where) if where else ""
         sql = (
             "SELECT q.query_id, q.created, q.mode, q.text, q.tokens, q.query_encoder_fingerprint, "
-            "q.foundation_fingerprint, q.k, q.results, q.latency_ms, q.adapter_fingerprint FROM queries q"
-            + window
-            + " ORDER BY q.created, q.query_id"
+            "q.foundation_fingerprint, q.k, q.results, q.latency_ms, q.adapter_fingerprint, q.model_version, "
+            "q.interleave FROM queries q" + window + " ORDER BY q.created, q.query_id"
         )
         verdicts: dict[str, list[dict]] = {}
         # only the verdicts of queries in the window: a summary of one week must not read the whole log
@@ -306,6 +313,8 @@ class FeedbackStore:
             "results",
             "latency_ms",
             "adapter_fingerprint",
+            "model_version",
+            "interleave",
         )
         for row in self._fetchall(sql, args):
             q = dict(zip(keys, row, strict=True))
@@ -313,6 +322,7 @@ class FeedbackStore:
                 q["tokens"] = bytes(q["tokens"])
             q["version"] = served_version(q["query_encoder_fingerprint"], q["adapter_fingerprint"])
             q["results"] = json.loads(q["results"])
+            q["interleave"] = json.loads(q["interleave"]) if q["interleave"] else None
             q["verdicts"] = verdicts.get(q["query_id"], [])
             yield q
 
@@ -358,10 +368,16 @@ def query_row(
     latency_ms: float | None = None,
     created: float | None = None,
     adapter_fingerprint: str | None = None,
+    model_version: str | None = None,
+    interleave: dict | None = None,
+    query_id: str | None = None,
 ) -> tuple:
-    """One row of the ``queries`` table, with a fresh query id first."""
+    """One row of the ``queries`` table, its query id (fresh unless given) first.
+
+    ``model_version`` is the registry version that answered; ``interleave`` records a team-draft
+    comparison (``{"A": version, "B": version, "teams": {item id: "A" or "B"}}``)."""
     return (
-        uuid.uuid4().hex,
+        query_id or uuid.uuid4().hex,
         time.time() if created is None else created,
         mode,
         text,
@@ -372,6 +388,8 @@ def query_row(
         json.dumps(results),
         latency_ms,
         adapter_fingerprint,
+        model_version,
+        json.dumps(interleave) if interleave is not None else None,
     )
 
 

@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS queries (
     k INTEGER NOT NULL,
     results TEXT NOT NULL,
     latency_ms DOUBLE PRECISION,
-    adapter_fingerprint TEXT
+    adapter_fingerprint TEXT,
+    model_version TEXT,
+    interleave TEXT
 );
 CREATE TABLE IF NOT EXISTS feedback (
     feedback_id BIGSERIAL PRIMARY KEY,
@@ -44,6 +46,13 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
 CREATE INDEX IF NOT EXISTS queries_created ON queries(created)
+"""
+
+# Columns added after the first schema: a database created by an older isacir gains them in place.
+_ADDED_COLUMNS = """
+ALTER TABLE queries ADD COLUMN IF NOT EXISTS adapter_fingerprint TEXT;
+ALTER TABLE queries ADD COLUMN IF NOT EXISTS model_version TEXT;
+ALTER TABLE queries ADD COLUMN IF NOT EXISTS interleave TEXT
 """
 
 
@@ -95,13 +104,18 @@ class PostgresFeedbackStore(FeedbackStore):
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute("SELECT version FROM isacir_feedback_schema").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO isacir_feedback_schema VALUES (%s)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
+            if row is not None and row[0] > SCHEMA_VERSION:
                 raise FeedbackError(
                     f"{self.location} has feedback schema {row[0]}, newer than this isacir reads ({SCHEMA_VERSION})",
                     500,
                 )
+            for statement in _ADDED_COLUMNS.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            if row is None:
+                conn.execute("INSERT INTO isacir_feedback_schema VALUES (%s)", (SCHEMA_VERSION,))
+            elif row[0] < SCHEMA_VERSION:
+                conn.execute("UPDATE isacir_feedback_schema SET version = %s", (SCHEMA_VERSION,))
 
     def _insert_many(self, sql: str, rows: Sequence[tuple]) -> None:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

@@ -47,6 +47,16 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+        self.reloads = Counter(
+            "isacir_model_reloads", "Registry changes applied without a restart.", registry=self.registry
+        )
+        self.refused = Counter(
+            "isacir_version_refused",
+            "Token payloads refused because no served version reads them, by reason.",
+            ["code"],
+            registry=self.registry,
+        )
+
         self.query_log_commits = Counter(
             "isacir_query_log_commits",
             "Commits of the query log (each one fsync); group commit puts many rows in one.",

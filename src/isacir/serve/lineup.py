@@ -1,0 +1,308 @@
+"""Which query-side versions a service answers with, and which one answers each request.
+
+Every query-side version trained for one foundation writes tokens for the same frozen text
+tower and gallery, so a service can serve several at once: a device that has not updated yet
+keeps working while the others move on. A :class:`Lineup` is one immutable snapshot of what is
+served. A request takes the snapshot once and uses it to the end; a registry change builds a new
+snapshot beside it (loading only the models it did not hold yet) and swaps it in with one
+assignment, so no request is ever answered by a half-loaded model.
+
+Routing:
+  * a token payload goes to the served version with the payload's fingerprint (when an active
+    version and a canary share it, the canary gets its share of requests); a ``deprecated``
+    version answers with an ``upgrade`` notice naming the active version;
+  * a fingerprint the registry holds only as ``staged``, or does not hold, is refused with
+    ``encoder_unknown``; a ``retired`` one with ``encoder_retired``; one that belongs to another
+    foundation with ``foundation_mismatch``; every refusal names the version to update to;
+  * a thin-client search (the photo is uploaded) uses the active version, or the canary for the
+    configured share of requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import IsacirError
+from .feedback import served_version
+
+if TYPE_CHECKING:
+    from ..adapt import QueryAdapter
+    from ..foundation import Foundation
+    from ..query import QueryEncoder
+    from ..registry import Registry
+    from ..search import Retriever
+
+log = logging.getLogger(__name__)
+
+#: the registry states a service answers with, best first (``staged`` and ``retired`` never answer)
+SERVED_STATES = ("active", "canary", "deprecated")
+#: how long a model that left the lineup stays loaded, for requests that took the old snapshot
+RELEASE_AFTER_S = 60.0
+
+
+class LineupError(IsacirError):
+    pass
+
+
+class VersionRefused(IsacirError):
+    """A token payload no served version answers: HTTP 409 with ``code`` and the version to update to."""
+
+    def __init__(self, message: str, code: str, active_version: str | None):
+        super().__init__(message)
+        self.code = code
+        self.active_version = active_version
+
+
+@dataclass(eq=False)
+class Model:
+    """One loaded query-side version: the light encoder, its adapter, and the retriever over both.
+
+    Immutable while served; the registry state lives in the :class:`Served` that wraps it, so a
+    promotion swaps a few small objects and never reloads weights."""
+
+    name: str | None
+    query_encoder: QueryEncoder
+    adapter: QueryAdapter | None
+    retriever: Retriever
+    edge: dict | None = None
+    #: the folder of the version's edge package (``model.onnx`` + ``edge.json``), if it ships one
+    edge_dir: Path | None = None
+    qe_fingerprint: str = field(init=False)
+    adapter_fingerprint: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        # hashing the weights is slow; they are frozen while served, so hash once
+        self.qe_fingerprint = self.query_encoder.fingerprint
+        self.adapter_fingerprint = self.adapter.fingerprint if self.adapter is not None else None
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.qe_fingerprint, self.adapter_fingerprint)
+
+    def close(self) -> None:
+        self.retriever.close()
+
+
+@dataclass(frozen=True, eq=False)
+class Served:
+    """A model with the registry state it is served in."""
+
+    model: Model
+    state: str
+
+    @property
+    def name(self) -> str | None:
+        return self.model.name
+
+    @property
+    def version(self) -> str:
+        """What answered, by fingerprint: the query encoder, plus the adapter when one is served."""
+        return served_version(self.model.qe_fingerprint, self.model.adapter_fingerprint)
+
+    def describe(self) -> dict[str, Any]:
+        m = self.model
+        return {
+            "version": m.name,
+            "state": self.state,
+            "fingerprint": m.qe_fingerprint,
+            "adapter_fingerprint": m.adapter_fingerprint,
+            "edge": m.edge_dir is not None,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Lineup:
+    """An immutable snapshot of the served versions and of what the registry says about others."""
+
+    served: tuple[Served, ...]
+    #: every registry record (all foundations, every state); empty when serving one encoder alone
+    records: tuple[dict, ...] = ()
+    foundation_fingerprint: str = ""
+    foundation_name: str = ""
+    #: the share of thin-client requests (and of a shared fingerprint's payloads) the canary answers
+    canary_share: float = 0.0
+    #: two served version names compared by team-draft interleaving on thin-client searches
+    interleave: tuple[str, str] | None = None
+    #: when the snapshot was built, and from which registry file state
+    built: float = field(default_factory=time.time)
+    stamp: Any = None
+
+    def __post_init__(self) -> None:
+        if not self.served:
+            raise LineupError("a service needs at least one version to serve")
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise LineupError(f"canary share must be within 0..1, got {self.canary_share}")
+        if self.interleave is not None:
+            for name in self.interleave:
+                if self.by_name(name) is None:
+                    serving = ", ".join(str(s.name) for s in self.served)
+                    raise LineupError(f"--interleave names {name!r}, which is not served (serving: {serving})")
+
+    # ----- lookups --------------------------------------------------------------------------------
+    def _first(self, state: str) -> Served | None:
+        return next((s for s in self.served if s.state == state), None)
+
+    @property
+    def active(self) -> Served | None:
+        return self._first("active")
+
+    @property
+    def canary(self) -> Served | None:
+        return self._first("canary")
+
+    @property
+    def primary(self) -> Served:
+        """What thin-client searches use by default, and what ``/v1/info`` describes."""
+        return self.active or self.canary or self.served[0]
+
+    def by_name(self, name: str) -> Served | None:
+        return next((s for s in self.served if s.name == name), None)
+
+    def models(self) -> dict[tuple[str, str | None], Model]:
+        return {s.model.key: s.model for s in self.served}
+
+    # ----- routing --------------------------------------------------------------------------------
+    def for_thin_client(self, draw: float) -> Served:
+        """The version a thin-client search uses; ``draw`` is uniform in [0, 1)."""
+        active, canary = self.active, self.canary
+        if canary is not None and (active is None or draw < self.canary_share):
+            return canary
+        return self.primary
+
+    def for_tokens(self, fingerprint: str, draw: float) -> Served:
+        """The served version that reads a payload with ``fingerprint``, or :class:`VersionRefused`."""
+        matching = [s for s in self.served if s.model.qe_fingerprint == fingerprint]
+        if matching:
+            by_state = {s.state: s for s in reversed(matching)}
+            if "active" in by_state and "canary" in by_state:
+                return by_state["canary"] if draw < self.canary_share else by_state["active"]
+            return min(matching, key=lambda s: SERVED_STATES.index(s.state))
+        primary = self.primary
+        update_to = primary.name or primary.model.qe_fingerprint
+        known = [r for r in self.records if r["fingerprint"] == fingerprint]
+        ours = [r for r in known if r["foundation_fingerprint"] == self.foundation_fingerprint]
+        where = f"update the device to version {update_to} (GET /v1/edge/manifest)"
+        if known and not ours:
+            r = known[0]
+            raise VersionRefused(
+                f"token payload fingerprint {fingerprint} is version {r['version']!r}, which belongs to foundation "
+                f"{r.get('foundation_id')} ({r['foundation_fingerprint']}); this gallery is indexed by "
+                f"{self.foundation_name} ({self.foundation_fingerprint}): {where}",
+                "foundation_mismatch",
+                primary.name,
+            )
+        if any(r["state"] == "retired" for r in ours):
+            r = next(r for r in ours if r["state"] == "retired")
+            raise VersionRefused(
+                f"token payload fingerprint {fingerprint} is version {r['version']!r}, which is retired: {where}",
+                "encoder_retired",
+                primary.name,
+            )
+        if ours:
+            r = ours[0]
+            raise VersionRefused(
+                f"token payload fingerprint {fingerprint} is version {r['version']!r}, which is {r['state']} and not "
+                f"served yet: {where}",
+                "encoder_unknown",
+                primary.name,
+            )
+        raise VersionRefused(
+            f"token payload fingerprint {fingerprint} does not match a served query encoder (serving "
+            f"{', '.join(s.model.qe_fingerprint for s in self.served)}; foundation {self.foundation_name}, "
+            f"fingerprint {self.foundation_fingerprint}, which indexed this gallery): {where}, or serve the "
+            "matching query encoder",
+            "encoder_unknown",
+            primary.name,
+        )
+
+    def upgrade_for(self, served: Served) -> dict | None:
+        """The notice a ``deprecated`` version's answers carry: which version to update to."""
+        active = self.active
+        if served.state != "deprecated" or active is None:
+            return None
+        return {
+            "version": active.name,
+            "fingerprint": active.model.qe_fingerprint,
+            "manifest_url": "/v1/edge/manifest",
+            "reason": f"version {served.name} is deprecated; {active.name} is active",
+        }
+
+
+# ----- building lineups from a registry -----------------------------------------------------------
+ModelFactory = Callable[[str | None, "QueryEncoder", "QueryAdapter | None", dict | None, Path | None], Model]
+
+
+def registry_stamp(registry: Registry) -> tuple | None:
+    """What changes whenever ``registry.json`` is replaced (every registry write replaces it)."""
+    try:
+        st = (registry.folder / "registry.json").stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def lineup_from_registry(
+    registry: Registry,
+    foundation: Foundation,
+    make_model: ModelFactory,
+    previous: Lineup | None = None,
+    canary_share: float = 0.0,
+    interleave: tuple[str, str] | None = None,
+) -> Lineup:
+    """The versions of ``foundation`` that the registry says to serve, reusing ``previous``'s loaded models.
+
+    Models are loaded here, before anything is swapped, so a version that fails to load fails
+    this build and leaves the running lineup as it was."""
+    from ..adapt import QueryAdapter
+    from ..query import QueryEncoder
+
+    stamp = registry_stamp(registry)
+    records = registry.versions()
+    held = previous.models() if previous is not None else {}
+    served: list[Served] = []
+    for rec in records:
+        if rec["state"] not in SERVED_STATES or rec["foundation_fingerprint"] != foundation.fingerprint:
+            continue
+        key = (rec["fingerprint"], (rec.get("adapter") or {}).get("fingerprint"))
+        model = held.get(key)
+        if model is None or model.name != rec["version"]:
+            qe = QueryEncoder.from_pretrained(registry.path_of(rec["version"]), foundation=foundation).eval()
+            qa = None
+            if rec.get("adapter"):
+                qa = QueryAdapter.from_pretrained(registry.path_of(rec["version"], "adapter"))
+            edge_dir = registry.path_of(rec["version"], "edge") if rec.get("edge") else None
+            model = make_model(rec["version"], qe, qa, rec.get("edge"), edge_dir)
+            if model.key != key:
+                raise LineupError(
+                    f"version {rec['version']!r} in {registry.folder} holds {model.key}, but the registry "
+                    f"records {key}: its files were changed after it was added"
+                )
+        served.append(Served(model, rec["state"]))
+    served.sort(key=lambda s: SERVED_STATES.index(s.state))
+    if not served:
+        states = ", ".join(f"{r['version']} ({r['state']})" for r in records) or "none"
+        raise LineupError(
+            f"the registry {registry.folder} has no version of foundation {foundation.name} "
+            f"({foundation.fingerprint}) to serve (versions: {states}); promote one: "
+            "isacir models promote NAME --to active"
+        )
+    return Lineup(
+        tuple(served),
+        tuple(records),
+        foundation.fingerprint,
+        foundation.name,
+        canary_share,
+        interleave,
+        stamp=stamp,
+    )
+
+
+def released_models(old: Lineup, new: Lineup) -> Sequence[Model]:
+    """The models ``old`` served that ``new`` does not."""
+    keep = {id(m) for m in new.models().values()}
+    return [m for m in old.models().values() if id(m) not in keep]
