@@ -21,6 +21,7 @@ SEMANTIC = {
     "POST /v1/gallery",
     "POST /v1/feedback",
     "GET /v1/pilot/summary",
+    "GET /v1/interleaving",
 }
 
 
