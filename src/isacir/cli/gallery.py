@@ -16,8 +16,15 @@ from ._app import DEVICE_HELP, app, emit_json, err, gallery_app, out
 
 @app.command("index")
 def index_cmd(
-    paths: list[str] = typer.Argument(..., help="Folders, .txt file lists or .tar shards to index."),
+    paths: Optional[list[str]] = typer.Argument(
+        None, help="Folders, .txt file lists or .tar shards to index (none with --generation: its items are copied)."
+    ),
     gallery: Path = typer.Option(..., help="Gallery folder (created on first use)."),
+    generation: Optional[str] = typer.Option(
+        None,
+        help="Build (or bring up to date) this generation of the gallery's items with --foundation, beside the "
+        "serving one: a foundation upgrade with no downtime.",
+    ),
     foundation: Optional[str] = typer.Option(None, help="Large model; required for a new gallery."),
     store: str = typer.Option("faiss", help="faiss | milvus://./gallery.db | milvus://host:19530"),
     index: Optional[str] = typer.Option(
@@ -53,6 +60,10 @@ def index_cmd(
 
     if nice > 0:
         os.nice(nice)
+    if generation is not None:
+        return _build_generation(gallery, generation, foundation, paths, batch_size, device, progress, as_json)
+    if not paths:
+        raise typer.BadParameter("name the folders, file lists or shards to index (PATHS)")
     meta = None
     by_path = None
     if metadata and metadata.endswith(".jsonl"):
@@ -65,10 +76,11 @@ def index_cmd(
         if not isinstance(meta, dict):
             raise IsacirError("--metadata must be a JSON object")
     if foundation is None:
-        info_path = gallery / "gallery.json"
-        if not info_path.is_file():
+        if not (gallery / "gallery.json").is_file():
             raise IsacirError(f"{gallery} is a new gallery: pass --foundation")
-        foundation = json.loads(info_path.read_text())["foundation_id"]
+        from ..gallery.generations import Generations
+
+        foundation = Generations(gallery).serving()["foundation_id"]
     fnd = create_foundation(foundation, device=device)
     g = Gallery.open_or_create(gallery, fnd, store, index=index)
     _writer_settings(g, no_wait)
@@ -106,8 +118,69 @@ def index_cmd(
     for reason, files in sorted(report.skipped.items()):
         for f in files[:10]:
             err.print(f"  skipped ({reason}) {f}", highlight=False)
+    synced = (
+        _sync_other_generations(gallery, g.generation_name, batch_size, device, progress)
+        if (report.added or report.updated or report.removed)
+        else {}
+    )
     if as_json:
-        emit_json(report.to_dict())
+        emit_json({**report.to_dict(), **({"generations": synced} if synced else {})})
+
+
+def _sync_other_generations(gallery: Path, serving: str, batch_size: int, device: str, progress: bool) -> dict:
+    """Keep every other live generation holding the same items (each with its own foundation), so
+    devices still on an older foundation find what was just indexed."""
+    from ..foundation import create_foundation
+    from ..gallery.generations import Generations
+
+    gens = Generations(gallery)
+    out = {}
+    for g in gens.live():
+        if g["name"] == serving:
+            continue
+        err.print(f"bringing generation {g['name']} ({g['foundation_id']}) up to date", highlight=False)
+        fnd = create_foundation(g["foundation_id"], device=device)
+        out[g["name"]] = gens.build(g["name"], fnd, batch_size=batch_size, progress=progress, actor=_actor())
+    return out
+
+
+def _actor() -> str:
+    from ..audit import cli_actor
+
+    return cli_actor()
+
+
+def _build_generation(
+    gallery: Path,
+    name: str,
+    foundation: Optional[str],
+    paths: Optional[list[str]],
+    batch_size: int,
+    device: str,
+    progress: bool,
+    as_json: bool,
+) -> None:
+    from ..foundation import create_foundation
+    from ..gallery.generations import Generations
+
+    if paths:
+        raise typer.BadParameter("--generation copies the gallery's items; index new PATHS into the gallery first")
+    gens = Generations(gallery)
+    if foundation is None:
+        try:
+            foundation = gens.get(name)["foundation_id"]
+        except IsacirError:
+            raise typer.BadParameter("a new generation needs --foundation (the model it is built with)") from None
+    fnd = create_foundation(foundation, device=device)
+    report = gens.build(name, fnd, batch_size=batch_size, progress=progress, actor=_actor())
+    failed = sum(report["failed"].values())
+    err.print(
+        f"generation {name}: {report['items']} of {report['source_items']} items ({report['encoded']} encoded, "
+        f"{report['removed']} removed{f', {failed} failed' if failed else ''}); state {report['state']}",
+        highlight=False,
+    )
+    if as_json:
+        emit_json(report)
 
 
 def read_metadata_jsonl(path: Path) -> dict[str, dict]:
@@ -139,6 +212,58 @@ def gallery_info(gallery: Path = typer.Argument(...)) -> None:
     from ..gallery import Gallery
 
     emit_json(Gallery.open(gallery).describe())
+
+
+@gallery_app.command("generations")
+def gallery_generations(
+    gallery: Path = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json", help="One object per generation."),
+) -> None:
+    """The gallery's generations (one per foundation), their states and which one serves."""
+    from ..gallery.generations import Generations
+
+    rows = Generations(gallery).all()
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("generation", "state", "foundation", "fingerprint", "path")
+    for g in rows:
+        table.add_row(
+            g["name"] + (" *" if g["serving"] else ""),
+            g["state"],
+            g["foundation_id"],
+            g["foundation_fingerprint"],
+            g["path"],
+        )
+    out.print(table)
+
+
+@gallery_app.command("promote-generation")
+def gallery_promote_generation(
+    gallery: Path = typer.Argument(...),
+    name: str = typer.Argument(..., help="The ready generation to serve."),
+    reason: str = typer.Option("", help="Recorded in the history."),
+) -> None:
+    """Switch thin-client searches and new devices to generation NAME, atomically (services follow)."""
+    from ..gallery.generations import Generations
+
+    g = Generations(gallery).promote(name, actor=_actor(), reason=reason)
+    err.print(f"generation {name} ({g['foundation_id']}) now serves {gallery}", highlight=False)
+    emit_json(g)
+
+
+@gallery_app.command("retire-generation")
+def gallery_retire_generation(
+    gallery: Path = typer.Argument(...),
+    name: str = typer.Argument(..., help="A generation that no longer serves."),
+    reason: str = typer.Option("", help="Recorded in the history."),
+) -> None:
+    """Stop answering from generation NAME and drop its vectors (its devices must have updated)."""
+    from ..gallery.generations import Generations
+
+    g = Generations(gallery).retire(name, actor=_actor(), reason=reason)
+    err.print(f"generation {name} retired; {g['freed_bytes']:,} bytes freed", highlight=False)
+    emit_json(g)
 
 
 @gallery_app.command("rm")

@@ -171,6 +171,11 @@ class Gallery:
 
     def __init__(self, directory: str | os.PathLike, info: dict, store: VectorStore):
         self.dir = Path(directory)
+        #: the gallery folder a user names: the same as ``dir``, or the folder whose serving
+        #: generation this is (what is shared by every generation lives there: feedback, uploads, keys)
+        self.home = self.dir
+        #: the generation this is (see :mod:`isacir.gallery.generations`)
+        self.generation_name: str = "main"
         self.info = info
         self.store = store
         self._local = threading.local()
@@ -203,8 +208,26 @@ class Gallery:
 
     # ----- open / create ----------------------------------------------------------------------------
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> Gallery:
-        directory = Path(directory)
+    def open(
+        cls, directory: str | os.PathLike, generation: str | None = None, generation_root: bool = False
+    ) -> Gallery:
+        """The gallery at ``directory``: its serving generation, or ``generation`` by name
+        (``generation_root``: the folder itself, whatever serves)."""
+        from .generations import GENERATIONS_FILE, Generations
+
+        home = Path(directory)
+        if not generation_root and ((home / GENERATIONS_FILE).is_file() or generation is not None):
+            gens = Generations(home)
+            g = gens.get(generation) if generation is not None else gens.serving()
+            if g["state"] == "retired":
+                raise GalleryError(f"generation {g['name']!r} of {home} is retired; its vectors are gone")
+            gallery = cls.open(home / g["path"], generation_root=True)
+            gallery.home, gallery.generation_name = home, g["name"]
+            return gallery
+        return cls._open_folder(home)
+
+    @classmethod
+    def _open_folder(cls, directory: Path) -> Gallery:
         meta = directory / "gallery.json"
         if not meta.is_file():
             raise GalleryError(f"{directory} is not a gallery (no gallery.json); create one with `isacir index`")
@@ -912,6 +935,85 @@ class Gallery:
                 return candidate
             candidate = (candidate + 1) % (1 << 53)
 
+    # ----- generations ------------------------------------------------------------------------------
+    @_holding_writer_lock
+    def copy_items_from(
+        self, source: Gallery, foundation: Foundation, batch_size: int = 32, progress: bool = True
+    ) -> dict:
+        """Hold exactly ``source``'s items (same ids, paths and metadata), with vectors of this
+        gallery's ``foundation``: encode what is missing or changed, drop what ``source`` lacks.
+
+        How a new generation is built and kept up to date (:class:`~.generations.Generations`).
+        Items whose image cannot be read now are reported under ``failed`` and left out."""
+        from ..progress import progress_bar
+
+        self.check_foundation(foundation)
+        wanted = {it["id"]: it for it in source.items()}
+        mine = {it["id"]: it for it in self.items()}
+        stale = [i for i in mine if i not in wanted]
+        removed = self.remove(stale, tombstone=False) if stale else 0
+        todo = [it for i, it in wanted.items() if i not in mine or mine[i]["hash"] != it["hash"]]
+        meta = [
+            (json.dumps(it["metadata"]), i)
+            for i, it in wanted.items()
+            if i in mine and mine[i]["hash"] == it["hash"] and mine[i]["metadata"] != it["metadata"]
+        ]
+        if meta:
+            with self._write_lock, self.db() as db:
+                db.executemany("UPDATE items SET metadata = ? WHERE id = ?", meta)
+        records = _records_for_keys([it["path"] for it in todo])
+        failed: dict[str, list[str]] = {}
+        encoded = 0
+        bar = progress_bar(total=len(todo), desc=f"generation {self.generation_name}", unit="img", disable=not progress)
+        usable = [j for j, r in enumerate(records) if r is not None]
+        for j, r in enumerate(records):
+            if r is None:
+                failed.setdefault("missing", []).append(todo[j]["path"])
+        for batch in encode_records([records[j] for j in usable], foundation, batch_size):  # type: ignore[misc]
+            rows, vecs = [], []
+            for i, digest, vec, error in batch:
+                it = todo[usable[i]]
+                if error:
+                    reason, _, message = error.partition("|")
+                    failed.setdefault(reason, []).append(message)
+                    continue
+                size, mtime = _stat(records[usable[i]])  # type: ignore[arg-type]
+                rows.append((it["id"], it["path"], digest, size, mtime, time.time(), json.dumps(it["metadata"])))
+                vecs.append(vec)
+            if rows:
+                with self._write_lock:
+                    self._commit_batch(rows, np.stack(vecs))
+                    self.sync()
+                encoded += len(rows)
+            bar.update(len(batch))
+        bar.update(len(todo) - len(usable))
+        bar.close()
+        with self._write_lock:
+            self.sync(checkpoint=True)
+        return {
+            "items": self.count(),
+            "source_items": len(wanted),
+            "encoded": encoded,
+            "removed": removed,
+            "metadata_updated": len(meta),
+            "unchanged": len(wanted) - len(todo) - len(meta),
+            "failed": {k: len(v) for k, v in failed.items()},
+            "failed_examples": {k: v[:5] for k, v in failed.items()},
+        }
+
+    def drop_vectors(self) -> int:
+        """Remove every item and vector of this folder and compact it; returns the bytes freed.
+
+        For a retired generation: its items live on in the serving generation."""
+        before = _folder_bytes(self.dir)
+        with self.writing():
+            ids = [int(i) for i in self.ids()]
+            if ids:
+                self.remove(ids, tombstone=False)
+            self.rebuild_index()
+        self.db().execute("VACUUM")
+        return max(0, before - _folder_bytes(self.dir))
+
     # ----- search -----------------------------------------------------------------------------------
     def ids_matching(self, where: Filter) -> np.ndarray:
         """Ids of the items whose metadata passes the filter (:func:`check_filter`), ascending."""
@@ -1157,6 +1259,30 @@ def encode_records(
                 vecs = foundation.encode_image(torch.stack([b[2] for b in good])).float().cpu().numpy()
             out += [(b[0], b[1], vecs[j], "") for j, b in enumerate(good)]
         yield out
+
+
+def _records_for_keys(keys: Sequence[str]) -> list[ImageRecord | None]:
+    """Where the images of gallery keys are now: a file, or a tar member found by re-reading its
+    shard's index (None for a key whose shard or member is gone)."""
+    shards: dict[str, dict[str, ImageRecord]] = {}
+    out: list[ImageRecord | None] = []
+    for key in keys:
+        if "::" not in key:
+            out.append(ImageRecord(key) if os.path.isfile(key) else None)
+            continue
+        shard = key.split("::", 1)[0]
+        if shard not in shards:
+            try:
+                found = discover_images([shard], extensions=GALLERY_EXTENSIONS, canonical=True)
+            except (OSError, IsacirError):
+                found = []
+            shards[shard] = {r.key: r for r in found}
+        out.append(shards[shard].get(key))
+    return out
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _stat(rec: ImageRecord) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from .keys import SCOPES, ApiKey, KeyFileError, KeyRing, retry_after_header
 from .lineup import (
     RELEASE_AFTER_S,
     Lineup,
+    LiveGeneration,
     Model,
     Served,
     VersionRefused,
@@ -340,7 +342,14 @@ class ServiceState:
         settings: ServeSettings,
         adapter: QueryAdapter | None = None,
         registry: Registry | None = None,
+        foundation_loader: Callable[[str], Foundation] | None = None,
     ):
+        """``foundation_loader`` opens the foundation of another live gallery generation by name
+        (default: :func:`isacir.foundation.create_foundation` on the CPU)."""
+        if foundation_loader is None:
+            from ..foundation import create_foundation
+
+            foundation_loader = create_foundation
         if min(settings.max_batch, settings.max_inflight, settings.batch_workers) < 1 or settings.batch_wait_ms < 0:
             raise IsacirError(
                 "max_batch, max_inflight and batch_workers must be >= 1 and batch_wait_ms >= 0; got "
@@ -348,24 +357,35 @@ class ServiceState:
             )
         if (query_encoder is None) == (registry is None):
             raise IsacirError("serve either one query encoder or the versions of a registry (exactly one of them)")
-        self.gallery = gallery
-        self.foundation = foundation
         self.settings = settings
         self.registry = registry
-        self.foundation_fingerprint = foundation.fingerprint
-        self._first_retriever: Retriever | None = None
+        self.home = gallery.home
+        self._load_foundation = foundation_loader
+        self._first_retrievers: dict[str, Retriever] = {}
+        first = LiveGeneration(gallery.generation_name, gallery, foundation)
         if registry is None:
             assert query_encoder is not None
-            only = Served(self._make_model(None, query_encoder, adapter, None, None), "active")
+            only = Served(self._make_model(None, query_encoder, adapter, None, None, first), "active")
             self.lineup = Lineup(
                 (only,), foundation_fingerprint=foundation.fingerprint, foundation_name=foundation.name
             )
+            self._gallery_fixed: Gallery | None = gallery
+            self._foundation_fixed: Foundation | None = foundation
         else:
+            self._gallery_fixed = self._foundation_fixed = None
+            generations = self._live_generations(first, None)
             self.lineup = lineup_from_registry(
-                registry, foundation, self._make_model, None, settings.canary_share, settings.interleave
+                registry,
+                generations,
+                self._make_model,
+                None,
+                settings.canary_share,
+                settings.interleave,
+                stamp=self._stamp(),
             )
-        gallery.follow()  # other processes' index runs reach searches without searches replaying them
-        self.feedback = open_store(settings.feedback_db or gallery.dir / "feedback.sqlite")
+        for g in self._galleries():
+            g.follow()  # other processes' index runs reach searches without searches replaying them
+        self.feedback = open_store(settings.feedback_db or self.home / "feedback.sqlite")
         self.metrics = ServiceMetrics()
         self.query_log = QueryLog(self.feedback, settings.query_log, on_commit=self.metrics.query_log_committed)
         self.composer: MicroBatcher = MicroBatcher(
@@ -378,14 +398,14 @@ class ServiceState:
             wait_ratio=0.25,
         )
         self.keys = settings.keys or KeyRing.from_secrets(settings.api_keys)
-        self.audit = AuditLog(settings.audit_log or AuditLog.of_gallery(gallery.dir).path)
-        self.upload_dir = Path(settings.upload_dir or gallery.dir / "uploads").resolve()
+        self.audit = AuditLog(settings.audit_log or AuditLog.of_gallery(self.home).path)
+        self.upload_dir = Path(settings.upload_dir or self.home / "uploads").resolve()
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         self._thumbs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._last_prune = 0.0
         self._reload_lock = threading.Lock()
-        self._released: list[tuple[float, Model]] = []
+        self._released: list[tuple[float, Model | LiveGeneration]] = []
         self._failed_stamp: object = None
         self.last_reload_error: str | None = None
         self._stop = threading.Event()
@@ -397,24 +417,97 @@ class ServiceState:
 
     # ----- the served versions --------------------------------------------------------------------
     def _make_model(
-        self, name: str | None, qe: QueryEncoder, adapter: QueryAdapter | None, edge: dict | None, edge_dir
+        self,
+        name: str | None,
+        qe: QueryEncoder,
+        adapter: QueryAdapter | None,
+        edge: dict | None,
+        edge_dir,
+        generation: LiveGeneration,
     ) -> Model:
-        """A loaded version: every version's retriever shares the first one's re-ranking cache."""
+        """A loaded version over its generation's gallery; the versions of one foundation share the
+        first one's re-ranking cache."""
         from ..search import Retriever
 
-        if self._first_retriever is None:
+        first = self._first_retrievers.get(generation.foundation_fingerprint)
+        if first is None or first.gallery is not generation.gallery:
             retriever = Retriever(
-                self.gallery,
-                self.foundation,
+                generation.gallery,
+                generation.foundation,
                 qe,
                 adapter=adapter,
                 itm_cache_bytes=int(self.settings.itm_cache_mb * 2**20),
                 itm_concurrency=self.settings.itm_concurrency,
             )  # checks they all agree
-            self._first_retriever = retriever
+            self._first_retrievers[generation.foundation_fingerprint] = retriever
         else:
-            retriever = self._first_retriever.sibling(qe, adapter)
-        return Model(name, qe, adapter, retriever, edge, edge_dir)
+            retriever = first.sibling(qe, adapter)
+        return Model(name, qe, adapter, retriever, edge, edge_dir, generation.name)
+
+    # ----- gallery generations --------------------------------------------------------------------
+    def _stamp(self) -> tuple:
+        from ..gallery.generations import Generations
+
+        assert self.registry is not None
+        return (registry_stamp(self.registry), Generations(self.home).stamp())
+
+    def _live_generations(self, first: LiveGeneration | None, previous: Lineup | None) -> list[LiveGeneration]:
+        """The serving generation first, then every other ready one; reuses what ``previous`` held
+        (and ``first``, the gallery the service was started with)."""
+        from ..gallery import Gallery
+        from ..gallery.generations import Generations
+
+        held = {g.name: g for g in (previous.generations if previous is not None else ())}
+        if first is not None:
+            held.setdefault(first.name, first)
+        out = []
+        for g in sorted(Generations(self.home).live(), key=lambda g: not g["serving"]):
+            live = held.get(g["name"])
+            if live is None:
+                gallery = Gallery.open(self.home, generation=g["name"])
+                fnd = next(
+                    (h.foundation for h in held.values() if h.foundation_fingerprint == g["foundation_fingerprint"]),
+                    None,
+                ) or self._load_foundation(g["foundation_id"])
+                live = LiveGeneration(g["name"], gallery, fnd)
+                gallery.check_foundation(fnd)
+                if previous is not None:
+                    gallery.follow()
+            out.append(live)
+        return out
+
+    def _galleries(self) -> list[Gallery]:
+        if self._gallery_fixed is not None:
+            return [self._gallery_fixed]
+        return [g.gallery for g in self.lineup.generations]
+
+    @property
+    def gallery(self) -> Gallery:
+        """The serving generation's gallery: the item catalog (ids are the same in every generation)."""
+        if self._gallery_fixed is not None:
+            return self._gallery_fixed
+        gen = self.lineup.serving_generation
+        assert gen is not None
+        return gen.gallery
+
+    @property
+    def foundation(self) -> Foundation:
+        if self._foundation_fixed is not None:
+            return self._foundation_fixed
+        gen = self.lineup.serving_generation
+        assert gen is not None
+        return gen.foundation
+
+    @property
+    def foundation_fingerprint(self) -> str:
+        return self.lineup.foundation_fingerprint
+
+    def live_generations(self) -> list[tuple[Gallery, Foundation]]:
+        """Every gallery a write must reach, each with the foundation that encodes for it."""
+        if self._gallery_fixed is not None:
+            assert self._foundation_fixed is not None
+            return [(self._gallery_fixed, self._foundation_fixed)]
+        return [(g.gallery, g.foundation) for g in self.lineup.generations]
 
     @property
     def primary(self) -> Served:
@@ -452,12 +545,18 @@ class ServiceState:
             raise IsacirError("this service serves one query encoder, not a registry: nothing to reload")
         with self._reload_lock:
             old = self.lineup
-            stamp = registry_stamp(self.registry)
+            stamp = self._stamp()
             if not force and stamp == old.stamp:
                 return {"changed": False, "versions": [s.describe() for s in old.served]}
             try:
                 new = lineup_from_registry(
-                    self.registry, self.foundation, self._make_model, old, old.canary_share, old.interleave
+                    self.registry,
+                    self._live_generations(None, old),
+                    self._make_model,
+                    old,
+                    old.canary_share,
+                    old.interleave,
+                    stamp=stamp,
                 )
             except Exception as exc:
                 self._failed_stamp = stamp
@@ -475,7 +574,8 @@ class ServiceState:
             return {"changed": True, "versions": [s.describe() for s in new.served]}
 
     def _close_released(self, now: float) -> None:
-        """Unload models that left the lineup long enough ago that no request still holds them."""
+        """Unload models (and close generations) that left the lineup long enough ago that no
+        request still holds them."""
         keep = []
         for t, model in self._released:
             if now - t >= RELEASE_AFTER_S:
@@ -488,7 +588,10 @@ class ServiceState:
         registry = self.registry
         assert registry is not None
         while not self._stop.wait(self.settings.registry_poll_s):
-            stamp = registry_stamp(registry)
+            try:
+                stamp = self._stamp()
+            except Exception:  # noqa: BLE001  (a damaged file: keep serving, try again)
+                continue
             if stamp != self.lineup.stamp and stamp != self._failed_stamp:
                 with contextlib.suppress(Exception):  # logged by reload; the old lineup keeps serving
                     self.reload()
@@ -522,7 +625,8 @@ class ServiceState:
             self._watcher.join(timeout=10)
         self.composer.close()
         self.query_log.close()
-        self.gallery.close()  # persists what the service's uploads changed, when no one else is writing
+        for g in self._galleries():
+            g.close()  # persists what the service's uploads changed, when no one else is writing
 
     def maybe_prune(self, every_s: float = 600.0) -> int:
         """Apply the query-log retention at most every ``every_s`` seconds (cheap to call per request)."""
@@ -531,8 +635,9 @@ class ServiceState:
         if now - self._last_prune < every_s:
             return 0
         self._last_prune = now
-        with contextlib.suppress(OSError):  # a read-only gallery folder keeps them in memory only
-            self.gallery.save_tuning_queries()
+        for g in self._galleries():
+            with contextlib.suppress(OSError):  # a read-only gallery folder keeps them in memory only
+                g.save_tuning_queries()
         return self.feedback.prune(days, now) if days is not None else 0
 
     def info(self) -> dict:
@@ -544,6 +649,11 @@ class ServiceState:
             "version": __version__,
             "foundation": self.foundation.name,
             "foundation_fingerprint": self.foundation_fingerprint,
+            "generation": self.gallery.generation_name,
+            "generations": [
+                {"name": g.name, "foundation": g.foundation.name, "foundation_fingerprint": g.foundation_fingerprint}
+                for g in lineup.generations
+            ],
             "query_encoder_fingerprint": primary.model.qe_fingerprint,
             "model_version": primary.name,
             "adapter": primary.model.adapter.describe() if primary.model.adapter is not None else None,
@@ -896,7 +1006,7 @@ def create_app(state: ServiceState) -> FastAPI:
         retriever = served.model.retriever
         prepared = retriever.prepare_tokens(tokens)
         query = state.compose(retriever, prepared, text)
-        state.gallery.note_query(query)  # real composed queries are what the IVF index is tuned on
+        retriever.gallery.note_query(query)  # real composed queries are what the IVF index is tuned on
         hits = retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude), where=where)
         return hits, retriever.reranker(True) if rerank else "none"
 
@@ -1071,9 +1181,13 @@ def create_app(state: ServiceState) -> FastAPI:
                 status_code=status,
             )
         # an explicit upload brings back a file that was deleted before (no tombstone applies)
-        report = state.gallery.index(
-            [str(p) for _, p in saved], state.foundation, progress=False, restore=True, metadata_by_path=meta_of
-        )
+        # every live generation gets the images (each encoded by its own foundation), so devices on
+        # an older foundation find them too; the serving generation's report is the one returned
+        reports = [
+            gallery.index([str(p) for _, p in saved], fnd, progress=False, restore=True, metadata_by_path=meta_of)
+            for gallery, fnd in state.live_generations()
+        ]
+        report = reports[0]
         ids = state.gallery.ids_for_paths([str(p) for _, p in saved])
         added = [{"filename": n, "id": ids.get(str(p))} for n, p in saved]
         state.audit.record(request.state.actor, "gallery.add", items=added, via="api")
@@ -1086,7 +1200,8 @@ def create_app(state: ServiceState) -> FastAPI:
         path = state.gallery.path_of(item_id)
         if path is None:
             raise _error(404, f"no gallery item {item_id}", "not_found")
-        state.gallery.remove([item_id])
+        for gallery, _ in state.live_generations():
+            gallery.remove([item_id])
         state.audit.record(request.state.actor, "gallery.remove", ids=[item_id], paths=[path], via="api")
         state.forget_thumbnails(item_id)
         p = Path(path)
@@ -1347,7 +1462,16 @@ def load_service(
         from ..adapt import QueryAdapter
 
         qa = QueryAdapter.from_pretrained(adapter)
-    app = create_app(ServiceState(g, fnd, qe, settings, adapter=qa, registry=reg))
+    state = ServiceState(
+        g,
+        fnd,
+        qe,
+        settings,
+        adapter=qa,
+        registry=reg,
+        foundation_loader=lambda name: create_foundation(name, device=device),
+    )
+    app = create_app(state)
     # The models are hundreds of thousands of long-lived Python objects. A full garbage collection
     # scans them all, tens of milliseconds during which every request waits: that was the p99 tail
     # under load. Frozen objects are never scanned again; what requests allocate still is.

@@ -33,6 +33,7 @@ from .feedback import served_version
 if TYPE_CHECKING:
     from ..adapt import QueryAdapter
     from ..foundation import Foundation
+    from ..gallery import Gallery
     from ..query import QueryEncoder
     from ..registry import Registry
     from ..search import Retriever
@@ -58,6 +59,22 @@ class VersionRefused(IsacirError):
         self.active_version = active_version
 
 
+@dataclass(frozen=True, eq=False)
+class LiveGeneration:
+    """A generation of the gallery that a service answers from, with the foundation that indexed it."""
+
+    name: str
+    gallery: Gallery
+    foundation: Foundation
+
+    @property
+    def foundation_fingerprint(self) -> str:
+        return str(self.gallery.info["foundation_fingerprint"])
+
+    def close(self) -> None:
+        self.gallery.close()
+
+
 @dataclass(eq=False)
 class Model:
     """One loaded query-side version: the light encoder, its adapter, and the retriever over both.
@@ -72,6 +89,8 @@ class Model:
     edge: dict | None = None
     #: the folder of the version's edge package (``model.onnx`` + ``edge.json``), if it ships one
     edge_dir: Path | None = None
+    #: the generation whose gallery this version searches (None: the only one)
+    generation: str | None = None
     qe_fingerprint: str = field(init=False)
     adapter_fingerprint: str | None = field(init=False)
 
@@ -79,6 +98,10 @@ class Model:
         # hashing the weights is slow; they are frozen while served, so hash once
         self.qe_fingerprint = self.query_encoder.fingerprint
         self.adapter_fingerprint = self.adapter.fingerprint if self.adapter is not None else None
+
+    @property
+    def foundation_fingerprint(self) -> str:
+        return str(self.retriever.foundation.fingerprint)
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -112,6 +135,7 @@ class Served:
             "fingerprint": m.qe_fingerprint,
             "adapter_fingerprint": m.adapter_fingerprint,
             "edge": m.edge_dir is not None,
+            "generation": m.generation,
         }
 
 
@@ -128,7 +152,10 @@ class Lineup:
     canary_share: float = 0.0
     #: two served version names compared by team-draft interleaving on thin-client searches
     interleave: tuple[str, str] | None = None
-    #: when the snapshot was built, and from which registry file state
+    #: the gallery generations answered from; the first is the serving one (empty: the service's
+    #: one gallery, when no registry is served)
+    generations: tuple[LiveGeneration, ...] = ()
+    #: when the snapshot was built, and from which registry and generations file states
     built: float = field(default_factory=time.time)
     stamp: Any = None
 
@@ -145,7 +172,25 @@ class Lineup:
 
     # ----- lookups --------------------------------------------------------------------------------
     def _first(self, state: str) -> Served | None:
-        return next((s for s in self.served if s.state == state), None)
+        """The first version in ``state`` of the serving generation's foundation."""
+        return next(
+            (
+                s
+                for s in self.served
+                if s.state == state
+                and (not self.generations or s.model.foundation_fingerprint == self.foundation_fingerprint)
+            ),
+            None,
+        )
+
+    @property
+    def serving_generation(self) -> LiveGeneration | None:
+        return self.generations[0] if self.generations else None
+
+    def served_foundations(self) -> set[str]:
+        return (
+            {s.model.foundation_fingerprint for s in self.served} if self.generations else {self.foundation_fingerprint}
+        )
 
     @property
     def active(self) -> Served | None:
@@ -185,7 +230,8 @@ class Lineup:
         primary = self.primary
         update_to = primary.name or primary.model.qe_fingerprint
         known = [r for r in self.records if r["fingerprint"] == fingerprint]
-        ours = [r for r in known if r["foundation_fingerprint"] == self.foundation_fingerprint]
+        served_foundations = self.served_foundations()
+        ours = [r for r in known if r["foundation_fingerprint"] in served_foundations]
         where = f"update the device to version {update_to} (GET /v1/edge/manifest)"
         if known and not ours:
             r = known[0]
@@ -221,20 +267,32 @@ class Lineup:
         )
 
     def upgrade_for(self, served: Served) -> dict | None:
-        """The notice a ``deprecated`` version's answers carry: which version to update to."""
+        """The notice the answers of a ``deprecated`` version, or of a version of a generation that
+        no longer serves, carry: which version to update to."""
         active = self.active
-        if served.state != "deprecated" or active is None:
+        if active is None or served is active:
+            return None
+        if served.model.foundation_fingerprint != active.model.foundation_fingerprint and self.generations:
+            reason = (
+                f"version {served.name} belongs to generation {served.model.generation}, which no longer serves; "
+                f"{active.name} is active on generation {active.model.generation}"
+            )
+        elif served.state == "deprecated":
+            reason = f"version {served.name} is deprecated; {active.name} is active"
+        else:
             return None
         return {
             "version": active.name,
             "fingerprint": active.model.qe_fingerprint,
             "manifest_url": "/v1/edge/manifest",
-            "reason": f"version {served.name} is deprecated; {active.name} is active",
+            "reason": reason,
         }
 
 
 # ----- building lineups from a registry -----------------------------------------------------------
-ModelFactory = Callable[[str | None, "QueryEncoder", "QueryAdapter | None", dict | None, Path | None], Model]
+ModelFactory = Callable[
+    [str | None, "QueryEncoder", "QueryAdapter | None", dict | None, Path | None, LiveGeneration], Model
+]
 
 
 def registry_stamp(registry: Registry) -> tuple | None:
@@ -248,61 +306,75 @@ def registry_stamp(registry: Registry) -> tuple | None:
 
 def lineup_from_registry(
     registry: Registry,
-    foundation: Foundation,
+    generations: Sequence[LiveGeneration],
     make_model: ModelFactory,
     previous: Lineup | None = None,
     canary_share: float = 0.0,
     interleave: tuple[str, str] | None = None,
+    stamp: Any = None,
 ) -> Lineup:
-    """The versions of ``foundation`` that the registry says to serve, reusing ``previous``'s loaded models.
+    """The registry versions of the live generations' foundations, reusing ``previous``'s loaded
+    models. ``generations[0]`` is the serving one.
 
     Models are loaded here, before anything is swapped, so a version that fails to load fails
     this build and leaves the running lineup as it was."""
     from ..adapt import QueryAdapter
     from ..query import QueryEncoder
 
-    stamp = registry_stamp(registry)
+    if not generations:
+        raise LineupError("no live gallery generation to serve")
+    by_foundation = {g.foundation_fingerprint: g for g in generations}
     records = registry.versions()
     held = previous.models() if previous is not None else {}
     served: list[Served] = []
     for rec in records:
-        if rec["state"] not in SERVED_STATES or rec["foundation_fingerprint"] != foundation.fingerprint:
+        gen = by_foundation.get(rec["foundation_fingerprint"])
+        if rec["state"] not in SERVED_STATES or gen is None:
             continue
         key = (rec["fingerprint"], (rec.get("adapter") or {}).get("fingerprint"))
         model = held.get(key)
-        if model is None or model.name != rec["version"]:
-            qe = QueryEncoder.from_pretrained(registry.path_of(rec["version"]), foundation=foundation).eval()
+        if model is None or model.name != rec["version"] or model.retriever.gallery is not gen.gallery:
+            qe = QueryEncoder.from_pretrained(registry.path_of(rec["version"]), foundation=gen.foundation).eval()
             qa = None
             if rec.get("adapter"):
                 qa = QueryAdapter.from_pretrained(registry.path_of(rec["version"], "adapter"))
             edge_dir = registry.path_of(rec["version"], "edge") if rec.get("edge") else None
-            model = make_model(rec["version"], qe, qa, rec.get("edge"), edge_dir)
+            model = make_model(rec["version"], qe, qa, rec.get("edge"), edge_dir, gen)
             if model.key != key:
                 raise LineupError(
                     f"version {rec['version']!r} in {registry.folder} holds {model.key}, but the registry "
                     f"records {key}: its files were changed after it was added"
                 )
         served.append(Served(model, rec["state"]))
-    served.sort(key=lambda s: SERVED_STATES.index(s.state))
-    if not served:
+    serving_fp = generations[0].foundation_fingerprint
+    # the serving generation's versions first, then by state
+    served.sort(key=lambda s: (s.model.foundation_fingerprint != serving_fp, SERVED_STATES.index(s.state)))
+    if not any(s.model.foundation_fingerprint == serving_fp for s in served):
         states = ", ".join(f"{r['version']} ({r['state']})" for r in records) or "none"
+        fnd = generations[0].foundation
         raise LineupError(
-            f"the registry {registry.folder} has no version of foundation {foundation.name} "
-            f"({foundation.fingerprint}) to serve (versions: {states}); promote one: "
-            "isacir models promote NAME --to active"
+            f"the registry {registry.folder} has no version of foundation {fnd.name} ({serving_fp}), which "
+            f"indexed the serving generation {generations[0].name!r}, to serve (versions: {states}); "
+            "promote one: isacir models promote NAME --to active"
         )
+    if interleave is not None and previous is not None:
+        names = {s.name for s in served}
+        if not all(n in names for n in interleave):
+            log.warning("interleaving %s stopped: a compared version is no longer served", "/".join(interleave))
+            interleave = None
     return Lineup(
         tuple(served),
         tuple(records),
-        foundation.fingerprint,
-        foundation.name,
+        serving_fp,
+        generations[0].foundation.name,
         canary_share,
         interleave,
-        stamp=stamp,
+        tuple(generations),
+        stamp=stamp if stamp is not None else registry_stamp(registry),
     )
 
 
-def released_models(old: Lineup, new: Lineup) -> Sequence[Model]:
-    """The models ``old`` served that ``new`` does not."""
-    keep = {id(m) for m in new.models().values()}
-    return [m for m in old.models().values() if id(m) not in keep]
+def released_models(old: Lineup, new: Lineup) -> Sequence[Model | LiveGeneration]:
+    """The models and generations ``old`` served that ``new`` does not."""
+    keep = {id(m) for m in new.models().values()} | {id(g) for g in new.generations}
+    return [m for m in old.models().values() if id(m) not in keep] + [g for g in old.generations if id(g) not in keep]

@@ -1,0 +1,256 @@
+"""Gallery generations: a foundation upgrade, blue/green, with no moment without search.
+
+A new foundation (a larger model, a newer checkpoint) puts the gallery in another embedding
+space, so it needs new gallery vectors. They are built as a second **generation** of the same
+items while the current one keeps serving; the service serves both and routes each request by
+the foundation its encoder belongs to; thin-client traffic moves to the new generation in one
+atomic switch; the old vectors are dropped once its devices have moved::
+
+    GALLERY/
+        gallery.json, gallery.sqlite, ...   the first generation (named in gallery.json, "main")
+        generations.json                    the generations, their states, which one serves
+        generations/NAME/                   every later generation: a gallery folder of its own
+
+Items keep their ids in every generation (ids come from the item's path), so feedback, the
+query log, thumbnails and deletes mean the same item whichever generation answered. A new
+generation is filled from the serving one's items (paths, content hashes, metadata); running
+the build again brings it up to date with what changed since, so the switch can happen when the
+two agree. States: ``building`` -> ``ready`` -> ``serving`` -> ``ready`` (after another one is
+promoted) -> ``retired``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._fs import atomic_write_text
+from ..errors import IsacirError
+
+if TYPE_CHECKING:
+    from ..foundation import Foundation
+    from .gallery import Gallery
+
+GENERATIONS_FILE = "generations.json"
+ROOT_GENERATION = "main"
+GENERATION_STATES = ("building", "ready", "serving", "retired")
+
+
+class GenerationError(IsacirError):
+    pass
+
+
+class Generations:
+    """The generations of one gallery folder (``home``)."""
+
+    def __init__(self, home: str | Path):
+        self.home = Path(home)
+
+    # ----- reading --------------------------------------------------------------------------------
+    def _implicit(self) -> dict:
+        """A gallery that never had a second generation: its folder is the only, serving one."""
+        meta = self.home / "gallery.json"
+        if not meta.is_file():
+            raise GenerationError(f"{self.home} is not a gallery (no gallery.json)")
+        info = json.loads(meta.read_text())
+        return {
+            "format": 1,
+            "serving": ROOT_GENERATION,
+            "generations": {
+                ROOT_GENERATION: {
+                    "name": ROOT_GENERATION,
+                    "path": ".",
+                    "foundation_id": info["foundation_id"],
+                    "foundation_fingerprint": info["foundation_fingerprint"],
+                    "state": "serving",
+                    "created": info.get("created", 0.0),
+                }
+            },
+            "history": [],
+        }
+
+    def _read(self) -> dict:
+        path = self.home / GENERATIONS_FILE
+        if not path.is_file():
+            return self._implicit()
+        try:
+            return dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise GenerationError(f"{path} is not valid JSON ({exc}); it is only ever replaced whole") from None
+
+    def all(self) -> list[dict]:
+        data = self._read()
+        return [{**g, "serving": g["name"] == data["serving"]} for g in data["generations"].values()]
+
+    def get(self, name: str) -> dict:
+        gens = self._read()["generations"]
+        if name not in gens:
+            raise GenerationError(f"no generation {name!r} in {self.home} (generations: {', '.join(gens)})")
+        return dict(gens[name])
+
+    def serving(self) -> dict:
+        data = self._read()
+        return dict(data["generations"][data["serving"]])
+
+    def live(self) -> list[dict]:
+        """The generations a service answers from: the serving one and every ready one."""
+        return [g for g in self.all() if g["state"] in ("serving", "ready")]
+
+    def folder(self, name: str) -> Path:
+        return (self.home / self.get(name)["path"]).resolve()
+
+    def stamp(self) -> tuple | None:
+        try:
+            st = (self.home / GENERATIONS_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    # ----- writing --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[dict]:
+        with open(self.home / ".generations.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._read()
+            yield data
+            atomic_write_text(self.home / GENERATIONS_FILE, json.dumps(data, indent=2) + "\n")
+
+    def create(self, name: str, foundation: Foundation, actor: str = "unknown") -> Gallery:
+        """A new, empty generation for ``foundation`` (the same store kind and index family as the
+        serving one), or the one of that name being built (a build that is run again)."""
+        from ..registry import VERSION_NAME
+        from .gallery import Gallery
+
+        if not VERSION_NAME.match(name):
+            raise GenerationError(f"generation name {name!r}: 1 to 64 letters, digits, '.', '_' or '-'")
+        serving = Gallery.open(self.home)
+        store, index = serving.info["store"], serving.info.get("index", "auto")
+        serving.close()
+        with self._writing() as data:
+            gens = data["generations"]
+            if name in gens:
+                g = gens[name]
+                if g["foundation_fingerprint"] != foundation.fingerprint:
+                    raise GenerationError(
+                        f"generation {name!r} is for foundation {g['foundation_id']} ({g['foundation_fingerprint']}), "
+                        f"not {foundation.name} ({foundation.fingerprint}); pick another name"
+                    )
+                if g["state"] == "retired":
+                    raise GenerationError(f"generation {name!r} is retired; pick another name")
+            else:
+                for g in gens.values():
+                    if g["foundation_fingerprint"] == foundation.fingerprint and g["state"] != "retired":
+                        raise GenerationError(
+                            f"generation {g['name']!r} already holds foundation {foundation.name} "
+                            f"({foundation.fingerprint}); build it again with --generation {g['name']}"
+                        )
+                gens[name] = {
+                    "name": name,
+                    "path": f"generations/{name}",
+                    "foundation_id": foundation.name,
+                    "foundation_fingerprint": foundation.fingerprint,
+                    "state": "building",
+                    "created": time.time(),
+                }
+                data["history"].append(_event(name, None, "building", actor, "created"))
+        return Gallery.open_or_create(self.home / gens[name]["path"], foundation, store=store, index=index)
+
+    def _set(self, name: str, state: str, actor: str, reason: str) -> None:
+        with self._writing() as data:
+            g = data["generations"][name]
+            if g["state"] != state:
+                data["history"].append(_event(name, g["state"], state, actor, reason))
+                g["state"] = state
+
+    def build(
+        self,
+        name: str,
+        foundation: Foundation,
+        batch_size: int = 32,
+        progress: bool = True,
+        actor: str = "unknown",
+    ) -> dict:
+        """Fill (or bring up to date) generation ``name`` with the serving generation's items,
+        encoded by ``foundation``; marks it ``ready`` when it holds every item. Resumable: items
+        already there with the same content are not encoded again."""
+        from .gallery import Gallery
+
+        t0 = time.perf_counter()
+        target = self.create(name, foundation, actor)
+        if self._read()["serving"] == name:
+            target.close()
+            raise GenerationError(f"generation {name!r} is the serving one; it is the source, not a copy")
+        source = Gallery.open(self.home)
+        try:
+            report = target.copy_items_from(source, foundation, batch_size=batch_size, progress=progress)
+        finally:
+            source.close()
+            target.close()
+        if not report["failed"]:
+            state = self.get(name)["state"]
+            if state == "building":
+                self._set(name, "ready", actor, f"built: {report['items']} items")
+        report.update(generation=name, state=self.get(name)["state"], seconds=round(time.perf_counter() - t0, 2))
+        return report
+
+    def promote(self, name: str, actor: str = "unknown", reason: str = "") -> dict:
+        """Make ``name`` the serving generation (thin-client searches and new devices move to its
+        foundation); the one that served stays ``ready``, answering its devices, until retired.
+        Refused while ``name`` lacks items the serving generation has: build it again first."""
+        from .gallery import Gallery
+
+        g = self.get(name)
+        if g["state"] not in ("ready", "serving"):
+            raise GenerationError(f"generation {name!r} is {g['state']}; only a ready generation can serve")
+        if g["state"] == "serving":
+            raise GenerationError(f"generation {name!r} already serves")
+        source, target = Gallery.open(self.home), Gallery.open(self.folder(name))
+        try:
+            missing = np.setdiff1d(source.ids(), target.ids()).size
+        finally:
+            source.close()
+            target.close()
+        if missing:
+            raise GenerationError(
+                f"generation {name!r} lacks {missing} item(s) of the serving generation (added since it was "
+                f"built): run `isacir index --gallery {self.home} --generation {name} --foundation "
+                f"{g['foundation_id']}` again, then promote"
+            )
+        with self._writing() as data:
+            old = data["serving"]
+            data["generations"][old]["state"] = "ready"
+            data["history"].append(_event(old, "serving", "ready", actor, f"superseded by {name}"))
+            data["generations"][name]["state"] = "serving"
+            data["history"].append(_event(name, "ready", "serving", actor, reason or "promoted"))
+            data["serving"] = name
+        return self.get(name)
+
+    def retire(self, name: str, actor: str = "unknown", reason: str = "") -> dict:
+        """Stop answering from generation ``name`` and drop its vectors (its items stay in the
+        serving generation). A service drops it within seconds; its devices must have updated."""
+        from .gallery import Gallery
+
+        g = self.get(name)
+        if g["state"] == "serving":
+            raise GenerationError(f"generation {name!r} serves; promote another generation first")
+        if g["state"] == "retired":
+            raise GenerationError(f"generation {name!r} is already retired")
+        self._set(name, "retired", actor, reason or "retired")
+        folder = self.home / g["path"]
+        gallery = Gallery.open(folder, generation_root=True)
+        try:
+            freed = gallery.drop_vectors()
+        finally:
+            gallery.close()
+        return {**self.get(name), "freed_bytes": freed}
+
+
+def _event(name: str, before: str | None, after: str, actor: str, reason: str) -> dict[str, Any]:
+    return {"time": time.time(), "generation": name, "from": before, "to": after, "actor": actor, "reason": reason}
