@@ -627,6 +627,9 @@ class ServiceState:
         self.query_log.close()
         for g in self._galleries():
             g.close()  # persists what the service's uploads changed, when no one else is writing
+        for _, item in self._released:
+            item.close()
+        self._released = []
 
     def maybe_prune(self, every_s: float = 600.0) -> int:
         """Apply the query-log retention at most every ``every_s`` seconds (cheap to call per request)."""

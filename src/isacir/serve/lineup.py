@@ -273,8 +273,11 @@ class Lineup:
         if active is None or served is active:
             return None
         if served.model.foundation_fingerprint != active.model.foundation_fingerprint and self.generations:
+            created = {r["version"]: r.get("created", 0.0) for r in self.records}
+            if created.get(str(served.name), 0.0) >= created.get(str(active.name), 0.0):
+                return None  # a device ahead of the switch (its generation is not serving yet)
             reason = (
-                f"version {served.name} belongs to generation {served.model.generation}, which no longer serves; "
+                f"version {served.name} belongs to generation {served.model.generation}, which is not the serving one; "
                 f"{active.name} is active on generation {active.model.generation}"
             )
         elif served.state == "deprecated":
