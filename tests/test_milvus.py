@@ -127,3 +127,40 @@ def test_the_token_comes_from_the_environment_and_is_never_stored(tmp_path, open
     assert seen["token"] == "root:s3cret"
     assert "s3cret" not in (tmp_path / "g" / "gallery.json").read_text()
     g.close()
+
+
+def test_generations_on_a_milvus_server_sit_behind_an_alias(tmp_path, openclip_fnd, milvus_server):
+    """Each generation has its own collection; the serving one is named by an alias that moves on promote."""
+    from serve_helpers import make_images
+
+    from isacir.foundation import create_foundation
+    from isacir.gallery.generations import Generations
+    from isacir.testing import save_tiny_openclip
+
+    spec = f"milvus://{milvus_server}?db=gen_{abs(hash(str(tmp_path))) % 10**8}"
+    home = tmp_path / "gallery"
+    make_images(tmp_path / "images", 6)
+    g = Gallery.open_or_create(home, openclip_fnd, store=spec)
+    g.index([str(tmp_path / "images")], openclip_fnd, progress=False)
+    root_collection = g.info["milvus_collection"]
+    g.close()
+    gens = Generations(home)
+    report = gens.build("g2", create_foundation(save_tiny_openclip(tmp_path / "f2", seed=7)), progress=False)
+    assert report["items"] == 6 and report["state"] == "ready"
+    alias = gens.milvus_alias()
+    assert alias == f"{root_collection}_serving"
+    g2 = Gallery.open(home, generation="g2")
+    g2_collection = g2.info["milvus_collection"]
+    assert g2_collection != root_collection and g2.store.count() == 6
+    assert not g2.store.has_alias(alias)  # it names the serving generation's collection
+    g2.close()
+    main = Gallery.open(home)
+    assert main.store.has_alias(alias)
+    main.close()
+    gens.promote("g2", actor="test")
+    g2 = Gallery.open(home)
+    assert g2.generation_name == "g2" and g2.store.has_alias(alias)
+    g2.close()
+    main = Gallery.open(home, generation="main")
+    assert not main.store.has_alias(alias)  # moved, not copied
+    main.close()

@@ -4,7 +4,8 @@ A new foundation (a larger model, a newer checkpoint) puts the gallery in anothe
 space, so it needs new gallery vectors. They are built as a second **generation** of the same
 items while the current one keeps serving; the service serves both and routes each request by
 the foundation its encoder belongs to; thin-client traffic moves to the new generation in one
-atomic switch; the old vectors are dropped once its devices have moved::
+atomic switch (with a Milvus server, the alias ``<collection>_serving`` moves to the new
+generation's collection too); the old vectors are dropped once its devices have moved::
 
     GALLERY/
         gallery.json, gallery.sqlite, ...   the first generation (named in gallery.json, "main")
@@ -160,7 +161,39 @@ class Generations:
                     "created": time.time(),
                 }
                 data["history"].append(_event(name, None, "building", actor, "created"))
-        return Gallery.open_or_create(self.home / gens[name]["path"], foundation, store=store, index=index)
+        gallery = Gallery.open_or_create(self.home / gens[name]["path"], foundation, store=store, index=index)
+        if self.milvus_alias() is not None:
+            serving = Gallery.open(self.home)
+            try:
+                self._point_alias(serving)  # the alias exists before the first switch
+            finally:
+                serving.close()
+        return gallery
+
+    def milvus_alias(self) -> str | None:
+        """With a Milvus server: the alias that names the serving generation's collection (None
+        for FAISS and Milvus Lite, whose generations live in files of their own)."""
+        from .stores import MilvusStore
+
+        root = json.loads((self.home / "gallery.json").read_text())
+        if not str(root.get("store", "")).startswith("milvus://"):
+            return None
+        from .gallery import Gallery
+
+        g = Gallery.open(self.home, generation_root=True)
+        try:
+            if not (isinstance(g.store, MilvusStore) and g.store.is_server):
+                return None
+        finally:
+            g.close()
+        return f"{root['milvus_collection']}_serving"
+
+    def _point_alias(self, gallery: Gallery) -> None:
+        from .stores import MilvusStore
+
+        alias = self.milvus_alias()
+        if alias is not None and isinstance(gallery.store, MilvusStore):
+            gallery.store.point_alias(alias)
 
     def _set(self, name: str, state: str, actor: str, reason: str) -> None:
         with self._writing() as data:
@@ -230,6 +263,12 @@ class Generations:
             data["generations"][name]["state"] = "serving"
             data["history"].append(_event(name, "ready", "serving", actor, reason or "promoted"))
             data["serving"] = name
+        if self.milvus_alias() is not None:
+            promoted = Gallery.open(self.home, generation=name)
+            try:
+                self._point_alias(promoted)
+            finally:
+                promoted.close()
         return self.get(name)
 
     def retire(self, name: str, actor: str = "unknown", reason: str = "") -> dict:

@@ -539,6 +539,27 @@ class MilvusStore(VectorStore):
     def _properties(self) -> dict:
         return dict(self.client.describe_collection(self.collection).get("properties") or {})
 
+    @property
+    def is_server(self) -> bool:
+        """A Milvus server (shared by galleries and their generations), not a Lite file."""
+        return not self.uri.partition("?")[0].endswith(".db")
+
+    def point_alias(self, alias: str) -> None:
+        """Make ``alias`` name this collection: created, or moved here from another collection in one
+        step, so a client that searches the alias switches generations atomically."""
+        try:
+            self.client.create_alias(self.collection, alias)
+        except Exception:  # noqa: BLE001  (it exists: pymilvus raises its own error types per version)
+            self.client.alter_alias(self.collection, alias)
+
+    def has_alias(self, alias: str) -> bool:
+        """Whether ``alias`` names this collection now (resolved as a search resolves it: some
+        servers' alias listing ignores the database, collection lookups do not)."""
+        try:
+            return self.client.describe_collection(alias).get("collection_name") == self.collection
+        except Exception:  # noqa: BLE001  (no such alias)
+            return False
+
     def _set_generation(self, generation: int) -> None:
         self.client.alter_collection_properties(self.collection, properties={GENERATION_PROPERTY: str(generation)})
         self.generation = self.persisted_generation = generation
