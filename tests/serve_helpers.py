@@ -50,3 +50,21 @@ def build_service(
     settings = ServeSettings(api_keys=(api_key,) if api_key else (), max_upload_bytes=max_upload_bytes, keys=keys)
     state = ServiceState(gallery, foundation, qe, settings)
     return create_app(state), state, images
+
+
+def post_search(
+    session, url: str, headers: dict, *, image=None, payload: str | None = None, text: str = "", k: int = 5
+):
+    """One search as a client makes it: a photo upload (thin client) or a base64 token payload."""
+    if payload is not None:
+        return session.post(
+            f"{url}/v1/search/tokens", headers=headers, json={"payload": payload, "text": text, "k": k}, timeout=30
+        )
+    with open(image, "rb") as f:
+        return session.post(
+            f"{url}/v1/search",
+            headers=headers,
+            files={"image": ("ref.png", f, "image/png")},
+            data={"text": text, "k": k},
+            timeout=30,
+        )

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import requests
-from serve_helpers import make_images, start_server
+from serve_helpers import make_images, post_search, start_server
 from typer.testing import CliRunner
 
 KEY = {"X-API-Key": "test-key"}
@@ -124,21 +124,9 @@ def test_a_foundation_upgrade_with_no_downtime(tmp_path, openclip_fnd):
         while not stop.is_set():
             t0 = time.time()
             if kind == "image":
-                with open(query, "rb") as f:
-                    r = s.post(
-                        f"{server.url}/v1/search",
-                        headers=KEY,
-                        files={"image": ("q.png", f, "image/png")},
-                        data={"text": "red", "k": 5},
-                        timeout=30,
-                    )
+                r = post_search(s, server.url, KEY, image=query, text="red")
             else:
-                r = s.post(
-                    f"{server.url}/v1/search/tokens",
-                    headers=KEY,
-                    timeout=30,
-                    json={"payload": base64.b64encode(payloads[kind]).decode(), "text": "red", "k": 5},
-                )
+                r = post_search(s, server.url, KEY, payload=base64.b64encode(payloads[kind]).decode(), text="red")
             with lock:
                 answers.append((t0, time.time(), kind, r.status_code, r.json()))
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from serve_helpers import make_images, start_server
+from serve_helpers import make_images, post_search, start_server
 from typer.testing import CliRunner
 
 from isacir.edge.payload import decode_payload, encode_payload
@@ -243,21 +243,9 @@ def test_three_registry_changes_under_load_lose_no_request(world, openclip_fnd, 
             t0 = time.time()
             try:
                 if kind == "tokens":
-                    r = session.post(
-                        f"{server.url}/v1/search/tokens",
-                        headers=KEY,
-                        json={"payload": payloads[sent_by], "text": "in red", "k": 5},
-                        timeout=30,
-                    )
+                    r = post_search(session, server.url, KEY, payload=payloads[sent_by], text="in red")
                 else:
-                    with open(image, "rb") as f:
-                        r = session.post(
-                            f"{server.url}/v1/search",
-                            headers=KEY,
-                            files={"image": ("ref.png", f, "image/png")},
-                            data={"text": "in red", "k": 5},
-                            timeout=30,
-                        )
+                    r = post_search(session, server.url, KEY, image=image, text="in red")
                 status, body = r.status_code, r.json()
             except (requests.RequestException, ValueError) as exc:
                 status, body = -1, {"error": repr(exc)}
