@@ -8,7 +8,7 @@ STAMP := $(VENV)/.isacir-installed
 PYTEST_ARGS ?=
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: test test-fast lint format docs demo install system-deps clean bench-query-side
+.PHONY: test test-fast lint format docs demo install system-deps web clean bench-query-side
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,13 +17,24 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[test,lint,docs]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) web
+
+# The operator UI's on-device query side: ONNX Runtime Web from npm (web/package-lock.json),
+# copied into the Python package so the service needs no CDN and pip users get it.
+VENDOR := src/isacir/serve/static/vendor/VERSION.json
+$(VENDOR): web/package.json web/package-lock.json web/build.mjs
+	@command -v npm >/dev/null 2>&1 || $(MAKE) system-deps
+	cd web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
+
+web: $(VENDOR)
 
 # The browser tests drive Debian's chromium, the metrics test scrapes with Debian's prometheus,
-# the load-test check drives Debian's wrk, and the feedback-store tests start Debian's postgresql.
+# the load-test check drives Debian's wrk, the feedback-store tests start Debian's postgresql, and
+# `make web` needs node and npm.
 # Each entry is PACKAGE:PROGRAM (PostgreSQL keeps its programs off PATH, under /usr/lib/postgresql).
 # As root, install what is missing; otherwise those tests say what to install.
-SYSTEM_PACKAGES := chromium:chromium prometheus:prometheus wrk:wrk postgresql:/usr/lib/postgresql/*/bin/initdb
+SYSTEM_PACKAGES := chromium:chromium prometheus:prometheus wrk:wrk postgresql:/usr/lib/postgresql/*/bin/initdb \
+	nodejs:node npm:npm
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do pkg=$${entry%%:*}; prog=$${entry#*:}; \
 		command -v $$prog >/dev/null 2>&1 || ls $$prog >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
@@ -32,11 +43,11 @@ system-deps:
 	fi
 
 # pytest exits 5 when it collects nothing; that must fail loudly rather than pass silently.
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(VENDOR)
 	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(VENDOR)
 	$(PY) -m pytest -q -m "not slow and not browser and not ddp and not bench" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
@@ -55,11 +66,12 @@ docs: $(STAMP)
 	$(PY) docs/render_results.py
 	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
-demo: $(STAMP)
+demo: $(STAMP) $(VENDOR)
 	$(VENV)/bin/isacir demo
 
 bench-query-side: $(STAMP)
 	$(VENV)/bin/isacir bench query-side --foundation openclip:ViT-L-14 --backbone efficientnet_b0 --tokens 8 --threads 1 --json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .cache build src/*.egg-info web/node_modules \
+		src/isacir/serve/static/vendor

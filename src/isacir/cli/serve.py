@@ -18,6 +18,11 @@ def serve_cmd(
         help="Serve this one query-encoder folder. Default: every served version of the model registry "
         "(--registry, or GALLERY/models).",
     ),
+    edge: Optional[Path] = typer.Option(
+        None,
+        help="With --query-encoder: its edge package (from `isacir export-edge`), which devices and the web "
+        "UI's on-device mode download.",
+    ),
     registry: Optional[Path] = typer.Option(
         None, help="A model registry (`isacir models`) whose canary, active and deprecated versions are served."
     ),
@@ -109,6 +114,7 @@ def serve_cmd(
         canary_share=canary_share,
         interleave=pair,
         registry_poll_s=registry_poll_s,
+        edge=edge,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

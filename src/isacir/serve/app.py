@@ -343,9 +343,11 @@ class ServiceState:
         adapter: QueryAdapter | None = None,
         registry: Registry | None = None,
         foundation_loader: Callable[[str], Foundation] | None = None,
+        edge: str | os.PathLike | None = None,
     ):
         """``foundation_loader`` opens the foundation of another live gallery generation by name
-        (default: :func:`isacir.foundation.create_foundation` on the CPU)."""
+        (default: :func:`isacir.foundation.create_foundation` on the CPU). ``edge`` is the edge
+        package of the one served ``query_encoder`` (registry versions carry their own)."""
         if foundation_loader is None:
             from ..foundation import create_foundation
 
@@ -365,7 +367,8 @@ class ServiceState:
         first = LiveGeneration(gallery.generation_name, gallery, foundation)
         if registry is None:
             assert query_encoder is not None
-            only = Served(self._make_model(None, query_encoder, adapter, None, None, first), "active")
+            edge_info, edge_dir = _edge_of(edge, query_encoder.fingerprint) if edge is not None else (None, None)
+            only = Served(self._make_model(None, query_encoder, adapter, edge_info, edge_dir, first), "active")
             self.lineup = Lineup(
                 (only,), foundation_fingerprint=foundation.fingerprint, foundation_name=foundation.name
             )
@@ -897,6 +900,34 @@ def create_app(state: ServiceState) -> FastAPI:
         except OSError:  # a read-only registry: build the package in the gallery's folder
             return package_of(m.edge_dir, state.gallery.dir / "edge-packages" / str(m.name))
 
+    def _served_version(version: str) -> Served:
+        """A served version by registry name, or by fingerprint (a service of one query encoder)."""
+        lineup = state.lineup
+        served = lineup.by_name(version) or next(
+            (s for s in lineup.served if s.name is None and s.model.qe_fingerprint == version), None
+        )
+        if served is None:
+            raise _error(404, f"no served version {version!r}", "not_found")
+        return served
+
+    @app.get(
+        "/v1/edge/files/{version}/{name}",
+        dependencies=require("search"),
+        tags=["edge"],
+        responses={**errors(404), 200: {"content": {"application/octet-stream": {"schema": {"type": "string"}}}}},
+    )
+    def edge_file(version: str = PathParam(..., max_length=64), name: str = PathParam(..., max_length=64)) -> Response:
+        """One file of a served version's edge package (what the browser's query side loads)."""
+        m = _served_version(version).model
+        files = set((m.edge or {}).get("files", {}).values()) | {"edge.json"}
+        if m.edge_dir is None or name not in files:
+            raise _error(404, f"version {version!r} has no edge file {name!r}", "not_found")
+        return FileResponse(
+            m.edge_dir / name,
+            media_type="application/json" if name.endswith(".json") else "application/octet-stream",
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
+
     @app.get("/v1/edge/manifest", dependencies=require("search"), tags=["edge"], responses=errors(404))
     def edge_manifest() -> dict:
         """The edge package devices should run: the active version's (``isacir edge-update`` reads this)."""
@@ -904,12 +935,12 @@ def create_app(state: ServiceState) -> FastAPI:
         pkg = _package(served)
         m = served.model
         return {
-            "version": m.name,
+            "version": m.name or m.qe_fingerprint,  # a service of one query encoder: its fingerprint
             "fingerprint": m.qe_fingerprint,
             "foundation_fingerprint": state.foundation_fingerprint,
             "sha256": pkg.sha256,
             "size": pkg.size,
-            "url": f"/v1/edge/packages/{m.name}",
+            "url": f"/v1/edge/packages/{m.name or m.qe_fingerprint}",
             "files": (m.edge or {}).get("files", {}),
         }
 
@@ -921,9 +952,7 @@ def create_app(state: ServiceState) -> FastAPI:
     )
     def edge_package(version: str = PathParam(..., max_length=64)) -> Response:
         """A served version's edge package (``model.onnx`` + ``edge.json``, tar.gz); ranges resume a download."""
-        served = state.lineup.by_name(version)
-        if served is None:
-            raise _error(404, f"no served version {version!r}", "not_found")
+        served = _served_version(version)
         pkg = _package(served)
         return FileResponse(
             pkg.path,
@@ -1364,6 +1393,21 @@ def _item_json(item_id: int, path: str) -> dict:
     }
 
 
+def _edge_of(edge: str | os.PathLike, fingerprint: str) -> tuple[dict, Path]:
+    """An edge package folder's ``edge.json``, checked to belong to the served query encoder."""
+    folder = Path(edge)
+    cfg_path = folder / "edge.json"
+    if not cfg_path.is_file():
+        raise IsacirError(f"{folder} is not an exported edge package (no edge.json); see isacir export-edge")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("query_encoder_fingerprint") != fingerprint:
+        raise IsacirError(
+            f"edge package {folder} was exported from query encoder {cfg.get('query_encoder_fingerprint')}, "
+            f"but the served one is {fingerprint}"
+        )
+    return {"fingerprint": fingerprint, "files": cfg.get("files", {})}, folder
+
+
 def _time_range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
     """``from``/``to`` query parameters as unix seconds, or 422 ``time_range``."""
     from ..pilot import parse_time
@@ -1410,6 +1454,7 @@ def load_service(
     canary_share: float = 0.1,
     interleave: tuple[str, str] | None = None,
     registry_poll_s: float = 1.0,
+    edge: str | os.PathLike | None = None,
 ) -> FastAPI:
     """Open gallery, foundation and query side, check that they belong together, build the app.
 
@@ -1426,6 +1471,8 @@ def load_service(
         raise IsacirError("pass --query-encoder (one version) or --registry (its served versions), not both")
     if query_encoder is None and adapter is not None:
         raise IsacirError("--adapter goes with --query-encoder; a registry version carries its own adapter")
+    if edge is not None and query_encoder is None:
+        raise IsacirError("--edge goes with --query-encoder; a registry version carries its own edge package")
     if interleave is not None and query_encoder is not None:
         raise IsacirError("--interleave compares two registry versions; serve a registry (--registry)")
     g = Gallery.open(gallery)
@@ -1473,6 +1520,7 @@ def load_service(
         adapter=qa,
         registry=reg,
         foundation_loader=lambda name: create_foundation(name, device=device),
+        edge=edge,
     )
     app = create_app(state)
     # The models are hundreds of thousands of long-lived Python objects. A full garbage collection

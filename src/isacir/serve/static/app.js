@@ -60,6 +60,7 @@
     localStorage.setItem(keyStore, $("api-key").value.trim());
     $("key-box").hidden = true;
     status("API key saved in this browser.");
+    probeDevice();
   });
 
   const postFeedback = (body) => api("/v1/feedback", {
@@ -194,22 +195,91 @@
     }
   });
 
-  $("query").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    if (!file) { status("Choose a reference photo first.", true); return; }
+  // ----- where the light query side runs: in this browser (the photo never leaves it), or on
+  // the server (the photo is uploaded; for browsers without WebAssembly or services without an
+  // edge package)
+  let edge = null; // {model, manifest} once loaded
+  const fetchBytes = async (path) => (await api(path)).arrayBuffer();
+
+  function setDeviceAvailable(ok, why) {
+    const opt = $("mode").querySelector("option[value=device]");
+    opt.disabled = !ok;
+    if (!ok && $("mode").value === "device") $("mode").value = "upload";
+    $("mode-note").textContent = ok ? "" : `On-device encoding is unavailable (${why}); the photo is uploaded.`;
+  }
+
+  async function deviceModel() {
+    if (edge) return edge;
+    const probe = await fetch("/v1/edge/manifest", { headers: headers() });
+    if (probe.status === 404) {
+      setDeviceAvailable(false, "the service has no edge package");
+      return null;
+    }
+    const manifest = await (await api("/v1/edge/manifest")).json();
+    status(`Loading the on-device model ${manifest.version} (${Math.round(manifest.size / 1024)} KiB)…`);
+    edge = { manifest, model: await window.IsacirEdge.EdgeModel.load(manifest, fetchBytes) };
+    return edge;
+  }
+
+  async function probeDevice() {
+    if (typeof WebAssembly !== "object" || !window.ort || !window.IsacirEdge) {
+      setDeviceAvailable(false, "this browser cannot run WebAssembly");
+      return;
+    }
+    try {
+      const res = await fetch("/v1/edge/manifest", { headers: headers() });
+      if (res.status === 404) setDeviceAvailable(false, "the service has no edge package");
+      else setDeviceAvailable(true);
+    } catch (_) {
+      setDeviceAvailable(false, "the service cannot be reached");
+    }
+  }
+
+  async function searchOnDevice() {
+    const loaded = await deviceModel();
+    if (!loaded) return searchUploaded();
+    const { model } = loaded;
+    const t = await model.payload(file, "fp16");
+    window.__isacir = { mode: "device", tokens: Array.from(t.tokens), payloadBytes: t.bytes.length, encodeMs: t.encodeMs };
+    const res = await api("/v1/search/tokens", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({
+        payload: window.IsacirEdge.toBase64(t.bytes),
+        text: $("text").value,
+        k: Number($("k").value),
+        rerank: $("rerank").checked ? Number($("k").value) : 0,
+      }),
+    });
+    return { data: await res.json(), how: `on this device: a ${t.bytes.length}-byte payload sent, no photo (encoded in ${Math.round(t.encodeMs)} ms)` };
+  }
+
+  async function searchUploaded() {
     const body = new FormData();
     body.append("image", file);
     body.append("text", $("text").value);
     body.append("k", $("k").value);
     body.append("rerank", $("rerank").checked ? $("k").value : "0");
+    window.__isacir = { mode: "upload", photoBytes: file.size };
+    const res = await api("/v1/search", { method: "POST", body });
+    return { data: await res.json(), how: `uploaded: the ${file.size}-byte photo was sent` };
+  }
+
+  $("query").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!file) { status("Choose a reference photo first.", true); return; }
     $("search").disabled = true;
     status("Searching…");
     try {
-      render(await (await api("/v1/search", { method: "POST", body })).json());
+      const { data, how } = $("mode").value === "device" ? await searchOnDevice() : await searchUploaded();
+      render(data);
+      $("mode-note").textContent = `Searched ${how}.`;
+      $("results").dataset.mode = window.__isacir.mode;
     } catch (err) {
       status(err.message, true);
     } finally {
       $("search").disabled = false;
     }
   });
+  probeDevice();
 })();
