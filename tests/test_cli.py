@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
@@ -142,6 +143,49 @@ def test_bench_query_side_json(tiny_openclip_dir):
     assert res["payload_bytes"] == 4 * 64 * 2
     assert res["speedup"] == pytest.approx(res["large_ms"] / res["light_ms"], abs=0.01)
     assert res["jpeg_bytes"] > 1000 and res["jpeg_source"].startswith("scikit-image:astronaut")
+
+
+@pytest.mark.bench
+def test_bench_query_side_per_runtime(tiny_openclip_dir):
+    """Every runtime row measures both sides in that runtime; the torch keys stay at the top; the
+    payload forms report their real encoded sizes and how close their composed queries stay."""
+    from isacir.edge.payload import encode_payload
+
+    common = ["--backbone", "mobilenetv3_small_050", "--tokens", "4", "--threads", "1", "--image-size", "64"]
+    res = last_json(
+        run(
+            "bench",
+            "query-side",
+            "--foundation",
+            tiny_openclip_dir[0],
+            *common,
+            "--repeats-light",
+            "3",
+            "--repeats-large",
+            "3",
+            "--runtime",
+            "all",
+            "--json",
+        )
+    )
+    assert set(res["runtimes"]) == {"torch", "onnx", "onnx-int8"}
+    assert {k: res["runtimes"]["torch"][k] for k in ("light_ms", "large_ms", "speedup")} == {
+        k: res[k] for k in ("light_ms", "large_ms", "speedup")
+    }
+    for row in res["runtimes"].values():
+        assert row["light_ms"] > 0 and row["large_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["large_ms"] / row["light_ms"], abs=0.01)
+    assert res["runtimes"]["onnx"]["light_tokens_max_abs_diff_vs_torch"] < 1e-3  # the same model
+    assert res["runtimes"]["onnx-int8"]["light_model_bytes"] < res["runtimes"]["onnx"]["light_model_bytes"]
+    tokens = np.zeros((4, 64), np.float32)
+    for dtype, form in res["payloads"].items():
+        assert form["bytes"] == len(encode_payload(tokens, "0" * 16, dtype))
+        assert 0.0 < form["cosine"] <= form["cosine_mean"] <= 1.0 + 1e-6
+    assert (
+        res["payloads"]["fp16"]["cosine"] > 0.999
+        and res["payloads"]["fp16"]["cosine"] >= res["payloads"]["int4"]["cosine"]
+    )
+    assert res["cpu"]["model"] and isinstance(res["cpu"]["vector_extensions"], list)
 
 
 @pytest.mark.bench

@@ -159,3 +159,183 @@ def bench_backbones(
         "large_ms_after": round(large_after, 1),
         "backbones": rows,
     }
+
+
+# ----- per runtime -----------------------------------------------------------------------------------
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+#: the CPU features that decide how fast int8 and fp32 kernels run
+_VECTOR_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+)
+
+
+def cpu_info() -> dict:
+    """The CPU and its vector extensions (the speed ratio depends on them)."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "cpu model") and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "vector_extensions": [f for f in _VECTOR_FLAGS if f in flags],
+    }
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, foundation):
+        super().__init__()
+        self.foundation = foundation
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.foundation.encode_image(pixels)
+
+
+def _onnx_session(module: torch.nn.Module, example: torch.Tensor, path, threads: int, int8: bool):
+    """``module`` in ONNX Runtime on ``threads`` threads (dynamically quantised to int8 on request)."""
+    import onnxruntime as ort
+
+    # frozen attention layers take PyTorch's fused fast path, which has no ONNX form: trace the plain one
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        torch.onnx.export(
+            module, (example,), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False
+        )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        q = path.with_suffix(".int8.onnx")
+        quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8)
+        path = q
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), path.stat().st_size
+
+
+def payload_forms(fnd, qe, pixels: torch.Tensor) -> dict:
+    """Every payload form of one photo's tokens: its encoded size and the cosine of the composed
+    query its decoded tokens make to the query from the fp32 tokens (what the server searches with)."""
+    from ..edge.payload import decode_payload, encode_payload
+    from ..export import composed_cosines
+
+    with torch.inference_mode():
+        ref = qe(pixels).float().numpy()
+    out = {}
+    for dtype in ("fp16", "int8", "int4"):
+        data = encode_payload(ref[0], "0" * 16, dtype)
+        back = decode_payload(data).tokens[None]
+        cos = composed_cosines(fnd, qe.config.template, ref, back)
+        out[dtype] = {
+            "bytes": len(data),
+            "cosine": round(float(cos.min()), 5),
+            "cosine_mean": round(float(cos.mean()), 5),
+        }
+    return out
+
+
+def bench_runtimes(
+    foundation: str = "openclip:ViT-L-14",
+    backbone: str = "efficientnet_b0",
+    tokens: int = 8,
+    threads: int = 1,
+    runtimes: tuple[str, ...] = RUNTIMES,
+    repeats_light: int = 30,
+    repeats_large: int = 7,
+    warmup: int = 2,
+    image_size: int | None = None,
+    output_stride: int | None = None,
+) -> dict:
+    """:func:`bench_query_side` (its keys describe the torch row) plus, per runtime, the light side
+    and the large image encoder in that same runtime, each with its ``speedup``; and every payload form."""
+    import tempfile
+    from pathlib import Path
+
+    from ..export import _PixelsToTokens
+    from ..foundation import create_foundation
+    from ..query import QueryEncoder
+
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {sorted(unknown)}; choose from {', '.join(RUNTIMES)} or all")
+    result = bench_query_side(
+        foundation, backbone, tokens, threads, repeats_light, repeats_large, warmup, image_size, output_stride
+    )
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fnd = create_foundation(foundation)
+    qe = QueryEncoder.create(
+        fnd, backbone=backbone, num_tokens=tokens, image_size=image_size, output_stride=output_stride
+    ).eval()
+    photo, _ = natural_photo("astronaut")
+    light_px = qe.preprocess(photo).unsqueeze(0)
+    large_px = fnd.preprocess(photo).unsqueeze(0)
+    rows: dict[str, dict] = {}
+    if "torch" in runtimes:
+        rows["torch"] = {k: result[k] for k in ("light_ms", "large_ms", "speedup")}
+    with tempfile.TemporaryDirectory(prefix="isacir-bench-") as tmp:
+        for rt in runtimes:
+            if rt == "torch":
+                continue
+            int8 = rt == "onnx-int8"
+            light, light_bytes = _onnx_session(
+                _PixelsToTokens(qe).eval(), light_px, Path(tmp) / "light.onnx", threads, int8
+            )
+            large, large_bytes = _onnx_session(
+                _ImageTower(fnd).eval(), large_px, Path(tmp) / "large.onnx", threads, int8
+            )
+            lx, gx = light_px.numpy(), large_px.numpy()
+            light_ms, _ = _median_ms(lambda s=light, x=lx: s.run(None, {"x": x}), repeats_light, warmup)
+            large_ms, _ = _median_ms(lambda s=large, x=gx: s.run(None, {"x": x}), repeats_large, warmup)
+            with torch.inference_mode():
+                ref = qe(light_px).numpy()
+            got = light.run(None, {"x": lx})[0]
+            rows[rt] = {
+                "light_ms": round(light_ms, 3),
+                "large_ms": round(large_ms, 3),
+                "speedup": round(large_ms / light_ms, 2),
+                "light_model_bytes": light_bytes,
+                "large_model_bytes": large_bytes,
+                "light_tokens_max_abs_diff_vs_torch": float(abs(got - ref).max()),
+            }
+            for p in Path(tmp).iterdir():
+                p.unlink()
+        result["payloads"] = payload_forms(fnd, qe, light_px)
+    import onnxruntime
+
+    result["runtimes"] = rows
+    result["onnxruntime"] = onnxruntime.__version__
+    result["cpu"] = cpu_info()
+    return result

@@ -27,26 +27,36 @@ def bench_query_side(
     output_stride: Optional[int] = typer.Option(
         None, help="Light backbone output stride, 8 | 16 | 32 (default: its own)."
     ),
+    runtime: str = typer.Option(
+        "torch",
+        help="torch | onnx | onnx-int8 | all (comma-separated): each measures the light side and the large "
+        "image encoder in that runtime, side by side.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON object."),
 ) -> None:
     """Light query side vs large image encoder: latency ratio and bytes on the wire."""
+    from ..bench.query_side import RUNTIMES, bench_runtimes
     from ..bench.query_side import bench_query_side as run
 
-    result = run(
-        foundation,
-        backbone,
-        tokens,
-        threads,
-        repeats_light,
-        repeats_large,
-        image_size=image_size,
-        output_stride=output_stride,
-    )
+    chosen = RUNTIMES if runtime == "all" else tuple(r.strip() for r in runtime.split(",") if r.strip())
+    bad = [r for r in chosen if r not in RUNTIMES]
+    if bad or not chosen:
+        raise typer.BadParameter(f"--runtime takes {', '.join(RUNTIMES)} or all; got {runtime!r}")
+    kwargs = dict(image_size=image_size, output_stride=output_stride)
+    if chosen == ("torch",):
+        result = run(foundation, backbone, tokens, threads, repeats_light, repeats_large, **kwargs)
+    else:
+        result = bench_runtimes(foundation, backbone, tokens, threads, chosen, repeats_light, repeats_large, **kwargs)
     if not as_json:
         table = Table("metric", "value")
         for k in ("light_ms", "large_ms", "speedup", "payload_bytes", "jpeg_bytes", "payload_over_jpeg"):
             table.add_row(k, str(result[k]))
         err.print(table)
+        if "runtimes" in result:
+            rt = Table("runtime", "light ms", "large ms", "speedup")
+            for name, row in result["runtimes"].items():
+                rt.add_row(name, str(row["light_ms"]), str(row["large_ms"]), str(row["speedup"]))
+            err.print(rt)
     emit_json(result)
 
 
