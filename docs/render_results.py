@@ -420,6 +420,52 @@ def ingest_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
+    """`isacir bench query-side --runtime all` per backbone, and `benchmarks/browser_encode.py`."""
+    if not runs:
+        return "No per-runtime run is recorded yet.\n"
+    cpu = runs[0]["cpu"]
+    lines = [
+        f"CPU: {cpu['model']} ({', '.join(cpu['vector_extensions']) or 'no vector extensions listed'}), "
+        f"{runs[0]['threads']} thread; foundation `{runs[0]['foundation']}`, {runs[0]['tokens']} tokens; "
+        f"ONNX Runtime {runs[0]['onnxruntime']}, PyTorch {runs[0]['torch']}.",
+        "",
+        "| backbone | runtime | light ms | large ms | speedup |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in runs:
+        for name, row in r["runtimes"].items():
+            speed = f"**{row['speedup']:.0f}x**"
+            lines.append(f"| {r['backbone']} | {name} | {row['light_ms']:.1f} | {row['large_ms']:.0f} | {speed} |")
+    forms = runs[0]["payloads"]
+    lines += [
+        "",
+        f"Payload forms ({runs[0]['backbone']}; the cosine is the composed query's to the fp32 one, the least over "
+        f"four modifiers; a {runs[0]['jpeg_bytes']:,}-byte JPEG of the same photo for scale):",
+        "",
+        "| payload | bytes | of the JPEG | query cosine |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, form in forms.items():
+        lines.append(
+            f"| {name} | {form['bytes']:,} | {form['bytes'] / runs[0]['jpeg_bytes']:.2f} | {form['cosine']:.4f} |"
+        )
+    if browser:
+        lines += [
+            "",
+            "In the browser (headless Chromium, ONNX Runtime Web WASM, 1 thread):",
+            "",
+            "| backbone | input px | preprocess ms | encode ms | Python ONNX Runtime ms | WASM / native |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for b in browser:
+            lines.append(
+                f"| {b['backbone']} | {b['input_px']} | {b['preprocess_ms']:.1f} | {b['encode_ms']:.1f} | "
+                f"{b['python_onnx_ms']:.1f} | {b['wasm_over_native']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -478,6 +524,13 @@ def render() -> dict[Path, str]:
                 for tag in ("process", "thread", "process-rebuild")
                 if (RESULTS / f"ingest-{tag}.json").exists()
             ]
+        ),
+        "query-side-runtimes": runtimes_table(
+            sorted(
+                (json.loads(p.read_text()) for p in RESULTS.glob("query-side-runtimes-*.json")),
+                key=lambda r: r["backbone"],
+            ),
+            [json.loads(p.read_text()) for p in sorted(RESULTS.glob("browser-encode-*.json"))],
         ),
         "domain-summary": domain_table(
             sorted(

@@ -40,9 +40,23 @@ def models():
 def _compare(got: dict, want: dict) -> list[str]:
     """Names of every output that moved (floats to 1e-5; fingerprints and payload bytes exactly)."""
     moved = []
-    for key in ("foundation_fingerprint", "query_encoder_fingerprint", "payload_fp16", "payload_int8"):
+    for key in ("foundation_fingerprint", "query_encoder_fingerprint", "payload_fp16"):
         if got[key] != want[key]:
             moved.append(key)
+    # int8 bytes hold float32 scales whose last bit follows 1e-8 noise in the tokens (it moved with
+    # a NumPy release): the layout must be the same, the values within a thousandth of a step
+    from isacir.edge.payload import decode_payload
+
+    a_raw, b_raw = base64.b64decode(got["payload_int8"]), base64.b64decode(want["payload_int8"])
+    a, b = decode_payload(a_raw), decode_payload(b_raw)
+    step = np.abs(b.tokens).max() / 127
+    if (
+        len(a_raw) != len(b_raw)
+        or a_raw[:26] != b_raw[:26]
+        or (a.dtype, a.fingerprint) != (b.dtype, b.fingerprint)
+        or np.abs(a.tokens - b.tokens).max() > 1e-3 * step
+    ):
+        moved.append("payload_int8")
     for key in ("tokens", "composed", "image_feature"):
         a, b = np.asarray(got[key]), np.asarray(want[key])
         if a.shape != b.shape or np.abs(a - b).max() > 1e-4 * np.abs(b).max():
