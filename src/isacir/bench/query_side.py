@@ -39,10 +39,16 @@ def bench_query_side(
     image_size: int | None = None,
     output_stride: int | None = None,
 ) -> dict:
+    torch.set_num_threads(threads)
+    fnd, qe = _models(foundation, backbone, tokens, image_size, output_stride)
+    return _torch_report(fnd, qe, foundation, backbone, tokens, threads, repeats_light, repeats_large, warmup)
+
+
+def _models(foundation: str, backbone: str, tokens: int, image_size: int | None, output_stride: int | None):
+    """The foundation (random weights unless named) and a fresh light query side for it, seeded."""
     from ..foundation import create_foundation
     from ..query import QueryEncoder
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -50,7 +56,21 @@ def bench_query_side(
     qe = QueryEncoder.create(
         fnd, backbone=backbone, num_tokens=tokens, image_size=image_size, output_stride=output_stride
     ).eval()
+    return fnd, qe
 
+
+def _torch_report(
+    fnd,
+    qe,
+    foundation: str,
+    backbone: str,
+    tokens: int,
+    threads: int,
+    repeats_light: int,
+    repeats_large: int,
+    warmup: int,
+) -> dict:
+    """Both sides in PyTorch eager mode, with the payload and JPEG sizes (bench_query_side's keys)."""
     photo, source = natural_photo("astronaut")
     light_px = qe.preprocess(photo).unsqueeze(0)
     large_px = fnd.preprocess(photo).unsqueeze(0)
@@ -283,22 +303,14 @@ def bench_runtimes(
     from pathlib import Path
 
     from ..export import _PixelsToTokens
-    from ..foundation import create_foundation
-    from ..query import QueryEncoder
 
     unknown = set(runtimes) - set(RUNTIMES)
     if unknown:
         raise ValueError(f"unknown runtime(s) {sorted(unknown)}; choose from {', '.join(RUNTIMES)} or all")
-    result = bench_query_side(
-        foundation, backbone, tokens, threads, repeats_light, repeats_large, warmup, image_size, output_stride
-    )
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fnd = create_foundation(foundation)
-    qe = QueryEncoder.create(
-        fnd, backbone=backbone, num_tokens=tokens, image_size=image_size, output_stride=output_stride
-    ).eval()
+    torch.set_num_threads(threads)
+    # one load of the (large) foundation serves every runtime's row
+    fnd, qe = _models(foundation, backbone, tokens, image_size, output_stride)
+    result = _torch_report(fnd, qe, foundation, backbone, tokens, threads, repeats_light, repeats_large, warmup)
     photo, _ = natural_photo("astronaut")
     light_px = qe.preprocess(photo).unsqueeze(0)
     large_px = fnd.preprocess(photo).unsqueeze(0)
