@@ -162,10 +162,11 @@ class Generations:
                 }
                 data["history"].append(_event(name, None, "building", actor, "created"))
         gallery = Gallery.open_or_create(self.home / gens[name]["path"], foundation, store=store, index=index)
-        if self.milvus_alias() is not None:
+        alias = self.milvus_alias()
+        if alias is not None:
             serving = Gallery.open(self.home)
             try:
-                self._point_alias(serving)  # the alias exists before the first switch
+                self._point_alias(serving, alias)  # the alias exists before the first switch
             finally:
                 serving.close()
         return gallery
@@ -188,11 +189,11 @@ class Generations:
             g.close()
         return f"{root['milvus_collection']}_serving"
 
-    def _point_alias(self, gallery: Gallery) -> None:
+    @staticmethod
+    def _point_alias(gallery: Gallery, alias: str) -> None:
         from .stores import MilvusStore
 
-        alias = self.milvus_alias()
-        if alias is not None and isinstance(gallery.store, MilvusStore):
+        if isinstance(gallery.store, MilvusStore):
             gallery.store.point_alias(alias)
 
     def _set(self, name: str, state: str, actor: str, reason: str) -> None:
@@ -263,10 +264,11 @@ class Generations:
             data["generations"][name]["state"] = "serving"
             data["history"].append(_event(name, "ready", "serving", actor, reason or "promoted"))
             data["serving"] = name
-        if self.milvus_alias() is not None:
+        alias = self.milvus_alias()
+        if alias is not None:
             promoted = Gallery.open(self.home, generation=name)
             try:
-                self._point_alias(promoted)
+                self._point_alias(promoted, alias)
             finally:
                 promoted.close()
         return self.get(name)
