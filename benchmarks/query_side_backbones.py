@@ -1,6 +1,6 @@
 """Every curated light backbone against one large image encoder, measured in the same run.
 
-    .venv/bin/python benchmarks/query_side_backbones.py --foundation openclip:ViT-L-14 --threads 1
+    .venv/bin/python benchmarks/query_side_backbones.py --foundation openclip:ViT-L-14 --threads 1 --runtime all
 
 The same measurement as ``isacir bench backbones`` (``isacir.bench.query_side.bench_backbones``);
 this script keeps the command the docs quote. Weights are random (speed does not depend on values).
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from isacir.bench.query_side import BACKBONES, bench_backbones
+from isacir.bench.query_side import BACKBONES, backbones_report, bench_backbones, parse_runtimes
 
 
 def main() -> None:
@@ -24,21 +24,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats-light", type=int, default=30)
     ap.add_argument("--repeats-large", type=int, default=5)
+    ap.add_argument("--runtime", default="torch", help="torch | onnx | onnx-int8 | all (comma-separated)")
     args = ap.parse_args()
+    try:
+        runtimes = parse_runtimes(args.runtime)
+    except ValueError as exc:
+        ap.error(str(exc))
     result = bench_backbones(
-        args.foundation, args.backbones.split(","), args.tokens, args.threads, args.repeats_light, args.repeats_large
+        args.foundation,
+        args.backbones.split(","),
+        args.tokens,
+        args.threads,
+        args.repeats_light,
+        args.repeats_large,
+        runtimes,
     )
-    print(
-        f"{args.foundation} image encoder: {result['large_ms_before']:.0f} ms before, "
-        f"{result['large_ms_after']:.0f} ms after ({args.threads} thread(s), photo: {result['photo']})",
-        file=sys.stderr,
-    )
-    print(f"{'backbone':<20}{'px':>5}{'params M':>10}{'light ms':>10}{'speedup':>9}", file=sys.stderr)
-    for r in result["backbones"]:
-        print(
-            f"{r['backbone']:<20}{r['input_px']:>5}{r['params_m']:>10}{r['light_ms']:>10}{r['speedup']:>9}",
-            file=sys.stderr,
-        )
+    print(backbones_report(result), file=sys.stderr)
     print(json.dumps(result))
 
 

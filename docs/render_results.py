@@ -185,30 +185,51 @@ in [the experiment history](../experiments/shapes-cir.md). The same numbers as C
 {per_seed_tables(runs)}"""
 
 
+def _backbone_cells(result: dict) -> tuple[list[str], dict]:
+    """The runtimes a backbones run measured, and each one's large-encoder milliseconds.
+
+    Runs from before ``--runtime`` hold PyTorch only, at the top level."""
+    large = result.get("runtimes") or {
+        "torch": {k: result[k] for k in ("large_ms", "large_ms_before", "large_ms_after")}
+    }
+    return list(large), large
+
+
 def backbones_table(result: dict) -> str:
+    runtimes, large = _backbone_cells(result)
     note = f"; {result['source']}" if result.get("source") else ""
+    cpu = result.get("cpu")
+    where = f" on {cpu['model']} ({', '.join(cpu['vector_extensions'])})" if cpu else ""
+    timing = "; ".join(
+        f"{rt} {v['large_ms_before']:.0f} ms before and {v['large_ms_after']:.0f} ms after" for rt, v in large.items()
+    )
     lines = [
-        f"{result['foundation']} image encoder: {result['large_ms_before']:.0f} ms before and "
-        f"{result['large_ms_after']:.0f} ms after the light ones, {result['threads']} thread(s){note}.",
+        f"{result['foundation']} image encoder, {result['threads']} thread(s){where}: {timing} the light ones{note}.",
         "",
-        "| backbone | input px | params (M, with token learner) | light ms | speedup |",
-        "|---|---:|---:|---:|---:|",
+        "| backbone | input px | params (M, with token learner) | "
+        + " | ".join(f"{rt} light ms | {rt} speedup" for rt in runtimes)
+        + " |",
+        "|---|---:|---:|" + "---:|---:|" * len(runtimes),
     ]
     for r in result["backbones"]:
-        speedup = result["large_ms"] / r["light_ms"]
-        lines.append(
-            f"| {r['backbone']} | {r['input_px']} | {r['params_m']:.2f} | {r['light_ms']:.1f} | {speedup:.0f} |"
+        cells = r.get("runtimes") or {"torch": r}
+        row = " | ".join(
+            f"{cells[rt]['light_ms']:.1f} | **{large[rt]['large_ms'] / cells[rt]['light_ms']:.0f}x**" for rt in runtimes
         )
+        lines.append(f"| {r['backbone']} | {r['input_px']} | {r['params_m']:.2f} | {row} |")
     return "\n".join(lines) + "\n"
 
 
 def backbones_csv(result: dict) -> str:
+    runtimes, large = _backbone_cells(result)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["backbone", "input_px", "params_m", "light_ms", "large_ms", "speedup"])
+    w.writerow(["backbone", "input_px", "params_m", "runtime", "light_ms", "large_ms", "speedup"])
     for r in result["backbones"]:
-        speedup = result["large_ms"] / r["light_ms"]
-        w.writerow([r["backbone"], r["input_px"], r["params_m"], r["light_ms"], result["large_ms"], f"{speedup:.1f}"])
+        cells = r.get("runtimes") or {"torch": r}
+        for rt in runtimes:
+            ms, big = cells[rt]["light_ms"], large[rt]["large_ms"]
+            w.writerow([r["backbone"], r["input_px"], r["params_m"], rt, ms, big, f"{big / ms:.1f}"])
     return buf.getvalue()
 
 

@@ -205,6 +205,8 @@ def test_bench_backbones_script_and_verb_agree_on_the_shape(tiny_openclip_dir):
         "2",
         "--repeats-large",
         "2",
+        "--runtime",
+        "onnx-int8",
     ]
     verb = last_json(run("bench", "backbones", *args))
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=ENV, timeout=600)
@@ -212,8 +214,19 @@ def test_bench_backbones_script_and_verb_agree_on_the_shape(tiny_openclip_dir):
     scripted = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(verb) == set(scripted) and [r["backbone"] for r in scripted["backbones"]] == ["mobilenetv3_small_050"]
     row = verb["backbones"][0]
-    # speedup is rounded to 0.1 and computed from unrounded times: within 0.05 plus 1 % of the ratio
-    assert abs(row["speedup"] - verb["large_ms"] / row["light_ms"]) <= 0.05 + 0.01 * row["speedup"]
+    # PyTorch is always measured, and the top-level and row keys describe it
+    assert set(verb["runtimes"]) == set(row["runtimes"]) == {"torch", "onnx-int8"}
+    assert verb["large_ms"] == verb["runtimes"]["torch"]["large_ms"]
+    assert row["light_ms"] == row["runtimes"]["torch"]["light_ms"]
+    for rt, cell in row["runtimes"].items():
+        # speedup is rounded to 0.1 and computed from unrounded times: within 0.05 plus 1 % of the ratio
+        ratio = verb["runtimes"][rt]["large_ms"] / cell["light_ms"]
+        assert abs(cell["speedup"] - ratio) <= 0.05 + 0.01 * cell["speedup"], rt
+    assert verb["cpu"]["model"]
+    bad = subprocess.run(
+        [sys.executable, str(script), *args[:-1], "onnx,tflite"], capture_output=True, text=True, env=ENV
+    )
+    assert bad.returncode == 2 and "tflite" in bad.stderr
 
 
 @pytest.mark.bench

@@ -144,6 +144,39 @@ def test_pilot_of_two_versions_on_the_small_bench(small_loop):
 
 
 @pytest.mark.slow
+def test_bench_edge_int8_gates_the_int8_model_on_shapes_r10(small_loop, tmp_path):
+    """The int8 model's task-level gate: R@K through ONNX Runtime with fp32 and int8 tokens, the
+    int8 model written only when both gates hold, and a refusal that still reports every number."""
+    from isacir.experiments.shapes.bench import METRICS
+    from isacir.experiments.shapes.edge_bench import run_edge_bench
+
+    out, cfg, bench, _, _ = small_loop
+    quiet = {"progress": False, "log": lambda *_: None}
+    summary = run_edge_bench(out, 0, config=cfg, **quiet)
+    # the torch row is the bench's own ISA evaluation, recomputed
+    assert summary["torch"] == bench["methods"]["isa"]
+    for row in (summary["fp32"], summary["int8"], *summary["payloads"].values()):
+        assert set(row) == set(METRICS)
+    # ONNX fp32 runs the same model through NumPy/Pillow preprocessing: at most one query of 60 moves
+    assert abs(summary["fp32"]["R@10"] - summary["torch"]["R@10"]) <= 100 / 60 + 0.01
+    assert summary["r10_drop"] == round(summary["fp32"]["R@10"] - summary["int8"]["R@10"], 2)
+    expect = summary["r10_drop"] <= 1.0 and summary["query_cosine"]["min"] >= 0.99
+    assert summary["written"] is expect and (summary["refused"] is None) is expect
+    if expect:
+        edge = json.loads((out / "edge-seed0" / "edge.json").read_text())
+        assert set(edge["files"]) == {"fp32", "int8"} and edge["versions"]["int8"] != edge["versions"]["fp32"]
+        assert edge["verification"]["int8"]["quality"]["r10_drop"] == summary["r10_drop"]
+
+    # an unreachable cosine gate refuses, measures the R@10 gate anyway, and writes nothing
+    refused = run_edge_bench(out, 0, min_query_cosine=1.5, edge_out=tmp_path / "edge", config=cfg, **quiet)
+    assert not refused["written"] and refused["edge"] is None and not (tmp_path / "edge").exists()
+    assert "below the required 1.5" in refused["refused"]
+    assert refused["int8"] == summary["int8"] and refused["r10_drop"] == summary["r10_drop"]
+    detail = json.loads((out / "edge-int8-seed0.json").read_text())
+    assert detail["model_bytes"]["int8"] < detail["model_bytes"]["fp32"]
+
+
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.parametrize(
     "viewport", [{"width": 390, "height": 844}, {"width": 1280, "height": 900}], ids=["phone", "desktop"]

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,14 @@ INT8_CHECK_MODIFIERS = ("", "make it red", "same but larger and striped", "witho
 
 class ExportError(IsacirError):
     pass
+
+
+class Int8Refused(ExportError):
+    """The int8 model failed a gate; ``numbers`` holds everything both gates measured."""
+
+    def __init__(self, message: str, numbers: dict):
+        super().__init__(message)
+        self.numbers = numbers
 
 
 class _PixelsToTokens(nn.Module):
@@ -81,6 +90,7 @@ def export_edge(
     seed: int = 0,
     foundation=None,
     min_query_cosine: float = INT8_MIN_QUERY_COSINE,
+    int8_check: Callable[[Path, Path], dict] | None = None,
 ) -> dict:
     """Export ``qe``; returns the verification report (also stored in ``edge.json``).
 
@@ -89,6 +99,11 @@ def export_edge(
     the fp32 one on the export's checks, or the export is refused with the numbers. The int8 model
     gets its own version identity (``versions.int8`` in ``edge.json``); its payloads carry the
     query encoder's fingerprint, so the same server decodes them.
+
+    ``int8_check(fp32_model, int8_model)`` is a second, task-level gate on the staged models (the
+    Shapes-CIR bench measures R@10 with both): it returns its numbers with ``"ok"``; they land in
+    the report under ``int8.quality``, and ``ok`` false refuses the int8 model. Both gates are
+    measured before either refuses, so a refusal names every number.
     """
     if int8 and foundation is None:
         raise ExportError("--int8 needs the foundation, to check the composed queries int8 tokens make")
@@ -165,11 +180,22 @@ def export_edge(
                 "query_checks": int(cos.size),
                 "bytes": q_path.stat().st_size,
             }
+            problems = []
             if not cos.min() >= min_query_cosine:
-                raise ExportError(
+                problems.append(
                     f"the int8 model moves composed queries too far: least cosine to the fp32 query "
                     f"{cos.min():.4f} (mean {cos.mean():.4f}) over {cos.size} checks, below the required "
-                    f"{min_query_cosine}; export without --int8, or with a larger tolerance if that is acceptable"
+                    f"{min_query_cosine}"
+                )
+            if int8_check is not None:
+                quality = int8_check(model_path, q_path)
+                report["int8"]["quality"] = quality
+                if not quality.get("ok"):
+                    problems.append(f"the int8 model fails the quality check: {quality.get('reason', quality)}")
+            if problems:
+                raise Int8Refused(
+                    "; ".join(problems) + "; export without --int8, or with a larger tolerance if that is acceptable",
+                    report["int8"],
                 )
             files["int8"] = "model.int8.onnx"
         report["fp32_bytes"] = model_path.stat().st_size

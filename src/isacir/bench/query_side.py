@@ -11,6 +11,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -134,15 +135,23 @@ def bench_backbones(
     threads: int = 1,
     repeats_light: int = 30,
     repeats_large: int = 5,
+    runtimes: tuple[str, ...] = ("torch",),
 ) -> dict:
-    """Every backbone against one large image encoder in the same run.
+    """Every backbone against one large image encoder in the same run, in each of ``runtimes``.
 
-    The large encoder is timed before and after the light ones and the two medians are pooled, so
-    drift during the run shows up as a spread between them rather than skewing one ratio.
+    Per runtime, the large encoder is timed before and after the light ones and the two medians are
+    pooled, so drift during the run shows up as a spread between them rather than skewing one
+    ratio. The top-level keys and each row's ``light_ms``/``speedup`` describe PyTorch (always
+    measured); ``runtimes`` holds every runtime's ``large_ms`` and each row's ``runtimes`` its own.
     """
+    import tempfile
+
+    from ..export import _PixelsToTokens
     from ..foundation import create_foundation
     from ..query import QueryEncoder
 
+    _check_runtimes(runtimes)
+    order = ("torch",) + tuple(rt for rt in RUNTIMES if rt in runtimes and rt != "torch")
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -150,35 +159,83 @@ def bench_backbones(
         fnd = create_foundation(foundation)
     photo, source = natural_photo("astronaut")
     large_px = fnd.preprocess(photo).unsqueeze(0)
-    rows = []
-    with torch.inference_mode():
-        large_before, _ = _median_ms(lambda: fnd.encode_image(large_px), repeats_large, 1)
-        for name in backbones:
-            qe = QueryEncoder.create(fnd, backbone=name, num_tokens=tokens).eval()
-            px = qe.preprocess(photo).unsqueeze(0)
-            ms, _ = _median_ms(lambda qe=qe, px=px: qe(px), repeats_light, 3)
-            rows.append(
-                {
-                    "backbone": name,
-                    "input_px": qe.config.preprocess.image_size,
-                    "light_ms": round(ms, 2),
-                    "params_m": round(sum(p.numel() for p in qe.parameters()) / 1e6, 2),
-                }
-            )
-        large_after, _ = _median_ms(lambda: fnd.encode_image(large_px), repeats_large, 1)
-    large = statistics.mean([large_before, large_after])
-    for r in rows:
-        r["speedup"] = round(large / r["light_ms"], 1)
+    encoders = {name: QueryEncoder.create(fnd, backbone=name, num_tokens=tokens).eval() for name in backbones}
+    pixels = {name: qe.preprocess(photo).unsqueeze(0) for name, qe in encoders.items()}
+    rows: dict[str, dict] = {
+        name: {
+            "backbone": name,
+            "input_px": qe.config.preprocess.image_size,
+            "params_m": round(sum(p.numel() for p in qe.parameters()) / 1e6, 2),
+            "runtimes": {},
+        }
+        for name, qe in encoders.items()
+    }
+    large_by_rt: dict[str, dict] = {}
+    # no_grad rather than inference_mode: the ONNX exports happen in here too
+    with tempfile.TemporaryDirectory(prefix="isacir-bench-") as tmp, torch.no_grad():
+        large_onnx = None
+        for rt in order:
+            if rt == "torch":
+                large = lambda: _inference(fnd.encode_image, large_px)  # noqa: E731
+                lights = {n: (lambda qe=qe, px=pixels[n]: _inference(qe, px)) for n, qe in encoders.items()}
+            else:
+                if large_onnx is None:
+                    large_onnx = _export_onnx(_ImageTower(fnd).eval(), large_px, Path(tmp) / "large.onnx")
+                session, _ = _session(large_onnx, threads, int8=rt == "onnx-int8")
+                gx = large_px.numpy()
+                large = lambda s=session, x=gx: s.run(None, {"x": x})  # noqa: E731
+                lights = {}
+                for n, qe in encoders.items():
+                    path = _export_onnx(_PixelsToTokens(qe).eval(), pixels[n], Path(tmp) / f"{n}.onnx")
+                    light, _ = _session(path, threads, int8=rt == "onnx-int8")
+                    lights[n] = lambda s=light, x=pixels[n].numpy(): s.run(None, {"x": x})
+            before, _ = _median_ms(large, repeats_large, 1)
+            light_ms = {n: _median_ms(fn, repeats_light, 3)[0] for n, fn in lights.items()}
+            after, _ = _median_ms(large, repeats_large, 1)
+            mean = statistics.mean([before, after])
+            large_by_rt[rt] = {
+                "large_ms": round(mean, 1),
+                "large_ms_before": round(before, 1),
+                "large_ms_after": round(after, 1),
+            }
+            for n, ms in light_ms.items():
+                rows[n]["runtimes"][rt] = {"light_ms": round(ms, 2), "speedup": round(mean / ms, 1)}
+            del large, lights
+    for r in rows.values():
+        r.update(r["runtimes"]["torch"])
+    import onnxruntime
+
     return {
         "foundation": foundation,
         "threads": threads,
         "tokens": tokens,
         "photo": source,
-        "large_ms": round(large, 1),
-        "large_ms_before": round(large_before, 1),
-        "large_ms_after": round(large_after, 1),
-        "backbones": rows,
+        **large_by_rt["torch"],
+        "runtimes": large_by_rt,
+        "backbones": list(rows.values()),
+        "cpu": cpu_info(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
     }
+
+
+def backbones_report(result: dict) -> str:
+    """:func:`bench_backbones`'s result as an aligned text table: light ms and speedup per runtime."""
+    rts = list(result["runtimes"])
+    lines = [
+        f"{result['foundation']} image encoder, {result['threads']} thread(s), photo: {result['photo']}: "
+        + "; ".join(
+            f"{rt} {v['large_ms_before']:.0f} ms before, {v['large_ms_after']:.0f} ms after"
+            for rt, v in result["runtimes"].items()
+        ),
+        f"{'backbone':<20}{'px':>5}{'params M':>10}" + "".join(f"{rt + ' ms':>16}{'x':>7}" for rt in rts),
+    ]
+    for r in result["backbones"]:
+        lines.append(
+            f"{r['backbone']:<20}{r['input_px']:>5}{r['params_m']:>10}"
+            + "".join(f"{r['runtimes'][rt]['light_ms']:>16}{r['runtimes'][rt]['speedup']:>7}" for rt in rts)
+        )
+    return "\n".join(lines)
 
 
 # ----- per runtime -----------------------------------------------------------------------------------
@@ -238,10 +295,13 @@ class _ImageTower(torch.nn.Module):
         return self.foundation.encode_image(pixels)
 
 
-def _onnx_session(module: torch.nn.Module, example: torch.Tensor, path, threads: int, int8: bool):
-    """``module`` in ONNX Runtime on ``threads`` threads (dynamically quantised to int8 on request)."""
-    import onnxruntime as ort
+def _inference(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> object:
+    with torch.inference_mode():
+        return fn(x)
 
+
+def _export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """``module`` traced to ONNX at ``path`` (input ``x``, output ``y``)."""
     # frozen attention layers take PyTorch's fused fast path, which has no ONNX form: trace the plain one
     fast = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
@@ -251,17 +311,40 @@ def _onnx_session(module: torch.nn.Module, example: torch.Tensor, path, threads:
         )
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
+    return path
+
+
+def _session(path: Path, threads: int, int8: bool):
+    """An ONNX Runtime session on ``threads`` threads for ``path`` (dynamically quantised to int8 on
+    request, next to it), and the size in bytes of the model it runs."""
+    import onnxruntime as ort
+
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         q = path.with_suffix(".int8.onnx")
-        quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8)
+        if not q.is_file():
+            quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8)
         path = q
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), path.stat().st_size
+
+
+def parse_runtimes(text: str) -> tuple[str, ...]:
+    """``all`` or a comma list of :data:`RUNTIMES`, as the bench verbs take it."""
+    chosen = RUNTIMES if text.strip() == "all" else tuple(r.strip() for r in text.split(",") if r.strip())
+    if not chosen or set(chosen) - set(RUNTIMES):
+        raise ValueError(f"runtimes are {', '.join(RUNTIMES)} or all; got {text!r}")
+    return chosen
+
+
+def _check_runtimes(runtimes: tuple[str, ...]) -> None:
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"unknown runtime(s) {sorted(unknown)}; choose from {', '.join(RUNTIMES)} or all")
 
 
 def payload_forms(fnd, qe, pixels: torch.Tensor) -> dict:
@@ -300,13 +383,10 @@ def bench_runtimes(
     """:func:`bench_query_side` (its keys describe the torch row) plus, per runtime, the light side
     and the large image encoder in that same runtime, each with its ``speedup``; and every payload form."""
     import tempfile
-    from pathlib import Path
 
     from ..export import _PixelsToTokens
 
-    unknown = set(runtimes) - set(RUNTIMES)
-    if unknown:
-        raise ValueError(f"unknown runtime(s) {sorted(unknown)}; choose from {', '.join(RUNTIMES)} or all")
+    _check_runtimes(runtimes)
     torch.set_num_threads(threads)
     # one load of the (large) foundation serves every runtime's row
     fnd, qe = _models(foundation, backbone, tokens, image_size, output_stride)
@@ -322,11 +402,11 @@ def bench_runtimes(
             if rt == "torch":
                 continue
             int8 = rt == "onnx-int8"
-            light, light_bytes = _onnx_session(
-                _PixelsToTokens(qe).eval(), light_px, Path(tmp) / "light.onnx", threads, int8
+            light, light_bytes = _session(
+                _export_onnx(_PixelsToTokens(qe).eval(), light_px, Path(tmp) / "light.onnx"), threads, int8
             )
-            large, large_bytes = _onnx_session(
-                _ImageTower(fnd).eval(), large_px, Path(tmp) / "large.onnx", threads, int8
+            large, large_bytes = _session(
+                _export_onnx(_ImageTower(fnd).eval(), large_px, Path(tmp) / "large.onnx"), threads, int8
             )
             lx, gx = light_px.numpy(), large_px.numpy()
             light_ms, _ = _median_ms(lambda s=light, x=lx: s.run(None, {"x": x}), repeats_light, warmup)

@@ -14,6 +14,20 @@ from ..errors import IsacirError
 from ..gallery.stores import INDEX_HELP
 from ._app import DEVICE_HELP, bench_app, emit_json, err
 
+RUNTIME_HELP = (
+    "torch | onnx | onnx-int8 | all (comma-separated): each measures the light side and the large "
+    "image encoder in that runtime, side by side."
+)
+
+
+def _runtimes(text: str) -> tuple[str, ...]:
+    from ..bench.query_side import parse_runtimes
+
+    try:
+        return parse_runtimes(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--runtime") from None
+
 
 @bench_app.command("query-side")
 def bench_query_side(
@@ -27,21 +41,14 @@ def bench_query_side(
     output_stride: Optional[int] = typer.Option(
         None, help="Light backbone output stride, 8 | 16 | 32 (default: its own)."
     ),
-    runtime: str = typer.Option(
-        "torch",
-        help="torch | onnx | onnx-int8 | all (comma-separated): each measures the light side and the large "
-        "image encoder in that runtime, side by side.",
-    ),
+    runtime: str = typer.Option("torch", help=RUNTIME_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON object."),
 ) -> None:
     """Light query side vs large image encoder: latency ratio and bytes on the wire."""
-    from ..bench.query_side import RUNTIMES, bench_runtimes
     from ..bench.query_side import bench_query_side as run
+    from ..bench.query_side import bench_runtimes
 
-    chosen = RUNTIMES if runtime == "all" else tuple(r.strip() for r in runtime.split(",") if r.strip())
-    bad = [r for r in chosen if r not in RUNTIMES]
-    if bad or not chosen:
-        raise typer.BadParameter(f"--runtime takes {', '.join(RUNTIMES)} or all; got {runtime!r}")
+    chosen = _runtimes(runtime)
     kwargs = dict(image_size=image_size, output_stride=output_stride)
     if chosen == ("torch",):
         result = run(foundation, backbone, tokens, threads, repeats_light, repeats_large, **kwargs)
@@ -68,20 +75,14 @@ def bench_backbones_cmd(
     threads: int = typer.Option(1, help="CPU threads for both sides."),
     repeats_light: int = typer.Option(30),
     repeats_large: int = typer.Option(5),
+    runtime: str = typer.Option("torch", help=RUNTIME_HELP + " PyTorch is always measured."),
 ) -> None:
     """Every light backbone against one large image encoder, side by side in one run."""
-    from ..bench.query_side import BACKBONES, bench_backbones
+    from ..bench.query_side import BACKBONES, backbones_report, bench_backbones
 
     names = [b.strip() for b in backbones.split(",") if b.strip()] if backbones else list(BACKBONES)
-    result = bench_backbones(foundation, names, tokens, threads, repeats_light, repeats_large)
-    table = Table("backbone", "input px", "params M", "light ms", "speedup")
-    for r in result["backbones"]:
-        table.add_row(r["backbone"], str(r["input_px"]), str(r["params_m"]), str(r["light_ms"]), str(r["speedup"]))
-    err.print(
-        f"{foundation} image encoder: {result['large_ms_before']:.0f} ms before, "
-        f"{result['large_ms_after']:.0f} ms after"
-    )
-    err.print(table)
+    result = bench_backbones(foundation, names, tokens, threads, repeats_light, repeats_large, _runtimes(runtime))
+    err.print(backbones_report(result))
     emit_json(result)
 
 
@@ -293,6 +294,43 @@ def bench_domain_cmd(
         for world in ("shifted", "standard"):
             b, a = summary[world]["before"], summary[world]["after"]
             err.print(f"{world}: R@1 {b['R@1']} -> {a['R@1']}, R@10 {b['R@10']} -> {a['R@10']}")
+    emit_json(summary)
+
+
+@bench_app.command("edge-int8")
+def bench_edge_int8_cmd(
+    seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse (built where missing)."),
+    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
+    edge_out: Optional[Path] = typer.Option(
+        None, "--edge-out", help="Where the gated edge folder goes (default: OUT/edge-seed{SEED})."
+    ),
+    max_r10_drop: float = typer.Option(1.0, help="The most R@10 points the int8 model may lose against fp32."),
+    min_query_cosine: float = typer.Option(0.99, help="The export's own gate: least composed-query cosine."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """The int8 edge model's task-level gate: Shapes-CIR test R@K with fp32 and int8 ONNX tokens.
+
+    Writes the edge folder (fp32 + int8) only when int8's R@10 is within --max-r10-drop of fp32's and
+    the export's cosine gate holds. The last stdout line is {"seed", "torch", "fp32", "int8",
+    "payloads", "r10_drop", "max_r10_drop", "query_cosine", "written", "edge", "refused"}.
+    """
+    from ..experiments.shapes.edge_bench import run_edge_bench
+
+    if max_r10_drop < 0:
+        raise typer.BadParameter("must be at least 0", param_hint="--max-r10-drop")
+    summary = run_edge_bench(
+        out_dir,
+        seed,
+        max_r10_drop=max_r10_drop,
+        min_query_cosine=min_query_cosine,
+        edge_out=edge_out,
+        log=lambda m: err.print(escape(str(m)), highlight=False),
+    )
+    if not as_json:
+        if summary["written"]:
+            err.print(f"[green]int8 written[/] to {summary['edge']}: R@10 drop {summary['r10_drop']} points")
+        else:
+            err.print(f"[red]int8 refused[/]: {escape(summary['refused'])}")
     emit_json(summary)
 
 

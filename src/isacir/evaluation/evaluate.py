@@ -6,7 +6,7 @@ One code path serves CIRR, FashionIQ, CIRCO and Shapes-CIR (which is written in 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from ..adapt import QueryAdapter
     from ..foundation import Foundation
     from ..query import QueryEncoder
+
+#: Reference images -> their pseudo tokens ``[B, T, D]`` (a tensor or an array).
+TokenSource = Callable[[list], "torch.Tensor | np.ndarray"]
 
 METHOD_MODES = ("isa", "image_only", "text_only", "image_plus_text", "pixel_only")
 
@@ -73,10 +76,13 @@ def encode_queries(
     template: str | None = None,
     batch_size: int = 32,
     adapter: QueryAdapter | None = None,
+    token_source: TokenSource | None = None,
 ) -> np.ndarray:
     """Composed query vectors ``[Q, D]`` for ``mode`` (``template`` defaults to the encoder's own).
 
     ``adapter`` (mode ``isa`` only): a query adapter learned from feedback, applied to every query.
+    ``token_source`` (mode ``isa`` only): makes the pseudo tokens of a batch of reference images in
+    place of ``query_encoder`` (an exported edge model, say), which still names the token count.
     """
     if mode not in METHOD_MODES:
         raise ValueError(f"unknown mode {mode!r}")
@@ -91,7 +97,10 @@ def encode_queries(
             if query_encoder is None:
                 raise ValueError("mode 'isa' needs a query encoder")
             refs = [bench.gallery[q.reference] for q in chunk]
-            tokens = query_encoder.encode_images(refs, foundation=fnd)
+            if token_source is not None:
+                tokens = torch.as_tensor(np.asarray(token_source(refs)), dtype=torch.float32).to(fnd.device)
+            else:
+                tokens = query_encoder.encode_images(refs, foundation=fnd)
             mods = [q.modifiers for q in chunk]
             if adapter is not None:
                 vec = adapter.compose(fnd, tokens, mods, template, query_encoder.num_tokens)
@@ -180,6 +189,7 @@ def evaluate(
     progress: bool = True,
     workers: int = 0,
     adapter: QueryAdapter | None = None,
+    token_source: TokenSource | None = None,
 ) -> tuple[dict[str, float], list[list[str]]]:
     names = list(bench.gallery)
     if mode == "pixel_only":
@@ -191,7 +201,9 @@ def evaluate(
             gallery_vecs = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress, workers=workers)
         if adapter is not None and query_encoder is not None:
             adapter.check(query_encoder.fingerprint, fnd.fingerprint)
-        queries = encode_queries(bench, fnd, gallery_vecs, names, mode, query_encoder, template, adapter=adapter)
+        queries = encode_queries(
+            bench, fnd, gallery_vecs, names, mode, query_encoder, template, adapter=adapter, token_source=token_source
+        )
     scores = queries @ gallery_vecs.T
     exclude = [q.reference for q in bench.queries] if bench.exclude_reference else []
     # CIRR's subset metric re-ranks img_set members, which may sit anywhere: keep full rankings there
