@@ -487,6 +487,35 @@ def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def edge_int8_table(runs: list[dict]) -> str:
+    """`isacir bench edge-int8`: Shapes-CIR test R@K with PyTorch, ONNX fp32 and ONNX int8 tokens."""
+    if not runs:
+        return "No edge-int8 run is recorded yet.\n"
+    lines = [
+        "| seed | tokens from | R@1 | R@5 | R@10 | R@50 | mAP@10 |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        rows = [("PyTorch", r["torch"]), ("ONNX fp32", r["fp32"]), ("ONNX int8", r["int8"])]
+        rows += [(f"ONNX int8, {d} payload", m) for d, m in r["payloads"].items()]
+        for name, m in rows:
+            lines.append(
+                f"| {r['seed']} | {name} | "
+                + " | ".join(f"{m[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@50", "mAP@10"))
+                + " |"
+            )
+    lines.append("")
+    for r in runs:
+        verdict = "written" if r["written"] else f"refused ({r['refused']})"
+        c = r["query_cosine"]
+        lines.append(
+            f"- seed {r['seed']} ({r['backbone']}): int8 R@10 {r['r10_drop']:+.2f} points below fp32 "
+            f"(allowed {r['max_r10_drop']}); least composed-query cosine {c['min']:.4f} (required {c['required']}); "
+            f"model {r['model_bytes']['int8']:,} bytes against {r['model_bytes']['fp32']:,}: int8 model {verdict}."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def fill(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every generated block a page holds."""
     for name, body in blocks.items():
@@ -552,6 +581,9 @@ def render() -> dict[Path, str]:
                 key=lambda r: r["backbone"],
             ),
             [json.loads(p.read_text()) for p in sorted(RESULTS.glob("browser-encode-*.json"))],
+        ),
+        "edge-int8": edge_int8_table(
+            sorted((json.loads(p.read_text()) for p in RESULTS.glob("edge-int8-seed*.json")), key=lambda r: r["seed"])
         ),
         "domain-summary": domain_table(
             sorted(
