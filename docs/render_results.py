@@ -211,12 +211,19 @@ def backbones_table(result: dict) -> str:
         + " |",
         "|---|---:|---:|" + "---:|---:|" * len(runtimes),
     ]
+    errors = []
     for r in result["backbones"]:
         cells = r.get("runtimes") or {"torch": r}
-        row = " | ".join(
-            f"{cells[rt]['light_ms']:.1f} | **{large[rt]['large_ms'] / cells[rt]['light_ms']:.0f}x**" for rt in runtimes
-        )
-        lines.append(f"| {r['backbone']} | {r['input_px']} | {r['params_m']:.2f} | {row} |")
+        row = []
+        for rt in runtimes:
+            if "error" in cells[rt]:
+                errors.append(f"- {r['backbone']} in {rt}: `{cells[rt]['error']}`")
+                row.append(f"failed ({len(errors)}) | –")
+            else:
+                row.append(f"{cells[rt]['light_ms']:.1f} | **{large[rt]['large_ms'] / cells[rt]['light_ms']:.0f}x**")
+        lines.append(f"| {r['backbone']} | {r['input_px']} | {r['params_m']:.2f} | {' | '.join(row)} |")
+    if errors:
+        lines += ["", "Failed cells:", "", *[f"{i}. {e[2:]}" for i, e in enumerate(errors, 1)]]
     return "\n".join(lines) + "\n"
 
 
@@ -228,6 +235,9 @@ def backbones_csv(result: dict) -> str:
     for r in result["backbones"]:
         cells = r.get("runtimes") or {"torch": r}
         for rt in runtimes:
+            if "error" in cells[rt]:
+                w.writerow([r["backbone"], r["input_px"], r["params_m"], rt, "", large[rt]["large_ms"], ""])
+                continue
             ms, big = cells[rt]["light_ms"], large[rt]["large_ms"]
             w.writerow([r["backbone"], r["input_px"], r["params_m"], rt, ms, big, f"{big / ms:.1f}"])
     return buf.getvalue()
@@ -442,22 +452,23 @@ def ingest_table(runs: list[dict]) -> str:
 
 
 def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
-    """`isacir bench query-side --runtime all` per backbone, and `benchmarks/browser_encode.py`."""
+    """`isacir bench query-side --runtime all` per backbone and CPU, and `benchmarks/browser_encode.py`."""
     if not runs:
         return "No per-runtime run is recorded yet.\n"
-    cpu = runs[0]["cpu"]
     lines = [
-        f"CPU: {cpu['model']} ({', '.join(cpu['vector_extensions']) or 'no vector extensions listed'}), "
         f"{runs[0]['threads']} thread; foundation `{runs[0]['foundation']}`, {runs[0]['tokens']} tokens; "
-        f"ONNX Runtime {runs[0]['onnxruntime']}, PyTorch {runs[0]['torch']}.",
+        f"PyTorch {runs[0]['torch']}.",
         "",
-        "| backbone | runtime | light ms | large ms | speedup |",
-        "|---|---|---:|---:|---:|",
+        "| CPU (vector extensions) | ONNX Runtime | backbone | runtime | light ms | large ms | speedup |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     for r in runs:
+        cpu = f"{r['cpu']['model']} ({', '.join(r['cpu']['vector_extensions']) or 'none listed'})"
         for name, row in r["runtimes"].items():
-            speed = f"**{row['speedup']:.0f}x**"
-            lines.append(f"| {r['backbone']} | {name} | {row['light_ms']:.1f} | {row['large_ms']:.0f} | {speed} |")
+            lines.append(
+                f"| {cpu} | {r['onnxruntime']} | {r['backbone']} | {name} | {row['light_ms']:.1f} | "
+                f"{row['large_ms']:.0f} | **{row['speedup']:.0f}x** |"
+            )
     forms = runs[0]["payloads"]
     lines += [
         "",
@@ -509,7 +520,7 @@ def edge_int8_table(runs: list[dict]) -> str:
         verdict = "written" if r["written"] else f"refused ({r['refused']})"
         c = r["query_cosine"]
         lines.append(
-            f"- seed {r['seed']} ({r['backbone']}): int8 R@10 {r['r10_drop']:+.2f} points below fp32 "
+            f"- seed {r['seed']} ({r['backbone']}): int8's R@10 is {r['r10_drop']:.2f} points below fp32's "
             f"(allowed {r['max_r10_drop']}); least composed-query cosine {c['min']:.4f} (required {c['required']}); "
             f"model {r['model_bytes']['int8']:,} bytes against {r['model_bytes']['fp32']:,}: int8 model {verdict}."
         )
@@ -578,7 +589,7 @@ def render() -> dict[Path, str]:
         "query-side-runtimes": runtimes_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("query-side-runtimes-*.json")),
-                key=lambda r: r["backbone"],
+                key=lambda r: (r["backbone"], r["cpu"]["model"]),
             ),
             [json.loads(p.read_text()) for p in sorted(RESULTS.glob("browser-encode-*.json"))],
         ),

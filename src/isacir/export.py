@@ -61,6 +61,26 @@ def _file_version(fingerprint: str, path: Path) -> str:
     return f"{fingerprint}-{path.stem.split('.')[-1]}-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
 
 
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Dynamically quantise the ONNX model ``src`` to int8 weights at ``dst``.
+
+    ONNX Runtime's pre-processing (ONNX shape inference and the graph optimiser's constant
+    folding) runs first, as its quantiser asks: without it, graphs whose convolution weights are
+    computed rather than stored (EfficientViT's, for one) cannot be quantised at all. Its symbolic
+    shape inference is skipped: it asserts on ViT image towers and the quantiser does not need it.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    staged = dst.with_name(f".{dst.stem}.pre.onnx")
+    try:
+        quant_pre_process(str(src), str(staged), skip_symbolic_shape=True)
+        quantize_dynamic(str(staged), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        staged.unlink(missing_ok=True)
+    return dst
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
     num = (a * b).sum(-1)
@@ -164,10 +184,7 @@ def export_edge(
         }
         files = {"fp32": "model.onnx"}
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            q_path = tmp / "model.int8.onnx"
-            quantize_dynamic(str(model_path), str(q_path), weight_type=QuantType.QInt8)
+            q_path = quantize_int8(model_path, tmp / "model.int8.onnx")
             q_sess = ort.InferenceSession(str(q_path), providers=["CPUExecutionProvider"])
             q_out = q_sess.run(["tokens"], {"pixels": inputs.numpy()})[0]
             cos = composed_cosines(foundation, qe.config.template, ref, q_out)
