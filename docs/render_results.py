@@ -487,12 +487,12 @@ def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
             "",
             "In the browser (headless Chromium, ONNX Runtime Web WASM, 1 thread):",
             "",
-            "| backbone | input px | preprocess ms | encode ms | Python ONNX Runtime ms | WASM / native |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| CPU | backbone | input px | preprocess ms | encode ms | Python ONNX Runtime ms | WASM / native |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for b in browser:
             lines.append(
-                f"| {b['backbone']} | {b['input_px']} | {b['preprocess_ms']:.1f} | {b['encode_ms']:.1f} | "
+                f"| {b['cpu']['model']} | {b['backbone']} | {b['input_px']} | {b['preprocess_ms']:.1f} | {b['encode_ms']:.1f} | "
                 f"{b['python_onnx_ms']:.1f} | {b['wasm_over_native']:.2f} |"
             )
     return "\n".join(lines) + "\n"
@@ -591,7 +591,10 @@ def render() -> dict[Path, str]:
                 (json.loads(p.read_text()) for p in RESULTS.glob("query-side-runtimes-*.json")),
                 key=lambda r: (r["backbone"], r["cpu"]["model"]),
             ),
-            [json.loads(p.read_text()) for p in sorted(RESULTS.glob("browser-encode-*.json"))],
+            sorted(
+                (json.loads(p.read_text()) for p in RESULTS.glob("browser-encode-*.json")),
+                key=lambda b: (b["cpu"]["model"], b["encode_ms"]),
+            ),
         ),
         "edge-int8": edge_int8_table(
             sorted((json.loads(p.read_text()) for p in RESULTS.glob("edge-int8-seed*.json")), key=lambda r: r["seed"])
