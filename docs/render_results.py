@@ -492,8 +492,8 @@ def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
         ]
         for b in browser:
             lines.append(
-                f"| {b['cpu']['model']} | {b['backbone']} | {b['input_px']} | {b['preprocess_ms']:.1f} | {b['encode_ms']:.1f} | "
-                f"{b['python_onnx_ms']:.1f} | {b['wasm_over_native']:.2f} |"
+                f"| {b['cpu']['model']} | {b['backbone']} | {b['input_px']} | {b['preprocess_ms']:.1f} | "
+                f"{b['encode_ms']:.1f} | {b['python_onnx_ms']:.1f} | {b['wasm_over_native']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 
