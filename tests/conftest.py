@@ -84,3 +84,29 @@ def make_store(request, tmp_path):
     yield make
     for s in stores:
         s.close()
+
+
+@pytest.fixture(scope="session")
+def small_shapes(tmp_path_factory):
+    """The scaled-down Shapes bench, run once per session: ``(out, summary, seconds)``.
+
+    Benches that build on it (feedback, pilot versions, edge-int8) copy its cache with
+    :func:`copy_shapes_cache` rather than train the tiny foundation and ISA again.
+    """
+    import time
+
+    from isacir.experiments.shapes.bench import ShapesBenchConfig, run_shapes_bench
+
+    out = tmp_path_factory.mktemp("shapes-bench")
+    t0 = time.perf_counter()
+    summary = run_shapes_bench(out, ShapesBenchConfig.small(seed=0), progress=False, log=lambda *_: None)
+    return out, summary, time.perf_counter() - t0
+
+
+def copy_shapes_cache(src, dst) -> None:
+    """The cached stages of a bench folder (worlds, foundation, teacher features, methods), not its results."""
+    import shutil
+
+    for sub in ("worlds", "foundations", "teacher-cache", "methods"):
+        if (src / sub).exists():
+            shutil.copytree(src / sub, dst / sub, symlinks=True)

@@ -73,13 +73,17 @@ def test_known_phrasings_copy_rewrites_every_test_modifier(split, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_loop(tmp_path_factory):
-    """The scaled-down bench, then `bench feedback` and `bench pilot-versions` on it."""
+def small_loop(tmp_path_factory, small_shapes):
+    """The scaled-down bench (ISA only, on a copy of the session's cache), then `bench feedback`
+    and `bench pilot-versions` on it."""
+    from conftest import copy_shapes_cache
+
     from isacir.adapt import AdaptSettings
     from isacir.experiments.shapes.bench import ShapesBenchConfig, run_shapes_bench
     from isacir.experiments.shapes.feedback_bench import run_feedback_bench, run_pilot_versions
 
     out = tmp_path_factory.mktemp("feedback-bench")
+    copy_shapes_cache(small_shapes[0], out)
     cfg = replace(ShapesBenchConfig.small(seed=0), methods=("isa",))
     quiet = {"progress": False, "log": lambda *_: None}
     bench = run_shapes_bench(out, cfg, **quiet)

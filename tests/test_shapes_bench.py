@@ -24,16 +24,12 @@ from isacir.experiments.shapes.bench import (
     SHAPES_TEMPLATE,
     TRAINED,
     ShapesBenchConfig,
-    run_shapes_bench,
 )
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes-bench")
-    t0 = time.perf_counter()
-    summary = run_shapes_bench(out, ShapesBenchConfig.small(seed=0), progress=False, log=lambda *_: None)
-    return out, summary, time.perf_counter() - t0
+def bench_run(small_shapes):
+    return small_shapes
 
 
 # Cache keys of the shapes-cir preset at seed 2 (the key derivation of 0.2.0, see CHANGELOG.md).
