@@ -503,18 +503,14 @@ def edge_int8_table(runs: list[dict]) -> str:
     if not runs:
         return "No edge-int8 run is recorded yet.\n"
     lines = [
-        "| seed | tokens from | R@1 | R@5 | R@10 | R@50 | mAP@10 |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| seed | tokens from | " + " | ".join(METRICS) + " |",
+        "|---:|---|" + "---:|" * len(METRICS),
     ]
     for r in runs:
         rows = [("PyTorch", r["torch"]), ("ONNX fp32", r["fp32"]), ("ONNX int8", r["int8"])]
         rows += [(f"ONNX int8, {d} payload", m) for d, m in r["payloads"].items()]
         for name, m in rows:
-            lines.append(
-                f"| {r['seed']} | {name} | "
-                + " | ".join(f"{m[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@50", "mAP@10"))
-                + " |"
-            )
+            lines.append(f"| {r['seed']} | {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRICS) + " |")
     lines.append("")
     for r in runs:
         verdict = "written" if r["written"] else f"refused ({r['refused']})"
