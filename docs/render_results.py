@@ -293,6 +293,51 @@ def feedback_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def feedback_tradeoff_table(runs: list[dict]) -> str:
+    """The final adapter at several interpolations: the gain it keeps against the flips it causes."""
+    runs = [r for r in runs if r.get("interpolation_tradeoff")]
+    if not runs:
+        return "No `bench feedback` run with the interpolation trade-off is recorded yet.\n"
+    lines = ["| seed | interpolation | test R@1 | test R@10 | flip rate |", "|---:|---:|---|---|---:|"]
+    for r in runs:
+        b = r["before"]
+        for a, m in sorted(r["interpolation_tradeoff"].items(), key=lambda kv: float(kv[0])):
+            lines.append(
+                f"| {r['seed']} | {float(a):.2f} | {_arrow(b['R@1'], m['R@1'])} | {_arrow(b['R@10'], m['R@10'])} "
+                f"| {100 * m['flip_rate']:.1f} % |"
+            )
+    lines += [
+        "",
+        "Yardsticks with the same model and no adapter: only the test modifiers rewritten in training phrasings: "
+        + ", ".join(f"{100 * r['flip_rate_rephrasing_only']:.1f} % (seed {r['seed']})" for r in runs)
+        + "; only the tokens rounded to the int4 payload: "
+        + ", ".join(f"{100 * r['flip_rate_int4_payload']:.1f} % (seed {r['seed']})" for r in runs)
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def feedback_recipes_table(runs: list[dict]) -> str:
+    """Adapter recipes on the same pilot: held-out feedback (what chooses a recipe) and the test."""
+    if not runs:
+        return "No `bench feedback` run is recorded yet.\n"
+    lines = [
+        "| seed | recipe | held-out hit@1 | held-out hit@10 | test R@1 | test R@10 | flip rate |",
+        "|---:|---|---|---|---|---|---:|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
+        rank = r["settings"].get("lora_rank", 0)
+        held = r["adapters"][max(r["adapters"], key=int)]["holdout"]
+        hb, ha = held["before"], held["after"]
+        b, a = r["before"], r["after"]
+        lines.append(
+            f"| {r['seed']} | {f'+ LoRA rank {rank}' if rank else 'default (token adapter + vocabulary)'} "
+            f"| {hb['hit@1']:.3f} → {ha['hit@1']:.3f} | {hb['hit@10']:.3f} → {ha['hit@10']:.3f} "
+            f"| {_arrow(b['R@1'], a['R@1'])} | {_arrow(b['R@10'], a['R@10'])} | {100 * r['flip_rate']:.1f} % |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def domain_table(runs: list[dict]) -> str:
     """`bench domain` per seed: the shifted world's test (the customer's) and the standard one."""
     if not runs:
@@ -541,6 +586,11 @@ def render() -> dict[Path, str]:
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),
         "feedback-summary": feedback_table(load_feedback_runs()),
+        "feedback-tradeoff": feedback_tradeoff_table(load_feedback_runs()),
+        "feedback-recipes": feedback_recipes_table(
+            [r for r in load_feedback_runs() if r["seed"] == 0]
+            + [json.loads(p.read_text()) for p in RESULTS.glob("feedback-lora*-seed*.json")]
+        ),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

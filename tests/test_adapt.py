@@ -234,3 +234,87 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     # an unknown feedback file is a one-line error, not a traceback
     bad = run("adapt", *args[:2], "--feedback", str(tmp / "nope.sqlite"), *args[4:], check=False)
     assert bad.returncode == 2 and "feedback database not found" in bad.stderr
+
+
+def test_lora_adapter_starts_as_the_identity_stays_in_its_thread_and_round_trips(service, tmp_path):
+    import threading
+
+    _, state, _ = service
+    fnd, qe = state.foundation, state.query_encoder
+    adapter = new_adapter(fnd, qe.fingerprint, qe.num_tokens, qe.config.template, hidden=8, lora_rank=4)
+    targets = adapter.config.lora_targets
+    assert targets == list(fnd.text_linears()) and targets
+    assert all(".visual." not in t for t in targets)  # the image tower, which indexed the gallery, is untouched
+    plain = Retriever(state.gallery, fnd, qe)
+    adapted = Retriever(state.gallery, fnd, qe, adapter=adapter)
+    tokens = torch.randn(1, qe.num_tokens, qe.word_dim, generator=torch.Generator().manual_seed(1))
+    tokens *= fnd.word_embedding_rms()
+    try:
+        assert [(h.id, h.score) for h in plain.search(text="red", tokens=tokens, k=8)] == [
+            (h.id, h.score) for h in adapted.search(text="red", tokens=tokens, k=8)
+        ]
+        pixels = fnd.preprocess_batch([state.gallery.items()[0]["path"]])
+        image_before = fnd.encode_image(pixels)
+        with torch.no_grad():
+            for delta in adapter.lora.values():
+                delta.B.weight.normal_(0, 0.5)
+        adapter._fingerprint = None
+        want_plain = plain.query_vector(text="red", tokens=tokens)[0]
+        want_adapted = adapted.query_vector(text="red", tokens=tokens)[0]
+        assert not np.allclose(want_plain, want_adapted, atol=1e-4)
+        with adapter.applied():  # even inside the adapted thread's block, images are not adapted
+            assert torch.equal(fnd.encode_image(pixels), image_before)
+
+        # two threads at once: the plain one never sees the adapted one's LoRA hooks
+        seen: dict[str, list[bool]] = {"plain": [], "adapted": []}
+        start = threading.Barrier(2)
+
+        def loop(name, retr, want):
+            start.wait()
+            for _ in range(15):
+                seen[name].append(np.array_equal(retr.query_vector(text="red", tokens=tokens)[0], want))
+
+        threads = [
+            threading.Thread(target=loop, args=("plain", plain, want_plain)),
+            threading.Thread(target=loop, args=("adapted", adapted, want_adapted)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen["plain"] == [True] * 15 and seen["adapted"] == [True] * 15
+    finally:
+        adapted.close()
+
+    # a saved folder loads without the foundation at hand, answers the same, and keeps its version
+    adapter.save_pretrained(tmp_path / "lora")
+    loaded = QueryAdapter.from_pretrained(tmp_path / "lora")
+    assert loaded.fingerprint == adapter.fingerprint and loaded.describe()["lora_layers"] == len(targets)
+    with torch.no_grad():
+        a = adapter.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
+        b = loaded.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
+    assert torch.equal(a, b)
+    # a folder naming a layer this foundation lacks is refused at attach, naming the layer
+    cfg = loaded.config
+    cfg.lora_targets = [*cfg.lora_targets[:-1], "model.transformer.no_such_layer"]
+    stray = QueryAdapter(cfg)
+    with pytest.raises(AdapterMismatchError, match="no_such_layer"):
+        stray.attach(fnd)
+    assert not stray._hooks
+
+
+def test_adapt_with_lora_alone_learns_synthetic_triplets(service, tmp_path):
+    _, state, _ = service
+    _synthetic_feedback(state, 40, seed=2, replay=0)
+    settings = AdaptSettings(
+        holdout=0.0, steps=60, lr=1e-2, batch_size=16, seed=3, token_adapter=False, vocab=False, lora_rank=4
+    )
+    report = adapt(
+        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "a", settings, progress=False
+    )
+    assert report["counts"]["lora_layers"] == len(state.foundation.text_linears())
+    assert report["counts"]["vocab_rows"] == 0
+    before, after = report["train"]["before"]["hit@1"], report["train"]["after"]["hit@1"]
+    assert after >= before + 0.3, (before, after)
+    with pytest.raises(Exception, match="lora-rank"):
+        AdaptSettings(lora_rank=-1).check()

@@ -130,6 +130,19 @@ def test_bench_feedback_on_the_small_bench(small_loop):
             assert n == 3
         assert con.execute("SELECT COUNT(*) FROM queries WHERE tokens IS NULL").fetchone()[0] == 0
     assert detail["adapters"]["60"]["counts"]["train"] + detail["adapters"]["60"]["counts"]["holdout"] == 60
+    # the trade-off at interpolation 1 is the final adapter itself, reloaded from its folder
+    full = detail["interpolation_tradeoff"]["1.0"]
+    assert (full["R@1"], full["R@10"], full["flip_rate"]) == (
+        summary["after"]["R@1"],
+        summary["after"]["R@10"],
+        summary["flip_rate"],
+    )
+    assert set(detail["interpolation_tradeoff"]) == {"0.25", "0.5", "0.75", "1.0"}
+    assert 0.0 <= detail["flip_rate_int4_payload"] <= 1.0
+    # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache
+    shapes = json.loads((out / "results-seed0.json").read_text())
+    oracle = shapes["oracles"]["oracle_reference_caption_plus_modifier"]
+    assert detail["oracle_reference_caption_plus_modifier"] == oracle
 
 
 @pytest.mark.slow

@@ -8,7 +8,11 @@ both starting as the identity so that a fresh adapter reproduces the served resu
   ``up`` zero-initialised, ``s`` the word-embedding RMS so the MLP sees unit-scale inputs);
 * a **domain vocabulary**: additive rows on the foundation's word-embedding table for the word
   pieces that operators use in their modifiers. The patch is applied by a forward hook and stored
-  here, never written into the foundation, so the foundation's fingerprint stays what it is.
+  here, never written into the foundation, so the foundation's fingerprint stays what it is;
+* optionally, **low-rank adapters** (LoRA) on the linear layers of the text tower, ``B`` zero at
+  start. They too act through forward hooks rather than by wrapping the foundation's layers in
+  place, as PEFT's injection would: a wrapped layer would change every user of the shared
+  foundation in every thread, where a hook acts only for the thread that composes an adapted query.
 
 ``interpolation`` scales both residuals: 1 is the trained adapter, 0 the zero-shot behaviour; the
 values between are the WiSE-FT style trade between the customer's queries and everything else.
@@ -67,6 +71,12 @@ class AdapterConfig:
     #: word-piece ids with a trainable row, and the operator words they came from (for people)
     vocab_ids: list[int] = field(default_factory=list)
     vocab_words: list[str] = field(default_factory=list)
+    #: LoRA on the text tower (rank 0: none): the adapted layers' names in the foundation and
+    #: their ``[in, out]`` features, so a folder loads without its foundation at hand
+    lora_rank: int = 0
+    lora_alpha: float = 8.0
+    lora_targets: list[str] = field(default_factory=list)
+    lora_shapes: list[list[int]] = field(default_factory=list)
     interpolation: float = 1.0
     created: float = 0.0
     isacir_version: str = __version__
@@ -91,6 +101,11 @@ class AdapterConfig:
             "vocab_ids": self.vocab_ids,
             "query_encoder_fingerprint": self.query_encoder_fingerprint,
             "foundation_fingerprint": self.foundation_fingerprint,
+            **(
+                {"lora": [self.lora_rank, self.lora_alpha, self.lora_targets, self.lora_shapes]}
+                if self.lora_rank
+                else {}
+            ),
             "interpolation": self.interpolation,
         }
 
@@ -136,6 +151,25 @@ class DomainVocab(nn.Module):
         return onehot @ self.delta
 
 
+class LoraDelta(nn.Module):
+    """``scale * B(A(x))``: the low-rank update of one linear layer (``B`` zero at start)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
+        super().__init__()
+        self.scale = alpha / rank
+        self.A = nn.Linear(in_features, rank, bias=False)
+        self.B = nn.Linear(rank, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.A.weight, a=5**0.5)  # as PEFT initialises LoRA's A
+        nn.init.zeros_(self.B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.B(self.A(x))
+
+
+def _lora_key(name: str) -> str:
+    return name.replace(".", "__")
+
+
 class QueryAdapter(nn.Module):
     """Token adapter + domain vocabulary, saved as a self-describing folder."""
 
@@ -144,8 +178,20 @@ class QueryAdapter(nn.Module):
         self.config = config
         self.tokens = TokenAdapter(config.word_dim, config.hidden, config.token_scale)
         self.vocab = DomainVocab(config.vocab_ids, config.word_dim) if config.vocab_ids else None
+        if len(config.lora_targets) != len(config.lora_shapes):
+            raise ConfigError("adapter config: lora_targets and lora_shapes differ in length")
+        self.lora = (
+            nn.ModuleDict(
+                {
+                    _lora_key(name): LoraDelta(d_in, d_out, config.lora_rank, config.lora_alpha)
+                    for name, (d_in, d_out) in zip(config.lora_targets, config.lora_shapes, strict=True)
+                }
+            )
+            if config.lora_rank and config.lora_targets
+            else None
+        )
         self._fingerprint: str | None = None
-        self._hooks: dict[int, RemovableHandle] = {}
+        self._hooks: dict[int, list[RemovableHandle]] = {}
         self._local = threading.local()
 
     @property
@@ -174,7 +220,7 @@ class QueryAdapter(nn.Module):
         A hook this call had to attach is removed again, so one-off users (training, evaluation)
         leave no dead hook on the foundation's embedding forward.
         """
-        added = self.vocab is not None and id(foundation.token_embedding) not in self._hooks
+        added = self._hooked and id(foundation) not in self._hooks
         self.attach(foundation)
         try:
             with self.applied():
@@ -183,31 +229,60 @@ class QueryAdapter(nn.Module):
                 )
         finally:
             if added:
-                self._hooks.pop(id(foundation.token_embedding)).remove()
+                for handle in self._hooks.pop(id(foundation)):
+                    handle.remove()
 
     def _embedding_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         if self.vocab is None or self.interpolation == 0.0 or not getattr(self._local, "on", False):
             return output
         return output + self.interpolation * self.vocab.patch(args[0]).to(output.dtype)
 
-    def attach(self, foundation: Foundation) -> None:
-        """Hook the vocabulary patch into the foundation's word embeddings (idempotent).
+    def _lora_hook(self, key: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            if self.interpolation == 0.0 or not getattr(self._local, "on", False):
+                return output
+            assert self.lora is not None
+            return output + (self.interpolation * self.lora[key](args[0].float())).to(output.dtype)
 
-        The patch is a hook, so the foundation's weights and fingerprint stay untouched, and it acts
-        only inside :meth:`applied`, in the thread that entered it: other users of the same
-        foundation (a plain retriever, gallery indexing, a concurrent request) never see it.
+        return hook
+
+    @property
+    def _hooked(self) -> bool:
+        return self.vocab is not None or self.lora is not None
+
+    def attach(self, foundation: Foundation) -> None:
+        """Hook the vocabulary patch and the LoRA updates into the foundation (idempotent).
+
+        The patches are hooks, so the foundation's weights and fingerprint stay untouched, and they
+        act only inside :meth:`applied`, in the thread that entered it: other users of the same
+        foundation (a plain retriever, gallery indexing, a concurrent request) never see them.
         Placeholder ids never get a row, so the order with the pseudo-token splice is free.
         """
-        if self.vocab is None:
+        if not self._hooked or id(foundation) in self._hooks:
             return
-        emb = foundation.token_embedding
-        if id(emb) not in self._hooks:
-            self._hooks[id(emb)] = emb.register_forward_hook(self._embedding_hook)
+        handles = []
+        if self.vocab is not None:
+            handles.append(foundation.token_embedding.register_forward_hook(self._embedding_hook))
+        for name, (d_in, d_out) in zip(self.config.lora_targets, self.config.lora_shapes, strict=True):
+            try:
+                layer = foundation.get_submodule(name)
+            except AttributeError:
+                layer = None
+            if not isinstance(layer, nn.Linear) or (layer.in_features, layer.out_features) != (d_in, d_out):
+                for h in handles:
+                    h.remove()
+                raise AdapterMismatchError(
+                    f"adapter {self.fingerprint}: the foundation has no linear layer {name} with "
+                    f"{d_in} -> {d_out} features for its LoRA update"
+                )
+            handles.append(layer.register_forward_hook(self._lora_hook(_lora_key(name))))
+        self._hooks[id(foundation)] = handles
 
     def detach(self) -> None:
         """Remove every hook :meth:`attach` installed."""
-        for handle in self._hooks.values():
-            handle.remove()
+        for handles in self._hooks.values():
+            for handle in handles:
+                handle.remove()
         self._hooks.clear()
 
     @contextmanager
@@ -317,6 +392,8 @@ class QueryAdapter(nn.Module):
             "foundation_fingerprint": cfg.foundation_fingerprint,
             "interpolation": cfg.interpolation,
             "vocab_rows": len(cfg.vocab_ids),
+            "lora_rank": cfg.lora_rank,
+            "lora_layers": len(cfg.lora_targets),
             "created": cfg.created,
         }
 
@@ -330,8 +407,17 @@ def new_adapter(
     vocab_words: Sequence[str] = (),
     hidden: int = 256,
     seed: int = 0,
+    lora_rank: int = 0,
+    lora_alpha: float = 8.0,
 ) -> QueryAdapter:
-    """A fresh adapter (the identity) for this foundation and query encoder."""
+    """A fresh adapter (the identity) for this foundation and query encoder.
+
+    ``lora_rank`` > 0 adds LoRA updates on every linear layer that the foundation's text forward
+    calls (:meth:`Foundation.text_linears`).
+    """
+    if lora_rank < 0:
+        raise ConfigError(f"LoRA rank must not be negative, got {lora_rank}")
+    layers = foundation.text_linears() if lora_rank else {}
     torch.manual_seed(seed)
     cfg = AdapterConfig(
         word_dim=foundation.word_dim,
@@ -344,6 +430,10 @@ def new_adapter(
         token_scale=foundation.word_embedding_rms(),
         vocab_ids=[int(i) for i in vocab_ids],
         vocab_words=list(vocab_words),
+        lora_rank=int(lora_rank),
+        lora_alpha=float(lora_alpha),
+        lora_targets=list(layers),
+        lora_shapes=[[m.in_features, m.out_features] for m in layers.values()],
         created=time.time(),
     )
     return QueryAdapter(cfg)

@@ -52,6 +52,10 @@ class AdaptSettings:
     vocab: bool = True
     vocab_min_count: int = 2
     vocab_max_rows: int = 512
+    #: LoRA rank on the text tower's linear layers (0: off, the default until a benchmark shows
+    #: it helps) and its alpha (the update is scaled by alpha / rank)
+    lora_rank: int = 0
+    lora_alpha: float = 8.0
     #: random gallery items per step as extra negatives (drawn from a pool of ``negative_pool``)
     gallery_negatives: int = 1024
     negative_pool: int = 50000
@@ -74,6 +78,8 @@ class AdaptSettings:
             raise ConfigError("learning rate and temperature must be positive")
         if not 0.0 <= self.interpolation <= 1.0:
             raise ConfigError(f"--interpolation must be within 0..1, got {self.interpolation}")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise ConfigError(f"--lora-rank must be >= 0 and --lora-alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
         if self.replay_weight < 0:
             raise ConfigError("--replay-weight must not be negative")
         if self.max_queries is not None and self.max_queries < 1:
@@ -172,7 +178,18 @@ def adapt(
         if settings.vocab
         else ([], [])
     )
-    adapter = new_adapter(foundation, qe_fp, num_tokens, template, ids, words, settings.hidden, settings.seed)
+    adapter = new_adapter(
+        foundation,
+        qe_fp,
+        num_tokens,
+        template,
+        ids,
+        words,
+        settings.hidden,
+        settings.seed,
+        lora_rank=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+    )
     compose = ComposedQueries(foundation, template, num_tokens)
 
     # stored vectors, read once and never re-encoded: the positives, the rejected candidates, and a
@@ -192,7 +209,7 @@ def adapt(
         adapter.tokens.requires_grad_(False)
     trainable = [p for p in adapter.parameters() if p.requires_grad]
     if not trainable:
-        raise ConfigError("nothing to train: the token adapter is off and the vocabulary is empty or off")
+        raise ConfigError("nothing to train: the token adapter is off, the vocabulary is empty or off, and LoRA is off")
     optim = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +359,7 @@ def _report(
             "holdout": len(held),
             "replay": len(data.replay),
             "vocab_rows": len(adapter.config.vocab_ids),
+            "lora_layers": len(adapter.config.lora_targets),
             "skipped": dict(data.skipped),
         },
         "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},

@@ -27,6 +27,10 @@ def adapt_cmd(
     vocab: bool = typer.Option(True, "--vocab/--no-vocab", help="Learn rows for the operators' words."),
     vocab_min_count: int = typer.Option(2, help="A word piece needs this many uses to get a row."),
     vocab_max_rows: int = typer.Option(512, help="At most this many vocabulary rows (most used first)."),
+    lora_rank: int = typer.Option(
+        0, help="LoRA rank on the text tower's linear layers (0: off; the default until a benchmark shows it helps)."
+    ),
+    lora_alpha: float = typer.Option(8.0, help="LoRA alpha: the update is scaled by alpha / rank."),
     replay_weight: float = typer.Option(1.0, help="Weight of the distillation on unjudged logged queries."),
     max_replay: int = typer.Option(2000, help="At most this many unjudged queries to replay."),
     interpolation: float = typer.Option(
@@ -56,6 +60,8 @@ def adapt_cmd(
         vocab=vocab,
         vocab_min_count=vocab_min_count,
         vocab_max_rows=vocab_max_rows,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
         replay_weight=replay_weight,
         max_replay=max_replay,
         interpolation=interpolation,

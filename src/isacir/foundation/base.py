@@ -184,6 +184,26 @@ class Foundation(nn.Module):
             feats = self._text_forward(ids.to(self.device), mask.to(self.device)).float()
         return F.normalize(feats, dim=-1) if normalize else feats
 
+    def text_linears(self) -> dict[str, nn.Linear]:
+        """The ``nn.Linear`` modules a text forward calls, by their name in this module.
+
+        Found by running one prompt with counting hooks rather than by naming layers per family:
+        a layer whose weight a fused kernel reads directly (``nn.MultiheadAttention``'s
+        ``out_proj``) is never called, so a hook on it would do nothing and it is left out.
+        """
+        found: dict[str, nn.Linear] = {}
+        handles = []
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                handles.append(module.register_forward_hook(lambda m, a, o, n=name: found.setdefault(n, m) and None))
+        try:
+            with torch.no_grad():
+                self.encode_text(["a photo of a red cube"])
+        finally:
+            for h in handles:
+                h.remove()
+        return dict(sorted(found.items()))
+
     def embed_words(self, text: str) -> torch.Tensor:
         """The real word embeddings of ``text`` (no special tokens): ``[n_tokens, word_dim]``."""
         ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long, device=self.device)

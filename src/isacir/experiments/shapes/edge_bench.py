@@ -46,7 +46,7 @@ def _onnx_tokens(model: Path, spec: dict, threads: int | None = None) -> Callabl
     return tokens
 
 
-def _through_payload(source: Callable[[list], np.ndarray], dtype: str) -> Callable[[list], np.ndarray]:
+def through_payload(source: Callable[[list], np.ndarray], dtype: str) -> Callable[[list], np.ndarray]:
     """``source``'s tokens after a round trip through the wire format in ``dtype``."""
     from ...edge.payload import decode_payload, encode_payload
 
@@ -110,7 +110,7 @@ def run_edge_bench(
         int8_tokens = _onnx_tokens(int8_model, spec)
         results["int8"] = score("onnx int8", int8_tokens)
         results["payloads"] = {
-            dtype: score(f"onnx int8, {dtype} payload", _through_payload(int8_tokens, dtype))
+            dtype: score(f"onnx int8, {dtype} payload", through_payload(int8_tokens, dtype))
             for dtype in ("fp16", "int8", "int4")
         }
         results["model_bytes"] = {"fp32": fp32_model.stat().st_size, "int8": int8_model.stat().st_size}

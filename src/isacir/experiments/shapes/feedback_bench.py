@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from ...query import QueryEncoder
 
 CURVE = (100, 300, 1000)
+#: Interpolations of the final adapter at which the gain is weighed against the flips.
+TRADEOFF = (0.25, 0.5, 0.75, 1.0)
 #: The adapter recipe of the benchmark (chosen on the pilot's own held-out feedback, never on the test set).
 BENCH_ADAPT = AdaptSettings()
 
@@ -192,14 +194,22 @@ def run_feedback_bench(
     known_after, _ = known.evaluate(final)
     unseen = test.subset(lambda a: a["phrasing"] == LEFT_OUT[a["kind"]])
     flip = _flip_rate(test, before_rank, after_rank)
-    # a yardstick for the flip rate: the same model, the same queries, only the phrasing changed
+    # yardsticks for the flip rate: the same model and queries, with only the phrasing changed, or
+    # with the tokens rounded to the int4 payload (what a slow link would send)
     flip_rephrased = _flip_rate(test, before_rank, known_rank)
+    _, int4_rank = test.evaluate(None, token_source=_int4_tokens(qe, fnd))
+    tradeoff = {}
+    for a in TRADEOFF:
+        metrics, rank = test.evaluate(QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}", interpolation=a))
+        tradeoff[str(a)] = {
+            "R@1": metrics["R@1"],
+            "R@10": metrics["R@10"],
+            "flip_rate": _flip_rate(test, before_rank, rank),
+        }
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
-    bench_results = out / f"results-seed{seed}.json"
-    bench_json = json.loads(bench_results.read_text()) if bench_results.is_file() else {}
-    oracle = (bench_json.get("oracles") or {}).get("oracle_reference_caption_plus_modifier")
+    oracle = test.oracle(world, config.template)
     summary = {
         "seed": seed,
         "before": before,
@@ -213,6 +223,8 @@ def run_feedback_bench(
         **summary,
         "goals": check_feedback_goals(summary, oracle),
         "flip_rate_rephrasing_only": flip_rephrased,
+        "flip_rate_int4_payload": _flip_rate(test, before_rank, int4_rank),
+        "interpolation_tradeoff": tradeoff,
         "oracle_reference_caption_plus_modifier": oracle,
         "pilot": pilot_stats,
         "adapters": reports,
@@ -326,7 +338,9 @@ class _TestSet:
             else encode_gallery(fnd, [bench.gallery[n] for n in self.names], progress=progress)
         )
 
-    def evaluate(self, adapter: QueryAdapter | None) -> tuple[dict[str, float], list[list[str]]]:
+    def evaluate(
+        self, adapter: QueryAdapter | None, token_source: Callable[[list], Any] | None = None
+    ) -> tuple[dict[str, float], list[list[str]]]:
         from ...evaluation.evaluate import evaluate
 
         metrics, rankings = evaluate(
@@ -338,8 +352,16 @@ class _TestSet:
             gallery_vecs=self.gallery_vecs,
             progress=False,
             adapter=adapter,
+            token_source=token_source,
         )
         return {k: round(metrics[k], 2) for k in METRICS}, rankings
+
+    def oracle(self, world: Path, template: str) -> dict[str, float] | None:
+        """R@K of the zero-shot oracle that reads the reference's true caption (None: no captions)."""
+        from .bench import oracle_rows
+
+        metrics, _ = oracle_rows(world, self.bench, self.fnd, self.gallery_vecs, self.names, template)
+        return metrics.get("oracle_reference_caption_plus_modifier")
 
     def subset(self, keep: Callable[[dict], bool]) -> _Subset:
         return _Subset(self, keep)
@@ -363,6 +385,13 @@ class _Subset:
         sub = replace(self.test.bench, queries=[self.test.bench.queries[i] for i in self.index])
         metrics = score_benchmark(sub, [rankings[i] for i in self.index])
         return {k: round(metrics[k], 2) for k in METRICS}
+
+
+def _int4_tokens(qe: QueryEncoder, fnd: Foundation) -> Callable[[list], Any]:
+    """The encoder's tokens after a round trip through the int4 payload."""
+    from .edge_bench import through_payload
+
+    return through_payload(lambda refs: qe.encode_images(refs, foundation=fnd).detach().cpu().numpy(), "int4")
 
 
 def _flip_rate(test: _TestSet, before: list[list[str]], after: list[list[str]]) -> float | None:
