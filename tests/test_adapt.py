@@ -318,3 +318,21 @@ def test_adapt_with_lora_alone_learns_synthetic_triplets(service, tmp_path):
     assert after >= before + 0.3, (before, after)
     with pytest.raises(Exception, match="lora-rank"):
         AdaptSettings(lora_rank=-1).check()
+
+
+def test_lora_on_blip_adapts_the_text_encoder_only(blip_fnd):
+    fnd = blip_fnd
+    adapter = new_adapter(fnd, "0" * 16, 2, "a photo of {} that {}", hidden=8, lora_rank=2)
+    targets = adapter.config.lora_targets
+    assert targets and all("text_encoder" in t or "text_proj" in t for t in targets)
+    assert not any("crossattention" in t or "vision" in t for t in targets)  # not called by a text forward
+    tokens = torch.randn(1, 2, fnd.word_dim, generator=torch.Generator().manual_seed(0)) * fnd.word_embedding_rms()
+    with torch.no_grad():
+        plain = fnd.encode_composed(tokens, ["red"], "a photo of {} that {}")
+        same = adapter.compose(fnd, tokens, ["red"], "a photo of {} that {}")
+        for delta in adapter.lora.values():
+            delta.B.weight.normal_(0, 0.5)
+        moved = adapter.compose(fnd, tokens, ["red"], "a photo of {} that {}")
+        after = fnd.encode_composed(tokens, ["red"], "a photo of {} that {}")
+    assert torch.equal(plain, same) and torch.equal(plain, after)  # hooks gone after compose
+    assert not torch.allclose(plain, moved, atol=1e-4)
