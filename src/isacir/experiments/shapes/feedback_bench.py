@@ -9,7 +9,9 @@ Reuses a ``bench shapes`` cache (world, foundation, the ISA encoder), then:
 3. trains query adapters on the first 100, 300 and 1,000 pilot queries' feedback;
 4. evaluates the 500 standard test queries (a gallery the pilot never touched) with and without
    each adapter, plus the known-phrasings copy (forgetting) and the test queries in the phrasings
-   the pilot left out (what was learned beyond the pilot's own phrases).
+   the pilot left out (what was learned beyond the pilot's own phrases);
+5. weighs gains against flips: the final adapter at several interpolations, and two yardsticks
+   of how easily top-1 flips on this test at all (a rephrasing, the int4 payload's rounding).
 """
 
 from __future__ import annotations
