@@ -580,15 +580,16 @@ def fill(text: str, blocks: dict[str, str]) -> str:
 
 def render() -> dict[Path, str]:
     runs = load_seeds()
+    feedback_runs = load_feedback_runs()
     backbones = json.loads((RESULTS / "query-side-backbones.json").read_text())
     blocks = {
         "shapes-summary": summary_table(runs),
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),
-        "feedback-summary": feedback_table(load_feedback_runs()),
-        "feedback-tradeoff": feedback_tradeoff_table(load_feedback_runs()),
+        "feedback-summary": feedback_table(feedback_runs),
+        "feedback-tradeoff": feedback_tradeoff_table(feedback_runs),
         "feedback-recipes": feedback_recipes_table(
-            [r for r in load_feedback_runs() if r["seed"] == 0]
+            [r for r in feedback_runs if r["seed"] == 0]
             + [json.loads(p.read_text()) for p in RESULTS.glob("feedback-lora*-seed*.json")]
         ),
         "pilot-versions": pilot_versions_table(

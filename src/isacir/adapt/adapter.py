@@ -232,16 +232,20 @@ class QueryAdapter(nn.Module):
                 for handle in self._hooks.pop(id(foundation)):
                     handle.remove()
 
+    @property
+    def _active(self) -> bool:
+        """Whether the hooks change anything now: inside :meth:`applied` in this thread, not at 0."""
+        return self.interpolation != 0.0 and getattr(self._local, "on", False)
+
     def _embedding_hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        if self.vocab is None or self.interpolation == 0.0 or not getattr(self._local, "on", False):
+        if self.vocab is None or not self._active:
             return output
         return output + self.interpolation * self.vocab.patch(args[0]).to(output.dtype)
 
     def _lora_hook(self, key: str) -> Any:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-            if self.interpolation == 0.0 or not getattr(self._local, "on", False):
+            if self.lora is None or not self._active:
                 return output
-            assert self.lora is not None
             return output + (self.interpolation * self.lora[key](args[0].float())).to(output.dtype)
 
         return hook

@@ -192,10 +192,18 @@ class Foundation(nn.Module):
         ``out_proj``) is never called, so a hook on it would do nothing and it is left out.
         """
         found: dict[str, nn.Linear] = {}
-        handles = []
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                handles.append(module.register_forward_hook(lambda m, a, o, n=name: found.setdefault(n, m) and None))
+
+        def seen(name: str, layer: nn.Linear) -> Callable[..., None]:
+            def hook(*_: object) -> None:  # returns None: the layer's output stays as it is
+                found[name] = layer
+
+            return hook
+
+        handles = [
+            module.register_forward_hook(seen(name, module))
+            for name, module in self.named_modules()
+            if isinstance(module, nn.Linear)
+        ]
         try:
             with torch.no_grad():
                 self.encode_text(["a photo of a red cube"])
