@@ -317,6 +317,22 @@ def feedback_tradeoff_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def feedback_guard_table(runs: list[dict]) -> str:
+    """The final adapter with the top-1 guard: interpolation by margin, the gain against the flips."""
+    runs = [r for r in runs if r.get("guarded_tradeoff")]
+    if not runs:
+        return "No `bench feedback` run with the top-1 guard is recorded yet.\n"
+    lines = ["| seed | interpolation | margin | test R@1 | test R@10 | flip rate |", "|---:|---:|---:|---|---|---:|"]
+    for r in runs:
+        b = r["before"]
+        for m in sorted(r["guarded_tradeoff"].values(), key=lambda m: (m["interpolation"], m["margin"])):
+            lines.append(
+                f"| {r['seed']} | {m['interpolation']:.2f} | {m['margin']:.2f} | {_arrow(b['R@1'], m['R@1'])} "
+                f"| {_arrow(b['R@10'], m['R@10'])} | {100 * m['flip_rate']:.1f} % |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def feedback_recipes_table(runs: list[dict]) -> str:
     """Adapter recipes on the same pilot: held-out feedback (what chooses a recipe) and the test."""
     if not runs:
@@ -588,6 +604,7 @@ def render() -> dict[Path, str]:
         "pilot-definitions": pilot_definitions(),
         "feedback-summary": feedback_table(feedback_runs),
         "feedback-tradeoff": feedback_tradeoff_table(feedback_runs),
+        "feedback-guard": feedback_guard_table(feedback_runs),
         "feedback-recipes": feedback_recipes_table(
             [r for r in feedback_runs if r["seed"] == 0]
             + [json.loads(p.read_text()) for p in RESULTS.glob("feedback-lora*-seed*.json")]

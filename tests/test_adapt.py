@@ -338,3 +338,118 @@ def test_lora_on_blip_adapts_the_text_encoder_only(blip_fnd):
         after = fnd.encode_composed(tokens, ["red"], "a photo of {} that {}")
     assert torch.equal(plain, same) and torch.equal(plain, after)  # hooks gone after compose
     assert not torch.allclose(plain, moved, atol=1e-4)
+
+
+def test_guard_top1_by_hand():
+    from isacir.adapt import guard_top1
+
+    assert guard_top1("abc", "b", gap=0.01, margin=0.02) == ["b", "a", "c"]  # not sure: zero-shot first
+    assert guard_top1("abc", "b", gap=0.03, margin=0.02) == ["a", "b", "c"]  # sure: the adapter's order
+    assert guard_top1("abc", "a", gap=0.0, margin=0.02) == ["a", "b", "c"]  # the same first place
+    assert guard_top1("abc", "d", gap=0.0, margin=0.02) == ["d", "a", "b"]  # an anchor from outside keeps the length
+    assert guard_top1("abc", "b", gap=0.0, margin=0.0) == ["a", "b", "c"]  # off
+
+
+def test_guard_rankings_match_a_brute_force_oracle():
+    from isacir.adapt import guard_rankings
+
+    rng = np.random.default_rng(0)
+    names = [f"g{i}" for i in range(30)]
+    adapted, plain = rng.normal(size=(200, 30)), rng.normal(size=(200, 30))
+    plain += 2 * adapted  # correlated, as an adapter's and the zero-shot scores are
+    adapted[np.arange(200), rng.integers(0, 30, 200)] = -np.inf  # an excluded reference
+    rankings = [[names[j] for j in np.argsort(-row, kind="stable")[:10]] for row in adapted]
+    margin = 0.5
+    got = guard_rankings(rankings, adapted, plain, names, margin)
+    kept = swapped = 0
+    for row, ranked, out in zip(range(200), rankings, got, strict=True):
+        at, zt = int(np.argmax(adapted[row])), int(np.argmax(plain[row]))
+        if at != zt and adapted[row, at] - adapted[row, zt] < margin:
+            swapped += 1
+            assert out[0] == names[zt] and out[1:] == [n for n in ranked if n != names[zt]][:9]
+        else:
+            kept += at != zt
+            assert out == ranked
+    assert swapped > 10 and kept > 10  # both branches ran
+
+
+def test_guarded_adapter_keeps_the_zero_shot_top1_unless_sure(tmp_path, openclip_fnd):
+    """Served with a top-1 guard: first place as an independent computation from stored vectors
+    says, the adapted order below it, the guard part of the version, and the HTTP path the same."""
+    import base64
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)  # a log of its own
+    fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
+    # an adapter trained on random positives: it moves many first places away from the zero-shot's
+    made = _synthetic_feedback(state, 40, seed=7, replay=0)
+    settings = AdaptSettings(holdout=0.0, steps=40, lr=1e-2, batch_size=16, hidden=32, seed=3)
+    adapt(gallery, fnd, qe, state.feedback, tmp_path / "a", settings, progress=False)
+    unguarded = QueryAdapter.from_pretrained(tmp_path / "a")
+    plain = Retriever(gallery, fnd, qe)
+    adapted = Retriever(gallery, fnd, qe, adapter=unguarded)
+    gid, gvec = gallery.vectors()
+    row = {int(i): j for j, i in enumerate(gid)}
+    queries = []
+    for m in made:
+        tokens, text = torch.from_numpy(m["tokens"])[None], m["text"]
+        q_a = adapted.query_vector(text=text, tokens=tokens)[0]
+        a_hits = adapted.search(text=text, tokens=tokens, k=6)
+        z_top = plain.search(text=text, tokens=tokens, k=1)[0].id
+        gap = float(gvec[row[a_hits[0].id]] @ q_a - gvec[row[z_top]] @ q_a)
+        queries.append((tokens, text, [h.id for h in a_hits], z_top, gap))
+    gaps = sorted(g for *_, g in queries if g > 0)
+    assert len(gaps) >= 6, "the perturbed adapter should change some first places"
+    margin = float(np.median(gaps))
+    guarded_adapter = QueryAdapter.from_pretrained(tmp_path / "a", guard_margin=margin)
+    assert unguarded.guard_margin == 0.0
+    assert guarded_adapter.fingerprint != unguarded.fingerprint  # its answers differ: so does its version
+    assert guarded_adapter.describe()["guard_margin"] == margin
+    guarded = Retriever(gallery, fnd, qe, adapter=guarded_adapter)
+    assert guarded.zero_shot is not None and adapted.zero_shot is None
+    swapped = kept = 0
+    try:
+        for tokens, text, a_ids, z_top, gap in queries:
+            got = [h.id for h in guarded.search(text=text, tokens=tokens, k=6)]
+            if a_ids[0] != z_top and gap < margin:
+                swapped += 1
+                assert got == [z_top] + [i for i in a_ids if i != z_top][:5]
+            else:
+                kept += a_ids[0] != z_top
+                assert got == a_ids
+        assert swapped >= 3 and kept >= 3
+
+        # the service composes the zero-shot anchor through its batcher and answers the same
+        served = ServiceState(gallery, fnd, qe, state.settings, adapter=guarded_adapter)
+        try:
+            client = TestClient(create_app(served))
+            for tokens, text, *_ in queries[:8]:
+                raw = encode_payload(tokens[0].numpy(), qe.fingerprint)
+                body = {"payload": base64.b64encode(raw).decode(), "text": text, "k": 6}
+                r = client.post("/v1/search/tokens", json=body)
+                assert r.status_code == 200, r.text
+                want = guarded.search(text=text, tokens=torch.from_numpy(decode_payload(raw).tokens)[None], k=6)
+                assert [x["id"] for x in r.json()["results"]] == [h.id for h in want]
+                assert r.json()["adapter_version"] == guarded_adapter.fingerprint
+        finally:
+            served.retriever.close()
+    finally:
+        for r in (plain, adapted, guarded):
+            r.close()
+
+
+def test_adapt_report_counts_the_guard(service, tmp_path):
+    """A guard too wide to ever yield serves the zero-shot first places: no held-out flip."""
+    from isacir.errors import ConfigError
+
+    _, state, _ = service
+    with pytest.raises(ConfigError, match="guard-margin"):
+        AdaptSettings(guard_margin=-0.1).check()
+    _synthetic_feedback(state, 40, seed=9)
+    settings = AdaptSettings(holdout=0.5, steps=30, lr=1e-2, batch_size=16, hidden=32, seed=1, guard_margin=2.0)
+    report = adapt(
+        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "g", settings, progress=False
+    )
+    held = report["holdout"]
+    assert held["flips"] == 0 and held["after"]["hit@1"] == held["before"]["hit@1"]
+    assert held["after"]["n"] > 0
+    assert QueryAdapter.from_pretrained(tmp_path / "g").guard_margin == 2.0

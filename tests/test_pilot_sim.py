@@ -139,6 +139,13 @@ def test_bench_feedback_on_the_small_bench(small_loop):
     )
     assert set(detail["interpolation_tradeoff"]) == {"0.25", "0.5", "0.75", "1.0"}
     assert 0.0 <= detail["flip_rate_int4_payload"] <= 1.0
+    # the top-1 guard keeps either the zero-shot first place or the adapter's: it can only undo flips
+    guarded = detail["guarded_tradeoff"]
+    assert len(guarded) == 9
+    for g in guarded.values():
+        unguarded = detail["interpolation_tradeoff"][str(g["interpolation"])]
+        if unguarded["flip_rate"] is not None:
+            assert g["flip_rate"] <= unguarded["flip_rate"]
     # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache
     shapes = json.loads((out / "results-seed0.json").read_text())
     oracle = shapes["oracles"]["oracle_reference_caption_plus_modifier"]

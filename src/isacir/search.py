@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapt.guard import guard_hits
 from .compose import DEFAULT_TEMPLATE, validate_pseudo_tokens
 from .data.imageio import ImageSource, load_image
 from .errors import IsacirError
@@ -88,6 +89,10 @@ class Retriever:
             except OSError:  # a read-only gallery folder: re-rank without a cache
                 self.itm_cache = None
         self._itm_slots = threading.BoundedSemaphore(max(1, itm_concurrency))
+        #: with a guarded adapter, the plain retriever whose composed query anchors the top-1
+        self.zero_shot: Retriever | None = (
+            self.sibling(query_encoder) if adapter is not None and adapter.guard_margin > 0 else None
+        )
 
     def sibling(self, query_encoder: QueryEncoder | None, adapter: QueryAdapter | None = None) -> Retriever:
         """A retriever for another query-side version over the same gallery and foundation.
@@ -182,15 +187,22 @@ class Retriever:
         text: str | Sequence[str] = "",
         exclude: Sequence[int] = (),
         where: dict | None = None,
+        anchor: np.ndarray | None = None,
     ) -> list[Hit]:
         """The gallery side of :meth:`search`, for a composed query vector computed elsewhere.
 
-        ``where`` keeps only items whose metadata passes it (see :func:`isacir.gallery.check_filter`)."""
+        ``where`` keeps only items whose metadata passes it (see :func:`isacir.gallery.check_filter`).
+        ``anchor``: the zero-shot composed query, for a guarded adapter's top-1 guard (composed by
+        :attr:`zero_shot`); re-ranking, when asked, re-scores the guarded order."""
         if k < 1:
             raise SearchError("k must be >= 1")
         excluded = set(exclude)
         fetch = max(k, rerank) + len(excluded)
         hits = [h for h in self.gallery.search(query[None], fetch, where=where)[0] if h.id not in excluded]
+        if anchor is not None and self.adapter is not None and self.adapter.guard_margin > 0 and hits:
+            first = [h for h in self.gallery.search(anchor[None], 1 + len(excluded), where=where)[0]]
+            first = [h for h in first if h.id not in excluded]
+            hits = guard_hits(self.gallery, hits, query, first[0] if first else None, self.adapter.guard_margin)
         if rerank and hits and self.reranker(tokens is not None) != "none":
             # the top ``rerank`` are re-scored; below them the store's order stands
             hits = self.rerank(hits[:rerank], query, tokens, text) + hits[rerank:]
@@ -217,8 +229,14 @@ class Retriever:
     ) -> list[Hit]:
         if k < 1:
             raise SearchError("k must be >= 1")
-        query, used_tokens = self.query_vector(image, text, tokens, mode)
-        return self.search_vector(query, k, rerank, used_tokens, text, exclude, where)
+        anchor = None
+        if (mode or self.default_mode) == "isa" and self.zero_shot is not None and (image, tokens) != (None, None):
+            raw = tokens if tokens is not None else self.pseudo_tokens(image)
+            query, used_tokens = self.query_vector(None, text, raw, "isa")
+            anchor = self.zero_shot.compose(raw, [text])[0]
+        else:
+            query, used_tokens = self.query_vector(image, text, tokens, mode)
+        return self.search_vector(query, k, rerank, used_tokens, text, exclude, where, anchor=anchor)
 
     def _hidden_states(self, hits: list[Hit]) -> torch.Tensor:
         """The candidates' vision hidden states, from the cache where it has them."""

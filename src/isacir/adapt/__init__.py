@@ -5,6 +5,7 @@ Only the query side changes, so every stored gallery vector stays valid: no re-i
 
 from .adapter import AdapterConfig, AdapterMismatchError, DomainVocab, QueryAdapter, TokenAdapter, new_adapter
 from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback
+from .guard import guard_rankings, guard_top1
 from .train import AdaptSettings, ComposedQueries, adapt, feedback_metrics, flip_rate
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "domain_vocabulary",
     "feedback_metrics",
     "flip_rate",
+    "guard_rankings",
+    "guard_top1",
     "load_feedback",
     "new_adapter",
 ]

@@ -16,6 +16,8 @@ both starting as the identity so that a fresh adapter reproduces the served resu
 
 ``interpolation`` scales both residuals: 1 is the trained adapter, 0 the zero-shot behaviour; the
 values between are the WiSE-FT style trade between the customer's queries and everything else.
+``guard_margin`` (off by default) keeps the zero-shot top-1 first unless the adapter is sure of
+its own (:mod:`isacir.adapt.guard`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class AdapterConfig:
     lora_targets: list[str] = field(default_factory=list)
     lora_shapes: list[list[int]] = field(default_factory=list)
     interpolation: float = 1.0
+    #: the top-1 guard (:mod:`isacir.adapt.guard`): the zero-shot top-1 stays first unless the
+    #: adapter prefers its own by this cosine margin (0: off, the adapted order stands)
+    guard_margin: float = 0.0
     created: float = 0.0
     isacir_version: str = __version__
     training: dict[str, Any] = field(default_factory=dict)
@@ -91,7 +96,7 @@ class AdapterConfig:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     def architecture(self) -> dict[str, Any]:
-        """The part of the config folded into the fingerprint (not the interpolation: see there)."""
+        """The part of the config folded into the fingerprint: everything that changes answers."""
         return {
             "model_type": MODEL_TYPE,
             "word_dim": self.word_dim,
@@ -107,6 +112,7 @@ class AdapterConfig:
                 else {}
             ),
             "interpolation": self.interpolation,
+            **({"guard_margin": self.guard_margin} if self.guard_margin else {}),
         }
 
 
@@ -197,6 +203,11 @@ class QueryAdapter(nn.Module):
     @property
     def interpolation(self) -> float:
         return float(self.config.interpolation)
+
+    @property
+    def guard_margin(self) -> float:
+        """The top-1 guard's margin (0: no guard); see :mod:`isacir.adapt.guard`."""
+        return float(self.config.guard_margin)
 
     # ----- the forward pieces --------------------------------------------------------------------
     def adapt_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -350,11 +361,14 @@ class QueryAdapter(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, interpolation: float | None = None) -> QueryAdapter:
+    def from_pretrained(
+        cls, directory: str | os.PathLike, interpolation: float | None = None, guard_margin: float | None = None
+    ) -> QueryAdapter:
         """Load a folder from :meth:`save_pretrained`; its recorded fingerprint must match its weights.
 
-        ``interpolation`` overrides the saved one (0 = zero-shot, 1 = as trained); the adapter's
-        version changes with it, because its answers do.
+        ``interpolation`` overrides the saved one (0 = zero-shot, 1 = as trained), and
+        ``guard_margin`` the saved top-1 guard; the adapter's version changes with either, because
+        its answers do.
         """
         from safetensors.torch import load_model
 
@@ -380,12 +394,20 @@ class QueryAdapter(nn.Module):
             )
         if interpolation is not None:
             model.set_interpolation(interpolation)
+        if guard_margin is not None:
+            model.set_guard_margin(guard_margin)
         return model.eval()
 
     def set_interpolation(self, value: float) -> None:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"interpolation must be within 0..1, got {value}")
         self.config.interpolation = float(value)
+        self._fingerprint = None
+
+    def set_guard_margin(self, value: float) -> None:
+        if not 0.0 <= value <= 2.0:
+            raise ConfigError(f"guard margin must be within 0..2 (a cosine difference), got {value}")
+        self.config.guard_margin = float(value)
         self._fingerprint = None
 
     def describe(self) -> dict[str, Any]:
@@ -395,6 +417,7 @@ class QueryAdapter(nn.Module):
             "query_encoder_fingerprint": cfg.query_encoder_fingerprint,
             "foundation_fingerprint": cfg.foundation_fingerprint,
             "interpolation": cfg.interpolation,
+            "guard_margin": cfg.guard_margin,
             "vocab_rows": len(cfg.vocab_ids),
             "lora_rank": cfg.lora_rank,
             "lora_layers": len(cfg.lora_targets),

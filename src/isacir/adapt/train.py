@@ -26,6 +26,7 @@ from ..errors import ConfigError, IsacirError
 from ..progress import progress_bar
 from .adapter import QueryAdapter, new_adapter
 from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback, stack_tokens
+from .guard import guard_hits
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -65,6 +66,8 @@ class AdaptSettings:
     weight_decay: float = 0.0
     max_replay: int = 2000
     interpolation: float = 1.0
+    #: the top-1 guard's cosine margin (0: off); see :mod:`isacir.adapt.guard`
+    guard_margin: float = 0.0
     #: learn from the oldest N logged queries only (None: all of them)
     max_queries: int | None = None
     save_every: int = 50
@@ -78,6 +81,8 @@ class AdaptSettings:
             raise ConfigError("learning rate and temperature must be positive")
         if not 0.0 <= self.interpolation <= 1.0:
             raise ConfigError(f"--interpolation must be within 0..1, got {self.interpolation}")
+        if not 0.0 <= self.guard_margin <= 2.0:
+            raise ConfigError(f"--guard-margin must be within 0..2 (a cosine difference), got {self.guard_margin}")
         if self.lora_rank < 0 or self.lora_alpha <= 0:
             raise ConfigError(f"--lora-rank must be >= 0 and --lora-alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
         if self.replay_weight < 0:
@@ -109,11 +114,18 @@ class ComposedQueries:
 def feedback_metrics(
     compose: ComposedQueries, gallery: Gallery, examples: list[FeedbackExample], adapter: QueryAdapter | None
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """hit@1 / hit@10 of the positives over the whole gallery, and each query's top-1 flag."""
+    """hit@1 / hit@10 of the positives over the whole gallery, and each query's top-1 flag
+    (as served: with the adapter's top-1 guard, when it has one)."""
     if not examples:
         return {"n": 0, "hit@1": None, "hit@10": None}, np.zeros(0, dtype=bool)
     queries = compose.many(examples, adapter).numpy()
     hits = gallery.search(queries, 10)
+    if adapter is not None and adapter.guard_margin > 0:
+        anchors = gallery.search(compose.many(examples, None).numpy(), 1)
+        hits = [
+            guard_hits(gallery, h, q, a[0] if a else None, adapter.guard_margin)
+            for h, q, a in zip(hits, queries, anchors, strict=True)
+        ]
     top1 = np.array([bool(h) and h[0].id == e.positive for h, e in zip(hits, examples, strict=True)])
     top10 = np.array([any(x.id == e.positive for x in h) for h, e in zip(hits, examples, strict=True)])
     return {"n": len(examples), "hit@1": float(top1.mean()), "hit@10": float(top10.mean())}, top1
@@ -248,6 +260,7 @@ def adapt(
     bar.close()
     adapter.eval()
     adapter.set_interpolation(settings.interpolation)
+    adapter.set_guard_margin(settings.guard_margin)
 
     report = _report(compose, gallery, train, held, adapter, previous, data, settings, losses)
     report["took_s"] = round(time.perf_counter() - t_start, 2)

@@ -36,6 +36,11 @@ def adapt_cmd(
     interpolation: float = typer.Option(
         1.0, help="0 = zero-shot, 1 = as trained; in between trades gains for less forgetting (WiSE-FT)."
     ),
+    guard_margin: float = typer.Option(
+        0.0,
+        help="Top-1 guard: keep the zero-shot top-1 first unless the adapter prefers its own by this "
+        "cosine margin (0: off; costs one more text-tower pass per query).",
+    ),
     max_queries: Optional[int] = typer.Option(None, help="Learn from the oldest N logged queries only."),
     previous: Optional[Path] = typer.Option(
         None, help="The adapter served now: replay targets and the 'before' of the report come from it."
@@ -65,6 +70,7 @@ def adapt_cmd(
         replay_weight=replay_weight,
         max_replay=max_replay,
         interpolation=interpolation,
+        guard_margin=guard_margin,
         max_queries=max_queries,
     )
     settings.check()

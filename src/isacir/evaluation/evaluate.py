@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from .._fs import atomic_write_text
+from ..adapt.guard import guard_rankings
 from ..compose import DEFAULT_TEMPLATE
 from ..data import ImageRecord
 from .benchmarks import BenchmarkDataError, CIRBenchmark
-from .metrics import map_at_k, rank_gallery, recall_any_at_k, recall_at_k, subset_rankings
+from .metrics import map_at_k, mask_excluded, rank_gallery, recall_any_at_k, recall_at_k, subset_rankings
 
 if TYPE_CHECKING:
     from ..adapt import QueryAdapter
@@ -209,4 +210,11 @@ def evaluate(
     # CIRR's subset metric re-ranks img_set members, which may sit anywhere: keep full rankings there
     top = None if any(q.subset for q in bench.queries) else 51
     rankings = rank_gallery(scores, names, exclude=exclude, top=top)
+    if mode == "isa" and adapter is not None and adapter.guard_margin > 0:
+        # as served: the zero-shot top-1 stays first unless the adapter is sure of its own
+        plain = encode_queries(
+            bench, fnd, gallery_vecs, names, mode, query_encoder, template, token_source=token_source
+        )
+        masked = [mask_excluded(m, names, exclude) for m in (scores, plain @ gallery_vecs.T)]
+        rankings = guard_rankings(rankings, masked[0], masked[1], names, adapter.guard_margin)
     return score_benchmark(bench, rankings), rankings

@@ -84,16 +84,22 @@ def map_at_k(rankings: Sequence[Sequence[Hashable]], relevant: Sequence[set], ks
     }
 
 
+def mask_excluded(scores: np.ndarray, names: Sequence[Hashable], exclude: Sequence[Hashable | None] = ()) -> np.ndarray:
+    """A float64 copy of ``scores`` with each query's excluded name at -inf."""
+    index = {n: i for i, n in enumerate(names)}
+    out = np.array(scores, dtype=np.float64, copy=True)
+    for q, name in enumerate(exclude):
+        if name is not None and name in index:
+            out[q, index[name]] = -np.inf
+    return out
+
+
 def rank_gallery(
     scores: np.ndarray, names: Sequence[Hashable], exclude: Sequence[Hashable | None] = (), top: int | None = None
 ) -> list[list[Hashable]]:
     """Sort gallery names by descending score per query, dropping each query's excluded name."""
     names = list(names)
-    index = {n: i for i, n in enumerate(names)}
-    scores = np.array(scores, dtype=np.float64, copy=True)
-    for q, name in enumerate(exclude):
-        if name is not None and name in index:
-            scores[q, index[name]] = -np.inf
+    scores = mask_excluded(scores, names, exclude)
     limit = min(top or len(names), len(names))
     order = np.argsort(-scores, axis=1, kind="stable")[:, :limit]
     out = []

@@ -1038,8 +1038,12 @@ def create_app(state: ServiceState) -> FastAPI:
         retriever = served.model.retriever
         prepared = retriever.prepare_tokens(tokens)
         query = state.compose(retriever, prepared, text)
+        # a guarded adapter weighs its top-1 against the zero-shot query's (batched the same way)
+        anchor = state.compose(retriever.zero_shot, tokens, text) if retriever.zero_shot is not None else None
         retriever.gallery.note_query(query)  # real composed queries are what the IVF index is tuned on
-        hits = retriever.search_vector(query, k, rerank, prepared, text, exclude=sorted(exclude), where=where)
+        hits = retriever.search_vector(
+            query, k, rerank, prepared, text, exclude=sorted(exclude), where=where, anchor=anchor
+        )
         return hits, retriever.reranker(True) if rerank else "none"
 
     def _excluded(reference_id: Optional[int], exclude_ids: list[int], reference_hash: Optional[str]) -> set[int]:

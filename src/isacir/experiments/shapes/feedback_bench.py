@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 CURVE = (100, 300, 1000)
 #: Interpolations of the final adapter at which the gain is weighed against the flips.
 TRADEOFF = (0.25, 0.5, 0.75, 1.0)
+#: top-1 guard margins tried at the upper interpolations (cosine differences; see isacir.adapt.guard)
+GUARD_MARGINS = (0.02, 0.04, 0.06)
+GUARD_INTERPOLATIONS = (0.5, 0.75, 1.0)
 #: The adapter recipe of the benchmark (chosen on the pilot's own held-out feedback, never on the test set).
 BENCH_ADAPT = AdaptSettings()
 
@@ -208,6 +211,19 @@ def run_feedback_bench(
             "R@10": metrics["R@10"],
             "flip_rate": _flip_rate(test, before_rank, rank),
         }
+    # the top-1 guard: the zero-shot top-1 stays first unless the adapter prefers its own by a margin
+    guarded = {}
+    for a in GUARD_INTERPOLATIONS:
+        for m in GUARD_MARGINS:
+            adapter = QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}", interpolation=a, guard_margin=m)
+            metrics, rank = test.evaluate(adapter)
+            guarded[f"{a}@{m}"] = {
+                "interpolation": a,
+                "margin": m,
+                "R@1": metrics["R@1"],
+                "R@10": metrics["R@10"],
+                "flip_rate": _flip_rate(test, before_rank, rank),
+            }
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
@@ -227,6 +243,7 @@ def run_feedback_bench(
         "flip_rate_rephrasing_only": flip_rephrased,
         "flip_rate_int4_payload": _flip_rate(test, before_rank, int4_rank),
         "interpolation_tradeoff": tradeoff,
+        "guarded_tradeoff": guarded,
         "oracle_reference_caption_plus_modifier": oracle,
         "pilot": pilot_stats,
         "adapters": reports,
