@@ -453,3 +453,30 @@ def test_adapt_report_counts_the_guard(service, tmp_path):
     assert held["flips"] == 0 and held["after"]["hit@1"] == held["before"]["hit@1"]
     assert held["after"]["n"] > 0
     assert QueryAdapter.from_pretrained(tmp_path / "g").guard_margin == 2.0
+
+
+def test_adapt_tune_picks_the_best_promotable_pair_on_held_out_feedback(service, tmp_path, monkeypatch):
+    """--tune: the grid on held-out feedback, the choice by its rule, and the folder serving it."""
+    _, state, _ = service
+    _synthetic_feedback(state, 40, seed=12)
+    # a margin too wide to ever yield makes some pair promotable, so that a choice is always made
+    monkeypatch.setattr(adapt_train, "TUNE_MARGINS", (0.0, 0.02, 2.0))
+    settings = AdaptSettings(holdout=0.5, steps=30, lr=1e-2, batch_size=16, hidden=32, seed=4, tune=True)
+    report = adapt(
+        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "t", settings, progress=False
+    )
+    tuning, held = report["tuning"], report["holdout"]
+    assert len(tuning["grid"]) == len(adapt_train.TUNE_INTERPOLATIONS) * 3
+    before = tuning["before"]["hit@1"]
+    assert before == held["before"]["hit@1"]
+    eligible = [g for g in tuning["grid"] if g["hit@1"] >= before and (g["flip_rate"] or 0.0) <= 0.05]
+    assert any(g["guard_margin"] == 2.0 for g in eligible)
+    best = max(g["hit@1"] for g in eligible)
+    chosen = tuning["chosen"]
+    assert chosen["hit@1"] == best and chosen in eligible
+    assert chosen["flips"] == min(g["flips"] for g in eligible if g["hit@1"] == best)
+    # the folder serves the chosen pair, and the report judged that pair
+    loaded = QueryAdapter.from_pretrained(tmp_path / "t")
+    assert (loaded.interpolation, loaded.guard_margin) == (chosen["interpolation"], chosen["guard_margin"])
+    assert held["after"]["hit@1"] == chosen["hit@1"] and held["flips"] == chosen["flips"]
+    assert report["promotable"] is True

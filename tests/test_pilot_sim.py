@@ -146,6 +146,15 @@ def test_bench_feedback_on_the_small_bench(small_loop):
         unguarded = detail["interpolation_tradeoff"][str(g["interpolation"])]
         if unguarded["flip_rate"] is not None:
             assert g["flip_rate"] <= unguarded["flip_rate"]
+    # what `adapt --tune` would serve: a pair of the grid, chosen on held-out feedback only
+    tuned = detail["tuned_on_held_out"]
+    assert tuned["interpolation"] in (0.25, 0.5, 0.75, 1.0) and 0.0 <= tuned["flip_rate"] <= 1.0
+    if tuned["held_out"] is not None:
+        assert (tuned["interpolation"], tuned["guard_margin"]) == (
+            tuned["held_out"]["interpolation"],
+            tuned["held_out"]["guard_margin"],
+        )
+        assert tuned["held_out"]["hit@1"] >= tuned["held_out_before"]["hit@1"]
     # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache
     shapes = json.loads((out / "results-seed0.json").read_text())
     oracle = shapes["oracles"]["oracle_reference_caption_plus_modifier"]

@@ -6,7 +6,7 @@ Only the query side changes, so every stored gallery vector stays valid: no re-i
 from .adapter import AdapterConfig, AdapterMismatchError, DomainVocab, QueryAdapter, TokenAdapter, new_adapter
 from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback
 from .guard import guard_rankings, guard_top1
-from .train import AdaptSettings, ComposedQueries, adapt, feedback_metrics, flip_rate
+from .train import AdaptSettings, ComposedQueries, adapt, feedback_metrics, flip_rate, tune_adapter, tune_serving
 
 __all__ = [
     "AdaptSettings",
@@ -26,4 +26,6 @@ __all__ = [
     "guard_top1",
     "load_feedback",
     "new_adapter",
+    "tune_adapter",
+    "tune_serving",
 ]

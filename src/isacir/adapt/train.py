@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 CHECKPOINT_NAME = ".adapt-checkpoint.pt"
 #: Held-out flip rate above which an adapter is not promotable.
 MAX_FLIP_RATE = 0.05
+#: the serving settings ``--tune`` weighs on held-out feedback: interpolation by top-1 guard margin
+TUNE_INTERPOLATIONS = (0.25, 0.5, 0.75, 1.0)
+TUNE_MARGINS = (0.0, 0.02, 0.04, 0.06)
 
 
 @dataclass
@@ -68,6 +71,9 @@ class AdaptSettings:
     interpolation: float = 1.0
     #: the top-1 guard's cosine margin (0: off); see :mod:`isacir.adapt.guard`
     guard_margin: float = 0.0
+    #: choose interpolation and guard margin on the held-out feedback (the given ones stand if
+    #: no pair is promotable there)
+    tune: bool = False
     #: learn from the oldest N logged queries only (None: all of them)
     max_queries: int | None = None
     save_every: int = 50
@@ -136,6 +142,73 @@ def flip_rate(before_top1: np.ndarray, after_top1: np.ndarray) -> tuple[float | 
     had = int(before_top1.sum())
     lost = int((before_top1 & ~after_top1).sum())
     return (lost / had if had else None), lost, had
+
+
+def tune_serving(
+    compose: ComposedQueries,
+    gallery: Gallery,
+    held: list[FeedbackExample],
+    adapter: QueryAdapter,
+    previous: QueryAdapter | None = None,
+) -> dict[str, Any]:
+    """Weigh every interpolation and top-1 guard margin of the grid on held-out feedback, and set
+    ``adapter`` to the best promotable pair: the highest hit@1, no lower than before, with a flip
+    rate within :data:`MAX_FLIP_RATE` (ties: fewer flips, then higher hit@10). Without one, the
+    adapter keeps its settings. Returns the grid and the choice.
+
+    The held-out report computed afterwards judges the chosen pair on the same queries that chose
+    it, so it flatters the choice; the grid is recorded whole so that a reader can see by how much.
+    """
+    if not held:
+        return {"grid": [], "chosen": None, "reason": "no held-out feedback to tune on"}
+    before, top1_before = feedback_metrics(compose, gallery, held, previous)
+    kept = (adapter.interpolation, adapter.guard_margin)
+    grid = []
+    for a in TUNE_INTERPOLATIONS:
+        for m in TUNE_MARGINS:
+            adapter.set_interpolation(a)
+            adapter.set_guard_margin(m)
+            metrics, top1 = feedback_metrics(compose, gallery, held, adapter)
+            rate, lost, _ = flip_rate(top1_before, top1)
+            grid.append({"interpolation": a, "guard_margin": m, **metrics, "flip_rate": rate, "flips": lost})
+    ok = [
+        g for g in grid if g["hit@1"] >= before["hit@1"] and (g["flip_rate"] is None or g["flip_rate"] <= MAX_FLIP_RATE)
+    ]
+    chosen = max(ok, key=lambda g: (g["hit@1"], -(g["flip_rate"] or 0.0), g["hit@10"])) if ok else None
+    a, m = (chosen["interpolation"], chosen["guard_margin"]) if chosen else kept
+    adapter.set_interpolation(a)
+    adapter.set_guard_margin(m)
+    out: dict[str, Any] = {"before": before, "grid": grid, "chosen": chosen}
+    if chosen is None:
+        out["reason"] = "no pair keeps held-out hit@1 with a flip rate within the limit; the given settings stand"
+    return out
+
+
+def tune_adapter(
+    gallery: Gallery,
+    foundation: Foundation,
+    query_encoder: QueryEncoder,
+    store: FeedbackStore,
+    adapter: QueryAdapter,
+    settings: AdaptSettings,
+    previous: QueryAdapter | None = None,
+) -> dict[str, Any]:
+    """:func:`tune_serving` for a trained adapter, on the held-out split that ``settings`` (its
+    training settings) gave: the same log, seed and share give the same held-out queries."""
+    adapter.check(query_encoder.fingerprint, foundation.fingerprint)
+    data = load_feedback(
+        store,
+        query_encoder.fingerprint,
+        query_encoder.num_tokens,
+        foundation.word_dim,
+        gallery,
+        0,
+        settings.seed,
+        settings.max_queries,
+    )
+    _, held = data.split(settings.holdout, settings.seed)
+    compose = ComposedQueries(foundation, query_encoder.config.template, query_encoder.num_tokens)
+    return tune_serving(compose, gallery, held, adapter, previous)
 
 
 def _setup_key(settings: AdaptSettings, train: list[FeedbackExample], qe_fp: str, previous: str | None) -> str:
@@ -261,8 +334,11 @@ def adapt(
     adapter.eval()
     adapter.set_interpolation(settings.interpolation)
     adapter.set_guard_margin(settings.guard_margin)
+    tuning = tune_serving(compose, gallery, held, adapter, previous) if settings.tune else None
 
     report = _report(compose, gallery, train, held, adapter, previous, data, settings, losses)
+    if tuning is not None:
+        report["tuning"] = tuning
     report["took_s"] = round(time.perf_counter() - t_start, 2)
     adapter.config.training = {"settings": asdict(settings), "counts": report["counts"]}
     adapter.save_pretrained(out, report)  # replaces the folder, checkpoint included: the run is done

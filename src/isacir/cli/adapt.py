@@ -41,6 +41,12 @@ def adapt_cmd(
         help="Top-1 guard: keep the zero-shot top-1 first unless the adapter prefers its own by this "
         "cosine margin (0: off; costs one more text-tower pass per query).",
     ),
+    tune: bool = typer.Option(
+        False,
+        "--tune/--no-tune",
+        help="Choose interpolation and guard margin on the held-out feedback: the best promotable pair "
+        "(the given ones stand when none is).",
+    ),
     max_queries: Optional[int] = typer.Option(None, help="Learn from the oldest N logged queries only."),
     previous: Optional[Path] = typer.Option(
         None, help="The adapter served now: replay targets and the 'before' of the report come from it."
@@ -71,6 +77,7 @@ def adapt_cmd(
         max_replay=max_replay,
         interpolation=interpolation,
         guard_margin=guard_margin,
+        tune=tune,
         max_queries=max_queries,
     )
     settings.check()
@@ -86,6 +93,15 @@ def adapt_cmd(
     verdict = (
         "[green]promotable[/]" if report["promotable"] else "[yellow]not promotable[/]: " + "; ".join(report["reasons"])
     )
+    tuning = report.get("tuning")
+    if tuning is not None:
+        chosen = tuning["chosen"]
+        err.print(
+            f"tuned on held-out feedback: interpolation {chosen['interpolation']}, "
+            f"guard margin {chosen['guard_margin']}"
+            if chosen
+            else f"tuning: {tuning['reason']}"
+        )
     err.print(
         f"adapter {report['fingerprint']} -> {out}: held-out hit@1 {held['before']['hit@1']} -> "
         f"{held['after']['hit@1']} over {held['after']['n']} queries; {verdict}"

@@ -119,7 +119,7 @@ def run_feedback_bench(
     """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``."""
     import torch
 
-    from ...adapt import QueryAdapter, adapt
+    from ...adapt import QueryAdapter, adapt, tune_adapter
     from ...edge.runner import EdgeEncoder
     from ...foundation import create_foundation
     from ...gallery import Gallery
@@ -224,6 +224,19 @@ def run_feedback_bench(
                 "R@10": metrics["R@10"],
                 "flip_rate": _flip_rate(test, before_rank, rank),
             }
+    # what `isacir adapt --tune` would serve: the pair the held-out feedback picks, on the test
+    tuned_adapter = QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}")
+    tuning = tune_adapter(gallery, fnd, qe, store, tuned_adapter, replace(settings, max_queries=max(curve)))
+    metrics, rank = test.evaluate(tuned_adapter)
+    tuned = {
+        "interpolation": tuned_adapter.interpolation,
+        "guard_margin": tuned_adapter.guard_margin,
+        "held_out": tuning["chosen"],
+        "held_out_before": tuning.get("before"),
+        "R@1": metrics["R@1"],
+        "R@10": metrics["R@10"],
+        "flip_rate": _flip_rate(test, before_rank, rank),
+    }
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
@@ -244,6 +257,7 @@ def run_feedback_bench(
         "flip_rate_int4_payload": _flip_rate(test, before_rank, int4_rank),
         "interpolation_tradeoff": tradeoff,
         "guarded_tradeoff": guarded,
+        "tuned_on_held_out": tuned,
         "oracle_reference_caption_plus_modifier": oracle,
         "pilot": pilot_stats,
         "adapters": reports,
