@@ -330,6 +330,27 @@ def feedback_guard_table(runs: list[dict]) -> str:
                 f"| {r['seed']} | {m['interpolation']:.2f} | {m['margin']:.2f} | {_arrow(b['R@1'], m['R@1'])} "
                 f"| {_arrow(b['R@10'], m['R@10'])} | {100 * m['flip_rate']:.1f} % |"
             )
+    tuned = [r for r in runs if r.get("tuned_on_held_out")]
+    if tuned:
+        lines += [
+            "",
+            "What `isacir adapt --tune` picks on the held-out feedback alone, and what it gives on the test:",
+            "",
+        ]
+        lines += [
+            "| seed | interpolation | margin | held-out hit@1 | held-out flips "
+            "| test R@1 | test R@10 | test flip rate |",
+            "|---:|---:|---:|---|---:|---|---|---:|",
+        ]
+        for r in tuned:
+            t, b = r["tuned_on_held_out"], r["before"]
+            h, hb = t["held_out"], t["held_out_before"]
+            held = f"{hb['hit@1']:.3f} → {h['hit@1']:.3f}" if h else "no promotable pair"
+            flips = f"{h['flips']} ({100 * h['flip_rate']:.1f} %)" if h else "–"
+            lines.append(
+                f"| {r['seed']} | {t['interpolation']:.2f} | {t['guard_margin']:.2f} | {held} | {flips} "
+                f"| {_arrow(b['R@1'], t['R@1'])} | {_arrow(b['R@10'], t['R@10'])} | {100 * t['flip_rate']:.1f} % |"
+            )
     return "\n".join(lines) + "\n"
 
 
