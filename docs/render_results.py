@@ -293,6 +293,14 @@ def feedback_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tradeoff_row(seed: int, knobs: list[str], before: dict, m: dict) -> str:
+    """One setting of the final adapter: its knobs, test R@1 and R@10 against before, flip rate."""
+    return (
+        f"| {seed} | {' | '.join(knobs)} | {_arrow(before['R@1'], m['R@1'])} | {_arrow(before['R@10'], m['R@10'])} "
+        f"| {100 * m['flip_rate']:.1f} % |"
+    )
+
+
 def feedback_tradeoff_table(runs: list[dict]) -> str:
     """The final adapter at several interpolations: the gain it keeps against the flips it causes."""
     runs = [r for r in runs if r.get("interpolation_tradeoff")]
@@ -302,10 +310,7 @@ def feedback_tradeoff_table(runs: list[dict]) -> str:
     for r in runs:
         b = r["before"]
         for a, m in sorted(r["interpolation_tradeoff"].items(), key=lambda kv: float(kv[0])):
-            lines.append(
-                f"| {r['seed']} | {float(a):.2f} | {_arrow(b['R@1'], m['R@1'])} | {_arrow(b['R@10'], m['R@10'])} "
-                f"| {100 * m['flip_rate']:.1f} % |"
-            )
+            lines.append(_tradeoff_row(r["seed"], [f"{float(a):.2f}"], b, m))
     lines += [
         "",
         "Yardsticks with the same model and no adapter: only the test modifiers rewritten in training phrasings: "
@@ -326,10 +331,7 @@ def feedback_guard_table(runs: list[dict]) -> str:
     for r in runs:
         b = r["before"]
         for m in sorted(r["guarded_tradeoff"].values(), key=lambda m: (m["interpolation"], m["margin"])):
-            lines.append(
-                f"| {r['seed']} | {m['interpolation']:.2f} | {m['margin']:.2f} | {_arrow(b['R@1'], m['R@1'])} "
-                f"| {_arrow(b['R@10'], m['R@10'])} | {100 * m['flip_rate']:.1f} % |"
-            )
+            lines.append(_tradeoff_row(r["seed"], [f"{m['interpolation']:.2f}", f"{m['margin']:.2f}"], b, m))
     tuned = [r for r in runs if r.get("tuned_on_held_out")]
     if tuned:
         lines += [
