@@ -200,8 +200,9 @@ class Retriever:
         fetch = max(k, rerank) + len(excluded)
         hits = [h for h in self.gallery.search(query[None], fetch, where=where)[0] if h.id not in excluded]
         if anchor is not None and self.adapter is not None and self.adapter.guard_margin > 0 and hits:
-            first = [h for h in self.gallery.search(anchor[None], 1 + len(excluded), where=where)[0]]
-            first = [h for h in first if h.id not in excluded]
+            first = [
+                h for h in self.gallery.search(anchor[None], 1 + len(excluded), where=where)[0] if h.id not in excluded
+            ]
             hits = guard_hits(self.gallery, hits, query, first[0] if first else None, self.adapter.guard_margin)
         if rerank and hits and self.reranker(tokens is not None) != "none":
             # the top ``rerank`` are re-scored; below them the store's order stands
@@ -230,7 +231,11 @@ class Retriever:
         if k < 1:
             raise SearchError("k must be >= 1")
         anchor = None
-        if (mode or self.default_mode) == "isa" and self.zero_shot is not None and (image, tokens) != (None, None):
+        if (
+            (mode or self.default_mode) == "isa"
+            and self.zero_shot is not None
+            and (image is not None or tokens is not None)
+        ):
             raw = tokens if tokens is not None else self.pseudo_tokens(image)
             query, used_tokens = self.query_vector(None, text, raw, "isa")
             anchor = self.zero_shot.compose(raw, [text])[0]
