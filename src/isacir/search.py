@@ -201,7 +201,10 @@ class Retriever:
         hits = [h for h in self.gallery.search(query[None], fetch, where=where)[0] if h.id not in excluded]
         if anchor is not None and self.adapter is not None and self.adapter.guard_margin > 0 and hits:
             first = [
-                h for h in self.gallery.search(anchor[None], 1 + len(excluded), where=where)[0] if h.id not in excluded
+                # as deep as the adapted search, so exact ties break as the zero-shot service breaks them
+                h
+                for h in self.gallery.search(anchor[None], fetch, where=where)[0]
+                if h.id not in excluded
             ]
             hits = guard_hits(self.gallery, hits, query, first[0] if first else None, self.adapter.guard_margin)
         if rerank and hits and self.reranker(tokens is not None) != "none":

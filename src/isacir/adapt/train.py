@@ -40,6 +40,12 @@ MAX_FLIP_RATE = 0.05
 #: the serving settings ``--tune`` weighs on held-out feedback: interpolation by top-1 guard margin
 TUNE_INTERPOLATIONS = (0.25, 0.5, 0.75, 1.0)
 TUNE_MARGINS = (0.0, 0.02, 0.04, 0.06)
+#: Two gallery items whose stored vectors agree this closely are one picture to the system (the
+#: same photo indexed twice): no query tells them apart, so either one answers a query that the
+#: operator answered with the other, and neither may be the other's negative.
+DUPLICATE_COSINE = 1.0 - 1e-5
+#: a logit far below any cosine / temperature, for candidates that must not count
+_MASKED = -1e4
 
 
 @dataclass
@@ -69,6 +75,14 @@ class AdaptSettings:
     weight_decay: float = 0.0
     max_replay: int = 2000
     interpolation: float = 1.0
+    #: the previous version's top N on each training query join its negatives (0: off). The
+    #: operator saw them and named another item, so they are the near ties that steal first place
+    hard_negatives: int = 0
+    #: focal distillation (positive-congruent training): keep the previous version's score
+    #: distribution over the candidates on queries it answered right at rank 1, with this weight
+    #: (0: off), plus ``focal_base`` on every query
+    focal_weight: float = 0.0
+    focal_base: float = 0.0
     #: the top-1 guard's cosine margin (0: off); see :mod:`isacir.adapt.guard`
     guard_margin: float = 0.0
     #: choose interpolation and guard margin on the held-out feedback (the given ones stand if
@@ -93,6 +107,11 @@ class AdaptSettings:
             raise ConfigError(f"--lora-rank must be >= 0 and --lora-alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
         if self.replay_weight < 0:
             raise ConfigError("--replay-weight must not be negative")
+        if self.hard_negatives < 0 or self.focal_weight < 0 or self.focal_base < 0:
+            raise ConfigError(
+                f"--hard-negatives, --focal-weight and --focal-base must not be negative, got "
+                f"{self.hard_negatives}, {self.focal_weight}, {self.focal_base}"
+            )
         if self.max_queries is not None and self.max_queries < 1:
             raise ConfigError("--max-queries must be at least 1")
 
@@ -127,14 +146,33 @@ def feedback_metrics(
     queries = compose.many(examples, adapter).numpy()
     hits = gallery.search(queries, 10)
     if adapter is not None and adapter.guard_margin > 0:
-        anchors = gallery.search(compose.many(examples, None).numpy(), 1)
+        # the anchor is the zero-shot search's first place at the same depth, so that exact ties
+        # break as they would for the zero-shot service
+        anchors = gallery.search(compose.many(examples, None).numpy(), 10)
         hits = [
             guard_hits(gallery, h, q, a[0] if a else None, adapter.guard_margin)
             for h, q, a in zip(hits, queries, anchors, strict=True)
         ]
-    top1 = np.array([bool(h) and h[0].id == e.positive for h, e in zip(hits, examples, strict=True)])
-    top10 = np.array([any(x.id == e.positive for x in h) for h, e in zip(hits, examples, strict=True)])
+    same = _duplicates(gallery, hits, examples)
+    top1 = np.array([bool(h) and h[0].id in s for h, s in zip(hits, same, strict=True)])
+    top10 = np.array([any(x.id in s for x in h) for h, s in zip(hits, same, strict=True)])
     return {"n": len(examples), "hit@1": float(top1.mean()), "hit@10": float(top10.mean())}, top1
+
+
+def _duplicates(gallery: Gallery, hits: list[list[Any]], examples: list[FeedbackExample]) -> list[set[int]]:
+    """Per example, its positive and the hits that are the same picture (see :data:`DUPLICATE_COSINE`)."""
+    ids = sorted({h.id for row in hits for h in row} | {e.positive for e in examples if e.positive is not None})
+    vid, vecs = gallery.vectors(ids)
+    vec = {int(i): v for i, v in zip(vid.tolist(), np.asarray(vecs, dtype=np.float32), strict=True)}
+    out: list[set[int]] = []
+    for row, e in zip(hits, examples, strict=True):
+        if e.positive is None:
+            out.append(set())
+            continue
+        p = vec.get(e.positive)
+        twins = {h.id for h in row if p is not None and h.id in vec and float(vec[h.id] @ p) >= DUPLICATE_COSINE}
+        out.append({e.positive} | twins)
+    return out
 
 
 def flip_rate(before_top1: np.ndarray, after_top1: np.ndarray) -> tuple[float | None, int, int]:
@@ -285,6 +323,8 @@ def adapt(
     needed = {t.positive for t in train if t.positive is not None} | {r for t in train for r in t.rejected}
     if settings.gallery_negatives > 0:
         needed |= set(pool_ids.tolist())
+    before = _previous_view(compose, gallery, train, previous, settings)
+    needed |= {i for top in before.top for i in top}
     vid, vecs = gallery.vectors(sorted(needed))
     bank = Bank(vid, vecs)
     pool = torch.from_numpy(np.array([bank.row[int(i)] for i in pool_ids if int(i) in bank.row], dtype=np.int64))
@@ -312,9 +352,10 @@ def adapt(
     bar = progress_bar(total=settings.steps, initial=step, desc="adapt", unit="step", disable=not progress)
     while step < settings.steps:
         g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-        batch = [train[i] for i in torch.randperm(len(train), generator=g)[: settings.batch_size].tolist()]
+        picked = torch.randperm(len(train), generator=g)[: settings.batch_size].tolist()
+        batch = [train[i] for i in picked]
         extra = pool[torch.randperm(len(pool), generator=g)[: settings.gallery_negatives]] if len(pool) else None
-        loss = _contrastive_loss(compose, adapter, batch, bank, extra, settings.temperature)
+        loss = _contrastive_loss(compose, adapter, batch, bank, extra, settings, before, picked)
         if settings.replay_weight > 0:
             loss = loss + settings.replay_weight * _replay_loss(
                 compose, adapter, previous, data.replay, replay_targets, train, settings, g
@@ -354,21 +395,52 @@ class Bank:
         self.row = {int(i): r for r, i in enumerate(ids.tolist())}
 
 
+@dataclass
+class PreviousView:
+    """How the previous version (zero-shot without one) answered each training query: its composed
+    query, its top ids over the whole gallery, and whether its first place was the positive."""
+
+    queries: torch.Tensor | None
+    top: list[list[int]]
+    right: torch.Tensor
+
+
+def _previous_view(
+    compose: ComposedQueries,
+    gallery: Gallery,
+    train: list[FeedbackExample],
+    previous: QueryAdapter | None,
+    settings: AdaptSettings,
+) -> PreviousView:
+    """Computed once: the previous version is frozen, so its answers do not change during training."""
+    if not (settings.hard_negatives or settings.focal_weight or settings.focal_base):
+        return PreviousView(None, [[] for _ in train], torch.zeros(len(train)))
+    queries = compose.many(train, previous)
+    hits = gallery.search(queries.numpy(), max(1, settings.hard_negatives))
+    top = [[h.id for h in row] for row in hits]
+    same = _duplicates(gallery, hits, train)
+    right = torch.tensor([float(bool(t) and t[0] in s) for t, s in zip(top, same, strict=True)])
+    return PreviousView(queries, [t[: settings.hard_negatives] for t in top], right)
+
+
 def _contrastive_loss(
     compose: ComposedQueries,
     adapter: QueryAdapter,
     batch: list[FeedbackExample],
     bank: Bank,
     extra_rows: torch.Tensor | None,
-    temperature: float,
+    settings: AdaptSettings,
+    before: PreviousView,
+    picked: list[int],
 ) -> torch.Tensor:
-    """Softmax over the batch's positives, its rejected candidates and random gallery items.
+    """Softmax over the batch's positives, its rejected candidates, the previous version's top
+    places and random gallery items; plus focal distillation toward the previous version.
 
     Every column is a distinct gallery item, so a query's positive is never also its negative.
     """
     rows: dict[int, int] = {}
-    for e in batch:
-        for i in (e.positive, *e.rejected):
+    for e, i_ in zip(batch, picked, strict=True):
+        for i in (e.positive, *e.rejected, *before.top[i_]):
             if i is not None and i in bank.row:
                 rows.setdefault(bank.row[i], len(rows))
     if extra_rows is not None:
@@ -377,7 +449,18 @@ def _contrastive_loss(
     cand = bank.vectors[torch.tensor(list(rows))]
     q = compose(stack_tokens(batch), [e.text for e in batch], adapter).float()
     labels = torch.tensor([rows[bank.row[e.positive]] for e in batch if e.positive is not None])
-    return F.cross_entropy(q @ cand.T / temperature, labels)
+    # a duplicate of a query's positive is not its negative: it does not count for that query
+    twins = cand[labels] @ cand.T >= DUPLICATE_COSINE
+    twins[torch.arange(len(labels)), labels] = False
+    logits = (q @ cand.T / settings.temperature).masked_fill(twins, _MASKED)
+    loss = F.cross_entropy(logits, labels)
+    if before.queries is not None and (settings.focal_weight or settings.focal_base):
+        old_logits = (before.queries[picked] @ cand.T / settings.temperature).masked_fill(twins, _MASKED)
+        old = F.softmax(old_logits, dim=-1)
+        kl = F.kl_div(F.log_softmax(logits, dim=-1), old, reduction="none").sum(-1)
+        weight = settings.focal_base + settings.focal_weight * before.right[picked]
+        loss = loss + (weight * kl).mean()
+    return loss
 
 
 def _replay_loss(

@@ -33,6 +33,17 @@ def adapt_cmd(
     lora_alpha: float = typer.Option(8.0, help="LoRA alpha: the update is scaled by alpha / rank."),
     replay_weight: float = typer.Option(1.0, help="Weight of the distillation on unjudged logged queries."),
     max_replay: int = typer.Option(2000, help="At most this many unjudged queries to replay."),
+    hard_negatives: int = typer.Option(
+        0,
+        help="The previous version's top N on each feedback query join its negatives (0: off). "
+        "Assumes one right item per query, as an operator's single choice says.",
+    ),
+    focal_weight: float = typer.Option(
+        0.0,
+        help="Focal distillation: keep the previous version's scores on queries it answered right at "
+        "rank 1, with this weight (0: off); fewer negative flips, smaller gains.",
+    ),
+    focal_base: float = typer.Option(0.0, help="Focal distillation's weight on every feedback query (0: off)."),
     interpolation: float = typer.Option(
         1.0, help="0 = zero-shot, 1 = as trained; in between trades gains for less forgetting (WiSE-FT)."
     ),
@@ -75,6 +86,9 @@ def adapt_cmd(
         lora_alpha=lora_alpha,
         replay_weight=replay_weight,
         max_replay=max_replay,
+        hard_negatives=hard_negatives,
+        focal_weight=focal_weight,
+        focal_base=focal_base,
         interpolation=interpolation,
         guard_margin=guard_margin,
         tune=tune,

@@ -1,0 +1,178 @@
+"""The adapter's training signal: duplicates of a positive, the previous version's hard
+negatives, and focal distillation toward the previous version (positive-congruent training)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from serve_helpers import build_service
+from test_adapt import _synthetic_feedback
+
+from isacir.adapt import AdaptSettings, new_adapter
+from isacir.adapt import train as T
+from isacir.adapt.data import FeedbackExample, load_feedback
+from isacir.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def twin_service(tmp_path_factory, openclip_fnd):
+    """A service whose gallery holds one picture twice (a byte copy under another name)."""
+    tmp = tmp_path_factory.mktemp("twins")
+    app, state, images = build_service(tmp, openclip_fnd, api_key=None, n_images=12)
+    shutil.copyfile(images[0], images[0].with_name("copy-of-img000.png"))
+    shutil.copyfile(images[1], images[1].with_name("zz-copy-of-img001.png"))  # indexed after its original
+    state.gallery.index([str(images[0].parent)], openclip_fnd, progress=False)
+    by_name = {p.split("/")[-1]: int(i) for i, p in ((it["id"], it["path"]) for it in state.gallery.items())}
+    state.twins = [(by_name["img001.png"], by_name["zz-copy-of-img001.png"])]
+    return state, by_name["img000.png"], by_name["copy-of-img000.png"]
+
+
+class _FixedQueries:
+    """Stands in for ComposedQueries: every query is the given vector (the test controls the ranking)."""
+
+    def __init__(self, vector: np.ndarray):
+        self.vector = torch.from_numpy(np.array(vector, dtype=np.float32))
+
+    def many(self, examples, adapter, chunk=256):
+        return self.vector.expand(len(examples), -1).clone()
+
+    def __call__(self, tokens, texts, adapter):
+        return self.vector.expand(len(texts), -1).clone()
+
+
+def _example(positive: int, dim: int = 4, query_id: str = "q") -> FeedbackExample:
+    return FeedbackExample(query_id, "red", np.zeros((2, dim), np.float32), positive)
+
+
+def test_a_duplicate_of_the_positive_answers_for_it(twin_service):
+    """The two copies tie exactly, so which one a search puts first is tie-breaking: a held-out
+    query answered with either copy counts, whichever the operator happened to name."""
+    state, orig, copy = twin_service
+    ids, vecs = state.gallery.vectors([orig, copy])
+    assert float(vecs[0] @ vecs[1]) >= T.DUPLICATE_COSINE  # the copies are one picture to the system
+    hits = state.gallery.search(vecs[:1], 3)[0]
+    assert {hits[0].id, hits[1].id} == {orig, copy}
+    examples = [_example(orig, query_id="a"), _example(copy, query_id="b")]
+    metrics, top1 = T.feedback_metrics(_FixedQueries(vecs[0]), state.gallery, examples, None)
+    assert top1.tolist() == [True, True] and metrics["hit@1"] == 1.0
+    # another item is never a duplicate, even when it ranks first
+    other = hits[2].id
+    assert T._duplicates(state.gallery, [hits], [_example(other)]) == [{other}]
+    assert T._duplicates(state.gallery, [hits], [_example(orig)]) == [{orig, copy}]
+
+
+def test_a_duplicate_of_the_positive_is_not_its_negative(twin_service):
+    """The contrastive loss equals a cross-entropy computed by hand without the twin's column."""
+    state, orig, copy = twin_service
+    gid, gvec = state.gallery.vectors()
+    bank = T.Bank(gid, gvec)
+    query = gvec[bank.row[orig]] * 0.6 + gvec[(bank.row[orig] + 1) % len(gid)] * 0.4
+    query = query / np.linalg.norm(query)
+    settings = AdaptSettings(temperature=0.1)
+    everything = torch.arange(len(gid))
+    view = T.PreviousView(None, [[]], torch.zeros(1))
+    loss = T._contrastive_loss(_FixedQueries(query), None, [_example(orig)], bank, everything, settings, view, [0])
+    # the oracle: softmax over every gallery item except the twin, the positive's share
+    keep = [r for r in range(len(gid)) if int(gid[r]) != copy]
+    logits = gvec[keep] @ query / 0.1
+    want = -(logits[keep.index(bank.row[orig])] - np.log(np.exp(logits - logits.max()).sum()) - logits.max())
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    # unmasked, the twin (tied with the positive) would add its own share to the partition
+    logits_all = gvec @ query / 0.1
+    with_twin = -(logits_all[bank.row[orig]] - np.log(np.exp(logits_all).sum()))
+    twin_share = np.exp(logits_all[bank.row[copy]]) / np.exp(logits).sum()
+    assert with_twin - float(loss) == pytest.approx(np.log1p(twin_share), rel=1e-4)
+
+
+def test_previous_view_matches_a_brute_force_ranking(tmp_path, openclip_fnd):
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
+    fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
+    _synthetic_feedback(state, 30, seed=21, replay=0)
+    data = load_feedback(state.feedback, qe.fingerprint, qe.num_tokens, fnd.word_dim, gallery)
+    compose = T.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    settings = AdaptSettings(hard_negatives=4)
+    view = T._previous_view(compose, gallery, data.triplets, None, settings)
+    gid, gvec = gallery.vectors()
+    scores = compose.many(data.triplets, None).numpy() @ gvec.T
+    order = np.argsort(-scores, axis=1)
+    assert view.top == [[int(gid[j]) for j in row[:4]] for row in order]
+    want_right = [float(int(gid[row[0]]) == e.positive) for row, e in zip(order, data.triplets, strict=True)]
+    assert view.right.tolist() == want_right
+    # off: nothing is computed
+    off = T._previous_view(compose, gallery, data.triplets, None, AdaptSettings())
+    assert off.queries is None and off.top == [[] for _ in data.triplets]
+
+
+def test_focal_distillation_is_a_weighted_kl_toward_the_previous_version(tmp_path, openclip_fnd):
+    """Zero for an adapter that is still the identity; otherwise the weighted KL, computed by hand."""
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
+    fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
+    _synthetic_feedback(state, 20, seed=22, replay=0)
+    data = load_feedback(state.feedback, qe.fingerprint, qe.num_tokens, fnd.word_dim, gallery)
+    train = data.triplets
+    compose = T.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    gid, gvec = gallery.vectors()
+    bank = T.Bank(gid, gvec)
+    plain = AdaptSettings(temperature=0.05, hard_negatives=3)
+    focal = replace(plain, focal_weight=4.0, focal_base=0.5)
+    view = T._previous_view(compose, gallery, train, None, focal)
+    picked = list(range(len(train)))
+    adapter = new_adapter(fnd, qe.fingerprint, qe.num_tokens, qe.config.template, [], [], 32, seed=0)
+    extra = torch.arange(len(gid))
+
+    def loss(settings, ad):
+        return float(T._contrastive_loss(compose, ad, train, bank, extra, settings, view, picked))
+
+    with torch.no_grad():
+        assert loss(focal, adapter) == pytest.approx(loss(plain, adapter), abs=1e-5)
+        for p in adapter.tokens.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+        new_q = compose.many(train, adapter)
+    # the oracle, in numpy: KL(previous || adapted) over every gallery item, per query, weighted by
+    # focal_base + focal_weight where the previous version's first place was the positive
+    old = view.queries.numpy() @ gvec.T / 0.05
+    new = new_q.numpy() @ gvec.T / 0.05
+    p_old = np.exp(old - old.max(1, keepdims=True))
+    p_old /= p_old.sum(1, keepdims=True)
+    log_new = new - new.max(1, keepdims=True)
+    log_new -= np.log(np.exp(log_new).sum(1, keepdims=True))
+    kl = (p_old * (np.log(p_old + 1e-30) - log_new)).sum(1)
+    weight = 0.5 + 4.0 * view.right.numpy()
+    with torch.no_grad():
+        got = loss(focal, adapter) - loss(plain, adapter)
+    assert got == pytest.approx(float((weight * kl).mean()), rel=1e-3)
+    assert got > 1e-3
+
+
+def test_training_signal_settings_are_checked():
+    for bad in ({"hard_negatives": -1}, {"focal_weight": -0.5}, {"focal_base": -1.0}):
+        with pytest.raises(ConfigError, match="must not be negative"):
+            AdaptSettings(**bad).check()
+
+
+def test_the_guard_anchors_on_the_zero_shot_first_place_at_the_same_depth(twin_service, tmp_path):
+    """With the anchor equal to the adapted query, a guarded retriever answers exactly as a plain one:
+    exact ties (the twins) break the same way, whatever the depth of the search."""
+    from isacir.search import Retriever
+
+    state, orig, copy = twin_service
+    fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
+    adapter = new_adapter(fnd, qe.fingerprint, qe.num_tokens, qe.config.template, [], [], 16, seed=0)
+    adapter.save_pretrained(tmp_path / "a")
+    guarded = Retriever(gallery, fnd, qe, adapter=type(adapter).from_pretrained(tmp_path / "a", guard_margin=0.05))
+    plain = Retriever(gallery, fnd, qe)
+    try:
+        for a, b in [(orig, copy), *state.twins]:
+            _, vecs = gallery.vectors([a])
+            for k in (1, 2, 3, 6, 14):
+                want = [h.id for h in plain.search_vector(vecs[0], k)]
+                got = [h.id for h in guarded.search_vector(vecs[0], k, anchor=vecs[0])]
+                assert got == want, k
+                assert set(want[:2]) == {a, b} or k == 1
+    finally:
+        guarded.close()
+        plain.close()
