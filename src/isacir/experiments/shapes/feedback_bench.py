@@ -205,37 +205,25 @@ def run_feedback_bench(
     _, int4_rank = test.evaluate(None, token_source=_int4_tokens(qe, fnd))
     tradeoff = {}
     for a in TRADEOFF:
-        metrics, rank = test.evaluate(QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}", interpolation=a))
-        tradeoff[str(a)] = {
-            "R@1": metrics["R@1"],
-            "R@10": metrics["R@10"],
-            "flip_rate": _flip_rate(test, before_rank, rank),
-        }
+        tradeoff[str(a)] = test.gain_and_flips(
+            QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}", interpolation=a), before_rank
+        )
     # the top-1 guard: the zero-shot top-1 stays first unless the adapter prefers its own by a margin
     guarded = {}
     for a in GUARD_INTERPOLATIONS:
         for m in GUARD_MARGINS:
             adapter = QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}", interpolation=a, guard_margin=m)
-            metrics, rank = test.evaluate(adapter)
-            guarded[f"{a}@{m}"] = {
-                "interpolation": a,
-                "margin": m,
-                "R@1": metrics["R@1"],
-                "R@10": metrics["R@10"],
-                "flip_rate": _flip_rate(test, before_rank, rank),
-            }
+            guarded[f"{a}@{m}"] = {"interpolation": a, "margin": m, **test.gain_and_flips(adapter, before_rank)}
     # what `isacir adapt --tune` would serve: the pair the held-out feedback picks, on the test
     tuned_adapter = QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}")
     tuning = tune_adapter(gallery, fnd, qe, store, tuned_adapter, replace(settings, max_queries=max(curve)))
-    metrics, rank = test.evaluate(tuned_adapter)
     tuned = {
         "interpolation": tuned_adapter.interpolation,
         "guard_margin": tuned_adapter.guard_margin,
         "held_out": tuning["chosen"],
         "held_out_before": tuning.get("before"),
-        "R@1": metrics["R@1"],
-        "R@10": metrics["R@10"],
-        "flip_rate": _flip_rate(test, before_rank, rank),
+        **test.gain_and_flips(tuned_adapter, before_rank),
+        "known_phrasings_R@10": known.evaluate(tuned_adapter)[0]["R@10"],
     }
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
@@ -388,6 +376,11 @@ class _TestSet:
             token_source=token_source,
         )
         return {k: round(metrics[k], 2) for k in METRICS}, rankings
+
+    def gain_and_flips(self, adapter: QueryAdapter, before_rank: list[list[str]]) -> dict[str, Any]:
+        """R@1 and R@10 with ``adapter``, and its flip rate against the rankings ``before_rank``."""
+        metrics, rank = self.evaluate(adapter)
+        return {"R@1": metrics["R@1"], "R@10": metrics["R@10"], "flip_rate": _flip_rate(self, before_rank, rank)}
 
     def oracle(self, world: Path, template: str) -> dict[str, float] | None:
         """R@K of the zero-shot oracle that reads the reference's true caption (None: no captions)."""
