@@ -143,13 +143,12 @@ def feedback_metrics(
     (as served: with the adapter's top-1 guard, when it has one)."""
     if not examples:
         return {"n": 0, "hit@1": None, "hit@10": None}, np.zeros(0, dtype=bool)
-    depth = 10  # hit@10
     queries = compose.many(examples, adapter).numpy()
-    hits = gallery.search(queries, depth)
+    hits = gallery.search(queries, 10)
     if adapter is not None and adapter.guard_margin > 0:
         # the anchor is the zero-shot search's first place at the same depth, so that exact ties
         # break as they would for the zero-shot service
-        anchors = gallery.search(compose.many(examples, None).numpy(), depth)
+        anchors = gallery.search(compose.many(examples, None).numpy(), 10)
         hits = [
             guard_hits(gallery, h, q, a[0] if a else None, adapter.guard_margin)
             for h, q, a in zip(hits, queries, anchors, strict=True)
