@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..._fs import atomic_write_text
 from ...adapt import AdaptSettings
 from .bench import METRICS, ShapesBenchConfig, cached_isa
+from .feedback_goals import feedback_goals
 from .phrasing import known_phrasings_copy
 from .pilot import LEFT_OUT, PilotConfig, ServiceClient, generate_pilot, simulate_pilot
 
@@ -432,17 +433,10 @@ def _flip_rate(test: _TestSet, before: list[list[str]], after: list[list[str]]) 
 
 
 def check_feedback_goals(summary: dict[str, Any], oracle: dict[str, float] | None) -> dict[str, bool]:
-    b, a = summary["before"], summary["after"]
-    kb, ka = summary["known_phrasings"]["before"], summary["known_phrasings"]["after"]
-    goals = {
-        "test R@1 >= before + 8": a["R@1"] >= b["R@1"] + 8,
-        "test R@10 >= before + 5": a["R@10"] >= b["R@10"] + 5,
-        "known-phrasings R@10 >= before - 1": ka["R@10"] >= kb["R@10"] - 1,
-        "test flip rate <= 5 %": summary["flip_rate"] is not None and summary["flip_rate"] <= 0.05,
-    }
-    if oracle is not None:
-        goals["moonshot: test R@1 >= oracle reference caption + modifier"] = a["R@1"] >= oracle["R@1"]
-    return goals
+    known = summary["known_phrasings"]
+    return feedback_goals(
+        summary["before"], summary["after"], summary["flip_rate"], known["before"], known["after"], oracle
+    )
 
 
 def curve_chart(
