@@ -342,8 +342,9 @@ def _recipe(run: dict) -> str:
 
 
 def feedback_tuned_table(runs: list[dict]) -> str:
-    """What ``isacir adapt --tune`` serves for each recipe: the pair the held-out feedback picks,
-    its test numbers, and whether it meets every goal of the issue (gain, forgetting, flips)."""
+    """What ``isacir adapt --tune`` (and ``--tune --refit``) serves for each recipe: the pair the
+    held-out feedback picks, its test numbers, and whether it meets every goal of the issue (gain,
+    forgetting, flips)."""
     runs = sorted(
         (r for r in runs if r.get("tuned_on_held_out")), key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))
     )
@@ -359,18 +360,24 @@ def feedback_tuned_table(runs: list[dict]) -> str:
         h, hb = t["held_out"], t["held_out_before"]
         held = f"{hb['hit@1']:.3f} → {h['hit@1']:.3f}" if h else "no promotable pair"
         flips = f"{h['flips']} ({100 * h['flip_rate']:.1f} %)" if h else "–"
-        kb = r["known_phrasings"]["before"]["R@10"]
-        ka = t.get("known_phrasings_R@10")
-        goals = feedback_goals(
-            b, t, t["flip_rate"], r["known_phrasings"]["before"], None if ka is None else {"R@10": ka}
-        )
-        known = "–" if ka is None else _arrow(kb, ka)
-        verdict = "missed" if not goals_met(goals) else ("not measured" if ka is None else "**met**")
-        lines.append(
-            f"| {r['seed']} | {_recipe(r)} | {t['interpolation']:.2f} | {t['guard_margin']:.2f} | {held} | {flips} "
-            f"| {_arrow(b['R@1'], t['R@1'])} | {_arrow(b['R@10'], t['R@10'])} | {100 * t['flip_rate']:.1f} % "
-            f"| {known} | {verdict} |"
-        )
+        served = [(_recipe(r), t)]
+        if r.get("tuned_then_refit"):
+            served.append(
+                (f"{_recipe(r)}, refit on all {r['tuned_then_refit']['trained_on']:,}", r["tuned_then_refit"])
+            )
+        for recipe, s in served:
+            kb = r["known_phrasings"]["before"]["R@10"]
+            ka = s.get("known_phrasings_R@10")
+            goals = feedback_goals(
+                b, s, s["flip_rate"], r["known_phrasings"]["before"], None if ka is None else {"R@10": ka}
+            )
+            known = "–" if ka is None else _arrow(kb, ka)
+            verdict = "missed" if not goals_met(goals) else ("not measured" if ka is None else "**met**")
+            lines.append(
+                f"| {r['seed']} | {recipe} | {s['interpolation']:.2f} | {s['guard_margin']:.2f} | {held} | {flips} "
+                f"| {_arrow(b['R@1'], s['R@1'])} | {_arrow(b['R@10'], s['R@10'])} | {100 * s['flip_rate']:.1f} % "
+                f"| {known} | {verdict} |"
+            )
     return "\n".join(lines) + "\n"
 
 

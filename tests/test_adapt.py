@@ -234,6 +234,15 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     # an unknown feedback file is a one-line error, not a traceback
     bad = run("adapt", *args[:2], "--feedback", str(tmp / "nope.sqlite"), *args[4:], check=False)
     assert bad.returncode == 2 and "feedback database not found" in bad.stderr
+    # --refit: the held-out numbers judge the recipe, the folder holds the one trained on all 30
+    refit = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress", "--tune", "--refit")
+    again = last_json(refit)
+    assert again["refit"]["train"] == 30 and again["counts"]["holdout"] == 6
+    assert again["holdout"]["before"] == report["holdout"]["before"]
+    assert "refit on all 30 feedback queries" in refit.stderr
+    assert json.loads((tmp / "adapter" / "report.json").read_text())["fingerprint"] == again["fingerprint"]
+    no_holdout = run("adapt", *args, "--holdout", "0", "--refit", "--no-progress", check=False)
+    assert no_holdout.returncode != 0 and "--holdout > 0" in no_holdout.stderr
 
 
 def test_lora_adapter_starts_as_the_identity_stays_in_its_thread_and_round_trips(service, tmp_path):

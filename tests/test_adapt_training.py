@@ -176,3 +176,60 @@ def test_the_guard_anchors_on_the_zero_shot_first_place_at_the_same_depth(twin_s
     finally:
         guarded.close()
         plain.close()
+
+
+def test_refit_trains_the_tuned_recipe_again_on_every_query_and_resumes(tmp_path, openclip_fnd, monkeypatch):
+    """--tune --refit: the held-out numbers and the choice are the judged run's; the saved weights are
+    exactly those of the same recipe trained with no hold-out, serving the chosen pair; a run killed
+    during the refit resumes it and ends the same."""
+    from isacir.adapt import QueryAdapter, adapt
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
+    made = _synthetic_feedback(state, 40, seed=21)
+    monkeypatch.setattr(T, "TUNE_MARGINS", (0.0, 0.02, 2.0))  # a pair that never yields: always a choice
+    args = (state.gallery, state.foundation, state.query_encoder, state.feedback)
+    base = AdaptSettings(holdout=0.25, steps=30, lr=1e-2, batch_size=16, hidden=32, seed=2, tune=True, save_every=5)
+    judged = adapt(*args, tmp_path / "judged", base, progress=False)
+    report = adapt(*args, tmp_path / "refit", replace(base, refit=True), progress=False)
+
+    assert report["holdout"] == judged["holdout"] and report["tuning"]["chosen"] == judged["tuning"]["chosen"]
+    assert report["holdout"]["after"]["n"] == 10 and report["counts"]["train"] == 30
+    assert report["refit"]["train"] == report["counts"]["refit"] == len(made) == 40
+    chosen = report["tuning"]["chosen"]
+    pair = (chosen["interpolation"], chosen["guard_margin"])
+    refit = QueryAdapter.from_pretrained(tmp_path / "refit")
+    assert (refit.interpolation, refit.guard_margin) == pair
+    assert refit.fingerprint == report["fingerprint"] != judged["fingerprint"]
+
+    # the oracle: no hold-out at all, the chosen pair given
+    a, m = pair
+    plain = replace(base, holdout=0.0, tune=False, interpolation=a, guard_margin=m)
+    adapt(*args, tmp_path / "all", plain, progress=False)
+    oracle = QueryAdapter.from_pretrained(tmp_path / "all")
+    want, got = oracle.state_dict(), refit.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert oracle.config.vocab_words == refit.config.vocab_words
+
+    # killed at the refit's 10th step: the rerun skips the judged run (done) and resumes the refit
+    real_save, seen = T._save_checkpoint, []
+
+    def crash_in_refit(path, st):
+        real_save(path, st)
+        seen.append((path.name, st["step"]))
+        if path.name == T.REFIT_CHECKPOINT_NAME and st["step"] == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_save_checkpoint", crash_in_refit)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(*args, tmp_path / "killed", replace(base, refit=True), progress=False)
+    assert (tmp_path / "killed" / T.CHECKPOINT_NAME).is_file()
+    seen.clear()
+    resumed = adapt(*args, tmp_path / "killed", replace(base, refit=True), progress=False)
+    assert seen[0] == (T.REFIT_CHECKPOINT_NAME, 15) and all(name == T.REFIT_CHECKPOINT_NAME for name, _ in seen)
+    assert resumed["fingerprint"] == report["fingerprint"]
+    assert not any(p.name.startswith(".adapt-") for p in (tmp_path / "killed").iterdir())
+
+
+def test_refit_needs_held_out_feedback():
+    with pytest.raises(ConfigError, match="--refit .* --holdout > 0"):
+        AdaptSettings(holdout=0.0, refit=True).check()

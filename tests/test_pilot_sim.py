@@ -89,7 +89,7 @@ def small_loop(tmp_path_factory, small_shapes):
     bench = run_shapes_bench(out, cfg, **quiet)
     settings = AdaptSettings(steps=40, batch_size=16, gallery_negatives=64, seed=0)
     pilot = PilotConfig(queries=60, distractors=40)
-    summary = run_feedback_bench(out, 0, pilot, settings, (20, 60), config=cfg, **quiet)
+    summary = run_feedback_bench(out, 0, pilot, replace(settings, refit=True), (20, 60), config=cfg, **quiet)
     versions = run_pilot_versions(out, 0, PilotConfig(queries=40, distractors=40), settings, config=cfg, **quiet)
     return out, cfg, bench, summary, versions
 
@@ -155,6 +155,13 @@ def test_bench_feedback_on_the_small_bench(small_loop):
             tuned["held_out"]["guard_margin"],
         )
         assert tuned["held_out"]["hit@1"] >= tuned["held_out_before"]["hit@1"]
+    # --refit: the same pair, trained again on all 60 queries; the curve's adapters were not refit
+    refit = detail["tuned_then_refit"]
+    assert (refit["interpolation"], refit["guard_margin"]) == (tuned["interpolation"], tuned["guard_margin"])
+    assert refit["trained_on"] == 60 and 0.0 <= refit["flip_rate"] <= 1.0
+    report = json.loads(next((out / "feedback").glob("seed0-*/adapter-refit/report.json")).read_text())
+    assert report["counts"]["train"] == 60 and report["counts"]["holdout"] == 0
+    assert all("refit" not in a["counts"] for a in detail["adapters"].values())
     # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache
     shapes = json.loads((out / "results-seed0.json").read_text())
     oracle = shapes["oracles"]["oracle_reference_caption_plus_modifier"]

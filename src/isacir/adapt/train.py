@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from ..serve.feedback import FeedbackStore
 
 CHECKPOINT_NAME = ".adapt-checkpoint.pt"
+#: the refit's own checkpoint: a run killed during the refit resumes it, the judged run being done
+REFIT_CHECKPOINT_NAME = ".adapt-refit-checkpoint.pt"
 #: Held-out flip rate above which an adapter is not promotable.
 MAX_FLIP_RATE = 0.05
 #: the serving settings ``--tune`` weighs on held-out feedback: interpolation by top-1 guard margin
@@ -88,6 +90,9 @@ class AdaptSettings:
     #: choose interpolation and guard margin on the held-out feedback (the given ones stand if
     #: no pair is promotable there)
     tune: bool = False
+    #: after judging (and with ``tune``, tuning) the recipe on the held-out feedback, train it once
+    #: more on every learnable query, held-out ones included, and save that adapter
+    refit: bool = False
     #: learn from the oldest N logged queries only (None: all of them)
     max_queries: int | None = None
     save_every: int = 50
@@ -114,6 +119,8 @@ class AdaptSettings:
             )
         if self.max_queries is not None and self.max_queries < 1:
             raise ConfigError("--max-queries must be at least 1")
+        if self.refit and self.holdout <= 0:
+            raise ConfigError("--refit trains again on the held-out feedback after judging: it needs --holdout > 0")
 
 
 class ComposedQueries:
@@ -274,7 +281,13 @@ def adapt(
     previous: QueryAdapter | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train, evaluate on held-out feedback, and save the adapter folder; returns the report."""
+    """Train, evaluate on held-out feedback, and save the adapter folder; returns the report.
+
+    With ``settings.refit``, the recipe judged on the held-out queries (and tuned there, with
+    ``settings.tune``) is trained once more on every learnable query, held-out ones included, and
+    that adapter is saved: the report's held-out numbers then describe the recipe, not weights that
+    never saw those queries.
+    """
     settings = settings or AdaptSettings()
     settings.check()
     t_start = time.perf_counter()
@@ -283,9 +296,15 @@ def adapt(
     qe_fp = query_encoder.fingerprint
     if previous is not None:
         previous.check(qe_fp, foundation.fingerprint)
-    num_tokens, template = query_encoder.num_tokens, query_encoder.config.template
     data: FeedbackData = load_feedback(
-        store, qe_fp, num_tokens, foundation.word_dim, gallery, settings.max_replay, settings.seed, settings.max_queries
+        store,
+        qe_fp,
+        query_encoder.num_tokens,
+        foundation.word_dim,
+        gallery,
+        settings.max_replay,
+        settings.seed,
+        settings.max_queries,
     )
     train, held = data.split(settings.holdout, settings.seed)
     if not train:
@@ -294,85 +313,16 @@ def adapt(
             f"({qe_fp}) in the log, {len(train)} left for training after the hold-out; skipped: "
             f"{dict(data.skipped) or 'none'}"
         )
-    ids, words = (
-        domain_vocabulary(
-            [t.text for t in train], foundation.tokenizer, settings.vocab_min_count, settings.vocab_max_rows
+    if settings.refit and not held:
+        raise ConfigError(
+            f"--refit needs held-out feedback to judge the recipe first: --holdout {settings.holdout} of "
+            f"{len(data.triplets)} learnable queries holds none out"
         )
-        if settings.vocab
-        else ([], [])
-    )
-    adapter = new_adapter(
-        foundation,
-        qe_fp,
-        num_tokens,
-        template,
-        ids,
-        words,
-        settings.hidden,
-        settings.seed,
-        lora_rank=settings.lora_rank,
-        lora_alpha=settings.lora_alpha,
-    )
-    compose = ComposedQueries(foundation, template, num_tokens)
-
-    # stored vectors, read once and never re-encoded: the positives, the rejected candidates, and a
-    # pool of random gallery items standing for "everything else" the query must not drift to
-    pool_ids = gallery.ids()
-    if len(pool_ids) > settings.negative_pool:
-        pool_ids = np.sort(np.random.default_rng(settings.seed).choice(pool_ids, settings.negative_pool, replace=False))
-    needed = {t.positive for t in train if t.positive is not None} | {r for t in train for r in t.rejected}
-    if settings.gallery_negatives > 0:
-        needed |= set(pool_ids.tolist())
-    before = _previous_view(compose, gallery, train, previous, settings)
-    needed |= {i for top in before.top for i in top}
-    vid, vecs = gallery.vectors(sorted(needed))
-    bank = Bank(vid, vecs)
-    pool = torch.from_numpy(np.array([bank.row[int(i)] for i in pool_ids if int(i) in bank.row], dtype=np.int64))
-    replay_targets = compose.many(data.replay, previous) if data.replay and settings.replay_weight > 0 else None
-
-    if not settings.token_adapter:
-        adapter.tokens.requires_grad_(False)
-    trainable = [p for p in adapter.parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError("nothing to train: the token adapter is off, the vocabulary is empty or off, and LoRA is off")
-    optim = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME
-    key = _setup_key(settings, train, qe_fp, previous.fingerprint if previous is not None else None)
-    step, losses = 0, []
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state.get("key") == key:
-            adapter.load_state_dict(state["adapter"])
-            optim.load_state_dict(state["optim"])
-            step, losses = int(state["step"]), list(state["losses"])
-
-    adapter.train()
-    bar = progress_bar(total=settings.steps, initial=step, desc="adapt", unit="step", disable=not progress)
-    while step < settings.steps:
-        g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
-        picked = torch.randperm(len(train), generator=g)[: settings.batch_size].tolist()
-        batch = [train[i] for i in picked]
-        extra = pool[torch.randperm(len(pool), generator=g)[: settings.gallery_negatives]] if len(pool) else None
-        loss = _contrastive_loss(compose, adapter, batch, bank, extra, settings, before, picked)
-        if settings.replay_weight > 0:
-            loss = loss + settings.replay_weight * _replay_loss(
-                compose, adapter, previous, data.replay, replay_targets, train, settings, g
-            )
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
-        step += 1
-        value = float(loss.detach())
-        losses.append(round(value, 6))
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4f}")
-        if step % settings.save_every == 0 or step == settings.steps:
-            state = {"key": key, "step": step, "losses": losses}
-            _save_checkpoint(ckpt_path, {**state, "adapter": adapter.state_dict(), "optim": optim.state_dict()})
-    bar.close()
-    adapter.eval()
+    compose = ComposedQueries(foundation, query_encoder.config.template, query_encoder.num_tokens)
+    fit = _Fit(gallery, foundation, qe_fp, compose, data, settings, previous, progress)
+    adapter, losses = fit(train, out / CHECKPOINT_NAME)
     adapter.set_interpolation(settings.interpolation)
     adapter.set_guard_margin(settings.guard_margin)
     tuning = tune_serving(compose, gallery, held, adapter, previous) if settings.tune else None
@@ -380,11 +330,140 @@ def adapt(
     report = _report(compose, gallery, train, held, adapter, previous, data, settings, losses)
     if tuning is not None:
         report["tuning"] = tuning
+    if settings.refit:
+        everything = list(data.triplets)  # in log order: what --holdout 0 would train on
+        final, refit_losses = fit(everything, out / REFIT_CHECKPOINT_NAME, desc="refit")
+        final.set_interpolation(adapter.interpolation)
+        final.set_guard_margin(adapter.guard_margin)
+        report["refit"] = {
+            "judged_by_holdout": "the recipe: the saved adapter was trained again on every query, held-out ones too",
+            "train": len(everything),
+            "vocab_rows": len(final.config.vocab_ids),
+            "judged_adapter": adapter.fingerprint,
+            "train_after": feedback_metrics(compose, gallery, everything, final)[0],
+            "loss": {"first": refit_losses[0], "last": refit_losses[-1]},
+        }
+        report["counts"] = {**report["counts"], "refit": len(everything), "vocab_rows": len(final.config.vocab_ids)}
+        adapter = final
     report["took_s"] = round(time.perf_counter() - t_start, 2)
     adapter.config.training = {"settings": asdict(settings), "counts": report["counts"]}
-    adapter.save_pretrained(out, report)  # replaces the folder, checkpoint included: the run is done
+    adapter.save_pretrained(out, report)  # replaces the folder, checkpoints included: the run is done
     report["fingerprint"] = adapter.fingerprint
     return report
+
+
+class _Fit:
+    """One training run of the recipe on a list of feedback queries, resumable from its checkpoint.
+
+    A class so that a refit trains exactly as the judged run did, on more queries: the settings,
+    the replay set, the previous version and the composer are fixed here once.
+    """
+
+    def __init__(
+        self,
+        gallery: Gallery,
+        foundation: Foundation,
+        qe_fp: str,
+        compose: ComposedQueries,
+        data: FeedbackData,
+        settings: AdaptSettings,
+        previous: QueryAdapter | None,
+        progress: bool,
+    ):
+        self.gallery, self.foundation, self.qe_fp, self.compose = gallery, foundation, qe_fp, compose
+        self.data, self.settings, self.previous, self.progress = data, settings, previous, progress
+        self._replay_targets: torch.Tensor | None = None
+
+    def replay_targets(self) -> torch.Tensor | None:
+        if self._replay_targets is None and self.data.replay and self.settings.replay_weight > 0:
+            self._replay_targets = self.compose.many(self.data.replay, self.previous)
+        return self._replay_targets
+
+    def __call__(
+        self, train: list[FeedbackExample], ckpt_path: Path, desc: str = "adapt"
+    ) -> tuple[QueryAdapter, list[float]]:
+        settings, gallery, compose, previous = self.settings, self.gallery, self.compose, self.previous
+        ids, words = (
+            domain_vocabulary(
+                [t.text for t in train], self.foundation.tokenizer, settings.vocab_min_count, settings.vocab_max_rows
+            )
+            if settings.vocab
+            else ([], [])
+        )
+        adapter = new_adapter(
+            self.foundation,
+            self.qe_fp,
+            compose.num_tokens,
+            compose.template,
+            ids,
+            words,
+            settings.hidden,
+            settings.seed,
+            lora_rank=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+        )
+
+        # stored vectors, read once and never re-encoded: the positives, the rejected candidates,
+        # and a pool of random gallery items standing for "everything else" the query must not
+        # drift to
+        pool_ids = gallery.ids()
+        if len(pool_ids) > settings.negative_pool:
+            pool_ids = np.sort(
+                np.random.default_rng(settings.seed).choice(pool_ids, settings.negative_pool, replace=False)
+            )
+        needed = {t.positive for t in train if t.positive is not None} | {r for t in train for r in t.rejected}
+        if settings.gallery_negatives > 0:
+            needed |= set(pool_ids.tolist())
+        before = _previous_view(compose, gallery, train, previous, settings)
+        needed |= {i for top in before.top for i in top}
+        vid, vecs = gallery.vectors(sorted(needed))
+        bank = Bank(vid, vecs)
+        pool = torch.from_numpy(np.array([bank.row[int(i)] for i in pool_ids if int(i) in bank.row], dtype=np.int64))
+        replay_targets = self.replay_targets()
+
+        if not settings.token_adapter:
+            adapter.tokens.requires_grad_(False)
+        trainable = [p for p in adapter.parameters() if p.requires_grad]
+        if not trainable:
+            raise ConfigError(
+                "nothing to train: the token adapter is off, the vocabulary is empty or off, and LoRA is off"
+            )
+        optim = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+        key = _setup_key(settings, train, self.qe_fp, previous.fingerprint if previous is not None else None)
+        step, losses = 0, []
+        if ckpt_path.is_file():
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            if state.get("key") == key:
+                adapter.load_state_dict(state["adapter"])
+                optim.load_state_dict(state["optim"])
+                step, losses = int(state["step"]), list(state["losses"])
+
+        adapter.train()
+        bar = progress_bar(total=settings.steps, initial=step, desc=desc, unit="step", disable=not self.progress)
+        while step < settings.steps:
+            g = torch.Generator().manual_seed(settings.seed * 1_000_003 + step)
+            picked = torch.randperm(len(train), generator=g)[: settings.batch_size].tolist()
+            batch = [train[i] for i in picked]
+            extra = pool[torch.randperm(len(pool), generator=g)[: settings.gallery_negatives]] if len(pool) else None
+            loss = _contrastive_loss(compose, adapter, batch, bank, extra, settings, before, picked)
+            if settings.replay_weight > 0:
+                loss = loss + settings.replay_weight * _replay_loss(
+                    compose, adapter, previous, self.data.replay, replay_targets, train, settings, g
+                )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            step += 1
+            value = float(loss.detach())
+            losses.append(round(value, 6))
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if step % settings.save_every == 0 or step == settings.steps:
+                state = {"key": key, "step": step, "losses": losses}
+                _save_checkpoint(ckpt_path, {**state, "adapter": adapter.state_dict(), "optim": optim.state_dict()})
+        bar.close()
+        adapter.eval()
+        return adapter, losses
 
 
 class Bank:

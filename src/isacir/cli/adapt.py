@@ -58,6 +58,12 @@ def adapt_cmd(
         help="Choose interpolation and guard margin on the held-out feedback: the best promotable pair "
         "(the given ones stand when none is).",
     ),
+    refit: bool = typer.Option(
+        False,
+        "--refit/--no-refit",
+        help="After judging (and with --tune, tuning) on the held-out feedback, train once more on all "
+        "of it and save that adapter; the report's held-out numbers then judge the recipe.",
+    ),
     max_queries: Optional[int] = typer.Option(None, help="Learn from the oldest N logged queries only."),
     previous: Optional[Path] = typer.Option(
         None, help="The adapter served now: replay targets and the 'before' of the report come from it."
@@ -92,6 +98,7 @@ def adapt_cmd(
         interpolation=interpolation,
         guard_margin=guard_margin,
         tune=tune,
+        refit=refit,
         max_queries=max_queries,
     )
     settings.check()
@@ -116,6 +123,8 @@ def adapt_cmd(
             if chosen
             else f"tuning: {tuning['reason']}"
         )
+    if "refit" in report:
+        err.print(f"refit on all {report['refit']['train']} feedback queries; the held-out numbers judge the recipe")
     err.print(
         f"adapter {report['fingerprint']} -> {out}: held-out hit@1 {held['before']['hit@1']} -> "
         f"{held['after']['hit@1']} over {held['after']['n']} queries; {verdict}"

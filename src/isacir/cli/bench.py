@@ -240,6 +240,11 @@ def bench_feedback_cmd(
     k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
     steps: Optional[int] = typer.Option(None, help="Adapter training steps (default: isacir adapt's)."),
     lora_rank: int = typer.Option(0, help="LoRA rank on the text tower (0: off, as isacir adapt's default)."),
+    refit: bool = typer.Option(
+        False,
+        "--refit",
+        help="Also measure isacir adapt --tune --refit: the pair tuned on held-out feedback, trained on all of it.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """Learning from a simulated pilot: test R@K with and without the adapter its feedback trains.
@@ -254,7 +259,7 @@ def bench_feedback_cmd(
 
     if queries < 1:
         raise IsacirError("--queries must be at least 1")
-    settings = replace(BENCH_ADAPT, seed=seed, lora_rank=lora_rank, **({"steps": steps} if steps else {}))
+    settings = replace(BENCH_ADAPT, seed=seed, lora_rank=lora_rank, refit=refit, **({"steps": steps} if steps else {}))
     curve = tuple(n for n in CURVE if n < queries) + (queries,)
     summary = run_feedback_bench(
         out_dir,

@@ -188,7 +188,8 @@ def run_feedback_bench(
         t = time.perf_counter()
         folder = run / f"adapter-{n}"
         torch.manual_seed(seed)
-        report = adapt(gallery, fnd, qe, store, folder, replace(settings, max_queries=n), progress=progress)
+        one = replace(settings, max_queries=n, refit=False)  # the curve judges the recipe on held-out feedback
+        report = adapt(gallery, fnd, qe, store, folder, one, progress=progress)
         adapters[n] = QueryAdapter.from_pretrained(folder)
         metrics, _ = test.evaluate(adapters[n])
         results["curve"][str(n)] = metrics
@@ -218,14 +219,31 @@ def run_feedback_bench(
     # what `isacir adapt --tune` would serve: the pair the held-out feedback picks, on the test
     tuned_adapter = QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}")
     tuning = tune_adapter(gallery, fnd, qe, store, tuned_adapter, replace(settings, max_queries=max(curve)))
-    tuned = {
-        "interpolation": tuned_adapter.interpolation,
-        "guard_margin": tuned_adapter.guard_margin,
-        "held_out": tuning["chosen"],
-        "held_out_before": tuning.get("before"),
-        **test.gain_and_flips(tuned_adapter, before_rank),
-        "known_phrasings_R@10": known.evaluate(tuned_adapter)[0]["R@10"],
-    }
+
+    def served(adapter: QueryAdapter) -> dict[str, Any]:
+        """What an adapter served as it is does on the test: its pair, gains, flips and forgetting."""
+        return {
+            "interpolation": adapter.interpolation,
+            "guard_margin": adapter.guard_margin,
+            **test.gain_and_flips(adapter, before_rank),
+            "known_phrasings_R@10": known.evaluate(adapter)[0]["R@10"],
+        }
+
+    tuned = {**served(tuned_adapter), "held_out": tuning["chosen"], "held_out_before": tuning.get("before")}
+    if settings.refit:
+        # what `isacir adapt --tune --refit` serves: that recipe and pair, trained on all the feedback
+        t = time.perf_counter()
+        refit_settings = replace(
+            settings,
+            max_queries=max(curve),
+            holdout=0.0,
+            refit=False,
+            interpolation=tuned_adapter.interpolation,
+            guard_margin=tuned_adapter.guard_margin,
+        )
+        adapt(gallery, fnd, qe, store, run / "adapter-refit", refit_settings, progress=progress)
+        detail_refit = {**served(QueryAdapter.from_pretrained(run / "adapter-refit")), "trained_on": max(curve)}
+        timings["refit_s"] = time.perf_counter() - t
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
@@ -247,6 +265,7 @@ def run_feedback_bench(
         "interpolation_tradeoff": tradeoff,
         "guarded_tradeoff": guarded,
         "tuned_on_held_out": tuned,
+        **({"tuned_then_refit": detail_refit} if settings.refit else {}),
         "oracle_reference_caption_plus_modifier": oracle,
         "pilot": pilot_stats,
         "adapters": reports,
