@@ -45,12 +45,31 @@ def preprocess_image(image: Image.Image, spec: dict) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+class OnnxTokens:
+    """One exported token model: photos in, pseudo tokens out, preprocessed as ``spec`` says.
+
+    The edge runner and the export's int8 check (which weighs a model before any edge folder
+    exists) both encode through this, so they cannot differ.
+    """
+
+    def __init__(self, model: str | os.PathLike, spec: dict, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        self.spec = spec
+
+    def __call__(self, images: Iterable[ImageSource]) -> np.ndarray:
+        pixels = np.stack([preprocess_image(load_image(im), self.spec) for im in images])
+        return self.session.run(["tokens"], {"pixels": pixels})[0]
+
+
 class EdgeEncoder:
     """Photo -> pseudo tokens -> payload bytes, entirely on the device."""
 
     def __init__(self, edge_dir: str | os.PathLike, variant: str = "fp32", threads: int | None = None):
-        import onnxruntime as ort
-
         self.dir = Path(edge_dir)
         cfg_path = self.dir / EDGE_CONFIG
         if not cfg_path.is_file():
@@ -59,10 +78,8 @@ class EdgeEncoder:
         files = self.config["files"]
         if variant not in files:
             raise ValueError(f"variant {variant!r} not exported; available: {sorted(files)}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.dir / files[variant]), opts, providers=["CPUExecutionProvider"])
+        self._tokens = OnnxTokens(self.dir / files[variant], self.config["preprocess"], threads)
+        self.session = self._tokens.session
         self.variant = variant
 
     @property
@@ -81,8 +98,7 @@ class EdgeEncoder:
         return preprocess_image(load_image(image), self.config["preprocess"])
 
     def tokens(self, images: Iterable[ImageSource]) -> np.ndarray:
-        pixels = np.stack([self.preprocess(im) for im in images])
-        return self.session.run(["tokens"], {"pixels": pixels})[0]
+        return self._tokens(images)
 
     def payload(self, image: ImageSource, dtype: str = "int8") -> bytes:
         return encode_payload(self.tokens([image])[0], self.fingerprint, dtype)

@@ -27,25 +27,6 @@ from .bench import METRICS, ShapesBenchConfig, cached_isa
 MAX_R10_DROP = 1.0
 
 
-def _onnx_tokens(model: Path, spec: dict, threads: int | None = None) -> Callable[[list], np.ndarray]:
-    """Reference photos -> tokens through one ONNX model, exactly as the edge runner does it."""
-    import onnxruntime as ort
-
-    from ...data.imageio import load_image
-    from ...edge.runner import preprocess_image
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-
-    def tokens(images: list) -> np.ndarray:
-        pixels = np.stack([preprocess_image(load_image(im), spec) for im in images])
-        return session.run(["tokens"], {"pixels": pixels})[0]
-
-    return tokens
-
-
 def through_payload(source: Callable[[list], np.ndarray], dtype: str) -> Callable[[list], np.ndarray]:
     """``source``'s tokens after a round trip through the wire format in ``dtype``."""
     from ...edge.payload import decode_payload, encode_payload
@@ -74,6 +55,7 @@ def run_edge_bench(
     "r10_drop", "max_r10_drop", "query_cosine": {"min", "mean", "required"}, "written", "edge",
     "refused"}``.
     """
+    from ...edge.runner import OnnxTokens
     from ...evaluation.benchmarks import load_shapes
     from ...evaluation.evaluate import encode_gallery, evaluate
     from ...export import INT8_MIN_QUERY_COSINE, Int8Refused, export_edge
@@ -106,8 +88,8 @@ def run_edge_bench(
     results: dict[str, Any] = {"torch": score("torch")}
 
     def quality(fp32_model: Path, int8_model: Path) -> dict:
-        results["fp32"] = score("onnx fp32", _onnx_tokens(fp32_model, spec))
-        int8_tokens = _onnx_tokens(int8_model, spec)
+        results["fp32"] = score("onnx fp32", OnnxTokens(fp32_model, spec))
+        int8_tokens = OnnxTokens(int8_model, spec)
         results["int8"] = score("onnx int8", int8_tokens)
         results["payloads"] = {
             dtype: score(f"onnx int8, {dtype} payload", through_payload(int8_tokens, dtype))
