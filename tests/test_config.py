@@ -116,3 +116,19 @@ def test_methods_and_presets_verbs_list_the_registries():
         assert name in methods
     presets = run("presets").stdout
     assert "shapes-cir" in presets and "cc3m-vitl14" in presets
+
+
+def test_adapt_options_default_to_the_settings_defaults():
+    """`isacir adapt` writes its defaults as literals (its module imports no torch); they must be
+    AdaptSettings' own, so that the command and the library train the same recipe."""
+    import typer
+
+    from isacir.adapt import AdaptSettings
+    from isacir.cli import app
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["adapt"].params}
+    defaults = AdaptSettings()
+    shared = [f.name for f in dataclasses.fields(AdaptSettings) if f.name in params]
+    assert len(shared) >= 20, shared
+    for name in shared:
+        assert params[name].default == getattr(defaults, name), name
