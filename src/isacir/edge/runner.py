@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -61,8 +62,11 @@ class OnnxTokens:
         self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
         self.spec = spec
 
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        return preprocess_image(load_image(image), self.spec)
+
     def __call__(self, images: Iterable[ImageSource]) -> np.ndarray:
-        pixels = np.stack([preprocess_image(load_image(im), self.spec) for im in images])
+        pixels = np.stack([self.preprocess(im) for im in images])
         return self.session.run(["tokens"], {"pixels": pixels})[0]
 
 
@@ -79,8 +83,12 @@ class EdgeEncoder:
         if variant not in files:
             raise ValueError(f"variant {variant!r} not exported; available: {sorted(files)}")
         self._tokens = OnnxTokens(self.dir / files[variant], self.config["preprocess"], threads)
-        self.session = self._tokens.session
         self.variant = variant
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session of the variant in use."""
+        return self._tokens.session
 
     @property
     def fingerprint(self) -> str:
@@ -95,7 +103,7 @@ class EdgeEncoder:
         return int(self.config["word_dim"])
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
-        return preprocess_image(load_image(image), self.config["preprocess"])
+        return self._tokens.preprocess(image)
 
     def tokens(self, images: Iterable[ImageSource]) -> np.ndarray:
         return self._tokens(images)
