@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.isacir-installed
 PYTEST_ARGS ?=
+# Test files run in this many pytest-xdist workers, a whole file at a time and the longest first
+# (tests/conftest.py orders them). 0 runs them all in this process.
+TEST_WORKERS ?= 2
+PYTEST_XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: test test-fast lint format docs demo install system-deps web clean bench-query-side
@@ -44,11 +48,11 @@ system-deps:
 
 # pytest exits 5 when it collects nothing; that must fail loudly rather than pass silently.
 test: $(STAMP) system-deps $(VENDOR)
-	$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP) $(VENDOR)
-	$(PY) -m pytest -q -m "not slow and not browser and not ddp and not bench" $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not browser and not ddp and not bench" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

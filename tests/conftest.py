@@ -13,7 +13,24 @@ import warnings  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# `make test` runs test files in pytest-xdist workers side by side: each worker gets its share of
+# the cores, and so do the CLI subprocesses its tests start, so that workers never fight over them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 2) // _WORKERS)
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
+
+# The files that take longest go first (with `--dist loadfile --no-loadscope-reorder`, workers take
+# files in this order), so that no worker is left with a long one at the end. test_shapes_bench
+# builds the scaled-down bench that test_pilot_sim copies: it starts first, so that the bench is
+# ready, not being built, when another worker reaches test_pilot_sim.
+_LONGEST_FIRST = ("test_shapes_bench", "test_training", "test_cli", "test_pilot_sim", "test_gallery", "test_adapt")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -87,20 +104,37 @@ def make_store(request, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def small_shapes(tmp_path_factory):
-    """The scaled-down Shapes bench, run once per session: ``(out, summary, seconds)``.
+def small_shapes(tmp_path_factory, worker_id):
+    """The scaled-down Shapes bench, run once per test run: ``(out, summary, seconds)``.
 
     Benches that build on it (feedback, pilot versions, edge-int8) copy its cache with
-    :func:`copy_shapes_cache` rather than train the tiny foundation and ISA again.
+    :func:`copy_shapes_cache` rather than train the tiny foundation and ISA again. Under
+    pytest-xdist, the first worker to ask builds it in the run's shared temporary folder and the
+    others wait on a file lock and read it, as pytest-xdist's documentation recommends.
     """
+    import json
     import time
+
+    from filelock import FileLock
 
     from isacir.experiments.shapes.bench import ShapesBenchConfig, run_shapes_bench
 
-    out = tmp_path_factory.mktemp("shapes-bench")
-    t0 = time.perf_counter()
-    summary = run_shapes_bench(out, ShapesBenchConfig.small(seed=0), progress=False, log=lambda *_: None)
-    return out, summary, time.perf_counter() - t0
+    def build(out):
+        t0 = time.perf_counter()
+        summary = run_shapes_bench(out, ShapesBenchConfig.small(seed=0), progress=False, log=lambda *_: None)
+        return out, summary, time.perf_counter() - t0
+
+    if worker_id == "master":  # not under xdist
+        return build(tmp_path_factory.mktemp("shapes-bench"))
+    shared = tmp_path_factory.getbasetemp().parent / "shapes-bench"
+    done = shared / "fixture.json"
+    with FileLock(str(shared) + ".lock"):
+        if not done.is_file():
+            shared.mkdir(exist_ok=True)
+            _, summary, seconds = build(shared)
+            done.write_text(json.dumps({"summary": summary, "seconds": seconds}))
+        stored = json.loads(done.read_text())
+    return shared, stored["summary"], stored["seconds"]
 
 
 def copy_shapes_cache(src, dst) -> None:
