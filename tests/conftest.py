@@ -33,6 +33,17 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _patient_browser_checks():
+    """Playwright's ``expect`` waits 20 s, not 5, for the page to reach a state: with another test
+    worker on the same cores, a dashboard that loads in one second alone took more than five."""
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        return
+    expect.set_options(timeout=20_000)
+
+
 @pytest.fixture(scope="session")
 def tiny_openclip_dir(tmp_path_factory) -> tuple[str, str]:
     """(name of the folder form, name of the .pt file form) of the same tiny weights."""

@@ -18,8 +18,19 @@ def milvus_server(tmp_path_factory):
     """A Milvus standalone server on a loopback port for the session (about 10 s to start)."""
     server_mod = pytest.importorskip("milvus", reason="the PyPI milvus server ships for Linux x86-64 only")
     server = server_mod.default_server
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-    server.start()
+    base = tmp_path_factory.mktemp("milvus-server")
+    server.set_base_dir(str(base))
+    try:
+        server.start()
+    except TimeoutError:
+        # Seen once with another test worker loading both cores: the server never answered its
+        # health check in 180 s. Start it once more, and say what it logged if that fails too.
+        server.stop()
+        try:
+            server.start()
+        except TimeoutError as exc:
+            logs = "".join(f.read_text()[-3000:] for f in sorted((base / "logs").glob("milvus-*.log")))
+            raise RuntimeError(f"the Milvus server did not start twice; its logs end with:\n{logs}") from exc
     yield f"127.0.0.1:{server.listen_port}"
     server.stop()
 
