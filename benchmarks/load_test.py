@@ -42,6 +42,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_serve(cmd: list[str], url: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``isacir serve`` in a session of its own and wait until ``url`` answers.
+
+    The server's stderr goes to the file ``log``, not to a pipe: a pipe that nobody reads while
+    the load runs fills up, and the server then blocks on its next log line with requests open."""
+    with open(log, "w") as sink:
+        server = subprocess.Popen(cmd, stderr=sink, text=True, start_new_session=True, env=env)
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return server
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                stop_serve(server)
+                raise SystemExit(f"server did not start:\n{log.read_text()[-5000:]}") from None
+            time.sleep(0.3)
+
+
+def stop_serve(server: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM to the server's session, then SIGKILL if it has not exited within ``timeout``."""
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def build_service(work: Path, n_images: int, foundation: str | None) -> tuple[Path, Path]:
     """A generated gallery over ``foundation`` (default: tiny random open_clip) and an untrained query encoder."""
     import numpy as np
@@ -161,18 +192,9 @@ def run_load(args, gallery: Path, qe_dir: Path, body: str, work: Path, src: Path
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
-    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
+    server = start_serve(cmd, url + "/healthz", work / f"serve-{port}.log", env)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=2).read()
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise SystemExit(f"server did not start:\n{server.stderr.read()}") from None
-                time.sleep(0.3)
         # one request by hand: a wrong setup must fail here, not as 100% errors under load
         req = urllib.request.Request(
             url + "/v1/search/tokens",
@@ -203,8 +225,7 @@ def run_load(args, gallery: Path, qe_dir: Path, body: str, work: Path, src: Path
         ).stdout
         after = scrape(url, key)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_serve(server, timeout=30)
     print(out, file=sys.stderr)
     res = parse_wrk(out)
     searches = after.get("isacir_search_total", 0.0) - before.get("isacir_search_total", 0.0)

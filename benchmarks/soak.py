@@ -19,9 +19,7 @@ import io
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import _free_port, build_service, make_body  # noqa: E402
+from load_test import _free_port, build_service, make_body, start_serve, stop_serve  # noqa: E402
 
 
 def rss_mb(pid: int) -> float | None:
@@ -69,6 +67,7 @@ def main() -> int:
     import requests
 
     work = Path(tempfile.mkdtemp(prefix="isacir-soak-"))
+    server = None
     try:
         print(f"building a service with {args.images} images in {work} ...", file=sys.stderr)
         gallery, qe_dir = build_service(work, args.images, args.foundation)
@@ -79,18 +78,8 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "isacir.cli", "serve", "--gallery", str(gallery), "--query-encoder", str(qe_dir)]
         cmd += ["--port", str(port), "--api-key-file", str(work / "keys")]
-        server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        server = start_serve(cmd, url + "/readyz", work / "serve.log")
         headers = {"X-API-Key": key}
-        deadline = time.time() + 180
-        while True:
-            try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"server did not start:\n{server.stderr.read() if server.stderr else ''}")
-            time.sleep(0.3)
 
         status: dict[str, Counter] = {w: Counter() for w in ("search", "feedback", "upload", "delete")}
         answered: list[dict] = []  # recent search answers, for feedback
@@ -169,8 +158,7 @@ def main() -> int:
         stop.set()
         for t in threads:
             t.join(timeout=60)
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_serve(server)
 
         warmup = args.warmup if args.warmup is not None else 0.2 * args.duration
         warm = [mb for t, mb in samples if warmup <= t < warmup + max(5.0, 0.1 * args.duration)]
@@ -197,6 +185,8 @@ def main() -> int:
         ok = server_errors == 0 and transport_errors == 0 and result["rss_growth"] <= args.max_growth
         return 0 if ok else 1
     finally:
+        if server is not None:  # a failure mid-run must not leave the server running
+            stop_serve(server)
         shutil.rmtree(work, ignore_errors=True)
 
 

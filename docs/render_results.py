@@ -253,7 +253,13 @@ def pilot_definitions() -> str:
 
 
 def load_feedback_runs() -> list[dict]:
-    return sorted((json.loads(p.read_text()) for p in RESULTS.glob("feedback-seed*.json")), key=lambda r: r["seed"])
+    """The runs of record of the default recipe: adapters trained with the world's own seed."""
+    runs = (json.loads(p.read_text()) for p in RESULTS.glob("feedback-seed*.json"))
+    return sorted((r for r in runs if _training_seed(r) == r["seed"]), key=lambda r: r["seed"])
+
+
+def _training_seed(run: dict) -> int:
+    return run["settings"].get("seed", run["seed"])
 
 
 def _arrow(before: float, after: float) -> str:
@@ -338,7 +344,9 @@ def feedback_guard_table(runs: list[dict]) -> str:
 
 def _recipe(run: dict) -> str:
     rank = run["settings"].get("lora_rank", 0)
-    return f"+ LoRA rank {rank}" if rank else "default (token adapter + vocabulary)"
+    recipe = f"+ LoRA rank {rank}" if rank else "default (token adapter + vocabulary)"
+    seed = _training_seed(run)
+    return recipe if seed == run["seed"] else f"{recipe}, training seed {seed}"
 
 
 def feedback_tuned_table(runs: list[dict]) -> str:
@@ -346,7 +354,8 @@ def feedback_tuned_table(runs: list[dict]) -> str:
     held-out feedback picks, its test numbers, and whether it meets every goal of the issue (gain,
     forgetting, flips)."""
     runs = sorted(
-        (r for r in runs if r.get("tuned_on_held_out")), key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))
+        (r for r in runs if r.get("tuned_on_held_out")),
+        key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0), _training_seed(r) != r["seed"], _training_seed(r)),
     )
     if not runs:
         return "No `bench feedback` run with `--tune` is recorded yet.\n"

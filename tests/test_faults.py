@@ -30,7 +30,9 @@ KEY = {"X-API-Key": "fault-key"}
 def _serve(gallery: Path, qe: Path, keys: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "isacir.cli", "serve", "--gallery", str(gallery), "--query-encoder", str(qe)]
     cmd += ["--port", str(port), "--api-key-file", str(keys), "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = keys.parent / f"serve-{port}.log"  # a file, not a pipe that would fill up unread while tests run
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, env=ENV, stderr=sink, text=True, start_new_session=True)
     deadline = time.time() + 120
     while True:
         try:
@@ -39,7 +41,7 @@ def _serve(gallery: Path, qe: Path, keys: Path, port: int) -> subprocess.Popen:
         except requests.RequestException:
             pass
         if proc.poll() is not None or time.time() > deadline:
-            raise AssertionError(f"server did not start: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(f"server did not start: {log.read_text()[-5000:]}")
         time.sleep(0.2)
 
 

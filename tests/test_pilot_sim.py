@@ -89,7 +89,8 @@ def small_loop(tmp_path_factory, small_shapes):
     bench = run_shapes_bench(out, cfg, **quiet)
     settings = AdaptSettings(steps=40, batch_size=16, gallery_negatives=64, seed=0)
     pilot = PilotConfig(queries=60, distractors=40)
-    summary = run_feedback_bench(out, 0, pilot, replace(settings, refit=True), (20, 60), config=cfg, **quiet)
+    # the adapters train with another seed than the world's (`bench feedback --adapt-seed 1`)
+    summary = run_feedback_bench(out, 0, pilot, replace(settings, refit=True, seed=1), (20, 60), config=cfg, **quiet)
     versions = run_pilot_versions(out, 0, PilotConfig(queries=40, distractors=40), settings, config=cfg, **quiet)
     return out, cfg, bench, summary, versions
 
@@ -106,7 +107,10 @@ def test_bench_feedback_on_the_small_bench(small_loop):
     # "before" is the plain ISA encoder: exactly the bench's own row
     assert summary["before"] == bench["methods"]["isa"]
     assert summary["curve"]["60"] == summary["after"]
-    detail = json.loads((out / "feedback-seed0.json").read_text())
+    # another training seed than the world's names its results apart from the run of record
+    assert not (out / "feedback-seed0.json").exists()
+    detail = json.loads((out / "feedback-seed0-adapt1.json").read_text())
+    assert detail["settings"]["seed"] == 1 and detail["seed"] == 0
     pilot = detail["pilot"]
     assert pilot["queries"] == 60 and pilot["confirmed"] + pilot["corrected"] == 60
     # the unseen-phrasing subset: every test query in a phrasing the pilot left out
@@ -116,7 +120,7 @@ def test_bench_feedback_on_the_small_bench(small_loop):
         parse_modifier(a["shared_concept"], a["relative_caption"])[1] == LEFT_OUT[a["shared_concept"]] for a in anns
     )
     assert detail["unseen_phrasings_queries"] == left_out > 0
-    assert (out / "feedback-seed0.png").stat().st_size > 5000
+    assert (out / "feedback-seed0-adapt1.png").stat().st_size > 5000
     # the log holds what the operator did: every query judged, corrections after three rejections
     db = next((out / "feedback").glob("seed0-*/feedback.sqlite"))
     with sqlite3.connect(db) as con:
@@ -161,11 +165,19 @@ def test_bench_feedback_on_the_small_bench(small_loop):
     assert refit["trained_on"] == 60 and 0.0 <= refit["flip_rate"] <= 1.0
     report = json.loads(next((out / "feedback").glob("seed0-*/adapter-refit/report.json")).read_text())
     assert report["counts"]["train"] == 60 and report["counts"]["holdout"] == 0
+    assert report["settings"]["seed"] == 1  # the training seed reached the adapters themselves
     assert all("refit" not in a["counts"] for a in detail["adapters"].values())
     # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache
     shapes = json.loads((out / "results-seed0.json").read_text())
     oracle = shapes["oracles"]["oracle_reference_caption_plus_modifier"]
     assert detail["oracle_reference_caption_plus_modifier"] == oracle
+
+
+def test_results_of_another_training_seed_are_named_apart():
+    from isacir.experiments.shapes.feedback_bench import feedback_stem
+
+    assert feedback_stem(0) == feedback_stem(0, 0) == "feedback-seed0"
+    assert feedback_stem(3, 1) == "feedback-seed3-adapt1"
 
 
 @pytest.mark.slow

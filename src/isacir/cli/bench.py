@@ -245,6 +245,11 @@ def bench_feedback_cmd(
         "--refit",
         help="Also measure isacir adapt --tune --refit: the pair tuned on held-out feedback, trained on all of it.",
     ),
+    adapt_seed: Optional[int] = typer.Option(
+        None,
+        help="The adapters' training seed (default: --seed). Another one measures training noise on the same "
+        "pilot; its results get a name of their own (feedback-seedS-adaptA).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """Learning from a simulated pilot: test R@K with and without the adapter its feedback trains.
@@ -254,12 +259,15 @@ def bench_feedback_cmd(
     """
     from dataclasses import replace
 
-    from ..experiments.shapes.feedback_bench import BENCH_ADAPT, CURVE, run_feedback_bench
+    from ..experiments.shapes.feedback_bench import BENCH_ADAPT, CURVE, feedback_stem, run_feedback_bench
     from ..experiments.shapes.pilot import PilotConfig
 
     if queries < 1:
         raise IsacirError("--queries must be at least 1")
-    settings = replace(BENCH_ADAPT, seed=seed, lora_rank=lora_rank, refit=refit, **({"steps": steps} if steps else {}))
+    adapt_seed = seed if adapt_seed is None else adapt_seed
+    settings = replace(
+        BENCH_ADAPT, seed=adapt_seed, lora_rank=lora_rank, refit=refit, **({"steps": steps} if steps else {})
+    )
     curve = tuple(n for n in CURVE if n < queries) + (queries,)
     summary = run_feedback_bench(
         out_dir,
@@ -271,10 +279,11 @@ def bench_feedback_cmd(
         log=lambda m: err.print(escape(str(m)), highlight=False),
     )
     if not as_json:
-        detail = json.loads((out_dir / f"feedback-seed{seed}.json").read_text())
+        stem = feedback_stem(seed, adapt_seed)
+        detail = json.loads((out_dir / f"{stem}.json").read_text())
         for goal, ok in detail["goals"].items():
             err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal}")
-        err.print(f"details and learning curve: {out_dir}/feedback-seed{seed}.{{json,png}}")
+        err.print(f"details and learning curve: {out_dir}/{stem}.{{json,png}}")
     emit_json(summary)
 
 

@@ -106,6 +106,13 @@ def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
         g.close()
 
 
+def feedback_stem(seed: int, adapt_seed: int | None = None) -> str:
+    """The name (without suffix) of a ``bench feedback`` run's results. The adapters' training seed
+    is the world's unless asked otherwise; a run with another one gets a name of its own, so that
+    it never overwrites the run of record."""
+    return f"feedback-seed{seed}" + ("" if adapt_seed in (None, seed) else f"-adapt{adapt_seed}")
+
+
 def run_feedback_bench(
     out: str | Path,
     seed: int = 0,
@@ -117,7 +124,8 @@ def run_feedback_bench(
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``."""
+    """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``
+    (:func:`feedback_stem`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``)."""
     import torch
 
     from ...adapt import QueryAdapter, adapt, tune_adapter
@@ -187,7 +195,7 @@ def run_feedback_bench(
     for n in curve:
         t = time.perf_counter()
         folder = run / f"adapter-{n}"
-        torch.manual_seed(seed)
+        torch.manual_seed(settings.seed)
         one = replace(settings, max_queries=n, refit=False)  # the curve judges the recipe on held-out feedback
         report = adapt(gallery, fnd, qe, store, folder, one, progress=progress)
         adapters[n] = QueryAdapter.from_pretrained(folder)
@@ -275,7 +283,7 @@ def run_feedback_bench(
         "pilot_config": asdict(pilot),
         "timings": {k_: round(v, 1) for k_, v in timings.items()},
     }
-    stem = out / f"feedback-seed{seed}"
+    stem = out / feedback_stem(seed, settings.seed)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
     curve_chart(before, results["curve"], stem.with_suffix(".png"), seed, oracle)
     return summary
