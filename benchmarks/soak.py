@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -68,9 +69,17 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="isacir-soak-"))
     server = None
+    started = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {what}", file=sys.stderr, flush=True)
+
+    # SIGTERM (a caller's timeout) unwinds through the finally below, which stops the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         print(f"building a service with {args.images} images in {work} ...", file=sys.stderr)
         gallery, qe_dir = build_service(work, args.images, args.foundation)
+        phase("service built; starting the server")
         body = json.loads(make_body(qe_dir, "make it red"))
         key = "soak-key"
         (work / "keys").write_text(key + "\n")
@@ -79,6 +88,7 @@ def main() -> int:
         cmd = [sys.executable, "-m", "isacir.cli", "serve", "--gallery", str(gallery), "--query-encoder", str(qe_dir)]
         cmd += ["--port", str(port), "--api-key-file", str(work / "keys")]
         server = start_serve(cmd, url + "/readyz", work / "serve.log")
+        phase("server ready; load starts")
         headers = {"X-API-Key": key}
 
         status: dict[str, Counter] = {w: Counter() for w in ("search", "feedback", "upload", "delete")}
@@ -156,9 +166,12 @@ def main() -> int:
                 samples.append((elapsed, mb))
             time.sleep(1.0)
         stop.set()
+        phase(f"load done: {dict((n, sum(c.values())) for n, c in status.items())}; stopping the clients")
         for t in threads:
             t.join(timeout=60)
+        phase(f"clients stopped ({sum(t.is_alive() for t in threads)} still in a request); stopping the server")
         stop_serve(server)
+        phase("server stopped")
 
         warmup = args.warmup if args.warmup is not None else 0.2 * args.duration
         warm = [mb for t, mb in samples if warmup <= t < warmup + max(5.0, 0.1 * args.duration)]
