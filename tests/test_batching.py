@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +52,26 @@ def test_close_finishes_what_is_queued_then_refuses():
     assert [f.result(timeout=5) for f in futures] == list(range(7)) and sorted(done) == list(range(7))
     with pytest.raises(BatcherClosed):
         b.submit(1)
+
+
+def test_short_gathering_waits_never_strand_a_group_on_a_busy_machine():
+    """A regression test for a hang seen in a soak: the worker gathered with SimpleQueue.get(timeout=t),
+    which in CPython 3.11 blocks for ever when the thread is descheduled inside the call for
+    longer than t. Busy processes on every core make that happen; on the old queue this loop hung
+    within a second in each of three tries."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 1) + 1)]
+    b = MicroBatcher(lambda items: [x + 1 for x in items], max_batch=8, max_wait_s=5e-6)
+    try:
+        t0, n = time.monotonic(), 0
+        while time.monotonic() - t0 < 3.0:
+            assert b.submit(n).result(timeout=10) == n + 1, n  # a stranded group raises TimeoutError
+            n += 1
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        b.close()
+    assert n > 1000  # the loop really exercised the gathering wait
 
 
 def _log_args(i: int):

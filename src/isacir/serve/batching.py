@@ -57,7 +57,13 @@ class MicroBatcher(Generic[T, R]):
         #: much more than the wait, so a cheap model batches little and an expensive one a lot.
         self.wait_ratio = wait_ratio
         self._typical_s: float | None = None
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout=t) can block for
+        # ever when the thread is descheduled inside the call for longer than t (the time left
+        # turns negative, and a negative wait on its lock means "no limit"; 3.13 rewrote it).
+        # With the short gathering waits used here that happened under load, and a search
+        # waited on a group that never ran. Queue waits through a Condition, whose lock
+        # handles an elapsed deadline.
+        self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self._pending = 0
         self._idle = threading.Condition()
