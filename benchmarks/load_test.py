@@ -24,53 +24,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_serve(cmd: list[str], url: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``isacir serve`` in a session of its own and wait until ``url`` answers.
-
-    The server's stderr goes to the file ``log``, not to a pipe: a pipe that nobody reads while
-    the load runs fills up, and the server then blocks on its next log line with requests open."""
-    with open(log, "w") as sink:
-        server = subprocess.Popen(cmd, stderr=sink, text=True, start_new_session=True, env=env)
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return server
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                stop_serve(server)
-                raise SystemExit(f"server did not start:\n{log.read_text()[-5000:]}") from None
-            time.sleep(0.3)
-
-
-def stop_serve(server: subprocess.Popen, timeout: float = 60) -> None:
-    """SIGTERM to the server's session, then SIGKILL if it has not exited within ``timeout``."""
-    if server.poll() is not None:
-        return
-    os.killpg(server.pid, signal.SIGTERM)
-    try:
-        server.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 def build_service(work: Path, n_images: int, foundation: str | None) -> tuple[Path, Path]:
@@ -161,6 +121,8 @@ def run_load(args, gallery: Path, qe_dir: Path, body: str, work: Path, src: Path
     """Serve with the code under ``src`` (None: this checkout), put wrk's load on it, stop it.
 
     ``threads``: the server's torch threads (None: torch's choice, every core)."""
+    from isacir.serve.local import free_port, start_serve, stop_serve
+
     key = "load-test-key"
     (work / "keys").write_text(key + "\n")
     lua = work / "post.lua"
@@ -170,7 +132,7 @@ def run_load(args, gallery: Path, qe_dir: Path, body: str, work: Path, src: Path
         f'wrk.headers["X-API-Key"] = "{key}"\n'
         f"wrk.body = {json.dumps(body)}\n"
     )
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

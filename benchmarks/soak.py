@@ -29,7 +29,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import _free_port, build_service, make_body, start_serve, stop_serve  # noqa: E402
+from load_test import build_service, make_body  # noqa: E402
+
+from isacir.serve.local import free_port, start_serve, stop_serve  # noqa: E402
 
 
 def rss_mb(pid: int) -> float | None:
@@ -83,7 +85,7 @@ def main() -> int:
         body = json.loads(make_body(qe_dir, "make it red"))
         key = "soak-key"
         (work / "keys").write_text(key + "\n")
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "isacir.cli", "serve", "--gallery", str(gallery), "--query-encoder", str(qe_dir)]
         cmd += ["--port", str(port), "--api-key-file", str(work / "keys")]

@@ -22,6 +22,7 @@ from serve_helpers import free_port, make_images
 
 from isacir.edge.payload import encode_payload
 from isacir.gallery import Gallery
+from isacir.serve.local import start_serve, stop_serve
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 KEY = {"X-API-Key": "fault-key"}
@@ -30,24 +31,8 @@ KEY = {"X-API-Key": "fault-key"}
 def _serve(gallery: Path, qe: Path, keys: Path, port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "isacir.cli", "serve", "--gallery", str(gallery), "--query-encoder", str(qe)]
     cmd += ["--port", str(port), "--api-key-file", str(keys), "--threads", "1"]
-    log = keys.parent / f"serve-{port}.log"  # a file, not a pipe that would fill up unread while tests run
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, env=ENV, stderr=sink, text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise AssertionError(f"server did not start: {log.read_text()[-5000:]}")
-        time.sleep(0.2)
-
-
-def _stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    log = keys.parent / f"serve-{port}.log"
+    return start_serve(cmd, f"http://127.0.0.1:{port}/readyz", log, ENV, start_timeout=120)
 
 
 def _verified(gallery: Path) -> Gallery:
@@ -146,7 +131,7 @@ def test_kill_9_during_uploads_and_feedback_loses_nothing_acknowledged(tmp_path,
         r = requests.post(f"{url}/v1/search/tokens", headers=KEY, json={"payload": payload, "k": 3}, timeout=30)
         assert r.status_code == 200
     finally:
-        _stop(server)
+        stop_serve(server, timeout=30)
 
     g = _verified(tmp_path / "gallery")
     stored = {it["id"]: it["hash"] for it in g.items()}
@@ -247,7 +232,7 @@ def test_several_writers_on_one_served_gallery_lose_nothing(tmp_path, tiny_openc
         r = requests.get(f"{url}/healthz", timeout=30).json()
         assert r["gallery_items"] == 12 - 6 + 16 + len(api_kept)
     finally:
-        _stop(server)
+        stop_serve(server, timeout=30)
 
     g = _verified(tmp_path / "gallery")
     items = {it["id"]: it["path"] for it in g.items()}
