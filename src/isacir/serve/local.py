@@ -81,15 +81,15 @@ def start_serve(
     of ``url`` answers 2xx (a ``/readyz`` that says 503 is waited for, not taken as an answer)."""
     log = Path(log)
     with open(log, "w") as sink:
-        server = subprocess.Popen(list(cmd), stderr=sink, text=True, start_new_session=True, env=env)
+        server = subprocess.Popen(list(cmd), stderr=sink, start_new_session=True, env=env)
     deadline = time.monotonic() + start_timeout
     while True:
         try:
             urllib.request.urlopen(url, timeout=2).read()
             return server
         except OSError:  # refused, reset, timed out, or an HTTP error status
-            if server.poll() is not None or time.monotonic() > deadline:
-                exited = server.poll() is not None
+            exited = server.poll() is not None
+            if exited or time.monotonic() > deadline:
                 why = f"exited with {server.returncode}" if exited else f"no answer in {start_timeout:.0f} s"
                 stop_serve(server)
                 raise ServerDidNotStart(f"server did not start ({why}): {url}\n{log.read_text()[-5000:]}") from None
