@@ -132,3 +132,85 @@ def test_adapt_options_default_to_the_settings_defaults():
     assert len(shared) >= 20, shared
     for name in shared:
         assert params[name].default == getattr(defaults, name), name
+
+
+def test_settings_are_checked_without_importing_torch():
+    """`isacir train`'s setting errors, aliases and --print-config answer before torch loads
+    (about 8 s on a laptop); the trainer imports it only once there is something to train."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from typer.testing import CliRunner
+from isacir.cli import app
+from isacir.training import TrainConfig
+
+runner = CliRunner()
+printed = runner.invoke(app, ["train", "--method", "isa_symmetric", "--print-config"])
+bad = runner.invoke(app, ["train", "--override", "lrr=1", "--print-config"])
+missing = runner.invoke(app, ["train", "--config", "shapes-cir"])
+print(printed.exit_code, '"isa-symmetric"' in printed.stdout, TrainConfig(method="isa_symmetric").method)
+print(type(bad.exception).__name__, "unknown training setting 'lrr'" in str(bad.exception))
+print(type(missing.exception).__name__, "train needs --images, --foundation, --out" in str(missing.exception))
+print("torch" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-4:] == [
+        "0 True isa-symmetric",
+        "ConfigError True",
+        "IsacirError True",
+        "False",
+    ], proc.stdout
+
+
+def test_builtin_method_names_match_the_registry():
+    from isacir.query.methods import BUILTIN, canonical_method, list_methods
+    from isacir.query.methods.base import _REGISTRY
+
+    assert set(BUILTIN) <= set(list_methods())
+    for name, aliases in BUILTIN.items():
+        assert _REGISTRY[name].aliases == aliases
+        assert all(canonical_method(a) == name for a in (name, *aliases))
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*isa"):
+        canonical_method("nope")
+
+
+def test_a_plugin_method_is_found_by_name_and_a_builtin_cannot_change_its_aliases():
+    from isacir.query.methods import canonical_method, get_method, register_method
+    from isacir.query.methods.base import _ALIASES, _REGISTRY, QueryMethod
+
+    class Plugin(QueryMethod):
+        name = "test-plugin"
+        aliases = ("test_plugin",)
+
+    class Impostor(QueryMethod):
+        name = "pic2word"
+        aliases = ("p2w",)
+
+    try:
+        register_method(Plugin)
+        assert canonical_method("test_plugin") == "test-plugin"
+        assert isinstance(get_method("test_plugin"), Plugin)
+        with pytest.raises(ValueError, match="'pic2word' declares aliases.*BUILTIN"):
+            register_method(Impostor)
+        assert _ALIASES.get("p2w") is None and _REGISTRY["pic2word"] is not Impostor
+    finally:
+        for key in ("test-plugin", "test_plugin"):
+            _ALIASES.pop(key, None)
+        _REGISTRY.pop("test-plugin", None)
+    assert TrainConfig(method="test_plugin").method == "test_plugin"  # unknown again: the trainer names it
+
+
+def test_the_lazy_query_package_exports_what_it_lists():
+    import isacir.query as query
+    import isacir.query.methods as methods
+
+    assert sorted(query.__all__) == sorted(query._EXPORTS)
+    for name in query.__all__:
+        assert getattr(query, name) is not None, name
+    assert set(methods.__all__) == {"BUILTIN", "canonical_method", *methods._REGISTRY_EXPORTS}
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        query.nope  # noqa: B018

@@ -94,6 +94,13 @@ class QueryMethod:
 
 def register_method(cls: type[QueryMethod]) -> type[QueryMethod]:
     """Class decorator: make a method available by its name and aliases."""
+    from . import BUILTIN
+
+    if cls.name in BUILTIN and tuple(cls.aliases) != BUILTIN[cls.name]:
+        raise ValueError(
+            f"built-in method {cls.name!r} declares aliases {tuple(cls.aliases)}, "
+            f"but isacir.query.methods.BUILTIN lists {BUILTIN[cls.name]}: make them agree"
+        )
     for key in (cls.name, *cls.aliases):
         owner = _ALIASES.get(key)
         if owner is not None and owner != cls.name:
