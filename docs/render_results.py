@@ -29,7 +29,11 @@ ORACLES = {
 }
 PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout, before or without an install
-from isacir.experiments.shapes.feedback_goals import feedback_goals, goals_met  # noqa: E402  (torch-free)
+from isacir.experiments.shapes.feedback_goals import (  # noqa: E402  (torch-free)
+    feedback_goals,
+    goals_met,
+    verdict_intervals,
+)
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -349,14 +353,28 @@ def _recipe(run: dict) -> str:
     return recipe if seed == run["seed"] else f"{recipe}, training seed {seed}"
 
 
+def _tuned_runs(runs: list[dict]) -> list[dict]:
+    """Runs with ``--tune``, by seed, then recipe, then training seed (the world's first)."""
+    return sorted(
+        (r for r in runs if r.get("tuned_on_held_out")),
+        key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0), _training_seed(r) != r["seed"], _training_seed(r)),
+    )
+
+
+def _served(run: dict) -> list[tuple[str, dict]]:
+    """(recipe label, test numbers) of what ``--tune`` serves, and ``--tune --refit`` if measured."""
+    served = [(_recipe(run), run["tuned_on_held_out"])]
+    if run.get("tuned_then_refit"):
+        refit = run["tuned_then_refit"]
+        served.append((f"{_recipe(run)}, refit on all {refit['trained_on']:,}", refit))
+    return served
+
+
 def feedback_tuned_table(runs: list[dict]) -> str:
     """What ``isacir adapt --tune`` (and ``--tune --refit``) serves for each recipe: the pair the
     held-out feedback picks, its test numbers, and whether it meets every goal of the issue (gain,
     forgetting, flips)."""
-    runs = sorted(
-        (r for r in runs if r.get("tuned_on_held_out")),
-        key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0), _training_seed(r) != r["seed"], _training_seed(r)),
-    )
+    runs = _tuned_runs(runs)
     if not runs:
         return "No `bench feedback` run with `--tune` is recorded yet.\n"
     lines = [
@@ -369,12 +387,7 @@ def feedback_tuned_table(runs: list[dict]) -> str:
         h, hb = t["held_out"], t["held_out_before"]
         held = f"{hb['hit@1']:.3f} → {h['hit@1']:.3f}" if h else "no promotable pair"
         flips = f"{h['flips']} ({100 * h['flip_rate']:.1f} %)" if h else "–"
-        served = [(_recipe(r), t)]
-        if r.get("tuned_then_refit"):
-            served.append(
-                (f"{_recipe(r)}, refit on all {r['tuned_then_refit']['trained_on']:,}", r["tuned_then_refit"])
-            )
-        for recipe, s in served:
+        for recipe, s in _served(r):
             kb = r["known_phrasings"]["before"]["R@10"]
             ka = s.get("known_phrasings_R@10")
             goals = feedback_goals(
@@ -387,6 +400,37 @@ def feedback_tuned_table(runs: list[dict]) -> str:
                 f"| {_arrow(b['R@1'], s['R@1'])} | {_arrow(b['R@10'], s['R@10'])} | {100 * s['flip_rate']:.1f} % "
                 f"| {known} | {verdict} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(goal: dict) -> str:
+    word = "**met**" if goal["met"] else "missed"
+    return word if goal["decided"] else f"{word}, within noise"
+
+
+def feedback_intervals_table(runs: list[dict]) -> str:
+    """How sure the gain and flip verdicts of the ``--tune`` table are: 95 % intervals of the test
+    R@1 gain (paired) and of the flip rate, and whether each interval clears its threshold."""
+    runs = _tuned_runs(runs)
+    if not runs:
+        return "No `bench feedback` run with `--tune` is recorded yet.\n"
+    lines = [
+        "| seed | recipe | test R@1 gain (95 % interval) | R@1 goal | test flips (95 % interval) | flip goal |",
+        "|---:|---|---|---|---|---|",
+    ]
+    noisy = total = 0
+    for r in runs:
+        for recipe, s in _served(r):
+            v = verdict_intervals(r["before"], s, r["test_queries"])
+            g, f = v["r1_gain"], v["flip_rate"]
+            noisy += (not g["decided"]) + (not f["decided"])
+            total += 2
+            lines.append(
+                f"| {r['seed']} | {recipe} | {g['points']:+.1f} ({g['interval'][0]:+.1f} to {g['interval'][1]:+.1f}) "
+                f"| {_verdict(g)} | {f['flips']} of {f['of']}: {100 * f['rate']:.1f} % "
+                f"({100 * f['interval'][0]:.1f} to {100 * f['interval'][1]:.1f} %) | {_verdict(f)} |"
+            )
+    lines += ["", f"{noisy} of these {total} verdicts are within noise: their interval contains the goal's threshold."]
     return "\n".join(lines) + "\n"
 
 
@@ -664,6 +708,7 @@ def render() -> dict[Path, str]:
         "feedback-guard": feedback_guard_table(feedback_runs),
         "feedback-recipes": feedback_recipes_table(feedback_runs + lora_runs),
         "feedback-tuned": feedback_tuned_table(feedback_runs + lora_runs),
+        "feedback-intervals": feedback_intervals_table(feedback_runs + lora_runs),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

@@ -268,6 +268,7 @@ def run_feedback_bench(
     detail = {
         **summary,
         "goals": check_feedback_goals(summary, oracle),
+        "test_queries": len(test.bench.queries),  # turns the rates back into counts (the goals' intervals)
         "flip_rate_rephrasing_only": flip_rephrased,
         "flip_rate_int4_payload": _flip_rate(test, before_rank, int4_rank),
         "interpolation_tradeoff": tradeoff,

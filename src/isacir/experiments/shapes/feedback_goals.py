@@ -1,11 +1,17 @@
 """The goals of learning from a pilot (``bench feedback``), in one place.
 
-Kept free of torch and numpy so that the docs renderer, which checks every recorded run against
-the same goals, stays quick: it only reads JSON.
+Kept free of torch so that the docs renderer, which checks every recorded run against the same
+goals, stays quick: it only reads JSON (the intervals load scipy when asked).
+
+The goals are judged on 500 test queries, and the flip goal on the hundred or so of them that
+were right at rank 1 before, so a verdict can turn on a query or two. :func:`verdict_intervals`
+says how sure each verdict is: a goal is *decided* when its 95 % interval lies on one side of
+the threshold, and *within noise* when the interval contains it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 #: test R@1 and R@10 points the adapted service must gain over zero-shot
@@ -46,3 +52,86 @@ def feedback_goals(
 def goals_met(goals: dict[str, Any]) -> bool:
     """Whether every goal but the moonshot holds."""
     return all(v for k, v in goals.items() if not k.startswith("moonshot"))
+
+
+def rate_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a rate ``k / n`` (scipy's): for the flip rate, ``k`` flips of
+    ``n`` test queries right at rank 1 before. Wilson's, because the Wald interval of a rate near
+    zero covers too little and can go below it."""
+    from scipy.stats import binomtest
+
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"a rate needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def gain_interval(gained: int, lost: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of a paired gain ``(gained - lost) / n`` in R@1: the same ``n`` queries answered
+    before and after, ``gained`` right only after and ``lost`` right only before.
+
+    The Agresti-Min adjusted Wald interval for a difference of paired proportions (Biometrics
+    61:515, 2005): half a query is added to each cell of the 2x2 table. Pairing matters: the
+    queries right both times carry no noise, so the interval is far narrower than one that treats
+    before and after as independent samples."""
+    from scipy.stats import norm
+
+    if min(gained, lost) < 0 or gained + lost > n:
+        raise ValueError(f"a paired gain needs 0 <= gained, lost and gained + lost <= n, got {gained}, {lost}, {n}")
+    b, c, m = gained + 0.5, lost + 0.5, n + 2
+    diff = (b - c) / m
+    half = float(norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
+    return max(diff - half, -1.0), min(diff + half, 1.0)
+
+
+def paired_counts(before_r1: float, after_r1: float, flip_rate: float, n: int) -> tuple[int, int, int]:
+    """``(right before, gained, lost)`` at rank 1 from a run's R@1 (percent) and flip rate.
+
+    Recorded runs store rates; on ``n`` queries each is a count divided by ``n`` (or by the
+    queries right before), so the counts come back exactly. A rate that is no such fraction means
+    ``n`` is wrong, and raises rather than yield an interval for the wrong data."""
+
+    def count(rate: float, of: int, what: str) -> int:
+        k = round(rate * of)
+        if abs(rate * of - k) > 0.05:
+            raise ValueError(f"{what} {rate} is not a count of {of}: is the number of test queries ({n}) right?")
+        return k
+
+    right_before = count(before_r1 / 100, n, "R@1 before")
+    right_after = count(after_r1 / 100, n, "R@1 after")
+    lost = count(flip_rate, right_before, "flip rate") if right_before else 0
+    return right_before, right_after - right_before + lost, lost
+
+
+def verdict_intervals(
+    before: dict[str, float], served: dict[str, Any], n: int, confidence: float = 0.95
+) -> dict[str, Any]:
+    """The R@1 gain and flip-rate goals with their intervals, for a served adapter's test numbers
+    (``R@1`` and ``flip_rate``) against ``before``'s R@1 on ``n`` test queries.
+
+    Each goal gets ``met`` (its point estimate, as :func:`feedback_goals` judges it) and
+    ``decided`` (whether the interval lies on the same side of the threshold)."""
+    right, gained, lost = paired_counts(before["R@1"], served["R@1"], served["flip_rate"], n)
+    g_lo, g_hi = gain_interval(gained, lost, n, confidence)
+    f_lo, f_hi = rate_interval(lost, right, confidence)
+    gain = 100 * (gained - lost) / n
+    return {
+        "confidence": confidence,
+        "queries": n,
+        "r1_gain": {
+            "points": gain,
+            "interval": (100 * g_lo, 100 * g_hi),
+            "gained": gained,
+            "lost": lost,
+            "met": gain >= MIN_R1_GAIN - 1e-9,
+            "decided": 100 * g_lo >= MIN_R1_GAIN or 100 * g_hi < MIN_R1_GAIN,
+        },
+        "flip_rate": {
+            "rate": lost / right,
+            "interval": (f_lo, f_hi),
+            "flips": lost,
+            "of": right,
+            "met": lost / right <= MAX_TEST_FLIP_RATE + 1e-9,
+            "decided": f_hi <= MAX_TEST_FLIP_RATE or f_lo > MAX_TEST_FLIP_RATE,
+        },
+    }
