@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
+from isacir.experiments.shapes.feedback_goals import verdict_intervals
 from isacir.experiments.shapes.phrasing import known_phrasings_copy, parse_modifier, rephrase
 from isacir.experiments.shapes.pilot import LEFT_OUT, PILOT_PHRASINGS, PilotConfig, generate_pilot, load_pilot
 from isacir.experiments.shapes.world import PHRASES, ShapesConfig, generate
@@ -120,6 +121,14 @@ def test_bench_feedback_on_the_small_bench(small_loop):
         parse_modifier(a["shared_concept"], a["relative_caption"])[1] == LEFT_OUT[a["shared_concept"]] for a in anns
     )
     assert detail["unseen_phrasings_queries"] == left_out > 0
+    # the intervals turn the stored rates back into counts of the test queries
+    assert detail["test_queries"] == len(anns)
+    v = verdict_intervals(
+        detail["before"], {"R@1": summary["after"]["R@1"], "flip_rate": summary["flip_rate"] or 0.0}, len(anns)
+    )
+    assert v["r1_gain"]["gained"] - v["r1_gain"]["lost"] == round(
+        (summary["after"]["R@1"] - summary["before"]["R@1"]) * len(anns) / 100
+    )
     assert (out / "feedback-seed0-adapt1.png").stat().st_size > 5000
     # the log holds what the operator did: every query judged, corrections after three rejections
     db = next((out / "feedback").glob("seed0-*/feedback.sqlite"))

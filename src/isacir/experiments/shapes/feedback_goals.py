@@ -87,13 +87,14 @@ def gain_interval(gained: int, lost: int, n: int, confidence: float = 0.95) -> t
 def paired_counts(before_r1: float, after_r1: float, flip_rate: float, n: int) -> tuple[int, int, int]:
     """``(right before, gained, lost)`` at rank 1 from a run's R@1 (percent) and flip rate.
 
-    Recorded runs store rates; on ``n`` queries each is a count divided by ``n`` (or by the
-    queries right before), so the counts come back exactly. A rate that is no such fraction means
-    ``n`` is wrong, and raises rather than yield an interval for the wrong data."""
+    Recorded runs store rates, rounded to four decimals of a fraction (R@1 to two of a percent):
+    each is a count divided by ``n`` (or by the queries right before), so the counts come back
+    exactly while ``n`` is below 10,000. A rate that is no such fraction means ``n`` is wrong, and
+    raises rather than yield an interval for the wrong data."""
 
     def count(rate: float, of: int, what: str) -> int:
         k = round(rate * of)
-        if abs(rate * of - k) > 0.05:
+        if abs(rate * of - k) > 0.5e-4 * of + 1e-9:  # what the rounding can move a count by
             raise ValueError(f"{what} {rate} is not a count of {of}: is the number of test queries ({n}) right?")
         return k
 
