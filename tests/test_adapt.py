@@ -224,10 +224,23 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     db = state.settings.feedback_db or state.gallery.dir / "feedback.sqlite"
     args = ["--gallery", str(state.gallery.dir), "--feedback", str(db), "--query-encoder", str(tmp / "qe")]
     args += ["--foundation", tiny_openclip_dir[0], "--out", str(tmp / "adapter"), "--steps", "20"]
-    report = last_json(run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress"))
+    run_adapt = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress")
+    report = last_json(run_adapt)
     assert report["counts"]["train"] + report["counts"]["holdout"] == 30
     assert report["counts"]["holdout"] == 6  # round(0.2 * 30)
     assert isinstance(report["promotable"], bool) and report["holdout"]["after"]["n"] == 6
+    # how sure the verdict is: paired counts that add up, and intervals around the point estimates
+    held = report["holdout"]
+    change = held["after"]["hit@1"] - held["before"]["hit@1"]
+    assert (held["gained"] - held["flips"]) / 6 == pytest.approx(change)
+    lo, hi = held["intervals"]["hit@1_change"]
+    assert lo <= change <= hi and hi - lo > 0.1  # six queries decide little
+    if held["top1_before"]:
+        lo, hi = held["intervals"]["flip_rate"]
+        assert lo <= held["flip_rate"] <= hi
+    else:
+        assert held["intervals"]["flip_rate"] is None
+    assert "95 % interval of the change" in run_adapt.stderr
     app = load_service(state.gallery.dir, tmp / "qe", tiny_openclip_dir[0], adapter=tmp / "adapter")
     assert app.state.service.adapter_fingerprint == report["fingerprint"]
     app.state.service.retriever.close()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, IsacirError
+from ..intervals import gain_interval, rate_interval
 from ..progress import progress_bar
 from .adapter import QueryAdapter, new_adapter
 from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback, stack_tokens
@@ -575,6 +576,15 @@ def _replay_loss(
     return torch.cat(parts).mean() if parts else torch.zeros(())
 
 
+def _held_out_intervals(gained: int, lost: int, had: int, n: int) -> dict[str, list[float] | None]:
+    """95 % intervals of the held-out hit@1 change and flip rate: a few dozen held-out queries
+    decide promotability, and these say how far their sampling alone could move the verdict."""
+    return {
+        "hit@1_change": list(gain_interval(gained, lost, n)) if n else None,
+        "flip_rate": list(rate_interval(lost, had)) if had else None,
+    }
+
+
 def _report(
     compose: ComposedQueries,
     gallery: Gallery,
@@ -591,6 +601,7 @@ def _report(
     train_before, _ = feedback_metrics(compose, gallery, train, previous)
     train_after, _ = feedback_metrics(compose, gallery, train, adapter)
     rate, lost, had = flip_rate(top1_before, top1_after)
+    gained = int((top1_after & ~top1_before).sum())
     reasons = []
     if not held:
         reasons.append("no held-out feedback to judge it by (raise --holdout or gather more feedback)")
@@ -603,7 +614,15 @@ def _report(
         "promotable": not reasons,
         "reasons": reasons,
         "before": "previous adapter " + previous.fingerprint if previous is not None else "zero-shot (no adapter)",
-        "holdout": {"before": held_before, "after": held_after, "flip_rate": rate, "flips": lost, "top1_before": had},
+        "holdout": {
+            "before": held_before,
+            "after": held_after,
+            "flip_rate": rate,
+            "flips": lost,
+            "top1_before": had,
+            "gained": gained,
+            "intervals": _held_out_intervals(gained, lost, had, len(held)),
+        },
         "train": {"before": train_before, "after": train_after},
         "counts": {
             "train": len(train),

@@ -125,8 +125,18 @@ def adapt_cmd(
         )
     if "refit" in report:
         err.print(f"refit on all {report['refit']['train']} feedback queries; the held-out numbers judge the recipe")
+    sure = held.get("intervals") or {}
+    change, flips = sure.get("hit@1_change"), sure.get("flip_rate")
     err.print(
         f"adapter {report['fingerprint']} -> {out}: held-out hit@1 {held['before']['hit@1']} -> "
-        f"{held['after']['hit@1']} over {held['after']['n']} queries; {verdict}"
+        f"{held['after']['hit@1']} over {held['after']['n']} queries"
+        + (f" (95 % interval of the change: {100 * change[0]:+.1f} to {100 * change[1]:+.1f} points)" if change else "")
+        + (
+            f"; {held['flips']} of {held['top1_before']} top-1 hits lost "
+            f"(95 % interval: {100 * flips[0]:.1f} to {100 * flips[1]:.1f} %)"
+            if flips
+            else ""
+        )
+        + f"; {verdict}"
     )
     emit_json(report)

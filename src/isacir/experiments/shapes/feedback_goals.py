@@ -1,7 +1,7 @@
 """The goals of learning from a pilot (``bench feedback``), in one place.
 
 Kept free of torch so that the docs renderer, which checks every recorded run against the same
-goals, stays quick: it only reads JSON (the intervals load scipy when asked).
+goals, stays quick: it only reads JSON (the intervals, :mod:`isacir.intervals`, load scipy when asked).
 
 The goals are judged on 500 test queries, and the flip goal on the hundred or so of them that
 were right at rank 1 before, so a verdict can turn on a query or two. :func:`verdict_intervals`
@@ -11,8 +11,9 @@ the threshold, and *within noise* when the interval contains it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from ...intervals import gain_interval, rate_interval
 
 #: test R@1 and R@10 points the adapted service must gain over zero-shot
 MIN_R1_GAIN = 8.0
@@ -52,36 +53,6 @@ def feedback_goals(
 def goals_met(goals: dict[str, Any]) -> bool:
     """Whether every goal but the moonshot holds."""
     return all(v for k, v in goals.items() if not k.startswith("moonshot"))
-
-
-def rate_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a rate ``k / n`` (scipy's): for the flip rate, ``k`` flips of
-    ``n`` test queries right at rank 1 before. Wilson's, because the Wald interval of a rate near
-    zero covers too little and can go below it."""
-    from scipy.stats import binomtest
-
-    if not 0 <= k <= n or n < 1:
-        raise ValueError(f"a rate needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def gain_interval(gained: int, lost: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Interval of a paired gain ``(gained - lost) / n`` in R@1: the same ``n`` queries answered
-    before and after, ``gained`` right only after and ``lost`` right only before.
-
-    The Agresti-Min adjusted Wald interval for a difference of paired proportions (Biometrics
-    61:515, 2005): half a query is added to each cell of the 2x2 table. Pairing matters: the
-    queries right both times carry no noise, so the interval is far narrower than one that treats
-    before and after as independent samples."""
-    from scipy.stats import norm
-
-    if min(gained, lost) < 0 or gained + lost > n:
-        raise ValueError(f"a paired gain needs 0 <= gained, lost and gained + lost <= n, got {gained}, {lost}, {n}")
-    b, c, m = gained + 0.5, lost + 0.5, n + 2
-    diff = (b - c) / m
-    half = float(norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
-    return max(diff - half, -1.0), min(diff + half, 1.0)
 
 
 def paired_counts(before_r1: float, after_r1: float, flip_rate: float, n: int) -> tuple[int, int, int]:
