@@ -1,28 +1,46 @@
-"""Confidence intervals for before/after comparisons on the same queries.
+"""Confidence intervals for rates and for before/after comparisons on the same queries.
 
-A change of the query side is judged on a few hundred queries, and its flips on the few dozen
-of them that were right before, so a point estimate can turn on one query. These intervals say
-how far the sampling of those queries alone could move it (training noise comes on top).
+A pilot's rates, a change of the query side judged on a few hundred queries, and its flips on
+the few dozen of them that were right before: each point estimate can turn on one query. These
+intervals say how far the sampling of those queries alone could move it (training noise comes on
+top). Standard library only, so that the pilot dashboard and the docs renderer stay light.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
+
+Z95 = 1.959963984540054
 
 
-def rate_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a rate ``k / n`` (scipy's), for example ``k`` flips among ``n``
-    queries right at rank 1 before. Wilson's, because the Wald interval of a rate near zero
-    covers too little and can go below it."""
-    from scipy.stats import binomtest
-
-    if not 0 <= k <= n or n < 1:
-        raise ValueError(f"a rate needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+def z_score(confidence: float) -> float:
+    """The two-sided normal quantile of ``confidence`` (1.96 for 0.95)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie between 0 and 1, got {confidence}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
-def gain_interval(gained: int, lost: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for a binomial proportion (None when there are no trials).
+
+    Wilson's, because the Wald interval of a rate near 0 or 1 (a flip rate, a false-hit rate)
+    covers too little and can leave [0, 1]."""
+    if not 0 <= successes <= n:
+        raise ValueError(f"a rate needs 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # at p = 0 or 1 the bound is exactly 0 or 1; say so rather than leave rounding noise
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def gain_interval(gained: int, lost: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Interval of a paired gain ``(gained - lost) / n``, for example in hit@1: the same ``n``
     queries answered before and after, ``gained`` right only after and ``lost`` right only before.
 
@@ -30,11 +48,9 @@ def gain_interval(gained: int, lost: int, n: int, confidence: float = 0.95) -> t
     61:515, 2005): half a query is added to each cell of the 2x2 table. Pairing matters: the
     queries right both times carry no noise, so the interval is far narrower than one that treats
     before and after as independent samples."""
-    from scipy.stats import norm
-
     if min(gained, lost) < 0 or gained + lost > n:
         raise ValueError(f"a paired gain needs 0 <= gained, lost and gained + lost <= n, got {gained}, {lost}, {n}")
     b, c, m = gained + 0.5, lost + 0.5, n + 2
     diff = (b - c) / m
-    half = float(norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
+    half = z * math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
     return max(diff - half, -1.0), min(diff + half, 1.0)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, IsacirError
-from ..intervals import gain_interval, rate_interval
+from ..intervals import gain_interval, wilson
 from ..progress import progress_bar
 from .adapter import QueryAdapter, new_adapter
 from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback, stack_tokens
@@ -581,7 +581,7 @@ def _held_out_intervals(gained: int, lost: int, had: int, n: int) -> dict[str, l
     decide promotability, and these say how far their sampling alone could move the verdict."""
     return {
         "hit@1_change": list(gain_interval(gained, lost, n)) if n else None,
-        "flip_rate": list(rate_interval(lost, had)) if had else None,
+        "flip_rate": list(wilson(lost, had) or ()) or None,
     }
 
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..intervals import wilson
 from .tagger import DEFAULT_TAGGER, Tagger
 
 DEFINITIONS: dict[str, str] = {
@@ -31,7 +32,6 @@ DEFINITIONS: dict[str, str] = {
 }
 RATES = ("precision_at_1", "hit_at_k", "false_hit_rate", "correction_rate", "unjudged_share")
 GROUPINGS = ("overall", "day", "week", "version", "mode", "category")
-Z95 = 1.959963984540054
 
 
 def parse_time(text: str | None) -> float | None:
@@ -50,20 +50,6 @@ def parse_time(text: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return when.timestamp()
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for a binomial proportion (None when there are no trials)."""
-    if n == 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # at p = 0 or 1 the bound is exactly 0 or 1; say so rather than leave rounding noise
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
 
 
 #: Verdicts that name the right item.

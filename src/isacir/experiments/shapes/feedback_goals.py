@@ -1,7 +1,7 @@
 """The goals of learning from a pilot (``bench feedback``), in one place.
 
-Kept free of torch so that the docs renderer, which checks every recorded run against the same
-goals, stays quick: it only reads JSON (the intervals, :mod:`isacir.intervals`, load scipy when asked).
+Kept free of torch and numpy so that the docs renderer, which checks every recorded run against
+the same goals, stays quick: it only reads JSON (the intervals come from :mod:`isacir.intervals`).
 
 The goals are judged on 500 test queries, and the flip goal on the hundred or so of them that
 were right at rank 1 before, so a verdict can turn on a query or two. :func:`verdict_intervals`
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...intervals import gain_interval, rate_interval
+from ...intervals import gain_interval, wilson, z_score
 
 #: test R@1 and R@10 points the adapted service must gain over zero-shot
 MIN_R1_GAIN = 8.0
@@ -84,8 +84,12 @@ def verdict_intervals(
     Each goal gets ``met`` (its point estimate, as :func:`feedback_goals` judges it) and
     ``decided`` (whether the interval lies on the same side of the threshold)."""
     right, gained, lost = paired_counts(before["R@1"], served["R@1"], served["flip_rate"], n)
-    g_lo, g_hi = gain_interval(gained, lost, n, confidence)
-    f_lo, f_hi = rate_interval(lost, right, confidence)
+    z = z_score(confidence)
+    g_lo, g_hi = gain_interval(gained, lost, n, z)
+    flips = wilson(lost, right, z)
+    if flips is None:
+        raise ValueError("no test query was right at rank 1 before: the flip rate is undefined")
+    f_lo, f_hi = flips
     gain = 100 * (gained - lost) / n
     return {
         "confidence": confidence,
