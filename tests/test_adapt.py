@@ -254,6 +254,13 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     assert again["holdout"]["before"] == report["holdout"]["before"]
     assert "refit on all 30 feedback queries" in refit.stderr
     assert json.loads((tmp / "adapter" / "report.json").read_text())["fingerprint"] == again["fingerprint"]
+    # --folds: every query judged once, the saved adapter trained on all of them
+    cv = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress", "--tune", "--folds", "2")
+    cv_report = last_json(cv)
+    assert cv_report["counts"]["holdout"] == cv_report["counts"]["train"] == 30 and cv_report["counts"]["folds"] == 2
+    assert "2-fold cross-validation" in cv.stderr and "tuned on held-out feedback" in cv.stderr
+    one_fold = run("adapt", *args, "--folds", "1", "--no-progress", check=False)
+    assert one_fold.returncode == 2 and "--folds must be 0" in one_fold.stderr
     no_holdout = run("adapt", *args, "--holdout", "0", "--refit", "--no-progress", check=False)
     assert no_holdout.returncode != 0 and "--holdout > 0" in no_holdout.stderr
 

@@ -233,3 +233,98 @@ def test_refit_trains_the_tuned_recipe_again_on_every_query_and_resumes(tmp_path
 def test_refit_needs_held_out_feedback():
     with pytest.raises(ConfigError, match="--refit .* --holdout > 0"):
         AdaptSettings(holdout=0.0, refit=True).check()
+
+
+def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, openclip_fnd, monkeypatch):
+    """--folds K: each learnable query is answered once by an adapter trained without it, the
+    counts are pooled over all of them, the choice follows the tuning rule on the pooled grid, the
+    saved weights are the recipe trained on everything, and a run killed in a fold resumes there."""
+    from isacir.adapt import QueryAdapter, adapt
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
+    _synthetic_feedback(state, 31, seed=23)
+    monkeypatch.setattr(T, "TUNE_MARGINS", (0.0, 0.02, 2.0))  # a pair that never yields: always a choice
+    fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
+    args = (gallery, fnd, qe, state.feedback)
+    base = AdaptSettings(steps=20, lr=1e-2, batch_size=16, hidden=32, seed=3, tune=True, folds=3, save_every=5)
+    report = adapt(*args, tmp_path / "cv", base, progress=False)
+
+    data = load_feedback(state.feedback, qe.fingerprint, qe.num_tokens, fnd.word_dim, gallery, 0, base.seed)
+    folds = data.folds(3, base.seed)
+    held_ids = [q.query_id for _, held in folds for q in held]
+    assert sorted(held_ids) == sorted(t.query_id for t in data.triplets) and len(set(held_ids)) == 31
+    assert [len(h) for _, h in folds] == [10, 10, 11]
+    assert all(len(t) + len(h) == 31 for t, h in folds)
+    assert [s["holdout"] for s in report["cross_validation"]["sizes"]] == [10, 10, 11]
+    assert report["counts"]["holdout"] == report["counts"]["train"] == 31 and report["counts"]["folds"] == 3
+
+    # the pooled "before" is zero-shot over every query: one evaluation of all of them agrees
+    compose = T.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    zero_shot, top1 = T.feedback_metrics(compose, gallery, data.triplets, None)
+    held = report["holdout"]
+    assert held["before"]["hit@1"] == pytest.approx(zero_shot["hit@1"])
+    assert held["before"]["hit@10"] == pytest.approx(zero_shot["hit@10"])
+    assert held["top1_before"] == int(top1.sum())
+
+    # every pooled cell adds up, and the choice is the rule's on the pooled grid
+    grid, right = report["tuning"]["grid"], int(top1.sum())
+    assert len(grid) == 4 * 3
+    for g in grid:
+        assert round(g["hit@1"] * 31) == right - g["flips"] + g["gained"]
+    ok = [g for g in grid if g["hit@1"] >= zero_shot["hit@1"] and (g["flip_rate"] or 0.0) <= T.MAX_FLIP_RATE]
+    best = max(ok, key=lambda g: (g["hit@1"], -(g["flip_rate"] or 0.0), g["hit@10"]))
+    assert report["tuning"]["chosen"] == best
+    assert (held["after"]["hit@1"], held["flips"]) == (best["hit@1"], best["flips"])
+
+    # the saved adapter: the recipe trained on all 31 with no hold-out, serving the chosen pair
+    saved = QueryAdapter.from_pretrained(tmp_path / "cv")
+    assert (saved.interpolation, saved.guard_margin) == (best["interpolation"], best["guard_margin"])
+    plain = replace(base, folds=0, holdout=0.0, tune=False, interpolation=best["interpolation"])
+    adapt(*args, tmp_path / "all", replace(plain, guard_margin=best["guard_margin"]), progress=False)
+    want, got = QueryAdapter.from_pretrained(tmp_path / "all").state_dict(), saved.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+    # killed in the second fold: the rerun finds the first fold done and resumes the second
+    real_save, seen = T._save_checkpoint, []
+
+    def crash_in_fold(path, st):
+        real_save(path, st)
+        seen.append((path.name, st["step"]))
+        if path.name == T.FOLD_CHECKPOINT_NAME.format(1) and st["step"] == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_save_checkpoint", crash_in_fold)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(*args, tmp_path / "killed", base, progress=False)
+    seen.clear()
+    resumed = adapt(*args, tmp_path / "killed", base, progress=False)
+    assert seen[0] == (T.FOLD_CHECKPOINT_NAME.format(1), 15)
+    assert T.FOLD_CHECKPOINT_NAME.format(0) not in {name for name, _ in seen}
+    assert resumed["fingerprint"] == report["fingerprint"] and resumed["holdout"] == report["holdout"]
+    assert not any(p.name.startswith(".adapt-") for p in (tmp_path / "killed").iterdir())
+
+
+def test_folds_settings_are_checked():
+    with pytest.raises(ConfigError, match="--folds must be 0 .* or at least 2"):
+        AdaptSettings(folds=1).check()
+    AdaptSettings(folds=5, holdout=0.0, refit=True).check()  # folds judge: no hold-out needed for the refit
+
+
+def test_split_and_folds_are_deterministic_and_disjoint():
+    from collections import Counter
+
+    from isacir.adapt.data import FeedbackData
+
+    examples = [FeedbackExample(f"q{i}", f"text {i}", np.full((2, 4), i, np.float32), i) for i in range(23)]
+    data = FeedbackData(examples, [], Counter())
+    train, held = data.split(0.2, 7)
+    # the hold-out that one split has always drawn: the first round(0.2 n) of a seeded permutation
+    # of the queries in content order
+    order = sorted(range(23), key=lambda i: examples[i].content_key())
+    want = {order[i] for i in np.random.default_rng(7).permutation(23)[:5]}
+    assert {int(q.query_id[1:]) for q in held} == want and len(train) == 18
+    folds = data.folds(4, 7)
+    assert folds == data.folds(4, 7) and [len(h) for _, h in folds] == [5, 6, 6, 6]
+    assert Counter(q.query_id for _, h in folds for q in h) == Counter(q.query_id for q in examples)
+    with pytest.raises(ValueError, match="24 folds need"):
+        data.folds(24, 7)

@@ -48,17 +48,31 @@ class FeedbackData:
     replay: list[FeedbackExample]
     skipped: Counter = field(default_factory=Counter)
 
+    def _shuffled(self, seed: int) -> list[int]:
+        """Triplet indices in a seeded order of their content, not of their query ids (ids are
+        random): a re-run pilot splits the same way."""
+        order = sorted(range(len(self.triplets)), key=lambda i: self.triplets[i].content_key())
+        return [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
+
+    def _apart(self, held: set[int]) -> tuple[list[FeedbackExample], list[FeedbackExample]]:
+        """(the rest, the held ones), each in log order."""
+        train = [t for i, t in enumerate(self.triplets) if i not in held]
+        return train, [t for i, t in enumerate(self.triplets) if i in held]
+
     def split(self, holdout: float, seed: int) -> tuple[list[FeedbackExample], list[FeedbackExample]]:
         """A deterministic split by query: the same log and seed give the same two sets."""
         if not 0.0 <= holdout < 1.0:
             raise ValueError(f"holdout must be within [0, 1), got {holdout}")
-        # ordered by content, not by query id (ids are random): a re-run pilot splits the same way
-        order = sorted(range(len(self.triplets)), key=lambda i: self.triplets[i].content_key())
-        perm = np.random.default_rng(seed).permutation(len(order))
-        n_hold = int(round(holdout * len(order)))
-        held = {order[i] for i in perm[:n_hold]}
-        train = [t for i, t in enumerate(self.triplets) if i not in held]
-        return train, [t for i, t in enumerate(self.triplets) if i in held]
+        shuffled = self._shuffled(seed)
+        return self._apart(set(shuffled[: int(round(holdout * len(shuffled)))]))
+
+    def folds(self, k: int, seed: int) -> list[tuple[list[FeedbackExample], list[FeedbackExample]]]:
+        """``k`` deterministic (train, held-out) splits whose held-out parts cover every query
+        exactly once, in sizes that differ by at most one."""
+        if not 2 <= k <= len(self.triplets):
+            raise ValueError(f"{k} folds need 2 <= k <= the {len(self.triplets)} learnable queries")
+        shuffled, n = self._shuffled(seed), len(self.triplets)
+        return [self._apart(set(shuffled[f * n // k : (f + 1) * n // k])) for f in range(k)]
 
 
 def load_feedback(

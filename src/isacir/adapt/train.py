@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 CHECKPOINT_NAME = ".adapt-checkpoint.pt"
 #: the refit's own checkpoint: a run killed during the refit resumes it, the judged run being done
 REFIT_CHECKPOINT_NAME = ".adapt-refit-checkpoint.pt"
+#: one per fold of ``--folds``: a killed run resumes the fold it was in, the done ones load at once
+FOLD_CHECKPOINT_NAME = ".adapt-fold{}-checkpoint.pt"
 #: Held-out flip rate above which an adapter is not promotable.
 MAX_FLIP_RATE = 0.05
 #: the serving settings ``--tune`` weighs on held-out feedback: interpolation by top-1 guard margin
@@ -94,6 +96,11 @@ class AdaptSettings:
     #: after judging (and with ``tune``, tuning) the recipe on the held-out feedback, train it once
     #: more on every learnable query, held-out ones included, and save that adapter
     refit: bool = False
+    #: judge the recipe (and with ``tune``, choose the pair) by K-fold cross-validation instead of
+    #: one hold-out: K adapters, each trained without one K-th of the queries, answer that K-th,
+    #: and the counts are pooled over every query; the saved adapter is then trained on all of
+    #: them, as with ``refit`` (0: off, ``holdout`` judges)
+    folds: int = 0
     #: learn from the oldest N logged queries only (None: all of them)
     max_queries: int | None = None
     save_every: int = 50
@@ -120,7 +127,9 @@ class AdaptSettings:
             )
         if self.max_queries is not None and self.max_queries < 1:
             raise ConfigError("--max-queries must be at least 1")
-        if self.refit and self.holdout <= 0:
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"--folds must be 0 (one hold-out) or at least 2, got {self.folds}")
+        if self.refit and self.holdout <= 0 and not self.folds:
             raise ConfigError("--refit trains again on the held-out feedback after judging: it needs --holdout > 0")
 
 
@@ -217,10 +226,7 @@ def tune_serving(
             metrics, top1 = feedback_metrics(compose, gallery, held, adapter)
             rate, lost, _ = flip_rate(top1_before, top1)
             grid.append({"interpolation": a, "guard_margin": m, **metrics, "flip_rate": rate, "flips": lost})
-    ok = [
-        g for g in grid if g["hit@1"] >= before["hit@1"] and (g["flip_rate"] is None or g["flip_rate"] <= MAX_FLIP_RATE)
-    ]
-    chosen = max(ok, key=lambda g: (g["hit@1"], -(g["flip_rate"] or 0.0), g["hit@10"])) if ok else None
+    chosen = _choose(grid, before["hit@1"])
     a, m = (chosen["interpolation"], chosen["guard_margin"]) if chosen else kept
     adapter.set_interpolation(a)
     adapter.set_guard_margin(m)
@@ -228,6 +234,13 @@ def tune_serving(
     if chosen is None:
         out["reason"] = "no pair keeps held-out hit@1 with a flip rate within the limit; the given settings stand"
     return out
+
+
+def _choose(grid: list[dict[str, Any]], hit1_before: float) -> dict[str, Any] | None:
+    """The best promotable pair of a tuning grid: the highest hit@1, no lower than before, with a
+    flip rate within :data:`MAX_FLIP_RATE` (ties: fewer flips, then higher hit@10)."""
+    ok = [g for g in grid if g["hit@1"] >= hit1_before and (g["flip_rate"] is None or g["flip_rate"] <= MAX_FLIP_RATE)]
+    return max(ok, key=lambda g: (g["hit@1"], -(g["flip_rate"] or 0.0), g["hit@10"])) if ok else None
 
 
 def tune_adapter(
@@ -319,10 +332,18 @@ def adapt(
             f"--refit needs held-out feedback to judge the recipe first: --holdout {settings.holdout} of "
             f"{len(data.triplets)} learnable queries holds none out"
         )
+    if settings.folds and len(data.triplets) < settings.folds:
+        raise ConfigError(
+            f"--folds {settings.folds} needs at least {settings.folds} learnable queries; "
+            f"the log has {len(data.triplets)}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     compose = ComposedQueries(foundation, query_encoder.config.template, query_encoder.num_tokens)
     fit = _Fit(gallery, foundation, qe_fp, compose, data, settings, previous, progress)
+    if settings.folds:
+        adapter, report = _adapt_by_folds(fit, compose, gallery, data, settings, previous, out)
+        return _save(adapter, report, out, settings, t_start)
     adapter, losses = fit(train, out / CHECKPOINT_NAME)
     adapter.set_interpolation(settings.interpolation)
     adapter.set_guard_margin(settings.guard_margin)
@@ -346,11 +367,130 @@ def adapt(
         }
         report["counts"] = {**report["counts"], "refit": len(everything), "vocab_rows": len(final.config.vocab_ids)}
         adapter = final
+    return _save(adapter, report, out, settings, t_start)
+
+
+def _save(adapter: QueryAdapter, report: dict[str, Any], out: Path, settings: AdaptSettings, t_start: float) -> dict:
     report["took_s"] = round(time.perf_counter() - t_start, 2)
     adapter.config.training = {"settings": asdict(settings), "counts": report["counts"]}
     adapter.save_pretrained(out, report)  # replaces the folder, checkpoints included: the run is done
     report["fingerprint"] = adapter.fingerprint
     return report
+
+
+def _adapt_by_folds(
+    fit: _Fit,
+    compose: ComposedQueries,
+    gallery: Gallery,
+    data: FeedbackData,
+    settings: AdaptSettings,
+    previous: QueryAdapter | None,
+    out: Path,
+) -> tuple[QueryAdapter, dict[str, Any]]:
+    """``--folds K``: every learnable query answered once by an adapter trained without it, the
+    counts pooled over all of them to judge the recipe (and with ``--tune``, to choose the pair),
+    then the recipe trained on every query.
+
+    One hold-out of a fifth judges flips on a few dozen top-1 hits, where one query moves the rate
+    by 2 points and each fifth may choose another pair; pooled folds judge on all of them, for K
+    more trainings."""
+    k = settings.folds
+    given = (settings.interpolation, settings.guard_margin)
+    pairs = [(a, m) for a in TUNE_INTERPOLATIONS for m in TUNE_MARGINS] if settings.tune else []
+    pairs += [given] if given not in pairs else []
+    before = {"n": 0, "hit@1": 0, "hit@10": 0, "top1": 0}
+    cells = {pair: {"hit@1": 0, "hit@10": 0, "lost": 0, "gained": 0} for pair in pairs}
+    sizes = []
+    for f, (train, held) in enumerate(data.folds(k, settings.seed)):
+        adapter, _ = fit(train, out / FOLD_CHECKPOINT_NAME.format(f), desc=f"fold {f + 1}/{k}")
+        metrics, top1_before = feedback_metrics(compose, gallery, held, previous)
+        n = len(held)
+        sizes.append({"train": len(train), "holdout": n})
+        before["n"] += n
+        before["hit@1"] += int(top1_before.sum())
+        before["hit@10"] += round(metrics["hit@10"] * n)
+        before["top1"] += int(top1_before.sum())
+        for a, m in pairs:
+            adapter.set_interpolation(a)
+            adapter.set_guard_margin(m)
+            metrics, top1 = feedback_metrics(compose, gallery, held, adapter)
+            cell = cells[(a, m)]
+            cell["hit@1"] += int(top1.sum())
+            cell["hit@10"] += round(metrics["hit@10"] * n)
+            cell["lost"] += int((top1_before & ~top1).sum())
+            cell["gained"] += int((top1 & ~top1_before).sum())
+    total, had = before["n"], before["top1"]
+
+    def pooled(pair: tuple[float, float]) -> dict[str, Any]:
+        c = cells[pair]
+        return {
+            "interpolation": pair[0],
+            "guard_margin": pair[1],
+            "n": total,
+            "hit@1": c["hit@1"] / total,
+            "hit@10": c["hit@10"] / total,
+            "flip_rate": c["lost"] / had if had else None,
+            "flips": c["lost"],
+            "gained": c["gained"],
+        }
+
+    held_before = {"n": total, "hit@1": before["hit@1"] / total, "hit@10": before["hit@10"] / total}
+    tuning: dict[str, Any] | None = None
+    pair = given
+    if settings.tune:
+        grid = [pooled((a, m)) for a in TUNE_INTERPOLATIONS for m in TUNE_MARGINS]
+        chosen = _choose(grid, held_before["hit@1"])
+        tuning = {"before": held_before, "grid": grid, "chosen": chosen, "folds": k}
+        if chosen is None:
+            tuning["reason"] = "no pair keeps pooled hit@1 with a flip rate within the limit; the given settings stand"
+        else:
+            pair = (chosen["interpolation"], chosen["guard_margin"])
+    served = pooled(pair)
+
+    everything = list(data.triplets)  # in log order: what --holdout 0 would train on
+    final, losses = fit(everything, out / REFIT_CHECKPOINT_NAME, desc="refit")
+    final.set_interpolation(pair[0])
+    final.set_guard_margin(pair[1])
+    held_after = {"n": total, "hit@1": served["hit@1"], "hit@10": served["hit@10"]}
+    reasons = _reasons(held_before, held_after, served["flip_rate"])
+    report: dict[str, Any] = {
+        "promotable": not reasons,
+        "reasons": reasons,
+        "before": _before_name(previous),
+        "holdout": {
+            "before": held_before,
+            "after": held_after,
+            "flip_rate": served["flip_rate"],
+            "flips": served["flips"],
+            "top1_before": had,
+            "gained": served["gained"],
+            "intervals": _held_out_intervals(served["gained"], served["flips"], had, total),
+        },
+        "cross_validation": {
+            "folds": k,
+            "judged": "the recipe: each query answered once by an adapter trained without it; the saved "
+            "adapter was trained on all of them",
+            "sizes": sizes,
+        },
+        "train": {
+            "before": feedback_metrics(compose, gallery, everything, previous)[0],
+            "after": feedback_metrics(compose, gallery, everything, final)[0],
+        },
+        "counts": {
+            "train": len(everything),
+            "holdout": total,
+            "folds": k,
+            "replay": len(data.replay),
+            "vocab_rows": len(final.config.vocab_ids),
+            "lora_layers": len(final.config.lora_targets),
+            "skipped": dict(data.skipped),
+        },
+        "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
+        "settings": asdict(settings),
+    }
+    if tuning is not None:
+        report["tuning"] = tuning
+    return final, report
 
 
 class _Fit:
@@ -576,6 +716,22 @@ def _replay_loss(
     return torch.cat(parts).mean() if parts else torch.zeros(())
 
 
+def _reasons(held_before: dict[str, Any], held_after: dict[str, Any], rate: float | None) -> list[str]:
+    """Why an adapter may not be promoted, from its held-out numbers (none: it may)."""
+    if not held_after["n"]:
+        return ["no held-out feedback to judge it by (raise --holdout or gather more feedback)"]
+    reasons = []
+    if held_after["hit@1"] < held_before["hit@1"]:
+        reasons.append(f"held-out hit@1 dropped ({held_before['hit@1']:.3f} -> {held_after['hit@1']:.3f})")
+    if rate is not None and rate > MAX_FLIP_RATE:
+        reasons.append(f"held-out flip rate {rate:.3f} exceeds {MAX_FLIP_RATE:.2f}")
+    return reasons
+
+
+def _before_name(previous: QueryAdapter | None) -> str:
+    return "previous adapter " + previous.fingerprint if previous is not None else "zero-shot (no adapter)"
+
+
 def _held_out_intervals(gained: int, lost: int, had: int, n: int) -> dict[str, list[float] | None]:
     """95 % intervals of the held-out hit@1 change and flip rate: a few dozen held-out queries
     decide promotability, and these say how far their sampling alone could move the verdict."""
@@ -602,18 +758,11 @@ def _report(
     train_after, _ = feedback_metrics(compose, gallery, train, adapter)
     rate, lost, had = flip_rate(top1_before, top1_after)
     gained = int((top1_after & ~top1_before).sum())
-    reasons = []
-    if not held:
-        reasons.append("no held-out feedback to judge it by (raise --holdout or gather more feedback)")
-    else:
-        if held_after["hit@1"] < held_before["hit@1"]:
-            reasons.append(f"held-out hit@1 dropped ({held_before['hit@1']:.3f} -> {held_after['hit@1']:.3f})")
-        if rate is not None and rate > MAX_FLIP_RATE:
-            reasons.append(f"held-out flip rate {rate:.3f} exceeds {MAX_FLIP_RATE:.2f}")
+    reasons = _reasons(held_before, held_after, rate)
     return {
         "promotable": not reasons,
         "reasons": reasons,
-        "before": "previous adapter " + previous.fingerprint if previous is not None else "zero-shot (no adapter)",
+        "before": _before_name(previous),
         "holdout": {
             "before": held_before,
             "after": held_after,

@@ -64,6 +64,12 @@ def adapt_cmd(
         help="After judging (and with --tune, tuning) on the held-out feedback, train once more on all "
         "of it and save that adapter; the report's held-out numbers then judge the recipe.",
     ),
+    folds: int = typer.Option(
+        0,
+        help="Judge (and with --tune, tune) by K-fold cross-validation instead of --holdout: K adapters "
+        "each trained without one K-th answer it, counts pooled over all the feedback; the saved adapter "
+        "is trained on all of it (0: off; K more trainings).",
+    ),
     max_queries: Optional[int] = typer.Option(None, help="Learn from the oldest N logged queries only."),
     previous: Optional[Path] = typer.Option(
         None, help="The adapter served now: replay targets and the 'before' of the report come from it."
@@ -99,6 +105,7 @@ def adapt_cmd(
         guard_margin=guard_margin,
         tune=tune,
         refit=refit,
+        folds=folds,
         max_queries=max_queries,
     )
     settings.check()
@@ -125,6 +132,11 @@ def adapt_cmd(
         )
     if "refit" in report:
         err.print(f"refit on all {report['refit']['train']} feedback queries; the held-out numbers judge the recipe")
+    if "cross_validation" in report:
+        err.print(
+            f"judged by {report['cross_validation']['folds']}-fold cross-validation: every one of the "
+            f"{report['counts']['holdout']} feedback queries held out once; the saved adapter was trained on all"
+        )
     sure = held.get("intervals") or {}
     change, flips = sure.get("hit@1_change"), sure.get("flip_rate")
     err.print(
