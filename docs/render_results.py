@@ -361,12 +361,19 @@ def _tuned_runs(runs: list[dict]) -> list[dict]:
     )
 
 
-def _served(run: dict) -> list[tuple[str, dict]]:
-    """(recipe label, test numbers) of what ``--tune`` serves, and ``--tune --refit`` if measured."""
-    served = [(_recipe(run), run["tuned_on_held_out"])]
+def _served(run: dict) -> list[tuple[str, dict, dict | None, dict | None]]:
+    """(recipe label, test numbers, the held-out numbers that chose its pair, and theirs before) of
+    what ``--tune`` serves, and of ``--tune --refit`` and ``--tune --folds K`` where measured."""
+    tuned = run["tuned_on_held_out"]
+    chose = (tuned["held_out"], tuned["held_out_before"])
+    served = [(_recipe(run), tuned, *chose)]
     if run.get("tuned_then_refit"):
         refit = run["tuned_then_refit"]
-        served.append((f"{_recipe(run)}, refit on all {refit['trained_on']:,}", refit))
+        served.append((f"{_recipe(run)}, refit on all {refit['trained_on']:,}", refit, *chose))
+    if run.get("tuned_by_folds"):
+        cv = run["tuned_by_folds"]
+        label = f"{_recipe(run)}, {cv['folds']}-fold tuned, trained on all {cv['trained_on']:,}"
+        served.append((label, cv, cv["held_out"], cv["held_out_before"]))
     return served
 
 
@@ -383,11 +390,10 @@ def feedback_tuned_table(runs: list[dict]) -> str:
         "|---:|---|---:|---:|---|---:|---|---|---:|---|---|",
     ]
     for r in runs:
-        t, b = r["tuned_on_held_out"], r["before"]
-        h, hb = t["held_out"], t["held_out_before"]
-        held = f"{hb['hit@1']:.3f} → {h['hit@1']:.3f}" if h else "no promotable pair"
-        flips = f"{h['flips']} ({100 * h['flip_rate']:.1f} %)" if h else "–"
-        for recipe, s in _served(r):
+        b = r["before"]
+        for recipe, s, h, hb in _served(r):
+            held = f"{hb['hit@1']:.3f} → {h['hit@1']:.3f}" if h else "no promotable pair"
+            flips = f"{h['flips']} ({100 * h['flip_rate']:.1f} %)" if h else "–"
             kb = r["known_phrasings"]["before"]["R@10"]
             ka = s.get("known_phrasings_R@10")
             goals = feedback_goals(
@@ -420,7 +426,7 @@ def feedback_intervals_table(runs: list[dict]) -> str:
     ]
     noisy = total = 0
     for r in runs:
-        for recipe, s in _served(r):
+        for recipe, s, _, _ in _served(r):
             v = verdict_intervals(r["before"], s, r["test_queries"])
             g, f = v["r1_gain"], v["flip_rate"]
             noisy += (not g["decided"]) + (not f["decided"])

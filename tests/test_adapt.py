@@ -258,7 +258,7 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     cv = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress", "--tune", "--folds", "2")
     cv_report = last_json(cv)
     assert cv_report["counts"]["holdout"] == cv_report["counts"]["train"] == 30 and cv_report["counts"]["folds"] == 2
-    assert "2-fold cross-validation" in cv.stderr and "tuned on held-out feedback" in cv.stderr
+    assert "2-fold cross-validation" in cv.stderr and "tuned on 2-fold pooled feedback" in cv.stderr
     one_fold = run("adapt", *args, "--folds", "1", "--no-progress", check=False)
     assert one_fold.returncode == 2 and "--folds must be 0" in one_fold.stderr
     no_holdout = run("adapt", *args, "--holdout", "0", "--refit", "--no-progress", check=False)

@@ -91,7 +91,8 @@ def small_loop(tmp_path_factory, small_shapes):
     settings = AdaptSettings(steps=40, batch_size=16, gallery_negatives=64, seed=0)
     pilot = PilotConfig(queries=60, distractors=40)
     # the adapters train with another seed than the world's (`bench feedback --adapt-seed 1`)
-    summary = run_feedback_bench(out, 0, pilot, replace(settings, refit=True, seed=1), (20, 60), config=cfg, **quiet)
+    run_settings = replace(settings, refit=True, folds=2, seed=1)
+    summary = run_feedback_bench(out, 0, pilot, run_settings, (20, 60), config=cfg, **quiet)
     versions = run_pilot_versions(out, 0, PilotConfig(queries=40, distractors=40), settings, config=cfg, **quiet)
     return out, cfg, bench, summary, versions
 
@@ -176,6 +177,18 @@ def test_bench_feedback_on_the_small_bench(small_loop):
     assert report["counts"]["train"] == 60 and report["counts"]["holdout"] == 0
     assert report["settings"]["seed"] == 1  # the training seed reached the adapters themselves
     assert all("refit" not in a["counts"] for a in detail["adapters"].values())
+    assert all("folds" not in a["counts"] for a in detail["adapters"].values())  # the curve is one hold-out
+    # --folds 2: the pair chosen on counts pooled over all 60 queries, trained on all of them
+    cv = detail["tuned_by_folds"]
+    assert cv["folds"] == 2 and cv["trained_on"] == 60 and cv["held_out_before"]["n"] == 60
+    if cv["held_out"] is not None:
+        assert (cv["interpolation"], cv["guard_margin"]) == (
+            cv["held_out"]["interpolation"],
+            cv["held_out"]["guard_margin"],
+        )
+    cv_report = json.loads(next((out / "feedback").glob("seed0-*/adapter-folds/report.json")).read_text())
+    assert cv_report["counts"]["folds"] == 2 and cv_report["counts"]["train"] == 60
+    assert sum(s["holdout"] for s in cv_report["cross_validation"]["sizes"]) == 60
     # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache
     shapes = json.loads((out / "results-seed0.json").read_text())
     oracle = shapes["oracles"]["oracle_reference_caption_plus_modifier"]

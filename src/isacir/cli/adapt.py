@@ -124,8 +124,9 @@ def adapt_cmd(
     tuning = report.get("tuning")
     if tuning is not None:
         chosen = tuning["chosen"]
+        on = f"{tuning['folds']}-fold pooled" if "folds" in tuning else "held-out"
         err.print(
-            f"tuned on held-out feedback: interpolation {chosen['interpolation']}, "
+            f"tuned on {on} feedback: interpolation {chosen['interpolation']}, "
             f"guard margin {chosen['guard_margin']}"
             if chosen
             else f"tuning: {tuning['reason']}"

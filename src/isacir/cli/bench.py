@@ -245,6 +245,11 @@ def bench_feedback_cmd(
         "--refit",
         help="Also measure isacir adapt --tune --refit: the pair tuned on held-out feedback, trained on all of it.",
     ),
+    folds: int = typer.Option(
+        0,
+        help="Also measure isacir adapt --tune --folds K: the pair chosen by K-fold cross-validation over all "
+        "the pilot's feedback, trained on all of it (0: off; K + 1 more trainings).",
+    ),
     adapt_seed: Optional[int] = typer.Option(
         None,
         help="The adapters' training seed (default: --seed). Another one measures training noise on the same "
@@ -266,8 +271,14 @@ def bench_feedback_cmd(
         raise IsacirError("--queries must be at least 1")
     adapt_seed = seed if adapt_seed is None else adapt_seed
     settings = replace(
-        BENCH_ADAPT, seed=adapt_seed, lora_rank=lora_rank, refit=refit, **({"steps": steps} if steps else {})
+        BENCH_ADAPT,
+        seed=adapt_seed,
+        lora_rank=lora_rank,
+        refit=refit,
+        folds=folds,
+        **({"steps": steps} if steps else {}),
     )
+    settings.check()
     curve = tuple(n for n in CURVE if n < queries) + (queries,)
     summary = run_feedback_bench(
         out_dir,

@@ -196,7 +196,8 @@ def run_feedback_bench(
         t = time.perf_counter()
         folder = run / f"adapter-{n}"
         torch.manual_seed(settings.seed)
-        one = replace(settings, max_queries=n, refit=False)  # the curve judges the recipe on held-out feedback
+        # the curve judges the recipe on held-out feedback
+        one = replace(settings, max_queries=n, refit=False, folds=0)
         report = adapt(gallery, fnd, qe, store, folder, one, progress=progress)
         adapters[n] = QueryAdapter.from_pretrained(folder)
         metrics, _ = test.evaluate(adapters[n])
@@ -246,12 +247,27 @@ def run_feedback_bench(
             max_queries=max(curve),
             holdout=0.0,
             refit=False,
+            folds=0,
             interpolation=tuned_adapter.interpolation,
             guard_margin=tuned_adapter.guard_margin,
         )
         adapt(gallery, fnd, qe, store, run / "adapter-refit", refit_settings, progress=progress)
         detail_refit = {**served(QueryAdapter.from_pretrained(run / "adapter-refit")), "trained_on": max(curve)}
         timings["refit_s"] = time.perf_counter() - t
+    if settings.folds:
+        # what `isacir adapt --tune --folds K` serves: the pair chosen on counts pooled over every
+        # pilot query (each answered by an adapter trained without it), trained on all of them
+        t = time.perf_counter()
+        folds_settings = replace(settings, max_queries=max(curve), tune=True, refit=False)
+        cv = adapt(gallery, fnd, qe, store, run / "adapter-folds", folds_settings, progress=progress)
+        detail_folds = {
+            **served(QueryAdapter.from_pretrained(run / "adapter-folds")),
+            "trained_on": max(curve),
+            "folds": settings.folds,
+            "held_out": cv["tuning"]["chosen"],
+            "held_out_before": cv["tuning"]["before"],
+        }
+        timings["folds_s"] = time.perf_counter() - t
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
@@ -275,6 +291,7 @@ def run_feedback_bench(
         "guarded_tradeoff": guarded,
         "tuned_on_held_out": tuned,
         **({"tuned_then_refit": detail_refit} if settings.refit else {}),
+        **({"tuned_by_folds": detail_folds} if settings.folds else {}),
         "oracle_reference_caption_plus_modifier": oracle,
         "pilot": pilot_stats,
         "adapters": reports,
