@@ -370,7 +370,10 @@ def adapt(
     return _save(adapter, report, out, settings, t_start)
 
 
-def _save(adapter: QueryAdapter, report: dict[str, Any], out: Path, settings: AdaptSettings, t_start: float) -> dict:
+def _save(
+    adapter: QueryAdapter, report: dict[str, Any], out: Path, settings: AdaptSettings, t_start: float
+) -> dict[str, Any]:
+    """Record the run in the adapter and write its folder; the report gains the adapter's version."""
     report["took_s"] = round(time.perf_counter() - t_start, 2)
     adapter.config.training = {"settings": asdict(settings), "counts": report["counts"]}
     adapter.save_pretrained(out, report)  # replaces the folder, checkpoints included: the run is done
@@ -398,7 +401,7 @@ def _adapt_by_folds(
     given = (settings.interpolation, settings.guard_margin)
     pairs = [(a, m) for a in TUNE_INTERPOLATIONS for m in TUNE_MARGINS] if settings.tune else []
     pairs += [given] if given not in pairs else []
-    before = {"n": 0, "hit@1": 0, "hit@10": 0, "top1": 0}
+    before = {"n": 0, "hit@1": 0, "hit@10": 0}  # hit@1 counts the top-1 hits that can flip
     cells = {pair: {"hit@1": 0, "hit@10": 0, "lost": 0, "gained": 0} for pair in pairs}
     sizes = []
     for f, (train, held) in enumerate(data.folds(k, settings.seed)):
@@ -409,7 +412,6 @@ def _adapt_by_folds(
         before["n"] += n
         before["hit@1"] += int(top1_before.sum())
         before["hit@10"] += round(metrics["hit@10"] * n)
-        before["top1"] += int(top1_before.sum())
         for a, m in pairs:
             adapter.set_interpolation(a)
             adapter.set_guard_margin(m)
@@ -419,7 +421,7 @@ def _adapt_by_folds(
             cell["hit@10"] += round(metrics["hit@10"] * n)
             cell["lost"] += int((top1_before & ~top1).sum())
             cell["gained"] += int((top1 & ~top1_before).sum())
-    total, had = before["n"], before["top1"]
+    total, had = before["n"], before["hit@1"]
 
     def pooled(pair: tuple[float, float]) -> dict[str, Any]:
         c = cells[pair]

@@ -126,8 +126,7 @@ def adapt_cmd(
         chosen = tuning["chosen"]
         on = f"{tuning['folds']}-fold pooled" if "folds" in tuning else "held-out"
         err.print(
-            f"tuned on {on} feedback: interpolation {chosen['interpolation']}, "
-            f"guard margin {chosen['guard_margin']}"
+            f"tuned on {on} feedback: interpolation {chosen['interpolation']}, guard margin {chosen['guard_margin']}"
             if chosen
             else f"tuning: {tuning['reason']}"
         )
