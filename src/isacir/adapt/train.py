@@ -454,20 +454,8 @@ def _adapt_by_folds(
     final.set_interpolation(pair[0])
     final.set_guard_margin(pair[1])
     held_after = {"n": total, "hit@1": served["hit@1"], "hit@10": served["hit@10"]}
-    reasons = _reasons(held_before, held_after, served["flip_rate"])
     report: dict[str, Any] = {
-        "promotable": not reasons,
-        "reasons": reasons,
-        "before": _before_name(previous),
-        "holdout": {
-            "before": held_before,
-            "after": held_after,
-            "flip_rate": served["flip_rate"],
-            "flips": served["flips"],
-            "top1_before": had,
-            "gained": served["gained"],
-            "intervals": _held_out_intervals(served["gained"], served["flips"], had, total),
-        },
+        **_judgement(held_before, held_after, served["flips"], had, served["gained"], previous),
         "cross_validation": {
             "folds": k,
             "judged": "the recipe: each query answered once by an adapter trained without it; the saved "
@@ -718,6 +706,34 @@ def _replay_loss(
     return torch.cat(parts).mean() if parts else torch.zeros(())
 
 
+def _judgement(
+    held_before: dict[str, Any],
+    held_after: dict[str, Any],
+    lost: int,
+    had: int,
+    gained: int,
+    previous: QueryAdapter | None,
+) -> dict[str, Any]:
+    """The report's verdict and its held-out block, from the held-out counts: ``had`` queries right
+    at rank 1 before, ``lost`` of them no longer, ``gained`` right only after."""
+    rate = lost / had if had else None
+    reasons = _reasons(held_before, held_after, rate)
+    return {
+        "promotable": not reasons,
+        "reasons": reasons,
+        "before": "previous adapter " + previous.fingerprint if previous is not None else "zero-shot (no adapter)",
+        "holdout": {
+            "before": held_before,
+            "after": held_after,
+            "flip_rate": rate,
+            "flips": lost,
+            "top1_before": had,
+            "gained": gained,
+            "intervals": _held_out_intervals(gained, lost, had, held_after["n"]),
+        },
+    }
+
+
 def _reasons(held_before: dict[str, Any], held_after: dict[str, Any], rate: float | None) -> list[str]:
     """Why an adapter may not be promoted, from its held-out numbers (none: it may)."""
     if not held_after["n"]:
@@ -728,10 +744,6 @@ def _reasons(held_before: dict[str, Any], held_after: dict[str, Any], rate: floa
     if rate is not None and rate > MAX_FLIP_RATE:
         reasons.append(f"held-out flip rate {rate:.3f} exceeds {MAX_FLIP_RATE:.2f}")
     return reasons
-
-
-def _before_name(previous: QueryAdapter | None) -> str:
-    return "previous adapter " + previous.fingerprint if previous is not None else "zero-shot (no adapter)"
 
 
 def _held_out_intervals(gained: int, lost: int, had: int, n: int) -> dict[str, list[float] | None]:
@@ -758,22 +770,10 @@ def _report(
     held_after, top1_after = feedback_metrics(compose, gallery, held, adapter)
     train_before, _ = feedback_metrics(compose, gallery, train, previous)
     train_after, _ = feedback_metrics(compose, gallery, train, adapter)
-    rate, lost, had = flip_rate(top1_before, top1_after)
+    _, lost, had = flip_rate(top1_before, top1_after)
     gained = int((top1_after & ~top1_before).sum())
-    reasons = _reasons(held_before, held_after, rate)
     return {
-        "promotable": not reasons,
-        "reasons": reasons,
-        "before": _before_name(previous),
-        "holdout": {
-            "before": held_before,
-            "after": held_after,
-            "flip_rate": rate,
-            "flips": lost,
-            "top1_before": had,
-            "gained": gained,
-            "intervals": _held_out_intervals(gained, lost, had, len(held)),
-        },
+        **_judgement(held_before, held_after, lost, had, gained, previous),
         "train": {"before": train_before, "after": train_after},
         "counts": {
             "train": len(train),
