@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,13 +219,9 @@ def tune_serving(
     before, top1_before = feedback_metrics(compose, gallery, held, previous)
     kept = (adapter.interpolation, adapter.guard_margin)
     grid = []
-    for a in TUNE_INTERPOLATIONS:
-        for m in TUNE_MARGINS:
-            adapter.set_interpolation(a)
-            adapter.set_guard_margin(m)
-            metrics, top1 = feedback_metrics(compose, gallery, held, adapter)
-            rate, lost, _ = flip_rate(top1_before, top1)
-            grid.append({"interpolation": a, "guard_margin": m, **metrics, "flip_rate": rate, "flips": lost})
+    for (a, m), metrics, top1 in _served_pairs(compose, gallery, held, adapter, _tune_pairs()):
+        rate, lost, _ = flip_rate(top1_before, top1)
+        grid.append({"interpolation": a, "guard_margin": m, **metrics, "flip_rate": rate, "flips": lost})
     chosen = _choose(grid, before["hit@1"])
     a, m = (chosen["interpolation"], chosen["guard_margin"]) if chosen else kept
     adapter.set_interpolation(a)
@@ -234,6 +230,27 @@ def tune_serving(
     if chosen is None:
         out["reason"] = "no pair keeps held-out hit@1 with a flip rate within the limit; the given settings stand"
     return out
+
+
+def _tune_pairs() -> list[tuple[float, float]]:
+    """The (interpolation, guard margin) grid that ``--tune`` weighs."""
+    return [(a, m) for a in TUNE_INTERPOLATIONS for m in TUNE_MARGINS]
+
+
+def _served_pairs(
+    compose: ComposedQueries,
+    gallery: Gallery,
+    held: list[FeedbackExample],
+    adapter: QueryAdapter,
+    pairs: Sequence[tuple[float, float]],
+) -> Iterator[tuple[tuple[float, float], dict[str, Any], np.ndarray]]:
+    """``adapter`` served at each (interpolation, guard margin) pair on ``held``: the pair, its
+    :func:`feedback_metrics` and top-1 flags. The adapter is left at the last pair."""
+    for a, m in pairs:
+        adapter.set_interpolation(a)
+        adapter.set_guard_margin(m)
+        metrics, top1 = feedback_metrics(compose, gallery, held, adapter)
+        yield (a, m), metrics, top1
 
 
 def _choose(grid: list[dict[str, Any]], hit1_before: float) -> dict[str, Any] | None:
@@ -399,7 +416,7 @@ def _adapt_by_folds(
     more trainings."""
     k = settings.folds
     given = (settings.interpolation, settings.guard_margin)
-    pairs = [(a, m) for a in TUNE_INTERPOLATIONS for m in TUNE_MARGINS] if settings.tune else []
+    pairs = _tune_pairs() if settings.tune else []
     pairs += [given] if given not in pairs else []
     before = {"n": 0, "hit@1": 0, "hit@10": 0}  # hit@1 counts the top-1 hits that can flip
     cells = {pair: {"hit@1": 0, "hit@10": 0, "lost": 0, "gained": 0} for pair in pairs}
@@ -412,11 +429,8 @@ def _adapt_by_folds(
         before["n"] += n
         before["hit@1"] += int(top1_before.sum())
         before["hit@10"] += round(metrics["hit@10"] * n)
-        for a, m in pairs:
-            adapter.set_interpolation(a)
-            adapter.set_guard_margin(m)
-            metrics, top1 = feedback_metrics(compose, gallery, held, adapter)
-            cell = cells[(a, m)]
+        for pair, metrics, top1 in _served_pairs(compose, gallery, held, adapter, pairs):
+            cell = cells[pair]
             cell["hit@1"] += int(top1.sum())
             cell["hit@10"] += round(metrics["hit@10"] * n)
             cell["lost"] += int((top1_before & ~top1).sum())
@@ -440,7 +454,7 @@ def _adapt_by_folds(
     tuning: dict[str, Any] | None = None
     pair = given
     if settings.tune:
-        grid = [pooled((a, m)) for a in TUNE_INTERPOLATIONS for m in TUNE_MARGINS]
+        grid = [pooled(p) for p in _tune_pairs()]
         chosen = _choose(grid, held_before["hit@1"])
         tuning = {"before": held_before, "grid": grid, "chosen": chosen, "folds": k}
         if chosen is None:
