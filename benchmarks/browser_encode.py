@@ -71,7 +71,7 @@ def main() -> None:
     import torch
     from playwright.sync_api import sync_playwright
 
-    from isacir.bench.query_side import cpu_info
+    from isacir.bench.machine import cpu_info
     from isacir.export import export_edge
     from isacir.foundation import create_foundation
     from isacir.query import QueryEncoder

@@ -262,6 +262,11 @@ def load_feedback_runs() -> list[dict]:
     return sorted((r for r in runs if _training_seed(r) == r["seed"]), key=lambda r: r["seed"])
 
 
+def load_reruns() -> list[dict]:
+    """``bench feedback`` runs of a recorded command repeated on another CPU model."""
+    return [json.loads(p.read_text()) for p in sorted((RESULTS / "reruns").glob("feedback-*.json"))]
+
+
 def _training_seed(run: dict) -> int:
     return run["settings"].get("seed", run["seed"])
 
@@ -377,6 +382,14 @@ def _served(run: dict) -> list[tuple[str, dict, dict | None, dict | None]]:
     return served
 
 
+def _every_goal(run: dict, served: dict) -> str:
+    """The verdict on every goal at once (gain, forgetting, flips) of an adapter served in ``run``."""
+    ka = served.get("known_phrasings_R@10")
+    known = None if ka is None else {"R@10": ka}
+    goals = feedback_goals(run["before"], served, served["flip_rate"], run["known_phrasings"]["before"], known)
+    return "missed" if not goals_met(goals) else ("not measured" if ka is None else "**met**")
+
+
 def feedback_tuned_table(runs: list[dict]) -> str:
     """What ``isacir adapt --tune`` (and ``--tune --refit``) serves for each recipe: the pair the
     held-out feedback picks, its test numbers, and whether it meets every goal of the issue (gain,
@@ -396,11 +409,8 @@ def feedback_tuned_table(runs: list[dict]) -> str:
             flips = f"{h['flips']} ({100 * h['flip_rate']:.1f} %)" if h else "–"
             kb = r["known_phrasings"]["before"]["R@10"]
             ka = s.get("known_phrasings_R@10")
-            goals = feedback_goals(
-                b, s, s["flip_rate"], r["known_phrasings"]["before"], None if ka is None else {"R@10": ka}
-            )
             known = "–" if ka is None else _arrow(kb, ka)
-            verdict = "missed" if not goals_met(goals) else ("not measured" if ka is None else "**met**")
+            verdict = _every_goal(r, s)
             lines.append(
                 f"| {r['seed']} | {recipe} | {s['interpolation']:.2f} | {s['guard_margin']:.2f} | {held} | {flips} "
                 f"| {_arrow(b['R@1'], s['R@1'])} | {_arrow(b['R@10'], s['R@10'])} | {100 * s['flip_rate']:.1f} % "
@@ -437,6 +447,45 @@ def feedback_intervals_table(runs: list[dict]) -> str:
                 f"({100 * f['interval'][0]:.1f} to {100 * f['interval'][1]:.1f} %) | {_verdict(f)} |"
             )
     lines += ["", f"{noisy} of these {total} verdicts are within noise: their interval contains the goal's threshold."]
+    return "\n".join(lines) + "\n"
+
+
+def _cpu(run: dict) -> str:
+    cpu = run.get("cpu")
+    return cpu["model"] if cpu else "not recorded"
+
+
+def _same_recipe(a: dict, b: dict) -> bool:
+    keys = ("lora_rank", "refit", "folds")
+    return (
+        a["seed"] == b["seed"]
+        and _training_seed(a) == _training_seed(b)
+        and all(a["settings"].get(k) == b["settings"].get(k) for k in keys)
+    )
+
+
+def feedback_reruns_table(records: list[dict], reruns: list[dict]) -> str:
+    """Each rerun of a recorded ``bench feedback`` command on another CPU beside its run of record:
+    the pair each served recipe got, its test gain and flips, and the verdict on every goal."""
+    lines = [
+        "| seed | recipe | CPU | before R@1 | interpolation | margin | test R@1 | test flips | every goal |",
+        "|---:|---|---|---:|---:|---:|---|---:|---|",
+    ]
+    for rerun in sorted(reruns, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
+        record = next((r for r in records if _same_recipe(r, rerun)), None)
+        if record is None:
+            raise SystemExit(f"rerun of seed {rerun['seed']} has no run of record with the same settings")
+        for run in (record, rerun):
+            b = run["before"]
+            for recipe, s, _, _ in _served(run):
+                flips = verdict_intervals(b, s, run["test_queries"])["flip_rate"]
+                lines.append(
+                    f"| {run['seed']} | {recipe} | {_cpu(run)} | {b['R@1']:.1f} | {s['interpolation']:.2f} "
+                    f"| {s['guard_margin']:.2f} | {_arrow(b['R@1'], s['R@1'])} | {flips['flips']} of {flips['of']} "
+                    f"| {_every_goal(run, s)} |"
+                )
+    if not reruns:
+        return "No rerun on another CPU is recorded yet.\n"
     return "\n".join(lines) + "\n"
 
 
@@ -715,6 +764,7 @@ def render() -> dict[Path, str]:
         "feedback-recipes": feedback_recipes_table(feedback_runs + lora_runs),
         "feedback-tuned": feedback_tuned_table(feedback_runs + lora_runs),
         "feedback-intervals": feedback_intervals_table(feedback_runs + lora_runs),
+        "feedback-reruns": feedback_reruns_table(feedback_runs + lora_runs, load_reruns()),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

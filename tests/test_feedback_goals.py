@@ -3,6 +3,8 @@ each verdict is (the intervals themselves are tested in test_intervals.py)."""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from isacir.experiments.shapes.feedback_goals import (
 )
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+#: the runs of record, and the same commands rerun on another CPU model
+RECORDED = sorted(RESULTS.glob("feedback-*.json")) + sorted(RESULTS.glob("reruns/feedback-*.json"))
 
 
 def test_goal_boundaries_hold_as_written():
@@ -34,7 +38,7 @@ def test_goal_boundaries_hold_as_written():
     assert moon["moonshot: test R@1 >= oracle reference caption + modifier"] is False and goals_met(moon)
 
 
-@pytest.mark.parametrize("path", sorted(RESULTS.glob("feedback-*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.name)
 def test_recorded_runs_agree_with_the_goals(path):
     """Every recorded ``bench feedback`` run carries the verdicts these goals give its numbers."""
     r = json.loads(path.read_text())
@@ -43,7 +47,7 @@ def test_recorded_runs_agree_with_the_goals(path):
     assert feedback_goals(r["before"], r["after"], r["flip_rate"], k["before"], k["after"], oracle) == r["goals"]
 
 
-@pytest.mark.parametrize("path", sorted(RESULTS.glob("feedback-*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.name)
 def test_recorded_runs_turn_back_into_counts(path):
     """The intervals read counts out of stored rates; each served result must give whole counts
     whose rates are the stored ones, and the verdicts must be the goals' own."""
@@ -83,3 +87,33 @@ def test_a_verdict_is_decided_only_when_its_interval_clears_the_threshold():
     assert edge["flip_rate"]["interval"][0] < MAX_TEST_FLIP_RATE < edge["flip_rate"]["interval"][1]
     far = verdict_intervals(before, {"R@1": 21.0, "flip_rate": 0.3}, 500)
     assert not far["r1_gain"]["met"] and far["r1_gain"]["decided"] and far["flip_rate"]["decided"]
+
+
+def _renderer():
+    spec = importlib.util.spec_from_file_location("render_results", RESULTS.parent / "render_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_rerun_sits_beside_its_run_of_record():
+    """The reruns table pairs a rerun with the recorded run of the same command and judges each
+    served recipe of both on every goal."""
+    render = _renderer()
+    record = json.loads((RESULTS / "feedback-lora4-seed0.json").read_text())
+    rerun = copy.deepcopy(record)
+    rerun["cpu"] = {"model": "Test CPU"}
+    assert record["tuned_then_refit"]["R@1"] - record["before"]["R@1"] < 8  # missed on record
+    rerun["tuned_then_refit"]["R@1"] = record["before"]["R@1"] + 9.0
+    rows = [line for line in render.feedback_reruns_table([record], [rerun]).splitlines() if line.startswith("| 0 |")]
+    served = len(render._served(record))
+    assert len(rows) == 2 * served
+    assert all("not recorded" in r for r in rows[:served]) and all("Test CPU" in r for r in rows[served:])
+    refit = [r for r in rows if "refit on all" in r]
+    assert refit[0].endswith("| missed |") and refit[1].endswith("| **met** |")
+    # a rerun whose settings match no run of record is refused, not shown alone
+    stray = copy.deepcopy(rerun)
+    stray["settings"]["lora_rank"] = 8
+    with pytest.raises(SystemExit, match="no run of record"):
+        render.feedback_reruns_table([record], [stray])
+    assert render.feedback_reruns_table([record], []).startswith("No rerun")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import replace
 
@@ -124,6 +125,8 @@ def test_bench_feedback_on_the_small_bench(small_loop):
     assert detail["unseen_phrasings_queries"] == left_out > 0
     # the intervals turn the stored rates back into counts of the test queries
     assert detail["test_queries"] == len(anns)
+    # which CPU made the numbers: another model differs in the last float bits of every training
+    assert detail["cpu"]["model"] and detail["cpu"]["logical_cpus"] == os.cpu_count()
     v = verdict_intervals(
         detail["before"], {"R@1": summary["after"]["R@1"], "flip_rate": summary["flip_rate"] or 0.0}, len(anns)
     )

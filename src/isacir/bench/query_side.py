@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .machine import cpu_info
 from .sample_images import PHOTOS, center_square, jpeg_size, natural_photo
 
 
@@ -256,50 +257,6 @@ def backbones_report(result: dict) -> str:
 
 # ----- per runtime -----------------------------------------------------------------------------------
 RUNTIMES = ("torch", "onnx", "onnx-int8")
-#: the CPU features that decide how fast int8 and fp32 kernels run
-_VECTOR_FLAGS = (
-    "sse4_2",
-    "avx",
-    "avx2",
-    "fma",
-    "avx_vnni",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx512_bf16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-    "asimd",
-    "asimddp",
-    "sve",
-    "i8mm",
-)
-
-
-def cpu_info() -> dict:
-    """The CPU and its vector extensions (the speed ratio depends on them)."""
-    import os
-    import platform
-
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "cpu model") and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key in ("flags", "features"):
-                    flags.update(value.split())
-    except OSError:
-        pass
-    return {
-        "model": model,
-        "machine": platform.machine(),
-        "logical_cpus": os.cpu_count(),
-        "vector_extensions": [f for f in _VECTOR_FLAGS if f in flags],
-    }
 
 
 class _ImageTower(torch.nn.Module):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..._fs import atomic_write_text
 from ...adapt import AdaptSettings
+from ...bench.machine import cpu_info
 from .bench import METRICS, ShapesBenchConfig, cached_isa
 from .feedback_goals import feedback_goals
 from .phrasing import known_phrasings_copy
@@ -285,6 +286,7 @@ def run_feedback_bench(
         **summary,
         "goals": check_feedback_goals(summary, oracle),
         "test_queries": len(test.bench.queries),  # turns the rates back into counts (the goals' intervals)
+        "cpu": cpu_info(),  # a cache built on another CPU model differs in its last float bits
         "flip_rate_rephrasing_only": flip_rephrased,
         "flip_rate_int4_payload": _flip_rate(test, before_rank, int4_rank),
         "interpolation_tradeoff": tradeoff,
