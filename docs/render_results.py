@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout, before or without 
 from isacir.experiments.shapes.feedback_goals import (  # noqa: E402  (torch-free)
     feedback_goals,
     goals_met,
+    paired_counts,
     verdict_intervals,
 )
 
@@ -467,6 +468,8 @@ def _same_recipe(a: dict, b: dict) -> bool:
 def feedback_reruns_table(records: list[dict], reruns: list[dict]) -> str:
     """Each rerun of a recorded ``bench feedback`` command on another CPU beside its run of record:
     the pair each served recipe got, its test gain and flips, and the verdict on every goal."""
+    if not reruns:
+        return "No rerun on another CPU is recorded yet.\n"
     lines = [
         "| seed | recipe | CPU | before R@1 | interpolation | margin | test R@1 | test flips | every goal |",
         "|---:|---|---|---:|---:|---:|---|---:|---|",
@@ -478,14 +481,12 @@ def feedback_reruns_table(records: list[dict], reruns: list[dict]) -> str:
         for run in (record, rerun):
             b = run["before"]
             for recipe, s, _, _ in _served(run):
-                flips = verdict_intervals(b, s, run["test_queries"])["flip_rate"]
+                right, _, lost = paired_counts(b["R@1"], s["R@1"], s["flip_rate"], run["test_queries"])
                 lines.append(
                     f"| {run['seed']} | {recipe} | {_cpu(run)} | {b['R@1']:.1f} | {s['interpolation']:.2f} "
-                    f"| {s['guard_margin']:.2f} | {_arrow(b['R@1'], s['R@1'])} | {flips['flips']} of {flips['of']} "
+                    f"| {s['guard_margin']:.2f} | {_arrow(b['R@1'], s['R@1'])} | {lost} of {right} "
                     f"| {_every_goal(run, s)} |"
                 )
-    if not reruns:
-        return "No rerun on another CPU is recorded yet.\n"
     return "\n".join(lines) + "\n"
 
 
