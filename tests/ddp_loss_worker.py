@@ -17,7 +17,13 @@ import torch.distributed as dist
 warnings.simplefilter("ignore")
 
 from isacir.training.losses import gcd_loss, gcd_loss_global  # noqa: E402
-from isacir.training.trainer import DistInfo, TrainingError, _skip_batch, check_shared_filesystem  # noqa: E402
+from isacir.training.trainer import (  # noqa: E402
+    DistInfo,
+    TrainingError,
+    _skip_batch,
+    check_shared_filesystem,
+    shutdown_distributed,
+)
 
 out, split = sys.argv[1], [int(n) for n in sys.argv[2].split(",")]
 dist.init_process_group("gloo")
@@ -86,6 +92,5 @@ if rank == 0:
     with open(out, "w") as f:
         json.dump({"diffs": diffs, "decisions": everyone, "shared_fs": messages}, f)
 print(f"rank {rank} done")
-# leave the group before exiting: gloo's threads otherwise abort the process at interpreter exit
-dist.barrier()
-dist.destroy_process_group()
+del ddp  # its reducer holds the process group: free it before leaving the group
+shutdown_distributed()

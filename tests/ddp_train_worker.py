@@ -9,6 +9,7 @@ warnings.simplefilter("ignore")
 
 from isacir.foundation import create_foundation  # noqa: E402
 from isacir.training import TrainConfig, train  # noqa: E402
+from isacir.training.trainer import shutdown_distributed  # noqa: E402
 
 images, foundation, out = sys.argv[1:4]
 torch.set_num_threads(1)
@@ -31,5 +32,4 @@ res = train(images, fnd, out, cfg, log=lambda m: None)
 rank = torch.distributed.get_rank()
 torch.save({k: v.detach().clone() for k, v in res.encoder.state_dict().items()}, f"{out}/rank{rank}.pt")
 print(f"rank {rank} world {torch.distributed.get_world_size()} steps {res.steps}")
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
+shutdown_distributed()

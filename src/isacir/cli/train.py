@@ -148,10 +148,10 @@ def train_cmd(**kwargs: Any) -> None:
             "seconds": round(result.seconds, 2),
         }
     )
-    import torch.distributed as dist
+    from ..training.trainer import shutdown_distributed
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()  # left alive, the backend's threads can abort the process at exit
+    del result  # nothing of the run may keep the process group alive past the shutdown
+    shutdown_distributed()
 
 
 FIXED_PARAMETERS = _fixed_parameters()

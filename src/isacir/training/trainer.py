@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import gc
 import json
 import math
 import os
@@ -122,6 +123,24 @@ def init_distributed() -> DistInfo:
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group so that the process exits cleanly.
+
+    A DistributedDataParallel wrapper sits in a reference cycle and keeps the backend's process
+    group alive after ``destroy_process_group``; if the collector first frees it while the
+    interpreter is finalising, gloo's threads are torn down unjoined and the process aborts
+    ("terminate called without an active exception") after its work is done. Collecting first
+    frees the group while the interpreter is whole; the barrier lets no rank leave while another
+    still talks to it.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def _barrier(info: DistInfo) -> None:
