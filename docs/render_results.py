@@ -490,6 +490,60 @@ def feedback_reruns_table(records: list[dict], reruns: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_replicates() -> list[dict]:
+    """``bench replicates`` runs: recorded runs' served adapters on fresh draws of the test split."""
+    return [json.loads(p.read_text()) for p in sorted((RESULTS / "replicates").glob("feedback-*.json"))]
+
+
+#: the served recipes of a run by their key in its JSON, in the order :func:`_served` lists them
+SERVED_KEYS = ("tuned_on_held_out", "tuned_then_refit", "tuned_by_folds")
+
+
+def feedback_replicates_table(runs: list[dict], replicates: list[dict]) -> str:
+    """Each served recipe of a run on its own test split and pooled over the replicates: the R@1
+    gain and the flips with their 95 % intervals, the known-phrasings change, every goal."""
+    if not replicates:
+        return "No `bench replicates` run is recorded yet.\n"
+    lines = [
+        "| seed | recipe | on | queries | R@1 gain (95 % interval) | flips (95 % interval) "
+        "| known-phrasings R@10 | every goal |",
+        "|---:|---|---|---:|---|---|---:|---|",
+    ]
+    for rep in sorted(replicates, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
+        model = (rep.get("run_cpu") or {}).get("model")
+        run = next((r for r in runs if _same_recipe(r, rep) and (r.get("cpu") or {}).get("model") == model), None)
+        if run is None:
+            raise SystemExit(f"replicates of seed {rep['seed']} have no recorded run with their settings and CPU")
+        keys = [k for k in SERVED_KEYS if run.get(k)]
+        pooled = rep["pooled"]
+        for key, (recipe, served, _, _) in zip(keys, _served(run), strict=True):
+            v = verdict_intervals(run["before"], served, run["test_queries"])
+            known = served["known_phrasings_R@10"] - run["known_phrasings"]["before"]["R@10"]
+            rows = [("the test split", run["test_queries"], v, known, _every_goal(run, served))]
+            p = pooled[key]
+            if (p["interpolation"], p["guard_margin"]) != (served["interpolation"], served["guard_margin"]):
+                raise SystemExit(f"replicates of seed {rep['seed']} served {key} at another pair than the run")
+            met = f"{p['replicates_meeting_every_goal']} of {rep['replicates']} replicates"
+            rows.append(
+                (
+                    f"{rep['replicates']} replicates, pooled",
+                    rep["queries"],
+                    p["intervals"],
+                    p["known_phrasings_R@10"] - pooled["known_phrasings_before"]["R@10"],
+                    f"{'**met**' if p['every_goal'] else 'missed'} ({met})",
+                )
+            )
+            for on, n, iv, dk, verdict in rows:
+                g, f = iv["r1_gain"], iv["flip_rate"]
+                lines.append(
+                    f"| {rep['seed']} | {recipe} | {on} | {n:,} "
+                    f"| {g['points']:+.1f} ({g['interval'][0]:+.1f} to {g['interval'][1]:+.1f}) "
+                    f"| {f['flips']} of {f['of']}: {100 * f['rate']:.1f} % "
+                    f"({100 * f['interval'][0]:.1f} to {100 * f['interval'][1]:.1f} %) | {dk:+.1f} | {verdict} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def feedback_recipes_table(runs: list[dict]) -> str:
     """Adapter recipes on the same pilot: held-out feedback (what chooses a recipe) and the test."""
     if not runs:
@@ -766,6 +820,7 @@ def render() -> dict[Path, str]:
         "feedback-tuned": feedback_tuned_table(feedback_runs + lora_runs),
         "feedback-intervals": feedback_intervals_table(feedback_runs + lora_runs),
         "feedback-reruns": feedback_reruns_table(feedback_runs + lora_runs, load_reruns()),
+        "feedback-replicates": feedback_replicates_table(feedback_runs + lora_runs + load_reruns(), load_replicates()),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

@@ -349,3 +349,119 @@ def test_shifted_world_draws_the_same_scenes_in_another_look(split, tmp_path):
         assert y[..., 2].mean() < y[..., 0].mean()  # the warm light
     with pytest.raises(ValueError, match="unknown world variant"):
         ShapesConfig(variant="night")
+
+
+def test_a_replicate_is_another_draw_of_the_test_split(split, tmp_path):
+    """Built as the test split is (queries, phrasings, hard negatives, distractors), from streams
+    of its own: no image of the test gallery or of another replicate is re-drawn but by chance."""
+    from isacir.experiments.shapes.world import generate_replicate
+
+    world, _ = split
+    one = generate_replicate(tmp_path / "1", SMALL_WORLD, 1)
+    two = generate_replicate(tmp_path / "2", SMALL_WORLD, 2)
+
+    def pixels(folder):
+        return [Image.open(p).tobytes() for p in sorted((folder / "unlabeled2017").iterdir())]
+
+    test_anns = json.loads((world / "annotations" / "test.json").read_text())
+    test_gallery = len(json.loads((world / "annotations" / "image_info_unlabeled2017.json").read_text())["images"])
+    seen = set(pixels(world))
+    for rep in (one, two):
+        anns = json.loads((rep / "annotations" / "test.json").read_text())
+        assert len(anns) == len(test_anns) == SMALL_WORLD.test_queries
+        assert anns != test_anns
+        for a in anns:
+            kind = a["shared_concept"]
+            assert parse_modifier(kind, a["relative_caption"])[1] in PHRASES[kind]["test"]
+            assert a["reference_img_id"] not in a["gt_img_ids"] and a["target_img_id"] in a["gt_img_ids"]
+        images = json.loads((rep / "annotations" / "image_info_unlabeled2017.json").read_text())["images"]
+        # each query brings its reference, its target and 2 or 3 hard negatives; then the distractors
+        assert len(images) - SMALL_WORLD.distractors in range(4 * len(anns), 5 * len(anns) + 1)
+        assert abs(len(images) - test_gallery) <= 2 * len(anns)
+        mine = pixels(rep)
+        assert sum(px in seen for px in mine) <= len(mine) // 50  # chance repeats only
+        seen |= set(mine)
+    # cached by key, and deterministic: the same index draws the same split again
+    stamp = (one / "replicate.json").stat().st_mtime_ns
+    assert generate_replicate(one, SMALL_WORLD, 1) == one and (one / "replicate.json").stat().st_mtime_ns == stamp
+    again = generate_replicate(tmp_path / "again", SMALL_WORLD, 1)
+    assert (again / "annotations" / "test.json").read_text() == (one / "annotations" / "test.json").read_text()
+    assert pixels(again) == pixels(one)
+    # a crash leaves a .partial folder behind: the next call builds over it and swaps it in whole
+    (tmp_path / "3.partial" / "unlabeled2017").mkdir(parents=True)
+    (tmp_path / "3.partial" / "unlabeled2017" / "stale.png").write_bytes(b"left by a killed run")
+    three = generate_replicate(tmp_path / "3", SMALL_WORLD, 3)
+    assert (three / "replicate.json").is_file() and not (tmp_path / "3.partial").exists()
+    with pytest.raises(ValueError, match="at least 1"):
+        generate_replicate(tmp_path / "0", SMALL_WORLD, 0)
+
+
+@pytest.mark.slow
+def test_replicates_judge_the_runs_served_adapters_again(small_loop):
+    """`bench replicates` on the small loop's run: the served adapters of its JSON, on fresh draws
+    of the test split, pooled by counting queries (checked against each replicate's own metrics)."""
+    from isacir.adapt import QueryAdapter
+    from isacir.errors import IsacirError
+    from isacir.experiments.shapes.feedback_goals import feedback_goals, goals_met
+    from isacir.experiments.shapes.replicates import RECIPES, _served_adapters, run_replicates
+
+    out, cfg, _, _, _ = small_loop
+    quiet = {"progress": False, "log": lambda *_: None}
+    summary = run_replicates(out, 0, 2, adapt_seed=1, config=cfg, **quiet)
+    detail = json.loads((out / "feedback-seed0-adapt1-replicates.json").read_text())
+    run = json.loads((out / "feedback-seed0-adapt1.json").read_text())
+    n = cfg.world.test_queries
+    assert summary["queries"] == detail["queries"] == 2 * n and detail["replicates"] == 2
+    rows, pooled = detail["per_replicate"], detail["pooled"]
+    assert [r["index"] for r in rows] == [1, 2]
+    # the run judged again is named with its recipe and the adapters it served
+    assert detail["bench"] == "feedback-seed0-adapt1.json" and detail["settings"] == run["settings"]
+    folder = next((out / "feedback").glob("seed0-*"))
+    refit = QueryAdapter.from_pretrained(folder / "adapter-refit")
+    assert detail["adapters"]["tuned_then_refit"] == refit.fingerprint
+    # pooled by counting queries = the mean of the replicates' own R@K (equal sizes)
+    for metric in ("R@1", "R@10"):
+        assert pooled["before"][metric] == pytest.approx(sum(r["before"][metric] for r in rows) / 2, abs=1e-9)
+    assert set(RECIPES) == {k for k in pooled if k not in ("before", "known_phrasings_before")}
+    for name, served in pooled.items():
+        if name in ("before", "known_phrasings_before"):
+            continue
+        # the adapters served are the run's own, at the pair its JSON records
+        assert (served["interpolation"], served["guard_margin"]) == (
+            run[name]["interpolation"],
+            run[name]["guard_margin"],
+        )
+        for metric in ("R@1", "R@10", "known_phrasings_R@10"):
+            assert served[metric] == pytest.approx(sum(r[name][metric] for r in rows) / 2, abs=1e-9)
+        # flips: counted per replicate from its rates, summed, they are the pooled count
+        flips = right = 0
+        for r in rows:
+            had = round(r["before"]["R@1"] * n / 100)
+            right += had
+            flips += round((r[name]["flip_rate"] or 0.0) * had)
+        assert (served["flips"], served["right_before"]) == (flips, right)
+        assert served["flip_rate"] == (round(flips / right, 4) if right else None)
+        goals = feedback_goals(
+            pooled["before"],
+            served,
+            served["flip_rate"],
+            pooled["known_phrasings_before"],
+            {"R@10": served["known_phrasings_R@10"]},
+        )
+        assert served["goals"] == goals and served["every_goal"] == goals_met(goals)
+        assert served["replicates_meeting_every_goal"] == sum(r[name]["every_goal"] for r in rows)
+        if right:
+            gain = served["intervals"]["r1_gain"]
+            assert gain["points"] == pytest.approx(served["R@1"] - pooled["before"]["R@1"], abs=1e-9)
+            assert gain["interval"][0] <= gain["points"] <= gain["interval"][1]
+        else:
+            assert served["intervals"] is None
+    assert summary["tuned_then_refit"]["R@1"] == pooled["tuned_then_refit"]["R@1"]
+    # an adapter folder from another run than the JSON describes is refused, naming both
+    stale = {**run, "adapters": {**run["adapters"], "60": {**run["adapters"]["60"], "fingerprint": "0" * 16}}}
+    with pytest.raises(IsacirError, match="0000000000000000.*another run"):
+        _served_adapters(folder, stale)
+    with pytest.raises(IsacirError, match="no bench feedback run"):
+        run_replicates(out, 0, 1, adapt_seed=7, config=cfg, **quiet)
+    with pytest.raises(IsacirError, match="--count must be at least 1"):
+        run_replicates(out, 0, 0, adapt_seed=1, config=cfg, **quiet)

@@ -298,6 +298,44 @@ def bench_feedback_cmd(
     emit_json(summary)
 
 
+@bench_app.command("replicates")
+def bench_replicates_cmd(
+    seed: int = typer.Option(0, help="The seed of the bench feedback run to judge again."),
+    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
+    count: int = typer.Option(4, help="Replicates of the test split, each as large as the test split itself."),
+    adapt_seed: Optional[int] = typer.Option(
+        None, help="The run's adapter training seed, when it was not --seed (a feedback-seedS-adaptA run)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """A bench feedback run's served adapters on fresh draws of the test split, pooled.
+
+    Trains nothing: the adapters and their pairs are the run's. Each replicate is built as the test
+    split is (queries, hard negatives, distractors, held-out phrasings) from random streams of its
+    own. The last stdout line is {"seed", "replicates", "queries", "before", and per served recipe
+    "R@1", "R@10", "flip_rate", "known_phrasings_R@10", "every_goal"} over the pooled queries;
+    per-replicate numbers, goals and intervals land in OUT/feedback-seedS-replicates.json.
+    """
+    from ..experiments.shapes.replicates import replicates_stem, run_replicates
+
+    summary = run_replicates(out_dir, seed, count, adapt_seed, log=lambda m: err.print(escape(str(m)), highlight=False))
+    if not as_json:
+        detail = json.loads((out_dir / f"{replicates_stem(seed, adapt_seed)}.json").read_text())
+        pooled = detail["pooled"]
+        for name, served in pooled.items():
+            if not isinstance(served, dict) or "goals" not in served:
+                continue
+            gain = served["intervals"]["r1_gain"] if served["intervals"] else None
+            span = f" [{gain['interval'][0]:+.1f}, {gain['interval'][1]:+.1f}]" if gain else ""
+            verdict = "[green]every goal met[/]" if served["every_goal"] else "[red]missed[/]"
+            err.print(
+                f"{name}: R@1 {pooled['before']['R@1']} -> {served['R@1']}{span}, flips {served['flips']} of "
+                f"{served['right_before']}: {verdict} on {detail['queries']} queries; "
+                f"{served['replicates_meeting_every_goal']} of {detail['replicates']} replicates meet every goal"
+            )
+    emit_json(summary)
+
+
 @bench_app.command("domain")
 def bench_domain_cmd(
     seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse."),

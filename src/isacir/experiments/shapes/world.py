@@ -25,6 +25,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..._fs import atomic_write_text, replace_dir
+
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 COLOURS = {
     "red": (220, 40, 40),
@@ -342,9 +344,20 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
     (out / "foundation_captions.json").write_text(json.dumps(pairs))
 
     # 3. composed test queries over a gallery with hard negatives, in CIRCO's layout
+    caption_rng = random.Random(config.seed + 7919)  # separate stream: captions do not move the scenes
+    write_test_split(out, config, rng, caption_rng)
+    done.write_text(json.dumps({"key": config.key(), "config": asdict(config), "phrases": PHRASES}))
+    return out
+
+
+def write_test_split(out: Path, config: ShapesConfig, rng: random.Random, caption_rng: random.Random) -> None:
+    """Composed test queries over a gallery with hard negatives, written in CIRCO's layout.
+
+    Scenes come from ``rng`` and reference / target captions (oracle diagnostics only) from
+    ``caption_rng``, so that a world and its replicates differ only in the streams they are given.
+    """
     gallery: list[Scene] = []
     queries = []
-    caption_rng = random.Random(config.seed + 7919)  # separate stream: captions do not move the scenes
     while len(queries) < config.test_queries:
         ref = random_scene(rng, config.max_objects)
         edit = make_edit(rng, ref, "test")
@@ -373,7 +386,7 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
     for gid, scene in enumerate(gallery):
         image_id = 1_000_000 + gid
         name = f"{image_id:012d}.png"
-        render(scene, size, variant=config.variant).save(img_dir / name)
+        render(scene, config.image_size, variant=config.variant).save(img_dir / name)
         images.append({"id": image_id, "file_name": name})
         by_key.setdefault(scene.key(), []).append(image_id)
     annotations = []
@@ -397,5 +410,43 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
     (out / "annotations").mkdir(exist_ok=True)
     (out / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
     (out / "annotations" / "test.json").write_text(json.dumps(annotations))
-    done.write_text(json.dumps({"key": config.key(), "config": asdict(config), "phrases": PHRASES}))
+
+
+#: Bumped whenever a replicate's output changes for the same world and index.
+REPLICATE_FORMAT = 1
+
+
+def replicate_key(config: ShapesConfig, index: int) -> str:
+    raw = json.dumps([REPLICATE_FORMAT, config.key(), index], sort_keys=True).encode()
+    return hashlib.blake2b(raw, digest_size=6).hexdigest()
+
+
+def generate_replicate(out: str | os.PathLike, config: ShapesConfig, index: int) -> Path:
+    """Write replicate ``index`` of the world's test split to ``out`` (cached by its key).
+
+    A replicate is another draw of the test split: as many queries, built the same way (held-out
+    phrasings, hard negatives, distractors), in a gallery of the same size, from random streams
+    of its own, so that no scene of the test split or of another replicate is re-drawn on purpose.
+    A few hundred queries measure a gain of a few points with an interval as wide as the gain's
+    margin over a goal; replicates measure the same quantity again, so that a verdict can be told
+    apart from the draw of the test queries. No training image or caption is written: a replicate
+    is only ever evaluated.
+    """
+    if index < 1:
+        raise ValueError(f"replicate index must be at least 1 (the test split itself is 0), got {index}")
+    out = Path(out)
+    key = replicate_key(config, index)
+    done = out / "replicate.json"
+    if done.is_file() and json.loads(done.read_text()).get("key") == key:
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    write_test_split(
+        tmp,
+        config,
+        random.Random(f"replicate-{config.seed}-{index}"),
+        random.Random(f"replicate-captions-{config.seed}-{index}"),
+    )
+    atomic_write_text(tmp / "replicate.json", json.dumps({"key": key, "index": index, "world": asdict(config)}))
+    replace_dir(tmp, out)
     return out

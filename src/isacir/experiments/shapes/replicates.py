@@ -1,0 +1,223 @@
+"""``isacir bench replicates``: a finished ``bench feedback`` run, judged again on fresh test draws.
+
+The feedback goals are judged on 500 test queries, and the flip goal on the hundred or so of them
+answered right at rank 1 before, so a verdict can turn on one query, and the draw of the test
+queries moves it as much as anything the adapter does. Replicates of the test split (the same
+construction, from random streams of their own: see
+:func:`~isacir.experiments.shapes.world.generate_replicate`) measure the same served adapters
+again, without training anything. Pooled over R replicates, the gains are measured on R times as
+many queries, so their intervals shrink by about the square root of R, and the verdicts say
+whether a recipe meets the goals in expectation rather than on one draw.
+
+Nothing here feeds back into a choice: the adapters, their pairs and the pilot are those of the
+run, fixed before any replicate was drawn.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..._fs import atomic_write_text
+from ...bench.machine import cpu_info
+from ...errors import IsacirError
+from ...progress import progress_bar
+from .bench import ShapesBenchConfig, cached_isa
+from .feedback_bench import _TestSet, feedback_stem
+from .feedback_goals import feedback_goals, goals_met, verdict_intervals
+from .phrasing import known_phrasings_copy
+from .pilot import PilotConfig
+from .world import generate_replicate
+
+if TYPE_CHECKING:
+    from ...adapt import QueryAdapter
+
+#: the served recipes of a ``bench feedback`` run, by their key in its JSON, and the adapter
+#: folder each one serves from (``None``: the final curve adapter, at the pair the JSON records)
+RECIPES: dict[str, str | None] = {
+    "tuned_on_held_out": None,
+    "tuned_then_refit": "adapter-refit",
+    "tuned_by_folds": "adapter-folds",
+}
+
+
+def replicates_stem(seed: int, adapt_seed: int | None = None) -> str:
+    return feedback_stem(seed, adapt_seed) + "-replicates"
+
+
+def _hits(test: _TestSet, rankings: list[list[str]], k: int) -> list[bool]:
+    """Per test query, whether one of its targets is in the top ``k``."""
+    return [bool(set(r[:k]) & set(q.targets)) for q, r in zip(test.bench.queries, rankings, strict=True)]
+
+
+def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapter]:
+    """The run's served adapters, checked to be the ones its JSON describes."""
+    from ...adapt import QueryAdapter
+
+    final = run / f"adapter-{max(int(n) for n in detail['curve'])}"
+    recorded = detail["adapters"][str(max(int(n) for n in detail["curve"]))]["fingerprint"]
+    if not final.is_dir():
+        raise IsacirError(f"{final} is missing: rerun isacir bench feedback for seed {detail['seed']}")
+    found = QueryAdapter.from_pretrained(final).fingerprint
+    if found != recorded:
+        raise IsacirError(
+            f"{final} holds adapter {found}, but the run's JSON records {recorded}: the folder belongs to "
+            "another run of this seed (a later bench feedback with other settings?). Rerun bench feedback."
+        )
+    adapters: dict[str, QueryAdapter] = {}
+    for name, folder in RECIPES.items():
+        if name not in detail:
+            continue
+        served = detail[name]
+        if folder is None:
+            adapter = QueryAdapter.from_pretrained(
+                final, interpolation=served["interpolation"], guard_margin=served["guard_margin"]
+            )
+        else:
+            adapter = QueryAdapter.from_pretrained(run / folder)
+            pair = (adapter.interpolation, adapter.guard_margin)
+            if pair != (served["interpolation"], served["guard_margin"]):
+                raise IsacirError(f"{run / folder} serves {pair}, the run's JSON records another pair: rerun")
+        adapters[name] = adapter
+    return adapters
+
+
+def _pooled(hits: dict[str, list[bool]], before1: list[bool]) -> dict[str, Any]:
+    """R@1, R@10 (percent) and the flip rate against ``before1`` over the pooled queries."""
+    n = len(before1)
+    had = sum(before1)
+    lost = sum(b and not a for b, a in zip(before1, hits["R@1"], strict=True))
+    return {
+        "R@1": round(100 * sum(hits["R@1"]) / n, 2),
+        "R@10": round(100 * sum(hits["R@10"]) / n, 2),
+        "flip_rate": round(lost / had, 4) if had else None,
+        "flips": lost,
+        "right_before": had,
+    }
+
+
+def run_replicates(
+    out: str | Path,
+    seed: int = 0,
+    count: int = 4,
+    adapt_seed: int | None = None,
+    config: ShapesBenchConfig | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a ``bench feedback`` run's served adapters on ``count`` replicates of its test split.
+
+    Writes ``feedback-seed{S}-replicates.json`` into ``out`` and returns its summary: per served
+    recipe, the pooled numbers, the goals judged on them, and the R@1-gain and flip-rate intervals.
+    """
+    if count < 1:
+        raise IsacirError(f"--count must be at least 1, got {count}")
+    out = Path(out)
+    config = config or ShapesBenchConfig(seed=seed)
+    stem = feedback_stem(seed, adapt_seed)
+    record = out / f"{stem}.json"
+    if not record.is_file():
+        raise IsacirError(f"no bench feedback run at {record}: run isacir bench feedback --seed {seed} first")
+    detail = json.loads(record.read_text())
+    pilot = PilotConfig(**detail["pilot_config"])
+    run = out / "feedback" / f"seed{seed}-{pilot.key(config.world)}"
+    t0 = time.perf_counter()
+    adapters = _served_adapters(run, detail)
+    if not adapters:
+        raise IsacirError(f"{record} records no served recipe ({', '.join(RECIPES)})")
+    _, fnd, _, qe = cached_isa(out, config, log, progress)
+
+    root = out / "worlds" / f"{config.world.key()}.replicates"
+    before1: list[bool] = []
+    before10: list[bool] = []
+    known_before10: list[bool] = []
+    pooled_hits = {name: {"R@1": [], "R@10": [], "known": []} for name in adapters}
+    per_replicate = []
+    for index in progress_bar(range(1, count + 1), desc="replicates", unit="replicate", disable=not progress):
+        world = generate_replicate(root / str(index), config.world, index)
+        test = _TestSet(world, fnd, qe, config.template, progress=False)
+        known = _TestSet(
+            known_phrasings_copy(world, root / f"{index}-known-phrasings"),
+            fnd,
+            qe,
+            config.template,
+            progress=False,
+            gallery_vecs=test.gallery_vecs,
+        )
+        metrics, rank = test.evaluate(None)
+        known_metrics, known_rank = known.evaluate(None)
+        b1 = _hits(test, rank, 1)
+        before1 += b1
+        before10 += _hits(test, rank, 10)
+        known_before10 += _hits(known, known_rank, 10)
+        row: dict[str, Any] = {"index": index, "before": metrics, "known_phrasings_before": known_metrics}
+        for name, adapter in adapters.items():
+            after, after_rank = test.evaluate(adapter)
+            known_after, known_after_rank = known.evaluate(adapter)
+            a1 = _hits(test, after_rank, 1)
+            pooled_hits[name]["R@1"] += a1
+            pooled_hits[name]["R@10"] += _hits(test, after_rank, 10)
+            pooled_hits[name]["known"] += _hits(known, known_after_rank, 10)
+            right = sum(b1)
+            lost = sum(b and not a for b, a in zip(b1, a1, strict=True))
+            row[name] = {
+                "R@1": after["R@1"],
+                "R@10": after["R@10"],
+                "flip_rate": round(lost / right, 4) if right else None,
+                "known_phrasings_R@10": known_after["R@10"],
+            }
+            row[name]["every_goal"] = goals_met(
+                feedback_goals(metrics, after, row[name]["flip_rate"], known_metrics, {"R@10": known_after["R@10"]})
+            )
+        per_replicate.append(row)
+        log(
+            f"replicate {index}: R@1 before {metrics['R@1']}; "
+            + ", ".join(f"{name} {row[name]['R@1']} (flips {row[name]['flip_rate']})" for name in adapters)
+        )
+
+    n = len(before1)
+    before = {"R@1": round(100 * sum(before1) / n, 2), "R@10": round(100 * sum(before10) / n, 2)}
+    known_before = {"R@10": round(100 * sum(known_before10) / n, 2)}
+    pooled: dict[str, Any] = {"before": before, "known_phrasings_before": known_before}
+    for name, hits in pooled_hits.items():
+        served = _pooled(hits, before1)
+        known_after = {"R@10": round(100 * sum(hits["known"]) / n, 2)}
+        goals = feedback_goals(before, served, served["flip_rate"], known_before, known_after)
+        pooled[name] = {
+            "interpolation": adapters[name].interpolation,
+            "guard_margin": adapters[name].guard_margin,
+            **served,
+            "known_phrasings_R@10": known_after["R@10"],
+            "goals": goals,
+            "every_goal": goals_met(goals),
+            "intervals": verdict_intervals(before, served, n) if served["right_before"] else None,
+            "replicates_meeting_every_goal": sum(r[name]["every_goal"] for r in per_replicate),
+        }
+    result = {
+        "seed": seed,
+        "bench": record.name,
+        # the run judged again: its recipe and the machine that trained its adapters
+        "settings": detail["settings"],
+        "run_cpu": detail.get("cpu"),
+        "adapters": {name: adapter.fingerprint for name, adapter in adapters.items()},
+        "replicates": count,
+        "queries": n,
+        "cpu": cpu_info(),
+        "pooled": pooled,
+        "per_replicate": per_replicate,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_text(out / f"{replicates_stem(seed, adapt_seed)}.json", json.dumps(result, indent=2))
+    return {
+        "seed": seed,
+        "replicates": count,
+        "queries": n,
+        "before": before,
+        **{
+            name: {k: pooled[name][k] for k in ("R@1", "R@10", "flip_rate", "known_phrasings_R@10", "every_goal")}
+            for name in adapters
+        },
+    }
