@@ -510,10 +510,15 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict]) -> str:
         "|---:|---|---|---:|---|---|---:|---|",
     ]
     for rep in sorted(replicates, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
-        model = (rep.get("run_cpu") or {}).get("model")
-        run = next((r for r in runs if _same_recipe(r, rep) and (r.get("cpu") or {}).get("model") == model), None)
-        if run is None:
-            raise SystemExit(f"replicates of seed {rep['seed']} have no recorded run with their settings and CPU")
+        # the final adapter's fingerprint names the run: another CPU or setting trains other weights
+        run = next(
+            (r for r in runs if r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"]),
+            None,
+        )
+        if run is None or not _same_recipe(run, rep):
+            raise SystemExit(
+                f"replicates of seed {rep['seed']} have no recorded run with their final adapter and settings"
+            )
         keys = [k for k in SERVED_KEYS if run.get(k)]
         pooled = rep["pooled"]
         for key, (recipe, served, _, _) in zip(keys, _served(run), strict=True):

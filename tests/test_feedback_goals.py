@@ -117,3 +117,69 @@ def test_a_rerun_sits_beside_its_run_of_record():
     with pytest.raises(SystemExit, match="no run of record"):
         render.feedback_reruns_table([record], [stray])
     assert render.feedback_reruns_table([record], []).startswith("No rerun")
+
+
+REPLICATES = sorted(RESULTS.glob("replicates/feedback-*.json"))
+
+
+@pytest.mark.parametrize("path", REPLICATES, ids=[p.stem for p in REPLICATES])
+def test_recorded_replicates_are_judged_as_their_numbers_say(path):
+    """Each recorded ``bench replicates`` run: its pooled numbers are its replicates' (equal sizes),
+    its verdicts are the goals judged on them, and it names a recorded run by its final adapter."""
+    rep = json.loads(path.read_text())
+    rows, pooled = rep["per_replicate"], rep["pooled"]
+    assert len(rows) == rep["replicates"] and rep["queries"] % rep["replicates"] == 0
+    per = rep["queries"] // rep["replicates"]
+    for name, served in pooled.items():
+        if name in ("before", "known_phrasings_before"):
+            continue
+        for metric in ("R@1", "R@10", "known_phrasings_R@10"):
+            assert served[metric] == pytest.approx(
+                sum(r[name][metric] for r in rows) / len(rows), abs=0.005 + 1e-9
+            )  # 2 decimals
+        had = [round(r["before"]["R@1"] * per / 100) for r in rows]
+        flips = sum(round(r[name]["flip_rate"] * h) for r, h in zip(rows, had, strict=True))
+        assert (served["flips"], served["right_before"]) == (flips, sum(had))
+        goals = feedback_goals(
+            pooled["before"],
+            served,
+            served["flip_rate"],
+            pooled["known_phrasings_before"],
+            {"R@10": served["known_phrasings_R@10"]},
+        )
+        assert served["goals"] == goals and served["every_goal"] == goals_met(goals)
+        v = verdict_intervals(pooled["before"], served, rep["queries"])
+        assert served["intervals"]["r1_gain"]["interval"] == pytest.approx(list(v["r1_gain"]["interval"]))
+    runs = [json.loads(p.read_text()) for p in RECORDED]
+    assert any(r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"] for r in runs)
+
+
+def test_replicates_sit_beside_the_test_split_of_their_run():
+    """The replicates table shows each served recipe on the run's test split and pooled over the
+    replicates, and refuses replicates whose run is not recorded or whose pair differs."""
+    render = _renderer()
+    runs = [json.loads(p.read_text()) for p in RECORDED]
+    reps = [json.loads(p.read_text()) for p in REPLICATES]
+    assert reps, "no recorded bench replicates run"
+    table = render.feedback_replicates_table(runs, reps)
+    for rep in reps:
+        run = next(
+            r for r in runs if r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"]
+        )
+        served = render._served(run)
+        rows = [line for line in table.splitlines() if line.startswith(f"| {rep['seed']} |")]
+        assert len(rows) == 2 * len(served)
+        assert [r.split(" | ")[2] for r in rows[::2]] == ["the test split"] * len(served)
+        for row, key in zip(rows[1::2], render.SERVED_KEYS, strict=False):
+            p = rep["pooled"][key]
+            assert f"{p['flips']} of {p['right_before']}" in row and f"{rep['queries']:,}" in row
+            assert row.endswith(f"({p['replicates_meeting_every_goal']} of {rep['replicates']} replicates) |")
+    stray = copy.deepcopy(reps[0])
+    stray["run_fingerprint"] = "f" * 16
+    with pytest.raises(SystemExit, match="no recorded run"):
+        render.feedback_replicates_table(runs, [stray])
+    moved = copy.deepcopy(reps[0])
+    moved["pooled"]["tuned_then_refit"]["guard_margin"] += 0.01
+    with pytest.raises(SystemExit, match="another pair"):
+        render.feedback_replicates_table(runs, [moved])
+    assert render.feedback_replicates_table(runs, []).startswith("No `bench replicates`")

@@ -416,12 +416,15 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
     assert [r["index"] for r in rows] == [1, 2]
     # the run judged again is named with its recipe and the adapters it served
     assert detail["bench"] == "feedback-seed0-adapt1.json" and detail["settings"] == run["settings"]
+    assert detail["run_fingerprint"] == run["adapters"]["60"]["fingerprint"]
     folder = next((out / "feedback").glob("seed0-*"))
     refit = QueryAdapter.from_pretrained(folder / "adapter-refit")
     assert detail["adapters"]["tuned_then_refit"] == refit.fingerprint
     # pooled by counting queries = the mean of the replicates' own R@K (equal sizes)
     for metric in ("R@1", "R@10"):
-        assert pooled["before"][metric] == pytest.approx(sum(r["before"][metric] for r in rows) / 2, abs=1e-9)
+        assert pooled["before"][metric] == pytest.approx(
+            sum(r["before"][metric] for r in rows) / 2, abs=0.005 + 1e-9
+        )  # 2 decimals
     assert set(RECIPES) == {k for k in pooled if k not in ("before", "known_phrasings_before")}
     for name, served in pooled.items():
         if name in ("before", "known_phrasings_before"):
@@ -432,7 +435,9 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
             run[name]["guard_margin"],
         )
         for metric in ("R@1", "R@10", "known_phrasings_R@10"):
-            assert served[metric] == pytest.approx(sum(r[name][metric] for r in rows) / 2, abs=1e-9)
+            assert served[metric] == pytest.approx(
+                sum(r[name][metric] for r in rows) / 2, abs=0.005 + 1e-9
+            )  # 2 decimals
         # flips: counted per replicate from its rates, summed, they are the pooled count
         flips = right = 0
         for r in rows:

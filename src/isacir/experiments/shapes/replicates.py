@@ -53,12 +53,17 @@ def _hits(test: _TestSet, rankings: list[list[str]], k: int) -> list[bool]:
     return [bool(set(r[:k]) & set(q.targets)) for q, r in zip(test.bench.queries, rankings, strict=True)]
 
 
+def _final_fingerprint(detail: dict[str, Any]) -> str:
+    """The fingerprint of a run's final curve adapter, as its JSON records it."""
+    return detail["adapters"][str(max(int(n) for n in detail["curve"]))]["fingerprint"]
+
+
 def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapter]:
     """The run's served adapters, checked to be the ones its JSON describes."""
     from ...adapt import QueryAdapter
 
     final = run / f"adapter-{max(int(n) for n in detail['curve'])}"
-    recorded = detail["adapters"][str(max(int(n) for n in detail["curve"]))]["fingerprint"]
+    recorded = _final_fingerprint(detail)
     if not final.is_dir():
         raise IsacirError(f"{final} is missing: rerun isacir bench feedback for seed {detail['seed']}")
     found = QueryAdapter.from_pretrained(final).fingerprint
@@ -199,8 +204,10 @@ def run_replicates(
     result = {
         "seed": seed,
         "bench": record.name,
-        # the run judged again: its recipe and the machine that trained its adapters
+        # the run judged again: its recipe, its final adapter (which names the run: another CPU or
+        # setting trains other weights) and the machine that trained it, where the run recorded it
         "settings": detail["settings"],
+        "run_fingerprint": _final_fingerprint(detail),
         "run_cpu": detail.get("cpu"),
         "adapters": {name: adapter.fingerprint for name, adapter in adapters.items()},
         "replicates": count,
