@@ -135,8 +135,8 @@ def test_recorded_replicates_are_judged_as_their_numbers_say(path):
             continue
         for metric in ("R@1", "R@10", "known_phrasings_R@10"):
             assert served[metric] == pytest.approx(
-                sum(r[name][metric] for r in rows) / len(rows), abs=0.005 + 1e-9
-            )  # 2 decimals
+                sum(r[name][metric] for r in rows) / len(rows), abs=0.01 + 1e-9
+            )  # the mean and the pooled value are each rounded to 2 decimals
         had = [round(r["before"]["R@1"] * per / 100) for r in rows]
         flips = sum(round(r[name]["flip_rate"] * h) for r, h in zip(rows, had, strict=True))
         assert (served["flips"], served["right_before"]) == (flips, sum(had))

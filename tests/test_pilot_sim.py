@@ -423,8 +423,8 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
     # pooled by counting queries = the mean of the replicates' own R@K (equal sizes)
     for metric in ("R@1", "R@10"):
         assert pooled["before"][metric] == pytest.approx(
-            sum(r["before"][metric] for r in rows) / 2, abs=0.005 + 1e-9
-        )  # 2 decimals
+            sum(r["before"][metric] for r in rows) / 2, abs=0.01 + 1e-9
+        )  # the mean and the pooled value are each rounded to 2 decimals
     assert set(RECIPES) == {k for k in pooled if k not in ("before", "known_phrasings_before")}
     for name, served in pooled.items():
         if name in ("before", "known_phrasings_before"):
@@ -436,8 +436,8 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
         )
         for metric in ("R@1", "R@10", "known_phrasings_R@10"):
             assert served[metric] == pytest.approx(
-                sum(r[name][metric] for r in rows) / 2, abs=0.005 + 1e-9
-            )  # 2 decimals
+                sum(r[name][metric] for r in rows) / 2, abs=0.01 + 1e-9
+            )  # the mean and the pooled value are each rounded to 2 decimals
         # flips: counted per replicate from its rates, summed, they are the pooled count
         flips = right = 0
         for r in rows:
@@ -457,7 +457,8 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
         assert served["replicates_meeting_every_goal"] == sum(r[name]["every_goal"] for r in rows)
         if right:
             gain = served["intervals"]["r1_gain"]
-            assert gain["points"] == pytest.approx(served["R@1"] - pooled["before"]["R@1"], abs=1e-9)
+            # both R@1 are rounded to 2 decimals; the interval's gain is counted exactly
+            assert gain["points"] == pytest.approx(served["R@1"] - pooled["before"]["R@1"], abs=0.01 + 1e-9)
             assert gain["interval"][0] <= gain["points"] <= gain["interval"][1]
         else:
             assert served["intervals"] is None
