@@ -155,3 +155,51 @@ def copy_shapes_cache(src, dst) -> None:
     for sub in ("worlds", "foundations", "teacher-cache", "methods"):
         if (src / sub).exists():
             shutil.copytree(src / sub, dst / sub, symlinks=True)
+
+
+def assert_replicates_add_up(rep: dict) -> None:
+    """A ``bench replicates`` result against its own per-replicate rows: the pooled R@K are their
+    means (equal sizes), the flips their sum, the goals and intervals those of the pooled numbers.
+
+    The per-replicate rows come from the benchmark's metrics and each replicate's flip rate, the
+    pooled numbers from counting hits across replicates: two paths that must agree."""
+    from isacir.experiments.shapes.feedback_goals import feedback_goals, goals_met, verdict_intervals
+
+    rows, pooled = rep["per_replicate"], rep["pooled"]
+    assert [r["index"] for r in rows] == list(range(1, rep["replicates"] + 1))
+    assert rep["queries"] % rep["replicates"] == 0
+    per = rep["queries"] // rep["replicates"]
+
+    def mean(values) -> float:  # the mean and the pooled value are each rounded to 2 decimals
+        return pytest.approx(sum(values) / len(rows), abs=0.01 + 1e-9)
+
+    for metric in ("R@1", "R@10"):
+        assert pooled["before"][metric] == mean(r["before"][metric] for r in rows)
+    for name, served in pooled.items():
+        if name in ("before", "known_phrasings_before"):
+            continue
+        for metric in ("R@1", "R@10", "known_phrasings_R@10"):
+            assert served[metric] == mean(r[name][metric] for r in rows)
+        had = [round(r["before"]["R@1"] * per / 100) for r in rows]
+        flips = sum(round((r[name]["flip_rate"] or 0.0) * h) for r, h in zip(rows, had, strict=True))
+        right = sum(had)
+        assert (served["flips"], served["right_before"]) == (flips, right)
+        assert served["flip_rate"] == (round(flips / right, 4) if right else None)
+        goals = feedback_goals(
+            pooled["before"],
+            served,
+            served["flip_rate"],
+            pooled["known_phrasings_before"],
+            {"R@10": served["known_phrasings_R@10"]},
+        )
+        assert served["goals"] == goals and served["every_goal"] == goals_met(goals)
+        assert served["replicates_meeting_every_goal"] == sum(r[name]["every_goal"] for r in rows)
+        if not right:
+            assert served["intervals"] is None
+            continue
+        gain = served["intervals"]["r1_gain"]
+        # both R@1 are rounded to 2 decimals; the interval's gain is counted exactly
+        assert gain["points"] == pytest.approx(served["R@1"] - pooled["before"]["R@1"], abs=0.01 + 1e-9)
+        assert gain["interval"][0] <= gain["points"] <= gain["interval"][1]
+        expected = verdict_intervals(pooled["before"], served, rep["queries"])["r1_gain"]["interval"]
+        assert gain["interval"] == pytest.approx(list(expected))

@@ -126,30 +126,10 @@ REPLICATES = sorted(RESULTS.glob("replicates/feedback-*.json"))
 def test_recorded_replicates_are_judged_as_their_numbers_say(path):
     """Each recorded ``bench replicates`` run: its pooled numbers are its replicates' (equal sizes),
     its verdicts are the goals judged on them, and it names a recorded run by its final adapter."""
+    from conftest import assert_replicates_add_up
+
     rep = json.loads(path.read_text())
-    rows, pooled = rep["per_replicate"], rep["pooled"]
-    assert len(rows) == rep["replicates"] and rep["queries"] % rep["replicates"] == 0
-    per = rep["queries"] // rep["replicates"]
-    for name, served in pooled.items():
-        if name in ("before", "known_phrasings_before"):
-            continue
-        for metric in ("R@1", "R@10", "known_phrasings_R@10"):
-            assert served[metric] == pytest.approx(
-                sum(r[name][metric] for r in rows) / len(rows), abs=0.01 + 1e-9
-            )  # the mean and the pooled value are each rounded to 2 decimals
-        had = [round(r["before"]["R@1"] * per / 100) for r in rows]
-        flips = sum(round(r[name]["flip_rate"] * h) for r, h in zip(rows, had, strict=True))
-        assert (served["flips"], served["right_before"]) == (flips, sum(had))
-        goals = feedback_goals(
-            pooled["before"],
-            served,
-            served["flip_rate"],
-            pooled["known_phrasings_before"],
-            {"R@10": served["known_phrasings_R@10"]},
-        )
-        assert served["goals"] == goals and served["every_goal"] == goals_met(goals)
-        v = verdict_intervals(pooled["before"], served, rep["queries"])
-        assert served["intervals"]["r1_gain"]["interval"] == pytest.approx(list(v["r1_gain"]["interval"]))
+    assert_replicates_add_up(rep)
     runs = [json.loads(p.read_text()) for p in RECORDED]
     assert any(r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"] for r in runs)
 

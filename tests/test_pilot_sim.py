@@ -400,9 +400,10 @@ def test_a_replicate_is_another_draw_of_the_test_split(split, tmp_path):
 def test_replicates_judge_the_runs_served_adapters_again(small_loop):
     """`bench replicates` on the small loop's run: the served adapters of its JSON, on fresh draws
     of the test split, pooled by counting queries (checked against each replicate's own metrics)."""
+    from conftest import assert_replicates_add_up
+
     from isacir.adapt import QueryAdapter
     from isacir.errors import IsacirError
-    from isacir.experiments.shapes.feedback_goals import feedback_goals, goals_met
     from isacir.experiments.shapes.replicates import RECIPES, _served_adapters, run_replicates
 
     out, cfg, _, _, _ = small_loop
@@ -412,56 +413,22 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
     run = json.loads((out / "feedback-seed0-adapt1.json").read_text())
     n = cfg.world.test_queries
     assert summary["queries"] == detail["queries"] == 2 * n and detail["replicates"] == 2
-    rows, pooled = detail["per_replicate"], detail["pooled"]
-    assert [r["index"] for r in rows] == [1, 2]
+    pooled = detail["pooled"]
     # the run judged again is named with its recipe and the adapters it served
     assert detail["bench"] == "feedback-seed0-adapt1.json" and detail["settings"] == run["settings"]
     assert detail["run_fingerprint"] == run["adapters"]["60"]["fingerprint"]
     folder = next((out / "feedback").glob("seed0-*"))
     refit = QueryAdapter.from_pretrained(folder / "adapter-refit")
     assert detail["adapters"]["tuned_then_refit"] == refit.fingerprint
-    # pooled by counting queries = the mean of the replicates' own R@K (equal sizes)
-    for metric in ("R@1", "R@10"):
-        assert pooled["before"][metric] == pytest.approx(
-            sum(r["before"][metric] for r in rows) / 2, abs=0.01 + 1e-9
-        )  # the mean and the pooled value are each rounded to 2 decimals
+    # pooled by counting queries = the replicates' own numbers, and judged on them
+    assert_replicates_add_up(detail)
     assert set(RECIPES) == {k for k in pooled if k not in ("before", "known_phrasings_before")}
-    for name, served in pooled.items():
-        if name in ("before", "known_phrasings_before"):
-            continue
+    for name in RECIPES:
         # the adapters served are the run's own, at the pair its JSON records
-        assert (served["interpolation"], served["guard_margin"]) == (
+        assert (pooled[name]["interpolation"], pooled[name]["guard_margin"]) == (
             run[name]["interpolation"],
             run[name]["guard_margin"],
         )
-        for metric in ("R@1", "R@10", "known_phrasings_R@10"):
-            assert served[metric] == pytest.approx(
-                sum(r[name][metric] for r in rows) / 2, abs=0.01 + 1e-9
-            )  # the mean and the pooled value are each rounded to 2 decimals
-        # flips: counted per replicate from its rates, summed, they are the pooled count
-        flips = right = 0
-        for r in rows:
-            had = round(r["before"]["R@1"] * n / 100)
-            right += had
-            flips += round((r[name]["flip_rate"] or 0.0) * had)
-        assert (served["flips"], served["right_before"]) == (flips, right)
-        assert served["flip_rate"] == (round(flips / right, 4) if right else None)
-        goals = feedback_goals(
-            pooled["before"],
-            served,
-            served["flip_rate"],
-            pooled["known_phrasings_before"],
-            {"R@10": served["known_phrasings_R@10"]},
-        )
-        assert served["goals"] == goals and served["every_goal"] == goals_met(goals)
-        assert served["replicates_meeting_every_goal"] == sum(r[name]["every_goal"] for r in rows)
-        if right:
-            gain = served["intervals"]["r1_gain"]
-            # both R@1 are rounded to 2 decimals; the interval's gain is counted exactly
-            assert gain["points"] == pytest.approx(served["R@1"] - pooled["before"]["R@1"], abs=0.01 + 1e-9)
-            assert gain["interval"][0] <= gain["points"] <= gain["interval"][1]
-        else:
-            assert served["intervals"] is None
     assert summary["tuned_then_refit"]["R@1"] == pooled["tuned_then_refit"]["R@1"]
     # an adapter folder from another run than the JSON describes is refused, naming both
     stale = {**run, "adapters": {**run["adapters"], "60": {**run["adapters"]["60"], "fingerprint": "0" * 16}}}

@@ -21,12 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..._fs import atomic_write_text
 from ...bench.machine import cpu_info
 from ...errors import IsacirError
 from ...progress import progress_bar
 from .bench import ShapesBenchConfig, cached_isa
-from .feedback_bench import _TestSet, feedback_stem
+from .feedback_bench import _flip_rate, _TestSet, feedback_stem
 from .feedback_goals import feedback_goals, goals_met, verdict_intervals
 from .phrasing import known_phrasings_copy
 from .pilot import PilotConfig
@@ -53,16 +55,21 @@ def _hits(test: _TestSet, rankings: list[list[str]], k: int) -> list[bool]:
     return [bool(set(r[:k]) & set(q.targets)) for q, r in zip(test.bench.queries, rankings, strict=True)]
 
 
+def _final_queries(detail: dict[str, Any]) -> int:
+    """The feedback queries a run's final curve adapter learned from (its folder's suffix)."""
+    return max(int(n) for n in detail["curve"])
+
+
 def _final_fingerprint(detail: dict[str, Any]) -> str:
     """The fingerprint of a run's final curve adapter, as its JSON records it."""
-    return detail["adapters"][str(max(int(n) for n in detail["curve"]))]["fingerprint"]
+    return detail["adapters"][str(_final_queries(detail))]["fingerprint"]
 
 
 def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapter]:
     """The run's served adapters, checked to be the ones its JSON describes."""
     from ...adapt import QueryAdapter
 
-    final = run / f"adapter-{max(int(n) for n in detail['curve'])}"
+    final = run / f"adapter-{_final_queries(detail)}"
     recorded = _final_fingerprint(detail)
     if not final.is_dir():
         raise IsacirError(f"{final} is missing: rerun isacir bench feedback for seed {detail['seed']}")
@@ -92,13 +99,14 @@ def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapte
 
 def _pooled(hits: dict[str, list[bool]], before1: list[bool]) -> dict[str, Any]:
     """R@1, R@10 (percent) and the flip rate against ``before1`` over the pooled queries."""
+    from ...adapt import flip_rate
+
     n = len(before1)
-    had = sum(before1)
-    lost = sum(b and not a for b, a in zip(before1, hits["R@1"], strict=True))
+    rate, lost, had = flip_rate(np.array(before1), np.array(hits["R@1"]))
     return {
         "R@1": round(100 * sum(hits["R@1"]) / n, 2),
         "R@10": round(100 * sum(hits["R@10"]) / n, 2),
-        "flip_rate": round(lost / had, 4) if had else None,
+        "flip_rate": None if rate is None else round(rate, 4),
         "flips": lost,
         "right_before": had,
     }
@@ -154,24 +162,20 @@ def run_replicates(
         )
         metrics, rank = test.evaluate(None)
         known_metrics, known_rank = known.evaluate(None)
-        b1 = _hits(test, rank, 1)
-        before1 += b1
+        before1 += _hits(test, rank, 1)
         before10 += _hits(test, rank, 10)
         known_before10 += _hits(known, known_rank, 10)
         row: dict[str, Any] = {"index": index, "before": metrics, "known_phrasings_before": known_metrics}
         for name, adapter in adapters.items():
             after, after_rank = test.evaluate(adapter)
             known_after, known_after_rank = known.evaluate(adapter)
-            a1 = _hits(test, after_rank, 1)
-            pooled_hits[name]["R@1"] += a1
+            pooled_hits[name]["R@1"] += _hits(test, after_rank, 1)
             pooled_hits[name]["R@10"] += _hits(test, after_rank, 10)
             pooled_hits[name]["known"] += _hits(known, known_after_rank, 10)
-            right = sum(b1)
-            lost = sum(b and not a for b, a in zip(b1, a1, strict=True))
             row[name] = {
                 "R@1": after["R@1"],
                 "R@10": after["R@10"],
-                "flip_rate": round(lost / right, 4) if right else None,
+                "flip_rate": _flip_rate(test, rank, after_rank),
                 "known_phrasings_R@10": known_after["R@10"],
             }
             row[name]["every_goal"] = goals_met(
