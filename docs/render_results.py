@@ -30,6 +30,8 @@ ORACLES = {
 PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout, before or without an install
 from isacir.experiments.shapes.feedback_goals import (  # noqa: E402  (torch-free)
+    MAX_TEST_FLIP_RATE,
+    MIN_R1_GAIN,
     feedback_goals,
     goals_met,
     paired_counts,
@@ -499,6 +501,58 @@ def load_replicates() -> list[dict]:
 SERVED_KEYS = ("tuned_on_held_out", "tuned_then_refit", "tuned_by_folds")
 
 
+def _replicated_run(runs: list[dict], rep: dict) -> dict:
+    """The recorded run a replicates file judged again, found by its final adapter's fingerprint
+    (another CPU or setting trains other weights) and checked to have the same settings."""
+    run = next(
+        (r for r in runs if r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"]),
+        None,
+    )
+    if run is None or not _same_recipe(run, rep):
+        raise SystemExit(f"replicates of seed {rep['seed']} have no recorded run with their final adapter and settings")
+    return run
+
+
+def _served_by_key(run: dict) -> dict[str, tuple[str, dict, dict | None, dict | None]]:
+    """:func:`_served` by each served recipe's key in the run's JSON."""
+    return dict(zip([k for k in SERVED_KEYS if run.get(k)], _served(run), strict=True))
+
+
+def feedback_frontier_table(runs: list[dict], replicates: list[dict]) -> str:
+    """An adapter weighed at every serving pair on the pooled replicates (``--frontier``): per
+    interpolation, the best guard margin within the flip goal, the largest gain at any margin,
+    and the fewest flips that reach the R@1 goal."""
+    fronts = [r for r in replicates if r.get("frontier")]
+    if not fronts:
+        return "No `bench replicates --frontier` run is recorded yet.\n"
+    lines = [
+        "| seed | adapter | queries | interpolation | best within 5 % flips "
+        "| largest R@1 gain | +8 R@1 at the fewest flips |",
+        "|---:|---|---:|---:|---|---|---|",
+    ]
+
+    def cell(g: dict | None) -> str:
+        if g is None:
+            return "none"
+        flips = f"{g['flips']} of {g['right_before']} ({100 * g['flip_rate']:.1f} %)"
+        return f"margin {g['guard_margin']:.2f}: {g['R@1_gain']:+.1f} R@1, {flips} flips"
+
+    for rep in sorted(fronts, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
+        front = rep["frontier"]
+        recipe = _served_by_key(_replicated_run(runs, rep))[front["recipe"]][0]
+        for a in sorted({g["interpolation"] for g in front["grid"]}):
+            pairs = [g for g in front["grid"] if g["interpolation"] == a and g["flip_rate"] is not None]
+            within = [g for g in pairs if g["flip_rate"] <= MAX_TEST_FLIP_RATE]
+            best = max(within, key=lambda g: g["R@1"], default=None)
+            largest = max(pairs, key=lambda g: g["R@1"], default=None)
+            reach = min((g for g in pairs if g["R@1_gain"] >= MIN_R1_GAIN), key=lambda g: g["flips"], default=None)
+            lines.append(
+                f"| {rep['seed']} | {recipe} | {rep['queries']:,} | {a:.2f} | {cell(best)} "
+                f"| {cell(largest)} | {cell(reach)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def feedback_replicates_table(runs: list[dict], replicates: list[dict]) -> str:
     """Each served recipe of a run on its own test split and pooled over the replicates: the R@1
     gain and the flips with their 95 % intervals, the known-phrasings change, every goal."""
@@ -510,18 +564,9 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict]) -> str:
         "|---:|---|---|---:|---|---|---:|---|",
     ]
     for rep in sorted(replicates, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
-        # the final adapter's fingerprint names the run: another CPU or setting trains other weights
-        run = next(
-            (r for r in runs if r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"]),
-            None,
-        )
-        if run is None or not _same_recipe(run, rep):
-            raise SystemExit(
-                f"replicates of seed {rep['seed']} have no recorded run with their final adapter and settings"
-            )
-        keys = [k for k in SERVED_KEYS if run.get(k)]
+        run = _replicated_run(runs, rep)
         pooled = rep["pooled"]
-        for key, (recipe, served, _, _) in zip(keys, _served(run), strict=True):
+        for key, (recipe, served, _, _) in _served_by_key(run).items():
             v = verdict_intervals(run["before"], served, run["test_queries"])
             known = served["known_phrasings_R@10"] - run["known_phrasings"]["before"]["R@10"]
             rows = [("the test split", run["test_queries"], v, known, _every_goal(run, served))]
@@ -826,6 +871,7 @@ def render() -> dict[Path, str]:
         "feedback-intervals": feedback_intervals_table(feedback_runs + lora_runs),
         "feedback-reruns": feedback_reruns_table(feedback_runs + lora_runs, load_reruns()),
         "feedback-replicates": feedback_replicates_table(feedback_runs + lora_runs + load_reruns(), load_replicates()),
+        "feedback-frontier": feedback_frontier_table(feedback_runs + lora_runs + load_reruns(), load_replicates()),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

@@ -134,6 +134,40 @@ def test_recorded_replicates_are_judged_as_their_numbers_say(path):
     assert any(r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"] for r in runs)
 
 
+def test_recorded_frontiers_agree_with_the_served_recipes():
+    """A recorded frontier at the pair where a recipe trained on every feedback query is served
+    equals that recipe's pooled result (the same weights, counted by two code paths); its best
+    pair is the best within the flip goal; a wider margin never flips more; the table shows it."""
+    from isacir.experiments.shapes.feedback_goals import MAX_TEST_FLIP_RATE
+
+    render = _renderer()
+    runs = [json.loads(p.read_text()) for p in RECORDED]
+    reps = [r for r in (json.loads(p.read_text()) for p in REPLICATES) if r.get("frontier")]
+    assert reps, "no recorded bench replicates --frontier run"
+    table = render.feedback_frontier_table(runs, reps)
+    for rep in reps:
+        front = rep["frontier"]
+        grid = {(g["interpolation"], g["guard_margin"]): g for g in front["grid"]}
+        served = [rep["pooled"][k] for k in ("tuned_then_refit", "tuned_by_folds") if k in rep["adapters"]]
+        on_grid = [s for s in served if (s["interpolation"], s["guard_margin"]) in grid]
+        assert on_grid, f"seed {rep['seed']}: no served pair of the weighed adapter lies on its grid"
+        for s in on_grid:
+            cell = grid[(s["interpolation"], s["guard_margin"])]
+            assert (cell["R@1"], cell["flips"], cell["right_before"]) == (s["R@1"], s["flips"], s["right_before"])
+        within = [g for g in front["grid"] if g["flip_rate"] <= MAX_TEST_FLIP_RATE]
+        best = front["best_within_flip_goal"]
+        assert best in within and best["R@1"] == max(g["R@1"] for g in within)
+        interpolations = sorted({a for a, _ in grid})
+        for a in interpolations:
+            lost = [grid[(a, m)]["flips"] for m in sorted(m for b, m in grid if b == a)]
+            assert lost == sorted(lost, reverse=True)
+        rows = [line for line in table.splitlines() if line.startswith(f"| {rep['seed']} |")]
+        assert [float(r.split(" | ")[3]) for r in rows] == interpolations
+        row = rows[interpolations.index(best["interpolation"])]
+        assert f"margin {best['guard_margin']:.2f}: {best['R@1_gain']:+.1f} R@1, {best['flips']} of" in row
+    assert render.feedback_frontier_table(runs, []).startswith("No `bench replicates --frontier`")
+
+
 def test_replicates_sit_beside_the_test_split_of_their_run():
     """The replicates table shows each served recipe on the run's test split and pooled over the
     replicates, and refuses replicates whose run is not recorded or whose pair differs."""

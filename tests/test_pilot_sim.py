@@ -408,7 +408,7 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
 
     out, cfg, _, _, _ = small_loop
     quiet = {"progress": False, "log": lambda *_: None}
-    summary = run_replicates(out, 0, 2, adapt_seed=1, config=cfg, **quiet)
+    summary = run_replicates(out, 0, 2, adapt_seed=1, config=cfg, frontier="tuned_then_refit", **quiet)
     detail = json.loads((out / "feedback-seed0-adapt1-replicates.json").read_text())
     run = json.loads((out / "feedback-seed0-adapt1.json").read_text())
     n = cfg.world.test_queries
@@ -430,6 +430,7 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
             run[name]["guard_margin"],
         )
     assert summary["tuned_then_refit"]["R@1"] == pooled["tuned_then_refit"]["R@1"]
+    assert_frontier_counts_as_served(out, cfg, folder / "adapter-refit", detail, summary)
     # an adapter folder from another run than the JSON describes is refused, naming both
     stale = {**run, "adapters": {**run["adapters"], "60": {**run["adapters"]["60"], "fingerprint": "0" * 16}}}
     with pytest.raises(IsacirError, match="0000000000000000.*another run"):
@@ -438,3 +439,55 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
         run_replicates(out, 0, 1, adapt_seed=7, config=cfg, **quiet)
     with pytest.raises(IsacirError, match="--count must be at least 1"):
         run_replicates(out, 0, 0, adapt_seed=1, config=cfg, **quiet)
+    with pytest.raises(IsacirError, match="--frontier must name a served recipe"):
+        run_replicates(out, 0, 1, adapt_seed=1, config=cfg, frontier="adapter-refit", **quiet)
+
+
+def assert_frontier_counts_as_served(out, cfg, folder, detail, summary):
+    """The frontier's grid against the served evaluation (the guard on full rankings, composed per
+    pair), counted over the same replicates; its best and largest cells against the grid."""
+    from isacir.adapt import QueryAdapter
+    from isacir.experiments.shapes.bench import cached_isa
+    from isacir.experiments.shapes.feedback_bench import _TestSet
+    from isacir.experiments.shapes.feedback_goals import MAX_TEST_FLIP_RATE, MIN_R1_GAIN
+    from isacir.experiments.shapes.replicates import FRONTIER_INTERPOLATIONS, FRONTIER_MARGINS
+    from isacir.experiments.shapes.world import generate_replicate
+
+    front = detail["frontier"]
+    assert front["recipe"] == "tuned_then_refit"
+    grid = {(g["interpolation"], g["guard_margin"]): g for g in front["grid"]}
+    assert set(grid) == {(a, m) for a in FRONTIER_INTERPOLATIONS for m in FRONTIER_MARGINS}
+    _, fnd, _, qe = cached_isa(out, cfg, lambda *_: None, False)
+    root = out / "worlds" / f"{cfg.world.key()}.replicates"
+    cells = [(1.0, 0.0), (0.75, 0.02), (0.5, 0.06)]
+    right = {c: 0 for c in cells}
+    flips = {c: 0 for c in cells}
+    had = 0
+    for index in range(1, detail["replicates"] + 1):
+        test = _TestSet(generate_replicate(root / str(index), cfg.world, index), fnd, qe, cfg.template, False)
+        _, before = test.evaluate(None)
+        first = [bool(set(r[:1]) & set(q.targets)) for q, r in zip(test.bench.queries, before, strict=True)]
+        had += sum(first)
+        for a, m in cells:
+            _, after = test.evaluate(QueryAdapter.from_pretrained(folder, interpolation=a, guard_margin=m))
+            hit = [bool(set(r[:1]) & set(q.targets)) for q, r in zip(test.bench.queries, after, strict=True)]
+            right[(a, m)] += sum(hit)
+            flips[(a, m)] += sum(f and not h for f, h in zip(first, hit, strict=True))
+    n = detail["queries"]
+    for cell in cells:
+        g = grid[cell]
+        assert (g["flips"], g["right_before"]) == (flips[cell], had)
+        assert g["R@1"] == round(100 * right[cell] / n, 2)
+        assert abs(g["R@1_gain"] - 100 * (right[cell] - had) / n) < 0.006
+    # a wider margin keeps the zero-shot first place on more queries, so it never flips more
+    for a in FRONTIER_INTERPOLATIONS:
+        lost = [grid[(a, m)]["flips"] for m in FRONTIER_MARGINS]
+        assert lost == sorted(lost, reverse=True)
+    within = [g for g in front["grid"] if g["flip_rate"] is not None and g["flip_rate"] <= MAX_TEST_FLIP_RATE]
+    best = front["best_within_flip_goal"]
+    assert (best is None) == (not within)
+    if best is not None:
+        assert best in within and best["R@1"] == max(g["R@1"] for g in within)
+    assert front["largest_gain"]["R@1"] == max(g["R@1"] for g in front["grid"])
+    assert front["gain_goal_within_flip_goal"] == (best is not None and best["R@1_gain"] >= MIN_R1_GAIN)
+    assert summary["frontier"]["best_within_flip_goal"] == best

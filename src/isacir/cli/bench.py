@@ -306,6 +306,11 @@ def bench_replicates_cmd(
     adapt_seed: Optional[int] = typer.Option(
         None, help="The run's adapter training seed, when it was not --seed (a feedback-seedS-adaptA run)."
     ),
+    frontier: Optional[str] = typer.Option(
+        None,
+        help="Also weigh this served recipe's adapter (tuned_on_held_out, tuned_then_refit or tuned_by_folds) at "
+        "every interpolation (0.5, 0.75, 1) and guard margin (0 to 0.12) on the same queries.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """A bench feedback run's served adapters on fresh draws of the test split, pooled.
@@ -314,11 +319,20 @@ def bench_replicates_cmd(
     split is (queries, hard negatives, distractors, held-out phrasings) from random streams of its
     own. The last stdout line is {"seed", "replicates", "queries", "before", and per served recipe
     "R@1", "R@10", "flip_rate", "known_phrasings_R@10", "every_goal"} over the pooled queries;
-    per-replicate numbers, goals and intervals land in OUT/feedback-seedS-replicates.json.
+    per-replicate numbers, goals and intervals land in OUT/feedback-seedS-replicates.json. With
+    --frontier, the summary adds that adapter's best pair within the flip goal and its largest gain
+    (the JSON holds the whole grid): whether the pair or the adapter holds the gain where it is.
     """
     from ..experiments.shapes.replicates import replicates_stem, run_replicates
 
-    summary = run_replicates(out_dir, seed, count, adapt_seed, log=lambda m: err.print(escape(str(m)), highlight=False))
+    summary = run_replicates(
+        out_dir,
+        seed,
+        count,
+        adapt_seed,
+        log=lambda m: err.print(escape(str(m)), highlight=False),
+        frontier=frontier,
+    )
     if not as_json:
         detail = json.loads((out_dir / f"{replicates_stem(seed, adapt_seed)}.json").read_text())
         pooled = detail["pooled"]
@@ -333,6 +347,21 @@ def bench_replicates_cmd(
                 f"{served['right_before']}: {verdict} on {detail['queries']} queries; "
                 f"{served['replicates_meeting_every_goal']} of {detail['replicates']} replicates meet every goal"
             )
+        if "frontier" in detail:
+            front = detail["frontier"]
+            for label, cell in (
+                ("best within the flip goal", front["best_within_flip_goal"]),
+                ("largest gain", front["largest_gain"]),
+            ):
+                err.print(
+                    f"frontier of {front['recipe']}, {label}: "
+                    + (
+                        f"{cell['interpolation']} / {cell['guard_margin']}: R@1 {cell['R@1_gain']:+.2f}, "
+                        f"flips {cell['flips']} of {cell['right_before']}"
+                        if cell
+                        else "no pair"
+                    )
+                )
     emit_json(summary)
 
 

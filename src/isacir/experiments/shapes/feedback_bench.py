@@ -34,6 +34,8 @@ from .phrasing import known_phrasings_copy
 from .pilot import LEFT_OUT, PilotConfig, ServiceClient, generate_pilot, simulate_pilot
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ...adapt import QueryAdapter
     from ...foundation import Foundation
     from ...query import QueryEncoder
@@ -424,6 +426,19 @@ class _TestSet:
             token_source=token_source,
         )
         return {k: round(metrics[k], 2) for k in METRICS}, rankings
+
+    def scores(self, adapter: QueryAdapter | None) -> np.ndarray:
+        """Scores ``[Q, N]`` of the composed queries over :attr:`names`, each query's reference at
+        -inf. No top-1 guard: this is what the guard weighs, at the adapter's interpolation."""
+        from ...evaluation.evaluate import encode_queries
+        from ...evaluation.metrics import mask_excluded
+
+        bench = self.bench
+        queries = encode_queries(
+            bench, self.fnd, self.gallery_vecs, self.names, "isa", self.qe, self.template, adapter=adapter
+        )
+        exclude = [q.reference for q in bench.queries] if bench.exclude_reference else []
+        return mask_excluded(queries @ self.gallery_vecs.T, self.names, exclude)
 
     def gain_and_flips(self, adapter: QueryAdapter, before_rank: list[list[str]]) -> dict[str, Any]:
         """R@1 and R@10 with ``adapter``, and its flip rate against the rankings ``before_rank``."""

@@ -29,7 +29,7 @@ from ...errors import IsacirError
 from ...progress import progress_bar
 from .bench import ShapesBenchConfig, cached_isa
 from .feedback_bench import _flip_rate, _TestSet, feedback_stem
-from .feedback_goals import feedback_goals, goals_met, verdict_intervals
+from .feedback_goals import MAX_TEST_FLIP_RATE, MIN_R1_GAIN, feedback_goals, goals_met, verdict_intervals
 from .phrasing import known_phrasings_copy
 from .pilot import PilotConfig
 from .world import generate_replicate
@@ -44,6 +44,12 @@ RECIPES: dict[str, str | None] = {
     "tuned_then_refit": "adapter-refit",
     "tuned_by_folds": "adapter-folds",
 }
+
+
+#: the serving pairs a frontier weighs: the bench's interpolations, and guard margins from none
+#: (the adapter's own first place always) to 0.12 in steps of 0.01
+FRONTIER_INTERPOLATIONS = (0.5, 0.75, 1.0)
+FRONTIER_MARGINS = tuple(round(0.01 * i, 2) for i in range(13))
 
 
 def replicates_stem(seed: int, adapt_seed: int | None = None) -> str:
@@ -97,6 +103,56 @@ def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapte
     return adapters
 
 
+def _frontier_hits(test: _TestSet, folder: Path, zero_shot: np.ndarray) -> dict[tuple[float, float], list[bool]]:
+    """Per serving pair of the adapter in ``folder``, whether each test query's first place is right.
+
+    Each interpolation is composed once; the margins only decide, per query, between the adapted
+    and the zero-shot first place (``zero_shot``: the zero-shot scores), as the served guard does.
+    """
+    from ...adapt import QueryAdapter
+    from ...adapt.guard import guard_rankings
+    from ...evaluation.metrics import rank_gallery
+
+    out: dict[tuple[float, float], list[bool]] = {}
+    for a in FRONTIER_INTERPOLATIONS:
+        scores = test.scores(QueryAdapter.from_pretrained(folder, interpolation=a, guard_margin=0.0))
+        ranked = rank_gallery(scores, test.names, top=2)  # references already at -inf
+        for m in FRONTIER_MARGINS:
+            first = guard_rankings(ranked, scores, zero_shot, test.names, m) if m > 0 else ranked
+            out[(a, m)] = _hits(test, first, 1)
+    return out
+
+
+def _frontier(hits: dict[tuple[float, float], list[bool]], before1: list[bool]) -> dict[str, Any]:
+    """The pooled grid of serving pairs, with the best pair within the flip goal and the largest gain."""
+    from ...adapt import flip_rate
+
+    n = len(before1)
+    grid = []
+    for (a, m), right in hits.items():
+        rate, lost, had = flip_rate(np.array(before1), np.array(right))
+        grid.append(
+            {
+                "interpolation": a,
+                "guard_margin": m,
+                "R@1": round(100 * sum(right) / n, 2),
+                "R@1_gain": round(100 * (sum(right) - sum(before1)) / n, 2),
+                "flip_rate": None if rate is None else round(rate, 4),
+                "flips": lost,
+                "right_before": had,
+            }
+        )
+    within = [g for g in grid if g["flip_rate"] is not None and g["flip_rate"] <= MAX_TEST_FLIP_RATE]
+    # ties go to the first pair in grid order: the lower interpolation, then the smaller margin
+    best = max(within, key=lambda g: g["R@1"], default=None)
+    return {
+        "grid": grid,
+        "best_within_flip_goal": best,
+        "largest_gain": max(grid, key=lambda g: g["R@1"]),
+        "gain_goal_within_flip_goal": best is not None and best["R@1_gain"] >= MIN_R1_GAIN,
+    }
+
+
 def _pooled(hits: dict[str, list[bool]], before1: list[bool]) -> dict[str, Any]:
     """R@1, R@10 (percent) and the flip rate against ``before1`` over the pooled queries."""
     from ...adapt import flip_rate
@@ -120,14 +176,22 @@ def run_replicates(
     config: ShapesBenchConfig | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    frontier: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a ``bench feedback`` run's served adapters on ``count`` replicates of its test split.
 
     Writes ``feedback-seed{S}-replicates.json`` into ``out`` and returns its summary: per served
     recipe, the pooled numbers, the goals judged on them, and the R@1-gain and flip-rate intervals.
+
+    ``frontier`` (a served recipe's name): also weigh that recipe's adapter at every serving pair
+    of :data:`FRONTIER_INTERPOLATIONS` x :data:`FRONTIER_MARGINS` on the same queries, to tell
+    whether the pair the pilot chose or the adapter itself holds the gain where it is. The grid
+    peeks at the replicates, so it bounds what a choice could reach; it chooses nothing.
     """
     if count < 1:
         raise IsacirError(f"--count must be at least 1, got {count}")
+    if frontier is not None and frontier not in RECIPES:
+        raise IsacirError(f"--frontier must name a served recipe ({', '.join(RECIPES)}), got {frontier!r}")
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
     stem = feedback_stem(seed, adapt_seed)
@@ -141,6 +205,10 @@ def run_replicates(
     adapters = _served_adapters(run, detail)
     if not adapters:
         raise IsacirError(f"{record} records no served recipe ({', '.join(RECIPES)})")
+    if frontier is not None and frontier not in adapters:
+        raise IsacirError(f"{record} records no {frontier!r} recipe to weigh; it serves {', '.join(adapters)}")
+    frontier_folder = (run / (RECIPES[frontier] or f"adapter-{_final_queries(detail)}")) if frontier else None
+    frontier_hits: dict[tuple[float, float], list[bool]] = {}
     _, fnd, _, qe = cached_isa(out, config, log, progress)
 
     root = out / "worlds" / f"{config.world.key()}.replicates"
@@ -181,6 +249,9 @@ def run_replicates(
             row[name]["every_goal"] = goals_met(
                 feedback_goals(metrics, after, row[name]["flip_rate"], known_metrics, {"R@10": known_after["R@10"]})
             )
+        if frontier_folder is not None:
+            for pair, right in _frontier_hits(test, frontier_folder, test.scores(None)).items():
+                frontier_hits.setdefault(pair, []).extend(right)
         per_replicate.append(row)
         log(
             f"replicate {index}: R@1 before {metrics['R@1']}; "
@@ -218,11 +289,12 @@ def run_replicates(
         "queries": n,
         "cpu": cpu_info(),
         "pooled": pooled,
+        **({"frontier": {"recipe": frontier, **_frontier(frontier_hits, before1)}} if frontier else {}),
         "per_replicate": per_replicate,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(out / f"{replicates_stem(seed, adapt_seed)}.json", json.dumps(result, indent=2))
-    return {
+    summary: dict[str, Any] = {
         "seed": seed,
         "replicates": count,
         "queries": n,
@@ -232,3 +304,6 @@ def run_replicates(
             for name in adapters
         },
     }
+    if frontier:
+        summary["frontier"] = {k: result["frontier"][k] for k in ("recipe", "best_within_flip_goal", "largest_gain")}
+    return summary
