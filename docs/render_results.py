@@ -265,6 +265,12 @@ def load_feedback_runs() -> list[dict]:
     return sorted((r for r in runs if _training_seed(r) == r["seed"]), key=lambda r: r["seed"])
 
 
+def load_training_seeds() -> list[dict]:
+    """``bench feedback`` runs with another adapter training seed (``--adapt-seed``), recorded for
+    their replicates: how much of a pooled verdict the training seed moves."""
+    return [json.loads(p.read_text()) for p in sorted((RESULTS / "training-seeds").glob("feedback-*.json"))]
+
+
 def load_reruns() -> list[dict]:
     """``bench feedback`` runs of a recorded command repeated on another CPU model."""
     return [json.loads(p.read_text()) for p in sorted((RESULTS / "reruns").glob("feedback-*.json"))]
@@ -272,6 +278,11 @@ def load_reruns() -> list[dict]:
 
 def _training_seed(run: dict) -> int:
     return run["settings"].get("seed", run["seed"])
+
+
+def _by_recipe(run: dict) -> tuple[int, int, int]:
+    """The order of a seed's rows: by world seed, LoRA rank and training seed."""
+    return run["seed"], run["settings"].get("lora_rank", 0), _training_seed(run)
 
 
 def _arrow(before: float, after: float) -> str:
@@ -476,7 +487,7 @@ def feedback_reruns_table(records: list[dict], reruns: list[dict]) -> str:
         "| seed | recipe | CPU | before R@1 | interpolation | margin | test R@1 | test flips | every goal |",
         "|---:|---|---|---:|---:|---:|---|---:|---|",
     ]
-    for rerun in sorted(reruns, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
+    for rerun in sorted(reruns, key=_by_recipe):
         record = next((r for r in records if _same_recipe(r, rerun)), None)
         if record is None:
             raise SystemExit(f"rerun of seed {rerun['seed']} has no run of record with the same settings")
@@ -537,7 +548,7 @@ def feedback_frontier_table(runs: list[dict], replicates: list[dict]) -> str:
         flips = f"{g['flips']} of {g['right_before']} ({100 * g['flip_rate']:.1f} %)"
         return f"margin {g['guard_margin']:.2f}: {g['R@1_gain']:+.1f} R@1, {flips} flips"
 
-    for rep in sorted(fronts, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
+    for rep in sorted(fronts, key=_by_recipe):
         front = rep["frontier"]
         recipe = _served_by_key(_replicated_run(runs, rep))[front["recipe"]][0]
         for a in sorted({g["interpolation"] for g in front["grid"]}):
@@ -563,7 +574,7 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict]) -> str:
         "| known-phrasings R@10 | every goal |",
         "|---:|---|---|---:|---|---|---:|---|",
     ]
-    for rep in sorted(replicates, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
+    for rep in sorted(replicates, key=_by_recipe):
         run = _replicated_run(runs, rep)
         pooled = rep["pooled"]
         for key, (recipe, served, _, _) in _served_by_key(run).items():
@@ -859,6 +870,8 @@ def render() -> dict[Path, str]:
     feedback_runs = load_feedback_runs()
     lora_runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("feedback-lora*-seed*.json"))]
     backbones = json.loads((RESULTS / "query-side-backbones.json").read_text())
+    # every recorded run a replicates file may have judged again
+    replicated = feedback_runs + lora_runs + load_reruns() + load_training_seeds()
     blocks = {
         "shapes-summary": summary_table(runs),
         "query-side-backbones": backbones_table(backbones),
@@ -870,8 +883,8 @@ def render() -> dict[Path, str]:
         "feedback-tuned": feedback_tuned_table(feedback_runs + lora_runs),
         "feedback-intervals": feedback_intervals_table(feedback_runs + lora_runs),
         "feedback-reruns": feedback_reruns_table(feedback_runs + lora_runs, load_reruns()),
-        "feedback-replicates": feedback_replicates_table(feedback_runs + lora_runs + load_reruns(), load_replicates()),
-        "feedback-frontier": feedback_frontier_table(feedback_runs + lora_runs + load_reruns(), load_replicates()),
+        "feedback-replicates": feedback_replicates_table(replicated, load_replicates()),
+        "feedback-frontier": feedback_frontier_table(replicated, load_replicates()),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

@@ -21,6 +21,7 @@ from isacir.experiments.shapes.feedback_goals import (
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 #: the runs of record, and the same commands rerun on another CPU model
 RECORDED = sorted(RESULTS.glob("feedback-*.json")) + sorted(RESULTS.glob("reruns/feedback-*.json"))
+RECORDED += sorted(RESULTS.glob("training-seeds/feedback-*.json"))
 
 
 def test_goal_boundaries_hold_as_written():
@@ -161,7 +162,8 @@ def test_recorded_frontiers_agree_with_the_served_recipes():
         for a in interpolations:
             lost = [grid[(a, m)]["flips"] for m in sorted(m for b, m in grid if b == a)]
             assert lost == sorted(lost, reverse=True)
-        rows = [line for line in table.splitlines() if line.startswith(f"| {rep['seed']} |")]
+        label = render._served_by_key(render._replicated_run(runs, rep))[front["recipe"]][0]
+        rows = [r for r in table.splitlines() if r.startswith(f"| {rep['seed']} | {label} |")]
         assert [float(r.split(" | ")[3]) for r in rows] == interpolations
         row = rows[interpolations.index(best["interpolation"])]
         assert f"margin {best['guard_margin']:.2f}: {best['R@1_gain']:+.1f} R@1, {best['flips']} of" in row
@@ -180,11 +182,13 @@ def test_replicates_sit_beside_the_test_split_of_their_run():
         run = next(
             r for r in runs if r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"]
         )
-        served = render._served(run)
-        rows = [line for line in table.splitlines() if line.startswith(f"| {rep['seed']} |")]
+        served = render._served_by_key(run)
+        labels = {label for label, *_ in served.values()}
+        rows = [r for r in table.splitlines() if r.startswith(f"| {rep['seed']} |") and r.split(" | ")[1] in labels]
         assert len(rows) == 2 * len(served)
         assert [r.split(" | ")[2] for r in rows[::2]] == ["the test split"] * len(served)
-        for row, key in zip(rows[1::2], render.SERVED_KEYS, strict=False):
+        for row, (key, (label, *_)) in zip(rows[1::2], served.items(), strict=True):
+            assert row.split(" | ")[1] == label
             p = rep["pooled"][key]
             assert f"{p['flips']} of {p['right_before']}" in row and f"{rep['queries']:,}" in row
             assert row.endswith(f"({p['replicates_meeting_every_goal']} of {rep['replicates']} replicates) |")
