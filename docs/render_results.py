@@ -33,6 +33,7 @@ from isacir.experiments.shapes.feedback_goals import (  # noqa: E402  (torch-fre
     MAX_TEST_FLIP_RATE,
     MIN_R1_GAIN,
     feedback_goals,
+    final_adapter,
     goals_met,
     paired_counts,
     verdict_intervals,
@@ -516,7 +517,7 @@ def _replicated_run(runs: list[dict], rep: dict) -> dict:
     """The recorded run a replicates file judged again, found by its final adapter's fingerprint
     (another CPU or setting trains other weights) and checked to have the same settings."""
     run = next(
-        (r for r in runs if r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"]),
+        (r for r in runs if final_adapter(r)["fingerprint"] == rep["run_fingerprint"]),
         None,
     )
     if run is None or not _same_recipe(run, rep):
@@ -614,7 +615,7 @@ def feedback_recipes_table(runs: list[dict]) -> str:
         "|---:|---|---|---|---|---|---:|",
     ]
     for r in sorted(runs, key=lambda r: (r["seed"], r["settings"].get("lora_rank", 0))):
-        held = r["adapters"][max(r["adapters"], key=int)]["holdout"]
+        held = final_adapter(r)["holdout"]
         hb, ha = held["before"], held["after"]
         b, a = r["before"], r["after"]
         lines.append(

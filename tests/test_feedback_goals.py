@@ -13,6 +13,7 @@ import pytest
 from isacir.experiments.shapes.feedback_goals import (
     MAX_TEST_FLIP_RATE,
     feedback_goals,
+    final_adapter,
     goals_met,
     paired_counts,
     verdict_intervals,
@@ -132,7 +133,7 @@ def test_recorded_replicates_are_judged_as_their_numbers_say(path):
     rep = json.loads(path.read_text())
     assert_replicates_add_up(rep)
     runs = [json.loads(p.read_text()) for p in RECORDED]
-    assert any(r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"] for r in runs)
+    assert any(final_adapter(r)["fingerprint"] == rep["run_fingerprint"] for r in runs)
 
 
 def test_recorded_frontiers_agree_with_the_served_recipes():
@@ -179,9 +180,7 @@ def test_replicates_sit_beside_the_test_split_of_their_run():
     assert reps, "no recorded bench replicates run"
     table = render.feedback_replicates_table(runs, reps)
     for rep in reps:
-        run = next(
-            r for r in runs if r["adapters"][max(r["adapters"], key=int)]["fingerprint"] == rep["run_fingerprint"]
-        )
+        run = next(r for r in runs if final_adapter(r)["fingerprint"] == rep["run_fingerprint"])
         served = render._served_by_key(run)
         labels = {label for label, *_ in served.values()}
         rows = [r for r in table.splitlines() if r.startswith(f"| {rep['seed']} |") and r.split(" | ")[1] in labels]

@@ -50,6 +50,12 @@ def feedback_goals(
     return goals
 
 
+def final_adapter(run: dict[str, Any]) -> dict[str, Any]:
+    """What a ``bench feedback`` run records of its final curve adapter, the one trained on the most
+    feedback queries. Its fingerprint names the run: another CPU or setting trains other weights."""
+    return run["adapters"][str(max(int(n) for n in run["adapters"]))]
+
+
 def goals_met(goals: dict[str, Any]) -> bool:
     """Whether every goal but the moonshot holds."""
     return all(v for k, v in goals.items() if not k.startswith("moonshot"))

@@ -29,7 +29,14 @@ from ...errors import IsacirError
 from ...progress import progress_bar
 from .bench import ShapesBenchConfig, cached_isa
 from .feedback_bench import _flip_rate, _TestSet, feedback_stem
-from .feedback_goals import MAX_TEST_FLIP_RATE, MIN_R1_GAIN, feedback_goals, goals_met, verdict_intervals
+from .feedback_goals import (
+    MAX_TEST_FLIP_RATE,
+    MIN_R1_GAIN,
+    feedback_goals,
+    final_adapter,
+    goals_met,
+    verdict_intervals,
+)
 from .phrasing import known_phrasings_copy
 from .pilot import PilotConfig
 from .world import generate_replicate
@@ -66,17 +73,12 @@ def _final_queries(detail: dict[str, Any]) -> int:
     return max(int(n) for n in detail["curve"])
 
 
-def _final_fingerprint(detail: dict[str, Any]) -> str:
-    """The fingerprint of a run's final curve adapter, as its JSON records it."""
-    return detail["adapters"][str(_final_queries(detail))]["fingerprint"]
-
-
 def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapter]:
     """The run's served adapters, checked to be the ones its JSON describes."""
     from ...adapt import QueryAdapter
 
     final = run / f"adapter-{_final_queries(detail)}"
-    recorded = _final_fingerprint(detail)
+    recorded = final_adapter(detail)["fingerprint"]
     if not final.is_dir():
         raise IsacirError(f"{final} is missing: rerun isacir bench feedback for seed {detail['seed']}")
     found = QueryAdapter.from_pretrained(final).fingerprint
@@ -282,7 +284,7 @@ def run_replicates(
         # the run judged again: its recipe, its final adapter (which names the run: another CPU or
         # setting trains other weights) and the machine that trained it, where the run recorded it
         "settings": detail["settings"],
-        "run_fingerprint": _final_fingerprint(detail),
+        "run_fingerprint": final_adapter(detail)["fingerprint"],
         "run_cpu": detail.get("cpu"),
         "adapters": {name: adapter.fingerprint for name, adapter in adapters.items()},
         "replicates": count,
