@@ -68,16 +68,18 @@ def _hits(test: _TestSet, rankings: list[list[str]], k: int) -> list[bool]:
     return [bool(set(r[:k]) & set(q.targets)) for q, r in zip(test.bench.queries, rankings, strict=True)]
 
 
-def _final_queries(detail: dict[str, Any]) -> int:
-    """The feedback queries a run's final curve adapter learned from (its folder's suffix)."""
-    return max(int(n) for n in detail["curve"])
+def _adapter_folder(run: Path, detail: dict[str, Any], recipe: str | None = None) -> Path:
+    """Where a served recipe's adapter lies in the run's folder; without a folder of its own (or
+    without a recipe), the final curve adapter's, named for the feedback queries it learned from."""
+    own = RECIPES[recipe] if recipe is not None else None
+    return run / (own or f"adapter-{max(int(n) for n in detail['curve'])}")
 
 
 def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapter]:
     """The run's served adapters, checked to be the ones its JSON describes."""
     from ...adapt import QueryAdapter
 
-    final = run / f"adapter-{_final_queries(detail)}"
+    final = _adapter_folder(run, detail)
     recorded = final_adapter(detail)["fingerprint"]
     if not final.is_dir():
         raise IsacirError(f"{final} is missing: rerun isacir bench feedback for seed {detail['seed']}")
@@ -125,25 +127,27 @@ def _frontier_hits(test: _TestSet, folder: Path, zero_shot: np.ndarray) -> dict[
     return out
 
 
-def _frontier(hits: dict[tuple[float, float], list[bool]], before1: list[bool]) -> dict[str, Any]:
-    """The pooled grid of serving pairs, with the best pair within the flip goal and the largest gain."""
+def _first_places(right: list[bool], before1: list[bool]) -> dict[str, Any]:
+    """R@1 (percent) of pooled first places, and their flips against the first places ``before1``."""
     from ...adapt import flip_rate
 
+    rate, lost, had = flip_rate(np.array(before1), np.array(right))
+    return {
+        "R@1": round(100 * sum(right) / len(before1), 2),
+        "flip_rate": None if rate is None else round(rate, 4),
+        "flips": lost,
+        "right_before": had,
+    }
+
+
+def _frontier(hits: dict[tuple[float, float], list[bool]], before1: list[bool]) -> dict[str, Any]:
+    """The pooled grid of serving pairs, with the best pair within the flip goal and the largest gain."""
     n = len(before1)
     grid = []
     for (a, m), right in hits.items():
-        rate, lost, had = flip_rate(np.array(before1), np.array(right))
-        grid.append(
-            {
-                "interpolation": a,
-                "guard_margin": m,
-                "R@1": round(100 * sum(right) / n, 2),
-                "R@1_gain": round(100 * (sum(right) - sum(before1)) / n, 2),
-                "flip_rate": None if rate is None else round(rate, 4),
-                "flips": lost,
-                "right_before": had,
-            }
-        )
+        counted = _first_places(right, before1)
+        gain = round(100 * (sum(right) - sum(before1)) / n, 2)
+        grid.append({"interpolation": a, "guard_margin": m, "R@1": counted["R@1"], "R@1_gain": gain, **counted})
     within = [g for g in grid if g["flip_rate"] is not None and g["flip_rate"] <= MAX_TEST_FLIP_RATE]
     # ties go to the first pair in grid order: the lower interpolation, then the smaller margin
     best = max(within, key=lambda g: g["R@1"], default=None)
@@ -157,17 +161,8 @@ def _frontier(hits: dict[tuple[float, float], list[bool]], before1: list[bool]) 
 
 def _pooled(hits: dict[str, list[bool]], before1: list[bool]) -> dict[str, Any]:
     """R@1, R@10 (percent) and the flip rate against ``before1`` over the pooled queries."""
-    from ...adapt import flip_rate
-
-    n = len(before1)
-    rate, lost, had = flip_rate(np.array(before1), np.array(hits["R@1"]))
-    return {
-        "R@1": round(100 * sum(hits["R@1"]) / n, 2),
-        "R@10": round(100 * sum(hits["R@10"]) / n, 2),
-        "flip_rate": None if rate is None else round(rate, 4),
-        "flips": lost,
-        "right_before": had,
-    }
+    counted = _first_places(hits["R@1"], before1)
+    return {"R@1": counted["R@1"], "R@10": round(100 * sum(hits["R@10"]) / len(before1), 2), **counted}
 
 
 def run_replicates(
@@ -209,7 +204,7 @@ def run_replicates(
         raise IsacirError(f"{record} records no served recipe ({', '.join(RECIPES)})")
     if frontier is not None and frontier not in adapters:
         raise IsacirError(f"{record} records no {frontier!r} recipe to weigh; it serves {', '.join(adapters)}")
-    frontier_folder = (run / (RECIPES[frontier] or f"adapter-{_final_queries(detail)}")) if frontier else None
+    frontier_folder = _adapter_folder(run, detail, frontier) if frontier else None
     frontier_hits: dict[tuple[float, float], list[bool]] = {}
     _, fnd, _, qe = cached_isa(out, config, log, progress)
 
