@@ -272,6 +272,14 @@ def load_training_seeds() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((RESULTS / "training-seeds").glob("feedback-*.json"))]
 
 
+def load_variants() -> tuple[list[dict], list[dict]]:
+    """``bench feedback`` runs of a recipe variant (``--query-head``) and their ``bench replicates``
+    runs, recorded apart from the recipes the product pages describe."""
+    files = sorted((RESULTS / "variants").glob("feedback-*.json"))
+    runs = [json.loads(p.read_text()) for p in files if "-replicates" not in p.name]
+    return runs, [json.loads(p.read_text()) for p in files if "-replicates" in p.name]
+
+
 def load_reruns() -> list[dict]:
     """``bench feedback`` runs of a recorded command repeated on another CPU model."""
     return [json.loads(p.read_text()) for p in sorted((RESULTS / "reruns").glob("feedback-*.json"))]
@@ -281,9 +289,10 @@ def _training_seed(run: dict) -> int:
     return run["settings"].get("seed", run["seed"])
 
 
-def _by_recipe(run: dict) -> tuple[int, int, int]:
-    """The order of a seed's rows: by world seed, LoRA rank and training seed."""
-    return run["seed"], run["settings"].get("lora_rank", 0), _training_seed(run)
+def _by_recipe(run: dict) -> tuple[int, int, int, bool]:
+    """The order of a seed's rows: by world seed, LoRA rank, training seed, then the query head."""
+    settings = run["settings"]
+    return run["seed"], settings.get("lora_rank", 0), _training_seed(run), bool(settings.get("query_head"))
 
 
 def _arrow(before: float, after: float) -> str:
@@ -369,6 +378,8 @@ def feedback_guard_table(runs: list[dict]) -> str:
 def _recipe(run: dict) -> str:
     rank = run["settings"].get("lora_rank", 0)
     recipe = f"+ LoRA rank {rank}" if rank else "default (token adapter + vocabulary)"
+    if run["settings"].get("query_head"):
+        recipe += ", query head"
     seed = _training_seed(run)
     return recipe if seed == run["seed"] else f"{recipe}, training seed {seed}"
 
@@ -471,12 +482,27 @@ def _cpu(run: dict) -> str:
 
 
 def _same_recipe(a: dict, b: dict) -> bool:
-    keys = ("lora_rank", "refit", "folds")
+    keys = ("lora_rank", "refit", "folds", "query_head")  # absent from older runs: 0 or off
     return (
         a["seed"] == b["seed"]
         and _training_seed(a) == _training_seed(b)
-        and all(a["settings"].get(k) == b["settings"].get(k) for k in keys)
+        and all((a["settings"].get(k) or 0) == (b["settings"].get(k) or 0) for k in keys)
     )
+
+
+def _beside_their_base(variants: list[dict], replicates: list[dict]) -> list[dict]:
+    """Each variant's replicates, after the replicates of the run it varies (same seed, training
+    seed, LoRA rank, refit and folds, without the variant), so a table shows them side by side."""
+    shown: list[dict] = []
+    for var in variants:
+        base = next(
+            (r for r in replicates if _same_recipe(r, {**var, "settings": {**var["settings"], "query_head": False}})),
+            None,
+        )
+        if base is None:
+            raise SystemExit(f"the variant replicates of seed {var['seed']} have no replicates of the recipe they vary")
+        shown += [r for r in (base, var) if r not in shown]
+    return shown
 
 
 def feedback_reruns_table(records: list[dict], reruns: list[dict]) -> str:
@@ -873,6 +899,8 @@ def render() -> dict[Path, str]:
     backbones = json.loads((RESULTS / "query-side-backbones.json").read_text())
     # every recorded run a replicates file may have judged again
     replicated = feedback_runs + lora_runs + load_reruns() + load_training_seeds()
+    variant_runs, variant_replicates = load_variants()
+    beside = _beside_their_base(variant_replicates, load_replicates())
     blocks = {
         "shapes-summary": summary_table(runs),
         "query-side-backbones": backbones_table(backbones),
@@ -886,6 +914,8 @@ def render() -> dict[Path, str]:
         "feedback-reruns": feedback_reruns_table(feedback_runs + lora_runs, load_reruns()),
         "feedback-replicates": feedback_replicates_table(replicated, load_replicates()),
         "feedback-frontier": feedback_frontier_table(replicated, load_replicates()),
+        "feedback-variant-replicates": feedback_replicates_table(replicated + variant_runs, beside),
+        "feedback-variant-frontier": feedback_frontier_table(replicated + variant_runs, beside),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

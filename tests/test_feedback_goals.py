@@ -23,6 +23,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 #: the runs of record, and the same commands rerun on another CPU model
 RECORDED = sorted(RESULTS.glob("feedback-*.json")) + sorted(RESULTS.glob("reruns/feedback-*.json"))
 RECORDED += sorted(RESULTS.glob("training-seeds/feedback-*.json"))
+#: recipe variants (the query head), each with its replicates beside the recipe it varies
+VARIANTS = sorted(RESULTS.glob("variants/feedback-*.json"))
+RECORDED += [p for p in VARIANTS if "-replicates" not in p.name]
 
 
 def test_goal_boundaries_hold_as_written():
@@ -122,6 +125,31 @@ def test_a_rerun_sits_beside_its_run_of_record():
 
 
 REPLICATES = sorted(RESULTS.glob("replicates/feedback-*.json"))
+REPLICATES += [p for p in VARIANTS if "-replicates" in p.name]
+
+
+def test_a_variant_is_shown_after_the_recipe_it_varies():
+    """The variants' tables put each variant's replicates right after those of the same recipe
+    without it, label it, and refuse a variant whose recipe was never judged on replicates."""
+    render = _renderer()
+    runs, variants = render.load_variants()
+    assert variants and runs, "no recorded recipe variant"
+    base = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("replicates/feedback-*.json"))]
+    shown = render._beside_their_base(variants, base)
+    assert len(shown) == 2 * len(variants)
+    for before, var in zip(shown[::2], shown[1::2], strict=True):
+        assert var in variants and before in base and var["settings"]["query_head"]
+        assert not before["settings"].get("query_head") and render._same_recipe(
+            before, {**var, "settings": {**var["settings"], "query_head": False}}
+        )
+        assert render._by_recipe(before) < render._by_recipe(var)
+    recorded = [json.loads(p.read_text()) for p in RECORDED]
+    table = render.feedback_replicates_table(recorded, shown)
+    labels = [row.split(" | ")[1] for row in table.splitlines()[2:]]
+    assert any(label.endswith(", query head") for label in labels)
+    assert labels.index(next(x for x in labels if "query head" in x)) > 0
+    with pytest.raises(SystemExit, match="no replicates of the recipe they vary"):
+        render._beside_their_base(variants, [b for b in base if not render._same_recipe(b, shown[0])])
 
 
 @pytest.mark.parametrize("path", REPLICATES, ids=[p.stem for p in REPLICATES])

@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -210,10 +211,19 @@ def test_bench_feedback_on_the_small_bench(small_loop):
 
 
 def test_results_of_another_training_seed_are_named_apart():
-    from isacir.experiments.shapes.feedback_bench import feedback_stem
+    from isacir.experiments.shapes.bench import ShapesBenchConfig
+    from isacir.experiments.shapes.feedback_bench import feedback_run_dir, feedback_stem
+    from isacir.experiments.shapes.pilot import PilotConfig
 
     assert feedback_stem(0) == feedback_stem(0, 0) == "feedback-seed0"
     assert feedback_stem(3, 1) == "feedback-seed3-adapt1"
+    assert feedback_stem(3, 3, query_head=True) == "feedback-seed3-head"
+    assert feedback_stem(3, 1, query_head=True) == "feedback-seed3-adapt1-head"
+    # their pilot logs and adapters too: one variant's run never deletes another's folder
+    world, pilot = ShapesBenchConfig(seed=3).world, PilotConfig()
+    dirs = {feedback_run_dir(Path("o"), 3, pilot, world, a, h) for a in (None, 1) for h in (False, True)}
+    assert len(dirs) == 4 and feedback_run_dir(Path("o"), 3, pilot, world, 3, False) in dirs
+    assert {d.name.split("-")[0] for d in dirs} == {"seed3"} and all(d.parent == Path("o/feedback") for d in dirs)
 
 
 @pytest.mark.slow

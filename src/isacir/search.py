@@ -176,6 +176,8 @@ class Retriever:
         mods = [[t] if isinstance(t, str) else list(t) for t in texts]
         with self._adapted():  # the vocabulary hook was attached once, in __init__
             q = self.foundation.encode_composed(tokens, mods, self.template, expected_tokens=expected)
+            if self.adapter is not None:
+                q = self.adapter.adapt_query(q)
         return q.float().cpu().numpy()
 
     def search_vector(

@@ -12,7 +12,11 @@ both starting as the identity so that a fresh adapter reproduces the served resu
 * optionally, **low-rank adapters** (LoRA) on the linear layers of the text tower, ``B`` zero at
   start. They too act through forward hooks rather than by wrapping the foundation's layers in
   place, as PEFT's injection would: a wrapped layer would change every user of the shared
-  foundation in every thread, where a hook acts only for the thread that composes an adapted query.
+  foundation in every thread, where a hook acts only for the thread that composes an adapted query;
+* optionally, a **query head**: a residual linear map on the composed query, ``normalize(q + W q)``
+  with ``W`` zero at start. Since ``(q + W q) . g = q . (g + W^T g)``, it is a learned metric on the
+  stored gallery vectors that never touches them: it can weigh up the directions in which a target
+  differs from the near ties operators rejected, which the frozen image tower separates by little.
 
 ``interpolation`` scales both residuals: 1 is the trained adapter, 0 the zero-shot behaviour; the
 values between are the WiSE-FT style trade between the customer's queries and everything else.
@@ -79,6 +83,8 @@ class AdapterConfig:
     lora_alpha: float = 8.0
     lora_targets: list[str] = field(default_factory=list)
     lora_shapes: list[list[int]] = field(default_factory=list)
+    #: the query head's width (0: none), the foundation's joint embedding size when on
+    query_head: int = 0
     interpolation: float = 1.0
     #: the top-1 guard (:mod:`isacir.adapt.guard`): the zero-shot top-1 stays first unless the
     #: adapter prefers its own by this cosine margin (0: off, the adapted order stands)
@@ -111,6 +117,7 @@ class AdapterConfig:
                 if self.lora_rank
                 else {}
             ),
+            **({"query_head": self.query_head} if self.query_head else {}),
             "interpolation": self.interpolation,
             **({"guard_margin": self.guard_margin} if self.guard_margin else {}),
         }
@@ -172,6 +179,18 @@ class LoraDelta(nn.Module):
         return self.scale * self.B(self.A(x))
 
 
+class QueryHead(nn.Module):
+    """``W q``: the residual of the composed query's linear map (``W`` zero at start)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        return self.linear(query)
+
+
 def _lora_key(name: str) -> str:
     return name.replace(".", "__")
 
@@ -196,6 +215,7 @@ class QueryAdapter(nn.Module):
             if config.lora_rank and config.lora_targets
             else None
         )
+        self.head = QueryHead(config.query_head) if config.query_head else None
         self._fingerprint: str | None = None
         self._hooks: dict[int, list[RemovableHandle]] = {}
         self._local = threading.local()
@@ -218,6 +238,19 @@ class QueryAdapter(nn.Module):
         out = tokens.to(dev) + self.interpolation * self.tokens.residual(tokens.to(dev, torch.float32)).to(tokens.dtype)
         return out.to(tokens.device)
 
+    def adapt_query(self, query: torch.Tensor) -> torch.Tensor:
+        """The composed query through the query head, renormalised (unchanged without a head)."""
+        if self.head is None or self.interpolation == 0.0:
+            return query
+        # where no gradient is asked for, a zero map returns the query itself: renormalising a unit
+        # vector moves its last bits, and a fresh adapter must reproduce the served results bit for bit
+        weight = self.head.linear.weight
+        if not (torch.is_grad_enabled() and weight.requires_grad) and not bool(weight.any()):
+            return query
+        dev = self.head.linear.weight.device
+        q = query.to(dev, torch.float32)
+        return F.normalize(q + self.interpolation * self.head(q), dim=-1).to(query.device, query.dtype)
+
     def compose(
         self,
         foundation: Foundation,
@@ -235,8 +268,10 @@ class QueryAdapter(nn.Module):
         self.attach(foundation)
         try:
             with self.applied():
-                return foundation.encode_composed(
-                    self.adapt_tokens(tokens), modifiers, template, expected_tokens=expected_tokens
+                return self.adapt_query(
+                    foundation.encode_composed(
+                        self.adapt_tokens(tokens), modifiers, template, expected_tokens=expected_tokens
+                    )
                 )
         finally:
             if added:
@@ -421,6 +456,7 @@ class QueryAdapter(nn.Module):
             "vocab_rows": len(cfg.vocab_ids),
             "lora_rank": cfg.lora_rank,
             "lora_layers": len(cfg.lora_targets),
+            "query_head": cfg.query_head,
             "created": cfg.created,
         }
 
@@ -436,11 +472,12 @@ def new_adapter(
     seed: int = 0,
     lora_rank: int = 0,
     lora_alpha: float = 8.0,
+    query_head: bool = False,
 ) -> QueryAdapter:
     """A fresh adapter (the identity) for this foundation and query encoder.
 
     ``lora_rank`` > 0 adds LoRA updates on every linear layer that the foundation's text forward
-    calls (:meth:`Foundation.text_linears`).
+    calls (:meth:`Foundation.text_linears`); ``query_head`` adds the query head.
     """
     if lora_rank < 0:
         raise ConfigError(f"LoRA rank must not be negative, got {lora_rank}")
@@ -461,6 +498,7 @@ def new_adapter(
         lora_alpha=float(lora_alpha),
         lora_targets=list(layers),
         lora_shapes=[[m.in_features, m.out_features] for m in layers.values()],
+        query_head=int(foundation.embed_dim) if query_head else 0,
         created=time.time(),
     )
     return QueryAdapter(cfg)

@@ -71,6 +71,8 @@ class AdaptSettings:
     #: it helps) and its alpha (the update is scaled by alpha / rank)
     lora_rank: int = 0
     lora_alpha: float = 8.0
+    #: a residual linear map on the composed query (a learned metric on the stored vectors)
+    query_head: bool = False
     #: random gallery items per step as extra negatives (drawn from a pool of ``negative_pool``)
     gallery_negatives: int = 1024
     negative_pool: int = 50000
@@ -487,6 +489,7 @@ def _adapt_by_folds(
             "replay": len(data.replay),
             "vocab_rows": len(final.config.vocab_ids),
             "lora_layers": len(final.config.lora_targets),
+            "query_head": final.config.query_head,
             "skipped": dict(data.skipped),
         },
         "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
@@ -546,6 +549,7 @@ class _Fit:
             settings.seed,
             lora_rank=settings.lora_rank,
             lora_alpha=settings.lora_alpha,
+            query_head=settings.query_head,
         )
 
         # stored vectors, read once and never re-encoded: the positives, the rejected candidates,
@@ -795,6 +799,7 @@ def _report(
             "replay": len(data.replay),
             "vocab_rows": len(adapter.config.vocab_ids),
             "lora_layers": len(adapter.config.lora_targets),
+            "query_head": adapter.config.query_head,
             "skipped": dict(data.skipped),
         },
         "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},

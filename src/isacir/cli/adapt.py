@@ -31,6 +31,11 @@ def adapt_cmd(
         0, help="LoRA rank on the text tower's linear layers (0: off; the default until a benchmark shows it helps)."
     ),
     lora_alpha: float = typer.Option(8.0, help="LoRA alpha: the update is scaled by alpha / rank."),
+    query_head: bool = typer.Option(
+        False,
+        "--query-head",
+        help="Also learn a residual linear map on the composed query: a metric on the stored gallery vectors.",
+    ),
     replay_weight: float = typer.Option(1.0, help="Weight of the distillation on unjudged logged queries."),
     max_replay: int = typer.Option(2000, help="At most this many unjudged queries to replay."),
     hard_negatives: int = typer.Option(
@@ -96,6 +101,7 @@ def adapt_cmd(
         vocab_max_rows=vocab_max_rows,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
+        query_head=query_head,
         replay_weight=replay_weight,
         max_replay=max_replay,
         hard_negatives=hard_negatives,

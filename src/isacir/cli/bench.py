@@ -240,6 +240,7 @@ def bench_feedback_cmd(
     k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
     steps: Optional[int] = typer.Option(None, help="Adapter training steps (default: isacir adapt's)."),
     lora_rank: int = typer.Option(0, help="LoRA rank on the text tower (0: off, as isacir adapt's default)."),
+    query_head: bool = typer.Option(False, "--query-head", help="Adapters with isacir adapt's --query-head."),
     refit: bool = typer.Option(
         False,
         "--refit",
@@ -274,6 +275,7 @@ def bench_feedback_cmd(
         BENCH_ADAPT,
         seed=adapt_seed,
         lora_rank=lora_rank,
+        query_head=query_head,
         refit=refit,
         folds=folds,
         **({"steps": steps} if steps else {}),
@@ -290,7 +292,7 @@ def bench_feedback_cmd(
         log=lambda m: err.print(escape(str(m)), highlight=False),
     )
     if not as_json:
-        stem = feedback_stem(seed, adapt_seed)
+        stem = feedback_stem(seed, adapt_seed, query_head)
         detail = json.loads((out_dir / f"{stem}.json").read_text())
         for goal, ok in detail["goals"].items():
             err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal}")
@@ -310,6 +312,9 @@ def bench_replicates_cmd(
         None,
         help="Also weigh this served recipe's adapter (tuned_on_held_out, tuned_then_refit or tuned_by_folds) at "
         "every interpolation (0.5, 0.75, 1) and guard margin (0 to 0.12) on the same queries.",
+    ),
+    query_head: bool = typer.Option(
+        False, "--query-head", help="Judge the run made with --query-head (a feedback-seedS-head run)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
@@ -332,9 +337,10 @@ def bench_replicates_cmd(
         adapt_seed,
         log=lambda m: err.print(escape(str(m)), highlight=False),
         frontier=frontier,
+        query_head=query_head,
     )
     if not as_json:
-        detail = json.loads((out_dir / f"{replicates_stem(seed, adapt_seed)}.json").read_text())
+        detail = json.loads((out_dir / f"{replicates_stem(seed, adapt_seed, query_head)}.json").read_text())
         pooled = detail["pooled"]
         for name, served in pooled.items():
             if not isinstance(served, dict) or "goals" not in served:

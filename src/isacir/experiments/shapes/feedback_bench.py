@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ...adapt import QueryAdapter
     from ...foundation import Foundation
     from ...query import QueryEncoder
+    from .world import ShapesConfig
 
 CURVE = (100, 300, 1000)
 #: Interpolations of the final adapter at which the gain is weighed against the flips.
@@ -109,11 +110,22 @@ def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
         g.close()
 
 
-def feedback_stem(seed: int, adapt_seed: int | None = None) -> str:
+def _variant(seed: int, adapt_seed: int | None, query_head: bool) -> str:
+    return ("" if adapt_seed in (None, seed) else f"-adapt{adapt_seed}") + ("-head" if query_head else "")
+
+
+def feedback_stem(seed: int, adapt_seed: int | None = None, query_head: bool = False) -> str:
     """The name (without suffix) of a ``bench feedback`` run's results. The adapters' training seed
-    is the world's unless asked otherwise; a run with another one gets a name of its own, so that
-    it never overwrites the run of record."""
-    return f"feedback-seed{seed}" + ("" if adapt_seed in (None, seed) else f"-adapt{adapt_seed}")
+    is the world's unless asked otherwise; a run with another one, or with the query head, gets a
+    name of its own, so that it never overwrites the run of record."""
+    return f"feedback-seed{seed}" + _variant(seed, adapt_seed, query_head)
+
+
+def feedback_run_dir(
+    out: Path, seed: int, pilot: PilotConfig, world: ShapesConfig, adapt_seed: int | None, query_head: bool
+) -> Path:
+    """The folder of a run's pilot log and adapters, named apart per variant as its results are."""
+    return out / "feedback" / f"seed{seed}-{pilot.key(world)}{_variant(seed, adapt_seed, query_head)}"
 
 
 def run_feedback_bench(
@@ -128,7 +140,8 @@ def run_feedback_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``
-    (:func:`feedback_stem`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``)."""
+    (:func:`feedback_stem`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``, and
+    ``-head`` with ``settings.query_head``)."""
     import torch
 
     from ...adapt import QueryAdapter, adapt, tune_adapter
@@ -152,7 +165,7 @@ def run_feedback_bench(
     qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
 
     # the pilot, through the device path and HTTP; a fresh log every run
-    run = out / "feedback" / f"seed{seed}-{pilot.key(config.world)}"
+    run = feedback_run_dir(out, seed, pilot, config.world, settings.seed, settings.query_head)
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
@@ -305,7 +318,7 @@ def run_feedback_bench(
         "pilot_config": asdict(pilot),
         "timings": {k_: round(v, 1) for k_, v in timings.items()},
     }
-    stem = out / feedback_stem(seed, settings.seed)
+    stem = out / feedback_stem(seed, settings.seed, settings.query_head)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
     curve_chart(before, results["curve"], stem.with_suffix(".png"), seed, oracle)
     return summary

@@ -28,7 +28,7 @@ from ...bench.machine import cpu_info
 from ...errors import IsacirError
 from ...progress import progress_bar
 from .bench import ShapesBenchConfig, cached_isa
-from .feedback_bench import _flip_rate, _TestSet, feedback_stem
+from .feedback_bench import _flip_rate, _TestSet, feedback_run_dir, feedback_stem
 from .feedback_goals import (
     MAX_TEST_FLIP_RATE,
     MIN_R1_GAIN,
@@ -59,8 +59,8 @@ FRONTIER_INTERPOLATIONS = (0.5, 0.75, 1.0)
 FRONTIER_MARGINS = tuple(round(0.01 * i, 2) for i in range(13))
 
 
-def replicates_stem(seed: int, adapt_seed: int | None = None) -> str:
-    return feedback_stem(seed, adapt_seed) + "-replicates"
+def replicates_stem(seed: int, adapt_seed: int | None = None, query_head: bool = False) -> str:
+    return feedback_stem(seed, adapt_seed, query_head) + "-replicates"
 
 
 def _hits(test: _TestSet, rankings: list[list[str]], k: int) -> list[bool]:
@@ -174,6 +174,7 @@ def run_replicates(
     log: Callable[[str], None] = print,
     progress: bool = True,
     frontier: str | None = None,
+    query_head: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a ``bench feedback`` run's served adapters on ``count`` replicates of its test split.
 
@@ -191,13 +192,18 @@ def run_replicates(
         raise IsacirError(f"--frontier must name a served recipe ({', '.join(RECIPES)}), got {frontier!r}")
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
-    stem = feedback_stem(seed, adapt_seed)
+    stem = feedback_stem(seed, adapt_seed, query_head)
     record = out / f"{stem}.json"
     if not record.is_file():
-        raise IsacirError(f"no bench feedback run at {record}: run isacir bench feedback --seed {seed} first")
+        raise IsacirError(
+            f"no bench feedback run at {record}: run isacir bench feedback --seed {seed}"
+            + (f" --adapt-seed {adapt_seed}" if adapt_seed not in (None, seed) else "")
+            + (" --query-head" if query_head else "")
+            + " first"
+        )
     detail = json.loads(record.read_text())
     pilot = PilotConfig(**detail["pilot_config"])
-    run = out / "feedback" / f"seed{seed}-{pilot.key(config.world)}"
+    run = feedback_run_dir(out, seed, pilot, config.world, adapt_seed, query_head)
     t0 = time.perf_counter()
     adapters = _served_adapters(run, detail)
     if not adapters:
@@ -290,7 +296,7 @@ def run_replicates(
         "per_replicate": per_replicate,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_text(out / f"{replicates_stem(seed, adapt_seed)}.json", json.dumps(result, indent=2))
+    atomic_write_text(out / f"{replicates_stem(seed, adapt_seed, query_head)}.json", json.dumps(result, indent=2))
     summary: dict[str, Any] = {
         "seed": seed,
         "replicates": count,
