@@ -591,9 +591,10 @@ def feedback_frontier_table(runs: list[dict], replicates: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def feedback_replicates_table(runs: list[dict], replicates: list[dict]) -> str:
-    """Each served recipe of a run on its own test split and pooled over the replicates: the R@1
-    gain and the flips with their 95 % intervals, the known-phrasings change, every goal."""
+def feedback_replicates_table(runs: list[dict], replicates: list[dict], keys: tuple[str, ...] = SERVED_KEYS) -> str:
+    """Each served recipe of a run (of ``keys``) on its own test split and pooled over the
+    replicates: the R@1 gain and the flips with their 95 % intervals, the known-phrasings change,
+    every goal."""
     if not replicates:
         return "No `bench replicates` run is recorded yet.\n"
     lines = [
@@ -605,6 +606,8 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict]) -> str:
         run = _replicated_run(runs, rep)
         pooled = rep["pooled"]
         for key, (recipe, served, _, _) in _served_by_key(run).items():
+            if key not in keys:
+                continue
             v = verdict_intervals(run["before"], served, run["test_queries"])
             known = served["known_phrasings_R@10"] - run["known_phrasings"]["before"]["R@10"]
             rows = [("the test split", run["test_queries"], v, known, _every_goal(run, served))]
@@ -912,7 +915,9 @@ def render() -> dict[Path, str]:
         "feedback-tuned": feedback_tuned_table(feedback_runs + lora_runs),
         "feedback-intervals": feedback_intervals_table(feedback_runs + lora_runs),
         "feedback-reruns": feedback_reruns_table(feedback_runs + lora_runs, load_reruns()),
-        "feedback-replicates": feedback_replicates_table(replicated, load_replicates()),
+        # the product page shows the recipe it tells people to deploy; the history every recipe
+        "feedback-replicates": feedback_replicates_table(replicated, load_replicates(), ("tuned_by_folds",)),
+        "feedback-replicates-all": feedback_replicates_table(replicated, load_replicates()),
         "feedback-frontier": feedback_frontier_table(replicated, load_replicates()),
         "feedback-variant-replicates": feedback_replicates_table(replicated + variant_runs, beside),
         "feedback-variant-frontier": feedback_frontier_table(replicated + variant_runs, beside),
