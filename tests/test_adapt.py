@@ -246,6 +246,8 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     else:
         assert held["intervals"]["flip_rate"] is None
     assert "95 % interval of the change" in _unwrapped(run_adapt.stderr)
+    # an untuned adapter that may not be promoted points at the flag that tunes it
+    assert ("hint: --tune" in _unwrapped(run_adapt.stderr)) == (not report["promotable"])
     app = load_service(state.gallery.dir, tmp / "qe", tiny_openclip_dir[0], adapter=tmp / "adapter")
     assert app.state.service.adapter_fingerprint == report["fingerprint"]
     app.state.service.retriever.close()
@@ -258,6 +260,7 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     assert again["refit"]["train"] == 30 and again["counts"]["holdout"] == 6
     assert again["holdout"]["before"] == report["holdout"]["before"]
     assert "refit on all 30 feedback queries" in _unwrapped(refit.stderr)
+    assert "hint: --tune" not in _unwrapped(refit.stderr)
     assert json.loads((tmp / "adapter" / "report.json").read_text())["fingerprint"] == again["fingerprint"]
     # --folds: every query judged once, the saved adapter trained on all of them
     cv = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress", "--tune", "--folds", "2")
