@@ -447,6 +447,23 @@ def test_lora_on_blip_adapts_the_text_encoder_only(blip_fnd):
     assert not torch.allclose(plain, moved, atol=1e-4)
 
 
+def test_query_head_on_blip_maps_the_joint_embedding(blip_fnd):
+    fnd = blip_fnd
+    adapter = new_adapter(fnd, "0" * 16, 2, "a photo of {} that {}", hidden=8, query_head=True)
+    assert adapter.config.query_head == fnd.embed_dim
+    tokens = torch.randn(1, 2, fnd.word_dim, generator=torch.Generator().manual_seed(0)) * fnd.word_embedding_rms()
+    weight = torch.randn(fnd.embed_dim, fnd.embed_dim, generator=torch.Generator().manual_seed(1)) * 0.3
+    with torch.no_grad():
+        plain = fnd.encode_composed(tokens, ["red"], "a photo of {} that {}")
+        assert torch.equal(adapter.compose(fnd, tokens, ["red"], "a photo of {} that {}"), plain)
+        adapter.head.linear.weight.copy_(weight)
+        adapter.set_interpolation(0.5)
+        moved = adapter.compose(fnd, tokens, ["red"], "a photo of {} that {}")
+    want = torch.nn.functional.normalize(plain + 0.5 * plain @ weight.T, dim=-1)
+    torch.testing.assert_close(moved, want)
+    assert moved.shape == plain.shape and not torch.allclose(moved, plain, atol=1e-3)
+
+
 def test_guard_top1_by_hand():
     from isacir.adapt import guard_top1
 
