@@ -226,6 +226,33 @@ def test_results_of_another_training_seed_are_named_apart():
     assert {d.name.split("-")[0] for d in dirs} == {"seed3"} and all(d.parent == Path("o/feedback") for d in dirs)
 
 
+def test_a_missing_run_names_the_command_that_trains_it_again(tmp_path):
+    """`bench replicates` on a run whose adapters are gone says which `bench feedback` to run; the
+    command is built from the run's settings, and for the recorded runs it is the one the docs show."""
+    from isacir.errors import IsacirError
+    from isacir.experiments.shapes.replicates import _served_adapters, rerun_command
+
+    root = Path(__file__).resolve().parents[1]
+    docs = " ".join(p.read_text() for p in (root / "docs").rglob("*.md"))
+    results = root / "docs" / "results"
+    for name in (
+        "reruns/feedback-lora4-seed0-epyc.json",
+        "training-seeds/feedback-lora4-seed0-adapt1-epyc.json",
+        "variants/feedback-lora4-head-seed0-epyc.json",
+    ):
+        run = json.loads((results / name).read_text())
+        assert rerun_command(Path("runs/shapes"), run) + " --json" in docs, name
+    run = json.loads((results / "variants/feedback-lora4-head-seed0-epyc.json").read_text())
+    run["seed"] = 3
+    run["settings"] = {**run["settings"], "steps": 50, "lora_rank": 0}
+    run["pilot_config"] = {**run["pilot_config"], "queries": 60}
+    want = "isacir bench feedback --seed 3 --out o --queries 60 --steps 50 --query-head --refit --folds 5"
+    want += " --adapt-seed 0"
+    assert rerun_command(Path("o"), run) == want
+    with pytest.raises(IsacirError, match=f"adapter-1000 is missing: train the run's adapters again with {want}"):
+        _served_adapters(tmp_path / "gone", run, Path("o"))
+
+
 @pytest.mark.slow
 def test_pilot_of_two_versions_on_the_small_bench(small_loop):
     out, _, _, _, result = small_loop

@@ -28,7 +28,7 @@ from ...bench.machine import cpu_info
 from ...errors import IsacirError
 from ...progress import progress_bar
 from .bench import ShapesBenchConfig, cached_isa
-from .feedback_bench import _flip_rate, _TestSet, feedback_run_dir, feedback_stem
+from .feedback_bench import BENCH_ADAPT, _flip_rate, _TestSet, feedback_run_dir, feedback_stem
 from .feedback_goals import (
     MAX_TEST_FLIP_RATE,
     MIN_R1_GAIN,
@@ -75,19 +75,36 @@ def _adapter_folder(run: Path, detail: dict[str, Any], recipe: str | None = None
     return run / (own or f"adapter-{max(int(n) for n in detail['curve'])}")
 
 
-def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapter]:
+def rerun_command(out: Path, detail: dict[str, Any]) -> str:
+    """The ``bench feedback`` command that trains a recorded run's adapters again, from its settings
+    (the flags that differ from the bench's defaults)."""
+    settings, seed = detail["settings"], detail["seed"]
+    queries = detail.get("pilot_config", {}).get("queries")
+    flags = [f"--seed {seed}", f"--out {out}"]
+    flags += [f"--queries {queries}"] if queries and queries != PilotConfig.queries else []
+    flags += [f"--steps {settings['steps']}"] if settings.get("steps", BENCH_ADAPT.steps) != BENCH_ADAPT.steps else []
+    flags += [f"--lora-rank {settings['lora_rank']}"] if settings.get("lora_rank") else []
+    flags += ["--query-head"] if settings.get("query_head") else []
+    flags += ["--refit"] if settings.get("refit") else []
+    flags += [f"--folds {settings['folds']}"] if settings.get("folds") else []
+    flags += [f"--adapt-seed {settings['seed']}"] if settings.get("seed", seed) != seed else []
+    return "isacir bench feedback " + " ".join(flags)
+
+
+def _served_adapters(run: Path, detail: dict[str, Any], out: Path = Path("runs/shapes")) -> dict[str, QueryAdapter]:
     """The run's served adapters, checked to be the ones its JSON describes."""
     from ...adapt import QueryAdapter
 
     final = _adapter_folder(run, detail)
     recorded = final_adapter(detail)["fingerprint"]
     if not final.is_dir():
-        raise IsacirError(f"{final} is missing: rerun isacir bench feedback for seed {detail['seed']}")
+        raise IsacirError(f"{final} is missing: train the run's adapters again with {rerun_command(out, detail)}")
     found = QueryAdapter.from_pretrained(final).fingerprint
     if found != recorded:
         raise IsacirError(
             f"{final} holds adapter {found}, but the run's JSON records {recorded}: the folder belongs to "
-            "another run of this seed (a later bench feedback with other settings?). Rerun bench feedback."
+            f"another run of this seed (a later bench feedback with other settings?). Rerun "
+            f"{rerun_command(out, detail)}"
         )
     adapters: dict[str, QueryAdapter] = {}
     for name, folder in RECIPES.items():
@@ -102,7 +119,10 @@ def _served_adapters(run: Path, detail: dict[str, Any]) -> dict[str, QueryAdapte
             adapter = QueryAdapter.from_pretrained(run / folder)
             pair = (adapter.interpolation, adapter.guard_margin)
             if pair != (served["interpolation"], served["guard_margin"]):
-                raise IsacirError(f"{run / folder} serves {pair}, the run's JSON records another pair: rerun")
+                raise IsacirError(
+                    f"{run / folder} serves {pair}, the run's JSON records another pair: rerun "
+                    f"{rerun_command(out, detail)}"
+                )
         adapters[name] = adapter
     return adapters
 
@@ -205,7 +225,7 @@ def run_replicates(
     pilot = PilotConfig(**detail["pilot_config"])
     run = feedback_run_dir(out, seed, pilot, config.world, adapt_seed, query_head)
     t0 = time.perf_counter()
-    adapters = _served_adapters(run, detail)
+    adapters = _served_adapters(run, detail, out)
     if not adapters:
         raise IsacirError(f"{record} records no served recipe ({', '.join(RECIPES)})")
     if frontier is not None and frontier not in adapters:
