@@ -341,6 +341,120 @@ def test_lora_adapter_starts_as_the_identity_stays_in_its_thread_and_round_trips
     assert not stray._hooks
 
 
+def test_attention_lora_is_the_identity_at_start_and_a_patched_attention_after(service, tmp_path):
+    import threading
+
+    _, state, _ = service
+    fnd, qe = state.foundation, state.query_encoder
+    adapter = new_adapter(
+        fnd, qe.fingerprint, qe.num_tokens, qe.config.template, hidden=8, lora_rank=4, lora_attention=True
+    )
+    names = adapter.config.lora_attention
+    assert names == list(fnd.text_attentions()) and names and all(".visual." not in n for n in names)
+    assert adapter.describe()["lora_attention"] == len(names)
+    plain = Retriever(state.gallery, fnd, qe)
+    adapted = Retriever(state.gallery, fnd, qe, adapter=adapter)
+    tokens = torch.randn(1, qe.num_tokens, qe.word_dim, generator=torch.Generator().manual_seed(6))
+    tokens *= fnd.word_embedding_rms()
+    template = qe.config.template
+    try:
+        assert [(h.id, h.score) for h in plain.search(text="red", tokens=tokens, k=8)] == [
+            (h.id, h.score) for h in adapted.search(text="red", tokens=tokens, k=8)
+        ]
+        gen = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for delta in adapter.attn_lora.values():
+                delta.B.weight.copy_(torch.randn(delta.B.weight.shape, generator=gen) * 0.3)
+        adapter._fingerprint = None
+        adapter.set_interpolation(0.5)
+        # the oracle: the foundation's attention weights patched by hand (and restored), run by
+        # PyTorch's own attention forward
+        with torch.no_grad():
+            zero_shot = fnd.encode_composed(tokens, ["red"], template, expected_tokens=qe.num_tokens)
+            got = adapter.compose(fnd, tokens, ["red"], template, qe.num_tokens)
+            saved = {}
+            try:
+                for name in names:
+                    key = name.replace(".", "__")
+                    mha = fnd.get_submodule(name)
+                    saved[name] = (mha.in_proj_weight.clone(), mha.out_proj.weight.clone())
+                    mha.in_proj_weight += 0.5 * adapter.attn_lora[f"{key}__in"].weight_delta()
+                    mha.out_proj.weight += 0.5 * adapter.attn_lora[f"{key}__out"].weight_delta()
+                want = fnd.encode_composed(tokens, ["red"], template, expected_tokens=qe.num_tokens)
+            finally:
+                for name, (w_in, w_out) in saved.items():
+                    mha = fnd.get_submodule(name)
+                    mha.in_proj_weight.copy_(w_in)
+                    mha.out_proj.weight.copy_(w_out)
+            assert torch.equal(fnd.encode_composed(tokens, ["red"], template, expected_tokens=qe.num_tokens), zero_shot)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(got, zero_shot, atol=1e-3)
+        # the image tower, which indexed the gallery, is untouched even inside the adapted block
+        pixels = fnd.preprocess_batch([state.gallery.items()[0]["path"]])
+        image = fnd.encode_image(pixels)
+        with adapter.applied():
+            assert torch.equal(fnd.encode_image(pixels), image)
+        # another thread with the plain retriever never sees the update
+        want_plain = plain.query_vector(text="red", tokens=tokens)[0]
+        seen = []
+        start = threading.Barrier(2)
+
+        def loop(retr, want, n=10):
+            start.wait()
+            for _ in range(n):
+                seen.append(np.array_equal(retr.query_vector(text="red", tokens=tokens)[0], want))
+
+        want_adapted = adapted.query_vector(text="red", tokens=tokens)[0]
+        threads = [
+            threading.Thread(target=loop, args=(plain, want_plain)),
+            threading.Thread(target=loop, args=(adapted, want_adapted)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen == [True] * 20 and not np.allclose(want_plain, want_adapted, atol=1e-4)
+    finally:
+        adapted.close()
+    adapter.save_pretrained(tmp_path / "attn")
+    loaded = QueryAdapter.from_pretrained(tmp_path / "attn")
+    assert loaded.fingerprint == adapter.fingerprint
+    with torch.no_grad():
+        assert torch.equal(
+            loaded.compose(fnd, tokens, ["red"], template, qe.num_tokens),
+            adapter.compose(fnd, tokens, ["red"], template, qe.num_tokens),
+        )
+    cfg = loaded.config
+    cfg.lora_attention = [*cfg.lora_attention[:-1], "model.transformer.no_such_attention"]
+    with pytest.raises(AdapterMismatchError, match="no_such_attention"):
+        QueryAdapter(cfg).attach(fnd)
+    with pytest.raises(Exception, match="--lora-rank"):
+        AdaptSettings(lora_attention=True).check()
+
+
+def test_adapt_trains_the_attention_updates(tmp_path, openclip_fnd):
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
+    _synthetic_feedback(state, 40, seed=2, replay=0)
+    settings = AdaptSettings(
+        holdout=0.0,
+        steps=60,
+        lr=1e-2,
+        batch_size=16,
+        seed=3,
+        token_adapter=False,
+        vocab=False,
+        lora_rank=4,
+        lora_attention=True,
+    )
+    report = adapt(
+        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "a", settings, progress=False
+    )
+    assert report["counts"]["lora_attention"] == len(state.foundation.text_attentions()) > 0
+    assert report["train"]["after"]["hit@1"] > report["train"]["before"]["hit@1"]
+    loaded = QueryAdapter.from_pretrained(tmp_path / "a")
+    assert all(float(d.B.weight.detach().abs().max()) > 0 for d in loaded.attn_lora.values())
+
+
 def test_adapt_with_lora_alone_learns_synthetic_triplets(tmp_path, openclip_fnd):
     # a service of its own: the module's shared log holds other tests' feedback, which would make
     # what this test learns depend on which tests ran before it

@@ -12,7 +12,10 @@ both starting as the identity so that a fresh adapter reproduces the served resu
 * optionally, **low-rank adapters** (LoRA) on the linear layers of the text tower, ``B`` zero at
   start. They too act through forward hooks rather than by wrapping the foundation's layers in
   place, as PEFT's injection would: a wrapped layer would change every user of the shared
-  foundation in every thread, where a hook acts only for the thread that composes an adapted query;
+  foundation in every thread, where a hook acts only for the thread that composes an adapted query.
+  ``nn.MultiheadAttention`` reads its projection weights directly, so no hook on a linear layer
+  reaches them; with ``lora_attention``, a hook on the attention module recomputes its output with
+  low-rank updates on the input and output projections, again only for that thread;
 * optionally, a **query head**: a residual linear map on the composed query, ``normalize(q + W q)``
   with ``W`` zero at start. Since ``(q + W q) . g = q . (g + W^T g)``, it is a learned metric on the
   stored gallery vectors that never touches them: it can weigh up the directions in which a target
@@ -26,6 +29,7 @@ its own (:mod:`isacir.adapt.guard`).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -83,6 +87,10 @@ class AdapterConfig:
     lora_alpha: float = 8.0
     lora_targets: list[str] = field(default_factory=list)
     lora_shapes: list[list[int]] = field(default_factory=list)
+    #: LoRA on the text tower's attention modules (their input and output projections): their
+    #: names in the foundation and their embedding widths (empty: none)
+    lora_attention: list[str] = field(default_factory=list)
+    lora_attention_dims: list[int] = field(default_factory=list)
     #: the query head's width (0: none), the foundation's joint embedding size when on
     query_head: int = 0
     interpolation: float = 1.0
@@ -115,6 +123,11 @@ class AdapterConfig:
             **(
                 {"lora": [self.lora_rank, self.lora_alpha, self.lora_targets, self.lora_shapes]}
                 if self.lora_rank
+                else {}
+            ),
+            **(
+                {"lora_attention": [self.lora_attention, self.lora_attention_dims]}
+                if self.lora_rank and self.lora_attention
                 else {}
             ),
             **({"query_head": self.query_head} if self.query_head else {}),
@@ -178,6 +191,51 @@ class LoraDelta(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.B(self.A(x))
 
+    def weight_delta(self) -> torch.Tensor:
+        """The update as a matrix ``[out, in]``, the layout of a linear layer's weight."""
+        return self.scale * self.B.weight @ self.A.weight
+
+
+_MHA_FORWARD = inspect.signature(nn.MultiheadAttention.forward)
+
+
+def _attention_with(
+    module: nn.MultiheadAttention, args: tuple, kwargs: dict, d_in: torch.Tensor, d_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What ``module(*args, **kwargs)`` returns with ``d_in`` added to its input projection weight
+    and ``d_out`` to its output projection weight, as its own (non-fused) forward computes it."""
+    call = _MHA_FORWARD.bind(module, *args, **kwargs)
+    call.apply_defaults()
+    a = call.arguments
+    query, key, value = a["query"], a["key"], a["value"]
+    batched = query.dim() == 3
+    if module.batch_first and batched:
+        query, key, value = (x.transpose(1, 0) for x in (query, key, value))
+    out, weights = F.multi_head_attention_forward(
+        query,
+        key,
+        value,
+        module.embed_dim,
+        module.num_heads,
+        module.in_proj_weight + d_in.to(module.in_proj_weight.dtype),
+        module.in_proj_bias,
+        module.bias_k,
+        module.bias_v,
+        module.add_zero_attn,
+        module.dropout,
+        module.out_proj.weight + d_out.to(module.out_proj.weight.dtype),
+        module.out_proj.bias,
+        training=module.training,
+        key_padding_mask=a["key_padding_mask"],
+        need_weights=a["need_weights"],
+        attn_mask=a["attn_mask"],
+        average_attn_weights=a["average_attn_weights"],
+        is_causal=a["is_causal"],
+    )
+    if module.batch_first and batched:
+        out = out.transpose(1, 0)
+    return out, weights
+
 
 class QueryHead(nn.Module):
     """``W q``: the residual of the composed query's linear map (``W`` zero at start)."""
@@ -213,6 +271,19 @@ class QueryAdapter(nn.Module):
                 }
             )
             if config.lora_rank and config.lora_targets
+            else None
+        )
+        if len(config.lora_attention) != len(config.lora_attention_dims):
+            raise ConfigError("adapter config: lora_attention and lora_attention_dims differ in length")
+        self.attn_lora = (
+            nn.ModuleDict(
+                {
+                    f"{_lora_key(name)}{part}": LoraDelta(d, d * mult, config.lora_rank, config.lora_alpha)
+                    for name, d in zip(config.lora_attention, config.lora_attention_dims, strict=True)
+                    for part, mult in (("__in", 3), ("__out", 1))
+                }
+            )
+            if config.lora_rank and config.lora_attention
             else None
         )
         self.head = QueryHead(config.query_head) if config.query_head else None
@@ -296,9 +367,19 @@ class QueryAdapter(nn.Module):
 
         return hook
 
+    def _attention_hook(self, key: str) -> Any:
+        def hook(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> Any:
+            if self.attn_lora is None or not self._active:
+                return output
+            updates: list[LoraDelta] = [self.attn_lora[f"{key}__in"], self.attn_lora[f"{key}__out"]]  # type: ignore[list-item]
+            d_in, d_out = (self.interpolation * u.weight_delta() for u in updates)
+            return _attention_with(module, args, kwargs, d_in, d_out)
+
+        return hook
+
     @property
     def _hooked(self) -> bool:
-        return self.vocab is not None or self.lora is not None
+        return self.vocab is not None or self.lora is not None or self.attn_lora is not None
 
     def attach(self, foundation: Foundation) -> None:
         """Hook the vocabulary patch and the LoRA updates into the foundation (idempotent).
@@ -326,6 +407,20 @@ class QueryAdapter(nn.Module):
                     f"{d_in} -> {d_out} features for its LoRA update"
                 )
             handles.append(layer.register_forward_hook(self._lora_hook(_lora_key(name))))
+        for name, d in zip(self.config.lora_attention, self.config.lora_attention_dims, strict=True):
+            try:
+                attn = foundation.get_submodule(name)
+            except AttributeError:
+                attn = None
+            if not isinstance(attn, nn.MultiheadAttention) or attn.embed_dim != d or not attn._qkv_same_embed_dim:
+                for h in handles:
+                    h.remove()
+                raise AdapterMismatchError(
+                    f"adapter {self.fingerprint}: the foundation has no attention module {name} of width {d} "
+                    "with one input projection for its LoRA update"
+                )
+            if self.attn_lora is not None:
+                handles.append(attn.register_forward_hook(self._attention_hook(_lora_key(name)), with_kwargs=True))
         self._hooks[id(foundation)] = handles
 
     def detach(self) -> None:
@@ -456,6 +551,7 @@ class QueryAdapter(nn.Module):
             "vocab_rows": len(cfg.vocab_ids),
             "lora_rank": cfg.lora_rank,
             "lora_layers": len(cfg.lora_targets),
+            "lora_attention": len(cfg.lora_attention),
             "query_head": cfg.query_head,
             "created": cfg.created,
         }
@@ -473,15 +569,21 @@ def new_adapter(
     lora_rank: int = 0,
     lora_alpha: float = 8.0,
     query_head: bool = False,
+    lora_attention: bool = False,
 ) -> QueryAdapter:
     """A fresh adapter (the identity) for this foundation and query encoder.
 
     ``lora_rank`` > 0 adds LoRA updates on every linear layer that the foundation's text forward
-    calls (:meth:`Foundation.text_linears`); ``query_head`` adds the query head.
+    calls (:meth:`Foundation.text_linears`), and with ``lora_attention`` on the input and output
+    projections of every attention module it calls (:meth:`Foundation.text_attentions`);
+    ``query_head`` adds the query head.
     """
     if lora_rank < 0:
         raise ConfigError(f"LoRA rank must not be negative, got {lora_rank}")
+    if lora_attention and not lora_rank:
+        raise ConfigError("LoRA on the attention needs a LoRA rank (--lora-rank) above 0")
     layers = foundation.text_linears() if lora_rank else {}
+    attentions = foundation.text_attentions() if lora_attention else {}
     torch.manual_seed(seed)
     cfg = AdapterConfig(
         word_dim=foundation.word_dim,
@@ -498,6 +600,8 @@ def new_adapter(
         lora_alpha=float(lora_alpha),
         lora_targets=list(layers),
         lora_shapes=[[m.in_features, m.out_features] for m in layers.values()],
+        lora_attention=list(attentions),
+        lora_attention_dims=[int(m.embed_dim) for m in attentions.values()],
         query_head=int(foundation.embed_dim) if query_head else 0,
         created=time.time(),
     )

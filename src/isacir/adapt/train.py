@@ -71,6 +71,8 @@ class AdaptSettings:
     #: it helps) and its alpha (the update is scaled by alpha / rank)
     lora_rank: int = 0
     lora_alpha: float = 8.0
+    #: LoRA (at ``lora_rank``) also on the text tower's attention projections
+    lora_attention: bool = False
     #: a residual linear map on the composed query (a learned metric on the stored vectors)
     query_head: bool = False
     #: random gallery items per step as extra negatives (drawn from a pool of ``negative_pool``)
@@ -120,6 +122,8 @@ class AdaptSettings:
             raise ConfigError(f"--guard-margin must be within 0..2 (a cosine difference), got {self.guard_margin}")
         if self.lora_rank < 0 or self.lora_alpha <= 0:
             raise ConfigError(f"--lora-rank must be >= 0 and --lora-alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
+        if self.lora_attention and not self.lora_rank:
+            raise ConfigError("--lora-attention needs --lora-rank above 0")
         if self.replay_weight < 0:
             raise ConfigError("--replay-weight must not be negative")
         if self.hard_negatives < 0 or self.focal_weight < 0 or self.focal_base < 0:
@@ -489,6 +493,7 @@ def _adapt_by_folds(
             "replay": len(data.replay),
             "vocab_rows": len(final.config.vocab_ids),
             "lora_layers": len(final.config.lora_targets),
+            "lora_attention": len(final.config.lora_attention),
             "query_head": final.config.query_head,
             "skipped": dict(data.skipped),
         },
@@ -550,6 +555,7 @@ class _Fit:
             lora_rank=settings.lora_rank,
             lora_alpha=settings.lora_alpha,
             query_head=settings.query_head,
+            lora_attention=settings.lora_attention,
         )
 
         # stored vectors, read once and never re-encoded: the positives, the rejected candidates,
@@ -799,6 +805,7 @@ def _report(
             "replay": len(data.replay),
             "vocab_rows": len(adapter.config.vocab_ids),
             "lora_layers": len(adapter.config.lora_targets),
+            "lora_attention": len(adapter.config.lora_attention),
             "query_head": adapter.config.query_head,
             "skipped": dict(data.skipped),
         },

@@ -31,6 +31,11 @@ def adapt_cmd(
         0, help="LoRA rank on the text tower's linear layers (0: off; the default until a benchmark shows it helps)."
     ),
     lora_alpha: float = typer.Option(8.0, help="LoRA alpha: the update is scaled by alpha / rank."),
+    lora_attention: bool = typer.Option(
+        False,
+        "--lora-attention",
+        help="With --lora-rank, also put LoRA on the text tower's attention projections (off by default).",
+    ),
     query_head: bool = typer.Option(
         False,
         "--query-head",
@@ -102,6 +107,7 @@ def adapt_cmd(
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
         query_head=query_head,
+        lora_attention=lora_attention,
         replay_weight=replay_weight,
         max_replay=max_replay,
         hard_negatives=hard_negatives,

@@ -11,6 +11,7 @@ import contextlib
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ from ..compose import (
 from ..data.imageio import ImageSource, load_image
 from ..errors import PseudoTokenError
 from ..fingerprint import hash_state_dict
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def pool_patch_grid(local: torch.Tensor, grid: int | None) -> torch.Tensor:
@@ -191,18 +194,27 @@ class Foundation(nn.Module):
         a layer whose weight a fused kernel reads directly (``nn.MultiheadAttention``'s
         ``out_proj``) is never called, so a hook on it would do nothing and it is left out.
         """
-        found: dict[str, nn.Linear] = {}
+        return self._text_modules(nn.Linear)
 
-        def seen(name: str, layer: nn.Linear) -> Callable[..., None]:
-            def hook(*_: object) -> None:  # returns None: the layer's output stays as it is
-                found[name] = layer
+    def text_attentions(self) -> dict[str, nn.MultiheadAttention]:
+        """The ``nn.MultiheadAttention`` modules a text forward calls, by their name in this module:
+        the attention whose projection weights :meth:`text_linears` cannot reach."""
+        return self._text_modules(nn.MultiheadAttention)
+
+    def _text_modules(self, kind: type[M]) -> dict[str, M]:
+        """The modules of ``kind`` that one text forward calls, found with counting hooks."""
+        found: dict[str, M] = {}
+
+        def seen(name: str, module: M) -> Callable[..., None]:
+            def hook(*_: object) -> None:  # returns None: the module's output stays as it is
+                found[name] = module
 
             return hook
 
         handles = [
             module.register_forward_hook(seen(name, module))
             for name, module in self.named_modules()
-            if isinstance(module, nn.Linear)
+            if isinstance(module, kind)
         ]
         try:
             with torch.no_grad():
