@@ -289,10 +289,11 @@ def _training_seed(run: dict) -> int:
     return run["settings"].get("seed", run["seed"])
 
 
-def _by_recipe(run: dict) -> tuple[int, int, int, bool]:
-    """The order of a seed's rows: by world seed, LoRA rank, training seed, then the query head."""
+def _by_recipe(run: dict) -> tuple[int, int, int, tuple[bool, bool]]:
+    """The order of a seed's rows: by world seed, LoRA rank, training seed, then the variants."""
     settings = run["settings"]
-    return run["seed"], settings.get("lora_rank", 0), _training_seed(run), bool(settings.get("query_head"))
+    variants = (bool(settings.get("lora_attention")), bool(settings.get("query_head")))
+    return run["seed"], settings.get("lora_rank", 0), _training_seed(run), variants
 
 
 def _arrow(before: float, after: float) -> str:
@@ -378,6 +379,8 @@ def feedback_guard_table(runs: list[dict]) -> str:
 def _recipe(run: dict) -> str:
     rank = run["settings"].get("lora_rank", 0)
     recipe = f"+ LoRA rank {rank}" if rank else "default (token adapter + vocabulary)"
+    if run["settings"].get("lora_attention"):
+        recipe += ", attention LoRA"
     if run["settings"].get("query_head"):
         recipe += ", query head"
     seed = _training_seed(run)
@@ -482,12 +485,16 @@ def _cpu(run: dict) -> str:
 
 
 def _same_recipe(a: dict, b: dict) -> bool:
-    keys = ("lora_rank", "refit", "folds", "query_head")  # absent from older runs: 0 or off
+    keys = ("lora_rank", "refit", "folds", "query_head", "lora_attention")  # absent from older runs: 0 or off
     return (
         a["seed"] == b["seed"]
         and _training_seed(a) == _training_seed(b)
         and all((a["settings"].get(k) or 0) == (b["settings"].get(k) or 0) for k in keys)
     )
+
+
+#: the settings that make a run a variant of a recipe, off
+_NO_VARIANT = {"query_head": False, "lora_attention": False}
 
 
 def _beside_their_base(variants: list[dict], replicates: list[dict]) -> list[dict]:
@@ -496,7 +503,7 @@ def _beside_their_base(variants: list[dict], replicates: list[dict]) -> list[dic
     shown: list[dict] = []
     for var in variants:
         base = next(
-            (r for r in replicates if _same_recipe(r, {**var, "settings": {**var["settings"], "query_head": False}})),
+            (r for r in replicates if _same_recipe(r, {**var, "settings": {**var["settings"], **_NO_VARIANT}})),
             None,
         )
         if base is None:

@@ -219,10 +219,13 @@ def test_results_of_another_training_seed_are_named_apart():
     assert feedback_stem(3, 1) == "feedback-seed3-adapt1"
     assert feedback_stem(3, 3, query_head=True) == "feedback-seed3-head"
     assert feedback_stem(3, 1, query_head=True) == "feedback-seed3-adapt1-head"
+    assert feedback_stem(3, 1, lora_attention=True) == "feedback-seed3-adapt1-attn"
     # their pilot logs and adapters too: one variant's run never deletes another's folder
     world, pilot = ShapesBenchConfig(seed=3).world, PilotConfig()
-    dirs = {feedback_run_dir(Path("o"), 3, pilot, world, a, h) for a in (None, 1) for h in (False, True)}
-    assert len(dirs) == 4 and feedback_run_dir(Path("o"), 3, pilot, world, 3, False) in dirs
+    dirs = {
+        feedback_run_dir(Path("o"), 3, pilot, world, a, h, t) for a in (None, 1) for h in (False, True) for t in (0, 1)
+    }
+    assert len(dirs) == 8 and feedback_run_dir(Path("o"), 3, pilot, world, 3, False) in dirs
     assert {d.name.split("-")[0] for d in dirs} == {"seed3"} and all(d.parent == Path("o/feedback") for d in dirs)
 
 
@@ -244,9 +247,10 @@ def test_a_missing_run_names_the_command_that_trains_it_again(tmp_path):
         assert rerun_command(Path("runs/shapes"), run) + " --json" in docs, name
     run = json.loads((results / "variants/feedback-lora4-head-seed0-epyc.json").read_text())
     run["seed"] = 3
-    run["settings"] = {**run["settings"], "steps": 50, "lora_rank": 0}
+    run["settings"] = {**run["settings"], "steps": 50, "lora_rank": 2, "lora_attention": True}
     run["pilot_config"] = {**run["pilot_config"], "queries": 60}
-    want = "isacir bench feedback --seed 3 --out o --queries 60 --steps 50 --query-head --refit --folds 5"
+    want = "isacir bench feedback --seed 3 --out o --queries 60 --steps 50 --lora-rank 2 --lora-attention"
+    want += " --query-head --refit --folds 5"
     want += " --adapt-seed 0"
     assert rerun_command(Path("o"), run) == want
     with pytest.raises(IsacirError, match=f"adapter-1000 is missing: train the run's adapters again with {want}"):

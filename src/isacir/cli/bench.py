@@ -240,6 +240,9 @@ def bench_feedback_cmd(
     k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
     steps: Optional[int] = typer.Option(None, help="Adapter training steps (default: isacir adapt's)."),
     lora_rank: int = typer.Option(0, help="LoRA rank on the text tower (0: off, as isacir adapt's default)."),
+    lora_attention: bool = typer.Option(
+        False, "--lora-attention", help="Adapters with isacir adapt's --lora-attention (needs --lora-rank)."
+    ),
     query_head: bool = typer.Option(False, "--query-head", help="Adapters with isacir adapt's --query-head."),
     refit: bool = typer.Option(
         False,
@@ -276,6 +279,7 @@ def bench_feedback_cmd(
         seed=adapt_seed,
         lora_rank=lora_rank,
         query_head=query_head,
+        lora_attention=lora_attention,
         refit=refit,
         folds=folds,
         **({"steps": steps} if steps else {}),
@@ -292,7 +296,7 @@ def bench_feedback_cmd(
         log=lambda m: err.print(escape(str(m)), highlight=False),
     )
     if not as_json:
-        stem = feedback_stem(seed, adapt_seed, query_head)
+        stem = feedback_stem(seed, adapt_seed, query_head, lora_attention)
         detail = json.loads((out_dir / f"{stem}.json").read_text())
         for goal, ok in detail["goals"].items():
             err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal}")
@@ -316,6 +320,9 @@ def bench_replicates_cmd(
     query_head: bool = typer.Option(
         False, "--query-head", help="Judge the run made with --query-head (a feedback-seedS-head run)."
     ),
+    lora_attention: bool = typer.Option(
+        False, "--lora-attention", help="Judge the run made with --lora-attention (a feedback-seedS-attn run)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """A bench feedback run's served adapters on fresh draws of the test split, pooled.
@@ -338,9 +345,12 @@ def bench_replicates_cmd(
         log=lambda m: err.print(escape(str(m)), highlight=False),
         frontier=frontier,
         query_head=query_head,
+        lora_attention=lora_attention,
     )
     if not as_json:
-        detail = json.loads((out_dir / f"{replicates_stem(seed, adapt_seed, query_head)}.json").read_text())
+        detail = json.loads(
+            (out_dir / f"{replicates_stem(seed, adapt_seed, query_head, lora_attention)}.json").read_text()
+        )
         pooled = detail["pooled"]
         for name, served in pooled.items():
             if not isinstance(served, dict) or "goals" not in served:

@@ -110,22 +110,35 @@ def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
         g.close()
 
 
-def _variant(seed: int, adapt_seed: int | None, query_head: bool) -> str:
-    return ("" if adapt_seed in (None, seed) else f"-adapt{adapt_seed}") + ("-head" if query_head else "")
+def _variant(seed: int, adapt_seed: int | None, query_head: bool, lora_attention: bool) -> str:
+    return (
+        ("" if adapt_seed in (None, seed) else f"-adapt{adapt_seed}")
+        + ("-attn" if lora_attention else "")
+        + ("-head" if query_head else "")
+    )
 
 
-def feedback_stem(seed: int, adapt_seed: int | None = None, query_head: bool = False) -> str:
+def feedback_stem(
+    seed: int, adapt_seed: int | None = None, query_head: bool = False, lora_attention: bool = False
+) -> str:
     """The name (without suffix) of a ``bench feedback`` run's results. The adapters' training seed
-    is the world's unless asked otherwise; a run with another one, or with the query head, gets a
-    name of its own, so that it never overwrites the run of record."""
-    return f"feedback-seed{seed}" + _variant(seed, adapt_seed, query_head)
+    is the world's unless asked otherwise; a run with another one, with attention LoRA or with the
+    query head, gets a name of its own, so that it never overwrites the run of record."""
+    return f"feedback-seed{seed}" + _variant(seed, adapt_seed, query_head, lora_attention)
 
 
 def feedback_run_dir(
-    out: Path, seed: int, pilot: PilotConfig, world: ShapesConfig, adapt_seed: int | None, query_head: bool
+    out: Path,
+    seed: int,
+    pilot: PilotConfig,
+    world: ShapesConfig,
+    adapt_seed: int | None,
+    query_head: bool,
+    lora_attention: bool = False,
 ) -> Path:
     """The folder of a run's pilot log and adapters, named apart per variant as its results are."""
-    return out / "feedback" / f"seed{seed}-{pilot.key(world)}{_variant(seed, adapt_seed, query_head)}"
+    variant = _variant(seed, adapt_seed, query_head, lora_attention)
+    return out / "feedback" / f"seed{seed}-{pilot.key(world)}{variant}"
 
 
 def run_feedback_bench(
@@ -165,7 +178,7 @@ def run_feedback_bench(
     qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
 
     # the pilot, through the device path and HTTP; a fresh log every run
-    run = feedback_run_dir(out, seed, pilot, config.world, settings.seed, settings.query_head)
+    run = feedback_run_dir(out, seed, pilot, config.world, settings.seed, settings.query_head, settings.lora_attention)
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
@@ -318,7 +331,7 @@ def run_feedback_bench(
         "pilot_config": asdict(pilot),
         "timings": {k_: round(v, 1) for k_, v in timings.items()},
     }
-    stem = out / feedback_stem(seed, settings.seed, settings.query_head)
+    stem = out / feedback_stem(seed, settings.seed, settings.query_head, settings.lora_attention)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
     curve_chart(before, results["curve"], stem.with_suffix(".png"), seed, oracle)
     return summary

@@ -59,8 +59,10 @@ FRONTIER_INTERPOLATIONS = (0.5, 0.75, 1.0)
 FRONTIER_MARGINS = tuple(round(0.01 * i, 2) for i in range(13))
 
 
-def replicates_stem(seed: int, adapt_seed: int | None = None, query_head: bool = False) -> str:
-    return feedback_stem(seed, adapt_seed, query_head) + "-replicates"
+def replicates_stem(
+    seed: int, adapt_seed: int | None = None, query_head: bool = False, lora_attention: bool = False
+) -> str:
+    return feedback_stem(seed, adapt_seed, query_head, lora_attention) + "-replicates"
 
 
 def _hits(test: _TestSet, rankings: list[list[str]], k: int) -> list[bool]:
@@ -84,6 +86,7 @@ def rerun_command(out: Path, detail: dict[str, Any]) -> str:
     flags += [f"--queries {queries}"] if queries and queries != PilotConfig.queries else []
     flags += [f"--steps {settings['steps']}"] if settings.get("steps", BENCH_ADAPT.steps) != BENCH_ADAPT.steps else []
     flags += [f"--lora-rank {settings['lora_rank']}"] if settings.get("lora_rank") else []
+    flags += ["--lora-attention"] if settings.get("lora_attention") else []
     flags += ["--query-head"] if settings.get("query_head") else []
     flags += ["--refit"] if settings.get("refit") else []
     flags += [f"--folds {settings['folds']}"] if settings.get("folds") else []
@@ -195,6 +198,7 @@ def run_replicates(
     progress: bool = True,
     frontier: str | None = None,
     query_head: bool = False,
+    lora_attention: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a ``bench feedback`` run's served adapters on ``count`` replicates of its test split.
 
@@ -212,18 +216,19 @@ def run_replicates(
         raise IsacirError(f"--frontier must name a served recipe ({', '.join(RECIPES)}), got {frontier!r}")
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
-    stem = feedback_stem(seed, adapt_seed, query_head)
+    stem = feedback_stem(seed, adapt_seed, query_head, lora_attention)
     record = out / f"{stem}.json"
     if not record.is_file():
         raise IsacirError(
             f"no bench feedback run at {record}: run isacir bench feedback --seed {seed}"
             + (f" --adapt-seed {adapt_seed}" if adapt_seed not in (None, seed) else "")
+            + (" --lora-attention" if lora_attention else "")
             + (" --query-head" if query_head else "")
             + " first"
         )
     detail = json.loads(record.read_text())
     pilot = PilotConfig(**detail["pilot_config"])
-    run = feedback_run_dir(out, seed, pilot, config.world, adapt_seed, query_head)
+    run = feedback_run_dir(out, seed, pilot, config.world, adapt_seed, query_head, lora_attention)
     t0 = time.perf_counter()
     adapters = _served_adapters(run, detail, out)
     if not adapters:
@@ -316,7 +321,8 @@ def run_replicates(
         "per_replicate": per_replicate,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_text(out / f"{replicates_stem(seed, adapt_seed, query_head)}.json", json.dumps(result, indent=2))
+    name = replicates_stem(seed, adapt_seed, query_head, lora_attention)
+    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2))
     summary: dict[str, Any] = {
         "seed": seed,
         "replicates": count,
