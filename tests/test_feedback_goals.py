@@ -151,13 +151,15 @@ def test_a_variant_is_shown_after_the_recipe_it_varies():
     assert variants and runs, "no recorded recipe variant"
     base = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("replicates/feedback-*.json"))]
     shown = render._beside_their_base(variants, base)
-    assert len(shown) == 2 * len(variants)
-    for before, var in zip(shown[::2], shown[1::2], strict=True):
-        assert var in variants and before in base and var["settings"]["query_head"]
-        assert not before["settings"].get("query_head") and render._same_recipe(
-            before, {**var, "settings": {**var["settings"], "query_head": False}}
-        )
-        assert render._by_recipe(before) < render._by_recipe(var)
+    assert all(var in shown for var in variants) and len(shown) == len({id(r) for r in shown})
+    for var in variants:
+        settings = var["settings"]
+        assert settings.get("query_head") or settings.get("lora_attention")
+        plain = {**var, "settings": {**settings, "query_head": False, "lora_attention": False}}
+        bases = [i for i, r in enumerate(shown) if r in base and render._same_recipe(r, plain)]
+        assert len(bases) == 1 and bases[0] < shown.index(var)
+        assert render._by_recipe(shown[bases[0]]) < render._by_recipe(var)
+    assert all(r in variants or r in base for r in shown)
     recorded = [json.loads(p.read_text()) for p in RECORDED]
     table = render.feedback_replicates_table(recorded, shown)
     labels = [row.split(" | ")[1] for row in table.splitlines()[2:]]
