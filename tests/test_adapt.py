@@ -432,23 +432,21 @@ def test_attention_lora_is_the_identity_at_start_and_a_patched_attention_after(s
         AdaptSettings(lora_attention=True).check()
 
 
-def test_adapt_trains_the_attention_updates(tmp_path, openclip_fnd):
+def _adapt_one_part(tmp_path, openclip_fnd, **part) -> tuple[dict, ServiceState]:
+    """`adapt` on 40 synthetic triplets with the token adapter and the vocabulary off, so only the
+    part that ``part`` turns on can learn. A service of its own: the module's shared log holds other
+    tests' feedback, which would make what this test learns depend on which tests ran before it."""
     _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
     _synthetic_feedback(state, 40, seed=2, replay=0)
-    settings = AdaptSettings(
-        holdout=0.0,
-        steps=60,
-        lr=1e-2,
-        batch_size=16,
-        seed=3,
-        token_adapter=False,
-        vocab=False,
-        lora_rank=4,
-        lora_attention=True,
-    )
+    settings = AdaptSettings(holdout=0.0, lr=1e-2, batch_size=16, seed=3, token_adapter=False, vocab=False, **part)
     report = adapt(
         state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "a", settings, progress=False
     )
+    return report, state
+
+
+def test_adapt_trains_the_attention_updates(tmp_path, openclip_fnd):
+    report, state = _adapt_one_part(tmp_path, openclip_fnd, steps=60, lora_rank=4, lora_attention=True)
     assert report["counts"]["lora_attention"] == len(state.foundation.text_attentions()) > 0
     assert report["train"]["after"]["hit@1"] > report["train"]["before"]["hit@1"]
     loaded = QueryAdapter.from_pretrained(tmp_path / "a")
@@ -456,16 +454,7 @@ def test_adapt_trains_the_attention_updates(tmp_path, openclip_fnd):
 
 
 def test_adapt_with_lora_alone_learns_synthetic_triplets(tmp_path, openclip_fnd):
-    # a service of its own: the module's shared log holds other tests' feedback, which would make
-    # what this test learns depend on which tests ran before it
-    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
-    _synthetic_feedback(state, 40, seed=2, replay=0)
-    settings = AdaptSettings(
-        holdout=0.0, steps=100, lr=1e-2, batch_size=16, seed=3, token_adapter=False, vocab=False, lora_rank=4
-    )
-    report = adapt(
-        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "a", settings, progress=False
-    )
+    report, state = _adapt_one_part(tmp_path, openclip_fnd, steps=100, lora_rank=4)
     assert report["counts"]["lora_layers"] == len(state.foundation.text_linears())
     assert report["counts"]["vocab_rows"] == 0 and report["counts"]["train"] == 40
     before, after = report["train"]["before"]["hit@1"], report["train"]["after"]["hit@1"]
@@ -518,24 +507,9 @@ def test_query_head_starts_as_the_identity_and_is_a_metric_on_the_stored_vectors
 
 
 def test_adapt_with_the_query_head_alone_learns_synthetic_triplets(tmp_path, openclip_fnd):
-    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
-    _synthetic_feedback(state, 40, seed=2, replay=0)
     # without replay, which pulls the map back toward zero on shuffled pairs: over five galleries
     # (their ids, and so the batches, differ per build) hit@1 rose from 0.03-0.08 to 0.60-0.75
-    settings = AdaptSettings(
-        holdout=0.0,
-        steps=200,
-        lr=1e-2,
-        batch_size=16,
-        seed=3,
-        token_adapter=False,
-        vocab=False,
-        query_head=True,
-        replay_weight=0.0,
-    )
-    report = adapt(
-        state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "a", settings, progress=False
-    )
+    report, state = _adapt_one_part(tmp_path, openclip_fnd, steps=200, query_head=True, replay_weight=0.0)
     assert report["counts"]["query_head"] == state.foundation.embed_dim and report["counts"]["lora_layers"] == 0
     before, after = report["train"]["before"]["hit@1"], report["train"]["after"]["hit@1"]
     assert after >= before + 0.4, (before, after)

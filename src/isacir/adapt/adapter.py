@@ -318,8 +318,7 @@ class QueryAdapter(nn.Module):
         weight = self.head.linear.weight
         if not (torch.is_grad_enabled() and weight.requires_grad) and not bool(weight.any()):
             return query
-        dev = self.head.linear.weight.device
-        q = query.to(dev, torch.float32)
+        q = query.to(weight.device, torch.float32)
         return F.normalize(q + self.interpolation * self.head(q), dim=-1).to(query.device, query.dtype)
 
     def compose(

@@ -153,8 +153,8 @@ def run_feedback_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``
-    (:func:`feedback_stem`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``, and
-    ``-head`` with ``settings.query_head``)."""
+    (:func:`feedback_stem`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``,
+    ``-attn`` with ``settings.lora_attention`` and ``-head`` with ``settings.query_head``)."""
     import torch
 
     from ...adapt import QueryAdapter, adapt, tune_adapter
