@@ -211,21 +211,28 @@ def test_bench_feedback_on_the_small_bench(small_loop):
 
 
 def test_results_of_another_training_seed_are_named_apart():
+    from isacir.adapt import AdaptSettings
     from isacir.experiments.shapes.bench import ShapesBenchConfig
-    from isacir.experiments.shapes.feedback_bench import feedback_run_dir, feedback_stem
+    from isacir.experiments.shapes.feedback_bench import FeedbackRun
     from isacir.experiments.shapes.pilot import PilotConfig
 
-    assert feedback_stem(0) == feedback_stem(0, 0) == "feedback-seed0"
-    assert feedback_stem(3, 1) == "feedback-seed3-adapt1"
-    assert feedback_stem(3, 3, query_head=True) == "feedback-seed3-head"
-    assert feedback_stem(3, 1, query_head=True) == "feedback-seed3-adapt1-head"
-    assert feedback_stem(3, 1, lora_attention=True) == "feedback-seed3-adapt1-attn"
+    assert FeedbackRun(0).stem == FeedbackRun(0, 0).stem == "feedback-seed0"
+    assert FeedbackRun(3, 1).stem == "feedback-seed3-adapt1"
+    assert FeedbackRun(3, 3, query_head=True).stem == "feedback-seed3-head"
+    assert FeedbackRun(3, 1, query_head=True).replicates_stem == "feedback-seed3-adapt1-head-replicates"
+    assert FeedbackRun(3, 1, lora_attention=True).stem == "feedback-seed3-adapt1-attn"
+    # the settings a bench trains with name its run; those that do not set a run apart leave it alone
+    settings = AdaptSettings(seed=3, lora_rank=4, lora_attention=True, folds=5)
+    assert FeedbackRun.of(3, settings) == FeedbackRun(3, lora_attention=True)
+    assert FeedbackRun.of(0, AdaptSettings(seed=0, steps=7)) == FeedbackRun(0)
+    # the flags that select a variant are the bench's own options
+    assert FeedbackRun(3, 1, True, True).flags() == " --adapt-seed 1 --lora-attention --query-head"
+    assert FeedbackRun(3, 3).flags() == ""
     # their pilot logs and adapters too: one variant's run never deletes another's folder
     world, pilot = ShapesBenchConfig(seed=3).world, PilotConfig()
-    dirs = {
-        feedback_run_dir(Path("o"), 3, pilot, world, a, h, t) for a in (None, 1) for h in (False, True) for t in (0, 1)
-    }
-    assert len(dirs) == 8 and feedback_run_dir(Path("o"), 3, pilot, world, 3, False) in dirs
+    runs = [FeedbackRun(3, a, t, h) for a in (None, 1) for h in (False, True) for t in (False, True)]
+    dirs = {r.folder(Path("o"), pilot, world) for r in runs}
+    assert len(dirs) == 8 and FeedbackRun(3, 3).folder(Path("o"), pilot, world) in dirs
     assert {d.name.split("-")[0] for d in dirs} == {"seed3"} and all(d.parent == Path("o/feedback") for d in dirs)
 
 
@@ -445,11 +452,12 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
 
     from isacir.adapt import QueryAdapter
     from isacir.errors import IsacirError
+    from isacir.experiments.shapes.feedback_bench import FeedbackRun
     from isacir.experiments.shapes.replicates import RECIPES, _served_adapters, run_replicates
 
     out, cfg, _, _, _ = small_loop
     quiet = {"progress": False, "log": lambda *_: None}
-    summary = run_replicates(out, 0, 2, adapt_seed=1, config=cfg, frontier="tuned_then_refit", **quiet)
+    summary = run_replicates(out, FeedbackRun(0, 1), 2, config=cfg, frontier="tuned_then_refit", **quiet)
     detail = json.loads((out / "feedback-seed0-adapt1-replicates.json").read_text())
     run = json.loads((out / "feedback-seed0-adapt1.json").read_text())
     n = cfg.world.test_queries
@@ -477,11 +485,11 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
     with pytest.raises(IsacirError, match="0000000000000000.*another run"):
         _served_adapters(folder, stale)
     with pytest.raises(IsacirError, match="no bench feedback run"):
-        run_replicates(out, 0, 1, adapt_seed=7, config=cfg, **quiet)
+        run_replicates(out, FeedbackRun(0, 7), 1, config=cfg, **quiet)
     with pytest.raises(IsacirError, match="--count must be at least 1"):
-        run_replicates(out, 0, 0, adapt_seed=1, config=cfg, **quiet)
+        run_replicates(out, FeedbackRun(0, 1), 0, config=cfg, **quiet)
     with pytest.raises(IsacirError, match="--frontier must name a served recipe"):
-        run_replicates(out, 0, 1, adapt_seed=1, config=cfg, frontier="adapter-refit", **quiet)
+        run_replicates(out, FeedbackRun(0, 1), 1, config=cfg, frontier="adapter-refit", **quiet)
 
 
 def assert_frontier_counts_as_served(out, cfg, folder, detail, summary):

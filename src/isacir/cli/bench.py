@@ -268,7 +268,7 @@ def bench_feedback_cmd(
     """
     from dataclasses import replace
 
-    from ..experiments.shapes.feedback_bench import BENCH_ADAPT, CURVE, feedback_stem, run_feedback_bench
+    from ..experiments.shapes.feedback_bench import BENCH_ADAPT, CURVE, FeedbackRun, run_feedback_bench
     from ..experiments.shapes.pilot import PilotConfig
 
     if queries < 1:
@@ -296,7 +296,7 @@ def bench_feedback_cmd(
         log=lambda m: err.print(escape(str(m)), highlight=False),
     )
     if not as_json:
-        stem = feedback_stem(seed, adapt_seed, query_head, lora_attention)
+        stem = FeedbackRun.of(seed, settings).stem
         detail = json.loads((out_dir / f"{stem}.json").read_text())
         for goal, ok in detail["goals"].items():
             err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal}")
@@ -335,22 +335,15 @@ def bench_replicates_cmd(
     --frontier, the summary adds that adapter's best pair within the flip goal and its largest gain
     (the JSON holds the whole grid): whether the pair or the adapter holds the gain where it is.
     """
-    from ..experiments.shapes.replicates import replicates_stem, run_replicates
+    from ..experiments.shapes.feedback_bench import FeedbackRun
+    from ..experiments.shapes.replicates import run_replicates
 
+    run = FeedbackRun(seed, adapt_seed, lora_attention, query_head)
     summary = run_replicates(
-        out_dir,
-        seed,
-        count,
-        adapt_seed,
-        log=lambda m: err.print(escape(str(m)), highlight=False),
-        frontier=frontier,
-        query_head=query_head,
-        lora_attention=lora_attention,
+        out_dir, run, count, log=lambda m: err.print(escape(str(m)), highlight=False), frontier=frontier
     )
     if not as_json:
-        detail = json.loads(
-            (out_dir / f"{replicates_stem(seed, adapt_seed, query_head, lora_attention)}.json").read_text()
-        )
+        detail = json.loads((out_dir / f"{run.replicates_stem}.json").read_text())
         pooled = detail["pooled"]
         for name, served in pooled.items():
             if not isinstance(served, dict) or "goals" not in served:

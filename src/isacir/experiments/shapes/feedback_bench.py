@@ -21,7 +21,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,35 +110,58 @@ def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
         g.close()
 
 
-def _variant(seed: int, adapt_seed: int | None, query_head: bool, lora_attention: bool) -> str:
-    return (
-        ("" if adapt_seed in (None, seed) else f"-adapt{adapt_seed}")
-        + ("-attn" if lora_attention else "")
-        + ("-head" if query_head else "")
-    )
+@dataclass(frozen=True)
+class FeedbackRun:
+    """Which ``bench feedback`` run: the world's seed, and the adapter settings that set a run apart.
 
+    One place names a run's results, its folder and its command-line flags, so that a run with
+    another training seed, attention LoRA or the query head never overwrites the run of record, and
+    a new variant is one field here rather than a parameter threaded through every caller.
+    """
 
-def feedback_stem(
-    seed: int, adapt_seed: int | None = None, query_head: bool = False, lora_attention: bool = False
-) -> str:
-    """The name (without suffix) of a ``bench feedback`` run's results. The adapters' training seed
-    is the world's unless asked otherwise; a run with another one, with attention LoRA or with the
-    query head, gets a name of its own, so that it never overwrites the run of record."""
-    return f"feedback-seed{seed}" + _variant(seed, adapt_seed, query_head, lora_attention)
+    seed: int
+    #: the adapters' training seed; the world's seed when ``None`` (an equal one is stored as ``None``)
+    adapt_seed: int | None = None
+    lora_attention: bool = False
+    query_head: bool = False
 
+    def __post_init__(self) -> None:
+        if self.adapt_seed == self.seed:
+            object.__setattr__(self, "adapt_seed", None)
 
-def feedback_run_dir(
-    out: Path,
-    seed: int,
-    pilot: PilotConfig,
-    world: ShapesConfig,
-    adapt_seed: int | None,
-    query_head: bool,
-    lora_attention: bool = False,
-) -> Path:
-    """The folder of a run's pilot log and adapters, named apart per variant as its results are."""
-    variant = _variant(seed, adapt_seed, query_head, lora_attention)
-    return out / "feedback" / f"seed{seed}-{pilot.key(world)}{variant}"
+    @classmethod
+    def of(cls, seed: int, settings: AdaptSettings) -> FeedbackRun:
+        """The run that ``settings`` train on world ``seed``."""
+        return cls(seed, settings.seed, settings.lora_attention, settings.query_head)
+
+    @property
+    def suffix(self) -> str:
+        return (
+            ("" if self.adapt_seed is None else f"-adapt{self.adapt_seed}")
+            + ("-attn" if self.lora_attention else "")
+            + ("-head" if self.query_head else "")
+        )
+
+    @property
+    def stem(self) -> str:
+        """The name (without suffix) of the run's results: ``feedback-seed{S}`` and its variant."""
+        return f"feedback-seed{self.seed}{self.suffix}"
+
+    @property
+    def replicates_stem(self) -> str:
+        return f"{self.stem}-replicates"
+
+    def folder(self, out: Path, pilot: PilotConfig, world: ShapesConfig) -> Path:
+        """The folder of the run's pilot log and adapters, named apart per variant as its results are."""
+        return Path(out) / "feedback" / f"seed{self.seed}-{pilot.key(world)}{self.suffix}"
+
+    def flags(self) -> str:
+        """The ``bench`` options that select this variant (empty for the run of record)."""
+        return "".join(
+            ([f" --adapt-seed {self.adapt_seed}"] if self.adapt_seed is not None else [])
+            + ([" --lora-attention"] if self.lora_attention else [])
+            + ([" --query-head"] if self.query_head else [])
+        )
 
 
 def run_feedback_bench(
@@ -153,7 +176,7 @@ def run_feedback_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``
-    (:func:`feedback_stem`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``,
+    (:class:`FeedbackRun`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``,
     ``-attn`` with ``settings.lora_attention`` and ``-head`` with ``settings.query_head``)."""
     import torch
 
@@ -178,7 +201,7 @@ def run_feedback_bench(
     qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
 
     # the pilot, through the device path and HTTP; a fresh log every run
-    run = feedback_run_dir(out, seed, pilot, config.world, settings.seed, settings.query_head, settings.lora_attention)
+    run = FeedbackRun.of(seed, settings).folder(out, pilot, config.world)
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
@@ -331,7 +354,7 @@ def run_feedback_bench(
         "pilot_config": asdict(pilot),
         "timings": {k_: round(v, 1) for k_, v in timings.items()},
     }
-    stem = out / feedback_stem(seed, settings.seed, settings.query_head, settings.lora_attention)
+    stem = out / FeedbackRun.of(seed, settings).stem
     atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
     curve_chart(before, results["curve"], stem.with_suffix(".png"), seed, oracle)
     return summary

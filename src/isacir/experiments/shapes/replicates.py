@@ -28,7 +28,7 @@ from ...bench.machine import cpu_info
 from ...errors import IsacirError
 from ...progress import progress_bar
 from .bench import ShapesBenchConfig, cached_isa
-from .feedback_bench import BENCH_ADAPT, _flip_rate, _TestSet, feedback_run_dir, feedback_stem
+from .feedback_bench import BENCH_ADAPT, FeedbackRun, _flip_rate, _TestSet
 from .feedback_goals import (
     MAX_TEST_FLIP_RATE,
     MIN_R1_GAIN,
@@ -57,12 +57,6 @@ RECIPES: dict[str, str | None] = {
 #: (the adapter's own first place always) to 0.12 in steps of 0.01
 FRONTIER_INTERPOLATIONS = (0.5, 0.75, 1.0)
 FRONTIER_MARGINS = tuple(round(0.01 * i, 2) for i in range(13))
-
-
-def replicates_stem(
-    seed: int, adapt_seed: int | None = None, query_head: bool = False, lora_attention: bool = False
-) -> str:
-    return feedback_stem(seed, adapt_seed, query_head, lora_attention) + "-replicates"
 
 
 def _hits(test: _TestSet, rankings: list[list[str]], k: int) -> list[bool]:
@@ -190,19 +184,16 @@ def _pooled(hits: dict[str, list[bool]], before1: list[bool]) -> dict[str, Any]:
 
 def run_replicates(
     out: str | Path,
-    seed: int = 0,
+    run: FeedbackRun,
     count: int = 4,
-    adapt_seed: int | None = None,
     config: ShapesBenchConfig | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
     frontier: str | None = None,
-    query_head: bool = False,
-    lora_attention: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a ``bench feedback`` run's served adapters on ``count`` replicates of its test split.
 
-    Writes ``feedback-seed{S}-replicates.json`` into ``out`` and returns its summary: per served
+    Writes ``{run.replicates_stem}.json`` into ``out`` and returns its summary: per served
     recipe, the pooled numbers, the goals judged on them, and the R@1-gain and flip-rate intervals.
 
     ``frontier`` (a served recipe's name): also weigh that recipe's adapter at every serving pair
@@ -215,27 +206,22 @@ def run_replicates(
     if frontier is not None and frontier not in RECIPES:
         raise IsacirError(f"--frontier must name a served recipe ({', '.join(RECIPES)}), got {frontier!r}")
     out = Path(out)
+    seed = run.seed
     config = config or ShapesBenchConfig(seed=seed)
-    stem = feedback_stem(seed, adapt_seed, query_head, lora_attention)
-    record = out / f"{stem}.json"
+    record = out / f"{run.stem}.json"
     if not record.is_file():
-        raise IsacirError(
-            f"no bench feedback run at {record}: run isacir bench feedback --seed {seed}"
-            + (f" --adapt-seed {adapt_seed}" if adapt_seed not in (None, seed) else "")
-            + (" --lora-attention" if lora_attention else "")
-            + (" --query-head" if query_head else "")
-            + " first"
-        )
+        command = f"isacir bench feedback --seed {seed}{run.flags()}"
+        raise IsacirError(f"no bench feedback run at {record}: run {command} first")
     detail = json.loads(record.read_text())
     pilot = PilotConfig(**detail["pilot_config"])
-    run = feedback_run_dir(out, seed, pilot, config.world, adapt_seed, query_head, lora_attention)
+    folder = run.folder(out, pilot, config.world)
     t0 = time.perf_counter()
-    adapters = _served_adapters(run, detail, out)
+    adapters = _served_adapters(folder, detail, out)
     if not adapters:
         raise IsacirError(f"{record} records no served recipe ({', '.join(RECIPES)})")
     if frontier is not None and frontier not in adapters:
         raise IsacirError(f"{record} records no {frontier!r} recipe to weigh; it serves {', '.join(adapters)}")
-    frontier_folder = _adapter_folder(run, detail, frontier) if frontier else None
+    frontier_folder = _adapter_folder(folder, detail, frontier) if frontier else None
     frontier_hits: dict[tuple[float, float], list[bool]] = {}
     _, fnd, _, qe = cached_isa(out, config, log, progress)
 
@@ -321,8 +307,7 @@ def run_replicates(
         "per_replicate": per_replicate,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    name = replicates_stem(seed, adapt_seed, query_head, lora_attention)
-    atomic_write_text(out / f"{name}.json", json.dumps(result, indent=2))
+    atomic_write_text(out / f"{run.replicates_stem}.json", json.dumps(result, indent=2))
     summary: dict[str, Any] = {
         "seed": seed,
         "replicates": count,
