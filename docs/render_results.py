@@ -289,10 +289,10 @@ def _training_seed(run: dict) -> int:
     return run["settings"].get("seed", run["seed"])
 
 
-def _by_recipe(run: dict) -> tuple[int, int, int, tuple[bool, bool]]:
+def _by_recipe(run: dict) -> tuple[int, int, int, tuple[bool, bool, int]]:
     """The order of a seed's rows: by world seed, LoRA rank, training seed, then the variants."""
     settings = run["settings"]
-    variants = (bool(settings.get("lora_attention")), bool(settings.get("query_head")))
+    variants = (bool(settings.get("lora_attention")), bool(settings.get("query_head")), settings.get("soup", 1))
     return run["seed"], settings.get("lora_rank", 0), _training_seed(run), variants
 
 
@@ -383,6 +383,8 @@ def _recipe(run: dict) -> str:
         recipe += ", attention LoRA"
     if run["settings"].get("query_head"):
         recipe += ", query head"
+    if run["settings"].get("soup", 1) > 1:
+        recipe += f", soups of {run['settings']['soup']}"
     seed = _training_seed(run)
     return recipe if seed == run["seed"] else f"{recipe}, training seed {seed}"
 
@@ -490,6 +492,7 @@ def _same_recipe(a: dict, b: dict) -> bool:
         a["seed"] == b["seed"]
         and _training_seed(a) == _training_seed(b)
         and all((a["settings"].get(k) or 0) == (b["settings"].get(k) or 0) for k in keys)
+        and a["settings"].get("soup", 1) == b["settings"].get("soup", 1)
     )
 
 

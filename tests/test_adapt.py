@@ -697,3 +697,110 @@ def test_adapt_tune_picks_the_best_promotable_pair_on_held_out_feedback(service,
     assert (loaded.interpolation, loaded.guard_margin) == (chosen["interpolation"], chosen["guard_margin"])
     assert held["after"]["hit@1"] == chosen["hit@1"] and held["flips"] == chosen["flips"]
     assert report["promotable"] is True
+
+
+def _random_updates(adapter: QueryAdapter, seed: int) -> QueryAdapter:
+    """Every update of ``adapter`` set to random values, as training would leave them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    adapter._fingerprint = None
+    return adapter
+
+
+def test_soup_averages_every_update_exactly(service, tmp_path):
+    from isacir.adapt.soup import soup
+    from isacir.errors import ConfigError
+
+    _, state, _ = service
+    fnd, qe = state.foundation, state.query_encoder
+    vocabularies = [["red and blue"], ["red striped", "blue"], ["tiny wooden square"]]
+    members = [
+        _random_updates(
+            new_adapter(
+                fnd,
+                qe.fingerprint,
+                qe.num_tokens,
+                qe.config.template,
+                *domain_vocabulary(texts, fnd.tokenizer, min_count=1),
+                hidden=8,
+                seed=i,
+                lora_rank=2 + i,  # members of other ranks average as well
+                lora_attention=True,
+                query_head=True,
+            ),
+            seed=10 + i,
+        )
+        for i, texts in enumerate(vocabularies)
+    ]
+    mixed = soup(members)
+    k = len(members)
+
+    def mean(values):
+        return sum(values) / k
+
+    assert mixed.config.hidden == 24 and mixed.config.lora_rank == 2 + 3 + 4
+    # the token residual: K hidden layers side by side are the average of K residuals
+    x = torch.randn(5, qe.num_tokens, qe.word_dim, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mixed.tokens.residual(x), mean([m.tokens.residual(x) for m in members]))
+    # every LoRA update, on the MLPs and the attention projections, is the members' mean update
+    for part in ("lora", "attn_lora"):
+        for key, lora in getattr(mixed, part).items():
+            want = mean([getattr(m, part)[key].weight_delta() for m in members])
+            torch.testing.assert_close(lora.weight_delta(), want, rtol=1e-5, atol=1e-6)
+    # vocabulary rows over the union of the members' words, a missing row counting as zero
+    assert set(mixed.config.vocab_ids) == {i for m in members for i in m.config.vocab_ids}
+    words = torch.tensor([[*mixed.config.vocab_ids, 0, 1]])
+    torch.testing.assert_close(mixed.vocab.patch(words), mean([m.vocab.patch(words) for m in members]))
+    torch.testing.assert_close(mixed.head.linear.weight, mean([m.head.linear.weight for m in members]))
+    # the soup of one adapter is that adapter; a soup round-trips as any adapter does
+    assert soup(members[:1]).fingerprint == members[0].fingerprint
+    mixed.save_pretrained(tmp_path / "soup")
+    assert QueryAdapter.from_pretrained(tmp_path / "soup").fingerprint == mixed.fingerprint != members[0].fingerprint
+    # adapters of other recipes or served at other pairs are refused, naming what differs
+    other = new_adapter(fnd, qe.fingerprint, qe.num_tokens, qe.config.template, hidden=8, lora_rank=2)
+    with pytest.raises(ConfigError, match="lora_attention"):
+        soup([members[0], other])
+    members[1].set_interpolation(0.5)
+    with pytest.raises(ConfigError, match="adapter 1 .* interpolation"):
+        soup(members)
+    with pytest.raises(ConfigError, match="at least one"):
+        soup([])
+
+
+def test_adapt_soup_is_the_soup_of_the_adapters_its_seeds_train(tmp_path, openclip_fnd):
+    """`--soup 2` trains the adapters that seeds S and S + 1 train alone, and saves their soup."""
+    from isacir.adapt.soup import soup
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
+    _synthetic_feedback(state, 40, seed=2, replay=0)
+
+    def run(name, holdout=0.0, **kw):
+        settings = AdaptSettings(holdout=holdout, steps=15, batch_size=16, lora_rank=2, **kw)
+        args = (state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / name, settings)
+        return adapt(*args, progress=False)
+
+    report = run("soup", seed=3, soup=2)
+    alone = [QueryAdapter.from_pretrained(tmp_path / name) for name in ("s3", "s4") if run(name, seed=int(name[1]))]
+    saved = QueryAdapter.from_pretrained(tmp_path / "soup")
+    assert saved.fingerprint == soup(alone).fingerprint == report["fingerprint"] != alone[0].fingerprint
+    assert report["counts"]["soup"] == 2 and saved.config.lora_rank == 4 and saved.config.hidden == 512
+    # judged as it is served: the held-out numbers are the soup's own (its members share the split)
+    report = run("judged", holdout=0.25, seed=3, soup=2)
+    data = adapt_train.load_feedback(
+        state.feedback,
+        state.qe_fingerprint,
+        state.query_encoder.num_tokens,
+        state.foundation.word_dim,
+        state.gallery,
+        seed=3,
+    )
+    compose = adapt_train.ComposedQueries(
+        state.foundation, state.query_encoder.config.template, state.query_encoder.num_tokens
+    )
+    judged = QueryAdapter.from_pretrained(tmp_path / "judged")
+    after = adapt_train.feedback_metrics(compose, state.gallery, data.split(0.25, 3)[1], judged)[0]
+    assert after == report["holdout"]["after"] and report["counts"]["holdout"] == 10
+    with pytest.raises(Exception, match="--soup must be at least 1"):
+        AdaptSettings(soup=0).check()

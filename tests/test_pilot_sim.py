@@ -226,7 +226,9 @@ def test_results_of_another_training_seed_are_named_apart():
     assert FeedbackRun.of(3, settings) == FeedbackRun(3, lora_attention=True)
     assert FeedbackRun.of(0, AdaptSettings(seed=0, steps=7)) == FeedbackRun(0)
     # the flags that select a variant are the bench's own options
-    assert FeedbackRun(3, 1, True, True).flags() == " --adapt-seed 1 --lora-attention --query-head"
+    assert FeedbackRun(3, 1, True, True, 3).flags() == " --adapt-seed 1 --lora-attention --query-head --soup 3"
+    assert FeedbackRun(3, 1, True, True, 3).stem == "feedback-seed3-adapt1-attn-head-soup3"
+    assert FeedbackRun.of(3, AdaptSettings(seed=3, soup=3)) == FeedbackRun(3, soup=3) != FeedbackRun(3)
     assert FeedbackRun(3, 3).flags() == ""
     # their pilot logs and adapters too: one variant's run never deletes another's folder
     world, pilot = ShapesBenchConfig(seed=3).world, PilotConfig()
@@ -254,10 +256,10 @@ def test_a_missing_run_names_the_command_that_trains_it_again(tmp_path):
         assert rerun_command(Path("runs/shapes"), run) + " --json" in docs, name
     run = json.loads((results / "variants/feedback-lora4-head-seed0-epyc.json").read_text())
     run["seed"] = 3
-    run["settings"] = {**run["settings"], "steps": 50, "lora_rank": 2, "lora_attention": True}
+    run["settings"] = {**run["settings"], "steps": 50, "lora_rank": 2, "lora_attention": True, "soup": 3}
     run["pilot_config"] = {**run["pilot_config"], "queries": 60}
     want = "isacir bench feedback --seed 3 --out o --queries 60 --steps 50 --lora-rank 2 --lora-attention"
-    want += " --query-head --refit --folds 5"
+    want += " --query-head --refit --folds 5 --soup 3"
     want += " --adapt-seed 0"
     assert rerun_command(Path("o"), run) == want
     with pytest.raises(IsacirError, match=f"adapter-1000 is missing: train the run's adapters again with {want}"):

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from ..progress import progress_bar
 from .adapter import QueryAdapter, new_adapter
 from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback, stack_tokens
 from .guard import guard_hits
+from .soup import soup
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
@@ -105,6 +106,11 @@ class AdaptSettings:
     #: and the counts are pooled over every query; the saved adapter is then trained on all of
     #: them, as with ``refit`` (0: off, ``holdout`` judges)
     folds: int = 0
+    #: every adapter the recipe trains (the judged ones, the refit, each fold) is the uniform soup
+    #: of this many, trained with seeds ``seed``, ``seed + 1``, ... (1: one adapter); see
+    #: :mod:`isacir.adapt.soup`. Averaging damps what each learned by chance, which is what flips
+    #: earlier first places; it costs this many trainings and nothing at serving time
+    soup: int = 1
     #: learn from the oldest N logged queries only (None: all of them)
     max_queries: int | None = None
     save_every: int = 50
@@ -131,6 +137,8 @@ class AdaptSettings:
                 f"--hard-negatives, --focal-weight and --focal-base must not be negative, got "
                 f"{self.hard_negatives}, {self.focal_weight}, {self.focal_base}"
             )
+        if self.soup < 1:
+            raise ConfigError(f"--soup must be at least 1 (one adapter), got {self.soup}")
         if self.max_queries is not None and self.max_queries < 1:
             raise ConfigError("--max-queries must be at least 1")
         if self.folds == 1 or self.folds < 0:
@@ -495,6 +503,7 @@ def _adapt_by_folds(
             "lora_layers": len(final.config.lora_targets),
             "lora_attention": len(final.config.lora_attention),
             "query_head": final.config.query_head,
+            "soup": settings.soup,
             "skipped": dict(data.skipped),
         },
         "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
@@ -535,7 +544,25 @@ class _Fit:
     def __call__(
         self, train: list[FeedbackExample], ckpt_path: Path, desc: str = "adapt"
     ) -> tuple[QueryAdapter, list[float]]:
-        settings, gallery, compose, previous = self.settings, self.gallery, self.compose, self.previous
+        """The recipe's adapter on ``train``: one, or the soup of ``settings.soup`` members (each
+        resumable from a checkpoint of its own; the losses are their mean per step)."""
+        k = self.settings.soup
+        if k == 1:
+            return self._one(train, ckpt_path, desc, self.settings)
+        members, losses = [], []
+        for i in range(k):
+            # a member is the single adapter its seed trains: member 0 is the run without --soup
+            one = replace(self.settings, soup=1, seed=self.settings.seed + i)
+            path = ckpt_path.with_name(f"{ckpt_path.stem}-member{i}{ckpt_path.suffix}")
+            adapter, member_losses = self._one(train, path, f"{desc} {i + 1}/{k}", one)
+            members.append(adapter)
+            losses.append(member_losses)
+        return soup(members), [round(sum(step) / k, 6) for step in zip(*losses, strict=True)]
+
+    def _one(
+        self, train: list[FeedbackExample], ckpt_path: Path, desc: str, settings: AdaptSettings
+    ) -> tuple[QueryAdapter, list[float]]:
+        gallery, compose, previous = self.gallery, self.compose, self.previous
         ids, words = (
             domain_vocabulary(
                 [t.text for t in train], self.foundation.tokenizer, settings.vocab_min_count, settings.vocab_max_rows
@@ -807,6 +834,7 @@ def _report(
             "lora_layers": len(adapter.config.lora_targets),
             "lora_attention": len(adapter.config.lora_attention),
             "query_head": adapter.config.query_head,
+            "soup": settings.soup,
             "skipped": dict(data.skipped),
         },
         "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},

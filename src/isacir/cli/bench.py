@@ -244,6 +244,11 @@ def bench_feedback_cmd(
         False, "--lora-attention", help="Adapters with isacir adapt's --lora-attention (needs --lora-rank)."
     ),
     query_head: bool = typer.Option(False, "--query-head", help="Adapters with isacir adapt's --query-head."),
+    soup: int = typer.Option(
+        1,
+        help="The refit and K-fold recipes' adapters as isacir adapt's --soup K: each the soup of K trained "
+        "with successive seeds (K times their trainings; the learning curve trains one adapter per point).",
+    ),
     refit: bool = typer.Option(
         False,
         "--refit",
@@ -280,6 +285,7 @@ def bench_feedback_cmd(
         lora_rank=lora_rank,
         query_head=query_head,
         lora_attention=lora_attention,
+        soup=soup,
         refit=refit,
         folds=folds,
         **({"steps": steps} if steps else {}),
@@ -323,6 +329,7 @@ def bench_replicates_cmd(
     lora_attention: bool = typer.Option(
         False, "--lora-attention", help="Judge the run made with --lora-attention (a feedback-seedS-attn run)."
     ),
+    soup: int = typer.Option(1, help="Judge the run made with --soup K (a feedback-seedS-soupK run)."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """A bench feedback run's served adapters on fresh draws of the test split, pooled.
@@ -338,7 +345,7 @@ def bench_replicates_cmd(
     from ..experiments.shapes.feedback_bench import FeedbackRun
     from ..experiments.shapes.replicates import run_replicates
 
-    run = FeedbackRun(seed, adapt_seed, lora_attention, query_head)
+    run = FeedbackRun(seed, adapt_seed, lora_attention, query_head, soup)
     summary = run_replicates(
         out_dir, run, count, log=lambda m: err.print(escape(str(m)), highlight=False), frontier=frontier
     )

@@ -124,6 +124,8 @@ class FeedbackRun:
     adapt_seed: int | None = None
     lora_attention: bool = False
     query_head: bool = False
+    #: adapters trained as soups of this many (1: one adapter)
+    soup: int = 1
 
     def __post_init__(self) -> None:
         if self.adapt_seed == self.seed:
@@ -132,7 +134,7 @@ class FeedbackRun:
     @classmethod
     def of(cls, seed: int, settings: AdaptSettings) -> FeedbackRun:
         """The run that ``settings`` train on world ``seed``."""
-        return cls(seed, settings.seed, settings.lora_attention, settings.query_head)
+        return cls(seed, settings.seed, settings.lora_attention, settings.query_head, settings.soup)
 
     @property
     def suffix(self) -> str:
@@ -140,6 +142,7 @@ class FeedbackRun:
             ("" if self.adapt_seed is None else f"-adapt{self.adapt_seed}")
             + ("-attn" if self.lora_attention else "")
             + ("-head" if self.query_head else "")
+            + (f"-soup{self.soup}" if self.soup > 1 else "")
         )
 
     @property
@@ -161,6 +164,7 @@ class FeedbackRun:
             ([f" --adapt-seed {self.adapt_seed}"] if self.adapt_seed is not None else [])
             + ([" --lora-attention"] if self.lora_attention else [])
             + ([" --query-head"] if self.query_head else [])
+            + ([f" --soup {self.soup}"] if self.soup > 1 else [])
         )
 
 
@@ -248,8 +252,9 @@ def run_feedback_bench(
         t = time.perf_counter()
         folder = run / f"adapter-{n}"
         torch.manual_seed(settings.seed)
-        # the curve judges the recipe on held-out feedback
-        one = replace(settings, max_queries=n, refit=False, folds=0)
+        # the curve judges the recipe on held-out feedback, one adapter per point: a soup is
+        # measured where it is served, in the refit and K-fold recipes
+        one = replace(settings, max_queries=n, refit=False, folds=0, soup=1)
         report = adapt(gallery, fnd, qe, store, folder, one, progress=progress)
         adapters[n] = QueryAdapter.from_pretrained(folder)
         metrics, _ = test.evaluate(adapters[n])

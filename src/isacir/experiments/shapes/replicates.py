@@ -84,6 +84,7 @@ def rerun_command(out: Path, detail: dict[str, Any]) -> str:
     flags += ["--query-head"] if settings.get("query_head") else []
     flags += ["--refit"] if settings.get("refit") else []
     flags += [f"--folds {settings['folds']}"] if settings.get("folds") else []
+    flags += [f"--soup {settings['soup']}"] if settings.get("soup", 1) > 1 else []
     flags += [f"--adapt-seed {settings['seed']}"] if settings.get("seed", seed) != seed else []
     return "isacir bench feedback " + " ".join(flags)
 
