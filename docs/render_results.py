@@ -376,15 +376,18 @@ def feedback_guard_table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _recipe(run: dict) -> str:
+def _recipe(run: dict, soup: bool = True) -> str:
+    """A run's recipe for people; ``soup=False`` for what it trains as one adapter (its learning
+    curve, and the pair tuned on its held-out fifth) where its served adapters are soups."""
     rank = run["settings"].get("lora_rank", 0)
     recipe = f"+ LoRA rank {rank}" if rank else "default (token adapter + vocabulary)"
     if run["settings"].get("lora_attention"):
         recipe += ", attention LoRA"
     if run["settings"].get("query_head"):
         recipe += ", query head"
-    if run["settings"].get("soup", 1) > 1:
-        recipe += f", soups of {run['settings']['soup']}"
+    soups = run["settings"].get("soup", 1)
+    if soups > 1:
+        recipe += f", soups of {soups}" if soup else ", one adapter"
     seed = _training_seed(run)
     return recipe if seed == run["seed"] else f"{recipe}, training seed {seed}"
 
@@ -402,7 +405,7 @@ def _served(run: dict) -> list[tuple[str, dict, dict | None, dict | None]]:
     what ``--tune`` serves, and of ``--tune --refit`` and ``--tune --folds K`` where measured."""
     tuned = run["tuned_on_held_out"]
     chose = (tuned["held_out"], tuned["held_out_before"])
-    served = [(_recipe(run), tuned, *chose)]
+    served = [(_recipe(run, soup=False), tuned, *chose)]
     if run.get("tuned_then_refit"):
         refit = run["tuned_then_refit"]
         served.append((f"{_recipe(run)}, refit on all {refit['trained_on']:,}", refit, *chose))
@@ -497,7 +500,7 @@ def _same_recipe(a: dict, b: dict) -> bool:
 
 
 #: the settings that make a run a variant of a recipe, off
-_NO_VARIANT = {"query_head": False, "lora_attention": False}
+_NO_VARIANT = {"query_head": False, "lora_attention": False, "soup": 1}
 
 
 def _beside_their_base(variants: list[dict], replicates: list[dict]) -> list[dict]:
@@ -551,12 +554,13 @@ SERVED_KEYS = ("tuned_on_held_out", "tuned_then_refit", "tuned_by_folds")
 
 def _replicated_run(runs: list[dict], rep: dict) -> dict:
     """The recorded run a replicates file judged again, found by its final adapter's fingerprint
-    (another CPU or setting trains other weights) and checked to have the same settings."""
+    (another CPU or setting trains other weights) and its settings: runs that differ only in
+    their soups share the one-adapter learning curve, and so the final curve adapter."""
     run = next(
-        (r for r in runs if final_adapter(r)["fingerprint"] == rep["run_fingerprint"]),
+        (r for r in runs if final_adapter(r)["fingerprint"] == rep["run_fingerprint"] and _same_recipe(r, rep)),
         None,
     )
-    if run is None or not _same_recipe(run, rep):
+    if run is None:
         raise SystemExit(f"replicates of seed {rep['seed']} have no recorded run with their final adapter and settings")
     return run
 

@@ -154,8 +154,8 @@ def test_a_variant_is_shown_after_the_recipe_it_varies():
     assert all(var in shown for var in variants) and len(shown) == len({id(r) for r in shown})
     for var in variants:
         settings = var["settings"]
-        assert settings.get("query_head") or settings.get("lora_attention")
-        plain = {**var, "settings": {**settings, "query_head": False, "lora_attention": False}}
+        assert settings.get("query_head") or settings.get("lora_attention") or settings.get("soup", 1) > 1
+        plain = {**var, "settings": {**settings, "query_head": False, "lora_attention": False, "soup": 1}}
         bases = [i for i, r in enumerate(shown) if r in base and render._same_recipe(r, plain)]
         assert len(bases) == 1 and bases[0] < shown.index(var)
         assert render._by_recipe(shown[bases[0]]) < render._by_recipe(var)
@@ -225,7 +225,10 @@ def test_replicates_sit_beside_the_test_split_of_their_run():
     assert reps, "no recorded bench replicates run"
     table = render.feedback_replicates_table(runs, reps)
     for rep in reps:
-        run = next(r for r in runs if final_adapter(r)["fingerprint"] == rep["run_fingerprint"])
+        # a soup's run shares its one-adapter curve with the run without soups: the settings decide
+        run = next(
+            r for r in runs if final_adapter(r)["fingerprint"] == rep["run_fingerprint"] and render._same_recipe(r, rep)
+        )
         served = render._served_by_key(run)
         labels = {label for label, *_ in served.values()}
         rows = [r for r in table.splitlines() if r.startswith(f"| {rep['seed']} |") and r.split(" | ")[1] in labels]

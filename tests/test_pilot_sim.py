@@ -251,6 +251,7 @@ def test_a_missing_run_names_the_command_that_trains_it_again(tmp_path):
         "reruns/feedback-lora4-seed0-epyc.json",
         "training-seeds/feedback-lora4-seed0-adapt1-epyc.json",
         "variants/feedback-lora4-head-seed0-epyc.json",
+        "variants/feedback-lora4-attn-soup3-seed0-epyc.json",
     ):
         run = json.loads((results / name).read_text())
         assert rerun_command(Path("runs/shapes"), run) + " --json" in docs, name
