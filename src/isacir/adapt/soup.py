@@ -60,8 +60,6 @@ def _check_members(members: Sequence[QueryAdapter]) -> AdapterConfig:
                 f"adapter {i} of the soup differs from adapter 0 in {', '.join(differ)}: only adapters of one "
                 "recipe, for one query encoder and foundation, served at one pair, can be averaged"
             )
-    if bool(first.lora_targets) != all(m.config.lora_rank > 0 for m in members):
-        raise ConfigError("the soup's adapters disagree on LoRA: every one or none must have it")
     return first
 
 
