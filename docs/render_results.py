@@ -935,6 +935,12 @@ def render() -> dict[Path, str]:
         "feedback-frontier": feedback_frontier_table(replicated, load_replicates()),
         "feedback-variant-replicates": feedback_replicates_table(replicated + variant_runs, beside),
         "feedback-variant-frontier": feedback_frontier_table(replicated + variant_runs, beside),
+        # the product page: the 5-fold recipe with each addition that helped, seed by seed
+        "feedback-recipe-additions": feedback_replicates_table(
+            replicated + variant_runs,
+            sorted((r for r in beside if not r["settings"].get("query_head")), key=_by_recipe),
+            ("tuned_by_folds",),
+        ),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

@@ -177,7 +177,7 @@ def adapt_cmd(
     if not report["promotable"] and not tune:
         err.print(
             "hint: --tune lets the held-out feedback choose an interpolation and top-1 guard that keep the "
-            "flips within 5 %; the recipe measured best on Shapes-CIR is --lora-rank 4 --tune --folds 5 "
-            "(docs/operations/learning.md, Where it stands)"
+            "flips within 5 %; the recipe measured best on Shapes-CIR is --lora-rank 4 --lora-attention --soup 3 "
+            "--tune --folds 5 (docs/operations/learning.md, Where it stands)"
         )
     emit_json(report)
