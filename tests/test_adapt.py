@@ -274,6 +274,19 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     assert no_holdout.returncode != 0 and "--holdout > 0" in _unwrapped(no_holdout.stderr)
 
 
+def _reloaded(adapter: QueryAdapter, folder, fnd, qe, tokens) -> QueryAdapter:
+    """``adapter`` saved to ``folder`` and loaded again, checked to keep its version and to compose
+    the same query bit for bit."""
+    adapter.save_pretrained(folder)
+    loaded = QueryAdapter.from_pretrained(folder)
+    assert loaded.fingerprint == adapter.fingerprint
+    with torch.no_grad():
+        a = adapter.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
+        b = loaded.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
+    assert torch.equal(a, b)
+    return loaded
+
+
 def test_lora_adapter_starts_as_the_identity_stays_in_its_thread_and_round_trips(service, tmp_path):
     import threading
 
@@ -325,13 +338,8 @@ def test_lora_adapter_starts_as_the_identity_stays_in_its_thread_and_round_trips
         adapted.close()
 
     # a saved folder loads without the foundation at hand, answers the same, and keeps its version
-    adapter.save_pretrained(tmp_path / "lora")
-    loaded = QueryAdapter.from_pretrained(tmp_path / "lora")
-    assert loaded.fingerprint == adapter.fingerprint and loaded.describe()["lora_layers"] == len(targets)
-    with torch.no_grad():
-        a = adapter.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
-        b = loaded.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
-    assert torch.equal(a, b)
+    loaded = _reloaded(adapter, tmp_path / "lora", fnd, qe, tokens)
+    assert loaded.describe()["lora_layers"] == len(targets)
     # a folder naming a layer this foundation lacks is refused at attach, naming the layer
     cfg = loaded.config
     cfg.lora_targets = [*cfg.lora_targets[:-1], "model.transformer.no_such_layer"]
@@ -416,14 +424,7 @@ def test_attention_lora_is_the_identity_at_start_and_a_patched_attention_after(s
         assert seen == [True] * 20 and not np.allclose(want_plain, want_adapted, atol=1e-4)
     finally:
         adapted.close()
-    adapter.save_pretrained(tmp_path / "attn")
-    loaded = QueryAdapter.from_pretrained(tmp_path / "attn")
-    assert loaded.fingerprint == adapter.fingerprint
-    with torch.no_grad():
-        assert torch.equal(
-            loaded.compose(fnd, tokens, ["red"], template, qe.num_tokens),
-            adapter.compose(fnd, tokens, ["red"], template, qe.num_tokens),
-        )
+    loaded = _reloaded(adapter, tmp_path / "attn", fnd, qe, tokens)
     cfg = loaded.config
     cfg.lora_attention = [*cfg.lora_attention[:-1], "model.transformer.no_such_attention"]
     with pytest.raises(AdapterMismatchError, match="no_such_attention"):
@@ -497,13 +498,7 @@ def test_query_head_starts_as_the_identity_and_is_a_metric_on_the_stored_vectors
         adapter.set_interpolation(1.0)
     finally:
         adapted.close()
-    adapter.save_pretrained(tmp_path / "head")
-    loaded = QueryAdapter.from_pretrained(tmp_path / "head")
-    assert loaded.fingerprint == adapter.fingerprint
-    with torch.no_grad():
-        a = adapter.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
-        b = loaded.compose(fnd, tokens, ["red"], qe.config.template, qe.num_tokens)
-    assert torch.equal(a, b)
+    _reloaded(adapter, tmp_path / "head", fnd, qe, tokens)
 
 
 def test_adapt_with_the_query_head_alone_learns_synthetic_triplets(tmp_path, openclip_fnd):
