@@ -619,8 +619,13 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict], keys: tu
     for rep in sorted(replicates, key=_by_recipe):
         run = _replicated_run(runs, rep)
         pooled = rep["pooled"]
+        # a soup run's pair tuned on the held-out fifth serves its one-adapter curve, which the run
+        # without soups shares: where that run is in the table, its row already shows the adapter
+        one_shown = rep["settings"].get("soup", 1) > 1 and any(
+            _same_recipe(r, {**rep, "settings": {**rep["settings"], "soup": 1}}) for r in replicates
+        )
         for key, (recipe, served, _, _) in _served_by_key(run).items():
-            if key not in keys:
+            if key not in keys or (key == "tuned_on_held_out" and one_shown):
                 continue
             v = verdict_intervals(run["before"], served, run["test_queries"])
             known = served["known_phrasings_R@10"] - run["known_phrasings"]["before"]["R@10"]
