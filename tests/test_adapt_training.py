@@ -243,7 +243,9 @@ def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, op
 
     _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
     _synthetic_feedback(state, 31, seed=23)
-    monkeypatch.setattr(T, "TUNE_MARGINS", (0.0, 0.02, 2.0))  # a pair that never yields: always a choice
+    # the folds weigh their own, finer grid; a pair that never yields makes a choice always possible
+    monkeypatch.setattr(T, "FOLD_TUNE_MARGINS", (0.0, 0.01, 0.02, 2.0))
+    monkeypatch.setattr(T, "TUNE_MARGINS", (0.0, 2.0))  # the held-out fifth's: unused with folds
     fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
     args = (gallery, fnd, qe, state.feedback)
     base = AdaptSettings(steps=20, lr=1e-2, batch_size=16, hidden=32, seed=3, tune=True, folds=3, save_every=5)
@@ -268,7 +270,7 @@ def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, op
 
     # every pooled cell adds up, and the choice is the rule's on the pooled grid
     grid, right = report["tuning"]["grid"], int(top1.sum())
-    assert len(grid) == 4 * 3
+    assert len(grid) == 4 * 4 and sorted({g["guard_margin"] for g in grid}) == [0.0, 0.01, 0.02, 2.0]
     for g in grid:
         assert round(g["hit@1"] * 31) == right - g["flips"] + g["gained"]
     ok = [g for g in grid if g["hit@1"] >= zero_shot["hit@1"] and (g["flip_rate"] or 0.0) <= T.MAX_FLIP_RATE]

@@ -46,6 +46,11 @@ MAX_FLIP_RATE = 0.05
 #: the serving settings ``--tune`` weighs on held-out feedback: interpolation by top-1 guard margin
 TUNE_INTERPOLATIONS = (0.25, 0.5, 0.75, 1.0)
 TUNE_MARGINS = (0.0, 0.02, 0.04, 0.06)
+#: the guard margins ``--tune --folds`` weighs. The pooled folds count flips on every top-1 hit of
+#: the feedback, a few hundred, where one flip moves the rate by under half a point, so they can
+#: tell margins 0.01 apart; a held-out fifth's few dozen move it by 2 points a query, and weigh the
+#: coarser grid. A soup's gain within the flip limit can sit between two margins 0.02 apart.
+FOLD_TUNE_MARGINS = tuple(round(0.01 * i, 2) for i in range(9))
 #: Two gallery items whose stored vectors agree this closely are one picture to the system (the
 #: same photo indexed twice): no query tells them apart, so either one answers a query that the
 #: operator answered with the other, and neither may be the other's negative.
@@ -246,9 +251,9 @@ def tune_serving(
     return out
 
 
-def _tune_pairs() -> list[tuple[float, float]]:
-    """The (interpolation, guard margin) grid that ``--tune`` weighs."""
-    return [(a, m) for a in TUNE_INTERPOLATIONS for m in TUNE_MARGINS]
+def _tune_pairs(folds: bool = False) -> list[tuple[float, float]]:
+    """The (interpolation, guard margin) grid that ``--tune`` weighs (with ``folds``, on pooled folds)."""
+    return [(a, m) for a in TUNE_INTERPOLATIONS for m in (FOLD_TUNE_MARGINS if folds else TUNE_MARGINS)]
 
 
 def _served_pairs(
@@ -430,7 +435,7 @@ def _adapt_by_folds(
     more trainings."""
     k = settings.folds
     given = (settings.interpolation, settings.guard_margin)
-    pairs = _tune_pairs() if settings.tune else []
+    pairs = _tune_pairs(folds=True) if settings.tune else []
     pairs += [given] if given not in pairs else []
     before = {"n": 0, "hit@1": 0, "hit@10": 0}  # hit@1 counts the top-1 hits that can flip
     cells = {pair: {"hit@1": 0, "hit@10": 0, "lost": 0, "gained": 0} for pair in pairs}
@@ -468,7 +473,7 @@ def _adapt_by_folds(
     tuning: dict[str, Any] | None = None
     pair = given
     if settings.tune:
-        grid = [pooled(p) for p in _tune_pairs()]
+        grid = [pooled(p) for p in _tune_pairs(folds=True)]
         chosen = _choose(grid, held_before["hit@1"])
         tuning = {"before": held_before, "grid": grid, "chosen": chosen, "folds": k}
         if chosen is None:

@@ -77,8 +77,8 @@ def adapt_cmd(
     folds: int = typer.Option(
         0,
         help="Judge (and with --tune, tune) by K-fold cross-validation instead of --holdout: K adapters "
-        "each trained without one K-th answer it, counts pooled over all the feedback; the saved adapter "
-        "is trained on all of it (0: off; K more trainings).",
+        "each trained without one K-th answer it, counts pooled over all the feedback (--tune weighs guard "
+        "margins 0.01 apart on them); the saved adapter is trained on all of it (0: off; K more trainings).",
     ),
     soup: int = typer.Option(
         1,
