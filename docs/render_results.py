@@ -503,13 +503,18 @@ def _same_recipe(a: dict, b: dict) -> bool:
 _NO_VARIANT = {"query_head": False, "lora_attention": False, "soup": 1}
 
 
+def _with_settings(run: dict, **settings: object) -> dict:
+    """``run`` as if recorded with ``settings`` changed: what a recipe comparison looks for."""
+    return {**run, "settings": {**run["settings"], **settings}}
+
+
 def _beside_their_base(variants: list[dict], replicates: list[dict]) -> list[dict]:
     """Each variant's replicates, after the replicates of the run it varies (same seed, training
     seed, LoRA rank, refit and folds, without the variant), so a table shows them side by side."""
     shown: list[dict] = []
     for var in variants:
         base = next(
-            (r for r in replicates if _same_recipe(r, {**var, "settings": {**var["settings"], **_NO_VARIANT}})),
+            (r for r in replicates if _same_recipe(r, _with_settings(var, **_NO_VARIANT))),
             None,
         )
         if base is None:
@@ -622,7 +627,7 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict], keys: tu
         # a soup run's pair tuned on the held-out fifth serves its one-adapter curve, which the run
         # without soups shares: where that run is in the table, its row already shows the adapter
         one_shown = rep["settings"].get("soup", 1) > 1 and any(
-            _same_recipe(r, {**rep, "settings": {**rep["settings"], "soup": 1}}) for r in replicates
+            _same_recipe(r, _with_settings(rep, soup=1)) for r in replicates
         )
         for key, (recipe, served, _, _) in _served_by_key(run).items():
             if key not in keys or (key == "tuned_on_held_out" and one_shown):

@@ -230,7 +230,7 @@ def test_replicates_sit_beside_the_test_split_of_their_run():
             r for r in runs if final_adapter(r)["fingerprint"] == rep["run_fingerprint"] and render._same_recipe(r, rep)
         )
         served = render._served_by_key(run)
-        base = [r for r in reps if render._same_recipe(r, {**rep, "settings": {**rep["settings"], "soup": 1}})]
+        base = [r for r in reps if render._same_recipe(r, render._with_settings(rep, soup=1))]
         if rep["settings"].get("soup", 1) > 1 and base:
             # its pair tuned on the held-out fifth serves the very adapter of the run without soups,
             # whose row shows it: the soup run's row would repeat it

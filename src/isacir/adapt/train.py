@@ -435,8 +435,8 @@ def _adapt_by_folds(
     more trainings."""
     k = settings.folds
     given = (settings.interpolation, settings.guard_margin)
-    pairs = _tune_pairs(folds=True) if settings.tune else []
-    pairs += [given] if given not in pairs else []
+    tuned = _tune_pairs(folds=True) if settings.tune else []
+    pairs = tuned + ([given] if given not in tuned else [])
     before = {"n": 0, "hit@1": 0, "hit@10": 0}  # hit@1 counts the top-1 hits that can flip
     cells = {pair: {"hit@1": 0, "hit@10": 0, "lost": 0, "gained": 0} for pair in pairs}
     sizes = []
@@ -473,7 +473,7 @@ def _adapt_by_folds(
     tuning: dict[str, Any] | None = None
     pair = given
     if settings.tune:
-        grid = [pooled(p) for p in _tune_pairs(folds=True)]
+        grid = [pooled(p) for p in tuned]
         chosen = _choose(grid, held_before["hit@1"])
         tuning = {"before": held_before, "grid": grid, "chosen": chosen, "folds": k}
         if chosen is None:
