@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,9 @@ def service(tmp_path_factory, openclip_fnd):
 def _synthetic_feedback(state, n: int, seed: int = 0, replay: int = 10) -> list[dict]:
     """Logged queries with random tokens, each with a positive (some corrected, some with rejections)."""
     rng = np.random.default_rng(seed)
-    ids = state.gallery.vectors()[0].tolist()
+    # in the order of the image files, not of the ids, which hash the build's own paths: the same
+    # seed then draws the same images as positives whatever folder the gallery was built in
+    ids = [it["id"] for it in sorted(state.gallery.items(), key=lambda it: Path(it["path"]).name)]
     scale = state.foundation.word_embedding_rms()
     qe = state.query_encoder
     made = []
@@ -502,9 +505,9 @@ def test_query_head_starts_as_the_identity_and_is_a_metric_on_the_stored_vectors
 
 
 def test_adapt_with_the_query_head_alone_learns_synthetic_triplets(tmp_path, openclip_fnd):
-    # without replay, which pulls the map back toward zero on shuffled pairs: over five galleries
-    # (their ids, and so the batches, differ per build) hit@1 rose from 0.03-0.08 to 0.60-0.75
-    report, state = _adapt_one_part(tmp_path, openclip_fnd, steps=200, query_head=True, replay_weight=0.0)
+    # without replay, which pulls the map back toward zero on shuffled pairs; a linear map on the
+    # joint embedding learns 40 random pairings slowly (0.075 to 0.525 in 200 steps, 0.625 in 400)
+    report, state = _adapt_one_part(tmp_path, openclip_fnd, steps=400, query_head=True, replay_weight=0.0)
     assert report["counts"]["query_head"] == state.foundation.embed_dim and report["counts"]["lora_layers"] == 0
     before, after = report["train"]["before"]["hit@1"], report["train"]["after"]["hit@1"]
     assert after >= before + 0.4, (before, after)
