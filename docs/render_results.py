@@ -32,10 +32,12 @@ sys.path.insert(0, str(ROOT / "src"))  # run from a checkout, before or without 
 from isacir.experiments.shapes.feedback_goals import (  # noqa: E402  (torch-free)
     MAX_TEST_FLIP_RATE,
     MIN_R1_GAIN,
+    RECIPE_TO_DEPLOY,
     feedback_goals,
     final_adapter,
     goals_met,
     paired_counts,
+    recipe_flags,
     verdict_intervals,
 )
 
@@ -659,6 +661,52 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict], keys: tu
     return "\n".join(lines) + "\n"
 
 
+def _is_recipe_to_deploy(run: dict) -> bool:
+    settings = run["settings"]
+    return all(settings.get(k) == v for k, v in RECIPE_TO_DEPLOY.items()) and not settings.get("query_head")
+
+
+def feedback_deploy_table(runs: list[dict], replicates: list[dict]) -> str:
+    """The recipe to deploy, seed by seed, as ``isacir adapt --tune --folds`` serves it: the pair its
+    pooled folds chose and what they counted, then every goal on the run's test split and on the
+    fresh queries of its replicates, and the moonshot (test R@1 against the oracle's)."""
+    reps = sorted((r for r in replicates if _is_recipe_to_deploy(r)), key=_by_recipe)
+    if not reps:
+        return f"No run of `{recipe_flags()}` is recorded with its replicates yet.\n"
+    lines = [
+        "| seed | pair the folds chose | pooled folds: hit@1, flips | test split: R@1 gain, flips: every goal "
+        "| fresh queries | R@1 gain (95 % interval) | R@10 gain | flips (95 % interval) "
+        "| known-phrasings R@10 | every goal | moonshot: test R@1, oracle's |",
+        "|---:|---|---|---|---:|---|---:|---|---:|---|---|",
+    ]
+    for rep in reps:
+        run = _replicated_run(runs, rep)
+        served, pooled = run["tuned_by_folds"], rep["pooled"]
+        p = pooled["tuned_by_folds"]
+        if (p["interpolation"], p["guard_margin"]) != (served["interpolation"], served["guard_margin"]):
+            raise SystemExit(f"replicates of seed {rep['seed']} served tuned_by_folds at another pair than the run")
+        held, held_before = served["held_out"], served["held_out_before"]
+        top1 = round(held_before["hit@1"] * held_before["n"])
+        split = verdict_intervals(run["before"], served, run["test_queries"])
+        sf, g, f = split["flip_rate"], p["intervals"]["r1_gain"], p["intervals"]["flip_rate"]
+        oracle = run["oracle_reference_caption_plus_modifier"]["R@1"]
+        moon = "held" if served["R@1"] >= oracle else "not held"
+        known = p["known_phrasings_R@10"] - pooled["known_phrasings_before"]["R@10"]
+        met = f"{p['replicates_meeting_every_goal']} of {rep['replicates']} replicates"
+        lines.append(
+            f"| {rep['seed']} | {served['interpolation']:.2f} / {served['guard_margin']:.2f} "
+            f"| {held_before['hit@1']:.3f} → {held['hit@1']:.3f}, {held['flips']} of {top1} "
+            f"| {split['r1_gain']['points']:+.1f}, {sf['flips']} of {sf['of']} ({100 * sf['rate']:.1f} %): "
+            f"{_every_goal(run, served)} "
+            f"| {rep['queries']:,} | {g['points']:+.1f} ({g['interval'][0]:+.1f} to {g['interval'][1]:+.1f}) "
+            f"| {p['R@10'] - pooled['before']['R@10']:+.1f} "
+            f"| {f['flips']} of {f['of']}: {100 * f['rate']:.1f} % ({100 * f['interval'][0]:.1f} to "
+            f"{100 * f['interval'][1]:.1f} %) | {known:+.1f} | {'**met**' if p['every_goal'] else 'missed'} ({met}) "
+            f"| {moon}: {served['R@1']:.1f}, {oracle:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def feedback_recipes_table(runs: list[dict]) -> str:
     """Adapter recipes on the same pilot: held-out feedback (what chooses a recipe) and the test."""
     if not runs:
@@ -951,6 +999,7 @@ def render() -> dict[Path, str]:
             sorted((r for r in beside if not r["settings"].get("query_head")), key=_by_recipe),
             ("tuned_by_folds",),
         ),
+        "feedback-recipe-to-deploy": feedback_deploy_table(replicated + variant_runs, beside),
         "pilot-versions": pilot_versions_table(
             sorted(
                 (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]

@@ -15,6 +15,7 @@ from isacir.adapt import AdapterMismatchError, AdaptSettings, QueryAdapter, adap
 from isacir.adapt import train as adapt_train
 from isacir.edge.payload import decode_payload, encode_payload
 from isacir.errors import CheckpointError
+from isacir.experiments.shapes.feedback_goals import recipe_flags
 from isacir.search import Retriever
 from isacir.serve import ServiceState, create_app
 
@@ -275,6 +276,13 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     assert one_fold.returncode == 2 and "--folds must be 0" in _unwrapped(one_fold.stderr)
     no_holdout = run("adapt", *args, "--holdout", "0", "--refit", "--no-progress", check=False)
     assert no_holdout.returncode != 0 and "--holdout > 0" in _unwrapped(no_holdout.stderr)
+    # with nothing held out nothing may be promoted: the hint names the recipe the docs tabulate
+    blind = run(
+        "adapt", *args, "--holdout", "0", "--steps", "2", "--batch-size", "8", "--hidden", "16", "--no-progress"
+    )
+    assert last_json(blind)["promotable"] is False
+    assert "hint: --tune lets the held-out feedback choose" in _unwrapped(blind.stderr)
+    assert f"measured best on Shapes-CIR is {recipe_flags()} (docs/operations/learning.md" in _unwrapped(blind.stderr)
 
 
 def _reloaded(adapter: QueryAdapter, folder, fnd, qe, tokens) -> QueryAdapter:

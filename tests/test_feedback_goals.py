@@ -254,3 +254,35 @@ def test_replicates_sit_beside_the_test_split_of_their_run():
     with pytest.raises(SystemExit, match="another pair"):
         render.feedback_replicates_table(runs, [moved])
     assert render.feedback_replicates_table(runs, []).startswith("No `bench replicates`")
+
+
+def test_the_recipe_to_deploy_is_the_one_the_learning_page_tabulates_and_tells_people_to_run():
+    """One row per seed whose recipe-to-deploy run has replicates, each agreeing with that run's
+    5-fold row of the additions table (the same pooled counts, rendered by another function) and
+    with its own JSON; the learning page shows the table and the command with these flags."""
+    from isacir.experiments.shapes.feedback_goals import RECIPE_TO_DEPLOY, recipe_flags
+
+    assert recipe_flags({"lora_rank": 4, "lora_attention": True, "soup": 5, "folds": 5}) == (
+        "--lora-rank 4 --lora-attention --soup 5 --tune --folds 5"
+    )
+    assert recipe_flags({}) == "--tune"
+    render = _renderer()
+    runs = [json.loads(p.read_text()) for p in RECORDED]
+    variants = [json.loads(p.read_text()) for p in VARIANTS if "-replicates" in p.name]
+    deploy = [r for r in variants if all(r["settings"].get(k) == v for k, v in RECIPE_TO_DEPLOY.items())]
+    assert deploy, "no recorded run of the recipe to deploy with its replicates"
+    table = render.feedback_deploy_table(runs, variants)
+    rows = table.splitlines()[2:]
+    assert [int(r.split(" | ")[0].strip("| ")) for r in rows] == sorted(r["seed"] for r in deploy)
+    additions = render.feedback_replicates_table(runs, deploy, ("tuned_by_folds",)).splitlines()[2:]
+    for rep, row in zip(sorted(deploy, key=lambda r: r["seed"]), rows, strict=True):
+        pooled = [a for a in additions if a.startswith(f"| {rep['seed']} |") and "replicates, pooled" in a]
+        assert len(pooled) == 1
+        gain, flips = pooled[0].split(" | ")[4:6]
+        assert f"| {gain} |" in row and f"| {flips} |" in row
+        p = rep["pooled"]["tuned_by_folds"]
+        assert f"{p['interpolation']:.2f} / {p['guard_margin']:.2f}" in row
+        assert ("**met**" in row.split(" | ")[9]) == p["every_goal"]
+    page = (ROOT / "docs" / "operations" / "learning.md").read_text()
+    assert table in page and f"{recipe_flags()}\n```" in page
+    assert render.feedback_deploy_table(runs, []).startswith("No run of `--lora-rank 4")

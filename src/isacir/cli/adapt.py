@@ -95,6 +95,7 @@ def adapt_cmd(
     """Train a server-side adapter of the text side on the feedback log, and report held-out gains."""
     from ..adapt import AdaptSettings, QueryAdapter, adapt
     from ..cli.feedback import open_feedback_db
+    from ..experiments.shapes.feedback_goals import recipe_flags
     from ..foundation import create_foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
@@ -177,7 +178,7 @@ def adapt_cmd(
     if not report["promotable"] and not tune:
         err.print(
             "hint: --tune lets the held-out feedback choose an interpolation and top-1 guard that keep the "
-            "flips within 5 %; the recipe measured best on Shapes-CIR is --lora-rank 4 --lora-attention --soup 3 "
-            "--tune --folds 5 (docs/operations/learning.md, Where it stands)"
+            f"flips within 5 %; the recipe measured best on Shapes-CIR is {recipe_flags()} "
+            "(docs/operations/learning.md, Where it stands)"
         )
     emit_json(report)
