@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from isacir.adapt import train as adapt_train
 from isacir.experiments.shapes.feedback_goals import paired_counts, verdict_intervals
 from isacir.experiments.shapes.phrasing import known_phrasings_copy, parse_modifier, rephrase
 from isacir.experiments.shapes.pilot import LEFT_OUT, PILOT_PHRASINGS, PilotConfig, generate_pilot, load_pilot
@@ -201,7 +202,12 @@ def test_bench_feedback_on_the_small_bench(small_loop):
             cv["held_out"]["interpolation"],
             cv["held_out"]["guard_margin"],
         )
+    # the grid the folds weighed is recorded whole, on the folds' own margins, the chosen pair in it
+    weighed = [(g["interpolation"], g["guard_margin"]) for g in cv["grid"]]
+    assert sorted(weighed) == sorted(adapt_train._tune_pairs(folds=True)) and len(set(weighed)) == len(weighed)
+    assert cv["held_out"] is None or cv["held_out"] in cv["grid"]
     cv_report = json.loads(next((out / "feedback").glob("seed0-*/adapter-folds/report.json")).read_text())
+    assert cv_report["tuning"]["grid"] == cv["grid"]
     assert cv_report["counts"]["folds"] == 2 and cv_report["counts"]["train"] == 60
     assert sum(s["holdout"] for s in cv_report["cross_validation"]["sizes"]) == 60
     # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache

@@ -323,6 +323,8 @@ def run_feedback_bench(
             "folds": settings.folds,
             "held_out": cv["tuning"]["chosen"],
             "held_out_before": cv["tuning"]["before"],
+            # every pair the pooled folds weighed: how near the runner-up came, and on which grid
+            "grid": cv["tuning"]["grid"],
         }
         timings["folds_s"] = time.perf_counter() - t
     gallery.close()
