@@ -460,6 +460,17 @@ def _verdict(goal: dict) -> str:
     return word if goal["decided"] else f"{word}, within noise"
 
 
+def _gain_cell(g: dict) -> str:
+    """An R@1 gain with its 95 % interval (``verdict_intervals``' ``r1_gain``)."""
+    return f"{g['points']:+.1f} ({g['interval'][0]:+.1f} to {g['interval'][1]:+.1f})"
+
+
+def _flips_cell(f: dict) -> str:
+    """Flips of the earlier top-1 hits with the rate's 95 % interval (``verdict_intervals``' ``flip_rate``)."""
+    lo, hi = f["interval"]
+    return f"{f['flips']} of {f['of']}: {100 * f['rate']:.1f} % ({100 * lo:.1f} to {100 * hi:.1f} %)"
+
+
 def feedback_intervals_table(runs: list[dict]) -> str:
     """How sure the gain and flip verdicts of the ``--tune`` table are: 95 % intervals of the test
     R@1 gain (paired) and of the flip rate, and whether each interval clears its threshold."""
@@ -478,9 +489,7 @@ def feedback_intervals_table(runs: list[dict]) -> str:
             noisy += (not g["decided"]) + (not f["decided"])
             total += 2
             lines.append(
-                f"| {r['seed']} | {recipe} | {g['points']:+.1f} ({g['interval'][0]:+.1f} to {g['interval'][1]:+.1f}) "
-                f"| {_verdict(g)} | {f['flips']} of {f['of']}: {100 * f['rate']:.1f} % "
-                f"({100 * f['interval'][0]:.1f} to {100 * f['interval'][1]:.1f} %) | {_verdict(f)} |"
+                f"| {r['seed']} | {recipe} | {_gain_cell(g)} | {_verdict(g)} | {_flips_cell(f)} | {_verdict(f)} |"
             )
     lines += ["", f"{noisy} of these {total} verdicts are within noise: their interval contains the goal's threshold."]
     return "\n".join(lines) + "\n"
@@ -612,6 +621,20 @@ def feedback_frontier_table(runs: list[dict], replicates: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pooled_served(rep: dict, key: str, served: dict) -> dict:
+    """The replicates' pooled numbers of a served recipe, checked to be served at the run's pair."""
+    p = rep["pooled"][key]
+    if (p["interpolation"], p["guard_margin"]) != (served["interpolation"], served["guard_margin"]):
+        raise SystemExit(f"replicates of seed {rep['seed']} served {key} at another pair than the run")
+    return p
+
+
+def _pooled_verdict(rep: dict, p: dict) -> str:
+    """Every goal on the pooled replicates, and how many replicates meet them alone."""
+    met = f"{p['replicates_meeting_every_goal']} of {rep['replicates']} replicates"
+    return f"{'**met**' if p['every_goal'] else 'missed'} ({met})"
+
+
 def feedback_replicates_table(runs: list[dict], replicates: list[dict], keys: tuple[str, ...] = SERVED_KEYS) -> str:
     """Each served recipe of a run (of ``keys``) on its own test split and pooled over the
     replicates: the R@1 gain and the flips with their 95 % intervals, the known-phrasings change,
@@ -637,26 +660,21 @@ def feedback_replicates_table(runs: list[dict], replicates: list[dict], keys: tu
             v = verdict_intervals(run["before"], served, run["test_queries"])
             known = served["known_phrasings_R@10"] - run["known_phrasings"]["before"]["R@10"]
             rows = [("the test split", run["test_queries"], v, known, _every_goal(run, served))]
-            p = pooled[key]
-            if (p["interpolation"], p["guard_margin"]) != (served["interpolation"], served["guard_margin"]):
-                raise SystemExit(f"replicates of seed {rep['seed']} served {key} at another pair than the run")
-            met = f"{p['replicates_meeting_every_goal']} of {rep['replicates']} replicates"
+            p = _pooled_served(rep, key, served)
             rows.append(
                 (
                     f"{rep['replicates']} replicates, pooled",
                     rep["queries"],
                     p["intervals"],
                     p["known_phrasings_R@10"] - pooled["known_phrasings_before"]["R@10"],
-                    f"{'**met**' if p['every_goal'] else 'missed'} ({met})",
+                    _pooled_verdict(rep, p),
                 )
             )
             for on, n, iv, dk, verdict in rows:
                 g, f = iv["r1_gain"], iv["flip_rate"]
                 lines.append(
-                    f"| {rep['seed']} | {recipe} | {on} | {n:,} "
-                    f"| {g['points']:+.1f} ({g['interval'][0]:+.1f} to {g['interval'][1]:+.1f}) "
-                    f"| {f['flips']} of {f['of']}: {100 * f['rate']:.1f} % "
-                    f"({100 * f['interval'][0]:.1f} to {100 * f['interval'][1]:.1f} %) | {dk:+.1f} | {verdict} |"
+                    f"| {rep['seed']} | {recipe} | {on} | {n:,} | {_gain_cell(g)} | {_flips_cell(f)} "
+                    f"| {dk:+.1f} | {verdict} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -682,27 +700,22 @@ def feedback_deploy_table(runs: list[dict], replicates: list[dict]) -> str:
     for rep in reps:
         run = _replicated_run(runs, rep)
         served, pooled = run["tuned_by_folds"], rep["pooled"]
-        p = pooled["tuned_by_folds"]
-        if (p["interpolation"], p["guard_margin"]) != (served["interpolation"], served["guard_margin"]):
-            raise SystemExit(f"replicates of seed {rep['seed']} served tuned_by_folds at another pair than the run")
+        p = _pooled_served(rep, "tuned_by_folds", served)
         held, held_before = served["held_out"], served["held_out_before"]
         top1 = round(held_before["hit@1"] * held_before["n"])
         split = verdict_intervals(run["before"], served, run["test_queries"])
-        sf, g, f = split["flip_rate"], p["intervals"]["r1_gain"], p["intervals"]["flip_rate"]
+        sf = split["flip_rate"]
         oracle = run["oracle_reference_caption_plus_modifier"]["R@1"]
         moon = "held" if served["R@1"] >= oracle else "not held"
         known = p["known_phrasings_R@10"] - pooled["known_phrasings_before"]["R@10"]
-        met = f"{p['replicates_meeting_every_goal']} of {rep['replicates']} replicates"
         lines.append(
             f"| {rep['seed']} | {served['interpolation']:.2f} / {served['guard_margin']:.2f} "
             f"| {held_before['hit@1']:.3f} → {held['hit@1']:.3f}, {held['flips']} of {top1} "
             f"| {split['r1_gain']['points']:+.1f}, {sf['flips']} of {sf['of']} ({100 * sf['rate']:.1f} %): "
             f"{_every_goal(run, served)} "
-            f"| {rep['queries']:,} | {g['points']:+.1f} ({g['interval'][0]:+.1f} to {g['interval'][1]:+.1f}) "
-            f"| {p['R@10'] - pooled['before']['R@10']:+.1f} "
-            f"| {f['flips']} of {f['of']}: {100 * f['rate']:.1f} % ({100 * f['interval'][0]:.1f} to "
-            f"{100 * f['interval'][1]:.1f} %) | {known:+.1f} | {'**met**' if p['every_goal'] else 'missed'} ({met}) "
-            f"| {moon}: {served['R@1']:.1f}, {oracle:.1f} |"
+            f"| {rep['queries']:,} | {_gain_cell(p['intervals']['r1_gain'])} "
+            f"| {p['R@10'] - pooled['before']['R@10']:+.1f} | {_flips_cell(p['intervals']['flip_rate'])} "
+            f"| {known:+.1f} | {_pooled_verdict(rep, p)} | {moon}: {served['R@1']:.1f}, {oracle:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
