@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks docs
 	$(VENV)/bin/ruff format --check src tests benchmarks docs
 	$(VENV)/bin/mypy
-	$(PY) docs/render_results.py --check
+	$(VENV)/bin/isacir-lab render --check
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 format: $(STAMP)
@@ -67,11 +67,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks docs
 
 docs: $(STAMP)
-	$(PY) docs/render_results.py
+	$(VENV)/bin/isacir-lab render
 	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 demo: $(STAMP) $(VENDOR)
-	$(VENV)/bin/isacir demo
+	$(VENV)/bin/isacir-lab demo
 
 bench-query-side: $(STAMP)
 	$(VENV)/bin/isacir bench query-side --foundation openclip:ViT-L-14 --backbone efficientnet_b0 --tokens 8 --threads 1 --json

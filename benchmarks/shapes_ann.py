@@ -6,7 +6,7 @@ gallery and its ``nprobe`` tuned two ways: on stored vectors plus noise (what a 
 query history gets) and on the first 250 composed queries (what ``isacir gallery tune`` does with
 the queries a service logged). Both are measured on the other 250: recall@10 against exact search,
 the task's R@10 (a correct target in the top 10, the reference left out) against exact search's,
-and latency. Needs the bench cache of ``isacir bench shapes --seed S --out OUT`` (built if missing).
+and latency. Needs the bench cache of ``isacir-lab bench shapes --seed S --out OUT`` (built if missing).
 
     python benchmarks/shapes_ann.py --out runs/shapes --seed 0 --json
 """
@@ -50,8 +50,8 @@ def main() -> int:
 
     from isacir.evaluation.benchmarks import load_shapes
     from isacir.evaluation.evaluate import encode_gallery, encode_queries
-    from isacir.experiments.shapes.bench import ShapesBenchConfig, cached_isa
     from isacir.gallery.stores import build_faiss_index, choose_index, recall_at_k, rerank_depth, tune_nprobe
+    from isacir_lab.shapes.bench import ShapesBenchConfig, cached_isa
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

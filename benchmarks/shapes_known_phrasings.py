@@ -3,7 +3,7 @@
 The benchmark's test modifiers use phrasings (and verbs) the tiny foundation never saw. This asks
 how much of the gap between methods comes from that: each test modifier is rewritten with a
 training phrasing of the same edit and value ("recolour it blue" -> "change the colour to blue"),
-in a copy of the world's annotations, and the cached models of a finished ``isacir bench shapes``
+in a copy of the world's annotations, and the cached models of a finished ``isacir-lab bench shapes``
 run are evaluated on it. It never changes the benchmark itself.
 
     python benchmarks/shapes_known_phrasings.py --bench runs/shapes --seed 2
@@ -19,18 +19,20 @@ from pathlib import Path
 
 from isacir.evaluation.benchmarks import load_shapes
 from isacir.evaluation.evaluate import encode_gallery, evaluate
-from isacir.experiments.shapes.bench import TRAINED, ShapesBenchConfig, _query_kinds, _recall_by_kind, oracle_rows
-from isacir.experiments.shapes.foundation import ARCH
-from isacir.experiments.shapes.phrasing import known_phrasings_copy
 from isacir.foundation import create_foundation
 from isacir.query import QueryEncoder
+from isacir_lab.shapes.bench import TRAINED, ShapesBenchConfig, _query_kinds, _recall_by_kind, oracle_rows
+from isacir_lab.shapes.foundation import ARCH
+from isacir_lab.shapes.phrasing import known_phrasings_copy
 
 KS = ("R@1", "R@5", "R@10", "R@50")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bench", type=Path, required=True, help="--out folder of a finished `isacir bench shapes` run")
+    ap.add_argument(
+        "--bench", type=Path, required=True, help="--out folder of a finished `isacir-lab bench shapes` run"
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

@@ -128,7 +128,7 @@ def small_shapes(tmp_path_factory, worker_id):
 
     from filelock import FileLock
 
-    from isacir.experiments.shapes.bench import ShapesBenchConfig, run_shapes_bench
+    from isacir_lab.shapes.bench import ShapesBenchConfig, run_shapes_bench
 
     def build(out):
         t0 = time.perf_counter()
@@ -163,7 +163,7 @@ def assert_replicates_add_up(rep: dict) -> None:
 
     The per-replicate rows come from the benchmark's metrics and each replicate's flip rate, the
     pooled numbers from counting hits across replicates: two paths that must agree."""
-    from isacir.experiments.shapes.feedback_goals import feedback_goals, goals_met, verdict_intervals
+    from isacir_lab.shapes.feedback_goals import feedback_goals, goals_met, verdict_intervals
 
     rows, pooled = rep["per_replicate"], rep["pooled"]
     assert [r["index"] for r in rows] == list(range(1, rep["replicates"] + 1))

@@ -13,9 +13,9 @@ from serve_helpers import build_service
 
 from isacir.adapt import AdapterMismatchError, AdaptSettings, QueryAdapter, adapt, domain_vocabulary, new_adapter
 from isacir.adapt import train as adapt_train
+from isacir.adapt.recipes import recipe_flags
 from isacir.edge.payload import decode_payload, encode_payload
 from isacir.errors import CheckpointError
-from isacir.experiments.shapes.feedback_goals import recipe_flags
 from isacir.search import Retriever
 from isacir.serve import ServiceState, create_app
 

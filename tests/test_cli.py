@@ -11,10 +11,9 @@ import pytest
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def run(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "isacir.cli", *args], capture_output=True, text=True, env=ENV, timeout=600
-    )
+def run(*args, check=True, cli="isacir.cli"):
+    """``python -m CLI ARGS`` (the product's ``isacir`` by default, ``isacir_lab.cli`` for the lab's)."""
+    proc = subprocess.run([sys.executable, "-m", cli, *args], capture_output=True, text=True, env=ENV, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
     return proc

@@ -20,8 +20,8 @@ def _blocks(text: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
-def isacir_commands(text: str) -> list[list[str]]:
-    """argv (after the program name) of every isacir command in the bash blocks of a page."""
+def isacir_commands(text: str, program: str = "isacir") -> list[list[str]]:
+    """argv (after the program name) of every ``program`` command in the bash blocks of a page."""
     commands = []
     for block in _blocks(text, "bash"):
         for line in block.replace("\\\n", " ").splitlines():
@@ -35,19 +35,22 @@ def isacir_commands(text: str) -> list[list[str]]:
                     parts[-1].append(token)
             for words in parts:
                 words = words[: words.index(">")] if ">" in words else words
-                if words and words[0].endswith("isacir"):
+                if words and words[0].endswith(program) and words[0].rsplit("/", 1)[-1] == program:
                     commands.append(words[1:])
-                elif words and words[0] == "torchrun" and "isacir.cli" in words:
+                elif program == "isacir" and words and words[0] == "torchrun" and "isacir.cli" in words:
                     commands.append(words[words.index("isacir.cli") + 1 :])
     return commands
 
 
-def parse(argv: list[str]) -> None:
+def parse(argv: list[str], program: str = "isacir") -> None:
     """Parse like the CLI would (option names, types, choices, required ones) without running."""
-    from isacir.cli import app
+    if program == "isacir-lab":
+        from isacir_lab.cli import app
+    else:
+        from isacir.cli import app
 
     cmd = typer.main.get_command(app)  # typer ships its own copy of click: duck-type, don't isinstance
-    args, name = list(argv), "isacir"
+    args, name = list(argv), program
     while hasattr(cmd, "resolve_command"):
         ctx = cmd.make_context(name, args, resilient_parsing=False)
         name, cmd, args = cmd.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
@@ -75,15 +78,16 @@ def test_readme_is_a_front_door():
 
 
 @pytest.mark.parametrize("page", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_command_shown_parses(page):
-    commands = isacir_commands(page.read_text())
+@pytest.mark.parametrize("program", ["isacir", "isacir-lab"])
+def test_every_command_shown_parses(page, program):
+    commands = isacir_commands(page.read_text(), program)
     for argv in commands:
         try:
-            parse(argv)
+            parse(argv, program)
         except Exception as exc:
             if type(exc).__name__ == "Exit":
                 continue  # --version and friends
-            assert not is_usage_error(exc), f"{page.name}: `isacir {' '.join(argv)}`: {exc.format_message()}"
+            assert not is_usage_error(exc), f"{page.name}: `{program} {' '.join(argv)}`: {exc.format_message()}"
             raise
 
 
@@ -98,6 +102,10 @@ def test_the_parser_check_catches_a_wrong_command():
         with pytest.raises(Exception) as info:
             parse(argv)
         assert is_usage_error(info.value), argv
+    with pytest.raises(Exception) as info:  # a lab verb is not the product's
+        parse(["bench", "shapes", "--seed", "0"])
+    assert is_usage_error(info.value)
+    parse(["bench", "shapes", "--seed", "0"], "isacir-lab")
     parse(["search", "--gallery", "g", "-k", "3"])
     assert isacir_commands("```bash\nisacir search --gallery g \\\n    -k 3  # c\n```\n") == [
         ["search", "--gallery", "g", "-k", "3"]
@@ -122,10 +130,29 @@ def test_no_comment_or_docstring_points_at_the_readme():
     """History lives in docs/experiments and CHANGELOG.md; code that cites README sections breaks when they move."""
     offenders = []
     for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+        if path.name == "render_results.py":
+            continue  # the renderer writes README's generated blocks, so it names the file
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"\bREADME\b", line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}")
     assert offenders == []
+
+
+def test_the_product_never_loads_the_lab():
+    """Every module of the product imported in one process: no module of isacir_lab comes along
+    (the lab imports the product, never the reverse)."""
+    code = """
+import importlib, pkgutil, sys
+import isacir
+names = [m.name for m in pkgutil.walk_packages(isacir.__path__, "isacir.") if not m.name.endswith("__main__")]
+for name in names:
+    importlib.import_module(name)
+lab = sorted(m for m in sys.modules if m == "isacir_lab" or m.startswith("isacir_lab."))
+print(len(names), lab)
+assert len(names) > 90 and not lab, lab
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -146,9 +173,10 @@ def test_layout_keeps_its_import_rules(module, forbidden):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.lab
 def test_generated_results_are_up_to_date():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "docs" / "render_results.py"), "--check"], capture_output=True, text=True
+        [sys.executable, "-m", "isacir_lab.cli", "render", "--check"], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stderr
 

@@ -4,13 +4,12 @@ each verdict is (the intervals themselves are tested in test_intervals.py)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from isacir.experiments.shapes.feedback_goals import (
+from isacir_lab.shapes.feedback_goals import (
     MAX_TEST_FLIP_RATE,
     feedback_goals,
     final_adapter,
@@ -18,6 +17,8 @@ from isacir.experiments.shapes.feedback_goals import (
     paired_counts,
     verdict_intervals,
 )
+
+pytestmark = pytest.mark.lab
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -96,10 +97,9 @@ def test_a_verdict_is_decided_only_when_its_interval_clears_the_threshold():
 
 
 def _renderer():
-    spec = importlib.util.spec_from_file_location("render_results", RESULTS.parent / "render_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from isacir_lab import render_results
+
+    return render_results
 
 
 def test_a_rerun_sits_beside_its_run_of_record():
@@ -185,7 +185,7 @@ def test_recorded_frontiers_agree_with_the_served_recipes():
     """A recorded frontier at the pair where a recipe trained on every feedback query is served
     equals that recipe's pooled result (the same weights, counted by two code paths); its best
     pair is the best within the flip goal; a wider margin never flips more; the table shows it."""
-    from isacir.experiments.shapes.feedback_goals import MAX_TEST_FLIP_RATE
+    from isacir_lab.shapes.feedback_goals import MAX_TEST_FLIP_RATE
 
     render = _renderer()
     runs = [json.loads(p.read_text()) for p in RECORDED]
@@ -260,7 +260,7 @@ def test_the_recipe_to_deploy_is_the_one_the_learning_page_tabulates_and_tells_p
     """One row per seed whose recipe-to-deploy run has replicates, each agreeing with that run's
     5-fold row of the additions table (the same pooled counts, rendered by another function) and
     with its own JSON; the learning page shows the table and the command with these flags."""
-    from isacir.experiments.shapes.feedback_goals import RECIPE_TO_DEPLOY, recipe_flags
+    from isacir.adapt.recipes import RECIPE_TO_DEPLOY, recipe_flags
 
     assert recipe_flags({"lora_rank": 4, "lora_attention": True, "soup": 5, "folds": 5}) == (
         "--lora-rank 4 --lora-attention --soup 5 --tune --folds 5"

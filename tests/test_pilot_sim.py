@@ -12,10 +12,12 @@ import pytest
 from PIL import Image
 
 from isacir.adapt import train as adapt_train
-from isacir.experiments.shapes.feedback_goals import paired_counts, verdict_intervals
-from isacir.experiments.shapes.phrasing import known_phrasings_copy, parse_modifier, rephrase
-from isacir.experiments.shapes.pilot import LEFT_OUT, PILOT_PHRASINGS, PilotConfig, generate_pilot, load_pilot
-from isacir.experiments.shapes.world import PHRASES, ShapesConfig, generate
+from isacir_lab.shapes.feedback_goals import paired_counts, verdict_intervals
+from isacir_lab.shapes.phrasing import known_phrasings_copy, parse_modifier, rephrase
+from isacir_lab.shapes.pilot import LEFT_OUT, PILOT_PHRASINGS, PilotConfig, generate_pilot, load_pilot
+from isacir_lab.shapes.world import PHRASES, ShapesConfig, generate
+
+pytestmark = pytest.mark.lab
 
 SMALL_WORLD = ShapesConfig(train_images=8, caption_pairs=8, test_queries=40, distractors=20)
 
@@ -83,8 +85,8 @@ def small_loop(tmp_path_factory, small_shapes):
     from conftest import copy_shapes_cache
 
     from isacir.adapt import AdaptSettings
-    from isacir.experiments.shapes.bench import ShapesBenchConfig, run_shapes_bench
-    from isacir.experiments.shapes.feedback_bench import run_feedback_bench, run_pilot_versions
+    from isacir_lab.shapes.bench import ShapesBenchConfig, run_shapes_bench
+    from isacir_lab.shapes.feedback_bench import run_feedback_bench, run_pilot_versions
 
     out = tmp_path_factory.mktemp("feedback-bench")
     copy_shapes_cache(small_shapes[0], out)
@@ -103,7 +105,7 @@ def small_loop(tmp_path_factory, small_shapes):
 @pytest.mark.slow
 def test_bench_feedback_on_the_small_bench(small_loop):
     """The whole loop on the scaled-down bench: pilot over HTTP, adapters, test before and after."""
-    from isacir.experiments.shapes.bench import METRICS
+    from isacir_lab.shapes.bench import METRICS
 
     out, cfg, bench, summary, _ = small_loop
     assert set(summary) == {"seed", "before", "after", "curve", "known_phrasings", "unseen_phrasings", "flip_rate"}
@@ -218,9 +220,9 @@ def test_bench_feedback_on_the_small_bench(small_loop):
 
 def test_results_of_another_training_seed_are_named_apart():
     from isacir.adapt import AdaptSettings
-    from isacir.experiments.shapes.bench import ShapesBenchConfig
-    from isacir.experiments.shapes.feedback_bench import FeedbackRun
-    from isacir.experiments.shapes.pilot import PilotConfig
+    from isacir_lab.shapes.bench import ShapesBenchConfig
+    from isacir_lab.shapes.feedback_bench import FeedbackRun
+    from isacir_lab.shapes.pilot import PilotConfig
 
     assert FeedbackRun(0).stem == FeedbackRun(0, 0).stem == "feedback-seed0"
     assert FeedbackRun(3, 1).stem == "feedback-seed3-adapt1"
@@ -248,7 +250,7 @@ def test_a_missing_run_names_the_command_that_trains_it_again(tmp_path):
     """`bench replicates` on a run whose adapters are gone says which `bench feedback` to run; the
     command is built from the run's settings, and for the recorded runs it is the one the docs show."""
     from isacir.errors import IsacirError
-    from isacir.experiments.shapes.replicates import _served_adapters, rerun_command
+    from isacir_lab.shapes.replicates import _served_adapters, rerun_command
 
     root = Path(__file__).resolve().parents[1]
     docs = " ".join(p.read_text() for p in (root / "docs").rglob("*.md"))
@@ -265,7 +267,7 @@ def test_a_missing_run_names_the_command_that_trains_it_again(tmp_path):
     run["seed"] = 3
     run["settings"] = {**run["settings"], "steps": 50, "lora_rank": 2, "lora_attention": True, "soup": 3}
     run["pilot_config"] = {**run["pilot_config"], "queries": 60}
-    want = "isacir bench feedback --seed 3 --out o --queries 60 --steps 50 --lora-rank 2 --lora-attention"
+    want = "isacir-lab bench feedback --seed 3 --out o --queries 60 --steps 50 --lora-rank 2 --lora-attention"
     want += " --query-head --refit --folds 5 --soup 3"
     want += " --adapt-seed 0"
     assert rerun_command(Path("o"), run) == want
@@ -292,8 +294,8 @@ def test_pilot_of_two_versions_on_the_small_bench(small_loop):
 def test_bench_edge_int8_gates_the_int8_model_on_shapes_r10(small_loop, tmp_path):
     """The int8 model's task-level gate: R@K through ONNX Runtime with fp32 and int8 tokens, the
     int8 model written only when both gates hold, and a refusal that still reports every number."""
-    from isacir.experiments.shapes.bench import METRICS
-    from isacir.experiments.shapes.edge_bench import run_edge_bench
+    from isacir_lab.shapes.bench import METRICS
+    from isacir_lab.shapes.edge_bench import run_edge_bench
 
     out, cfg, bench, _, _ = small_loop
     quiet = {"progress": False, "log": lambda *_: None}
@@ -386,7 +388,7 @@ def test_shifted_world_draws_the_same_scenes_in_another_look(split, tmp_path):
 
     import numpy as np
 
-    from isacir.experiments.shapes.world import WORLD_FORMAT
+    from isacir_lab.shapes.world import WORLD_FORMAT
 
     world, _ = split
     # the standard world's key is the one it had before variants existed
@@ -411,7 +413,7 @@ def test_shifted_world_draws_the_same_scenes_in_another_look(split, tmp_path):
 def test_a_replicate_is_another_draw_of_the_test_split(split, tmp_path):
     """Built as the test split is (queries, phrasings, hard negatives, distractors), from streams
     of its own: no image of the test gallery or of another replicate is re-drawn but by chance."""
-    from isacir.experiments.shapes.world import generate_replicate
+    from isacir_lab.shapes.world import generate_replicate
 
     world, _ = split
     one = generate_replicate(tmp_path / "1", SMALL_WORLD, 1)
@@ -461,8 +463,8 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
 
     from isacir.adapt import QueryAdapter
     from isacir.errors import IsacirError
-    from isacir.experiments.shapes.feedback_bench import FeedbackRun
-    from isacir.experiments.shapes.replicates import RECIPES, _served_adapters, run_replicates
+    from isacir_lab.shapes.feedback_bench import FeedbackRun
+    from isacir_lab.shapes.replicates import RECIPES, _served_adapters, run_replicates
 
     out, cfg, _, _, _ = small_loop
     quiet = {"progress": False, "log": lambda *_: None}
@@ -505,11 +507,11 @@ def assert_frontier_counts_as_served(out, cfg, folder, detail, summary):
     """The frontier's grid against the served evaluation (the guard on full rankings, composed per
     pair), counted over the same replicates; its best and largest cells against the grid."""
     from isacir.adapt import QueryAdapter
-    from isacir.experiments.shapes.bench import cached_isa
-    from isacir.experiments.shapes.feedback_bench import _TestSet
-    from isacir.experiments.shapes.feedback_goals import MAX_TEST_FLIP_RATE, MIN_R1_GAIN
-    from isacir.experiments.shapes.replicates import FRONTIER_INTERPOLATIONS, FRONTIER_MARGINS
-    from isacir.experiments.shapes.world import generate_replicate
+    from isacir_lab.shapes.bench import cached_isa
+    from isacir_lab.shapes.feedback_bench import _TestSet
+    from isacir_lab.shapes.feedback_goals import MAX_TEST_FLIP_RATE, MIN_R1_GAIN
+    from isacir_lab.shapes.replicates import FRONTIER_INTERPOLATIONS, FRONTIER_MARGINS
+    from isacir_lab.shapes.world import generate_replicate
 
     front = detail["frontier"]
     assert front["recipe"] == "tuned_then_refit"

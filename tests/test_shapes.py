@@ -5,7 +5,9 @@ import json
 import pytest
 
 from isacir.evaluation import evaluate, load_circo
-from isacir.experiments.shapes.world import PHRASES, ShapesConfig, generate, make_edit, random_scene
+from isacir_lab.shapes.world import PHRASES, ShapesConfig, generate, make_edit, random_scene
+
+pytestmark = pytest.mark.lab
 
 SMALL = dict(train_images=30, caption_pairs=300, test_queries=40, distractors=30)
 
@@ -27,7 +29,7 @@ def test_deterministic_by_seed(tmp_path, world):
 
 def _realisations(template: str) -> list[str]:
     """Every concrete string a template can produce (or its fixed prefix when the value ends it)."""
-    from isacir.experiments.shapes.world import CELLS, COLOURS, COMPARATIVE, SHAPES, SIZES
+    from isacir_lab.shapes.world import CELLS, COLOURS, COMPARATIVE, SHAPES, SIZES
 
     if template.endswith("{value}") and "{comparative}" not in template:
         return [template[: -len("{value}")]]
@@ -101,8 +103,8 @@ def test_baselines_run_through_the_circo_path(world, openclip_fnd):
 def test_shapes_foundation_loads_through_the_ordinary_path(world, tmp_path):
     import torch
 
-    from isacir.experiments.shapes.foundation import create_untrained, train_foundation
     from isacir.foundation import create_foundation
+    from isacir_lab.shapes.foundation import create_untrained, train_foundation
 
     name = create_untrained(world, tmp_path / "untrained")
     assert name.startswith("openclip:shapes-clip@")

@@ -1,4 +1,4 @@
-"""`isacir bench shapes` and `isacir demo` end to end on the scaled-down configuration.
+"""`isacir-lab bench shapes` and `isacir-lab demo` end to end on the scaled-down configuration.
 
 One session-scoped run trains the tiny foundation and all three methods; the CLI run and the
 demo afterwards must reuse every cached stage.
@@ -18,13 +18,19 @@ from PIL import Image
 from test_cli import last_json, run
 
 from isacir.edge.payload import _HEADER
-from isacir.experiments.shapes.bench import (
+from isacir_lab.shapes.bench import (
     METHODS,
     METRICS,
     SHAPES_TEMPLATE,
     TRAINED,
     ShapesBenchConfig,
 )
+
+pytestmark = pytest.mark.lab
+
+
+def lab(*args, check=True):
+    return run(*args, check=check, cli="isacir_lab.cli")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,7 @@ def test_outputs_table_chart_and_details(bench_run):
 def test_cli_reuses_every_stage_and_prints_the_summary_last(bench_run):
     out, summary, cold = bench_run
     t0 = time.perf_counter()
-    proc = run("bench", "shapes", "--small", "--seed", "0", "--out", str(out), "--json")
+    proc = lab("bench", "shapes", "--small", "--seed", "0", "--out", str(out), "--json")
     warm = time.perf_counter() - t0
     assert last_json(proc) == summary  # same cached models, same numbers
     assert "reusing" in proc.stderr
@@ -108,7 +114,7 @@ def test_cli_reuses_every_stage_and_prints_the_summary_last(bench_run):
 @pytest.mark.slow
 def test_demo_no_serve_on_the_cached_pipeline(bench_run):
     out, _, _ = bench_run
-    proc = run("demo", "--small", "--no-serve", "--workdir", str(out))
+    proc = lab("demo", "--small", "--no-serve", "--workdir", str(out))
     res = last_json(proc)
     world = out / "worlds" / ShapesBenchConfig.small().world.key()
     images = json.loads((world / "annotations" / "image_info_unlabeled2017.json").read_text())["images"]
@@ -217,7 +223,7 @@ def test_modifier_response_of_spliced_words_equals_the_caption(openclip_fnd):
     import numpy as np
     import torch
 
-    from isacir.experiments.shapes.bench import SHAPES_TEMPLATE, modifier_response, summarize_response
+    from isacir_lab.shapes.bench import SHAPES_TEMPLATE, modifier_response, summarize_response
 
     captions = ["a large red circle", "a small blue square", "a large green cross"]
     lengths = {openclip_fnd.embed_words(c).shape[0] for c in captions}
@@ -257,6 +263,6 @@ def test_modifier_response_of_spliced_words_equals_the_caption(openclip_fnd):
     ],
 )
 def test_bad_bench_override_is_a_one_line_error(tmp_path, override, needle):
-    proc = run("bench", "shapes", "--small", "--override", override, "--out", str(tmp_path), check=False)
+    proc = lab("bench", "shapes", "--small", "--override", override, "--out", str(tmp_path), check=False)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir())  # rejected before any stage ran

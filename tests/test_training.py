@@ -420,13 +420,14 @@ def test_contradictory_settings_fail_before_the_teacher_cache(tmp_path, tiny_ope
     assert not (tmp_path / "run" / "teacher-cache").exists()  # nothing was encoded first
 
 
+@pytest.mark.lab
 def test_medium_augmentation_jitters_tone_but_keeps_every_colour_name():
     """Colour edits are queries, so the jitter may change brightness and contrast, never the colour's name."""
     import colorsys
 
-    from isacir.experiments.shapes.world import BACKGROUNDS, COLOURS, Obj, Scene, render
     from isacir.query.preprocess import PreprocessConfig
     from isacir.training.augment import query_transform
+    from isacir_lab.shapes.world import BACKGROUNDS, COLOURS, Obj, Scene, render
 
     pre = PreprocessConfig(image_size=64)
     mean, std = torch.tensor(pre.mean).view(3, 1, 1), torch.tensor(pre.std).view(3, 1, 1)

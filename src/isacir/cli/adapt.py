@@ -94,8 +94,8 @@ def adapt_cmd(
 ) -> None:
     """Train a server-side adapter of the text side on the feedback log, and report held-out gains."""
     from ..adapt import AdaptSettings, QueryAdapter, adapt
+    from ..adapt.recipes import recipe_flags
     from ..cli.feedback import open_feedback_db
-    from ..experiments.shapes.feedback_goals import recipe_flags
     from ..foundation import create_foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder

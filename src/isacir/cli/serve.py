@@ -1,4 +1,4 @@
-"""``isacir serve`` and ``isacir demo``."""
+"""``isacir serve``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import DEVICE_HELP, app, emit_json, err
+from ._app import DEVICE_HELP, app, err
 
 
 @app.command("serve")
@@ -120,17 +120,3 @@ def serve_cmd(
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
     err.print(f"isacir serving {gallery} on http://{host}:{port}/  (UI at /, health at /healthz)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
-
-
-@app.command("demo")
-def demo(
-    workdir: Path = typer.Option(Path(".cache/demo"), help="Where the world, models and gallery are cached."),
-    no_serve: bool = typer.Option(False, "--no-serve", help="Do everything except serving the UI."),
-    port: int = typer.Option(8000, help="Port for the UI on 127.0.0.1."),
-    small: bool = typer.Option(False, help="The scaled-down world and models (what the tests use)."),
-) -> None:
-    """Shapes-CIR end to end: world, foundation, ISA encoder, gallery, searches, device path, web UI."""
-    from ..demo import run_demo
-
-    summary = run_demo(workdir, serve=not no_serve, small=small, port=port)
-    emit_json(summary)

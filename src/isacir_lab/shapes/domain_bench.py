@@ -1,4 +1,4 @@
-"""``isacir bench domain``: adapting the device side to a customer's own photos, on Shapes-CIR.
+"""``isacir-lab bench domain``: adapting the device side to a customer's own photos, on Shapes-CIR.
 
 The customer's photos are the shifted world (other backgrounds, other light) of the same seed:
 its unlabeled ``train/`` images are all the adaptation sees. The ISA encoder of a ``bench shapes``
@@ -16,7 +16,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..._fs import atomic_write_text
+from isacir._fs import atomic_write_text
+
 from .bench import METRICS, ShapesBenchConfig, _key, cached_isa
 from .world import generate
 
@@ -39,10 +40,10 @@ def run_domain_bench(
     ``replay`` mixes the original unlabeled images into the adaptation set (as many as the
     customer's), the guard against forgetting the original look.
     """
-    from ...evaluation.benchmarks import load_shapes
-    from ...evaluation.evaluate import encode_gallery, evaluate
-    from ...query import QueryEncoder
-    from ...training import train
+    from isacir.evaluation.benchmarks import load_shapes
+    from isacir.evaluation.evaluate import encode_gallery, evaluate
+    from isacir.query import QueryEncoder
+    from isacir.training import train
 
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)

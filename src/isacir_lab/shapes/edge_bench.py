@@ -1,4 +1,4 @@
-"""``isacir bench edge-int8``: does the int8 edge model keep Shapes-CIR retrieval where fp32 has it?
+"""``isacir-lab bench edge-int8``: does the int8 edge model keep Shapes-CIR retrieval where fp32 has it?
 
 The export's own int8 gate compares composed queries on a handful of inputs. This bench is the
 task-level gate: the ISA encoder of a ``bench shapes`` cache is exported to ONNX (fp32 and
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..._fs import atomic_write_text
+from isacir._fs import atomic_write_text
+
 from .bench import METRICS, ShapesBenchConfig, cached_isa
 
 #: The most R@10 (points) the int8 model may lose against fp32 on the Shapes-CIR test queries.
@@ -29,7 +30,7 @@ MAX_R10_DROP = 1.0
 
 def through_payload(source: Callable[[list], np.ndarray], dtype: str) -> Callable[[list], np.ndarray]:
     """``source``'s tokens after a round trip through the wire format in ``dtype``."""
-    from ...edge.payload import decode_payload, encode_payload
+    from isacir.edge.payload import decode_payload, encode_payload
 
     def tokens(images: list) -> np.ndarray:
         return np.stack([decode_payload(encode_payload(t, "0" * 16, dtype)).tokens for t in source(images)])
@@ -55,10 +56,10 @@ def run_edge_bench(
     "r10_drop", "max_r10_drop", "query_cosine": {"min", "mean", "required"}, "written", "edge",
     "refused"}``.
     """
-    from ...edge.runner import OnnxTokens
-    from ...evaluation.benchmarks import load_shapes
-    from ...evaluation.evaluate import encode_gallery, evaluate
-    from ...export import INT8_MIN_QUERY_COSINE, Int8Refused, export_edge
+    from isacir.edge.runner import OnnxTokens
+    from isacir.evaluation.benchmarks import load_shapes
+    from isacir.evaluation.evaluate import encode_gallery, evaluate
+    from isacir.export import INT8_MIN_QUERY_COSINE, Int8Refused, export_edge
 
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)

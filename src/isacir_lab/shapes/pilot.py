@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..._fs import atomic_write_text, replace_dir
-from ...errors import IsacirError
-from ...progress import progress_bar
+from isacir._fs import atomic_write_text, replace_dir
+from isacir.errors import IsacirError
+from isacir.progress import progress_bar
+
 from .phrasing import parse_modifier
 from .world import PHRASES, ShapesConfig, make_edit, random_scene, render
 
@@ -95,7 +96,7 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
 def load_pilot(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "pilot.json"
     if not path.is_file():
-        raise IsacirError(f"{folder} is not a pilot split (no pilot.json); isacir pilot prepare writes one")
+        raise IsacirError(f"{folder} is not a pilot split (no pilot.json); isacir-lab pilot prepare writes one")
     return json.loads(path.read_text())
 
 

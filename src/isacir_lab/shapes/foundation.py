@@ -107,7 +107,7 @@ def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
     captions = [c["caption"] for c in json.loads((Path(world) / "foundation_captions.json").read_text())]
     vocab = vocabulary(captions)
     cfg = model_config(len(vocab))
-    from ...foundation.openclip import save_openclip_checkpoint
+    from isacir.foundation.openclip import save_openclip_checkpoint
 
     torch.manual_seed(seed)
     model = open_clip.CLIP(**cfg)
@@ -127,10 +127,10 @@ def train_foundation(
     log=print,
 ) -> str:
     """Symmetric InfoNCE on the world's image-caption pairs; returns the foundation name."""
-    from ...data.imageio import load_image
-    from ...foundation import create_foundation
-    from ...foundation.openclip import save_openclip_checkpoint
-    from ...progress import progress_bar
+    from isacir.data.imageio import load_image
+    from isacir.foundation import create_foundation
+    from isacir.foundation.openclip import save_openclip_checkpoint
+    from isacir.progress import progress_bar
 
     world, folder = Path(world), Path(folder)
     name = create_untrained(world, folder, seed)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..._fs import atomic_write_text, replace_dir
+from isacir._fs import atomic_write_text, replace_dir
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 COLOURS = {

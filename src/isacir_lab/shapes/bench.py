@@ -1,4 +1,4 @@
-"""``isacir bench shapes``: generate -> foundation -> train each method -> evaluate, every stage cached.
+"""``isacir-lab bench shapes``: generate -> foundation -> train each method -> evaluate, every stage cached.
 
 Each stage lands in a folder named by a hash of everything that determines it (world config,
 foundation recipe, method recipe), so a rerun with the same settings reuses it and a changed
@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..._fs import atomic_write_text, replace_dir
-from ...evaluation.metrics import recall_any_at_k
-from ...query.methods import get_method
-from ...training.config import TrainConfig, load_config
+from isacir._fs import atomic_write_text, replace_dir
+from isacir.evaluation.metrics import recall_any_at_k
+from isacir.query.methods import get_method
+from isacir.training.config import TrainConfig, load_config
+
 from .world import ShapesConfig, generate
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def train_method(
     progress: bool = True,
 ) -> Path:
     """A trained query encoder for ``method`` (resumes an interrupted run from its checkpoints)."""
-    from ...training import train
+    from isacir.training import train
 
     run = out / "methods" / f"{method}-{config.method_key(method)}"
     final = run / "final"
@@ -171,8 +172,8 @@ def cached_isa(out: Path, config: ShapesBenchConfig, log: Callable = print, prog
 
     What the benches that build on ``bench shapes`` start from.
     """
-    from ...foundation import create_foundation
-    from ...query import QueryEncoder
+    from isacir.foundation import create_foundation
+    from isacir.query import QueryEncoder
 
     world = generate(out / "worlds" / config.world.key(), config.world)
     fnd = create_foundation(build_foundation(world, out, config, log, progress))
@@ -190,10 +191,10 @@ def run_shapes_bench(
     """
     import torch
 
-    from ...evaluation.benchmarks import load_shapes
-    from ...evaluation.evaluate import encode_gallery, evaluate
-    from ...foundation import create_foundation
-    from ...query import QueryEncoder
+    from isacir.evaluation.benchmarks import load_shapes
+    from isacir.evaluation.evaluate import encode_gallery, evaluate
+    from isacir.foundation import create_foundation
+    from isacir.query import QueryEncoder
 
     config = config or ShapesBenchConfig()
     out = Path(out)
@@ -290,9 +291,9 @@ def oracle_rows(
     import numpy as np
     import torch.nn.functional as F
 
-    from ...compose import PromptTemplate
-    from ...evaluation.evaluate import score_benchmark
-    from ...evaluation.metrics import rank_gallery
+    from isacir.compose import PromptTemplate
+    from isacir.evaluation.evaluate import score_benchmark
+    from isacir.evaluation.metrics import rank_gallery
 
     anns = _test_annotations(world)
     if not all("reference_caption" in anns[q.qid] for q in bench.queries):
@@ -334,7 +335,7 @@ def modifier_response(
     import torch
     import torch.nn.functional as F
 
-    from ...compose import PromptTemplate
+    from isacir.compose import PromptTemplate
 
     tpl = PromptTemplate.parse(template)
 

@@ -1,7 +1,7 @@
 """``make demo``: the whole asymmetric system on the Shapes-CIR world, then the operator UI.
 
 Builds (or reuses) the world, its tiny foundation and an ISA query encoder with the same cached
-pipeline as ``isacir bench shapes`` (the demo's workdir is a valid ``--out`` for it), indexes the
+pipeline as ``isacir-lab bench shapes`` (the demo's workdir is a valid ``--out`` for it), indexes the
 world's gallery, runs composed searches in the terminal with hits marked, shows the device path
 (ONNX encoder -> token payload -> server search), and serves the web UI on 127.0.0.1.
 """
@@ -25,17 +25,18 @@ def _say(msg: str) -> None:
 
 def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int = 8000, queries: int = 4) -> dict:
     """Returns what it measured (also used by the tests); blocks while serving."""
-    from .compose import PromptTemplate
-    from .edge import EdgeEncoder
-    from .edge.payload import decode_payload
-    from .evaluation.benchmarks import load_shapes
-    from .experiments.shapes.bench import ShapesBenchConfig, build_foundation, train_method
-    from .experiments.shapes.world import generate
-    from .export import export_edge
-    from .foundation import create_foundation
-    from .gallery import Gallery
-    from .query import QueryEncoder
-    from .search import Retriever
+    from isacir.compose import PromptTemplate
+    from isacir.edge import EdgeEncoder
+    from isacir.edge.payload import decode_payload
+    from isacir.evaluation.benchmarks import load_shapes
+    from isacir.export import export_edge
+    from isacir.foundation import create_foundation
+    from isacir.gallery import Gallery
+    from isacir.query import QueryEncoder
+    from isacir.search import Retriever
+
+    from .shapes.bench import ShapesBenchConfig, build_foundation, train_method
+    from .shapes.world import generate
 
     workdir = Path(workdir)
     cfg = ShapesBenchConfig.small() if small else ShapesBenchConfig()
@@ -131,7 +132,7 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
         return summary
     import uvicorn
 
-    from .serve import load_service
+    from isacir.serve import load_service
 
     gallery.close()
     app = load_service(gallery_dir, final)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...intervals import gain_interval, wilson, z_score
+from isacir.intervals import gain_interval, wilson, z_score
 
 #: test R@1 and R@10 points the adapted service must gain over zero-shot
 MIN_R1_GAIN = 8.0
@@ -22,19 +22,6 @@ MIN_R10_GAIN = 5.0
 MAX_KNOWN_R10_LOSS = 1.0
 #: share of the test queries answered right at rank 1 before that may lose it
 MAX_TEST_FLIP_RATE = 0.05
-
-#: the ``isacir adapt`` recipe that met every goal on every Shapes seed, judged on fresh test queries:
-#: the one the docs and the CLI tell people to deploy, and whose runs the docs tabulate
-RECIPE_TO_DEPLOY: dict[str, Any] = {"lora_rank": 4, "lora_attention": True, "soup": 5, "folds": 5}
-
-
-def recipe_flags(recipe: dict[str, Any] = RECIPE_TO_DEPLOY) -> str:
-    """``isacir adapt``'s options for a recipe (the pair always chosen by ``--tune``)."""
-    flags = [f"--lora-rank {recipe['lora_rank']}"] if recipe.get("lora_rank") else []
-    flags += ["--lora-attention"] if recipe.get("lora_attention") else []
-    flags += [f"--soup {recipe['soup']}"] if recipe.get("soup", 1) > 1 else []
-    flags += ["--tune"] + ([f"--folds {recipe['folds']}"] if recipe.get("folds") else [])
-    return " ".join(flags)
 
 
 def feedback_goals(

@@ -1,4 +1,4 @@
-"""``isacir bench feedback``: does learning from a pilot's operators improve Shapes-CIR?
+"""``isacir-lab bench feedback``: does learning from a pilot's operators improve Shapes-CIR?
 
 Reuses a ``bench shapes`` cache (world, foundation, the ISA encoder), then:
 
@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..._fs import atomic_write_text
-from ...adapt import AdaptSettings
-from ...bench.machine import cpu_info
+from isacir._fs import atomic_write_text
+from isacir.adapt import AdaptSettings
+from isacir.bench.machine import cpu_info
+
 from .bench import METRICS, ShapesBenchConfig, cached_isa
 from .feedback_goals import feedback_goals
 from .phrasing import known_phrasings_copy
@@ -36,9 +37,10 @@ from .pilot import LEFT_OUT, PilotConfig, ServiceClient, generate_pilot, simulat
 if TYPE_CHECKING:
     import numpy as np
 
-    from ...adapt import QueryAdapter
-    from ...foundation import Foundation
-    from ...query import QueryEncoder
+    from isacir.adapt import QueryAdapter
+    from isacir.foundation import Foundation
+    from isacir.query import QueryEncoder
+
     from .world import ShapesConfig
 
 CURVE = (100, 300, 1000)
@@ -64,8 +66,8 @@ def prepare_pilot(
     Returns the paths a service and a simulator need: ``pilot``, ``gallery``, ``query_encoder``,
     ``edge``, ``foundation``.
     """
-    from ...export import export_edge
-    from ...gallery import Gallery
+    from isacir.export import export_edge
+    from isacir.gallery import Gallery
 
     bench_dir = Path(bench_dir)
     config = config or ShapesBenchConfig(seed=seed)
@@ -95,7 +97,7 @@ def prepare_pilot(
 
 def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
     """The served gallery's id of every split image, keyed as the split names them."""
-    from ...gallery import Gallery
+    from isacir.gallery import Gallery
 
     g = Gallery.open(gallery_dir)
     try:
@@ -184,14 +186,14 @@ def run_feedback_bench(
     ``-attn`` with ``settings.lora_attention`` and ``-head`` with ``settings.query_head``)."""
     import torch
 
-    from ...adapt import QueryAdapter, adapt, tune_adapter
-    from ...edge.runner import EdgeEncoder
-    from ...foundation import create_foundation
-    from ...gallery import Gallery
-    from ...query import QueryEncoder
-    from ...serve import ServeSettings, ServiceState, create_app
-    from ...serve.feedback import FeedbackStore
-    from ...serve.local import LocalServer
+    from isacir.adapt import QueryAdapter, adapt, tune_adapter
+    from isacir.edge.runner import EdgeEncoder
+    from isacir.foundation import create_foundation
+    from isacir.gallery import Gallery
+    from isacir.query import QueryEncoder
+    from isacir.serve import ServeSettings, ServiceState, create_app
+    from isacir.serve.feedback import FeedbackStore
+    from isacir.serve.local import LocalServer
 
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
@@ -383,16 +385,16 @@ def run_pilot_versions(
     pilot report (HTML and CSVs), the per-version chart and the summary land in
     ``out/pilot-versions-seed{S}/``. Returns the per-version summary.
     """
-    from ...adapt import QueryAdapter, adapt
-    from ...edge.runner import EdgeEncoder
-    from ...foundation import create_foundation
-    from ...gallery import Gallery
-    from ...pilot import charts, pilot_summary
-    from ...pilot.report import write_report
-    from ...query import QueryEncoder
-    from ...serve import ServeSettings, ServiceState, create_app
-    from ...serve.feedback import FeedbackStore
-    from ...serve.local import LocalServer
+    from isacir.adapt import QueryAdapter, adapt
+    from isacir.edge.runner import EdgeEncoder
+    from isacir.foundation import create_foundation
+    from isacir.gallery import Gallery
+    from isacir.pilot import charts, pilot_summary
+    from isacir.pilot.report import write_report
+    from isacir.query import QueryEncoder
+    from isacir.serve import ServeSettings, ServiceState, create_app
+    from isacir.serve.feedback import FeedbackStore
+    from isacir.serve.local import LocalServer
 
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
@@ -451,8 +453,9 @@ class _TestSet:
     def __init__(
         self, world: Path, fnd: Foundation, qe: QueryEncoder, template: str, progress: bool, gallery_vecs=None
     ):
-        from ...evaluation.benchmarks import load_shapes
-        from ...evaluation.evaluate import encode_gallery
+        from isacir.evaluation.benchmarks import load_shapes
+        from isacir.evaluation.evaluate import encode_gallery
+
         from .bench import _query_kinds
 
         self.bench, self.fnd, self.qe, self.template = load_shapes(world), fnd, qe, template
@@ -468,7 +471,7 @@ class _TestSet:
     def evaluate(
         self, adapter: QueryAdapter | None, token_source: Callable[[list], Any] | None = None
     ) -> tuple[dict[str, float], list[list[str]]]:
-        from ...evaluation.evaluate import evaluate
+        from isacir.evaluation.evaluate import evaluate
 
         metrics, rankings = evaluate(
             self.bench,
@@ -486,8 +489,8 @@ class _TestSet:
     def scores(self, adapter: QueryAdapter | None) -> np.ndarray:
         """Scores ``[Q, N]`` of the composed queries over :attr:`names`, each query's reference at
         -inf. No top-1 guard: this is what the guard weighs, at the adapter's interpolation."""
-        from ...evaluation.evaluate import encode_queries
-        from ...evaluation.metrics import mask_excluded
+        from isacir.evaluation.evaluate import encode_queries
+        from isacir.evaluation.metrics import mask_excluded
 
         bench = self.bench
         queries = encode_queries(
@@ -525,7 +528,7 @@ class _Subset:
         self.count = len(self.index)
 
     def __call__(self, rankings: list[list[str]]) -> dict[str, float]:
-        from ...evaluation.evaluate import score_benchmark
+        from isacir.evaluation.evaluate import score_benchmark
 
         sub = replace(self.test.bench, queries=[self.test.bench.queries[i] for i in self.index])
         metrics = score_benchmark(sub, [rankings[i] for i in self.index])

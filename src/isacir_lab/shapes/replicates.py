@@ -1,10 +1,10 @@
-"""``isacir bench replicates``: a finished ``bench feedback`` run, judged again on fresh test draws.
+"""``isacir-lab bench replicates``: a finished ``bench feedback`` run, judged again on fresh test draws.
 
 The feedback goals are judged on 500 test queries, and the flip goal on the hundred or so of them
 answered right at rank 1 before, so a verdict can turn on one query, and the draw of the test
 queries moves it as much as anything the adapter does. Replicates of the test split (the same
 construction, from random streams of their own: see
-:func:`~isacir.experiments.shapes.world.generate_replicate`) measure the same served adapters
+:func:`~isacir_lab.shapes.world.generate_replicate`) measure the same served adapters
 again, without training anything. Pooled over R replicates, the gains are measured on R times as
 many queries, so their intervals shrink by about the square root of R, and the verdicts say
 whether a recipe meets the goals in expectation rather than on one draw.
@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..._fs import atomic_write_text
-from ...bench.machine import cpu_info
-from ...errors import IsacirError
-from ...progress import progress_bar
+from isacir._fs import atomic_write_text
+from isacir.bench.machine import cpu_info
+from isacir.errors import IsacirError
+from isacir.progress import progress_bar
+
 from .bench import ShapesBenchConfig, cached_isa
 from .feedback_bench import BENCH_ADAPT, FeedbackRun, _flip_rate, _TestSet
 from .feedback_goals import (
@@ -42,7 +43,7 @@ from .pilot import PilotConfig
 from .world import generate_replicate
 
 if TYPE_CHECKING:
-    from ...adapt import QueryAdapter
+    from isacir.adapt import QueryAdapter
 
 #: the served recipes of a ``bench feedback`` run, by their key in its JSON, and the adapter
 #: folder each one serves from (``None``: the final curve adapter, at the pair the JSON records)
@@ -86,12 +87,12 @@ def rerun_command(out: Path, detail: dict[str, Any]) -> str:
     flags += [f"--folds {settings['folds']}"] if settings.get("folds") else []
     flags += [f"--soup {settings['soup']}"] if settings.get("soup", 1) > 1 else []
     flags += [f"--adapt-seed {settings['seed']}"] if settings.get("seed", seed) != seed else []
-    return "isacir bench feedback " + " ".join(flags)
+    return "isacir-lab bench feedback " + " ".join(flags)
 
 
 def _served_adapters(run: Path, detail: dict[str, Any], out: Path = Path("runs/shapes")) -> dict[str, QueryAdapter]:
     """The run's served adapters, checked to be the ones its JSON describes."""
-    from ...adapt import QueryAdapter
+    from isacir.adapt import QueryAdapter
 
     final = _adapter_folder(run, detail)
     recorded = final_adapter(detail)["fingerprint"]
@@ -131,9 +132,9 @@ def _frontier_hits(test: _TestSet, folder: Path, zero_shot: np.ndarray) -> dict[
     Each interpolation is composed once; the margins only decide, per query, between the adapted
     and the zero-shot first place (``zero_shot``: the zero-shot scores), as the served guard does.
     """
-    from ...adapt import QueryAdapter
-    from ...adapt.guard import guard_rankings
-    from ...evaluation.metrics import rank_gallery
+    from isacir.adapt import QueryAdapter
+    from isacir.adapt.guard import guard_rankings
+    from isacir.evaluation.metrics import rank_gallery
 
     out: dict[tuple[float, float], list[bool]] = {}
     for a in FRONTIER_INTERPOLATIONS:
@@ -147,7 +148,7 @@ def _frontier_hits(test: _TestSet, folder: Path, zero_shot: np.ndarray) -> dict[
 
 def _first_places(right: list[bool], before1: list[bool]) -> dict[str, Any]:
     """R@1 (percent) of pooled first places, and their flips against the first places ``before1``."""
-    from ...adapt import flip_rate
+    from isacir.adapt import flip_rate
 
     rate, lost, had = flip_rate(np.array(before1), np.array(right))
     return {
@@ -211,7 +212,7 @@ def run_replicates(
     config = config or ShapesBenchConfig(seed=seed)
     record = out / f"{run.stem}.json"
     if not record.is_file():
-        command = f"isacir bench feedback --seed {seed}{run.flags()}"
+        command = f"isacir-lab bench feedback --seed {seed}{run.flags()}"
         raise IsacirError(f"no bench feedback run at {record}: run {command} first")
     detail = json.loads(record.read_text())
     pilot = PilotConfig(**detail["pilot_config"])

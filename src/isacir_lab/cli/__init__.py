@@ -1,0 +1,56 @@
+"""``isacir-lab``: the lab's command line (Shapes-CIR benches, pilot simulator, demo, result tables).
+
+It shares the product's conventions: errors caused by input print one line and exit 2, and the
+last stdout line of a verb that measures something is its JSON summary.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from isacir.cli._app import emit_json, err
+from isacir.errors import IsacirError
+
+from . import bench, pilot  # noqa: F401  (registers the verbs)
+from ._app import app
+
+__all__ = ["app", "main"]
+
+
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path(".cache/demo"), help="Where the world, models and gallery are cached."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do everything except serving the UI."),
+    port: int = typer.Option(8000, help="Port for the UI on 127.0.0.1."),
+    small: bool = typer.Option(False, help="The scaled-down world and models (what the tests use)."),
+) -> None:
+    """Shapes-CIR end to end: world, foundation, ISA encoder, gallery, searches, device path, web UI."""
+    from ..demo import run_demo
+
+    summary = run_demo(workdir, serve=not no_serve, small=small, port=port)
+    emit_json(summary)
+
+
+@app.command("render")
+def render(
+    check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if a generated file is stale."),
+) -> None:
+    """Write the docs' generated tables and blocks from the run records in docs/results/."""
+    from ..render_results import ROOT, render_docs
+
+    stale = render_docs(check=check)
+    if stale and check:
+        err.print(f"stale generated files in {ROOT} (run: isacir-lab render): " + ", ".join(stale))
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except IsacirError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
