@@ -59,6 +59,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks docs
 	$(VENV)/bin/ruff format --check src tests benchmarks docs
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/isacir-lab render --check
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 

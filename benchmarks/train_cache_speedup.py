@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from isacir.bench.sample_images import pink_noise_image
+from isacir.data.samples import pink_noise_image
 from isacir.foundation import create_foundation
 from isacir.training import TrainConfig, train
 

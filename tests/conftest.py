@@ -96,7 +96,7 @@ def postgres():
 @pytest.fixture(params=["sqlite", "postgres"])
 def make_store(request, tmp_path):
     """A factory of fresh feedback stores on each backend: the same tests run against both."""
-    from isacir.serve.feedback_pg import open_store
+    from isacir.feedback.postgres import open_store
 
     if request.param == "sqlite":
         spec = str(tmp_path / "feedback.sqlite")

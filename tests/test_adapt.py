@@ -11,9 +11,10 @@ import torch
 from fastapi.testclient import TestClient
 from serve_helpers import build_service
 
-from isacir.adapt import AdapterMismatchError, AdaptSettings, QueryAdapter, adapt, domain_vocabulary, new_adapter
+from isacir.adapt import AdaptSettings, adapt, domain_vocabulary
 from isacir.adapt import train as adapt_train
 from isacir.adapt.recipes import recipe_flags
+from isacir.adapter import AdapterMismatchError, QueryAdapter, new_adapter
 from isacir.edge.payload import decode_payload, encode_payload
 from isacir.errors import CheckpointError
 from isacir.search import Retriever
@@ -559,7 +560,7 @@ def test_query_head_on_blip_maps_the_joint_embedding(blip_fnd):
 
 
 def test_guard_top1_by_hand():
-    from isacir.adapt import guard_top1
+    from isacir.adapter import guard_top1
 
     assert guard_top1("abc", "b", gap=0.01, margin=0.02) == ["b", "a", "c"]  # not sure: zero-shot first
     assert guard_top1("abc", "b", gap=0.03, margin=0.02) == ["a", "b", "c"]  # sure: the adapter's order
@@ -569,7 +570,7 @@ def test_guard_top1_by_hand():
 
 
 def test_guard_rankings_match_a_brute_force_oracle():
-    from isacir.adapt import guard_rankings
+    from isacir.adapter import guard_rankings
 
     rng = np.random.default_rng(0)
     names = [f"g{i}" for i in range(30)]

@@ -12,9 +12,10 @@ import torch
 from serve_helpers import build_service
 from test_adapt import _synthetic_feedback
 
-from isacir.adapt import AdaptSettings, new_adapter
+from isacir.adapt import AdaptSettings
 from isacir.adapt import train as T
 from isacir.adapt.data import FeedbackExample, load_feedback
+from isacir.adapter import new_adapter
 from isacir.errors import ConfigError
 
 
@@ -182,7 +183,8 @@ def test_refit_trains_the_tuned_recipe_again_on_every_query_and_resumes(tmp_path
     """--tune --refit: the held-out numbers and the choice are the judged run's; the saved weights are
     exactly those of the same recipe trained with no hold-out, serving the chosen pair; a run killed
     during the refit resumes it and ends the same."""
-    from isacir.adapt import QueryAdapter, adapt
+    from isacir.adapt import adapt
+    from isacir.adapter import QueryAdapter
 
     _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
     made = _synthetic_feedback(state, 40, seed=21)
@@ -239,7 +241,8 @@ def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, op
     """--folds K: each learnable query is answered once by an adapter trained without it, the
     counts are pooled over all of them, the choice follows the tuning rule on the pooled grid, the
     saved weights are the recipe trained on everything, and a run killed in a fold resumes there."""
-    from isacir.adapt import QueryAdapter, adapt
+    from isacir.adapt import adapt
+    from isacir.adapter import QueryAdapter
 
     _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
     _synthetic_feedback(state, 31, seed=23)

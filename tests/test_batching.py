@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from isacir.serve.batching import BatcherClosed, MicroBatcher
-from isacir.serve.feedback import QueryLog
+from isacir.serve.querylog import QueryLog
 
 
 def test_concurrent_submits_share_batches_and_each_gets_its_own_result():

@@ -52,9 +52,9 @@ def _png(i: int) -> bytes:
 
 @pytest.mark.slow
 def test_kill_9_during_uploads_and_feedback_loses_nothing_acknowledged(tmp_path, openclip_fnd, tiny_openclip_dir):
+    from isacir.feedback import FeedbackStore
     from isacir.foundation import create_foundation
     from isacir.query import QueryEncoder
-    from isacir.serve.feedback import FeedbackStore
 
     make_images(tmp_path / "seed-images", 10)
     fnd = create_foundation(tiny_openclip_dir[0])

@@ -14,7 +14,7 @@ import requests
 from serve_helpers import build_service, start_server
 
 from isacir.edge.payload import decode_payload, encode_payload
-from isacir.serve.feedback import SCHEMA_VERSION, FeedbackError, FeedbackStore, learnable
+from isacir.feedback import SCHEMA_VERSION, FeedbackError, FeedbackStore, learnable
 
 KEY = {"X-API-Key": "test-key"}
 

@@ -207,8 +207,8 @@ def two_version_log(store, ids, days=4, per_day=6):
 
 
 def test_charts_are_svg_with_every_version_named(tmp_path):
+    from isacir.feedback import FeedbackStore
     from isacir.pilot import charts
-    from isacir.serve.feedback import FeedbackStore
 
     store = FeedbackStore(tmp_path / "f.sqlite")
     two_version_log(store, list(range(1, 10)))
@@ -238,7 +238,7 @@ def test_report_is_one_self_contained_file_plus_csvs(tmp_path):
     import subprocess
     import sys
 
-    from isacir.serve.feedback import FeedbackStore
+    from isacir.feedback import FeedbackStore
 
     store = FeedbackStore(tmp_path / "f.sqlite")
     two_version_log(store, list(range(1, 10)))

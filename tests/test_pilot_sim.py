@@ -461,7 +461,7 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
     of the test split, pooled by counting queries (checked against each replicate's own metrics)."""
     from conftest import assert_replicates_add_up
 
-    from isacir.adapt import QueryAdapter
+    from isacir.adapter import QueryAdapter
     from isacir.errors import IsacirError
     from isacir_lab.shapes.feedback_bench import FeedbackRun
     from isacir_lab.shapes.replicates import RECIPES, _served_adapters, run_replicates
@@ -506,7 +506,7 @@ def test_replicates_judge_the_runs_served_adapters_again(small_loop):
 def assert_frontier_counts_as_served(out, cfg, folder, detail, summary):
     """The frontier's grid against the served evaluation (the guard on full rankings, composed per
     pair), counted over the same replicates; its best and largest cells against the grid."""
-    from isacir.adapt import QueryAdapter
+    from isacir.adapter import QueryAdapter
     from isacir_lab.shapes.bench import cached_isa
     from isacir_lab.shapes.feedback_bench import _TestSet
     from isacir_lab.shapes.feedback_goals import MAX_TEST_FLIP_RATE, MIN_R1_GAIN

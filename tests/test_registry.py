@@ -26,8 +26,7 @@ def _encoder(folder: Path, fnd, seed: int, parent: str | None = None) -> tuple[P
 
 
 def _adapter(folder: Path, fnd, qe_fingerprint: str, report: dict | None) -> Path:
-    from isacir.adapt import QueryAdapter
-    from isacir.adapt.adapter import AdapterConfig
+    from isacir.adapter import AdapterConfig, QueryAdapter
 
     cfg = AdapterConfig(
         word_dim=fnd.word_dim,
@@ -121,7 +120,7 @@ def test_the_quality_gate_reads_the_adapter_report(tmp_path, encoders, openclip_
     good = _adapter(tmp_path / "good", openclip_fnd, fp, _adapt_report(0.40, 0.55, 0.03))
     # adapters differ only by their report: give each its own weights so that they are distinct versions
     for name, folder in (("worse", worse), ("flippy", flippy), ("good", good)):
-        from isacir.adapt import QueryAdapter
+        from isacir.adapter import QueryAdapter
 
         qa = QueryAdapter.from_pretrained(folder)
         with torch.no_grad():

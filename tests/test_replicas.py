@@ -56,9 +56,9 @@ def test_two_replicas_share_the_query_log_and_the_pilot(tmp_path, openclip_fnd, 
 def test_a_postgres_url_keeps_its_slashes_and_a_dead_server_is_one_clear_error():
     import pytest
 
+    from isacir.feedback import FeedbackError
+    from isacir.feedback.postgres import PostgresFeedbackStore
     from isacir.serve.app import _feedback_location
-    from isacir.serve.feedback import FeedbackError
-    from isacir.serve.feedback_pg import PostgresFeedbackStore
 
     assert _feedback_location("postgresql://u:pw@db:5432/isacir") == "postgresql://u:pw@db:5432/isacir"
     with pytest.raises(FeedbackError, match=r"cannot connect to the feedback database postgresql://u:\*\*\*@") as info:

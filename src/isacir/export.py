@@ -131,7 +131,7 @@ def export_edge(
         qe.check_foundation(foundation)
     import onnxruntime as ort
 
-    from .bench.sample_images import natural_photo
+    from .data.samples import natural_photo
     from .edge.runner import EDGE_CONFIG, preprocess_image
 
     if qe.uses_foundation_features:

@@ -21,18 +21,15 @@ same data), unless forced with a recorded reason. Each change is one atomic rewr
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import re
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._fs import atomic_write_text
 from .errors import IsacirError
+from .ledger import Ledger, check_name, event
 
 REGISTRY_FORMAT = 1
 STATES = ("staged", "canary", "active", "deprecated", "retired")
@@ -46,7 +43,6 @@ TRANSITIONS = {
 }
 #: the most a version may flip held-out queries whose answer was right before (its top 1 lost)
 MAX_FLIP_RATE = 0.05
-VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class RegistryError(IsacirError):
@@ -115,17 +111,19 @@ class Registry:
         return cls(Path(gallery) / "models")
 
     # ----- reading --------------------------------------------------------------------------------
+    @property
+    def ledger(self) -> Ledger:
+        """``registry.json`` under ``.lock`` (see :mod:`isacir.ledger`)."""
+        return Ledger(
+            self.folder / "registry.json",
+            self.folder / ".lock",
+            missing=lambda: {"format": REGISTRY_FORMAT, "versions": {}, "history": []},
+            error=RegistryError,
+            check=_check_format,
+        )
+
     def _read(self) -> dict:
-        path = self.folder / "registry.json"
-        if not path.is_file():
-            return {"format": REGISTRY_FORMAT, "versions": {}, "history": []}
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RegistryError(f"{path} is not valid JSON ({exc}); it is only ever replaced whole") from None
-        if data.get("format") != REGISTRY_FORMAT:
-            raise RegistryError(f"{path} has format {data.get('format')!r}; this isacir reads {REGISTRY_FORMAT}")
-        return data
+        return self.ledger.read()
 
     def versions(self) -> list[dict]:
         """Every version, oldest first."""
@@ -151,15 +149,9 @@ class Registry:
         return self.folder / "versions" / version / part
 
     # ----- writing --------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[dict]:
+    def _writing(self) -> contextlib.AbstractContextManager[dict]:
         """The registry under its OS lock; what the block leaves in the dict is written atomically."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read()
-            yield data
-            atomic_write_text(self.folder / "registry.json", json.dumps(data, indent=2) + "\n")
+        return self.ledger.writing()
 
     def add(
         self,
@@ -173,10 +165,7 @@ class Registry:
         """Copy a query encoder (with its edge package and adapter) in as a ``staged`` version."""
         from .query import QueryEncoder
 
-        if not VERSION_NAME.match(version):
-            raise RegistryError(
-                f"version name {version!r}: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            )
+        check_name(version, "version", RegistryError)
         qe = QueryEncoder.from_pretrained(query_encoder)
         cfg = qe.config
         record: dict[str, Any] = {
@@ -201,7 +190,7 @@ class Registry:
                 )
             record["edge"] = {"fingerprint": info["query_encoder_fingerprint"], "files": info.get("files", {})}
         if adapter is not None:
-            from .adapt import QueryAdapter
+            from .adapter import QueryAdapter
 
             qa = QueryAdapter.from_pretrained(adapter)
             qa.check(record["fingerprint"], record["foundation_fingerprint"])
@@ -334,7 +323,12 @@ class Registry:
 
 
 def _event(version: str, before: str | None, after: str, actor: str, reason: str) -> dict:
-    return {"time": time.time(), "version": version, "from": before, "to": after, "actor": actor, "reason": reason}
+    return event("version", version, before, after, actor, reason)
+
+
+def _check_format(data: dict, path: Path) -> None:
+    if data.get("format") != REGISTRY_FORMAT:
+        raise RegistryError(f"{path} has format {data.get('format')!r}; this isacir reads {REGISTRY_FORMAT}")
 
 
 def _parent_name(versions: dict, record: dict) -> str | None:

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapt.guard import guard_hits
+from .adapter import guard_hits
 from .compose import DEFAULT_TEMPLATE, validate_pseudo_tokens
 from .data.imageio import ImageSource, load_image
 from .errors import IsacirError
 from .itm_cache import HiddenStateCache
 
 if TYPE_CHECKING:
-    from .adapt import QueryAdapter
+    from .adapter import QueryAdapter
     from .foundation import Foundation
     from .gallery import Gallery, Hit
     from .query import QueryEncoder

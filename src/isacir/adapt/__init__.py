@@ -1,31 +1,55 @@
-"""Learning from operators: a server-side query adapter trained on the feedback log.
+"""Learning from operators: training a server-side query adapter on the feedback log.
 
-Only the query side changes, so every stored gallery vector stays valid: no re-index.
+Only the query side changes, so every stored gallery vector stays valid: no re-index. The adapter
+itself, and what serving needs of it, is :mod:`isacir.adapter`; this package trains it and is never
+imported by the serving path. Exports load on first use, so that :mod:`.recipes` (named settings)
+reads without torch.
 """
 
-from .adapter import AdapterConfig, AdapterMismatchError, DomainVocab, QueryAdapter, TokenAdapter, new_adapter
-from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback
-from .guard import guard_rankings, guard_top1
-from .train import AdaptSettings, ComposedQueries, adapt, feedback_metrics, flip_rate, tune_adapter, tune_serving
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback
+    from .soup import soup
+    from .train import AdaptSettings, ComposedQueries, adapt, feedback_metrics, tune_adapter, tune_serving
+
+_EXPORTS = {
+    "FeedbackData": ".data",
+    "FeedbackExample": ".data",
+    "domain_vocabulary": ".data",
+    "load_feedback": ".data",
+    "soup": ".soup",
+    "AdaptSettings": ".train",
+    "ComposedQueries": ".train",
+    "adapt": ".train",
+    "feedback_metrics": ".train",
+    "tune_adapter": ".train",
+    "tune_serving": ".train",
+}
 
 __all__ = [
     "AdaptSettings",
-    "AdapterConfig",
-    "AdapterMismatchError",
     "ComposedQueries",
-    "DomainVocab",
     "FeedbackData",
     "FeedbackExample",
-    "QueryAdapter",
-    "TokenAdapter",
     "adapt",
     "domain_vocabulary",
     "feedback_metrics",
-    "flip_rate",
-    "guard_rankings",
-    "guard_top1",
     "load_feedback",
-    "new_adapter",
+    "soup",
     "tune_adapter",
     "tune_serving",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'isacir.adapt' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

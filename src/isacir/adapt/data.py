@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..edge.payload import PayloadError, decode_payload
-from ..serve.feedback import learnable
+from ..feedback import learnable
 
 if TYPE_CHECKING:
     from ..compose import TokenizerAdapter
+    from ..feedback import FeedbackStore
     from ..gallery import Gallery
-    from ..serve.feedback import FeedbackStore
 
 
 @dataclass

@@ -27,8 +27,8 @@ from dataclasses import replace
 
 import torch
 
+from ..adapter import AdapterConfig, QueryAdapter
 from ..errors import ConfigError
-from .adapter import AdapterConfig, QueryAdapter
 
 #: config fields every member must share: what the adapter belongs to and where its updates act
 _SHARED = (

@@ -1,4 +1,4 @@
-"""``isacir adapt``: learn a :class:`~isacir.adapt.QueryAdapter` from operator feedback.
+"""``isacir adapt``: learn a :class:`~isacir.adapter.QueryAdapter` from operator feedback.
 
 The loss is contrastive between the adapted composed query and its positive's stored gallery
 vector, with the query's rejected candidates as hard negatives and the other positives of the
@@ -22,19 +22,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..adapter import QueryAdapter, new_adapter
+from ..adapter.guard import flip_rate, guard_hits
 from ..errors import ConfigError, IsacirError
 from ..intervals import gain_interval, wilson
 from ..progress import progress_bar
-from .adapter import QueryAdapter, new_adapter
 from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback, stack_tokens
-from .guard import guard_hits
 from .soup import soup
 
 if TYPE_CHECKING:
+    from ..feedback import FeedbackStore
     from ..foundation import Foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
-    from ..serve.feedback import FeedbackStore
 
 CHECKPOINT_NAME = ".adapt-checkpoint.pt"
 #: the refit's own checkpoint: a run killed during the refit resumes it, the judged run being done
@@ -98,7 +98,7 @@ class AdaptSettings:
     #: (0: off), plus ``focal_base`` on every query
     focal_weight: float = 0.0
     focal_base: float = 0.0
-    #: the top-1 guard's cosine margin (0: off); see :mod:`isacir.adapt.guard`
+    #: the top-1 guard's cosine margin (0: off); see :mod:`isacir.adapter.guard`
     guard_margin: float = 0.0
     #: choose interpolation and guard margin on the held-out feedback (the given ones stand if
     #: no pair is promotable there)
@@ -209,13 +209,6 @@ def _duplicates(gallery: Gallery, hits: list[list[Any]], examples: list[Feedback
         twins = {h.id for h in row if p is not None and h.id in vec and float(vec[h.id] @ p) >= DUPLICATE_COSINE}
         out.append({e.positive} | twins)
     return out
-
-
-def flip_rate(before_top1: np.ndarray, after_top1: np.ndarray) -> tuple[float | None, int, int]:
-    """Among queries whose positive was top-1 before, the share that lost it: (rate, lost, had)."""
-    had = int(before_top1.sum())
-    lost = int((before_top1 & ~after_top1).sum())
-    return (lost / had if had else None), lost, had
 
 
 def tune_serving(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .sample_images import pink_noise_image
+from ..data.samples import pink_noise_image
 
 
 def bench_index(

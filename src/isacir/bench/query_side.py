@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..data.samples import PHOTOS, center_square, jpeg_size, natural_photo
 from .machine import cpu_info
-from .sample_images import PHOTOS, center_square, jpeg_size, natural_photo
 
 
 def _median_ms(fn: Callable[[], object], repeats: int, warmup: int) -> tuple[float, list[float]]:

@@ -93,8 +93,9 @@ def adapt_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a server-side adapter of the text side on the feedback log, and report held-out gains."""
-    from ..adapt import AdaptSettings, QueryAdapter, adapt
+    from ..adapt import AdaptSettings, adapt
     from ..adapt.recipes import recipe_flags
+    from ..adapter import QueryAdapter
     from ..cli.feedback import open_feedback_db
     from ..foundation import create_foundation
     from ..gallery import Gallery

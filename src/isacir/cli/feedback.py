@@ -11,7 +11,7 @@ from ..errors import IsacirError
 from ._app import FEEDBACK_DB_HELP, app, emit_json, err
 
 if TYPE_CHECKING:
-    from ..serve.feedback import FeedbackStore
+    from ..feedback import FeedbackStore
 
 feedback_app = typer.Typer(help="Export and inspect the query log and operator feedback.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
@@ -19,8 +19,8 @@ app.add_typer(feedback_app, name="feedback")
 
 def open_feedback_db(db: str | Path) -> FeedbackStore:
     """The store of an existing log (the commands here read; they never create one by mistake)."""
-    from ..serve.feedback import FeedbackStore
-    from ..serve.feedback_pg import PostgresFeedbackStore, is_postgres_url
+    from ..feedback import FeedbackStore
+    from ..feedback.postgres import PostgresFeedbackStore, is_postgres_url
 
     if is_postgres_url(str(db)):
         return PostgresFeedbackStore(str(db))
@@ -35,7 +35,7 @@ def export_cmd(
     out_file: Path = typer.Option(..., "--out", help="JSON Lines file to write, one line per learnable query."),
 ) -> None:
     """One line per query with a positive (confirmed or corrected): tokens, text, positive, rejected ids."""
-    from ..serve.feedback import export_triplets
+    from ..feedback import export_triplets
 
     counts = export_triplets(open_feedback_db(db), out_file)
     err.print(f"wrote {counts['learnable']} learnable of {counts['queries']} logged queries to {out_file}")

@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from .._fs import atomic_write_text
-from ..adapt.guard import guard_rankings
+from ..adapter import guard_rankings
 from ..compose import DEFAULT_TEMPLATE
 from ..data import ImageRecord
 from .benchmarks import BenchmarkDataError, CIRBenchmark
 from .metrics import map_at_k, mask_excluded, rank_gallery, recall_any_at_k, recall_at_k, subset_rankings
 
 if TYPE_CHECKING:
-    from ..adapt import QueryAdapter
+    from ..adapter import QueryAdapter
     from ..foundation import Foundation
     from ..query import QueryEncoder
 

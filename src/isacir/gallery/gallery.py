@@ -41,6 +41,7 @@ from .._version import __version__
 from ..data import DecodeDataset, ImageRecord, collate_list, discover_images
 from ..data.imageio import IMAGE_EXTENSIONS
 from ..errors import FoundationMismatchError, IsacirError, same_name_hint
+from .home import GENERATIONS_FILE, GenerationLedger
 from .locks import SharedLock
 from .stores import LEGACY_COLLECTION, FaissStore, VectorStore, open_store
 
@@ -213,11 +214,9 @@ class Gallery:
     ) -> Gallery:
         """The gallery at ``directory``: its serving generation, or ``generation`` by name
         (``generation_root``: the folder itself, whatever serves)."""
-        from .generations import GENERATIONS_FILE, Generations
-
         home = Path(directory)
         if not generation_root and ((home / GENERATIONS_FILE).is_file() or generation is not None):
-            gens = Generations(home)
+            gens = GenerationLedger(home)
             g = gens.get(generation) if generation is not None else gens.serving()
             if g["state"] == "retired":
                 raise GalleryError(f"generation {g['name']!r} of {home} is retired; its vectors are gone")

@@ -23,114 +23,33 @@ promoted) -> ``retired``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._fs import atomic_write_text
-from ..errors import IsacirError
+from ..ledger import check_name, event
+from .home import GenerationError, GenerationLedger
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
     from .gallery import Gallery
 
-GENERATIONS_FILE = "generations.json"
-ROOT_GENERATION = "main"
-GENERATION_STATES = ("building", "ready", "serving", "retired")
 
-
-class GenerationError(IsacirError):
-    pass
-
-
-class Generations:
-    """The generations of one gallery folder (``home``)."""
-
-    def __init__(self, home: str | Path):
-        self.home = Path(home)
-
-    # ----- reading --------------------------------------------------------------------------------
-    def _implicit(self) -> dict:
-        """A gallery that never had a second generation: its folder is the only, serving one."""
-        meta = self.home / "gallery.json"
-        if not meta.is_file():
-            raise GenerationError(f"{self.home} is not a gallery (no gallery.json)")
-        info = json.loads(meta.read_text())
-        return {
-            "format": 1,
-            "serving": ROOT_GENERATION,
-            "generations": {
-                ROOT_GENERATION: {
-                    "name": ROOT_GENERATION,
-                    "path": ".",
-                    "foundation_id": info["foundation_id"],
-                    "foundation_fingerprint": info["foundation_fingerprint"],
-                    "state": "serving",
-                    "created": info.get("created", 0.0),
-                }
-            },
-            "history": [],
-        }
-
-    def _read(self) -> dict:
-        path = self.home / GENERATIONS_FILE
-        if not path.is_file():
-            return self._implicit()
-        try:
-            return dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise GenerationError(f"{path} is not valid JSON ({exc}); it is only ever replaced whole") from None
-
-    def all(self) -> list[dict]:
-        data = self._read()
-        return [{**g, "serving": g["name"] == data["serving"]} for g in data["generations"].values()]
-
-    def get(self, name: str) -> dict:
-        gens = self._read()["generations"]
-        if name not in gens:
-            raise GenerationError(f"no generation {name!r} in {self.home} (generations: {', '.join(gens)})")
-        return dict(gens[name])
-
-    def serving(self) -> dict:
-        data = self._read()
-        return dict(data["generations"][data["serving"]])
-
-    def live(self) -> list[dict]:
-        """The generations a service answers from: the serving one and every ready one."""
-        return [g for g in self.all() if g["state"] in ("serving", "ready")]
-
-    def folder(self, name: str) -> Path:
-        return (self.home / self.get(name)["path"]).resolve()
-
-    def stamp(self) -> tuple | None:
-        try:
-            st = (self.home / GENERATIONS_FILE).stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+class Generations(GenerationLedger):
+    """The generations of one gallery folder (``home``): creating, building, promoting, retiring."""
 
     # ----- writing --------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[dict]:
-        with open(self.home / ".generations.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read()
-            yield data
-            atomic_write_text(self.home / GENERATIONS_FILE, json.dumps(data, indent=2) + "\n")
+    def _writing(self) -> contextlib.AbstractContextManager[dict]:
+        return self.ledger.writing()
 
     def create(self, name: str, foundation: Foundation, actor: str = "unknown") -> Gallery:
         """A new, empty generation for ``foundation`` (the same store kind and index family as the
         serving one), or the one of that name being built (a build that is run again)."""
-        from ..registry import VERSION_NAME
         from .gallery import Gallery
 
-        if not VERSION_NAME.match(name):
-            raise GenerationError(f"generation name {name!r}: 1 to 64 letters, digits, '.', '_' or '-'")
+        check_name(name, "generation", GenerationError)
         serving = Gallery.open(self.home)
         store, index = serving.info["store"], serving.info.get("index", "auto")
         serving.close()
@@ -294,4 +213,4 @@ class Generations:
 
 
 def _event(name: str, before: str | None, after: str, actor: str, reason: str) -> dict[str, Any]:
-    return {"time": time.time(), "generation": name, "from": before, "to": after, "actor": actor, "reason": reason}
+    return event("generation", name, before, after, actor, reason)

@@ -2,7 +2,7 @@
 
 Every number a pilot reports comes from this module: the HTTP summary, the dashboard, the HTML
 report and the docs all read :data:`DEFINITIONS` and :func:`summarize`. Input is the query log as
-:meth:`isacir.serve.feedback.FeedbackStore.queries` yields it: one dict per answered search with
+:meth:`isacir.feedback.FeedbackStore.queries` yields it: one dict per answered search with
 its ``results`` (gallery ids, best first), ``latency_ms`` and ``verdicts``.
 """
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .backbones import BackboneSpec, create_backbone, list_backbones, register_backbone, resolve_backbone
-    from .encoder import QueryEncoder, QueryEncoderConfig
+    from .config import QueryEncoderConfig
+    from .encoder import QueryEncoder
     from .methods import QueryMethod, canonical_method, get_method, list_methods, register_method
     from .methods.pic2word import Pic2WordMapper
     from .preprocess import PreprocessConfig
@@ -24,7 +25,7 @@ _EXPORTS = {
     "register_backbone": ".backbones",
     "resolve_backbone": ".backbones",
     "QueryEncoder": ".encoder",
-    "QueryEncoderConfig": ".encoder",
+    "QueryEncoderConfig": ".config",
     "QueryMethod": ".methods",
     "canonical_method": ".methods",
     "get_method": ".methods",

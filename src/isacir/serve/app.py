@@ -45,10 +45,9 @@ from ..audit import AuditLog
 from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
+from ..feedback import FeedbackError, is_postgres_url, open_store
 from ..gallery.gallery import FILTER_FIELD, FILTER_MAX_FIELDS, FILTER_MAX_VALUES
 from .batching import MicroBatcher
-from .feedback import FeedbackError, QueryLog
-from .feedback_pg import is_postgres_url, open_store
 from .keys import SCOPES, ApiKey, KeyFileError, KeyRing, retry_after_header
 from .lineup import (
     RELEASE_AFTER_S,
@@ -62,9 +61,10 @@ from .lineup import (
     released_models,
 )
 from .metrics import ServiceMetrics
+from .querylog import QueryLog
 
 if TYPE_CHECKING:
-    from ..adapt import QueryAdapter
+    from ..adapter import QueryAdapter
     from ..foundation import Foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
@@ -1513,7 +1513,7 @@ def load_service(
     )
     qa = None
     if adapter is not None:
-        from ..adapt import QueryAdapter
+        from ..adapter import QueryAdapter
 
         qa = QueryAdapter.from_pretrained(adapter)
     state = ServiceState(

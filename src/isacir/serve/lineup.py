@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IsacirError
-from .feedback import served_version
+from ..feedback import served_version
 
 if TYPE_CHECKING:
-    from ..adapt import QueryAdapter
+    from ..adapter import QueryAdapter
     from ..foundation import Foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
@@ -300,11 +300,7 @@ ModelFactory = Callable[
 
 def registry_stamp(registry: Registry) -> tuple | None:
     """What changes whenever ``registry.json`` is replaced (every registry write replaces it)."""
-    try:
-        st = (registry.folder / "registry.json").stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+    return registry.ledger.stamp()
 
 
 def lineup_from_registry(
@@ -321,7 +317,7 @@ def lineup_from_registry(
 
     Models are loaded here, before anything is swapped, so a version that fails to load fails
     this build and leaves the running lineup as it was."""
-    from ..adapt import QueryAdapter
+    from ..adapter import QueryAdapter
     from ..query import QueryEncoder
 
     if not generations:

@@ -37,7 +37,7 @@ from .pilot import LEFT_OUT, PilotConfig, ServiceClient, generate_pilot, simulat
 if TYPE_CHECKING:
     import numpy as np
 
-    from isacir.adapt import QueryAdapter
+    from isacir.adapter import QueryAdapter
     from isacir.foundation import Foundation
     from isacir.query import QueryEncoder
 
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 CURVE = (100, 300, 1000)
 #: Interpolations of the final adapter at which the gain is weighed against the flips.
 TRADEOFF = (0.25, 0.5, 0.75, 1.0)
-#: top-1 guard margins tried at the upper interpolations (cosine differences; see isacir.adapt.guard)
+#: top-1 guard margins tried at the upper interpolations (cosine differences; see isacir.adapter.guard)
 GUARD_MARGINS = (0.02, 0.04, 0.06)
 GUARD_INTERPOLATIONS = (0.5, 0.75, 1.0)
 #: The adapter recipe of the benchmark (chosen on the pilot's own held-out feedback, never on the test set).
@@ -186,13 +186,14 @@ def run_feedback_bench(
     ``-attn`` with ``settings.lora_attention`` and ``-head`` with ``settings.query_head``)."""
     import torch
 
-    from isacir.adapt import QueryAdapter, adapt, tune_adapter
+    from isacir.adapt import adapt, tune_adapter
+    from isacir.adapter import QueryAdapter
     from isacir.edge.runner import EdgeEncoder
+    from isacir.feedback import FeedbackStore
     from isacir.foundation import create_foundation
     from isacir.gallery import Gallery
     from isacir.query import QueryEncoder
     from isacir.serve import ServeSettings, ServiceState, create_app
-    from isacir.serve.feedback import FeedbackStore
     from isacir.serve.local import LocalServer
 
     out = Path(out)
@@ -385,15 +386,16 @@ def run_pilot_versions(
     pilot report (HTML and CSVs), the per-version chart and the summary land in
     ``out/pilot-versions-seed{S}/``. Returns the per-version summary.
     """
-    from isacir.adapt import QueryAdapter, adapt
+    from isacir.adapt import adapt
+    from isacir.adapter import QueryAdapter
     from isacir.edge.runner import EdgeEncoder
+    from isacir.feedback import FeedbackStore
     from isacir.foundation import create_foundation
     from isacir.gallery import Gallery
     from isacir.pilot import charts, pilot_summary
     from isacir.pilot.report import write_report
     from isacir.query import QueryEncoder
     from isacir.serve import ServeSettings, ServiceState, create_app
-    from isacir.serve.feedback import FeedbackStore
     from isacir.serve.local import LocalServer
 
     out = Path(out)
@@ -543,14 +545,19 @@ def _int4_tokens(qe: QueryEncoder, fnd: Foundation) -> Callable[[list], Any]:
 
 
 def _flip_rate(test: _TestSet, before: list[list[str]], after: list[list[str]]) -> float | None:
-    """Among test queries whose target was at rank 1 before, the share whose target is not after."""
-    had = lost = 0
-    for q, b, a in zip(test.bench.queries, before, after, strict=True):
-        targets = set(q.targets)
-        if b and b[0] in targets:
-            had += 1
-            lost += not (a and a[0] in targets)
-    return round(lost / had, 4) if had else None
+    """Among test queries whose target was at rank 1 before, the share whose target is not after
+    (the product's :func:`~isacir.adapter.flip_rate` over the test split's rankings by file)."""
+    import numpy as np
+
+    from isacir.adapter import flip_rate
+
+    def top1(ranked: list[list[str]]) -> np.ndarray:
+        return np.array(
+            [bool(r) and r[0] in q.targets for q, r in zip(test.bench.queries, ranked, strict=True)], dtype=bool
+        )
+
+    rate, _, _ = flip_rate(top1(before), top1(after))
+    return round(rate, 4) if rate is not None else None
 
 
 def check_feedback_goals(summary: dict[str, Any], oracle: dict[str, float] | None) -> dict[str, bool]:

@@ -43,7 +43,7 @@ from .pilot import PilotConfig
 from .world import generate_replicate
 
 if TYPE_CHECKING:
-    from isacir.adapt import QueryAdapter
+    from isacir.adapter import QueryAdapter
 
 #: the served recipes of a ``bench feedback`` run, by their key in its JSON, and the adapter
 #: folder each one serves from (``None``: the final curve adapter, at the pair the JSON records)
@@ -92,7 +92,7 @@ def rerun_command(out: Path, detail: dict[str, Any]) -> str:
 
 def _served_adapters(run: Path, detail: dict[str, Any], out: Path = Path("runs/shapes")) -> dict[str, QueryAdapter]:
     """The run's served adapters, checked to be the ones its JSON describes."""
-    from isacir.adapt import QueryAdapter
+    from isacir.adapter import QueryAdapter
 
     final = _adapter_folder(run, detail)
     recorded = final_adapter(detail)["fingerprint"]
@@ -132,8 +132,7 @@ def _frontier_hits(test: _TestSet, folder: Path, zero_shot: np.ndarray) -> dict[
     Each interpolation is composed once; the margins only decide, per query, between the adapted
     and the zero-shot first place (``zero_shot``: the zero-shot scores), as the served guard does.
     """
-    from isacir.adapt import QueryAdapter
-    from isacir.adapt.guard import guard_rankings
+    from isacir.adapter import QueryAdapter, guard_rankings
     from isacir.evaluation.metrics import rank_gallery
 
     out: dict[tuple[float, float], list[bool]] = {}
@@ -148,7 +147,7 @@ def _frontier_hits(test: _TestSet, folder: Path, zero_shot: np.ndarray) -> dict[
 
 def _first_places(right: list[bool], before1: list[bool]) -> dict[str, Any]:
     """R@1 (percent) of pooled first places, and their flips against the first places ``before1``."""
-    from isacir.adapt import flip_rate
+    from isacir.adapter import flip_rate
 
     rate, lost, had = flip_rate(np.array(before1), np.array(right))
     return {

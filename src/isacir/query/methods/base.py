@@ -10,7 +10,8 @@ from ...errors import ConfigError
 
 if TYPE_CHECKING:
     from ...foundation import Foundation, ImageFeatures
-    from ..encoder import QueryEncoder, QueryEncoderConfig
+    from ..config import QueryEncoderConfig
+    from ..encoder import QueryEncoder
 
 _REGISTRY: dict[str, type[QueryMethod]] = {}
 _ALIASES: dict[str, str] = {}

@@ -11,7 +11,8 @@ from ..token_learner import AdaptiveTokenLearner
 from .base import QueryMethod, register_method
 
 if TYPE_CHECKING:
-    from ..encoder import QueryEncoder, QueryEncoderConfig
+    from ..config import QueryEncoderConfig
+    from ..encoder import QueryEncoder
 
 
 @register_method

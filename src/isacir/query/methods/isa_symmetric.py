@@ -13,7 +13,8 @@ from .base import QueryMethod, register_method
 
 if TYPE_CHECKING:
     from ...foundation import Foundation, ImageFeatures
-    from ..encoder import QueryEncoder, QueryEncoderConfig
+    from ..config import QueryEncoderConfig
+    from ..encoder import QueryEncoder
 
 
 @register_method

@@ -24,12 +24,11 @@ both starting as the identity so that a fresh adapter reproduces the served resu
 ``interpolation`` scales both residuals: 1 is the trained adapter, 0 the zero-shot behaviour; the
 values between are the WiSE-FT style trade between the customer's queries and everything else.
 ``guard_margin`` (off by default) keeps the zero-shot top-1 first unless the adapter is sure of
-its own (:mod:`isacir.adapt.guard`).
+its own (:mod:`isacir.adapter.guard`).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -38,7 +37,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,206 +45,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._fs import replace_dir
-from .._version import __version__
-from ..errors import CheckpointError, ConfigError, FoundationMismatchError
+from ..errors import CheckpointError, ConfigError
 from ..fingerprint import hash_state_dict
+from .config import CONFIG_NAME, MODEL_TYPE, REPORT_NAME, WEIGHTS_NAME, AdapterConfig, AdapterMismatchError
+from .layers import DomainVocab, LoraDelta, QueryHead, TokenAdapter, _attention_with
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
 
     from ..foundation import Foundation
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter.safetensors"
-REPORT_NAME = "report.json"
-MODEL_TYPE = "isacir-query-adapter"
-
-
-class AdapterMismatchError(FoundationMismatchError):
-    """An adapter trained for another query encoder or foundation than the one it is used with."""
-
-
-@dataclass
-class AdapterConfig:
-    """What an adapter is and what it belongs to (the fingerprints are checked at every load)."""
-
-    word_dim: int
-    num_tokens: int
-    query_encoder_fingerprint: str
-    foundation_fingerprint: str
-    foundation_id: str = ""
-    template: str = ""
-    hidden: int = 256
-    token_scale: float = 1.0
-    #: word-piece ids with a trainable row, and the operator words they came from (for people)
-    vocab_ids: list[int] = field(default_factory=list)
-    vocab_words: list[str] = field(default_factory=list)
-    #: LoRA on the text tower (rank 0: none): the adapted layers' names in the foundation and
-    #: their ``[in, out]`` features, so a folder loads without its foundation at hand
-    lora_rank: int = 0
-    lora_alpha: float = 8.0
-    lora_targets: list[str] = field(default_factory=list)
-    lora_shapes: list[list[int]] = field(default_factory=list)
-    #: LoRA on the text tower's attention modules (their input and output projections): their
-    #: names in the foundation and their embedding widths (empty: none)
-    lora_attention: list[str] = field(default_factory=list)
-    lora_attention_dims: list[int] = field(default_factory=list)
-    #: the query head's width (0: none), the foundation's joint embedding size when on
-    query_head: int = 0
-    interpolation: float = 1.0
-    #: the top-1 guard (:mod:`isacir.adapt.guard`): the zero-shot top-1 stays first unless the
-    #: adapter prefers its own by this cosine margin (0: off, the adapted order stands)
-    guard_margin: float = 0.0
-    created: float = 0.0
-    isacir_version: str = __version__
-    training: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> AdapterConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-    def architecture(self) -> dict[str, Any]:
-        """The part of the config folded into the fingerprint: everything that changes answers."""
-        return {
-            "model_type": MODEL_TYPE,
-            "word_dim": self.word_dim,
-            "num_tokens": self.num_tokens,
-            "hidden": self.hidden,
-            "token_scale": self.token_scale,
-            "vocab_ids": self.vocab_ids,
-            "query_encoder_fingerprint": self.query_encoder_fingerprint,
-            "foundation_fingerprint": self.foundation_fingerprint,
-            **(
-                {"lora": [self.lora_rank, self.lora_alpha, self.lora_targets, self.lora_shapes]}
-                if self.lora_rank
-                else {}
-            ),
-            **(
-                {"lora_attention": [self.lora_attention, self.lora_attention_dims]}
-                if self.lora_rank and self.lora_attention
-                else {}
-            ),
-            **({"query_head": self.query_head} if self.query_head else {}),
-            "interpolation": self.interpolation,
-            **({"guard_margin": self.guard_margin} if self.guard_margin else {}),
-        }
-
-
-class TokenAdapter(nn.Module):
-    """Residual MLP applied to every pseudo token; the identity at initialisation."""
-
-    def __init__(self, word_dim: int, hidden: int, scale: float):
-        super().__init__()
-        self.scale = float(scale)
-        self.down = nn.Linear(word_dim, hidden)
-        self.up = nn.Linear(hidden, word_dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def residual(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.up(F.gelu(self.down(tokens / self.scale)))
-
-
-class DomainVocab(nn.Module):
-    """Additive rows for chosen word-piece ids of the foundation's embedding table (zero at start)."""
-
-    ids: torch.Tensor
-
-    def __init__(self, ids: Sequence[int], word_dim: int):
-        super().__init__()
-        self.register_buffer("ids", torch.tensor(list(ids), dtype=torch.long), persistent=True)
-        self.delta = nn.Parameter(torch.zeros(len(ids), word_dim))
-        self._lookup: torch.Tensor | None = None
-
-    def patch(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[*, D]`` additions for a batch of ids (zero for ids without a row)."""
-        vocab_max = int(max(int(input_ids.max()), int(self.ids.max())) + 1)
-        lookup = self._lookup
-        if lookup is None or lookup.numel() < vocab_max or lookup.device != input_ids.device:
-            lookup = torch.full((vocab_max,), -1, dtype=torch.long, device=input_ids.device)
-            lookup[self.ids.to(input_ids.device)] = torch.arange(len(self.ids), device=input_ids.device)
-            self._lookup = lookup
-        row = lookup[input_ids]
-        # a one-hot product, not an indexed gather: its backward is a matmul, whose sums run in a
-        # fixed order, where a gather's scatter-add would accumulate in thread order
-        onehot = F.one_hot(row.clamp_min(0), len(self.ids)).to(self.delta.dtype) * (row >= 0).unsqueeze(-1)
-        return onehot @ self.delta
-
-
-class LoraDelta(nn.Module):
-    """``scale * B(A(x))``: the low-rank update of one linear layer (``B`` zero at start)."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
-        super().__init__()
-        self.scale = alpha / rank
-        self.A = nn.Linear(in_features, rank, bias=False)
-        self.B = nn.Linear(rank, out_features, bias=False)
-        nn.init.kaiming_uniform_(self.A.weight, a=5**0.5)  # as PEFT initialises LoRA's A
-        nn.init.zeros_(self.B.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.B(self.A(x))
-
-    def weight_delta(self) -> torch.Tensor:
-        """The update as a matrix ``[out, in]``, the layout of a linear layer's weight."""
-        return self.scale * self.B.weight @ self.A.weight
-
-
-_MHA_FORWARD = inspect.signature(nn.MultiheadAttention.forward)
-
-
-def _attention_with(
-    module: nn.MultiheadAttention, args: tuple, kwargs: dict, d_in: torch.Tensor, d_out: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """What ``module(*args, **kwargs)`` returns with ``d_in`` added to its input projection weight
-    and ``d_out`` to its output projection weight, as its own (non-fused) forward computes it."""
-    call = _MHA_FORWARD.bind(module, *args, **kwargs)
-    call.apply_defaults()
-    a = call.arguments
-    query, key, value = a["query"], a["key"], a["value"]
-    batched = query.dim() == 3
-    if module.batch_first and batched:
-        query, key, value = (x.transpose(1, 0) for x in (query, key, value))
-    out, weights = F.multi_head_attention_forward(
-        query,
-        key,
-        value,
-        module.embed_dim,
-        module.num_heads,
-        module.in_proj_weight + d_in.to(module.in_proj_weight.dtype),
-        module.in_proj_bias,
-        module.bias_k,
-        module.bias_v,
-        module.add_zero_attn,
-        module.dropout,
-        module.out_proj.weight + d_out.to(module.out_proj.weight.dtype),
-        module.out_proj.bias,
-        training=module.training,
-        key_padding_mask=a["key_padding_mask"],
-        need_weights=a["need_weights"],
-        attn_mask=a["attn_mask"],
-        average_attn_weights=a["average_attn_weights"],
-        is_causal=a["is_causal"],
-    )
-    if module.batch_first and batched:
-        out = out.transpose(1, 0)
-    return out, weights
-
-
-class QueryHead(nn.Module):
-    """``W q``: the residual of the composed query's linear map (``W`` zero at start)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.linear = nn.Linear(dim, dim, bias=False)
-        nn.init.zeros_(self.linear.weight)
-
-    def forward(self, query: torch.Tensor) -> torch.Tensor:
-        return self.linear(query)
 
 
 def _lora_key(name: str) -> str:
@@ -297,7 +104,7 @@ class QueryAdapter(nn.Module):
 
     @property
     def guard_margin(self) -> float:
-        """The top-1 guard's margin (0: no guard); see :mod:`isacir.adapt.guard`."""
+        """The top-1 guard's margin (0: no guard); see :mod:`isacir.adapter.guard`."""
         return float(self.config.guard_margin)
 
     # ----- the forward pieces --------------------------------------------------------------------

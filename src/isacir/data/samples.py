@@ -45,7 +45,7 @@ def center_square(image: Image.Image, size: int) -> Image.Image:
     w, h = image.size
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    return image.crop(box).resize((size, size), Image.BICUBIC)
+    return image.crop(box).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def jpeg_size(image: Image.Image, quality: int = 90) -> int:

@@ -17,7 +17,6 @@ Verdicts:
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import sqlite3
@@ -25,12 +24,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from ..errors import IsacirError
-from ..pilot.metrics import positive_verdict
 
 log = logging.getLogger(__name__)
 VERDICTS = ("confirmed", "rejected", "corrected")
@@ -391,122 +388,3 @@ def query_row(
         model_version,
         json.dumps(interleave) if interleave is not None else None,
     )
-
-
-class QueryLog:
-    """The service's writer of answered queries: group commit through one background thread.
-
-    ``durable`` (the default): :meth:`log` returns once the row is committed with
-    ``synchronous=FULL``, so a query id a client has seen survives a crash; rows that arrive within
-    ``max_wait_s`` of each other share one commit and one fsync. ``async``: :meth:`log` returns at
-    once and the row is committed in the next group; a crash loses the rows of the last few
-    milliseconds, and a feedback call flushes first, so it always finds its query.
-    """
-
-    MODES = ("durable", "async")
-
-    def __init__(
-        self,
-        store: FeedbackStore,
-        mode: str = "durable",
-        max_wait_s: float = 0.006,
-        max_batch: int = 256,
-        on_commit: Callable[[int], None] | None = None,
-    ):
-        from .batching import MicroBatcher
-
-        if mode not in self.MODES:
-            raise FeedbackError(f"query log mode must be durable or async, got {mode!r}")
-        self.store, self.mode = store, mode
-        self.commits = 0
-        self.rows = 0
-        self._on_commit = on_commit
-        self._writer = MicroBatcher(self._commit, max_batch, max_wait_s, name="isacir-query-log")
-        # Checkpoints (copying the WAL into the database, with fsyncs of their own) run on a thread
-        # of their own: inside a commit they would stall every request waiting on that group.
-        self._stop = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoints, name="isacir-query-log-checkpoint", daemon=True)
-        self._checkpointer.start()
-
-    def _checkpoints(self, every_s: float = 1.0) -> None:
-        while not self._stop.wait(every_s):
-            try:
-                self.store.checkpoint()
-            except Exception as exc:  # noqa: BLE001  (busy or locked: the next round catches up)
-                log.debug("query-log checkpoint skipped: %s", exc)
-
-    def _commit(self, rows: Sequence[tuple]) -> list[str]:
-        if self.commits == 0:
-            self.store.writer_setup()  # this thread's connection: see _checkpoints
-        self.store.log_rows(rows)
-        self.commits += 1
-        self.rows += len(rows)
-        if self._on_commit is not None:
-            self._on_commit(len(rows))
-        return [r[0] for r in rows]
-
-    def log(self, *args: Any, **kwargs: Any) -> str:
-        """Arguments as :func:`query_row`; returns the query id."""
-        row = query_row(*args, **kwargs)
-        fut = self._writer.submit(row)
-        if self.mode == "durable":
-            return fut.result()
-        fut.add_done_callback(_report_lost)
-        return row[0]
-
-    def flush(self, timeout: float | None = 30.0) -> bool:
-        return self._writer.flush(timeout)
-
-    def close(self) -> None:
-        self._writer.close()
-        self._stop.set()
-        self._checkpointer.join(10)
-
-
-def _report_lost(fut: Future) -> None:
-    exc = fut.exception()
-    if exc is not None:
-        log.error("query-log row lost (async mode): %s", exc)
-
-
-def learnable(query: dict[str, Any]) -> dict[str, Any] | None:
-    """The training triplet of one logged query, or None when no verdict names a positive.
-
-    The positive is the latest ``confirmed`` or ``corrected`` item; the negatives are the rejected
-    candidates other than it. Tokens travel as base64 payload bytes, exactly as they were logged.
-    """
-    positive = positive_verdict(query)
-    if positive is None or query["tokens"] is None:
-        return None
-    rejected = sorted(
-        {v["candidate_id"] for v in query["verdicts"] if v["verdict"] == "rejected"} - {positive["candidate_id"]}
-    )
-    return {
-        "query_id": query["query_id"],
-        "created": query["created"],
-        "mode": query["mode"],
-        "text": query["text"],
-        "payload": base64.b64encode(query["tokens"]).decode(),
-        "positive_id": positive["candidate_id"],
-        "positive_verdict": positive["verdict"],
-        "positive_in_results": positive["in_results"],
-        "rejected_ids": rejected,
-        "results": query["results"],
-        "query_encoder_fingerprint": query["query_encoder_fingerprint"],
-        "foundation_fingerprint": query["foundation_fingerprint"],
-        "adapter_fingerprint": query.get("adapter_fingerprint"),
-    }
-
-
-def export_triplets(store: FeedbackStore, out: str | Path) -> dict[str, int]:
-    """Write one JSON line per learnable query (atomically); returns counts."""
-    from .._fs import atomic_write_text
-
-    lines, total = [], 0
-    for q in store.queries():
-        total += 1
-        t = learnable(q)
-        if t is not None:
-            lines.append(json.dumps(t, sort_keys=True))
-    atomic_write_text(Path(out), "".join(line + "\n" for line in lines))
-    return {"queries": total, "learnable": len(lines)}

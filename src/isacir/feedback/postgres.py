@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .feedback import SCHEMA_VERSION, FeedbackError, FeedbackStore
+from .store import SCHEMA_VERSION, FeedbackError, FeedbackStore
 
 URL_PREFIXES = ("postgresql://", "postgres://")
 _LOCK_KEY = 0x1CAC1A  # the advisory lock that serialises schema creation across replicas
@@ -142,7 +142,8 @@ class PostgresFeedbackStore(FeedbackStore):
     def check_writable(self) -> None:
         with self.pool.connection() as conn:
             conn.execute("SELECT 1")
-            if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if standby is not None and standby[0]:
                 raise FeedbackError(f"{self.location} is a read-only standby", 503)
 
     def writer_setup(self) -> None:

@@ -79,3 +79,10 @@ def guard_hits(gallery: Gallery, hits: list[Hit], query: np.ndarray, anchor: Hit
         return hits
     zs.score = exact[zs.id]
     return guard_top1(hits, zs, exact[top.id] - exact[zs.id], margin, key=lambda h: h.id)
+
+
+def flip_rate(before_top1: np.ndarray, after_top1: np.ndarray) -> tuple[float | None, int, int]:
+    """Among queries whose positive was top-1 before, the share that lost it: (rate, lost, had)."""
+    had = int(before_top1.sum())
+    lost = int((before_top1 & ~after_top1).sum())
+    return (lost / had if had else None), lost, had
