@@ -29,10 +29,7 @@ its own (:mod:`isacir.adapter.guard`).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -44,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._fs import replace_dir
+from ..checkpoint import load_weights, read_config, save_folder
 from ..errors import CheckpointError, ConfigError
 from ..fingerprint import hash_state_dict
 from .config import CONFIG_NAME, MODEL_TYPE, REPORT_NAME, WEIGHTS_NAME, AdapterConfig, AdapterMismatchError
@@ -278,23 +275,11 @@ class QueryAdapter(nn.Module):
     # ----- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, report: dict[str, Any] | None = None) -> Path:
         """Write config, weights and report atomically: a crash leaves the old folder or none."""
-        from safetensors.torch import save_model
-
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
         self._fingerprint = None
-        cfg = {**self.config.to_dict(), "fingerprint": self.fingerprint}
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            save_model(self, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
-            if report is not None:
-                (tmp / REPORT_NAME).write_text(json.dumps({"fingerprint": self.fingerprint, **report}, indent=2) + "\n")
-            replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        files = {CONFIG_NAME: {**self.config.to_dict(), "fingerprint": self.fingerprint}}
+        if report is not None:
+            files[REPORT_NAME] = {"fingerprint": self.fingerprint, **report}
+        return save_folder(directory, self, files, WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(
@@ -306,23 +291,10 @@ class QueryAdapter(nn.Module):
         ``guard_margin`` the saved top-1 guard; the adapter's version changes with either, because
         its answers do.
         """
-        from safetensors.torch import load_model
-
         directory = Path(directory)
-        cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not cfg_path.is_file() or not weights.is_file():
-            raise CheckpointError(f"{directory} is not a query adapter: expected {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
-        if raw.get("model_type") != MODEL_TYPE:
-            raise CheckpointError(f"{cfg_path} is not an isacir query-adapter config")
+        raw = read_config(directory, CONFIG_NAME, WEIGHTS_NAME, MODEL_TYPE, "query adapter")
         model = cls(AdapterConfig.from_dict(raw))
-        try:
-            load_model(model, str(weights), strict=True)
-        except Exception as exc:
-            raise CheckpointError(f"weights in {weights} do not match its config: {exc}") from None
+        load_weights(model, directory / WEIGHTS_NAME)
         if raw.get("fingerprint") and model.fingerprint != raw["fingerprint"]:
             raise CheckpointError(
                 f"{directory}: the weights hash to {model.fingerprint}, the config records {raw['fingerprint']} "

@@ -8,10 +8,7 @@ refused.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._fs import replace_dir
+from ..checkpoint import load_weights, read_config, save_folder
 from ..data.imageio import ImageSource, load_image
-from ..errors import CheckpointError, ConfigError, FoundationMismatchError, same_name_hint
+from ..errors import ConfigError, FoundationMismatchError, same_name_hint
 from .backbones import resolve_backbone
 from .config import QueryEncoderConfig
 from .methods import get_method
@@ -208,35 +205,12 @@ class QueryEncoder(nn.Module):
     # ----- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically (a crash leaves the old folder)."""
-        from safetensors.torch import save_model
-
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            save_model(self, str(tmp / WEIGHTS_NAME))
-            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-            replace_dir(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        return save_folder(directory, self, {CONFIG_NAME: self.config.to_dict()}, WEIGHTS_NAME)
 
     @staticmethod
     def load_config(directory: str | os.PathLike) -> QueryEncoderConfig:
         """The checkpoint's config alone (cheap: lets a caller pick the foundation before loading)."""
-        directory = Path(directory)
-        cfg_path, weights = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not cfg_path.is_file() or not weights.is_file():
-            raise CheckpointError(
-                f"{directory} is not a query-encoder checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME}"
-            )
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from None
-        if raw.get("model_type") != "isacir-query-encoder":
-            raise CheckpointError(f"{cfg_path} is not an isacir query-encoder config")
+        raw = read_config(directory, CONFIG_NAME, WEIGHTS_NAME, "isacir-query-encoder", "query-encoder checkpoint")
         return QueryEncoderConfig.from_dict(raw)
 
     @classmethod
@@ -244,15 +218,9 @@ class QueryEncoder(nn.Module):
         cls, directory: str | os.PathLike, foundation: Foundation | str | None = None, map_location: str = "cpu"
     ) -> QueryEncoder:
         """Load a folder written by :meth:`save_pretrained`; checks the foundation when given."""
-        from safetensors.torch import load_model
-
         config = cls.load_config(directory)
-        weights = Path(directory) / WEIGHTS_NAME
         model = cls(config, backbone_pretrained=False)
         if foundation is not None:
             model.check_foundation(foundation)
-        try:
-            missing, unexpected = load_model(model, str(weights), strict=True, device=map_location)
-        except Exception as exc:
-            raise CheckpointError(f"weights in {weights} do not match its config: {exc}") from None
+        load_weights(model, Path(directory) / WEIGHTS_NAME, map_location)
         return model.eval()
