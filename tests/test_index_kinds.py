@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from isacir.bench.search import make_data, make_queries
-from isacir.gallery import Gallery
-from isacir.gallery.gallery import GalleryError
+from isacir.gallery import Gallery, GalleryError
 from isacir.gallery.stores import StoreError, choose_index, recall_at_k, resolve_index_kind
 from isacir.search import Retriever
 

@@ -46,7 +46,7 @@ from ..data.imageio import load_image
 from ..edge.payload import PayloadError, decode_payload, encode_payload
 from ..errors import ImageDecodeError, IsacirError
 from ..feedback import FeedbackError, is_postgres_url, open_store
-from ..gallery.gallery import FILTER_FIELD, FILTER_MAX_FIELDS, FILTER_MAX_VALUES
+from ..gallery.items import FILTER_FIELD, FILTER_MAX_FIELDS, FILTER_MAX_VALUES
 from .batching import MicroBatcher
 from .keys import SCOPES, ApiKey, KeyFileError, KeyRing, retry_after_header
 from .lineup import (
