@@ -16,7 +16,7 @@ import pytest
 
 from isacir.bench.search import make_data
 from isacir.gallery import FaissStore, Gallery
-from isacir.gallery import stores as stores_module
+from isacir.gallery.stores import faiss_store as stores_module
 
 
 def _index_json(g: Gallery) -> dict:

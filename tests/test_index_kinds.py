@@ -124,7 +124,7 @@ def test_nprobe_is_tuned_on_the_real_queries_the_gallery_gets(tmp_path, openclip
     reaches its recall target on them (checked against brute force)."""
     import faiss
 
-    from isacir.gallery import stores
+    from isacir.gallery.stores import faiss_store as stores
 
     monkeypatch.setattr(stores, "EXACT_LIMIT", 1_000)
     g, ids, data = _gallery(tmp_path, openclip_fnd, 6_000, "auto")
