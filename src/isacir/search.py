@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import tarfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,8 +34,38 @@ if TYPE_CHECKING:
 MODES = ("isa", "image_plus_text", "image_only", "text_only")
 
 
+#: ``compose(retriever, prepared tokens, text) -> query vector``
+Composer = Callable[["Retriever", torch.Tensor, "str | Sequence[str]"], np.ndarray]
+
+
+def _compose_one(retriever: Retriever, tokens: torch.Tensor, text: str | Sequence[str]) -> np.ndarray:
+    return retriever.compose(tokens, [text])[0]
+
+
 class SearchError(IsacirError, ValueError):
     pass
+
+
+class UnknownReference(SearchError):
+    """A search names a reference gallery item that does not exist."""
+
+
+def exclusions(
+    gallery: Gallery, reference_id: int | None = None, reference_hash: str | None = None, exclude: Sequence[int] = ()
+) -> set[int]:
+    """What a search must not return: the reference itself (by gallery id, or by the content hash
+    of the reference photo) and its exact copies, plus ``exclude``. An unknown ``reference_id`` is
+    an :class:`UnknownReference`."""
+    out = set(exclude)
+    if reference_id is not None:
+        digest = gallery.hash_of(reference_id)
+        if digest is None:
+            raise UnknownReference(f"no gallery item {reference_id} (reference_id)")
+        out.add(reference_id)
+        reference_hash = reference_hash or digest
+    if reference_hash:
+        out.update(gallery.ids_with_hash(reference_hash))
+    return out
 
 
 def read_gallery_image(key: str):
@@ -222,6 +252,38 @@ class Retriever:
             return "itm"
         return "none" if self.gallery.store_is_exact else "exact"
 
+    def search_tokens(
+        self,
+        tokens: torch.Tensor,
+        text: str | Sequence[str] = "",
+        k: int = 10,
+        rerank: int = 0,
+        exclude: Sequence[int] = (),
+        where: dict | None = None,
+        compose: Composer | None = None,
+        note: Callable[[np.ndarray], None] | None = None,
+    ) -> tuple[list[Hit], str]:
+        """The one search pipeline for pseudo tokens, which the service and the command line share:
+        the adapter on the tokens, composition by the text tower, the zero-shot query for a guarded
+        adapter's top-1 guard, the gallery, then re-ranking. Returns the hits and the re-ranker
+        that ran (``none`` when ``rerank`` is 0).
+
+        ``compose(retriever, tokens, text)`` composes one query vector (the service batches
+        concurrent requests through it; default: one forward pass here); ``note(query)`` is told
+        each composed query (the service keeps real queries to tune the index on).
+        """
+        if k < 1:
+            raise SearchError("k must be >= 1")
+        compose = compose or _compose_one
+        prepared = self.prepare_tokens(tokens)
+        query = compose(self, prepared, text)
+        # a guarded adapter weighs its top-1 against the zero-shot query's (composed the same way)
+        anchor = compose(self.zero_shot, tokens, text) if self.zero_shot is not None else None
+        if note is not None:
+            note(query)
+        hits = self.search_vector(query, k, rerank, prepared, text, exclude, where, anchor=anchor)
+        return hits, self.reranker(True) if rerank else "none"
+
     def search(
         self,
         image: ImageSource | None = None,
@@ -233,20 +295,21 @@ class Retriever:
         exclude: Sequence[int] = (),
         where: dict | None = None,
     ) -> list[Hit]:
+        """Search with a reference image (or its tokens) and a modifier, in ``mode``; ``isa`` runs
+        :meth:`search_tokens`, the training-free modes compose from the large model's features."""
         if k < 1:
             raise SearchError("k must be >= 1")
-        anchor = None
-        if (
-            (mode or self.default_mode) == "isa"
-            and self.zero_shot is not None
-            and (image is not None or tokens is not None)
-        ):
+        if (mode or self.default_mode) == "isa" and (image is not None or tokens is not None):
             raw = tokens if tokens is not None else self.pseudo_tokens(image)
-            query, used_tokens = self.query_vector(None, text, raw, "isa")
-            anchor = self.zero_shot.compose(raw, [text])[0]
-        else:
-            query, used_tokens = self.query_vector(image, text, tokens, mode)
-        return self.search_vector(query, k, rerank, used_tokens, text, exclude, where, anchor=anchor)
+            return self.search_tokens(raw, text, k, rerank, exclude, where)[0]
+        query, used_tokens = self.query_vector(image, text, tokens, mode)
+        return self.search_vector(query, k, rerank, used_tokens, text, exclude, where)
+
+    def exclusions(
+        self, reference_id: int | None = None, reference_hash: str | None = None, exclude: Sequence[int] = ()
+    ) -> set[int]:
+        """:func:`exclusions` in this retriever's gallery."""
+        return exclusions(self.gallery, reference_id, reference_hash, exclude)
 
     def _hidden_states(self, hits: list[Hit]) -> torch.Tensor:
         """The candidates' vision hidden states, from the cache where it has them."""
