@@ -16,14 +16,14 @@ import torch.distributed as dist
 
 warnings.simplefilter("ignore")
 
-from isacir.training.losses import gcd_loss, gcd_loss_global  # noqa: E402
-from isacir.training.trainer import (  # noqa: E402
+from isacir.training.distributed import (  # noqa: E402
     DistInfo,
     TrainingError,
     _skip_batch,
     check_shared_filesystem,
     shutdown_distributed,
 )
+from isacir.training.losses import gcd_loss, gcd_loss_global  # noqa: E402
 
 out, split = sys.argv[1], [int(n) for n in sys.argv[2].split(",")]
 dist.init_process_group("gloo")

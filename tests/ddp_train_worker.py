@@ -9,7 +9,7 @@ warnings.simplefilter("ignore")
 
 from isacir.foundation import create_foundation  # noqa: E402
 from isacir.training import TrainConfig, train  # noqa: E402
-from isacir.training.trainer import shutdown_distributed  # noqa: E402
+from isacir.training.distributed import shutdown_distributed  # noqa: E402
 
 images, foundation, out = sys.argv[1:4]
 torch.set_num_threads(1)

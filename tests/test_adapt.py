@@ -12,7 +12,10 @@ from fastapi.testclient import TestClient
 from serve_helpers import build_service
 
 from isacir.adapt import AdaptSettings, adapt, domain_vocabulary
-from isacir.adapt import train as adapt_train
+from isacir.adapt import data as adapt_data
+from isacir.adapt import fit as adapt_fit
+from isacir.adapt import settings as adapt_settings
+from isacir.adapt import tuning as adapt_tuning
 from isacir.adapt.recipes import recipe_flags
 from isacir.adapter import AdapterMismatchError, QueryAdapter, new_adapter
 from isacir.edge.payload import decode_payload, encode_payload
@@ -119,7 +122,7 @@ def test_adapt_learns_synthetic_triplets_and_resumes_deterministically(service, 
     assert json.loads((folder / "report.json").read_text())["fingerprint"] == cfg["fingerprint"]
     loaded = QueryAdapter.from_pretrained(folder)
     assert loaded.fingerprint == report["fingerprint"] == cfg["fingerprint"]
-    assert not (folder / adapt_train.CHECKPOINT_NAME).exists()
+    assert not (folder / adapt_settings.CHECKPOINT_NAME).exists()
 
     # the served adapter answers the training queries as the report says
     retr = Retriever(state.gallery, state.foundation, state.query_encoder, adapter=loaded)
@@ -133,14 +136,14 @@ def test_adapt_learns_synthetic_triplets_and_resumes_deterministically(service, 
     assert np.mean(top1) == pytest.approx(after)
 
     # a run killed after step 20 resumes there and ends with the same weights as the straight run
-    real_save = adapt_train._save_checkpoint
+    real_save = adapt_fit._save_checkpoint
 
     def crash_after_20(path, st):
         real_save(path, st)
         if st["step"] == 20:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(adapt_train, "_save_checkpoint", crash_after_20)
+    monkeypatch.setattr(adapt_fit, "_save_checkpoint", crash_after_20)
     with pytest.raises(KeyboardInterrupt):
         adapt(
             state.gallery,
@@ -151,8 +154,8 @@ def test_adapt_learns_synthetic_triplets_and_resumes_deterministically(service, 
             settings,
             progress=False,
         )
-    monkeypatch.setattr(adapt_train, "_save_checkpoint", real_save)
-    assert torch.load(tmp_path / "b" / adapt_train.CHECKPOINT_NAME, weights_only=False)["step"] == 20
+    monkeypatch.setattr(adapt_fit, "_save_checkpoint", real_save)
+    assert torch.load(tmp_path / "b" / adapt_settings.CHECKPOINT_NAME, weights_only=False)["step"] == 20
     resumed = adapt(
         state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "b", settings, progress=False
     )
@@ -684,13 +687,13 @@ def test_adapt_tune_picks_the_best_promotable_pair_on_held_out_feedback(service,
     _, state, _ = service
     _synthetic_feedback(state, 40, seed=12)
     # a margin too wide to ever yield makes some pair promotable, so that a choice is always made
-    monkeypatch.setattr(adapt_train, "TUNE_MARGINS", (0.0, 0.02, 2.0))
+    monkeypatch.setattr(adapt_tuning, "TUNE_MARGINS", (0.0, 0.02, 2.0))
     settings = AdaptSettings(holdout=0.5, steps=30, lr=1e-2, batch_size=16, hidden=32, seed=4, tune=True)
     report = adapt(
         state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "t", settings, progress=False
     )
     tuning, held = report["tuning"], report["holdout"]
-    assert len(tuning["grid"]) == len(adapt_train.TUNE_INTERPOLATIONS) * 3
+    assert len(tuning["grid"]) == len(adapt_tuning.TUNE_INTERPOLATIONS) * 3
     before = tuning["before"]["hit@1"]
     assert before == held["before"]["hit@1"]
     eligible = [g for g in tuning["grid"] if g["hit@1"] >= before and (g["flip_rate"] or 0.0) <= 0.05]
@@ -795,7 +798,7 @@ def test_adapt_soup_is_the_soup_of_the_adapters_its_seeds_train(tmp_path, opencl
     assert report["counts"]["soup"] == 2 and saved.config.lora_rank == 4 and saved.config.hidden == 512
     # judged as it is served: the held-out numbers are the soup's own (its members share the split)
     report = run("judged", holdout=0.25, seed=3, soup=2)
-    data = adapt_train.load_feedback(
+    data = adapt_data.load_feedback(
         state.feedback,
         state.qe_fingerprint,
         state.query_encoder.num_tokens,
@@ -803,11 +806,11 @@ def test_adapt_soup_is_the_soup_of_the_adapters_its_seeds_train(tmp_path, opencl
         state.gallery,
         seed=3,
     )
-    compose = adapt_train.ComposedQueries(
+    compose = adapt_tuning.ComposedQueries(
         state.foundation, state.query_encoder.config.template, state.query_encoder.num_tokens
     )
     judged = QueryAdapter.from_pretrained(tmp_path / "judged")
-    after = adapt_train.feedback_metrics(compose, state.gallery, data.split(0.25, 3)[1], judged)[0]
+    after = adapt_tuning.feedback_metrics(compose, state.gallery, data.split(0.25, 3)[1], judged)[0]
     assert after == report["holdout"]["after"] and report["counts"]["holdout"] == 10
     with pytest.raises(Exception, match="--soup must be at least 1"):
         AdaptSettings(soup=0).check()

@@ -13,8 +13,11 @@ from serve_helpers import build_service
 from test_adapt import _synthetic_feedback
 
 from isacir.adapt import AdaptSettings
-from isacir.adapt import train as T
+from isacir.adapt import fit as adapt_fit
+from isacir.adapt import settings as adapt_settings
+from isacir.adapt import tuning as adapt_tuning
 from isacir.adapt.data import FeedbackExample, load_feedback
+from isacir.adapter import guard as adapt_guard
 from isacir.adapter import new_adapter
 from isacir.errors import ConfigError
 
@@ -54,29 +57,31 @@ def test_a_duplicate_of_the_positive_answers_for_it(twin_service):
     query answered with either copy counts, whichever the operator happened to name."""
     state, orig, copy = twin_service
     ids, vecs = state.gallery.vectors([orig, copy])
-    assert float(vecs[0] @ vecs[1]) >= T.DUPLICATE_COSINE  # the copies are one picture to the system
+    assert float(vecs[0] @ vecs[1]) >= adapt_settings.DUPLICATE_COSINE  # the copies are one picture to the system
     hits = state.gallery.search(vecs[:1], 3)[0]
     assert {hits[0].id, hits[1].id} == {orig, copy}
     examples = [_example(orig, query_id="a"), _example(copy, query_id="b")]
-    metrics, top1 = T.feedback_metrics(_FixedQueries(vecs[0]), state.gallery, examples, None)
+    metrics, top1 = adapt_tuning.feedback_metrics(_FixedQueries(vecs[0]), state.gallery, examples, None)
     assert top1.tolist() == [True, True] and metrics["hit@1"] == 1.0
     # another item is never a duplicate, even when it ranks first
     other = hits[2].id
-    assert T._duplicates(state.gallery, [hits], [_example(other)]) == [{other}]
-    assert T._duplicates(state.gallery, [hits], [_example(orig)]) == [{orig, copy}]
+    assert adapt_tuning._duplicates(state.gallery, [hits], [_example(other)]) == [{other}]
+    assert adapt_tuning._duplicates(state.gallery, [hits], [_example(orig)]) == [{orig, copy}]
 
 
 def test_a_duplicate_of_the_positive_is_not_its_negative(twin_service):
     """The contrastive loss equals a cross-entropy computed by hand without the twin's column."""
     state, orig, copy = twin_service
     gid, gvec = state.gallery.vectors()
-    bank = T.Bank(gid, gvec)
+    bank = adapt_fit.Bank(gid, gvec)
     query = gvec[bank.row[orig]] * 0.6 + gvec[(bank.row[orig] + 1) % len(gid)] * 0.4
     query = query / np.linalg.norm(query)
     settings = AdaptSettings(temperature=0.1)
     everything = torch.arange(len(gid))
-    view = T.PreviousView(None, [[]], torch.zeros(1))
-    loss = T._contrastive_loss(_FixedQueries(query), None, [_example(orig)], bank, everything, settings, view, [0])
+    view = adapt_fit.PreviousView(None, [[]], torch.zeros(1))
+    loss = adapt_fit._contrastive_loss(
+        _FixedQueries(query), None, [_example(orig)], bank, everything, settings, view, [0]
+    )
     # the oracle: softmax over every gallery item except the twin, the positive's share
     keep = [r for r in range(len(gid)) if int(gid[r]) != copy]
     logits = gvec[keep] @ query / 0.1
@@ -94,9 +99,9 @@ def test_previous_view_matches_a_brute_force_ranking(tmp_path, openclip_fnd):
     fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
     _synthetic_feedback(state, 30, seed=21, replay=0)
     data = load_feedback(state.feedback, qe.fingerprint, qe.num_tokens, fnd.word_dim, gallery)
-    compose = T.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    compose = adapt_tuning.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
     settings = AdaptSettings(hard_negatives=4)
-    view = T._previous_view(compose, gallery, data.triplets, None, settings)
+    view = adapt_fit._previous_view(compose, gallery, data.triplets, None, settings)
     gid, gvec = gallery.vectors()
     scores = compose.many(data.triplets, None).numpy() @ gvec.T
     order = np.argsort(-scores, axis=1)
@@ -104,7 +109,7 @@ def test_previous_view_matches_a_brute_force_ranking(tmp_path, openclip_fnd):
     want_right = [float(int(gid[row[0]]) == e.positive) for row, e in zip(order, data.triplets, strict=True)]
     assert view.right.tolist() == want_right
     # off: nothing is computed
-    off = T._previous_view(compose, gallery, data.triplets, None, AdaptSettings())
+    off = adapt_fit._previous_view(compose, gallery, data.triplets, None, AdaptSettings())
     assert off.queries is None and off.top == [[] for _ in data.triplets]
 
 
@@ -115,18 +120,18 @@ def test_focal_distillation_is_a_weighted_kl_toward_the_previous_version(tmp_pat
     _synthetic_feedback(state, 20, seed=22, replay=0)
     data = load_feedback(state.feedback, qe.fingerprint, qe.num_tokens, fnd.word_dim, gallery)
     train = data.triplets
-    compose = T.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    compose = adapt_tuning.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
     gid, gvec = gallery.vectors()
-    bank = T.Bank(gid, gvec)
+    bank = adapt_fit.Bank(gid, gvec)
     plain = AdaptSettings(temperature=0.05, hard_negatives=3)
     focal = replace(plain, focal_weight=4.0, focal_base=0.5)
-    view = T._previous_view(compose, gallery, train, None, focal)
+    view = adapt_fit._previous_view(compose, gallery, train, None, focal)
     picked = list(range(len(train)))
     adapter = new_adapter(fnd, qe.fingerprint, qe.num_tokens, qe.config.template, [], [], 32, seed=0)
     extra = torch.arange(len(gid))
 
     def loss(settings, ad):
-        return float(T._contrastive_loss(compose, ad, train, bank, extra, settings, view, picked))
+        return float(adapt_fit._contrastive_loss(compose, ad, train, bank, extra, settings, view, picked))
 
     with torch.no_grad():
         assert loss(focal, adapter) == pytest.approx(loss(plain, adapter), abs=1e-5)
@@ -188,7 +193,7 @@ def test_refit_trains_the_tuned_recipe_again_on_every_query_and_resumes(tmp_path
 
     _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
     made = _synthetic_feedback(state, 40, seed=21)
-    monkeypatch.setattr(T, "TUNE_MARGINS", (0.0, 0.02, 2.0))  # a pair that never yields: always a choice
+    monkeypatch.setattr(adapt_tuning, "TUNE_MARGINS", (0.0, 0.02, 2.0))  # a pair that never yields: always a choice
     args = (state.gallery, state.foundation, state.query_encoder, state.feedback)
     base = AdaptSettings(holdout=0.25, steps=30, lr=1e-2, batch_size=16, hidden=32, seed=2, tune=True, save_every=5)
     judged = adapt(*args, tmp_path / "judged", base, progress=False)
@@ -213,21 +218,23 @@ def test_refit_trains_the_tuned_recipe_again_on_every_query_and_resumes(tmp_path
     assert oracle.config.vocab_words == refit.config.vocab_words
 
     # killed at the refit's 10th step: the rerun skips the judged run (done) and resumes the refit
-    real_save, seen = T._save_checkpoint, []
+    real_save, seen = adapt_fit._save_checkpoint, []
 
     def crash_in_refit(path, st):
         real_save(path, st)
         seen.append((path.name, st["step"]))
-        if path.name == T.REFIT_CHECKPOINT_NAME and st["step"] == 10:
+        if path.name == adapt_settings.REFIT_CHECKPOINT_NAME and st["step"] == 10:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(T, "_save_checkpoint", crash_in_refit)
+    monkeypatch.setattr(adapt_fit, "_save_checkpoint", crash_in_refit)
     with pytest.raises(KeyboardInterrupt):
         adapt(*args, tmp_path / "killed", replace(base, refit=True), progress=False)
-    assert (tmp_path / "killed" / T.CHECKPOINT_NAME).is_file()
+    assert (tmp_path / "killed" / adapt_settings.CHECKPOINT_NAME).is_file()
     seen.clear()
     resumed = adapt(*args, tmp_path / "killed", replace(base, refit=True), progress=False)
-    assert seen[0] == (T.REFIT_CHECKPOINT_NAME, 15) and all(name == T.REFIT_CHECKPOINT_NAME for name, _ in seen)
+    assert seen[0] == (adapt_settings.REFIT_CHECKPOINT_NAME, 15) and all(
+        name == adapt_settings.REFIT_CHECKPOINT_NAME for name, _ in seen
+    )
     assert resumed["fingerprint"] == report["fingerprint"]
     assert not any(p.name.startswith(".adapt-") for p in (tmp_path / "killed").iterdir())
 
@@ -247,8 +254,8 @@ def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, op
     _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
     _synthetic_feedback(state, 31, seed=23)
     # the folds weigh their own, finer grid; a pair that never yields makes a choice always possible
-    monkeypatch.setattr(T, "FOLD_TUNE_MARGINS", (0.0, 0.01, 0.02, 2.0))
-    monkeypatch.setattr(T, "TUNE_MARGINS", (0.0, 2.0))  # the held-out fifth's: unused with folds
+    monkeypatch.setattr(adapt_tuning, "FOLD_TUNE_MARGINS", (0.0, 0.01, 0.02, 2.0))
+    monkeypatch.setattr(adapt_tuning, "TUNE_MARGINS", (0.0, 2.0))  # the held-out fifth's: unused with folds
     fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
     args = (gallery, fnd, qe, state.feedback)
     base = AdaptSettings(steps=20, lr=1e-2, batch_size=16, hidden=32, seed=3, tune=True, folds=3, save_every=5)
@@ -264,8 +271,8 @@ def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, op
     assert report["counts"]["holdout"] == report["counts"]["train"] == 31 and report["counts"]["folds"] == 3
 
     # the pooled "before" is zero-shot over every query: one evaluation of all of them agrees
-    compose = T.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
-    zero_shot, top1 = T.feedback_metrics(compose, gallery, data.triplets, None)
+    compose = adapt_tuning.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    zero_shot, top1 = adapt_tuning.feedback_metrics(compose, gallery, data.triplets, None)
     held = report["holdout"]
     assert held["before"]["hit@1"] == pytest.approx(zero_shot["hit@1"])
     assert held["before"]["hit@10"] == pytest.approx(zero_shot["hit@10"])
@@ -276,7 +283,7 @@ def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, op
     assert len(grid) == 4 * 4 and sorted({g["guard_margin"] for g in grid}) == [0.0, 0.01, 0.02, 2.0]
     for g in grid:
         assert round(g["hit@1"] * 31) == right - g["flips"] + g["gained"]
-    ok = [g for g in grid if g["hit@1"] >= zero_shot["hit@1"] and (g["flip_rate"] or 0.0) <= T.MAX_FLIP_RATE]
+    ok = [g for g in grid if g["hit@1"] >= zero_shot["hit@1"] and (g["flip_rate"] or 0.0) <= adapt_guard.MAX_FLIP_RATE]
     best = max(ok, key=lambda g: (g["hit@1"], -(g["flip_rate"] or 0.0), g["hit@10"]))
     assert report["tuning"]["chosen"] == best
     assert (held["after"]["hit@1"], held["flips"]) == (best["hit@1"], best["flips"])
@@ -290,21 +297,21 @@ def test_folds_hold_out_every_query_once_pool_the_counts_and_resume(tmp_path, op
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
     # killed in the second fold: the rerun finds the first fold done and resumes the second
-    real_save, seen = T._save_checkpoint, []
+    real_save, seen = adapt_fit._save_checkpoint, []
 
     def crash_in_fold(path, st):
         real_save(path, st)
         seen.append((path.name, st["step"]))
-        if path.name == T.FOLD_CHECKPOINT_NAME.format(1) and st["step"] == 10:
+        if path.name == adapt_settings.FOLD_CHECKPOINT_NAME.format(1) and st["step"] == 10:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(T, "_save_checkpoint", crash_in_fold)
+    monkeypatch.setattr(adapt_fit, "_save_checkpoint", crash_in_fold)
     with pytest.raises(KeyboardInterrupt):
         adapt(*args, tmp_path / "killed", base, progress=False)
     seen.clear()
     resumed = adapt(*args, tmp_path / "killed", base, progress=False)
-    assert seen[0] == (T.FOLD_CHECKPOINT_NAME.format(1), 15)
-    assert T.FOLD_CHECKPOINT_NAME.format(0) not in {name for name, _ in seen}
+    assert seen[0] == (adapt_settings.FOLD_CHECKPOINT_NAME.format(1), 15)
+    assert adapt_settings.FOLD_CHECKPOINT_NAME.format(0) not in {name for name, _ in seen}
     assert resumed["fingerprint"] == report["fingerprint"] and resumed["holdout"] == report["holdout"]
     assert not any(p.name.startswith(".adapt-") for p in (tmp_path / "killed").iterdir())
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from isacir.adapt import train as adapt_train
+from isacir.adapt import tuning as adapt_tuning
 from isacir_lab.shapes.feedback_goals import paired_counts, verdict_intervals
 from isacir_lab.shapes.phrasing import known_phrasings_copy, parse_modifier, rephrase
 from isacir_lab.shapes.pilot import LEFT_OUT, PILOT_PHRASINGS, PilotConfig, generate_pilot, load_pilot
@@ -206,7 +206,7 @@ def test_bench_feedback_on_the_small_bench(small_loop):
         )
     # the grid the folds weighed is recorded whole, on the folds' own margins, the chosen pair in it
     weighed = [(g["interpolation"], g["guard_margin"]) for g in cv["grid"]]
-    assert sorted(weighed) == sorted(adapt_train._tune_pairs(folds=True)) and len(set(weighed)) == len(weighed)
+    assert sorted(weighed) == sorted(adapt_tuning._tune_pairs(folds=True)) and len(set(weighed)) == len(weighed)
     assert cv["held_out"] is None or cv["held_out"] in cv["grid"]
     cv_report = json.loads(next((out / "feedback").glob("seed0-*/adapter-folds/report.json")).read_text())
     assert cv_report["tuning"]["grid"] == cv["grid"]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .adapter.guard import MAX_FLIP_RATE
 from .errors import IsacirError
 from .ledger import Ledger, check_name, event
 
@@ -41,8 +42,6 @@ TRANSITIONS = {
     "deprecated": {"active", "canary", "retired"},
     "retired": set(),
 }
-#: the most a version may flip held-out queries whose answer was right before (its top 1 lost)
-MAX_FLIP_RATE = 0.05
 
 
 class RegistryError(IsacirError):

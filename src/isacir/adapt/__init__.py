@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .data import FeedbackData, FeedbackExample, domain_vocabulary, load_feedback
+    from .settings import AdaptSettings
     from .soup import soup
-    from .train import AdaptSettings, ComposedQueries, adapt, feedback_metrics, tune_adapter, tune_serving
+    from .train import adapt
+    from .tuning import ComposedQueries, feedback_metrics, tune_adapter, tune_serving
 
 _EXPORTS = {
     "FeedbackData": ".data",
@@ -22,12 +24,12 @@ _EXPORTS = {
     "domain_vocabulary": ".data",
     "load_feedback": ".data",
     "soup": ".soup",
-    "AdaptSettings": ".train",
-    "ComposedQueries": ".train",
+    "AdaptSettings": ".settings",
+    "ComposedQueries": ".tuning",
     "adapt": ".train",
-    "feedback_metrics": ".train",
-    "tune_adapter": ".train",
-    "tune_serving": ".train",
+    "feedback_metrics": ".tuning",
+    "tune_adapter": ".tuning",
+    "tune_serving": ".tuning",
 }
 
 __all__ = [

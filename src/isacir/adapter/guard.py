@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+#: the most held-out queries an adapter (or any new version) may flip: their right top-1 lost.
+#: The adapter report and the registry's quality gate both hold versions to it.
+MAX_FLIP_RATE = 0.05
+
 
 def guard_top1(
     ranked: Sequence[T],

@@ -13,7 +13,7 @@ from ._app import FEEDBACK_DB_HELP, app, emit_json, err
 @app.command("adapt")
 def adapt_cmd(
     gallery: Path = typer.Option(..., help="The served gallery (positives' vectors are read from it)."),
-    feedback: str = typer.Option(..., help=FEEDBACK_DB_HELP),
+    feedback: str = typer.Option(..., "--feedback-db", "--feedback", help=FEEDBACK_DB_HELP),
     query_encoder: Path = typer.Option(..., help="The served query encoder: only its logged tokens are used."),
     out: Path = typer.Option(..., help="Adapter folder to write (config, weights, fingerprint, report)."),
     foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),
@@ -180,6 +180,6 @@ def adapt_cmd(
         err.print(
             "hint: --tune lets the held-out feedback choose an interpolation and top-1 guard that keep the "
             f"flips within 5 %; the recipe measured best on Shapes-CIR is {recipe_flags()} "
-            "(docs/operations/learning.md, Where it stands)"
+            "(docs/operations/learning.md, What to expect)"
         )
     emit_json(report)

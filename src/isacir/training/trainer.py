@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime
-import gc
 import json
 import math
 import os
 import random
-import shutil
-import socket
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,13 +28,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import ImageRecord, discover_images
 from ..data.imageio import load_image
-from ..errors import ImageDecodeError, IsacirError
+from ..errors import ImageDecodeError
 from ..query import QueryEncoder
 from ..query.encoder import setting_problems
 from ..query.methods import get_method
 from .augment import POLICIES, query_transform
 from .cache import TeacherCache, hash_records
+from .checkpoints import STATE_NAME, _save_checkpoint, _set_rng_state, latest_checkpoint
 from .config import TrainConfig
+from .distributed import (
+    DistInfo,
+    TrainingError,
+    _average_buffers,
+    _barrier,
+    _skip_batch,
+    check_shared_filesystem,
+    epoch_order,
+    init_distributed,
+)
 from .losses import (
     Temperature,
     gcd_loss,
@@ -48,19 +53,13 @@ from .losses import (
     hardest_negatives,
     lar_itm_loss,
     lar_patch_loss,
-    row_counts,
     word_prior_loss,
 )
 
 if TYPE_CHECKING:
     from ..foundation import Foundation
 
-STATE_NAME = "trainer_state.pt"
 TRAIN_CONFIG_NAME = "train_config.json"
-
-
-class TrainingError(IsacirError):
-    pass
 
 
 def check_settings(config: TrainConfig, foundation: Foundation | None = None) -> None:
@@ -96,121 +95,6 @@ def _check_resumed_architecture(
             f"cannot {verb} {ckpt}: it was trained with {', '.join(diff)}. "
             "Match its settings, or train into a new --out."
         )
-
-
-# ----- distributed helpers ------------------------------------------------------------------------
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        # generous timeout: ranks wait for each other around the teacher-cache build
-        dist.init_process_group(
-            backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=4)
-        )
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(info.local_rank)
-    return info
-
-
-def shutdown_distributed() -> None:
-    """Leave the process group so that the process exits cleanly.
-
-    A DistributedDataParallel wrapper sits in a reference cycle and keeps the backend's process
-    group alive after ``destroy_process_group``; if the collector first frees it while the
-    interpreter is finalising, gloo's threads are torn down unjoined and the process aborts
-    ("terminate called without an active exception") after its work is done. Collecting first
-    frees the group while the interpreter is whole; the barrier lets no rank leave while another
-    still talks to it.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
-    gc.collect()
-
-
-def _barrier(info: DistInfo) -> None:
-    if info.world > 1:
-        dist.barrier()
-
-
-def _skip_batch(n: int, info: DistInfo, device: torch.device) -> bool:
-    """Whether every rank skips this step: decided together, so no rank waits alone at the sync.
-
-    Skipped when some rank has no usable image left in its batch or the global batch has fewer
-    than two (a contrastive loss needs a negative). A rank with one image still takes part: the
-    global batch gives it negatives.
-    """
-    if info.world <= 1:
-        return n < 2
-    counts = row_counts(n, device)
-    return min(counts) == 0 or sum(counts) < 2
-
-
-def check_shared_filesystem(folders: Sequence[Path], info: DistInfo) -> None:
-    """Every rank must see what rank 0 writes: the teacher cache and the manifests live there.
-
-    Rank 0 writes a token into each folder; every rank reads it back; a rank on another machine
-    without a shared filesystem fails here with the folder and host named, not hours later.
-    """
-    if info.world <= 1:
-        return
-    token = uuid.uuid4().hex if info.main else ""
-    box = [token]
-    dist.broadcast_object_list(box, src=0)
-    token = box[0]
-    if info.main:
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f".isacir-shared-{token}").write_text(token)
-    dist.barrier()
-    missing = [
-        str(folder)
-        for folder in folders
-        if not (folder / f".isacir-shared-{token}").is_file()
-        or (folder / f".isacir-shared-{token}").read_text() != token
-    ]
-    report: list = [None] * info.world
-    dist.all_gather_object(report, (socket.gethostname(), missing))
-    dist.barrier()
-    if info.main:
-        for folder in folders:
-            (folder / f".isacir-shared-{token}").unlink(missing_ok=True)
-    bad = [(r, host, m) for r, (host, m) in enumerate(report) if m]
-    if bad:
-        detail = "; ".join(f"rank {r} on {host} cannot see {', '.join(m)}" for r, host, m in bad)
-        raise TrainingError(
-            "distributed training needs a filesystem shared by every rank for the output folder and the "
-            f"teacher cache (rank 0 runs on {report[0][0]}): {detail}. Put --out and --cache-dir on shared "
-            "storage (NFS, Lustre, a mounted bucket)."
-        )
-
-
-def _average_buffers(module: nn.Module, info: DistInfo) -> None:
-    """Average float buffers (BatchNorm running stats) across ranks so every rank holds the same model.
-
-    DDP keeps parameters in lockstep but each rank updates running statistics on its own shard.
-    """
-    if info.world <= 1:
-        return
-    for buf in module.buffers():
-        if buf.is_floating_point():
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-            buf.div_(info.world)
 
 
 # ----- data ---------------------------------------------------------------------------------------
@@ -261,15 +145,6 @@ def _collate(batch):
     return idx, pixels, teacher, len(batch) - len(good)
 
 
-def epoch_order(n: int, seed: int, epoch: int, info: DistInfo, batch_size: int) -> list[int]:
-    """This rank's indices for ``epoch``: a seeded permutation, sharded, cut to whole batches."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    shard = perm[info.rank :: info.world]
-    usable = (n // info.world // batch_size) * batch_size
-    return shard[:usable]
-
-
 # ----- the module DDP wraps -----------------------------------------------------------------------
 class TrainModule(nn.Module):
     """Query encoder + temperature; computes the whole loss so DDP sees one forward."""
@@ -318,53 +193,6 @@ def _lr_lambda(warmup: int, total: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn
-
-
-# ----- checkpoints --------------------------------------------------------------------------------
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    ckpts = sorted((out_dir / "checkpoints").glob("step-*"))
-    ckpts = [c for c in ckpts if (c / STATE_NAME).is_file() and (c / "model.safetensors").is_file()]
-    return ckpts[-1] if ckpts else None
-
-
-def _save_checkpoint(out_dir: Path, step: int, module: TrainModule, optimizer, scheduler, position: dict, keep: int):
-    root = out_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
-        module.encoder.save_pretrained(tmp)
-        torch.save(
-            {
-                "step": step,
-                "position": position,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "temperature": module.temperature.state_dict(),
-                "rng": _rng_state(),
-            },
-            tmp / STATE_NAME,
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = sorted(root.glob("step-*"))[:-keep] if keep > 0 else []
-    for o in old:
-        shutil.rmtree(o, ignore_errors=True)
-    return final
 
 
 # ----- the training run ---------------------------------------------------------------------------

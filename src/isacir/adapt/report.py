@@ -1,0 +1,101 @@
+"""What an adapter's report says: held-out gains with intervals, flips, and whether it may be promoted."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from ..adapter import QueryAdapter
+from ..adapter.guard import MAX_FLIP_RATE, flip_rate
+from ..intervals import gain_interval, wilson
+from .data import FeedbackData, FeedbackExample
+from .settings import AdaptSettings
+from .tuning import ComposedQueries, feedback_metrics
+
+if TYPE_CHECKING:
+    from ..gallery import Gallery
+
+
+def _judgement(
+    held_before: dict[str, Any],
+    held_after: dict[str, Any],
+    lost: int,
+    had: int,
+    gained: int,
+    previous: QueryAdapter | None,
+) -> dict[str, Any]:
+    """The report's verdict and its held-out block, from the held-out counts: ``had`` queries right
+    at rank 1 before, ``lost`` of them no longer, ``gained`` right only after."""
+    rate = lost / had if had else None
+    reasons = _reasons(held_before, held_after, rate)
+    return {
+        "promotable": not reasons,
+        "reasons": reasons,
+        "before": "previous adapter " + previous.fingerprint if previous is not None else "zero-shot (no adapter)",
+        "holdout": {
+            "before": held_before,
+            "after": held_after,
+            "flip_rate": rate,
+            "flips": lost,
+            "top1_before": had,
+            "gained": gained,
+            "intervals": _held_out_intervals(gained, lost, had, held_after["n"]),
+        },
+    }
+
+
+def _reasons(held_before: dict[str, Any], held_after: dict[str, Any], rate: float | None) -> list[str]:
+    """Why an adapter may not be promoted, from its held-out numbers (none: it may)."""
+    if not held_after["n"]:
+        return ["no held-out feedback to judge it by (raise --holdout or gather more feedback)"]
+    reasons = []
+    if held_after["hit@1"] < held_before["hit@1"]:
+        reasons.append(f"held-out hit@1 dropped ({held_before['hit@1']:.3f} -> {held_after['hit@1']:.3f})")
+    if rate is not None and rate > MAX_FLIP_RATE:
+        reasons.append(f"held-out flip rate {rate:.3f} exceeds {MAX_FLIP_RATE:.2f}")
+    return reasons
+
+
+def _held_out_intervals(gained: int, lost: int, had: int, n: int) -> dict[str, list[float] | None]:
+    """95 % intervals of the held-out hit@1 change and flip rate: a few dozen held-out queries
+    decide promotability, and these say how far their sampling alone could move the verdict."""
+    return {
+        "hit@1_change": list(gain_interval(gained, lost, n)) if n else None,
+        "flip_rate": list(wilson(lost, had) or ()) or None,
+    }
+
+
+def _report(
+    compose: ComposedQueries,
+    gallery: Gallery,
+    train: list[FeedbackExample],
+    held: list[FeedbackExample],
+    adapter: QueryAdapter,
+    previous: QueryAdapter | None,
+    data: FeedbackData,
+    settings: AdaptSettings,
+    losses: list[float],
+) -> dict[str, Any]:
+    held_before, top1_before = feedback_metrics(compose, gallery, held, previous)
+    held_after, top1_after = feedback_metrics(compose, gallery, held, adapter)
+    train_before, _ = feedback_metrics(compose, gallery, train, previous)
+    train_after, _ = feedback_metrics(compose, gallery, train, adapter)
+    _, lost, had = flip_rate(top1_before, top1_after)
+    gained = int((top1_after & ~top1_before).sum())
+    return {
+        **_judgement(held_before, held_after, lost, had, gained, previous),
+        "train": {"before": train_before, "after": train_after},
+        "counts": {
+            "train": len(train),
+            "holdout": len(held),
+            "replay": len(data.replay),
+            "vocab_rows": len(adapter.config.vocab_ids),
+            "lora_layers": len(adapter.config.lora_targets),
+            "lora_attention": len(adapter.config.lora_attention),
+            "query_head": adapter.config.query_head,
+            "soup": settings.soup,
+            "skipped": dict(data.skipped),
+        },
+        "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
+        "settings": asdict(settings),
+    }
