@@ -278,3 +278,23 @@ def test_a_one_minute_soak_has_no_server_error_and_flat_memory():
     for name, rate in res["rates_per_s"].items():
         assert res["requests"][name] >= 0.5 * rate * 60, (name, res["requests"])
     assert res["status"]["delete"].get("200", 0) >= 20 and res["status"]["upload"].get("200", 0) >= 50
+
+
+def test_serve_on_a_busy_port_says_so_before_loading_anything(tmp_path):
+    """One line and exit 2 at once, not minutes of model loading and then the web server's error."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run("serve", "--gallery", str(tmp_path / "no-gallery-needed"), "--port", str(port), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr and "Traceback" not in proc.stderr
+    assert "serving" not in proc.stderr
+
+
+def test_on_off_flags_show_no_value_placeholder_in_help():
+    """A flag takes no value, so its help shows none; options that take one keep their type."""
+    shown = run("keys", "ls", "--help").stdout
+    assert "--json" in shown and "<bool>" not in shown and "<path>" in shown

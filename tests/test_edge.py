@@ -131,6 +131,11 @@ def test_cli_export_and_encode(tmp_path, openclip_fnd):
         ).stdout.splitlines()[-1]
     )
     assert cfg["files"] == {"fp32": "model.onnx"}
+    # what ships and what a service account loads is readable as a plain mkdir would be, not 0700
+    (tmp_path / "plain").mkdir()
+    plain = (tmp_path / "plain").stat().st_mode & 0o777
+    assert (tmp_path / "edge").stat().st_mode & 0o777 == plain
+    assert (tmp_path / "qe").stat().st_mode & 0o777 == plain
     res = run(
         "edge-encode",
         "--edge",

@@ -340,6 +340,13 @@ def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
     assert len(hits) == 3 and set(hits[0]) == {"id", "path", "score", "metadata"}
     assert hits[0]["metadata"] == {"source": "test"}
     assert "image_plus_text fallback" in res.stderr
+    # the reference photo is in the gallery: as in POST /v1/search it is no answer, unless kept
+    every = ["search", "--gallery", str(gal), "--image", str(folder / "img002.png"), "--text", "is red", "-k", "8"]
+    left_out = json.loads(run(*every, "--json").stdout.strip().splitlines()[-1])
+    kept = json.loads(run(*every, "--keep-copies", "--json").stdout.strip().splitlines()[-1])
+    reference = str((folder / "img002.png").resolve())
+    assert len(left_out) == 7 and reference not in {h["path"] for h in left_out}
+    assert len(kept) == 8 and reference in {h["path"] for h in kept}
     victim = str(hits[0]["id"])
     run("gallery", "rm", victim, "--gallery", str(gal))
     info = json.loads(run("gallery", "info", str(gal)).stdout.strip().splitlines()[-1])

@@ -163,6 +163,8 @@ def test_cli_flow_and_json(tmp_path, encoders):
     runner = CliRunner()
     gal = tmp_path / "gallery"
     gal.mkdir()
+    r = runner.invoke(cli, ["models", "promote", "v1", "--to", "active", "--gallery", str(gal)])
+    assert r.exit_code != 0 and not (gal / "models").exists()  # a refused first change leaves no folder
     r = runner.invoke(
         cli, ["models", "add", "--gallery", str(gal), "--version", "v1", "--query-encoder", str(encoders["a"][0])]
     )

@@ -50,3 +50,30 @@ def fsync_dir(folder: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask alone must set
+    it to read it, which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(final: Path) -> Path:
+    """A fresh folder beside ``final`` to build it in, then swap in with :func:`replace_dir`.
+
+    ``tempfile.mkdtemp`` makes it private (0700), right for a temp folder but wrong for what it
+    becomes: an edge package or a model folder is meant to be read by other users (a service
+    account, a web server, devices). So it gets the mode a plain ``mkdir`` would give."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._fs import replace_dir
+from ._fs import make_temp_dir, replace_dir
 from .errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ def save_folder(
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = make_temp_dir(directory)
     try:
         save_model(model, str(tmp / weights_name))
         for name, content in files.items():

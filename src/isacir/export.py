@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._fs import replace_dir
+from ._fs import make_temp_dir, replace_dir
 from .errors import IsacirError
 from .query import QueryEncoder
 
@@ -143,7 +142,7 @@ def export_edge(
     size = qe.config.preprocess.image_size
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         model_path = tmp / "model.onnx"
         torch.onnx.export(

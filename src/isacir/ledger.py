@@ -69,12 +69,22 @@ class Ledger:
     def writing(self) -> Iterator[dict[str, Any]]:
         """The state under the lock; what the block leaves in the dict is written atomically (an
         exception inside the block writes nothing)."""
-        self.lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self.read()
-            yield data
-            atomic_write_text(self.path, json.dumps(data, indent=2) + "\n")
+        folder = self.lock.parent
+        created = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(self.lock, "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                data = self.read()
+                yield data
+                atomic_write_text(self.path, json.dumps(data, indent=2) + "\n")
+        except BaseException:
+            if created:  # a refused first change leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    if [p.name for p in folder.iterdir()] == [self.lock.name]:
+                        self.lock.unlink()
+                        folder.rmdir()
+            raise
 
     def stamp(self) -> tuple[int, int, int] | None:
         """What changes whenever the state file is replaced (every write replaces it)."""

@@ -10,6 +10,24 @@ from rich.console import Console
 
 from .._version import __version__
 
+
+def _flags_show_no_placeholder() -> None:
+    """On/off flags take no value, so their help shows none. typer 0.29 prints ``<bool>`` after
+    them, which reads as if the flag wanted one; this restores click's own rendering for flags
+    only (every other option keeps typer's type column)."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_isacir_flags", False):
+        return
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+    display_type_rich._isacir_flags = True  # type: ignore[attr-defined]
+    option.display_type_rich = display_type_rich  # type: ignore[union-attr]
+
+
+_flags_show_no_placeholder()
 app = typer.Typer(help="Asymmetric zero-shot composed image retrieval (ISA).", no_args_is_help=True)
 foundation_app = typer.Typer(help="Inspect large vision-language foundations.", no_args_is_help=True)
 qe_app = typer.Typer(help="Create and inspect query encoders (the light, on-device side).", no_args_is_help=True)
@@ -28,7 +46,10 @@ app.add_typer(models_app, name="models")
 
 err = Console(stderr=True)
 DEVICE_HELP = "Where the large model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
-FEEDBACK_DB_HELP = "The feedback database: a SQLite file (GALLERY/feedback.sqlite by default) or a postgresql:// URL."
+FEEDBACK_DB_HELP = (
+    "The query log and feedback: a SQLite file (the service keeps it at GALLERY/feedback.sqlite) or a "
+    "postgresql:// URL."
+)
 out = Console()
 
 

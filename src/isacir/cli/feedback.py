@@ -31,7 +31,7 @@ def open_feedback_db(db: str | Path) -> FeedbackStore:
 
 @feedback_app.command("export")
 def export_cmd(
-    db: str = typer.Option(..., help=FEEDBACK_DB_HELP),
+    db: str = typer.Option(..., "--feedback-db", "--db", help=FEEDBACK_DB_HELP),
     out_file: Path = typer.Option(..., "--out", help="JSON Lines file to write, one line per learnable query."),
 ) -> None:
     """One line per query with a positive (confirmed or corrected): tokens, text, positive, rejected ids."""
@@ -44,7 +44,7 @@ def export_cmd(
 
 @feedback_app.command("prune")
 def prune_cmd(
-    db: str = typer.Option(..., help=FEEDBACK_DB_HELP),
+    db: str = typer.Option(..., "--feedback-db", "--db", help=FEEDBACK_DB_HELP),
     older_than_days: float = typer.Option(..., help="Drop tokens of queries older than this with no verdict."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be dropped."),
 ) -> None:
@@ -59,7 +59,7 @@ def prune_cmd(
 
 @feedback_app.command("stats")
 def stats_cmd(
-    db: str = typer.Option(..., help=FEEDBACK_DB_HELP),
+    db: str = typer.Option(..., "--feedback-db", "--db", help=FEEDBACK_DB_HELP),
 ) -> None:
     """Counts of logged queries and of each verdict."""
     emit_json(open_feedback_db(db).counts())

@@ -392,10 +392,18 @@ def search_cmd(
         help='Only items whose metadata passes: a JSON object, e.g. \'{"category": "shoes"}\' '
         'or \'{"category": ["shoes", "bags"]}\' (fields are ANDed).',
     ),
+    keep_copies: bool = typer.Option(
+        False,
+        "--keep-copies/--no-keep-copies",
+        help="Also return gallery items identical to the reference image (left out by default, as the service does).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Last stdout line: JSON list of hits."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
-    """Composed search: reference image + modifier text -> top-K gallery images."""
+    """Composed search: reference image + modifier text -> top-K gallery images.
+
+    The reference image and its exact copies in the gallery are the reference, not answers: they
+    are left out unless --keep-copies."""
     from ..foundation import create_foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
@@ -416,7 +424,20 @@ def search_cmd(
     retriever = Retriever(g, fnd, qe)
     if mode is None and qe is None:
         err.print("no --query-encoder given: using the training-free image_plus_text fallback")
-    hits = retriever.search(image=image, text=text or [""], k=k, rerank=rerank, mode=mode, where=filt)
+    exclude: set[int] = set()
+    if image is not None and not keep_copies:
+        from ..data.sources import content_hash
+        from ..search import exclusions
+
+        try:
+            exclude = exclusions(g, reference_hash=content_hash(Path(image).read_bytes()))
+        except OSError as exc:
+            raise IsacirError(f"--image {image}: {exc.strerror or exc}") from None
+    if not text:
+        err.print("no --text given: searching for the reference image unchanged")
+    hits = retriever.search(
+        image=image, text=text or [""], k=k, rerank=rerank, mode=mode, where=filt, exclude=sorted(exclude)
+    )
     if rerank:
         ran = retriever.reranker((mode or retriever.default_mode) == "isa")
         err.print(f"re-ranked the top {rerank} with: {ran}", highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._app import app, emit_json, err
+from ._app import app, emit_json, err, out
 
 keys_app = typer.Typer(help="Create, rotate and revoke scoped API keys (a .toml file for `serve --api-key-file`).")
 app.add_typer(keys_app, name="keys")
@@ -86,7 +86,7 @@ def keys_ls(file: Path = _FILE, as_json: bool = typer.Option(False, "--json")) -
         table.add_row(
             k.name, ",".join(sorted(k.scopes)), str(k.rate_per_s or "-"), str(k.burst or "-"), k.created or "-"
         )
-    err.print(table)
+    out.print(table)  # the listing is the result: stdout, as every listing verb
 
 
 def _show(secret: str, key, as_json: bool, message: str) -> None:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import IsacirError
 from ._app import DEVICE_HELP, app, err
 
 
@@ -92,6 +93,7 @@ def serve_cmd(
         if len(names) != 2 or not all(names) or names[0] == names[1]:
             raise typer.BadParameter(f"--interleave takes two different version names, 'A,B'; got {interleave!r}")
         pair = (names[0], names[1])
+    _check_port_free(host, port)  # before minutes of model loading, not after
     app_ = load_service(
         gallery,
         query_encoder,
@@ -116,7 +118,31 @@ def serve_cmd(
         registry_poll_s=registry_poll_s,
         edge=edge,
     )
+    from ..serve.settings import ui_problems
+
+    for problem in ui_problems():
+        err.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
     err.print(f"isacir serving {gallery} on http://{host}:{port}/  (UI at /, health at /healthz)")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """One clear line (exit 2) when ``host:port`` cannot be listened on: taken, or not this machine's."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise IsacirError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise IsacirError(f"port {port} on {host} is already in use; stop that server or pass --port") from None
+            raise IsacirError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
