@@ -72,6 +72,9 @@ def test_a_v2_log_gains_the_adapter_column(tmp_path):
     assert q["model_version"] is None and q["interleave"] is None
     qid = store.log_query("tokens", "blue", b"\x02", 3, [5], "fpq", "fpf", adapter_fingerprint="fpa")
     assert [q["version"] for q in store.queries() if q["query_id"] == qid] == ["fpq+fpa"]
+    # what the feedback counter is labelled with: the version that answered the judged query
+    assert store.answered_by(qid) == "fpq+fpa" and store.answered_by("q1") == "fpq"
+    assert store.answered_by("never-logged") is None
 
 
 def test_a_v3_log_gains_the_version_name_and_interleaving_columns(tmp_path):

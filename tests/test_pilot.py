@@ -198,7 +198,16 @@ def two_version_log(store, ids, days=4, per_day=6):
             results = ids[i % 3 : i % 3 + 3]
             text = ("make it red", "move it left", "bigger", "without the stripes", "in leather", "the same")[i]
             qid = store.log_query(
-                "tokens", text, b"\x00", 3, results, version, "F", latency_ms=20.0 + i, created=T0 + d * DAY + i * 60
+                "tokens",
+                text,
+                b"\x00",
+                3,
+                results,
+                version,
+                "F",
+                latency_ms=20.0 + i,
+                created=T0 + d * DAY + i * 60,
+                model_version="v2" if version.startswith("B") else None,  # B came through the registry
             )
             wrong = (i % 2 == 0) if version.startswith("A") else (i == 0)
             store.add(qid, results[0], "rejected" if wrong else "confirmed")
@@ -208,14 +217,19 @@ def two_version_log(store, ids, days=4, per_day=6):
 
 def test_charts_are_svg_with_every_version_named(tmp_path):
     from isacir.feedback import FeedbackStore
-    from isacir.pilot import charts
+    from isacir.pilot import charts, pilot_summary
+    from isacir.pilot.metrics import short_version
 
     store = FeedbackStore(tmp_path / "f.sqlite")
     two_version_log(store, list(range(1, 10)))
     log = list(store.queries())
-    assert charts.short_version("a" * 16 + "+" + "b" * 16) == "aaaaaaaa+bbbbbbbb"
+    assert short_version("a" * 16 + "+" + "b" * 16) == "aaaaaaaa+bbbbbbbb"
     versions = charts.by_version(log)
-    assert 0 <= versions.index("AAAAAAAA") < versions.index("BBBBBBBB")  # in the order they served
+    # by registry name with the fingerprint beside it, in the order they served; A had no name
+    assert 0 <= versions.index("AAAAAAAA") < versions.index("v2 (BBBBBBBB)")
+    labels = {g["key"]: g["label"] for g in pilot_summary(log, "version")["groups"]}
+    assert labels == {"A" * 16: "AAAAAAAA", "B" * 16: "v2 (BBBBBBBB)"}
+    assert all("label" not in g for g in pilot_summary(log, "day")["groups"])
     for svg in (
         charts.over_time(log, "false_hit_rate", "day"),
         charts.hit_at_k(log),

@@ -383,6 +383,22 @@ def test_metrics_and_openapi(live):
     ):
         assert path in spec["paths"], path
     json.dumps(spec)
+    # success bodies are declared, so a client generated from the spec gets types, not objects
+    declared = {
+        ("/v1/search", "post"): "SearchOut",
+        ("/v1/search/tokens", "post"): "SearchOut",
+        ("/v1/feedback", "post"): "FeedbackOut",
+        ("/v1/info", "get"): "InfoOut",
+        ("/v1/versions", "get"): "VersionsOut",
+        ("/v1/pilot/summary", "get"): "PilotSummaryOut",
+    }
+    schemas = spec["components"]["schemas"]
+    for (path, method), name in declared.items():
+        body = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{name}"}, (path, body)
+    results = schemas["SearchOut"]["properties"]["results"]
+    assert results["items"] == {"$ref": "#/components/schemas/ResultOut"}
+    assert {"id", "score", "image_url"} <= set(schemas["ResultOut"]["required"])
 
 
 def test_a_service_without_keys_is_open(tmp_path, openclip_fnd):
@@ -503,3 +519,16 @@ def test_the_reference_and_its_copies_are_not_answers(live):
     assert r.status_code == 200 and not {ref_id, *other} & set(got) and len(got) == n - 3
     r = requests.post(f"{server.url}/v1/search/tokens", headers=KEY, json={**body, "reference_id": 123}, timeout=30)
     assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def test_an_install_without_onnx_runtime_web_says_what_is_missing(tmp_path, monkeypatch):
+    """Installed without `make web`, the service names the missing piece at start-up (the UI then
+    says the same, where it used to blame the browser's WebAssembly)."""
+    from isacir.serve import settings
+
+    monkeypatch.setattr(settings, "STATIC", tmp_path)
+    (problem,) = settings.ui_problems()
+    assert "ONNX Runtime Web is not vendored" in problem and "make web" in problem
+    (tmp_path / "vendor").mkdir()
+    (tmp_path / "vendor" / "VERSION.json").write_text("{}")
+    assert settings.ui_problems() == []

@@ -246,6 +246,13 @@ class FeedbackStore:
             (query_id, candidate_id, verdict, time.time() if created is None else created, note, returned)
         )
 
+    def answered_by(self, query_id: str) -> str | None:
+        """The version that answered a logged query (:func:`served_version`), or None if unknown."""
+        found = self._fetchall(
+            "SELECT query_encoder_fingerprint, adapter_fingerprint FROM queries WHERE query_id = ?", (query_id,)
+        )
+        return served_version(found[0][0], found[0][1]) if found else None
+
     def rows(self, query_id: str | None = None) -> list[dict]:
         """Feedback joined with its query (tokens as payload bytes), oldest first."""
         sql = (

@@ -10,7 +10,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .metrics import group_queries, hit_curve, summarize
+from .metrics import group_queries, hit_curve, summarize, version_label
 from .tagger import DEFAULT_TAGGER, Tagger
 
 LABELS = {
@@ -46,11 +46,6 @@ def _svg(fig: Any) -> str:
     return buf.getvalue()
 
 
-def short_version(name: str) -> str:
-    """A label for a version: 8 characters of each fingerprint (``QE+ADAPTER`` keeps both parts)."""
-    return "+".join(part[:8] if len(part) > 12 else part for part in name.split("+"))
-
-
 def over_time(queries: Iterable[dict[str, Any]], metric: str = "false_hit_rate", period: str = "day") -> str:
     """One line per version over days or weeks, with the Wilson 95 % band around it."""
     rows = list(queries)
@@ -68,7 +63,7 @@ def over_time(queries: Iterable[dict[str, Any]], metric: str = "false_hit_rate",
             lo.append(s[f"{metric}_ci"][0])
             hi.append(s[f"{metric}_ci"][1])
         if xs:
-            (line,) = ax.plot(xs, ys, marker="o", label=short_version(version))
+            (line,) = ax.plot(xs, ys, marker="o", label=version_label(by_version[version]))
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xticks(range(len(periods)), periods, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
@@ -83,10 +78,10 @@ def hit_at_k(queries: Iterable[dict[str, Any]], ks: Sequence[int] = (1, 2, 3, 5,
     """hit@K against K, one line per version."""
     by_version = group_queries(queries, "version")
     fig, ax = _figure()
-    for version, qs in by_version.items():
+    for qs in by_version.values():
         pairs = [(k, v) for k, v in hit_curve(qs, ks).items() if v is not None]
         if pairs:
-            ax.plot([k for k, _ in pairs], [v for _, v in pairs], marker="o", label=short_version(version))
+            ax.plot([k for k, _ in pairs], [v for _, v in pairs], marker="o", label=version_label(qs))
     ax.set_xscale("log")
     ax.set_xticks(list(ks), [str(k) for k in ks])
     ax.set_ylim(0, 1)
@@ -130,7 +125,7 @@ def by_version(queries: Iterable[dict[str, Any]]) -> str:
     """Precision@1 and false-hit rate per served version, in the order they first served."""
     grouped = group_queries(queries, "version")
     groups = {v: grouped[v] for v in sorted(grouped, key=lambda v: min(q["created"] for q in grouped[v]))}
-    return _bars(groups, "per version (95 % intervals)", [short_version(v) for v in groups])
+    return _bars(groups, "per version (95 % intervals)", [version_label(groups[v]) for v in groups])
 
 
 CHARTS = {"over-time": over_time, "hit-at-k": hit_at_k, "category": by_category, "versions": by_version}

@@ -178,9 +178,34 @@ def pilot_summary(
         "definitions": DEFINITIONS,
         "group_by": group_by,
         "k": k,
-        "groups": [{"key": name, **summarize(members, k)} for name, members in grouped.items()],
+        "groups": [
+            {
+                "key": name,
+                **({"label": version_label(members)} if group_by == "version" else {}),
+                **summarize(members, k),
+            }
+            for name, members in grouped.items()
+        ],
         "overall": summarize(rows, k),
     }
+
+
+def _label(group_by: str, members: Sequence[dict[str, Any]]) -> dict[str, str]:
+    return {"label": version_label(members)} if group_by == "version" else {}
+
+
+def short_version(name: str) -> str:
+    """A fingerprint version for people: 8 characters of each fingerprint (``QE+ADAPTER`` keeps both)."""
+    return "+".join(part[:8] if len(part) > 12 else part for part in name.split("+"))
+
+
+def version_label(queries: Sequence[dict[str, Any]]) -> str:
+    """How people know the version that answered ``queries``: its registry name with the short
+    fingerprint beside it (``v2 (1a2b3c4d+5e6f7a8b)``), or the short fingerprint alone when it was
+    served without a registry."""
+    key = _version(queries[0])[0] if queries else "unknown"
+    names = sorted({str(q["model_version"]) for q in queries if q.get("model_version")})
+    return f"{', '.join(names)} ({short_version(key)})" if names else short_version(key)
 
 
 def hit_curve(queries: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[int, float | None]:

@@ -18,7 +18,17 @@ from .._fs import atomic_write_text
 from . import charts
 from .metrics import DEFINITIONS, GROUPINGS, RATES, pilot_summary
 
-COLUMNS = ("key", "queries", "judged", *RATES, *(f"{r}_ci" for r in RATES), "mrr", "latency_p50_ms", "latency_p95_ms")
+COLUMNS = (
+    "key",
+    "label",
+    "queries",
+    "judged",
+    *RATES,
+    *(f"{r}_ci" for r in RATES),
+    "mrr",
+    "latency_p50_ms",
+    "latency_p95_ms",
+)
 
 
 def _cell(value: Any) -> str:
@@ -54,7 +64,7 @@ def _html_table(title: str, groups: list[dict[str, Any]]) -> str:
         ci = g.get("false_hit_rate_ci")
         fh = _pct(g["false_hit_rate"]) + (f" <small>({100 * ci[0]:.1f}–{100 * ci[1]:.1f})</small>" if ci else "")
         cells = [
-            html.escape(str(g["key"])),
+            html.escape(str(g.get("label") or g["key"])),
             g["queries"],
             g["judged"],
             fh,

@@ -15,6 +15,7 @@ search and indexing (see :class:`isacir.gallery.Gallery`).
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,8 +29,10 @@ from ..feedback import is_postgres_url
 from . import middleware
 from .api.routes import routers
 from .keys import KeyRing
-from .settings import STATIC, ServeSettings, read_api_keys
+from .settings import STATIC, ServeSettings, read_api_keys, ui_problems
 from .state import ServiceState
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ServeSettings", "ServiceState", "create_app", "load_service", "read_api_keys"]
 
@@ -69,6 +72,8 @@ def create_app(state: ServiceState) -> FastAPI:
             allow_headers=["X-API-Key", "Authorization", "Content-Type"],
         )
     middleware.install_limits(app, state.metrics, settings.max_upload_bytes, settings.max_inflight)
+    for problem in ui_problems():
+        log.warning(problem)
     return app
 
 

@@ -42,7 +42,7 @@ class ServiceMetrics:
         )
         self.feedback = Counter(
             "isacir_feedback",
-            "Stored verdicts by verdict and query-encoder version.",
+            "Stored verdicts by verdict and the version that answered the judged query.",
             ["verdict", "version"],
             registry=self.registry,
         )

@@ -98,3 +98,128 @@ class FeedbackIn(BaseModel):
     candidate_id: Optional[int] = Field(None, description="confirmed / rejected: one of the query's results.")
     correct_id: Optional[int] = Field(None, description="corrected: the right item, any gallery id (shown or not).")
     note: Optional[str] = Field(None, max_length=2000)
+
+
+# ----- response bodies: declared so that clients generated from the spec, in any language, get types
+class _Out(BaseModel):
+    """A response body; a field the server leaves out stays out (routes use exclude_unset)."""
+
+    model_config = {"extra": "forbid"}
+
+
+class ResultOut(_Out):
+    id: int = Field(..., description="The gallery item's id.")
+    name: str = Field(..., description="Its file name.")
+    image_url: str
+    thumbnail_url: str
+    score: float = Field(..., description="Cosine similarity to the composed query (or the re-ranker's score).")
+    metadata: dict = Field(default_factory=dict, description="What was stored with the item.")
+    team: Optional[Literal["A", "B"]] = Field(None, description="Interleaving only: which version placed it.")
+
+
+class UpgradeOut(_Out):
+    version: Optional[str] = Field(..., description="The active version to update to.")
+    fingerprint: str
+    manifest_url: str
+    reason: str
+
+
+class SearchOut(_Out):
+    query_id: str = Field(..., description="Name it in POST /v1/feedback.")
+    mode: Literal["image", "tokens"]
+    text: str
+    took_ms: float
+    model_version: Optional[str] = Field(..., description="The registry version that answered (null: no registry).")
+    version_state: str
+    query_encoder_fingerprint: str
+    adapter_version: Optional[str] = Field(..., description="The served adapter's fingerprint, if any.")
+    reranker: Literal["none", "exact", "itm"]
+    results: list[ResultOut]
+    upgrade: Optional[UpgradeOut] = Field(None, description="Present when the version that answered is outdated.")
+    interleaving: Optional[dict[str, str]] = Field(None, description="The two versions compared, A and B.")
+
+
+class FeedbackOut(_Out):
+    feedback_id: int
+    query_id: str
+    candidate_id: int = Field(..., description="The item judged (for 'corrected', the right item).")
+    verdict: Literal["confirmed", "rejected", "corrected"]
+    correct_id: Optional[int] = None
+
+
+class VersionOut(_Out):
+    version: Optional[str] = Field(..., description="The registry name (null: a service of one query encoder).")
+    state: str
+    fingerprint: str
+    adapter_fingerprint: Optional[str]
+    edge: bool = Field(..., description="Whether it ships an edge package.")
+    generation: str
+
+
+class GenerationOut(_Out):
+    name: str
+    foundation: str
+    foundation_fingerprint: str
+
+
+class InfoOut(_Out):
+    version: str = Field(..., description="The isacir version of the server.")
+    foundation: str
+    foundation_fingerprint: str
+    generation: str
+    generations: list[GenerationOut]
+    query_encoder_fingerprint: str = Field(..., description="What a device's token payload must carry.")
+    model_version: Optional[str]
+    adapter: Optional[dict]
+    served_version: str
+    served_versions: list[VersionOut]
+    canary_share: float
+    interleave: Optional[list[str]]
+    query_method: str
+    num_tokens: int
+    token_dim: int
+    template: str
+    gallery_items: int
+    store: str
+
+
+class VersionsOut(_Out):
+    versions: list[VersionOut]
+    primary: Optional[str]
+    canary_share: float
+    interleave: Optional[list[str]]
+    registry: Optional[str]
+    last_reload_error: Optional[str]
+
+
+class PilotMetricsOut(_Out):
+    """Every metric of the summary's ``definitions``; rates are null with nothing to count."""
+
+    queries: int
+    judged: int
+    precision_at_1: Optional[float]
+    precision_at_1_ci: Optional[list[float]]
+    hit_at_k: Optional[float]
+    hit_at_k_ci: Optional[list[float]]
+    false_hit_rate: Optional[float]
+    false_hit_rate_ci: Optional[list[float]]
+    correction_rate: Optional[float]
+    correction_rate_ci: Optional[list[float]]
+    unjudged_share: Optional[float]
+    unjudged_share_ci: Optional[list[float]]
+    mrr: Optional[float]
+    latency_p50_ms: Optional[float]
+    latency_p95_ms: Optional[float]
+
+
+class PilotGroupOut(PilotMetricsOut):
+    key: str = Field(..., description="The group: a day, a week, a version's fingerprint, a mode or a category.")
+    label: Optional[str] = Field(None, description="By version: its registry name with the fingerprint beside it.")
+
+
+class PilotSummaryOut(_Out):
+    definitions: dict[str, str]
+    group_by: str
+    k: Optional[int]
+    groups: list[PilotGroupOut]
+    overall: PilotMetricsOut

@@ -68,3 +68,16 @@ def read_api_keys(path: str | os.PathLike) -> tuple[str, ...]:
 
 #: the operator UI and the pilot dashboard (HTML, JS, the vendored ONNX Runtime Web)
 STATIC = Path(__file__).parent / "static"
+
+
+def ui_problems() -> list[str]:
+    """What the operator UI will lack on this install, said at start-up rather than found in a
+    browser: without the vendored ONNX Runtime Web (``make web``), photos cannot be encoded on the
+    operator's device and are uploaded instead."""
+    if not (STATIC / "vendor" / "VERSION.json").is_file():
+        return [
+            "the operator UI's on-device encoding is off: ONNX Runtime Web is not vendored in "
+            f"{STATIC / 'vendor'} (run `make web` in a checkout, or install a wheel built with it); "
+            "searches upload the photo instead"
+        ]
+    return []

@@ -222,8 +222,17 @@
   }
 
   async function probeDevice() {
-    if (typeof WebAssembly !== "object" || !window.ort || !window.IsacirEdge) {
+    if (typeof WebAssembly !== "object") {
       setDeviceAvailable(false, "this browser cannot run WebAssembly");
+      return;
+    }
+    if (!window.ort) {
+      // the page loaded, but /ui/vendor/ort.wasm.min.js did not: an install without `make web`
+      setDeviceAvailable(false, "the server has no ONNX Runtime Web; its operator runs `make web`");
+      return;
+    }
+    if (!window.IsacirEdge) {
+      setDeviceAvailable(false, "the page's edge.js did not load");
       return;
     }
     try {

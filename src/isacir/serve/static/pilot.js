@@ -69,7 +69,7 @@
       body.replaceChildren();
       data.groups.forEach((g) => {
         const tr = document.createElement("tr");
-        const cells = [short(g.key), g.queries, g.judged, pct(g.false_hit_rate), pct(g.precision_at_1), pct(g.hit_at_k),
+        const cells = [g.label || short(g.key), g.queries, g.judged, pct(g.false_hit_rate), pct(g.precision_at_1), pct(g.hit_at_k),
           g.mrr === null ? "–" : g.mrr.toFixed(3), pct(g.correction_rate),
           g.latency_p50_ms === null ? "–" : g.latency_p50_ms.toFixed(0)];
         cells.forEach((c, i) => {

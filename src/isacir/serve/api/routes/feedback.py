@@ -5,13 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ....feedback import FeedbackError
-from ...schemas import FeedbackIn, errors
+from ...schemas import FeedbackIn, FeedbackOut, errors
 from ..deps import StateDep, api_error, require
 
 router = APIRouter(tags=["feedback"])
 
 
-@router.post("/v1/feedback", dependencies=require("feedback"), responses=errors(404))
+@router.post(
+    "/v1/feedback",
+    dependencies=require("feedback"),
+    responses=errors(404),
+    response_model=FeedbackOut,
+    response_model_exclude_unset=True,
+)
 def feedback(state: StateDep, body: FeedbackIn) -> dict:
     """Confirm or reject a candidate of an answered query, or name the right item (``corrected``).
 
@@ -42,7 +48,9 @@ def feedback(state: StateDep, body: FeedbackIn) -> dict:
         )
     except FeedbackError as exc:
         raise api_error(exc.status, str(exc), "feedback") from None
-    state.metrics.feedback.labels(body.verdict, state.version).inc()
+    # counted for the version that answered the judged query (a canary's verdicts are the canary's)
+    answered_by = state.feedback.answered_by(body.query_id) or "unknown"
+    state.metrics.feedback.labels(body.verdict, answered_by).inc()
     return {
         "feedback_id": fid,
         "query_id": body.query_id,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ....errors import IsacirError
-from ...schemas import errors
+from ...schemas import VersionsOut, errors
 from ..deps import StateDep, api_error, require
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v1/versions", dependencies=require("search"), responses=errors())
+@router.get("/v1/versions", dependencies=require("search"), responses=errors(), response_model=VersionsOut)
 def versions(state: StateDep) -> dict:
     """The served query-side versions with their registry states, and how traffic is split."""
     lineup = state.lineup

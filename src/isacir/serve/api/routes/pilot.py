@@ -7,7 +7,7 @@ from typing import Optional
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from ...schemas import MAX_K, errors
+from ...schemas import MAX_K, PilotSummaryOut, errors
 from ..deps import StateDep, api_error, require, time_range
 
 router = APIRouter(tags=["pilot"], dependencies=require("pilot"))
@@ -26,7 +26,7 @@ def interleaving(
     return interleaving_report(state.feedback.queries(start, end))
 
 
-@router.get("/v1/pilot/summary", responses=errors())
+@router.get("/v1/pilot/summary", responses=errors(), response_model=PilotSummaryOut, response_model_exclude_unset=True)
 def pilot_summary_route(
     state: StateDep,
     group_by: str = Query("version", description="overall | day | week | version | mode | category"),

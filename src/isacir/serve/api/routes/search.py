@@ -20,14 +20,14 @@ from pydantic import ValidationError
 from ....edge.payload import PayloadError, decode_payload, encode_payload
 from ....search import UnknownReference, exclusions
 from ...lineup import Lineup, Served, VersionRefused
-from ...schemas import _FILTER, FILTER_DOC, MAX_K, TokenSearch, errors
+from ...schemas import _FILTER, FILTER_DOC, MAX_K, InfoOut, SearchOut, TokenSearch, errors
 from ...state import ServiceState
 from ..deps import StateDep, api_error, decode_upload, item_json, require
 
 router = APIRouter(tags=["search"], dependencies=require("search"))
 
 
-@router.get("/v1/info", responses=errors())
+@router.get("/v1/info", responses=errors(), response_model=InfoOut, response_model_exclude_unset=True)
 def info(state: StateDep) -> dict:
     """What a device must match: the served query encoder's fingerprint, token count and dim."""
     return state.info()
@@ -137,7 +137,7 @@ def _respond(
     return out
 
 
-@router.post("/v1/search", responses=errors(404, 415))
+@router.post("/v1/search", responses=errors(404, 415), response_model=SearchOut, response_model_exclude_unset=True)
 def search(
     state: StateDep,
     image: UploadFile = File(..., description="The reference photo."),
@@ -198,7 +198,9 @@ def _interleaved(
     return _respond(state, lineup, a, "image", text, hits, k, payload, t0, reranker, query_id=qid, interleave=record)
 
 
-@router.post("/v1/search/tokens", responses=errors(404, 409))
+@router.post(
+    "/v1/search/tokens", responses=errors(404, 409), response_model=SearchOut, response_model_exclude_unset=True
+)
 def search_tokens(state: StateDep, body: TokenSearch) -> dict:
     """Asymmetric mode: only the device's pseudo-word tokens travel, never the photo."""
     import torch
