@@ -77,6 +77,17 @@ def test_readme_is_a_front_door():
     assert readme.index("```python") < len(readme) // 3  # the quickstart is near the top
 
 
+def test_operations_pages_are_short_and_the_front_door_rows_too():
+    """Pages for the people who run it: each operations page a task of at most 12 KB, and each
+    row of the README's "What works" a line, not a report."""
+    for page in sorted((ROOT / "docs" / "operations").glob("*.md")):
+        assert len(page.read_bytes()) <= 12_000, page.name
+    readme = (ROOT / "README.md").read_text()
+    works = readme[readme.index("## What works") : readme.index("## Quality on Shapes-CIR")]
+    rows = [line for line in works.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
+    assert len(rows) >= 10 and all(len(row) <= 250 for row in rows), max(rows, key=len)
+
+
 @pytest.mark.parametrize("page", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 @pytest.mark.parametrize("program", ["isacir", "isacir-lab"])
 def test_every_command_shown_parses(page, program):

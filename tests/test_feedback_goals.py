@@ -129,18 +129,18 @@ REPLICATES = sorted(RESULTS.glob("replicates/feedback-*.json"))
 REPLICATES += [p for p in VARIANTS if "-replicates" in p.name]
 
 
-def test_the_product_page_shows_the_recipe_to_deploy_and_the_history_every_recipe():
-    """The learning page's replicates table keeps the 5-fold recipe's rows of the full table, in
-    its order, and nothing else; the full table holds every served recipe."""
+def test_the_experiments_page_holds_every_served_recipe_of_every_run():
+    """The replicates table of the experiments page holds every served recipe of every recorded run,
+    the 5-fold recipe's rows among them, in the renderer's order."""
     render = _renderer()
     runs = [json.loads(p.read_text()) for p in RECORDED]
     reps = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("replicates/feedback-*.json"))]
     full = render.feedback_replicates_table(runs, reps).splitlines()[2:]
-    deploy = render.feedback_replicates_table(runs, reps, ("tuned_by_folds",)).splitlines()[2:]
-    assert deploy and all("5-fold tuned" in row for row in deploy)
-    assert deploy == [row for row in full if "5-fold tuned" in row] and len(full) > len(deploy)
+    folds = render.feedback_replicates_table(runs, reps, ("tuned_by_folds",)).splitlines()[2:]
+    assert folds and all("5-fold tuned" in row for row in folds)
+    assert folds == [row for row in full if "5-fold tuned" in row] and len(full) > len(folds)
     pages = {p.name: p.read_text() for p in (ROOT / "docs").rglob("*.md")}
-    assert "\n".join(deploy) in pages["learning.md"] and "\n".join(full) in pages["feedback-learning.md"]
+    assert "\n".join(full) in pages["feedback-learning.md"]
 
 
 def test_a_variant_is_shown_after_the_recipe_it_varies():

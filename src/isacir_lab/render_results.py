@@ -1010,8 +1010,6 @@ def render() -> dict[Path, str]:
         "feedback-tuned": feedback_tuned_table(feedback_runs + lora_runs),
         "feedback-intervals": feedback_intervals_table(feedback_runs + lora_runs),
         "feedback-reruns": feedback_reruns_table(feedback_runs + lora_runs, load_reruns()),
-        # the product page shows the recipe it tells people to deploy; the history every recipe
-        "feedback-replicates": feedback_replicates_table(replicated, load_replicates(), ("tuned_by_folds",)),
         "feedback-replicates-all": feedback_replicates_table(replicated, load_replicates()),
         "feedback-frontier": feedback_frontier_table(replicated, load_replicates()),
         "feedback-variant-replicates": feedback_replicates_table(replicated + variant_runs, beside),

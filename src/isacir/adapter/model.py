@@ -21,6 +21,21 @@ both starting as the identity so that a fresh adapter reproduces the served resu
   stored gallery vectors that never touches them: it can weigh up the directions in which a target
   differs from the near ties operators rejected, which the frozen image tower separates by little.
 
+Why hooks and not PEFT. PEFT is the library for LoRA, and it was weighed for exactly this job:
+serving several adapters on one shared text tower. Its LoRA injection replaces the foundation's
+layers in place, and its mixed-adapter batches (``adapter_names=[...]`` passed to the model's
+forward, routed to each wrapped layer by pre-forward hooks) and its LoRA for
+``nn.MultiheadAttention`` would cover what the service needs. What it costs here: (1) the frozen
+foundation is shared by every served version, the zero-shot guard and the gallery side in one
+process, and injection changes its modules (and the state dict its fingerprint hashes) for all of
+them; (2) ``adapter_names`` must reach the wrapped layers through the top-level forward, while the
+text tower is called as ``encode_composed`` / open_clip's ``encode_text``, which pass no such
+argument, so every family would need its own plumbing; (3) a version served alone, a canary beside
+it and the guard's zero-shot query are composed in different threads of the micro-batcher, which
+per-thread hooks keep apart without any routing. The hooks below are about 60 lines, their LoRA is
+initialised as PEFT's (Kaiming-uniform ``A``, zero ``B``, ``alpha / r`` scaling), and a test holds a
+fresh adapter to the zero-shot answers exactly. Revisit if adapters must run merged into the tower.
+
 ``interpolation`` scales both residuals: 1 is the trained adapter, 0 the zero-shot behaviour; the
 values between are the WiSE-FT style trade between the customer's queries and everything else.
 ``guard_margin`` (off by default) keeps the zero-shot top-1 first unless the adapter is sure of
