@@ -166,6 +166,37 @@ assert len(names) > 90 and not lab, lab
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
 
 
+def test_every_import_inside_a_function_resolves():
+    """Imports inside functions (kept lazy on purpose) run only when the function does, so a name
+    moved to another module breaks them silently; every one in the product and the lab must name
+    something its module has."""
+    code = """
+import ast, importlib, pathlib
+bad = []
+for root in ("src/isacir", "src/isacir_lab"):
+    for p in pathlib.Path(root).rglob("*.py"):
+        parts = list(p.relative_to("src").with_suffix("").parts)
+        pkg = parts[:-1]
+        for n in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(n, ast.ImportFrom):
+                continue
+            mod = ".".join(pkg[: len(pkg) - n.level + 1] + ([n.module] if n.module else [])) if n.level else n.module
+            if not mod or not mod.startswith("isacir"):
+                continue
+            m = importlib.import_module(mod)
+            for a in n.names:
+                if not hasattr(m, a.name):
+                    try:
+                        importlib.import_module(mod + "." + a.name)
+                    except ImportError:
+                        bad.append(f"{p}:{n.lineno}: {mod} has no {a.name}")
+print(bad)
+assert not bad
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "module, forbidden",
     [

@@ -179,7 +179,7 @@ def test_pilot_dashboard_draws_both_versions(tmp_path, openclip_fnd, viewport):
             rows = page.locator("#versions tbody tr")
             expect(rows).to_have_count(2)
             expect(rows.nth(0).locator("th")).to_have_text("AAAAAAAA")
-            expect(rows.nth(1).locator("th")).to_have_text("BBBBBBBB")
+            expect(rows.nth(1).locator("th")).to_have_text("v2 (BBBBBBBB)")  # its registry name, fingerprint beside
             expect(rows.nth(0).locator("td").nth(2)).to_have_text("50.0 %")  # version A's false-hit rate
             page.wait_for_function(
                 "[...document.querySelectorAll('.charts img')].every(i => i.complete && i.naturalWidth > 100)"

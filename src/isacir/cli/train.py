@@ -148,7 +148,7 @@ def train_cmd(**kwargs: Any) -> None:
             "seconds": round(result.seconds, 2),
         }
     )
-    from ..training.trainer import shutdown_distributed
+    from ..training.distributed import shutdown_distributed
 
     del result  # nothing of the run may keep the process group alive past the shutdown
     shutdown_distributed()
