@@ -298,3 +298,20 @@ def test_on_off_flags_show_no_value_placeholder_in_help():
     """A flag takes no value, so its help shows none; options that take one keep their type."""
     shown = run("keys", "ls", "--help").stdout
     assert "--json" in shown and "<bool>" not in shown and "<path>" in shown
+
+
+def test_every_gallery_verb_names_its_gallery_with_the_same_option(tmp_path):
+    """--gallery everywhere (the one-argument verbs still take it positionally): a missing gallery
+    is named, a missing option is a usage error, two different galleries are refused."""
+    missing = str(tmp_path / "nowhere")
+    for verb in ("info", "ls", "ls-removed", "tune", "verify", "rebuild-index", "generations"):
+        proc = run("gallery", verb, "--gallery", missing, check=False)
+        assert proc.returncode == 2 and "not a gallery" in proc.stderr and "Traceback" not in proc.stderr, verb
+    assert "not a gallery" in run("gallery", "info", missing, check=False).stderr
+    none = run("gallery", "info", check=False)
+    assert none.returncode == 2 and "--gallery" in none.stderr
+    two = run("gallery", "info", missing, "--gallery", str(tmp_path / "other"), check=False)
+    assert two.returncode == 2 and "two galleries named" in two.stderr
+    for verb in ("promote-generation", "retire-generation"):
+        proc = run("gallery", verb, "g2", "--gallery", missing, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (verb, proc.stderr)

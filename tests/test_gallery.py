@@ -349,7 +349,7 @@ def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
     assert len(kept) == 8 and reference in {h["path"] for h in kept}
     victim = str(hits[0]["id"])
     run("gallery", "rm", victim, "--gallery", str(gal))
-    info = json.loads(run("gallery", "info", str(gal)).stdout.strip().splitlines()[-1])
+    info = json.loads(run("gallery", "info", "--gallery", str(gal)).stdout.strip().splitlines()[-1])
     assert info["count"] == 7 and info["foundation_id"] == tiny_openclip_dir[0]
     bad = subprocess.run(
         [

@@ -75,7 +75,7 @@ def test_a_foundation_upgrade_with_no_downtime(tmp_path, openclip_fnd):
     assert built["items"] == built["source_items"] == 10 and built["encoded"] == 10 and built["state"] == "ready"
     again = _cli("index", "--gallery", str(home), "--generation", "g2", "--json", "--no-progress")
     assert again["encoded"] == 0 and again["unchanged"] == 10  # resumable: nothing is encoded twice
-    gens = {x["name"]: x for x in _cli("gallery", "generations", str(home), "--json")}
+    gens = {x["name"]: x for x in _cli("gallery", "generations", "--gallery", str(home), "--json")}
     assert gens["main"]["serving"] and gens["g2"]["state"] == "ready"
     assert gens["g2"]["foundation_fingerprint"] == new_fnd.fingerprint
     main_g, g2_g = Gallery.open(home, generation="main"), Gallery.open(home, generation="g2")
@@ -141,7 +141,7 @@ def test_a_foundation_upgrade_with_no_downtime(tmp_path, openclip_fnd):
         assert up.status_code == 200, up.text
         new_id = up.json()["added"][0]["id"]
         events["promote"] = time.time()
-        _cli("gallery", "promote-generation", str(home), "g2", "--reason", "upgrade")
+        _cli("gallery", "promote-generation", "g2", "--gallery", str(home), "--reason", "upgrade")
         deadline = time.time() + 20
         while requests.get(f"{server.url}/v1/info", headers=KEY, timeout=10).json()["generation"] != "g2":
             assert time.time() < deadline, "the service did not switch generations"
@@ -149,7 +149,7 @@ def test_a_foundation_upgrade_with_no_downtime(tmp_path, openclip_fnd):
         events["promoted"] = time.time()
         time.sleep(0.8)
         events["retire"] = time.time()
-        retired = _cli("gallery", "retire-generation", str(home), "main", "--reason", "devices moved")
+        retired = _cli("gallery", "retire-generation", "main", "--gallery", str(home), "--reason", "devices moved")
         assert retired["state"] == "retired"
         deadline = time.time() + 20
         while len(requests.get(f"{server.url}/v1/info", headers=KEY, timeout=10).json()["generations"]) != 1:

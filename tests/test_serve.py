@@ -399,6 +399,20 @@ def test_metrics_and_openapi(live):
     results = schemas["SearchOut"]["properties"]["results"]
     assert results["items"] == {"$ref": "#/components/schemas/ResultOut"}
     assert {"id", "score", "image_url"} <= set(schemas["ResultOut"]["required"])
+    # what JSON Schema can say, the spec says: an upload needs an image; from/to take three forms
+    upload = schemas["Body_add_images_v1_gallery_post"]
+    assert "images" in upload["required"] and upload["properties"]["images"]["minItems"] == 1
+    for path in ("/v1/pilot/summary", "/v1/interleaving"):
+        times = {
+            p["name"]: p["schema"] for p in spec["paths"][path]["get"]["parameters"] if p["name"] in ("from", "to")
+        }
+        assert len(times) == 2 and all(
+            {f.get("format") for f in t["anyOf"]} == {"date-time", "date", None} for t in times.values()
+        ), times
+    # a method a path does not take: 405 naming every method its routes do take, as the spec lists
+    wrong = requests.request("OPTIONS", f"{server.url}/v1/gallery/1", headers=KEY, timeout=10)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "DELETE, GET"
+    assert sorted(m.upper() for m in spec["paths"]["/v1/gallery/{item_id}"]) == ["DELETE", "GET"]
 
 
 def test_a_service_without_keys_is_open(tmp_path, openclip_fnd):

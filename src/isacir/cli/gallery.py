@@ -206,9 +206,25 @@ def read_metadata_jsonl(path: Path) -> dict[str, dict]:
     return out
 
 
+#: every gallery verb names its gallery with --gallery, as index, search and serve do; the verbs
+#: that take nothing else also accept it as their one positional argument (the older spelling)
+GALLERY_OPTION = typer.Option(None, "--gallery", help="The gallery folder.", show_default=False)
+GALLERY_POSITIONAL = typer.Argument(None, help="The gallery folder (or --gallery).", show_default=False)
+
+
+def _gallery_of(positional: Optional[Path], option: Optional[Path]) -> Path:
+    if positional is not None and option is not None and positional != option:
+        raise IsacirError(f"two galleries named: {positional} and --gallery {option}; name one")
+    chosen = option or positional
+    if chosen is None:
+        raise typer.BadParameter("name the gallery folder", param_hint="--gallery")
+    return chosen
+
+
 @gallery_app.command("info")
-def gallery_info(gallery: Path = typer.Argument(...)) -> None:
+def gallery_info(gallery: Optional[Path] = GALLERY_POSITIONAL, gallery_opt: Optional[Path] = GALLERY_OPTION) -> None:
     """Foundation, store, size and index parameters of a gallery."""
+    gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
 
     emit_json(Gallery.open(gallery).describe())
@@ -216,10 +232,12 @@ def gallery_info(gallery: Path = typer.Argument(...)) -> None:
 
 @gallery_app.command("generations")
 def gallery_generations(
-    gallery: Path = typer.Argument(...),
+    gallery: Optional[Path] = GALLERY_POSITIONAL,
+    gallery_opt: Optional[Path] = GALLERY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="One object per generation."),
 ) -> None:
     """The gallery's generations (one per foundation), their states and which one serves."""
+    gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery.generations import Generations
 
     rows = Generations(gallery).all()
@@ -240,8 +258,8 @@ def gallery_generations(
 
 @gallery_app.command("promote-generation")
 def gallery_promote_generation(
-    gallery: Path = typer.Argument(...),
     name: str = typer.Argument(..., help="The ready generation to serve."),
+    gallery: Path = typer.Option(..., help="The gallery folder."),
     reason: str = typer.Option("", help="Recorded in the history."),
 ) -> None:
     """Switch thin-client searches and new devices to generation NAME, atomically (services follow)."""
@@ -254,8 +272,8 @@ def gallery_promote_generation(
 
 @gallery_app.command("retire-generation")
 def gallery_retire_generation(
-    gallery: Path = typer.Argument(...),
     name: str = typer.Argument(..., help="A generation that no longer serves."),
+    gallery: Path = typer.Option(..., help="The gallery folder."),
     reason: str = typer.Option("", help="Recorded in the history."),
 ) -> None:
     """Stop answering from generation NAME and drop its vectors (its devices must have updated)."""
@@ -307,8 +325,11 @@ def gallery_restore(
 
 
 @gallery_app.command("ls-removed")
-def gallery_ls_removed(gallery: Path = typer.Argument(...)) -> None:
+def gallery_ls_removed(
+    gallery: Optional[Path] = GALLERY_POSITIONAL, gallery_opt: Optional[Path] = GALLERY_OPTION
+) -> None:
     """Items removed by id, which re-indexing leaves out."""
+    gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
 
     emit_json(Gallery.open(gallery).tombstones())
@@ -316,11 +337,13 @@ def gallery_ls_removed(gallery: Path = typer.Argument(...)) -> None:
 
 @gallery_app.command("rebuild-index")
 def gallery_rebuild_index(
-    gallery: Path = typer.Argument(...),
+    gallery: Optional[Path] = GALLERY_POSITIONAL,
+    gallery_opt: Optional[Path] = GALLERY_OPTION,
     index: Optional[str] = typer.Option(None, "--index", help=f"Switch the FAISS index family: {INDEX_HELP}."),
 ) -> None:
     """Rebuild the vector store from the gallery database (after `verify` reports a difference,
     or to switch the index family)."""
+    gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
 
     g = Gallery.open(gallery)
@@ -331,8 +354,9 @@ def gallery_rebuild_index(
 
 
 @gallery_app.command("tune")
-def gallery_tune(gallery: Path = typer.Argument(...)) -> None:
+def gallery_tune(gallery: Optional[Path] = GALLERY_POSITIONAL, gallery_opt: Optional[Path] = GALLERY_OPTION) -> None:
     """Tune an IVF index's nprobe again on the real queries the service has seen (no retraining)."""
+    gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
 
     g = Gallery.open(gallery)
@@ -344,11 +368,13 @@ def gallery_tune(gallery: Path = typer.Argument(...)) -> None:
 
 @gallery_app.command("verify")
 def gallery_verify(
-    gallery: Path = typer.Argument(...),
+    gallery: Optional[Path] = GALLERY_POSITIONAL,
+    gallery_opt: Optional[Path] = GALLERY_OPTION,
     sample: Optional[int] = typer.Option(None, help="Check self-retrieval on N random items (default: all)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check that the database and the vector store agree; exit 1 on any problem."""
+    gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
 
     report = Gallery.open(gallery).verify(sample=sample)
@@ -368,8 +394,13 @@ def gallery_verify(
 
 
 @gallery_app.command("ls")
-def gallery_ls(gallery: Path = typer.Argument(...), limit: int = typer.Option(20)) -> None:
+def gallery_ls(
+    gallery: Optional[Path] = GALLERY_POSITIONAL,
+    gallery_opt: Optional[Path] = GALLERY_OPTION,
+    limit: int = typer.Option(20, help="The most entries to list."),
+) -> None:
     """List entries (id, path, content hash)."""
+    gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
 
     for item in Gallery.open(gallery).items()[:limit]:

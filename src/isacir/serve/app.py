@@ -61,6 +61,9 @@ def create_app(state: ServiceState) -> FastAPI:
     middleware.install_handlers(app, state.metrics)  # inside CORS: preflights are not measured
     for router in routers:
         app.include_router(router)
+    app.state.route_methods = [
+        (route.path_regex, route.methods) for router in routers for route in router.routes if hasattr(route, "methods")
+    ]
     app.mount("/ui", StaticFiles(directory=STATIC), name="ui")
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

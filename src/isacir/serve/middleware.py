@@ -122,6 +122,11 @@ def install_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route whose path matched; a path served by
+            # several routes (GET and DELETE /v1/gallery/{id}) allows every one of their methods
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         if isinstance(exc.detail, dict):
             body = exc.detail
         else:  # the framework's own: unknown route (404), wrong method (405)
@@ -129,7 +134,7 @@ def install_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
                 "detail": str(exc.detail),
                 "code": {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error"),
             }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -152,3 +157,14 @@ def install_limits(app: FastAPI, metrics: ServiceMetrics, max_upload_bytes: int,
     any route (or CORS) runs."""
     app.add_middleware(UploadCap, limit=max_upload_bytes, metrics=metrics)
     app.add_middleware(Admission, limit=max_inflight, metrics=metrics)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this request's path (the app records its
+    routes' paths and methods in ``app.state.route_methods`` when it includes them)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for regex, route_methods in getattr(request.app.state, "route_methods", ()):
+        if regex.match(path):
+            methods |= set(route_methods)
+    return sorted(methods)

@@ -48,7 +48,7 @@ def _parse_metadata(raw: Optional[str], n: int) -> Optional[list[dict]]:
 def add_images(
     request: Request,
     state: StateDep,
-    images: list[UploadFile] = File(..., description="One or more images to add."),
+    images: list[UploadFile] = File(..., min_length=1, description="One or more images to add."),
     metadata: Optional[str] = Form(
         None,
         max_length=1_000_000,

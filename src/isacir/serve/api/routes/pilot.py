@@ -12,12 +12,23 @@ from ..deps import StateDep, api_error, require, time_range
 
 router = APIRouter(tags=["pilot"], dependencies=require("pilot"))
 
+#: what ``from`` and ``to`` accept, declared so that clients and fuzzers send one of them
+TIME_FORMATS = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+    ]
+}
+
 
 @router.get("/v1/interleaving", responses=errors())
 def interleaving(
     state: StateDep,
-    since: Optional[str] = Query(None, alias="from", description="ISO date or time (UTC), or unix seconds"),
-    until: Optional[str] = Query(None, alias="to", description="exclusive"),
+    since: Optional[str] = Query(
+        None, alias="from", description="ISO date or time (UTC), or unix seconds", json_schema_extra=TIME_FORMATS
+    ),
+    until: Optional[str] = Query(None, alias="to", description="exclusive", json_schema_extra=TIME_FORMATS),
 ) -> dict:
     """Team-draft comparisons: per compared pair, wins, ties and the win rate with a 95 % interval."""
     from ....pilot.interleaving import interleaving_report
@@ -30,8 +41,15 @@ def interleaving(
 def pilot_summary_route(
     state: StateDep,
     group_by: str = Query("version", description="overall | day | week | version | mode | category"),
-    since: Optional[str] = Query(None, alias="from", description="ISO date or time (UTC), or unix seconds"),
-    until: Optional[str] = Query(None, alias="to", description="ISO date or time (UTC), or unix seconds; exclusive"),
+    since: Optional[str] = Query(
+        None, alias="from", description="ISO date or time (UTC), or unix seconds", json_schema_extra=TIME_FORMATS
+    ),
+    until: Optional[str] = Query(
+        None,
+        alias="to",
+        description="ISO date or time (UTC), or unix seconds; exclusive",
+        json_schema_extra=TIME_FORMATS,
+    ),
     k: Optional[int] = Query(None, ge=1, le=MAX_K, description="cut hit@K at K (default: each query's list)"),
 ) -> dict:
     """Pilot metrics from operator verdicts, per group and overall, with Wilson 95 % intervals."""
@@ -52,8 +70,8 @@ def pilot_chart(
     name: str,
     metric: str = Query("false_hit_rate", description="over-time: false_hit_rate | precision_at_1 | ..."),
     period: str = Query("day", description="over-time: day | week"),
-    since: Optional[str] = Query(None, alias="from"),
-    until: Optional[str] = Query(None, alias="to"),
+    since: Optional[str] = Query(None, alias="from", json_schema_extra=TIME_FORMATS),
+    until: Optional[str] = Query(None, alias="to", json_schema_extra=TIME_FORMATS),
 ) -> Response:
     """A pilot chart as SVG, drawn on the server: over-time, hit-at-k or category."""
     from ....pilot import charts
