@@ -113,9 +113,14 @@ def test_cli_reuses_every_stage_and_prints_the_summary_last(bench_run):
 
 @pytest.mark.slow
 def test_demo_no_serve_on_the_cached_pipeline(bench_run):
-    out, _, _ = bench_run
+    out, summary, _ = bench_run
     proc = lab("demo", "--small", "--no-serve", "--workdir", str(out))
     res = last_json(proc)
+    # the quality it prints is the bench's own measurement of the same cached models
+    for method in ("isa", "image_plus_text"):
+        for metric in ("R@1", "R@10"):
+            assert abs(res["test"][method][metric] - summary["methods"][method][metric]) <= 0.051, (method, metric)
+    assert "test queries" in proc.stderr
     world = out / "worlds" / ShapesBenchConfig.small().world.key()
     images = json.loads((world / "annotations" / "image_info_unlabeled2017.json").read_text())["images"]
     assert res["gallery_items"] == len(images)

@@ -23,8 +23,14 @@ def _say(msg: str) -> None:
     console.print(f"   {msg}", highlight=False)
 
 
-def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int = 8000, queries: int = 4) -> dict:
-    """Returns what it measured (also used by the tests); blocks while serving."""
+def run_demo(
+    workdir: Path, serve: bool = True, small: bool = False, port: int = 8000, queries: int = 4, full: bool = False
+) -> dict:
+    """Returns what it measured (also used by the tests); blocks while serving.
+
+    The models are the demo recipe's (:meth:`ShapesBenchConfig.demo`, minutes on 2 cores), the
+    bench's with ``full`` (the numbers of the results page, half an hour cold), or the tests'
+    scaled-down ones with ``small``."""
     from isacir.compose import PromptTemplate
     from isacir.edge import EdgeEncoder
     from isacir.edge.payload import decode_payload
@@ -39,7 +45,7 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
     from .shapes.world import generate
 
     workdir = Path(workdir)
-    cfg = ShapesBenchConfig.small() if small else ShapesBenchConfig()
+    cfg = ShapesBenchConfig.small() if small else ShapesBenchConfig() if full else ShapesBenchConfig.demo()
     summary: dict = {}
 
     console.print("[bold]1. world[/]: Shapes-CIR (synthetic scenes, composed queries with held-out phrasings)")
@@ -69,13 +75,22 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
     )
 
     console.print("[bold]4. gallery[/]: the world's test gallery, indexed by the foundation's image encoder (FAISS)")
-    gallery_dir = workdir / "gallery"
+    gallery_dir = workdir / f"gallery-{cfg.foundation_key()}"  # one per foundation: recipes share a workdir
     gallery = Gallery.open_or_create(gallery_dir, fnd)
     report = gallery.index([str(world / "unlabeled2017")], fnd, progress=True, num_workers=0)
     _say(report.summary())
 
-    console.print("[bold]5. composed search[/] (thin-client path; a check mark is a correct image)")
     bench = load_shapes(world)
+    summary["test"] = _quality(bench, fnd, qe, cfg.template)
+    isa, baseline = summary["test"]["isa"], summary["test"]["image_plus_text"]
+    _say(
+        f"on the world's {len(bench.queries)} test queries (phrasings the foundation never read): ISA R@1 "
+        f"{isa['R@1']:.1f}, R@10 {isa['R@10']:.1f}; the training-free image+text baseline R@1 "
+        f"{baseline['R@1']:.1f}, R@10 {baseline['R@10']:.1f}"
+        + ("" if cfg.train.max_steps >= 1500 else " (the demo recipe; `--full` trains the bench's, about 30 minutes)")
+    )
+
+    console.print("[bold]5. composed search[/] (thin-client path; a check mark is a correct image)")
     kinds = {str(a["id"]): a["shared_concept"] for a in json.loads((world / "annotations" / "test.json").read_text())}
     chosen, seen = [], set()
     for q in bench.queries:  # one query per edit type
@@ -141,3 +156,17 @@ def run_demo(workdir: Path, serve: bool = True, small: bool = False, port: int =
     console.print(f"\n   [bold green]open http://127.0.0.1:{port}/[/]\n")
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
     return summary
+
+
+def _quality(bench, fnd, qe, template: str) -> dict:
+    """Test R@K of the trained encoder and of the training-free baseline, as ``bench shapes`` measures them."""
+    from isacir.evaluation.evaluate import encode_gallery, evaluate
+
+    vecs = encode_gallery(fnd, [bench.gallery[n] for n in bench.gallery], progress=False)
+    out = {}
+    for mode, encoder in (("isa", qe), ("image_plus_text", None)):
+        metrics, _ = evaluate(
+            bench, fnd, mode, query_encoder=encoder, template=template, gallery_vecs=vecs, progress=False
+        )
+        out[mode] = {k: round(float(metrics[k]), 1) for k in ("R@1", "R@10")}
+    return out
