@@ -141,7 +141,7 @@ def test_no_comment_or_docstring_points_at_the_readme():
     """History lives in docs/experiments and CHANGELOG.md; code that cites README sections breaks when they move."""
     offenders = []
     for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
-        if path.name == "render_results.py":
+        if path.parent.name == "results" and path.parent.parent.name == "isacir_lab":
             continue  # the renderer writes README's generated blocks, so it names the file
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"\bREADME\b", line):

@@ -97,9 +97,9 @@ def test_a_verdict_is_decided_only_when_its_interval_clears_the_threshold():
 
 
 def _renderer():
-    from isacir_lab import render_results
+    from isacir_lab.results import feedback
 
-    return render_results
+    return feedback
 
 
 def test_a_rerun_sits_beside_its_run_of_record():

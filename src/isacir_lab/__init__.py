@@ -3,7 +3,7 @@
 - :mod:`.shapes`: the Shapes-CIR world, its tiny foundation, every Shapes bench and the pilot
   simulator;
 - :mod:`.demo`: the whole system on Shapes-CIR, then the operator UI (``make demo``);
-- :mod:`.render_results`: the docs' result tables, generated from the run records;
+- :mod:`.results`: the docs' result tables, generated from the typed run records;
 - :mod:`.cli`: the ``isacir-lab`` command line.
 
 The lab imports the product as any user would (as ``open_clip_train`` imports ``open_clip``); the

@@ -48,7 +48,7 @@ def render(
     check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if a generated file is stale."),
 ) -> None:
     """Write the docs' generated tables and blocks from the run records in docs/results/."""
-    from ..render_results import ROOT, render_docs
+    from ..results import ROOT, render_docs
 
     stale = render_docs(check=check)
     if stale and check:

@@ -1,0 +1,303 @@
+"""The tables of the benchmarks that measure speed, load and the device side (no learning)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from .cells import METRICS, _arrow
+
+
+def _backbone_cells(result: dict) -> tuple[list[str], dict]:
+    """The runtimes a backbones run measured, and each one's large-encoder milliseconds.
+
+    Runs from before ``--runtime`` hold PyTorch only, at the top level."""
+    large = result.get("runtimes") or {
+        "torch": {k: result[k] for k in ("large_ms", "large_ms_before", "large_ms_after")}
+    }
+    return list(large), large
+
+
+def backbones_table(result: dict) -> str:
+    runtimes, large = _backbone_cells(result)
+    note = f"; {result['source']}" if result.get("source") else ""
+    cpu = result.get("cpu")
+    where = f" on {cpu['model']} ({', '.join(cpu['vector_extensions'])})" if cpu else ""
+    timing = "; ".join(
+        f"{rt} {v['large_ms_before']:.0f} ms before and {v['large_ms_after']:.0f} ms after" for rt, v in large.items()
+    )
+    lines = [
+        f"{result['foundation']} image encoder, {result['threads']} thread(s){where}: {timing} the light ones{note}.",
+        "",
+        "| backbone | input px | params (M, with token learner) | "
+        + " | ".join(f"{rt} light ms | {rt} speedup" for rt in runtimes)
+        + " |",
+        "|---|---:|---:|" + "---:|---:|" * len(runtimes),
+    ]
+    errors = []
+    for r in result["backbones"]:
+        cells = r.get("runtimes") or {"torch": r}
+        row = []
+        for rt in runtimes:
+            if "error" in cells[rt]:
+                errors.append(f"- {r['backbone']} in {rt}: `{cells[rt]['error']}`")
+                row.append(f"failed ({len(errors)}) | –")
+            else:
+                row.append(f"{cells[rt]['light_ms']:.1f} | **{large[rt]['large_ms'] / cells[rt]['light_ms']:.0f}x**")
+        lines.append(f"| {r['backbone']} | {r['input_px']} | {r['params_m']:.2f} | {' | '.join(row)} |")
+    if errors:
+        lines += ["", "Failed cells:", "", *[f"{i}. {e[2:]}" for i, e in enumerate(errors, 1)]]
+    return "\n".join(lines) + "\n"
+
+
+def backbones_csv(result: dict) -> str:
+    runtimes, large = _backbone_cells(result)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["backbone", "input_px", "params_m", "runtime", "light_ms", "large_ms", "speedup"])
+    for r in result["backbones"]:
+        cells = r.get("runtimes") or {"torch": r}
+        for rt in runtimes:
+            if "error" in cells[rt]:
+                w.writerow([r["backbone"], r["input_px"], r["params_m"], rt, "", large[rt]["large_ms"], ""])
+                continue
+            ms, big = cells[rt]["light_ms"], large[rt]["large_ms"]
+            w.writerow([r["backbone"], r["input_px"], r["params_m"], rt, ms, big, f"{big / ms:.1f}"])
+    return buf.getvalue()
+
+
+def pilot_definitions() -> str:
+    """The pilot's definitions as the code states them (so the docs cannot drift from the code)."""
+    from isacir.pilot.metrics import DEFINITIONS
+
+    return "| name | definition |\n|---|---|\n" + "".join(f"| `{k}` | {v} |\n" for k, v in DEFINITIONS.items())
+
+
+def domain_table(runs: list[dict]) -> str:
+    """`bench domain` per seed: the shifted world's test (the customer's) and the standard one."""
+    if not runs:
+        return "No `bench domain` run is recorded yet.\n"
+    lines = [
+        "| seed | adaptation set | steps | shifted R@1 | shifted R@10 | standard R@1 | standard R@10 |",
+        "|---:|---|---:|---|---|---|---|",
+    ]
+    for r in runs:
+        images = "customer's + original photos" if r.get("replay") else "customer's photos"
+        sb, sa, tb, ta = r["shifted"]["before"], r["shifted"]["after"], r["standard"]["before"], r["standard"]["after"]
+        lines.append(
+            f"| {r['seed']} | {images} | {r['steps']} "
+            f"| {_arrow(sb['R@1'], sa['R@1'])} | {_arrow(sb['R@10'], sa['R@10'])} "
+            f"| {_arrow(tb['R@1'], ta['R@1'])} | {_arrow(tb['R@10'], ta['R@10'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def pilot_versions_table(runs: list[dict]) -> str:
+    """`bench pilot-versions`: the pilot's rates per served version, with Wilson 95 % intervals."""
+    if not runs:
+        return "No `bench pilot-versions` run is recorded yet.\n"
+    lines = [
+        "| seed | version | queries | false-hit rate [95 %] | precision@1 [95 %] | hit@K |",
+        "|---:|---|---:|---|---|---:|",
+    ]
+    for r in runs:
+        for g in r["versions"]:
+            fh, p1 = g["false_hit_rate_ci"], g["precision_at_1_ci"]
+            lines.append(
+                f"| {r['seed']} | `{g['key']}` | {g['queries']} | {g['false_hit_rate']:.3f} [{fh[0]:.3f}, {fh[1]:.3f}] "
+                f"| {g['precision_at_1']:.3f} [{p1[0]:.3f}, {p1[1]:.3f}] | {g['hit_at_k']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def load_test_table(runs: list[tuple[str, dict]]) -> str:
+    """`benchmarks/load_test.py --compare-to REV`: before and after, side by side from one run each."""
+    if not runs:
+        return "No load-test run is recorded yet.\n"
+    lines = [
+        "| foundation | server | requests/s | p50 ms | p99 ms | p99 / p50 | log commits per query | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in runs:
+        b = r["before"]
+        names = {1: "1 torch thread", None: "torch's threads"}
+        threads = names.get(b["torch_threads"], f"{b['torch_threads']} threads")
+        for who, x, commits in (
+            (f"before (`{b['revision']}`, {threads})", b, "1 (one per query)"),
+            ("after (defaults)", r, f"{r['log_commits_per_query']:.3f}"),
+        ):
+            lines.append(
+                f"| {name} | {who} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | "
+                f"{x['p99_ms'] / x['p50_ms']:.2f} | {commits} | {x['errors']} |"
+            )
+        lines.append(f"| {name} | **after / before** | **{r['rps_ratio']:.2f}x** | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def soak_table(run: dict | None) -> str:
+    """`benchmarks/soak.py`: requests per workload, server errors and resident memory."""
+    if run is None:
+        return "No soak run is recorded yet.\n"
+    lines = ["| workload | rate /s | requests | statuses |", "|---|---:|---:|---|"]
+    for name, rate in run["rates_per_s"].items():
+        codes = ", ".join(f"{code}: {n}" for code, n in sorted(run["status"][name].items()))
+        lines.append(f"| {name} | {rate:g} | {run['requests'][name]} | {codes} |")
+    lines.append("")
+    lines.append(
+        f"{run['duration_s']:.0f} s on {run['cpu_count']} cores: **{run['server_errors']} server errors**, "
+        f"{run['transport_errors']} transport errors; resident memory {run['rss_warm_mb']:.0f} MB after warm-up, "
+        f"{run['rss_end_mb']:.0f} MB at the end (**{100 * run['rss_growth']:+.1f} %**, goal at most +10 %)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def ann_table(runs: list[tuple[str, dict]]) -> str:
+    """`isacir bench search --index all`: every index family on the same data, against exact search."""
+    if not runs:
+        return "No ANN run is recorded yet.\n"
+    lines = [
+        "| data, queries | index | nprobe | build s | p50 ms | p99 ms | recall@10 "
+        "| re-ranked top 100: recall@10, p50 ms | GiB per 1M vectors |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, run in runs:
+        for r in run["indexes"].values():
+            idx = r["index"]
+            rerank = (
+                f"{r['recall_at_10_rerank']:.3f}, {r['rerank_p50_ms']:.2f}" if "recall_at_10_rerank" in r else "(exact)"
+            )
+            lines.append(
+                f"| {name} | {idx['type']} | {idx.get('nprobe', '-')} | {r['build_s']:.0f} | {r['ann_p50_ms']:.2f} | "
+                f"{r['ann_p99_ms']:.2f} | {r['recall_at_10']:.3f} | {rerank} | {r['gib_per_million']:.3f} |"
+            )
+    first = runs[0][1]
+    lines.append("")
+    lines.append(
+        f"{first['n']:,} x {first['dim']} vectors; {first['queries']} single queries for the first data set, "
+        f"{runs[-1][1]['queries']} for the others; exact search p50 {first['exact_p50_ms']:.0f} ms. Memory is the "
+        "serialized index (codes, ids, lists and the id map)."
+    )
+    cal = next((r["calibration"] for _, r in runs if "calibration" in r), None)
+    if cal:
+        lines.append(
+            f"Calibrated on `{cal['gallery']}` ({cal['source_n']:,} vectors, {cal['source_dim']}-d): "
+            f"{cal['clusters']} k-means clusters, median cosine to the centre {cal['cos_to_centre_median']:.2f}, "
+            f"mean cosine between centres {cal['centre_pairwise_cos']:.3f}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def shapes_ann_table(run: dict | None) -> str:
+    """`benchmarks/shapes_ann.py`: IVF families on the Shapes-CIR gallery with its real composed queries."""
+    if run is None:
+        return "No Shapes-CIR ANN run is recorded yet.\n"
+    lines = [
+        "| index | nprobe tuned on | nprobe | recall@10 | after exact re-ranking | task R@10 | p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind, fam in run["families"].items():
+        for tuned_on, r in fam["tuned_on"].items():
+            rr = f"{r['recall_at_10_reranked']:.3f}" if r["recall_at_10_reranked"] is not None else "-"
+            lines.append(
+                f"| {kind} ({fam['nlist']} lists) | {tuned_on} | {r['nprobe']} | {r['recall_at_10']:.3f} | {rr} | "
+                f"{r['task_r10']:.1f} | {r['p50_ms']:.3f} |"
+            )
+    lines.append("")
+    lines.append(
+        f"{run['gallery']:,} gallery images ({run['dim']}-d), {run['queries_measured']} held-out composed queries "
+        f"(tuned on {run['queries_tuned_on']} others); exact search's task R@10 is {run['exact_task_r10']:.1f}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def ingest_table(runs: list[dict]) -> str:
+    """`benchmarks/ingest_under_load.py --compare-to REV`: search latency idle and during a 20k add."""
+    if not runs:
+        return "No ingest run is recorded yet.\n"
+    lines = [
+        "| writer | gallery | code | idle p50 / p99 ms | during p50 / p99 / max ms | p99 during / idle | add time |",
+        "|---|---|---|---|---|---:|---:|",
+    ]
+    for r in runs:
+        where = f"{r['base'] // 1000}k + {r['added'] // 1000}k"
+        writer = "another process (nice 10)" if r["writer"] == "process" else "a thread of the service"
+        for who, x in ((f"before (`{r['before']['revision']}`)", r["before"]), ("after", r)):
+            lines.append(
+                f"| {writer} | {where} | {who} | {x['idle']['p50_ms']:.2f} / {x['idle']['p99_ms']:.2f} | "
+                f"{x['during']['p50_ms']:.2f} / {x['during']['p99_ms']:.2f} / {x['during']['max_ms']:.0f} | "
+                f"**{x['p99_ratio']:.2f}x** | "
+                f"{x['add_s']:.0f} s |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
+    """`isacir bench query-side --runtime all` per backbone and CPU, and `benchmarks/browser_encode.py`."""
+    if not runs:
+        return "No per-runtime run is recorded yet.\n"
+    lines = [
+        f"{runs[0]['threads']} thread; foundation `{runs[0]['foundation']}`, {runs[0]['tokens']} tokens; "
+        f"PyTorch {runs[0]['torch']}.",
+        "",
+        "| CPU (vector extensions) | ONNX Runtime | backbone | runtime | light ms | large ms | speedup |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in runs:
+        cpu = f"{r['cpu']['model']} ({', '.join(r['cpu']['vector_extensions']) or 'none listed'})"
+        for name, row in r["runtimes"].items():
+            lines.append(
+                f"| {cpu} | {r['onnxruntime']} | {r['backbone']} | {name} | {row['light_ms']:.1f} | "
+                f"{row['large_ms']:.0f} | **{row['speedup']:.0f}x** |"
+            )
+    forms = runs[0]["payloads"]
+    lines += [
+        "",
+        f"Payload forms ({runs[0]['backbone']}; the cosine is the composed query's to the fp32 one, the least over "
+        f"four modifiers; a {runs[0]['jpeg_bytes']:,}-byte JPEG of the same photo for scale):",
+        "",
+        "| payload | bytes | of the JPEG | query cosine |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, form in forms.items():
+        lines.append(
+            f"| {name} | {form['bytes']:,} | {form['bytes'] / runs[0]['jpeg_bytes']:.2f} | {form['cosine']:.4f} |"
+        )
+    if browser:
+        lines += [
+            "",
+            "In the browser (headless Chromium, ONNX Runtime Web WASM, 1 thread):",
+            "",
+            "| CPU | backbone | input px | preprocess ms | encode ms | Python ONNX Runtime ms | WASM / native |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for b in browser:
+            lines.append(
+                f"| {b['cpu']['model']} | {b['backbone']} | {b['input_px']} | {b['preprocess_ms']:.1f} | "
+                f"{b['encode_ms']:.1f} | {b['python_onnx_ms']:.1f} | {b['wasm_over_native']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def edge_int8_table(runs: list[dict]) -> str:
+    """`isacir-lab bench edge-int8`: Shapes-CIR test R@K with PyTorch, ONNX fp32 and ONNX int8 tokens."""
+    if not runs:
+        return "No edge-int8 run is recorded yet.\n"
+    lines = [
+        "| seed | tokens from | " + " | ".join(METRICS) + " |",
+        "|---:|---|" + "---:|" * len(METRICS),
+    ]
+    for r in runs:
+        rows = [("PyTorch", r["torch"]), ("ONNX fp32", r["fp32"]), ("ONNX int8", r["int8"])]
+        rows += [(f"ONNX int8, {d} payload", m) for d, m in r["payloads"].items()]
+        for name, m in rows:
+            lines.append(f"| {r['seed']} | {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRICS) + " |")
+    lines.append("")
+    for r in runs:
+        verdict = "written" if r["written"] else f"refused ({r['refused']})"
+        c = r["query_cosine"]
+        lines.append(
+            f"- seed {r['seed']} ({r['backbone']}): int8's R@10 is {r['r10_drop']:.2f} points below fp32's "
+            f"(allowed {r['max_r10_drop']}); least composed-query cosine {c['min']:.4f} (required {c['required']}); "
+            f"model {r['model_bytes']['int8']:,} bytes against {r['model_bytes']['fp32']:,}: int8 model {verdict}."
+        )
+    return "\n".join(lines) + "\n"
