@@ -34,3 +34,33 @@ def test_a_drifted_record_is_refused_with_its_file_and_field_named(tmp_path):
         ShapesRun.load(tmp_path / "shapes-seed0.json")
     with pytest.raises(RecordError, match="no shapes-seed"):
         load_shapes_runs(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "pattern, loader, field",
+    [
+        ("domain-seed*.json", "load_domain_runs", "steps"),
+        ("pilot-versions-seed*.json", "load_pilot_versions_runs", "versions"),
+        ("edge-int8-seed*.json", "load_edge_int8_runs", "r10_drop"),
+    ],
+)
+def test_the_bench_records_read_typed_and_name_a_missing_field(tmp_path, pattern, loader, field):
+    from isacir_lab.results import records
+
+    load = getattr(records, loader)
+    files = sorted(RESULTS.glob(pattern))
+    assert files and len(load(RESULTS)) == len(files)
+    raw = json.loads(files[0].read_text())
+    del raw[field]
+    (tmp_path / files[0].name).write_text(json.dumps(raw))
+    with pytest.raises(RecordError, match=rf"{files[0].name} is not a .* record: missing or bad '{field}'"):
+        load(tmp_path)
+
+
+def test_the_soak_record_reads_as_its_json_says():
+    from isacir_lab.results.records import SoakRun
+
+    raw = json.loads((RESULTS / "soak-600s.json").read_text())
+    run = SoakRun.load(RESULTS / "soak-600s.json")
+    assert run.server_errors == raw["server_errors"] and set(run.requests) == set(raw["rates_per_s"])
+    assert sum(run.requests.values()) == sum(raw["requests"][k] for k in raw["rates_per_s"])

@@ -6,6 +6,7 @@ import csv
 import io
 
 from .cells import METRICS, _arrow
+from .records import DomainRun, EdgeInt8Run, PilotVersionsRun, SoakRun
 
 
 def _backbone_cells(result: dict) -> tuple[list[str], dict]:
@@ -73,7 +74,7 @@ def pilot_definitions() -> str:
     return "| name | definition |\n|---|---|\n" + "".join(f"| `{k}` | {v} |\n" for k, v in DEFINITIONS.items())
 
 
-def domain_table(runs: list[dict]) -> str:
+def domain_table(runs: list[DomainRun]) -> str:
     """`bench domain` per seed: the shifted world's test (the customer's) and the standard one."""
     if not runs:
         return "No `bench domain` run is recorded yet.\n"
@@ -82,17 +83,17 @@ def domain_table(runs: list[dict]) -> str:
         "|---:|---|---:|---|---|---|---|",
     ]
     for r in runs:
-        images = "customer's + original photos" if r.get("replay") else "customer's photos"
-        sb, sa, tb, ta = r["shifted"]["before"], r["shifted"]["after"], r["standard"]["before"], r["standard"]["after"]
-        lines.append(
-            f"| {r['seed']} | {images} | {r['steps']} "
-            f"| {_arrow(sb['R@1'], sa['R@1'])} | {_arrow(sb['R@10'], sa['R@10'])} "
-            f"| {_arrow(tb['R@1'], ta['R@1'])} | {_arrow(tb['R@10'], ta['R@10'])} |"
-        )
+        images = "customer's + original photos" if r.replay else "customer's photos"
+        cells = [
+            _arrow(r.tests[world]["before"][k], r.tests[world]["after"][k])
+            for world in ("shifted", "standard")
+            for k in ("R@1", "R@10")
+        ]
+        lines.append(f"| {r.seed} | {images} | {r.steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def pilot_versions_table(runs: list[dict]) -> str:
+def pilot_versions_table(runs: list[PilotVersionsRun]) -> str:
     """`bench pilot-versions`: the pilot's rates per served version, with Wilson 95 % intervals."""
     if not runs:
         return "No `bench pilot-versions` run is recorded yet.\n"
@@ -101,11 +102,11 @@ def pilot_versions_table(runs: list[dict]) -> str:
         "|---:|---|---:|---|---|---:|",
     ]
     for r in runs:
-        for g in r["versions"]:
-            fh, p1 = g["false_hit_rate_ci"], g["precision_at_1_ci"]
+        for g in r.versions:
+            fh, p1 = g.false_hit_rate_ci, g.precision_at_1_ci
             lines.append(
-                f"| {r['seed']} | `{g['key']}` | {g['queries']} | {g['false_hit_rate']:.3f} [{fh[0]:.3f}, {fh[1]:.3f}] "
-                f"| {g['precision_at_1']:.3f} [{p1[0]:.3f}, {p1[1]:.3f}] | {g['hit_at_k']:.3f} |"
+                f"| {r.seed} | `{g.key}` | {g.queries} | {g.false_hit_rate:.3f} [{fh[0]:.3f}, {fh[1]:.3f}] "
+                f"| {g.precision_at_1:.3f} [{p1[0]:.3f}, {p1[1]:.3f}] | {g.hit_at_k:.3f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -134,19 +135,19 @@ def load_test_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def soak_table(run: dict | None) -> str:
+def soak_table(run: SoakRun | None) -> str:
     """`benchmarks/soak.py`: requests per workload, server errors and resident memory."""
     if run is None:
         return "No soak run is recorded yet.\n"
     lines = ["| workload | rate /s | requests | statuses |", "|---|---:|---:|---|"]
-    for name, rate in run["rates_per_s"].items():
-        codes = ", ".join(f"{code}: {n}" for code, n in sorted(run["status"][name].items()))
-        lines.append(f"| {name} | {rate:g} | {run['requests'][name]} | {codes} |")
+    for name, rate in run.rates_per_s.items():
+        codes = ", ".join(f"{code}: {n}" for code, n in sorted(run.status[name].items()))
+        lines.append(f"| {name} | {rate:g} | {run.requests[name]} | {codes} |")
     lines.append("")
     lines.append(
-        f"{run['duration_s']:.0f} s on {run['cpu_count']} cores: **{run['server_errors']} server errors**, "
-        f"{run['transport_errors']} transport errors; resident memory {run['rss_warm_mb']:.0f} MB after warm-up, "
-        f"{run['rss_end_mb']:.0f} MB at the end (**{100 * run['rss_growth']:+.1f} %**, goal at most +10 %)."
+        f"{run.duration_s:.0f} s on {run.cpu_count} cores: **{run.server_errors} server errors**, "
+        f"{run.transport_errors} transport errors; resident memory {run.rss_warm_mb:.0f} MB after warm-up, "
+        f"{run.rss_end_mb:.0f} MB at the end (**{100 * run.rss_growth:+.1f} %**, goal at most +10 %)."
     )
     return "\n".join(lines) + "\n"
 
@@ -278,7 +279,7 @@ def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def edge_int8_table(runs: list[dict]) -> str:
+def edge_int8_table(runs: list[EdgeInt8Run]) -> str:
     """`isacir-lab bench edge-int8`: Shapes-CIR test R@K with PyTorch, ONNX fp32 and ONNX int8 tokens."""
     if not runs:
         return "No edge-int8 run is recorded yet.\n"
@@ -287,17 +288,15 @@ def edge_int8_table(runs: list[dict]) -> str:
         "|---:|---|" + "---:|" * len(METRICS),
     ]
     for r in runs:
-        rows = [("PyTorch", r["torch"]), ("ONNX fp32", r["fp32"]), ("ONNX int8", r["int8"])]
-        rows += [(f"ONNX int8, {d} payload", m) for d, m in r["payloads"].items()]
-        for name, m in rows:
-            lines.append(f"| {r['seed']} | {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRICS) + " |")
+        for name, m in r.rows.items():
+            lines.append(f"| {r.seed} | {name} | " + " | ".join(f"{m[k]:.2f}" for k in METRICS) + " |")
     lines.append("")
     for r in runs:
-        verdict = "written" if r["written"] else f"refused ({r['refused']})"
-        c = r["query_cosine"]
+        verdict = "written" if r.written else f"refused ({r.refused})"
         lines.append(
-            f"- seed {r['seed']} ({r['backbone']}): int8's R@10 is {r['r10_drop']:.2f} points below fp32's "
-            f"(allowed {r['max_r10_drop']}); least composed-query cosine {c['min']:.4f} (required {c['required']}); "
-            f"model {r['model_bytes']['int8']:,} bytes against {r['model_bytes']['fp32']:,}: int8 model {verdict}."
+            f"- seed {r.seed} ({r.backbone}): int8's R@10 is {r.r10_drop:.2f} points below fp32's "
+            f"(allowed {r.max_r10_drop}); least composed-query cosine {r.min_query_cosine:.4f} "
+            f"(required {r.required_query_cosine}); model {r.int8_bytes:,} bytes against {r.fp32_bytes:,}: "
+            f"int8 model {verdict}."
         )
     return "\n".join(lines) + "\n"

@@ -75,3 +75,170 @@ def load_shapes_runs(results: Path) -> list[ShapesRun]:
     if not runs:
         raise RecordError(f"no shapes-seed*.json in {results}")
     return sorted(runs, key=lambda r: r.seed)
+
+
+def _load_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RecordError(f"{path} is not a readable {what} record: {exc}") from None
+
+
+def _each(results: Path, pattern: str, load: Any, key: Any) -> list:
+    return sorted((load(p) for p in results.glob(pattern)), key=key)
+
+
+@dataclass(frozen=True)
+class DomainRun:
+    """One ``isacir-lab bench domain`` run: ``domain-seed{S}[-replay].json``."""
+
+    seed: int
+    steps: int
+    replay: bool
+    #: world ("shifted", "standard") -> phase ("before", "after") -> metrics
+    tests: dict[str, dict[str, dict[str, float]]]
+
+    @classmethod
+    def load(cls, path: Path) -> DomainRun:
+        raw = _load_json(path, "bench domain")
+        try:
+            tests = {
+                w: {phase: {k: float(v) for k, v in raw[w][phase].items()} for phase in ("before", "after")}
+                for w in ("shifted", "standard")
+            }
+            return cls(int(raw["seed"]), int(raw["steps"]), bool(raw.get("replay")), tests)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RecordError(f"{path} is not a bench domain run record: missing or bad {exc}") from None
+
+
+def load_domain_runs(results: Path) -> list[DomainRun]:
+    return _each(results, "domain-seed*.json", DomainRun.load, lambda r: (r.seed, r.replay))
+
+
+@dataclass(frozen=True)
+class VersionRates:
+    """A served version's pilot rates, with Wilson 95 % intervals."""
+
+    key: str
+    queries: int
+    false_hit_rate: float
+    false_hit_rate_ci: tuple[float, float]
+    precision_at_1: float
+    precision_at_1_ci: tuple[float, float]
+    hit_at_k: float
+
+
+@dataclass(frozen=True)
+class PilotVersionsRun:
+    """One ``isacir-lab bench pilot-versions`` run: ``pilot-versions-seed{S}.json``."""
+
+    seed: int
+    versions: list[VersionRates]
+
+    @classmethod
+    def load(cls, path: Path) -> PilotVersionsRun:
+        raw = _load_json(path, "bench pilot-versions")
+        try:
+            versions = [
+                VersionRates(
+                    key=str(g["key"]),
+                    queries=int(g["queries"]),
+                    false_hit_rate=float(g["false_hit_rate"]),
+                    false_hit_rate_ci=(float(g["false_hit_rate_ci"][0]), float(g["false_hit_rate_ci"][1])),
+                    precision_at_1=float(g["precision_at_1"]),
+                    precision_at_1_ci=(float(g["precision_at_1_ci"][0]), float(g["precision_at_1_ci"][1])),
+                    hit_at_k=float(g["hit_at_k"]),
+                )
+                for g in raw["versions"]
+            ]
+            return cls(int(raw["seed"]), versions)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise RecordError(f"{path} is not a bench pilot-versions run record: missing or bad {exc}") from None
+
+
+def load_pilot_versions_runs(results: Path) -> list[PilotVersionsRun]:
+    return _each(results, "pilot-versions-seed*.json", PilotVersionsRun.load, lambda r: r.seed)
+
+
+@dataclass(frozen=True)
+class EdgeInt8Run:
+    """One ``isacir-lab bench edge-int8`` run: ``edge-int8-seed{S}.json``."""
+
+    seed: int
+    backbone: str
+    #: tokens from ("PyTorch", "ONNX fp32", "ONNX int8", "ONNX int8, D payload") -> test metrics
+    rows: dict[str, Metrics]
+    written: bool
+    refused: str | None
+    r10_drop: float
+    max_r10_drop: float
+    min_query_cosine: float
+    required_query_cosine: float
+    int8_bytes: int
+    fp32_bytes: int
+
+    @classmethod
+    def load(cls, path: Path) -> EdgeInt8Run:
+        raw = _load_json(path, "bench edge-int8")
+        try:
+            rows = {
+                "PyTorch": _metrics(raw["torch"], f"{path}: torch"),
+                "ONNX fp32": _metrics(raw["fp32"], f"{path}: fp32"),
+                "ONNX int8": _metrics(raw["int8"], f"{path}: int8"),
+                **{f"ONNX int8, {d} payload": _metrics(m, f"{path}: payloads.{d}") for d, m in raw["payloads"].items()},
+            }
+            return cls(
+                seed=int(raw["seed"]),
+                backbone=str(raw["backbone"]),
+                rows=rows,
+                written=bool(raw["written"]),
+                refused=raw.get("refused"),
+                r10_drop=float(raw["r10_drop"]),
+                max_r10_drop=raw["max_r10_drop"],
+                min_query_cosine=float(raw["query_cosine"]["min"]),
+                required_query_cosine=raw["query_cosine"]["required"],
+                int8_bytes=int(raw["model_bytes"]["int8"]),
+                fp32_bytes=int(raw["model_bytes"]["fp32"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError(f"{path} is not a bench edge-int8 run record: missing or bad {exc}") from None
+
+
+def load_edge_int8_runs(results: Path) -> list[EdgeInt8Run]:
+    return _each(results, "edge-int8-seed*.json", EdgeInt8Run.load, lambda r: r.seed)
+
+
+@dataclass(frozen=True)
+class SoakRun:
+    """``benchmarks/soak.py``: ``soak-600s.json``."""
+
+    duration_s: float
+    cpu_count: int
+    #: workload -> requests per second asked, requests made, and answers by status code
+    rates_per_s: dict[str, float]
+    requests: dict[str, int]
+    status: dict[str, dict[str, int]]
+    server_errors: int
+    transport_errors: int
+    rss_warm_mb: float
+    rss_end_mb: float
+    rss_growth: float
+
+    @classmethod
+    def load(cls, path: Path) -> SoakRun:
+        raw = _load_json(path, "soak")
+        try:
+            return cls(
+                duration_s=float(raw["duration_s"]),
+                cpu_count=int(raw["cpu_count"]),
+                rates_per_s={k: float(v) for k, v in raw["rates_per_s"].items()},
+                requests={k: int(raw["requests"][k]) for k in raw["rates_per_s"]},
+                status={k: {str(c): int(n) for c, n in raw["status"][k].items()} for k in raw["rates_per_s"]},
+                server_errors=int(raw["server_errors"]),
+                transport_errors=int(raw["transport_errors"]),
+                rss_warm_mb=float(raw["rss_warm_mb"]),
+                rss_end_mb=float(raw["rss_end_mb"]),
+                rss_growth=float(raw["rss_growth"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RecordError(f"{path} is not a soak run record: missing or bad {exc}") from None

@@ -53,7 +53,13 @@ from .feedback import (
     load_variants,
 )
 from .paths import PAGES, RESULTS, ROOT
-from .records import load_shapes_runs
+from .records import (
+    SoakRun,
+    load_domain_runs,
+    load_edge_int8_runs,
+    load_pilot_versions_runs,
+    load_shapes_runs,
+)
 from .shapes import per_seed_csv, results_page, summary_csv, summary_table
 
 
@@ -103,11 +109,7 @@ def render() -> dict[Path, str]:
             ("tuned_by_folds",),
         ),
         "feedback-recipe-to-deploy": feedback_deploy_table(replicated + variant_runs, beside),
-        "pilot-versions": pilot_versions_table(
-            sorted(
-                (json.loads(p.read_text()) for p in RESULTS.glob("pilot-versions-seed*.json")), key=lambda r: r["seed"]
-            )
-        ),
+        "pilot-versions": pilot_versions_table(load_pilot_versions_runs(RESULTS)),
         "load-test": load_test_table(
             [
                 (name, json.loads((RESULTS / f"load-{tag}.json").read_text()))
@@ -115,9 +117,7 @@ def render() -> dict[Path, str]:
                 if (RESULTS / f"load-{tag}.json").exists()
             ]
         ),
-        "soak": soak_table(
-            json.loads((RESULTS / "soak-600s.json").read_text()) if (RESULTS / "soak-600s.json").exists() else None
-        ),
+        "soak": soak_table(SoakRun.load(RESULTS / "soak-600s.json") if (RESULTS / "soak-600s.json").exists() else None),
         "ann-families": ann_table(
             [
                 (name, json.loads((RESULTS / f"ann-1m-{tag}.json").read_text()))
@@ -154,15 +154,8 @@ def render() -> dict[Path, str]:
                 key=lambda b: (b["cpu"]["model"], b["encode_ms"]),
             ),
         ),
-        "edge-int8": edge_int8_table(
-            sorted((json.loads(p.read_text()) for p in RESULTS.glob("edge-int8-seed*.json")), key=lambda r: r["seed"])
-        ),
-        "domain-summary": domain_table(
-            sorted(
-                (json.loads(p.read_text()) for p in RESULTS.glob("domain-seed*.json")),
-                key=lambda r: (r["seed"], bool(r.get("replay"))),
-            )
-        ),
+        "edge-int8": edge_int8_table(load_edge_int8_runs(RESULTS)),
+        "domain-summary": domain_table(load_domain_runs(RESULTS)),
     }
     out = {
         RESULTS / "shapes-cir.csv": per_seed_csv(runs),
