@@ -64,3 +64,30 @@ def test_the_soak_record_reads_as_its_json_says():
     run = SoakRun.load(RESULTS / "soak-600s.json")
     assert run.server_errors == raw["server_errors"] and set(run.requests) == set(raw["rates_per_s"])
     assert sum(run.requests.values()) == sum(raw["requests"][k] for k in raw["rates_per_s"])
+
+
+def test_the_serving_and_index_records_read_as_their_json_says():
+    from isacir_lab.results.records import AnnRun, IngestRun, LoadRun, ShapesAnnRun
+
+    for path in sorted(RESULTS.glob("load-*.json")):
+        raw, run = json.loads(path.read_text()), LoadRun.load(path)
+        assert (run.before.rps, run.after.rps, run.rps_ratio) == (raw["before"]["rps"], raw["rps"], raw["rps_ratio"])
+    for path in sorted(RESULTS.glob("ingest-*.json")):
+        raw, run = json.loads(path.read_text()), IngestRun.load(path)
+        assert run.after.during.p99_ms == raw["during"]["p99_ms"] and run.before.revision == raw["before"]["revision"]
+    for path in sorted(RESULTS.glob("ann-1m-*.json")):
+        raw, run = json.loads(path.read_text()), AnnRun.load(path)
+        assert [i.type for i in run.indexes] == [r["index"]["type"] for r in raw["indexes"].values()]
+    raw = json.loads((RESULTS / "ann-shapes-seed0.json").read_text())
+    run = ShapesAnnRun.load(RESULTS / "ann-shapes-seed0.json")
+    assert len(run.rows) == sum(len(f["tuned_on"]) for f in raw["families"].values())
+
+
+def test_a_load_record_without_its_ratio_is_named(tmp_path):
+    from isacir_lab.results.records import LoadRun
+
+    raw = json.loads((RESULTS / "load-tiny.json").read_text())
+    del raw["rps_ratio"]
+    (tmp_path / "load-tiny.json").write_text(json.dumps(raw))
+    with pytest.raises(RecordError, match="load-tiny.json is not a load test record: missing or bad 'rps_ratio'"):
+        LoadRun.load(tmp_path / "load-tiny.json")

@@ -6,7 +6,7 @@ import csv
 import io
 
 from .cells import METRICS, _arrow
-from .records import DomainRun, EdgeInt8Run, PilotVersionsRun, SoakRun
+from .records import AnnRun, DomainRun, EdgeInt8Run, IngestRun, LoadRun, PilotVersionsRun, ShapesAnnRun, SoakRun
 
 
 def _backbone_cells(result: dict) -> tuple[list[str], dict]:
@@ -111,7 +111,7 @@ def pilot_versions_table(runs: list[PilotVersionsRun]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_test_table(runs: list[tuple[str, dict]]) -> str:
+def load_test_table(runs: list[tuple[str, LoadRun]]) -> str:
     """`benchmarks/load_test.py --compare-to REV`: before and after, side by side from one run each."""
     if not runs:
         return "No load-test run is recorded yet.\n"
@@ -120,18 +120,18 @@ def load_test_table(runs: list[tuple[str, dict]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in runs:
-        b = r["before"]
+        b, a = r.before, r.after
         names = {1: "1 torch thread", None: "torch's threads"}
-        threads = names.get(b["torch_threads"], f"{b['torch_threads']} threads")
+        threads = names.get(b.torch_threads, f"{b.torch_threads} threads")
         for who, x, commits in (
-            (f"before (`{b['revision']}`, {threads})", b, "1 (one per query)"),
-            ("after (defaults)", r, f"{r['log_commits_per_query']:.3f}"),
+            (f"before (`{b.revision}`, {threads})", b, "1 (one per query)"),
+            ("after (defaults)", a, f"{a.log_commits_per_query:.3f}"),
         ):
             lines.append(
-                f"| {name} | {who} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} | "
-                f"{x['p99_ms'] / x['p50_ms']:.2f} | {commits} | {x['errors']} |"
+                f"| {name} | {who} | {x.rps:.1f} | {x.p50_ms:.1f} | {x.p99_ms:.1f} | "
+                f"{x.p99_ms / x.p50_ms:.2f} | {commits} | {x.errors} |"
             )
-        lines.append(f"| {name} | **after / before** | **{r['rps_ratio']:.2f}x** | | | | | |")
+        lines.append(f"| {name} | **after / before** | **{r.rps_ratio:.2f}x** | | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +152,7 @@ def soak_table(run: SoakRun | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ann_table(runs: list[tuple[str, dict]]) -> str:
+def ann_table(runs: list[tuple[str, AnnRun]]) -> str:
     """`isacir bench search --index all`: every index family on the same data, against exact search."""
     if not runs:
         return "No ANN run is recorded yet.\n"
@@ -162,23 +162,25 @@ def ann_table(runs: list[tuple[str, dict]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for name, run in runs:
-        for r in run["indexes"].values():
-            idx = r["index"]
+        for r in run.indexes:
             rerank = (
-                f"{r['recall_at_10_rerank']:.3f}, {r['rerank_p50_ms']:.2f}" if "recall_at_10_rerank" in r else "(exact)"
+                f"{r.recall_at_10_rerank:.3f}, {r.rerank_p50_ms:.2f}"
+                if r.recall_at_10_rerank is not None and r.rerank_p50_ms is not None
+                else "(exact)"
             )
+            nprobe = r.nprobe if r.nprobe is not None else "-"
             lines.append(
-                f"| {name} | {idx['type']} | {idx.get('nprobe', '-')} | {r['build_s']:.0f} | {r['ann_p50_ms']:.2f} | "
-                f"{r['ann_p99_ms']:.2f} | {r['recall_at_10']:.3f} | {rerank} | {r['gib_per_million']:.3f} |"
+                f"| {name} | {r.type} | {nprobe} | {r.build_s:.0f} | {r.ann_p50_ms:.2f} | "
+                f"{r.ann_p99_ms:.2f} | {r.recall_at_10:.3f} | {rerank} | {r.gib_per_million:.3f} |"
             )
     first = runs[0][1]
     lines.append("")
     lines.append(
-        f"{first['n']:,} x {first['dim']} vectors; {first['queries']} single queries for the first data set, "
-        f"{runs[-1][1]['queries']} for the others; exact search p50 {first['exact_p50_ms']:.0f} ms. Memory is the "
+        f"{first.n:,} x {first.dim} vectors; {first.queries} single queries for the first data set, "
+        f"{runs[-1][1].queries} for the others; exact search p50 {first.exact_p50_ms:.0f} ms. Memory is the "
         "serialized index (codes, ids, lists and the id map)."
     )
-    cal = next((r["calibration"] for _, r in runs if "calibration" in r), None)
+    cal = next((r.calibration for _, r in runs if r.calibration), None)
     if cal:
         lines.append(
             f"Calibrated on `{cal['gallery']}` ({cal['source_n']:,} vectors, {cal['source_dim']}-d): "
@@ -188,7 +190,7 @@ def ann_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def shapes_ann_table(run: dict | None) -> str:
+def shapes_ann_table(run: ShapesAnnRun | None) -> str:
     """`benchmarks/shapes_ann.py`: IVF families on the Shapes-CIR gallery with its real composed queries."""
     if run is None:
         return "No Shapes-CIR ANN run is recorded yet.\n"
@@ -196,22 +198,21 @@ def shapes_ann_table(run: dict | None) -> str:
         "| index | nprobe tuned on | nprobe | recall@10 | after exact re-ranking | task R@10 | p50 ms |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for kind, fam in run["families"].items():
-        for tuned_on, r in fam["tuned_on"].items():
-            rr = f"{r['recall_at_10_reranked']:.3f}" if r["recall_at_10_reranked"] is not None else "-"
-            lines.append(
-                f"| {kind} ({fam['nlist']} lists) | {tuned_on} | {r['nprobe']} | {r['recall_at_10']:.3f} | {rr} | "
-                f"{r['task_r10']:.1f} | {r['p50_ms']:.3f} |"
-            )
+    for r in run.rows:
+        rr = f"{r.recall_at_10_reranked:.3f}" if r.recall_at_10_reranked is not None else "-"
+        lines.append(
+            f"| {r.family} ({r.nlist} lists) | {r.tuned_on} | {r.nprobe} | {r.recall_at_10:.3f} | {rr} | "
+            f"{r.task_r10:.1f} | {r.p50_ms:.3f} |"
+        )
     lines.append("")
     lines.append(
-        f"{run['gallery']:,} gallery images ({run['dim']}-d), {run['queries_measured']} held-out composed queries "
-        f"(tuned on {run['queries_tuned_on']} others); exact search's task R@10 is {run['exact_task_r10']:.1f}."
+        f"{run.gallery:,} gallery images ({run.dim}-d), {run.queries_measured} held-out composed queries "
+        f"(tuned on {run.queries_tuned_on} others); exact search's task R@10 is {run.exact_task_r10:.1f}."
     )
     return "\n".join(lines) + "\n"
 
 
-def ingest_table(runs: list[dict]) -> str:
+def ingest_table(runs: list[IngestRun]) -> str:
     """`benchmarks/ingest_under_load.py --compare-to REV`: search latency idle and during a 20k add."""
     if not runs:
         return "No ingest run is recorded yet.\n"
@@ -220,14 +221,14 @@ def ingest_table(runs: list[dict]) -> str:
         "|---|---|---|---|---|---:|---:|",
     ]
     for r in runs:
-        where = f"{r['base'] // 1000}k + {r['added'] // 1000}k"
-        writer = "another process (nice 10)" if r["writer"] == "process" else "a thread of the service"
-        for who, x in ((f"before (`{r['before']['revision']}`)", r["before"]), ("after", r)):
+        where = f"{r.base // 1000}k + {r.added // 1000}k"
+        writer = "another process (nice 10)" if r.writer == "process" else "a thread of the service"
+        for who, x in ((f"before (`{r.before.revision}`)", r.before), ("after", r.after)):
             lines.append(
-                f"| {writer} | {where} | {who} | {x['idle']['p50_ms']:.2f} / {x['idle']['p99_ms']:.2f} | "
-                f"{x['during']['p50_ms']:.2f} / {x['during']['p99_ms']:.2f} / {x['during']['max_ms']:.0f} | "
-                f"**{x['p99_ratio']:.2f}x** | "
-                f"{x['add_s']:.0f} s |"
+                f"| {writer} | {where} | {who} | {x.idle.p50_ms:.2f} / {x.idle.p99_ms:.2f} | "
+                f"{x.during.p50_ms:.2f} / {x.during.p99_ms:.2f} / {x.during.max_ms:.0f} | "
+                f"**{x.p99_ratio:.2f}x** | "
+                f"{x.add_s:.0f} s |"
             )
     return "\n".join(lines) + "\n"
 

@@ -242,3 +242,218 @@ class SoakRun:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RecordError(f"{path} is not a soak run record: missing or bad {exc}") from None
+
+
+def _bad(path: Path, what: str, exc: Exception) -> RecordError:
+    return RecordError(f"{path} is not a {what} record: missing or bad {exc}")
+
+
+@dataclass(frozen=True)
+class LoadSide:
+    """One side of a load test: the service at one revision under the same load."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    revision: str | None = None
+    torch_threads: int | None = None
+    log_commits_per_query: float | None = None
+
+    @classmethod
+    def of(cls, raw: dict) -> LoadSide:
+        return cls(
+            rps=float(raw["rps"]),
+            p50_ms=float(raw["p50_ms"]),
+            p99_ms=float(raw["p99_ms"]),
+            errors=int(raw["errors"]),
+            revision=raw.get("revision"),
+            torch_threads=raw.get("torch_threads"),
+            log_commits_per_query=raw.get("log_commits_per_query"),
+        )
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """``benchmarks/load_test.py --compare-to REV``: ``load-{tag}.json``, before and after side by side."""
+
+    before: LoadSide
+    after: LoadSide
+    rps_ratio: float
+
+    @classmethod
+    def load(cls, path: Path) -> LoadRun:
+        raw = _load_json(path, "load test")
+        try:
+            return cls(LoadSide.of(raw["before"]), LoadSide.of(raw), float(raw["rps_ratio"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(path, "load test", exc) from None
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, raw: dict) -> Latency:
+        return cls(float(raw["p50_ms"]), float(raw["p99_ms"]), float(raw["max_ms"]))
+
+
+@dataclass(frozen=True)
+class IngestSide:
+    """Search latency idle and during an add, at one revision."""
+
+    idle: Latency
+    during: Latency
+    p99_ratio: float
+    add_s: float
+    revision: str | None = None
+
+    @classmethod
+    def of(cls, raw: dict) -> IngestSide:
+        return cls(
+            Latency.of(raw["idle"]),
+            Latency.of(raw["during"]),
+            float(raw["p99_ratio"]),
+            float(raw["add_s"]),
+            raw.get("revision"),
+        )
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """``benchmarks/ingest_under_load.py --compare-to REV``: ``ingest-{tag}.json``."""
+
+    writer: str
+    base: int
+    added: int
+    before: IngestSide
+    after: IngestSide
+
+    @classmethod
+    def load(cls, path: Path) -> IngestRun:
+        raw = _load_json(path, "ingest")
+        try:
+            return cls(
+                str(raw["writer"]),
+                int(raw["base"]),
+                int(raw["added"]),
+                IngestSide.of(raw["before"]),
+                IngestSide.of(raw),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(path, "ingest", exc) from None
+
+
+@dataclass(frozen=True)
+class AnnIndex:
+    """One index family of an ANN run, against exact search on the same queries."""
+
+    type: str
+    nprobe: int | None
+    build_s: float
+    ann_p50_ms: float
+    ann_p99_ms: float
+    recall_at_10: float
+    gib_per_million: float
+    recall_at_10_rerank: float | None = None
+    rerank_p50_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class AnnRun:
+    """``isacir bench search --index all``: ``ann-1m-{data}-{queries}.json``."""
+
+    n: int
+    dim: int
+    queries: int
+    exact_p50_ms: float
+    indexes: list[AnnIndex]
+    #: how the synthetic data were calibrated on a real gallery, when they were
+    calibration: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> AnnRun:
+        raw = _load_json(path, "ANN")
+        try:
+            indexes = [
+                AnnIndex(
+                    type=str(r["index"]["type"]),
+                    nprobe=r["index"].get("nprobe"),
+                    build_s=float(r["build_s"]),
+                    ann_p50_ms=float(r["ann_p50_ms"]),
+                    ann_p99_ms=float(r["ann_p99_ms"]),
+                    recall_at_10=float(r["recall_at_10"]),
+                    gib_per_million=float(r["gib_per_million"]),
+                    recall_at_10_rerank=r.get("recall_at_10_rerank"),
+                    rerank_p50_ms=r.get("rerank_p50_ms"),
+                )
+                for r in raw["indexes"].values()
+            ]
+            return cls(
+                int(raw["n"]),
+                int(raw["dim"]),
+                int(raw["queries"]),
+                float(raw["exact_p50_ms"]),
+                indexes,
+                raw.get("calibration"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _bad(path, "ANN", exc) from None
+
+
+@dataclass(frozen=True)
+class TunedIndex:
+    """An IVF family on the Shapes-CIR gallery, its nprobe tuned on one kind of query."""
+
+    family: str
+    nlist: int
+    tuned_on: str
+    nprobe: int
+    recall_at_10: float
+    recall_at_10_reranked: float | None
+    task_r10: float
+    p50_ms: float
+
+
+@dataclass(frozen=True)
+class ShapesAnnRun:
+    """``benchmarks/shapes_ann.py``: ``ann-shapes-seed{S}.json``."""
+
+    gallery: int
+    dim: int
+    queries_measured: int
+    queries_tuned_on: int
+    exact_task_r10: float
+    rows: list[TunedIndex]
+
+    @classmethod
+    def load(cls, path: Path) -> ShapesAnnRun:
+        raw = _load_json(path, "Shapes-CIR ANN")
+        try:
+            rows = [
+                TunedIndex(
+                    kind,
+                    int(fam["nlist"]),
+                    tuned_on,
+                    int(r["nprobe"]),
+                    float(r["recall_at_10"]),
+                    r["recall_at_10_reranked"],
+                    float(r["task_r10"]),
+                    float(r["p50_ms"]),
+                )
+                for kind, fam in raw["families"].items()
+                for tuned_on, r in fam["tuned_on"].items()
+            ]
+            return cls(
+                int(raw["gallery"]),
+                int(raw["dim"]),
+                int(raw["queries_measured"]),
+                int(raw["queries_tuned_on"]),
+                float(raw["exact_task_r10"]),
+                rows,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _bad(path, "Shapes-CIR ANN", exc) from None

@@ -54,6 +54,10 @@ from .feedback import (
 )
 from .paths import PAGES, RESULTS, ROOT
 from .records import (
+    AnnRun,
+    IngestRun,
+    LoadRun,
+    ShapesAnnRun,
     SoakRun,
     load_domain_runs,
     load_edge_int8_runs,
@@ -112,7 +116,7 @@ def render() -> dict[Path, str]:
         "pilot-versions": pilot_versions_table(load_pilot_versions_runs(RESULTS)),
         "load-test": load_test_table(
             [
-                (name, json.loads((RESULTS / f"load-{tag}.json").read_text()))
+                (name, LoadRun.load(RESULTS / f"load-{tag}.json"))
                 for name, tag in (("tiny test CLIP", "tiny"), ("ViT-B/32 (random init)", "vitb32"))
                 if (RESULTS / f"load-{tag}.json").exists()
             ]
@@ -120,7 +124,7 @@ def render() -> dict[Path, str]:
         "soak": soak_table(SoakRun.load(RESULTS / "soak-600s.json") if (RESULTS / "soak-600s.json").exists() else None),
         "ann-families": ann_table(
             [
-                (name, json.loads((RESULTS / f"ann-1m-{tag}.json").read_text()))
+                (name, AnnRun.load(RESULTS / f"ann-1m-{tag}.json"))
                 for name, tag in (
                     ("calibrated, gap", "calibrated-gap"),
                     ("calibrated, near", "calibrated-near"),
@@ -133,13 +137,13 @@ def render() -> dict[Path, str]:
             ]
         ),
         "ann-shapes": shapes_ann_table(
-            json.loads((RESULTS / "ann-shapes-seed0.json").read_text())
+            ShapesAnnRun.load(RESULTS / "ann-shapes-seed0.json")
             if (RESULTS / "ann-shapes-seed0.json").exists()
             else None
         ),
         "ingest": ingest_table(
             [
-                json.loads((RESULTS / f"ingest-{tag}.json").read_text())
+                IngestRun.load(RESULTS / f"ingest-{tag}.json")
                 for tag in ("process", "thread", "process-rebuild")
                 if (RESULTS / f"ingest-{tag}.json").exists()
             ]
