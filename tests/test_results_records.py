@@ -91,3 +91,24 @@ def test_a_load_record_without_its_ratio_is_named(tmp_path):
     (tmp_path / "load-tiny.json").write_text(json.dumps(raw))
     with pytest.raises(RecordError, match="load-tiny.json is not a load test record: missing or bad 'rps_ratio'"):
         LoadRun.load(tmp_path / "load-tiny.json")
+
+
+def test_the_query_side_records_read_as_their_json_says(tmp_path):
+    from isacir_lab.results.records import BackbonesRun, load_browser_runs, load_runtimes_runs
+
+    runtimes = load_runtimes_runs(RESULTS)
+    assert len(runtimes) == len(list(RESULTS.glob("query-side-runtimes-*.json"))) > 0
+    assert all(set(r.payloads) >= {"fp16", "int8"} and r.jpeg_bytes > 0 for r in runtimes)
+    assert len(load_browser_runs(RESULTS)) == len(list(RESULTS.glob("browser-encode-*.json")))
+    raw = json.loads((RESULTS / "query-side-backbones.json").read_text())
+    run = BackbonesRun.load(RESULTS / "query-side-backbones.json")
+    assert run.runtimes == list(raw["runtimes"]) and [b.backbone for b in run.backbones] == [
+        b["backbone"] for b in raw["backbones"]
+    ]
+    # a run from before --runtime holds PyTorch only, at the top level: it reads as one runtime
+    legacy = {k: v for k, v in raw.items() if k != "runtimes"}
+    legacy["backbones"] = [{k: v for k, v in b.items() if k != "runtimes"} for b in raw["backbones"]]
+    path = tmp_path / "legacy-backbones.json"
+    path.write_text(json.dumps(legacy))
+    old = BackbonesRun.load(path)
+    assert old.runtimes == ["torch"] and old.backbones[0].light_ms["torch"] == raw["backbones"][0]["light_ms"]

@@ -6,64 +6,62 @@ import csv
 import io
 
 from .cells import METRICS, _arrow
-from .records import AnnRun, DomainRun, EdgeInt8Run, IngestRun, LoadRun, PilotVersionsRun, ShapesAnnRun, SoakRun
+from .records import (
+    AnnRun,
+    BackbonesRun,
+    BrowserRun,
+    DomainRun,
+    EdgeInt8Run,
+    IngestRun,
+    LoadRun,
+    PilotVersionsRun,
+    RuntimesRun,
+    ShapesAnnRun,
+    SoakRun,
+)
 
 
-def _backbone_cells(result: dict) -> tuple[list[str], dict]:
-    """The runtimes a backbones run measured, and each one's large-encoder milliseconds.
-
-    Runs from before ``--runtime`` hold PyTorch only, at the top level."""
-    large = result.get("runtimes") or {
-        "torch": {k: result[k] for k in ("large_ms", "large_ms_before", "large_ms_after")}
-    }
-    return list(large), large
-
-
-def backbones_table(result: dict) -> str:
-    runtimes, large = _backbone_cells(result)
-    note = f"; {result['source']}" if result.get("source") else ""
-    cpu = result.get("cpu")
-    where = f" on {cpu['model']} ({', '.join(cpu['vector_extensions'])})" if cpu else ""
+def backbones_table(result: BackbonesRun) -> str:
+    note = f"; {result.source}" if result.source else ""
+    where = f" on {result.cpu_model} ({', '.join(result.vector_extensions)})" if result.cpu_model else ""
     timing = "; ".join(
-        f"{rt} {v['large_ms_before']:.0f} ms before and {v['large_ms_after']:.0f} ms after" for rt, v in large.items()
+        f"{rt} {v.large_ms_before:.0f} ms before and {v.large_ms_after:.0f} ms after" for rt, v in result.large.items()
     )
     lines = [
-        f"{result['foundation']} image encoder, {result['threads']} thread(s){where}: {timing} the light ones{note}.",
+        f"{result.foundation} image encoder, {result.threads} thread(s){where}: {timing} the light ones{note}.",
         "",
         "| backbone | input px | params (M, with token learner) | "
-        + " | ".join(f"{rt} light ms | {rt} speedup" for rt in runtimes)
+        + " | ".join(f"{rt} light ms | {rt} speedup" for rt in result.runtimes)
         + " |",
-        "|---|---:|---:|" + "---:|---:|" * len(runtimes),
+        "|---|---:|---:|" + "---:|---:|" * len(result.runtimes),
     ]
     errors = []
-    for r in result["backbones"]:
-        cells = r.get("runtimes") or {"torch": r}
+    for r in result.backbones:
         row = []
-        for rt in runtimes:
-            if "error" in cells[rt]:
-                errors.append(f"- {r['backbone']} in {rt}: `{cells[rt]['error']}`")
+        for rt in result.runtimes:
+            ms = r.light_ms[rt]
+            if isinstance(ms, str):
+                errors.append(f"- {r.backbone} in {rt}: `{ms}`")
                 row.append(f"failed ({len(errors)}) | –")
             else:
-                row.append(f"{cells[rt]['light_ms']:.1f} | **{large[rt]['large_ms'] / cells[rt]['light_ms']:.0f}x**")
-        lines.append(f"| {r['backbone']} | {r['input_px']} | {r['params_m']:.2f} | {' | '.join(row)} |")
+                row.append(f"{ms:.1f} | **{result.large[rt].large_ms / ms:.0f}x**")
+        lines.append(f"| {r.backbone} | {r.input_px} | {r.params_m:.2f} | {' | '.join(row)} |")
     if errors:
         lines += ["", "Failed cells:", "", *[f"{i}. {e[2:]}" for i, e in enumerate(errors, 1)]]
     return "\n".join(lines) + "\n"
 
 
-def backbones_csv(result: dict) -> str:
-    runtimes, large = _backbone_cells(result)
+def backbones_csv(result: BackbonesRun) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["backbone", "input_px", "params_m", "runtime", "light_ms", "large_ms", "speedup"])
-    for r in result["backbones"]:
-        cells = r.get("runtimes") or {"torch": r}
-        for rt in runtimes:
-            if "error" in cells[rt]:
-                w.writerow([r["backbone"], r["input_px"], r["params_m"], rt, "", large[rt]["large_ms"], ""])
+    for r in result.backbones:
+        for rt in result.runtimes:
+            ms, big = r.light_ms[rt], result.large[rt].large_ms
+            if isinstance(ms, str):
+                w.writerow([r.backbone, r.input_px, r.params_m, rt, "", big, ""])
                 continue
-            ms, big = cells[rt]["light_ms"], large[rt]["large_ms"]
-            w.writerow([r["backbone"], r["input_px"], r["params_m"], rt, ms, big, f"{big / ms:.1f}"])
+            w.writerow([r.backbone, r.input_px, r.params_m, rt, ms, big, f"{big / ms:.1f}"])
     return buf.getvalue()
 
 
@@ -233,37 +231,34 @@ def ingest_table(runs: list[IngestRun]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
+def runtimes_table(runs: list[RuntimesRun], browser: list[BrowserRun]) -> str:
     """`isacir bench query-side --runtime all` per backbone and CPU, and `benchmarks/browser_encode.py`."""
     if not runs:
         return "No per-runtime run is recorded yet.\n"
+    first = runs[0]
     lines = [
-        f"{runs[0]['threads']} thread; foundation `{runs[0]['foundation']}`, {runs[0]['tokens']} tokens; "
-        f"PyTorch {runs[0]['torch']}.",
+        f"{first.threads} thread; foundation `{first.foundation}`, {first.tokens} tokens; PyTorch {first.torch}.",
         "",
         "| CPU (vector extensions) | ONNX Runtime | backbone | runtime | light ms | large ms | speedup |",
         "|---|---|---|---|---:|---:|---:|",
     ]
     for r in runs:
-        cpu = f"{r['cpu']['model']} ({', '.join(r['cpu']['vector_extensions']) or 'none listed'})"
-        for name, row in r["runtimes"].items():
+        cpu = f"{r.cpu_model} ({', '.join(r.vector_extensions) or 'none listed'})"
+        for name, row in r.runtimes.items():
             lines.append(
-                f"| {cpu} | {r['onnxruntime']} | {r['backbone']} | {name} | {row['light_ms']:.1f} | "
-                f"{row['large_ms']:.0f} | **{row['speedup']:.0f}x** |"
+                f"| {cpu} | {r.onnxruntime} | {r.backbone} | {name} | {row.light_ms:.1f} | "
+                f"{row.large_ms:.0f} | **{row.speedup:.0f}x** |"
             )
-    forms = runs[0]["payloads"]
     lines += [
         "",
-        f"Payload forms ({runs[0]['backbone']}; the cosine is the composed query's to the fp32 one, the least over "
-        f"four modifiers; a {runs[0]['jpeg_bytes']:,}-byte JPEG of the same photo for scale):",
+        f"Payload forms ({first.backbone}; the cosine is the composed query's to the fp32 one, the least over "
+        f"four modifiers; a {first.jpeg_bytes:,}-byte JPEG of the same photo for scale):",
         "",
         "| payload | bytes | of the JPEG | query cosine |",
         "|---|---:|---:|---:|",
     ]
-    for name, form in forms.items():
-        lines.append(
-            f"| {name} | {form['bytes']:,} | {form['bytes'] / runs[0]['jpeg_bytes']:.2f} | {form['cosine']:.4f} |"
-        )
+    for name, form in first.payloads.items():
+        lines.append(f"| {name} | {form.bytes:,} | {form.bytes / first.jpeg_bytes:.2f} | {form.cosine:.4f} |")
     if browser:
         lines += [
             "",
@@ -274,8 +269,8 @@ def runtimes_table(runs: list[dict], browser: list[dict]) -> str:
         ]
         for b in browser:
             lines.append(
-                f"| {b['cpu']['model']} | {b['backbone']} | {b['input_px']} | {b['preprocess_ms']:.1f} | "
-                f"{b['encode_ms']:.1f} | {b['python_onnx_ms']:.1f} | {b['wasm_over_native']:.2f} |"
+                f"| {b.cpu_model} | {b.backbone} | {b.input_px} | {b.preprocess_ms:.1f} | "
+                f"{b.encode_ms:.1f} | {b.python_onnx_ms:.1f} | {b.wasm_over_native:.2f} |"
             )
     return "\n".join(lines) + "\n"
 

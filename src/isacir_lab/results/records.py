@@ -457,3 +457,171 @@ class ShapesAnnRun:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise _bad(path, "Shapes-CIR ANN", exc) from None
+
+
+@dataclass(frozen=True)
+class RuntimeRow:
+    light_ms: float
+    large_ms: float
+    speedup: float
+
+
+@dataclass(frozen=True)
+class PayloadForm:
+    bytes: int
+    cosine: float
+
+
+@dataclass(frozen=True)
+class RuntimesRun:
+    """``isacir bench query-side --runtime all``: ``query-side-runtimes-{backbone}-{cpu}.json``."""
+
+    backbone: str
+    foundation: str
+    tokens: int
+    threads: int
+    torch: str
+    onnxruntime: str
+    cpu_model: str
+    vector_extensions: list[str]
+    #: runtime -> the light side's and the large encoder's milliseconds, and their ratio
+    runtimes: dict[str, RuntimeRow]
+    #: payload form -> its bytes and its composed query's cosine to fp32's
+    payloads: dict[str, PayloadForm]
+    jpeg_bytes: int
+
+    @classmethod
+    def load(cls, path: Path) -> RuntimesRun:
+        raw = _load_json(path, "query-side runtimes")
+        try:
+            return cls(
+                backbone=str(raw["backbone"]),
+                foundation=str(raw["foundation"]),
+                tokens=int(raw["tokens"]),
+                threads=int(raw["threads"]),
+                torch=str(raw["torch"]),
+                onnxruntime=str(raw["onnxruntime"]),
+                cpu_model=str(raw["cpu"]["model"]),
+                vector_extensions=list(raw["cpu"]["vector_extensions"]),
+                runtimes={
+                    k: RuntimeRow(float(v["light_ms"]), float(v["large_ms"]), float(v["speedup"]))
+                    for k, v in raw["runtimes"].items()
+                },
+                payloads={k: PayloadForm(int(v["bytes"]), float(v["cosine"])) for k, v in raw["payloads"].items()},
+                jpeg_bytes=int(raw["jpeg_bytes"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _bad(path, "query-side runtimes", exc) from None
+
+
+def load_runtimes_runs(results: Path) -> list[RuntimesRun]:
+    return _each(results, "query-side-runtimes-*.json", RuntimesRun.load, lambda r: (r.backbone, r.cpu_model))
+
+
+@dataclass(frozen=True)
+class BrowserRun:
+    """``benchmarks/browser_encode.py``: ``browser-encode-{backbone}-{cpu}.json``."""
+
+    cpu_model: str
+    backbone: str
+    input_px: int
+    preprocess_ms: float
+    encode_ms: float
+    python_onnx_ms: float
+    wasm_over_native: float
+
+    @classmethod
+    def load(cls, path: Path) -> BrowserRun:
+        raw = _load_json(path, "browser encode")
+        try:
+            return cls(
+                str(raw["cpu"]["model"]),
+                str(raw["backbone"]),
+                int(raw["input_px"]),
+                float(raw["preprocess_ms"]),
+                float(raw["encode_ms"]),
+                float(raw["python_onnx_ms"]),
+                float(raw["wasm_over_native"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _bad(path, "browser encode", exc) from None
+
+
+def load_browser_runs(results: Path) -> list[BrowserRun]:
+    return _each(results, "browser-encode-*.json", BrowserRun.load, lambda b: (b.cpu_model, b.encode_ms))
+
+
+@dataclass(frozen=True)
+class LargeEncoder:
+    """The large image encoder's milliseconds in one runtime (measured before and after the light ones)."""
+
+    large_ms: float
+    large_ms_before: float
+    large_ms_after: float
+
+
+@dataclass(frozen=True)
+class BackboneRow:
+    """One light backbone: its size, and per runtime its milliseconds or why it failed."""
+
+    backbone: str
+    input_px: int
+    params_m: float
+    #: runtime -> light milliseconds, or an error message (a failed cell)
+    light_ms: dict[str, float | str]
+
+
+@dataclass(frozen=True)
+class BackbonesRun:
+    """``isacir bench backbones``: ``query-side-backbones.json``. Runs from before ``--runtime`` hold
+    PyTorch only, at the top level; they read as runs of one runtime, ``torch``."""
+
+    foundation: str
+    threads: int
+    large: dict[str, LargeEncoder]
+    backbones: list[BackboneRow]
+    source: str | None = None
+    cpu_model: str | None = None
+    vector_extensions: list[str] = field(default_factory=list)
+
+    @property
+    def runtimes(self) -> list[str]:
+        return list(self.large)
+
+    @classmethod
+    def load(cls, path: Path) -> BackbonesRun:
+        raw = _load_json(path, "backbones")
+        try:
+            large_raw = raw.get("runtimes") or {
+                "torch": {k: raw[k] for k in ("large_ms", "large_ms_before", "large_ms_after")}
+            }
+            large = {
+                rt: LargeEncoder(float(v["large_ms"]), float(v["large_ms_before"]), float(v["large_ms_after"]))
+                for rt, v in large_raw.items()
+            }
+            rows = []
+            for r in raw["backbones"]:
+                cells = r.get("runtimes") or {"torch": r}
+                rows.append(
+                    BackboneRow(
+                        backbone=str(r["backbone"]),
+                        input_px=int(r["input_px"]),
+                        params_m=float(r["params_m"]),
+                        light_ms={
+                            rt: str(cells[rt]["error"]) if "error" in cells[rt] else float(cells[rt]["light_ms"])
+                            for rt in large
+                        },
+                    )
+                )
+            cpu = raw.get("cpu")
+            return cls(
+                foundation=str(raw["foundation"]),
+                threads=int(raw["threads"]),
+                large=large,
+                backbones=rows,
+                source=raw.get("source"),
+                cpu_model=cpu["model"] if cpu else None,
+                vector_extensions=list(cpu["vector_extensions"]) if cpu else [],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _bad(path, "backbones", exc) from None

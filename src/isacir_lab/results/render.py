@@ -55,13 +55,16 @@ from .feedback import (
 from .paths import PAGES, RESULTS, ROOT
 from .records import (
     AnnRun,
+    BackbonesRun,
     IngestRun,
     LoadRun,
     ShapesAnnRun,
     SoakRun,
+    load_browser_runs,
     load_domain_runs,
     load_edge_int8_runs,
     load_pilot_versions_runs,
+    load_runtimes_runs,
     load_shapes_runs,
 )
 from .shapes import per_seed_csv, results_page, summary_csv, summary_table
@@ -86,7 +89,7 @@ def render() -> dict[Path, str]:
     runs = load_shapes_runs(RESULTS)
     feedback_runs = load_feedback_runs()
     lora_runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("feedback-lora*-seed*.json"))]
-    backbones = json.loads((RESULTS / "query-side-backbones.json").read_text())
+    backbones = BackbonesRun.load(RESULTS / "query-side-backbones.json")
     # every recorded run a replicates file may have judged again
     replicated = feedback_runs + lora_runs + load_reruns() + load_training_seeds()
     variant_runs, variant_replicates = load_variants()
@@ -148,16 +151,7 @@ def render() -> dict[Path, str]:
                 if (RESULTS / f"ingest-{tag}.json").exists()
             ]
         ),
-        "query-side-runtimes": runtimes_table(
-            sorted(
-                (json.loads(p.read_text()) for p in RESULTS.glob("query-side-runtimes-*.json")),
-                key=lambda r: (r["backbone"], r["cpu"]["model"]),
-            ),
-            sorted(
-                (json.loads(p.read_text()) for p in RESULTS.glob("browser-encode-*.json")),
-                key=lambda b: (b["cpu"]["model"], b["encode_ms"]),
-            ),
-        ),
+        "query-side-runtimes": runtimes_table(load_runtimes_runs(RESULTS), load_browser_runs(RESULTS)),
         "edge-int8": edge_int8_table(load_edge_int8_runs(RESULTS)),
         "domain-summary": domain_table(load_domain_runs(RESULTS)),
     }
