@@ -315,3 +315,45 @@ def test_every_gallery_verb_names_its_gallery_with_the_same_option(tmp_path):
     for verb in ("promote-generation", "retire-generation"):
         proc = run("gallery", verb, "g2", "--gallery", missing, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (verb, proc.stderr)
+
+
+@pytest.mark.parametrize("module", ["isacir.cli", "isacir_lab.cli"])
+def test_every_verb_takes_json(module):
+    """One language: a script can pass --json to any verb and read the last stdout line."""
+    import importlib
+
+    import typer
+
+    def leaves(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                yield from leaves(sub, [*path, name])
+        else:
+            yield path, cmd
+
+    app = importlib.import_module(module).app
+    missing = [
+        " ".join(path)
+        for path, cmd in leaves(typer.main.get_command(app), [])
+        if not any("--json" in getattr(p, "opts", ()) for p in cmd.params) and path != ["serve"]
+    ]
+    assert missing == []
+
+
+def test_the_listing_verbs_print_json_with_json():
+    from typer.testing import CliRunner
+
+    from isacir.cli import app as cli
+
+    runner = CliRunner()
+
+    def last(*args):
+        result = runner.invoke(cli, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert "efficientnet_b0" in {b["name"] for b in last("backbones")}
+    assert {"isa", "pic2word"} <= {m["name"] for m in last("methods")}
+    assert "shapes-cir" in {p["name"] for p in last("presets")}
+    assert {f["family"] for f in last("foundation", "families")} >= {"openclip", "hf-blip"}

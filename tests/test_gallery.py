@@ -348,7 +348,10 @@ def test_cli_index_and_search_json(tmp_path, tiny_openclip_dir):
     assert len(left_out) == 7 and reference not in {h["path"] for h in left_out}
     assert len(kept) == 8 and reference in {h["path"] for h in kept}
     victim = str(hits[0]["id"])
-    run("gallery", "rm", victim, "--gallery", str(gal))
+    listed = json.loads(run("gallery", "ls", "--gallery", str(gal), "--json").stdout.strip().splitlines()[-1])
+    assert len(listed) == 8 and set(listed[0]) == {"id", "path", "hash"} and int(victim) in {x["id"] for x in listed}
+    removed = json.loads(run("gallery", "rm", victim, "1", "--gallery", str(gal), "--json").stdout.splitlines()[-1])
+    assert removed == {"removed": 1, "ids": [int(victim)], "not_found": [1]}
     info = json.loads(run("gallery", "info", "--gallery", str(gal)).stdout.strip().splitlines()[-1])
     assert info["count"] == 7 and info["foundation_id"] == tiny_openclip_dir[0]
     bad = subprocess.run(

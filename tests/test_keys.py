@@ -114,6 +114,9 @@ def test_cli_add_prints_the_key_once_as_json_and_ls_never_does(tmp_path):
     assert json.loads(listed.stdout.strip().splitlines()[-1])[0]["name"] == "cam-7"
     bad = CliRunner().invoke(cli, ["keys", "add", "--file", str(f), "--name", "x", "--scopes", "everything"])
     assert isinstance(bad.exception, KeyFileError) and "unknown scope 'everything'" in str(bad.exception)
+    gone = CliRunner().invoke(cli, ["keys", "revoke", "--file", str(f), "--name", "cam-7", "--json"])
+    assert gone.exit_code == 0 and json.loads(gone.stdout.strip().splitlines()[-1])["revoked"] == "cam-7"
+    assert json.loads(CliRunner().invoke(cli, ["keys", "ls", "--file", str(f), "--json"]).stdout.splitlines()[-1]) == []
 
 
 @pytest.fixture(scope="module")

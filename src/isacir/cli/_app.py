@@ -45,6 +45,9 @@ app.add_typer(gallery_app, name="gallery")
 app.add_typer(models_app, name="models")
 
 err = Console(stderr=True)
+#: every verb takes --json, so that a script can pass it to any of them and read the last stdout line
+JSON_HELP = "Print the result as JSON, the last line on stdout (people's output goes to stderr)."
+JSON_ALWAYS_HELP = "Accepted by every verb: this one always ends stdout with its result as one JSON line."
 DEVICE_HELP = "Where the large model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
 FEEDBACK_DB_HELP = (
     "The query log and feedback: a SQLite file (the service keeps it at GALLERY/feedback.sqlite) or a "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import FEEDBACK_DB_HELP, app, emit_json, err
+from ._app import FEEDBACK_DB_HELP, JSON_ALWAYS_HELP, app, emit_json, err
 
 
 @app.command("adapt")
@@ -91,6 +91,7 @@ def adapt_cmd(
         None, help="The adapter served now: replay targets and the 'before' of the report come from it."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Train a server-side adapter of the text side on the feedback log, and report held-out gains."""
     from ..adapt import AdaptSettings, adapt

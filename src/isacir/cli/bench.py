@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import IsacirError
 from ..gallery.stores import INDEX_HELP
-from ._app import DEVICE_HELP, bench_app, emit_json, err
+from ._app import DEVICE_HELP, JSON_ALWAYS_HELP, bench_app, emit_json, err
 
 RUNTIME_HELP = (
     "torch | onnx | onnx-int8 | all (comma-separated): each measures the light side and the large "
@@ -74,6 +74,7 @@ def bench_backbones_cmd(
     repeats_light: int = typer.Option(30),
     repeats_large: int = typer.Option(5),
     runtime: str = typer.Option("torch", help=RUNTIME_HELP + " PyTorch is always measured."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Every light backbone against one large image encoder, side by side in one run."""
     from ..bench.query_side import BACKBONES, backbones_report, bench_backbones

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, emit_json, err
+from ._app import JSON_ALWAYS_HELP, app, emit_json, err
 
 
 @app.command("export-edge")
@@ -23,6 +23,7 @@ def export_edge_cmd(
     min_query_cosine: float = typer.Option(0.99, help="The int8 gate: least cosine to the fp32 composed query."),
     foundation: Optional[str] = typer.Option(None, help="The foundation (default: the encoder's own)."),
     opset: int = typer.Option(17),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Export backbone + token learner to ONNX, verified against PyTorch, for the torch-free edge runtime."""
     from ..export import export_edge
@@ -78,6 +79,7 @@ def edge_update_cmd(
     ),
     rollback: bool = typer.Option(False, "--rollback", help="Switch back to the version used before the last update."),
     no_progress: bool = typer.Option(False, "--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Update the on-device model to the server's active version: download, verify, swap atomically."""
     import os

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import IsacirError
-from ._app import DEVICE_HELP, app, emit_json, err
+from ._app import DEVICE_HELP, JSON_ALWAYS_HELP, app, emit_json, err
 
 
 @app.command("eval")
@@ -25,6 +25,7 @@ def eval_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where metrics JSON and submissions go."),
     workers: int = typer.Option(2, help="Decode workers for the gallery."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Evaluate on an official benchmark: metric table, JSON, and test-server files for test splits."""
     from ..evaluation import (

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ..errors import IsacirError
-from ._app import FEEDBACK_DB_HELP, app, emit_json, err
+from ._app import FEEDBACK_DB_HELP, JSON_ALWAYS_HELP, app, emit_json, err
 
 if TYPE_CHECKING:
     from ..feedback import FeedbackStore
@@ -33,6 +33,7 @@ def open_feedback_db(db: str | Path) -> FeedbackStore:
 def export_cmd(
     db: str = typer.Option(..., "--feedback-db", "--db", help=FEEDBACK_DB_HELP),
     out_file: Path = typer.Option(..., "--out", help="JSON Lines file to write, one line per learnable query."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """One line per query with a positive (confirmed or corrected): tokens, text, positive, rejected ids."""
     from ..feedback import export_triplets
@@ -47,6 +48,7 @@ def prune_cmd(
     db: str = typer.Option(..., "--feedback-db", "--db", help=FEEDBACK_DB_HELP),
     older_than_days: float = typer.Option(..., help="Drop tokens of queries older than this with no verdict."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be dropped."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Drop the payload tokens of old queries without a verdict; the rows (and pilot counts) stay."""
     n = open_feedback_db(db).prune(older_than_days, dry_run=dry_run)
@@ -60,6 +62,7 @@ def prune_cmd(
 @feedback_app.command("stats")
 def stats_cmd(
     db: str = typer.Option(..., "--feedback-db", "--db", help=FEEDBACK_DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Counts of logged queries and of each verdict."""
     emit_json(open_feedback_db(db).counts())

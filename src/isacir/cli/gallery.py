@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import IsacirError
 from ..gallery.stores import INDEX_HELP
-from ._app import DEVICE_HELP, app, emit_json, err, gallery_app, out
+from ._app import DEVICE_HELP, JSON_ALWAYS_HELP, JSON_HELP, app, emit_json, err, gallery_app, out
 
 
 @app.command("index")
@@ -222,7 +222,11 @@ def _gallery_of(positional: Optional[Path], option: Optional[Path]) -> Path:
 
 
 @gallery_app.command("info")
-def gallery_info(gallery: Optional[Path] = GALLERY_POSITIONAL, gallery_opt: Optional[Path] = GALLERY_OPTION) -> None:
+def gallery_info(
+    gallery: Optional[Path] = GALLERY_POSITIONAL,
+    gallery_opt: Optional[Path] = GALLERY_OPTION,
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
+) -> None:
     """Foundation, store, size and index parameters of a gallery."""
     gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
@@ -261,6 +265,7 @@ def gallery_promote_generation(
     name: str = typer.Argument(..., help="The ready generation to serve."),
     gallery: Path = typer.Option(..., help="The gallery folder."),
     reason: str = typer.Option("", help="Recorded in the history."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Switch thin-client searches and new devices to generation NAME, atomically (services follow)."""
     from ..gallery.generations import Generations
@@ -275,6 +280,7 @@ def gallery_retire_generation(
     name: str = typer.Argument(..., help="A generation that no longer serves."),
     gallery: Path = typer.Option(..., help="The gallery folder."),
     reason: str = typer.Option("", help="Recorded in the history."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Stop answering from generation NAME and drop its vectors (its devices must have updated)."""
     from ..gallery.generations import Generations
@@ -289,6 +295,7 @@ def gallery_rm(
     ids: list[int] = typer.Argument(..., help="Entry ids (from search results or `gallery ls`)."),
     gallery: Path = typer.Option(...),
     no_wait: bool = typer.Option(False, "--no-wait", help="Fail at once when another process is changing the gallery."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Remove entries by id."""
     from ..audit import AuditLog, cli_actor
@@ -304,6 +311,8 @@ def gallery_rm(
             cli_actor(), "gallery.remove", ids=gone, paths=[paths[i] for i in gone], via="cli"
         )
     err.print(f"removed {removed} of {len(ids)} ids")
+    if as_json:
+        emit_json({"removed": removed, "ids": gone, "not_found": [i for i, p in paths.items() if p is None]})
 
 
 def _writer_settings(g, no_wait: bool) -> None:
@@ -315,6 +324,7 @@ def _writer_settings(g, no_wait: bool) -> None:
 def gallery_restore(
     ids: list[int] = typer.Argument(..., help="Ids of removed items (`gallery ls-removed`)."),
     gallery: Path = typer.Option(...),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Let removed items back in: the next `isacir index` of their folder adds them again."""
     from ..gallery import Gallery
@@ -326,7 +336,9 @@ def gallery_restore(
 
 @gallery_app.command("ls-removed")
 def gallery_ls_removed(
-    gallery: Optional[Path] = GALLERY_POSITIONAL, gallery_opt: Optional[Path] = GALLERY_OPTION
+    gallery: Optional[Path] = GALLERY_POSITIONAL,
+    gallery_opt: Optional[Path] = GALLERY_OPTION,
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Items removed by id, which re-indexing leaves out."""
     gallery = _gallery_of(gallery, gallery_opt)
@@ -340,6 +352,7 @@ def gallery_rebuild_index(
     gallery: Optional[Path] = GALLERY_POSITIONAL,
     gallery_opt: Optional[Path] = GALLERY_OPTION,
     index: Optional[str] = typer.Option(None, "--index", help=f"Switch the FAISS index family: {INDEX_HELP}."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Rebuild the vector store from the gallery database (after `verify` reports a difference,
     or to switch the index family)."""
@@ -354,7 +367,11 @@ def gallery_rebuild_index(
 
 
 @gallery_app.command("tune")
-def gallery_tune(gallery: Optional[Path] = GALLERY_POSITIONAL, gallery_opt: Optional[Path] = GALLERY_OPTION) -> None:
+def gallery_tune(
+    gallery: Optional[Path] = GALLERY_POSITIONAL,
+    gallery_opt: Optional[Path] = GALLERY_OPTION,
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
+) -> None:
     """Tune an IVF index's nprobe again on the real queries the service has seen (no retraining)."""
     gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
@@ -398,12 +415,17 @@ def gallery_ls(
     gallery: Optional[Path] = GALLERY_POSITIONAL,
     gallery_opt: Optional[Path] = GALLERY_OPTION,
     limit: int = typer.Option(20, help="The most entries to list."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List entries (id, path, content hash)."""
     gallery = _gallery_of(gallery, gallery_opt)
     from ..gallery import Gallery
 
-    for item in Gallery.open(gallery).items()[:limit]:
+    items = Gallery.open(gallery).items()[:limit]
+    if as_json:
+        emit_json([{"id": it["id"], "path": it["path"], "hash": it["hash"]} for it in items])
+        return
+    for item in items:
         out.print(f"{item['id']}\t{item['path']}\t{item['hash']}", highlight=False)
 
 

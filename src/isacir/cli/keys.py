@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._app import app, emit_json, err, out
+from ._app import JSON_HELP, app, emit_json, err, out
 
 keys_app = typer.Typer(help="Create, rotate and revoke scoped API keys (a .toml file for `serve --api-key-file`).")
 app.add_typer(keys_app, name="keys")
@@ -51,12 +51,16 @@ def keys_rotate(
 
 
 @keys_app.command("revoke")
-def keys_revoke(file: Path = _FILE, name: str = typer.Option(...)) -> None:
+def keys_revoke(
+    file: Path = _FILE, name: str = typer.Option(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
+) -> None:
     """Remove a key."""
     from ..serve.keys import revoke_key
 
     key = revoke_key(file, name)
     err.print(f"revoked key {key.name!r} from {file}", highlight=False)
+    if as_json:
+        emit_json({"revoked": key.name, "file": str(file)})
 
 
 @keys_app.command("ls")

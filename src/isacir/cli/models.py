@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ._app import app, emit_json, err, foundation_app, out, qe_app
+from ._app import JSON_ALWAYS_HELP, JSON_HELP, app, emit_json, err, foundation_app, out, qe_app
 
 
 @foundation_app.command("info")
@@ -30,33 +30,66 @@ def foundation_info(
 
 
 @foundation_app.command("families")
-def foundation_families() -> None:
+def foundation_families(
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """List foundation families and their name syntax."""
     from ..foundation import list_families
 
-    for prefix, usage in list_families().items():
+    families = list_families()
+    if as_json:
+        emit_json([{"family": prefix, "usage": f"{prefix}:{usage}"} for prefix, usage in families.items()])
+        return
+    for prefix, usage in families.items():
         out.print(f"[bold]{prefix}[/]:{usage}")
 
 
 @app.command("backbones")
-def backbones() -> None:
+def backbones(
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """List the curated light backbones (any timm model name also works)."""
     from ..query import list_backbones
 
+    specs = list(list_backbones().values())
+    if as_json:
+        emit_json(
+            [
+                {"name": s.name, "timm_name": s.timm_name, "image_size": s.image_size, "notes": s.description}
+                for s in specs
+            ]
+        )
+        return
     table = Table("name", "timm model", "input px", "notes")
-    for spec in list_backbones().values():
+    for spec in specs:
         table.add_row(spec.name, spec.timm_name, str(spec.image_size), spec.description)
     out.print(table)
 
 
 @app.command("methods")
-def methods_cmd() -> None:
+def methods_cmd(
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """List the registered query-side methods (`isacir train --method NAME`)."""
     from ..query import get_method, list_methods
 
+    methods = {name: get_method(name) for name in list_methods()}
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": n,
+                    "aliases": list(m.aliases),
+                    "reads": m.reads,
+                    "on_device": m.has_backbone,
+                    "summary": m.summary,
+                }
+                for n, m in methods.items()
+            ]
+        )
+        return
     table = Table("name", "aliases", "reads", "runs on a device", "what it is")
-    for name in list_methods():
-        m = get_method(name)
+    for name, m in methods.items():
         table.add_row(name, ", ".join(m.aliases), m.reads, "yes" if m.has_backbone else "no", m.summary)
     out.print(table)
 
@@ -70,6 +103,7 @@ def qe_init(
     pretrained: bool = typer.Option(False, help="Start the backbone from timm's ImageNet weights (download)."),
     backbone_weights: Optional[Path] = typer.Option(None, help="Local weights file for the backbone."),
     output_stride: Optional[int] = typer.Option(None, help="Backbone output stride, 8 | 16 | 32 (default: its own)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write an untrained query encoder bound to FOUNDATION (training starts from this)."""
     from ..foundation import create_foundation
@@ -80,10 +114,15 @@ def qe_init(
     qe = QueryEncoder.create(fnd, backbone=backbone, num_tokens=tokens, pretrained=weights, output_stride=output_stride)
     qe.save_pretrained(out_dir)
     err.print(f"wrote untrained query encoder to {out_dir} (foundation fingerprint {fnd.fingerprint})")
+    if as_json:
+        emit_json({"out": str(out_dir), "fingerprint": qe.fingerprint, "foundation_fingerprint": fnd.fingerprint})
 
 
 @qe_app.command("info")
-def qe_info(directory: Path = typer.Argument(..., help="Query-encoder checkpoint folder.")) -> None:
+def qe_info(
+    directory: Path = typer.Argument(..., help="Query-encoder checkpoint folder."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
+) -> None:
     """Print a query encoder's config (backbone, N, foundation and its fingerprint)."""
     from ..query import QueryEncoder
 

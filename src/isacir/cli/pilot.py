@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import IsacirError
-from ._app import FEEDBACK_DB_HELP, app, emit_json, err
+from ._app import FEEDBACK_DB_HELP, JSON_ALWAYS_HELP, app, emit_json, err
 
 pilot_app = typer.Typer(help="Pilot metrics from operator verdicts.", no_args_is_help=True)
 app.add_typer(pilot_app, name="pilot")
@@ -21,6 +21,7 @@ def report_cmd(
     csv_dir: Optional[Path] = typer.Option(None, "--csv", help="Also write a CSV of every table into this folder."),
     since: Optional[str] = typer.Option(None, "--from", help="ISO date or time (UTC), or unix seconds."),
     until: Optional[str] = typer.Option(None, "--to", help="ISO date or time (UTC), or unix seconds; exclusive."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """One HTML file with the pilot's charts and tables, plus CSVs."""
     from ..pilot import parse_time

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..errors import IsacirError
-from ._app import emit_json, err, models_app, out
+from ._app import JSON_ALWAYS_HELP, emit_json, err, models_app, out
 
 REGISTRY_HELP = "Registry folder (default: GALLERY/models)."
 GALLERY_HELP = "The gallery whose registry (GALLERY/models) to use."
@@ -72,6 +72,7 @@ def models_show(
     version: str = typer.Argument(...),
     registry: Optional[Path] = typer.Option(None, help=REGISTRY_HELP),
     gallery: Optional[Path] = typer.Option(None, help=GALLERY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """One version's record and its history (JSON)."""
     reg = _registry(registry, gallery)
@@ -97,6 +98,7 @@ def models_promote(
     reason: str = typer.Option("", help="Why, for the history."),
     registry: Optional[Path] = typer.Option(None, help=REGISTRY_HELP),
     gallery: Optional[Path] = typer.Option(None, help=GALLERY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Move a version to canary or active; active goes through the quality gate, and the
     previous active version of its foundation becomes deprecated."""
@@ -111,6 +113,7 @@ def models_deprecate(
     reason: str = typer.Option("", help="Why, for the history."),
     registry: Optional[Path] = typer.Option(None, help=REGISTRY_HELP),
     gallery: Optional[Path] = typer.Option(None, help=GALLERY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Deprecate a version: still served, with an upgrade notice in its answers."""
     _move(version, "deprecated", registry, gallery, reason)
@@ -122,6 +125,7 @@ def models_retire(
     reason: str = typer.Option("", help="Why, for the history."),
     registry: Optional[Path] = typer.Option(None, help=REGISTRY_HELP),
     gallery: Optional[Path] = typer.Option(None, help=GALLERY_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Retire a version: its payloads are refused, naming the version to update to."""
     _move(version, "retired", registry, gallery, reason)

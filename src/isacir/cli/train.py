@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..errors import IsacirError
 from ..training.config import TrainConfig, _allowed, coerce, list_presets, load_config, preset_description
-from ._app import app, emit_json, err, out
+from ._app import JSON_ALWAYS_HELP, JSON_HELP, app, emit_json, err, out
 
 
 def _option(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
@@ -89,6 +89,12 @@ def _fixed_parameters() -> list[inspect.Parameter]:
             default=typer.Option(
                 False, "--print-config", help="Print the resolved settings as JSON and exit (nothing is trained)."
             ),
+        ),
+        inspect.Parameter(
+            "as_json",
+            kw,
+            annotation=bool,
+            default=typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
         ),
         inspect.Parameter(
             "resume",
@@ -163,7 +169,12 @@ app.command("train")(train_cmd)
 
 
 @app.command("presets")
-def presets_cmd() -> None:
+def presets_cmd(
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
     """List the named training presets (`isacir train --config NAME`)."""
+    if as_json:
+        emit_json([{"name": name, "description": preset_description(name)} for name in list_presets()])
+        return
     for name in list_presets():
         out.print(f"[bold]{name}[/]: {preset_description(name)}", highlight=False)

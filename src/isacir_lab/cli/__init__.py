@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from isacir.cli._app import emit_json, err
+from isacir.cli._app import JSON_ALWAYS_HELP, JSON_HELP, emit_json, err
 from isacir.errors import IsacirError
 
 from . import bench, pilot  # noqa: F401  (registers the verbs)
@@ -30,6 +30,7 @@ def demo(
     full: bool = typer.Option(
         False, "--full", help="Train the bench's recipe (the results page's numbers; about 30 minutes cold)."
     ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Shapes-CIR end to end: world, foundation, ISA encoder, gallery, searches, device path, web UI.
 
@@ -46,11 +47,14 @@ def demo(
 @app.command("render")
 def render(
     check: bool = typer.Option(False, "--check", help="Change nothing; exit 1 if a generated file is stale."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write the docs' generated tables and blocks from the run records in docs/results/."""
     from ..results import ROOT, render_docs
 
     stale = render_docs(check=check)
+    if as_json:
+        emit_json({"root": str(ROOT), "stale" if check else "written": stale})
     if stale and check:
         err.print(f"stale generated files in {ROOT} (run: isacir-lab render): " + ", ".join(stale))
         raise typer.Exit(1)

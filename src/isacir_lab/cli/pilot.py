@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from isacir.cli._app import emit_json, err
+from isacir.cli._app import JSON_ALWAYS_HELP, emit_json, err
 
 from ._app import pilot_app
 
@@ -17,6 +17,7 @@ def prepare_cmd(
     bench: Path = typer.Option(Path("runs/shapes"), help="A bench shapes cache folder (built where missing)."),
     seed: int = typer.Option(0, help="The bench seed."),
     queries: int = typer.Option(1000, help="Pilot queries in the split."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """A Shapes-CIR pilot: its own split and gallery, and the ISA encoder exported for the device."""
     from ..shapes.feedback_bench import prepare_pilot
@@ -45,6 +46,7 @@ def simulate_cmd(
     queries: Optional[int] = typer.Option(None, help="Only the first N pilot queries (default: all)."),
     k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
     payload_dtype: str = typer.Option("int8", help="How the device quantises its tokens: fp16 | int8 | int4."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Play the pilot against a running service: device payloads over HTTP, operator verdicts back."""
     from isacir.edge.runner import EdgeEncoder
