@@ -6,11 +6,6 @@ with status 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import sys
-
-from rich.markup import escape
-
-from ..errors import IsacirError
 from . import (  # noqa: F401  (registers the verbs)
     adapt,
     bench,
@@ -25,14 +20,10 @@ from . import (  # noqa: F401  (registers the verbs)
     serve,
     train,
 )
-from ._app import app, err
+from ._app import app, run_cli
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    try:
-        app()
-    except IsacirError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_cli(app)

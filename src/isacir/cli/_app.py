@@ -7,8 +7,10 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .._version import __version__
+from ..errors import IsacirError
 
 
 def _flags_show_no_placeholder() -> None:
@@ -56,17 +58,32 @@ FEEDBACK_DB_HELP = (
 out = Console()
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"isacir {__version__}")
-        raise typer.Exit()
+def add_version_option(typer_app: typer.Typer, program: str) -> None:
+    """``PROGRAM --version`` prints the program and isacir's version (the product's and the lab's)."""
+
+    def show(value: bool) -> None:
+        if value:
+            print(f"{program} {__version__}")
+            raise typer.Exit()
+
+    @typer_app.callback()
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version."),
+    ) -> None:
+        pass
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    pass
+def run_cli(typer_app: typer.Typer) -> None:
+    """Run a command line: errors caused by input or environment (:class:`IsacirError`) print one
+    line and exit 2; anything else is a bug and keeps its traceback."""
+    try:
+        typer_app()
+    except IsacirError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+add_version_option(app, "isacir")
 
 
 def emit_json(obj: object) -> None:

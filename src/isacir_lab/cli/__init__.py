@@ -6,14 +6,11 @@ last stdout line of a verb that measures something is its JSON summary.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
-from isacir.cli._app import JSON_ALWAYS_HELP, JSON_HELP, emit_json, err
-from isacir.errors import IsacirError
+from isacir.cli._app import JSON_ALWAYS_HELP, JSON_HELP, emit_json, err, run_cli
 
 from . import bench, pilot  # noqa: F401  (registers the verbs)
 from ._app import app
@@ -61,8 +58,4 @@ def render(
 
 
 def main() -> None:
-    try:
-        app()
-    except IsacirError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_cli(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from isacir._version import __version__
+from isacir.cli._app import add_version_option
 
 app = typer.Typer(
     help="The isacir lab: the Shapes-CIR world, its benches, the pilot simulator and the docs' result tables.",
@@ -16,14 +16,4 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(pilot_app, name="pilot")
 
 
-def _version(value: bool) -> None:
-    if value:
-        print(f"isacir-lab {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    pass
+add_version_option(app, "isacir-lab")
