@@ -115,6 +115,24 @@ def test_token_search_equals_in_process_search_with_the_same_tokens(live):
     np.testing.assert_allclose([res["score"] for res in r.json()["results"]], [h.score for h in expected], atol=1e-5)
 
 
+def test_real_queries_reach_index_tuning_off_the_request_path(tmp_path, openclip_fnd):
+    """A search only queues its composed query; the housekeeping thread hands it to the gallery
+    (within about a second, and at the latest when the service closes)."""
+    from fastapi.testclient import TestClient
+
+    app, state, images = build_service(tmp_path, openclip_fnd, n_images=4)
+    payload, _ = _tokens_payload(state, images[1])
+    before = len(state.gallery.tuning_queries())
+    with TestClient(app) as client:
+        for text in ("bigger", "in red", "on the left"):
+            body = {"payload": payload, "text": text, "k": 2}
+            assert client.post("/v1/search/tokens", headers=KEY, json=body).status_code == 200
+        deadline = time.monotonic() + 5
+        while len(state.gallery.tuning_queries()) < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert len(state.gallery.tuning_queries()) == before + 3  # noted by the housekeeper, or drained at close
+
+
 def test_concurrent_searches_share_text_batches_and_each_gets_its_own_answer(live):
     """Micro-batched text encodes: 12 different queries at once, each equal to its lone in-process search."""
     from concurrent.futures import ThreadPoolExecutor

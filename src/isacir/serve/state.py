@@ -311,13 +311,16 @@ class ServiceState:
         """One thread does what no request should wait for: taking in noted query vectors, the
         query-log retention and saving tuning queries (:meth:`maybe_prune`), and watching the
         registry for changes (every ``registry_poll_s``)."""
-        watch = self.registry is not None and self.settings.registry_poll_s > 0
-        tick = min(1.0, self.settings.registry_poll_s) if watch else 1.0
+        poll = self.settings.registry_poll_s
+        watch = self.registry is not None and poll > 0
+        tick = min(1.0, poll) if watch else 1.0
+        checked = time.monotonic()
         while not self._stop.wait(tick):
             self._take_noted()
             with contextlib.suppress(Exception):  # a full or read-only disk: requests go on, try later
                 self.maybe_prune()
-            if watch:
+            if watch and time.monotonic() - checked >= poll - 1e-3:
+                checked = time.monotonic()
                 self._check_registry()
 
     def _check_registry(self) -> None:
