@@ -50,7 +50,7 @@ def simulate_cmd(
 ) -> None:
     """Play the pilot against a running service: device payloads over HTTP, operator verdicts back."""
     from isacir.edge.runner import EdgeEncoder
-    from isacir.serve.app import read_api_keys
+    from isacir.serve.settings import read_api_keys
 
     from ..shapes.feedback_bench import gallery_ids
     from ..shapes.pilot import ServiceClient, simulate_pilot
