@@ -305,12 +305,6 @@ class Retriever:
         query, used_tokens = self.query_vector(image, text, tokens, mode)
         return self.search_vector(query, k, rerank, used_tokens, text, exclude, where)
 
-    def exclusions(
-        self, reference_id: int | None = None, reference_hash: str | None = None, exclude: Sequence[int] = ()
-    ) -> set[int]:
-        """:func:`exclusions` in this retriever's gallery."""
-        return exclusions(self.gallery, reference_id, reference_hash, exclude)
-
     def _hidden_states(self, hits: list[Hit]) -> torch.Tensor:
         """The candidates' vision hidden states, from the cache where it has them."""
         fnd, cache = self.foundation, self.itm_cache

@@ -118,10 +118,6 @@ def serve_cmd(
         registry_poll_s=registry_poll_s,
         edge=edge,
     )
-    from ..serve.settings import ui_problems
-
-    for problem in ui_problems():
-        err.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
     err.print(f"isacir serving {gallery} on http://{host}:{port}/  (UI at /, health at /healthz)")

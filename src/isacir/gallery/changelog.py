@@ -28,7 +28,7 @@ from .stores import FaissStore, VectorStore
 if TYPE_CHECKING:
     from .gallery import Gallery
 
-_log = logging.getLogger("isacir.gallery.gallery")
+_log = logging.getLogger(__name__)
 
 
 def _holding_writer_lock(method: Callable) -> Callable:

@@ -84,6 +84,10 @@ def _load_json(path: Path, what: str) -> Any:
         raise RecordError(f"{path} is not a readable {what} record: {exc}") from None
 
 
+def _bad(path: Path, what: str, exc: Exception) -> RecordError:
+    return RecordError(f"{path} is not a {what} record: missing or bad {exc}")
+
+
 def _each(results: Path, pattern: str, load: Any, key: Any) -> list:
     return sorted((load(p) for p in results.glob(pattern)), key=key)
 
@@ -108,7 +112,7 @@ class DomainRun:
             }
             return cls(int(raw["seed"]), int(raw["steps"]), bool(raw.get("replay")), tests)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise RecordError(f"{path} is not a bench domain run record: missing or bad {exc}") from None
+            raise _bad(path, "bench domain run", exc) from None
 
 
 def load_domain_runs(results: Path) -> list[DomainRun]:
@@ -153,7 +157,7 @@ class PilotVersionsRun:
             ]
             return cls(int(raw["seed"]), versions)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise RecordError(f"{path} is not a bench pilot-versions run record: missing or bad {exc}") from None
+            raise _bad(path, "bench pilot-versions run", exc) from None
 
 
 def load_pilot_versions_runs(results: Path) -> list[PilotVersionsRun]:
@@ -201,7 +205,7 @@ class EdgeInt8Run:
                 fp32_bytes=int(raw["model_bytes"]["fp32"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise RecordError(f"{path} is not a bench edge-int8 run record: missing or bad {exc}") from None
+            raise _bad(path, "bench edge-int8 run", exc) from None
 
 
 def load_edge_int8_runs(results: Path) -> list[EdgeInt8Run]:
@@ -241,11 +245,7 @@ class SoakRun:
                 rss_growth=float(raw["rss_growth"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise RecordError(f"{path} is not a soak run record: missing or bad {exc}") from None
-
-
-def _bad(path: Path, what: str, exc: Exception) -> RecordError:
-    return RecordError(f"{path} is not a {what} record: missing or bad {exc}")
+            raise _bad(path, "soak run", exc) from None
 
 
 @dataclass(frozen=True)
