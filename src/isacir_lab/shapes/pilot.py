@@ -7,9 +7,9 @@ held-out phrasing family as the test queries (operators speak their own words, n
 foundation's captions), minus one phrasing per edit type, so that the test queries in those
 phrasings measure what an adapter learned beyond memorising the pilot's phrases.
 
-The simulated operator works like a person at the web UI: it confirms the target when search
-shows it in the top K, and otherwise rejects the top three and names the target (``corrected``).
-Photos go through the ONNX edge runner and only the payload travels, over HTTP, as on a device.
+The simulated operators (:mod:`.operators`) work like people at the web UI: realistic ones by
+default, the ground-truth oracle on request. Photos go through the ONNX edge runner and only the
+payload travels, over HTTP, as on a device.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from isacir._fs import atomic_write_text, replace_dir
 from isacir.errors import IsacirError
 from isacir.progress import progress_bar
 
+from .operators import Operator, OperatorConfig, decide
 from .phrasing import parse_modifier
 from .world import PHRASES, ShapesConfig, make_edit, random_scene, render
 
@@ -37,7 +38,7 @@ from .world import PHRASES, ShapesConfig, make_edit, random_scene, render
 LEFT_OUT = {kind: p["test"][-1] for kind, p in PHRASES.items()}
 PILOT_PHRASINGS = {kind: [t for t in p["test"] if t != LEFT_OUT[kind]] for kind, p in PHRASES.items()}
 #: Bumped whenever the split's output changes for the same settings.
-PILOT_FORMAT = 1
+PILOT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -75,18 +76,25 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
             {"id": n, "reference": f"references/{n:06d}.png", "text": text, "kind": kind, "phrasing": phrasing}
         )
         scenes.append((n, target))
-        scenes.extend((None, s) for s in negs)
+        scenes.extend((("near", n), s) for s in negs)
     scenes.extend((None, random_scene(rng, world.max_objects)) for _ in range(config.distractors))
     by_key: dict[tuple, list[str]] = {}
     target_of: dict[int, tuple] = {}
+    near_of: dict[int, list[tuple]] = {}
     for gid, (owner, scene) in enumerate(scenes):
         name = f"gallery/{gid:06d}.png"
         render(scene, world.image_size).save(tmp / name)
         by_key.setdefault(scene.key(), []).append(name)
-        if owner is not None:
+        if isinstance(owner, int):
             target_of[owner] = scene.key()
+        elif owner is not None:
+            near_of.setdefault(owner[1], []).append(scene.key())
     for q in queries:
         q["targets"] = by_key[target_of[q["id"]]]
+        # the edit's hard negatives (one attribute off, or the edit not applied): the near misses
+        # a hurried operator may confirm; never a picture of the target's objects
+        keys = {key for key in near_of.get(q["id"], []) if key != target_of[q["id"]]}
+        q["near"] = sorted(name for key in keys for name in by_key[key])
     doc = {"key": key, "world": asdict(world), "config": asdict(config), "left_out": LEFT_OUT, "queries": queries}
     atomic_write_text(tmp / "pilot.json", json.dumps(doc))
     replace_dir(tmp, out)
@@ -129,56 +137,102 @@ def simulate_pilot(
     start: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    operators: OperatorConfig | None = None,
 ) -> dict[str, Any]:
-    """Run the pilot's queries through the device path and the service; the operator answers each.
+    """Run the pilot's queries through the device path and the service; the operators judge them.
 
     ``gallery_ids`` maps the split's gallery file names (``gallery/000123.png``) to the served
-    gallery's ids. ``start`` and ``limit`` pick a slice of the pilot's queries. Returns counts and
-    the pilot's own hit rates as the operator saw them.
+    gallery's ids. ``start`` and ``limit`` pick a slice of the pilot's queries. ``operators`` says
+    who judges (:class:`~.operators.OperatorConfig`: realistic people by default). Returns counts,
+    the pilot's own hit rates as the operators saw them, and what each query's operator typed
+    (``texts``: the first search's modifier per pilot query id).
     """
     from PIL import Image
 
+    operators = operators or OperatorConfig()
+    operators.check()
+    oracle = operators.kind == "oracle"
+    rng = random.Random(f"operators-{operators.seed}")
+    crew = [Operator.draw(i, PILOT_PHRASINGS, operators.habit, rng) for i in range(operators.count)]
     folder = Path(pilot_dir)
     queries = load_pilot(folder)["queries"][start:]
     queries = queries[:limit] if limit is not None else queries
-    stats = {"queries": 0, "confirmed": 0, "corrected": 0, "hit@1": 0, "payload_bytes": 0}
+    counts = dict.fromkeys(
+        ("queries", "judged", "unjudged", "confirmed", "corrected", "rejected_only", "wrong_confirmed",
+         "wrong_rejected", "searched_again", "found_again", "hit@1", "hit@k", "payload_bytes"),
+        0,
+    )  # fmt: skip
+    texts: dict[int, str] = {}
+
+    def search(payload: bytes, text: str) -> tuple[str, list[int]]:
+        answer = client.post("/v1/search/tokens", {"payload": base64.b64encode(payload).decode(), "text": text, "k": k})
+        return answer["query_id"], [r["id"] for r in answer["results"]]
+
+    def verdict(query_id: str, **body: Any) -> None:
+        client.post("/v1/feedback", {"query_id": query_id, **body})
+
     t0 = time.perf_counter()
     for q in progress_bar(queries, desc="pilot", unit="query", disable=not progress):
         targets = {gallery_ids[name] for name in q["targets"] if name in gallery_ids}
         if not targets:
             raise IsacirError(f"pilot query {q['id']}: none of its targets is in the served gallery")
+        near = {gallery_ids[name] for name in q.get("near", []) if name in gallery_ids}
         with Image.open(folder / q["reference"]) as im:
             payload = edge.payload(im.convert("RGB"), dtype=payload_dtype)
-        stats["payload_bytes"] += len(payload)
-        answer = client.post(
-            "/v1/search/tokens", {"payload": base64.b64encode(payload).decode(), "text": q["text"], "k": k}
-        )
-        shown = [r["id"] for r in answer["results"]]
-        stats["queries"] += 1
-        found = [i for i in shown if i in targets]
-        if shown and shown[0] in targets:
-            stats["hit@1"] += 1
-        if found:
-            client.post(
-                "/v1/feedback", {"query_id": answer["query_id"], "verdict": "confirmed", "candidate_id": found[0]}
-            )
-            stats["confirmed"] += 1
+        counts["payload_bytes"] += len(payload)
+        person = None if oracle else crew[rng.randrange(len(crew))]
+        text = q["text"] if person is None else person.word(q["kind"], q["text"], rng)
+        texts[q["id"]] = text
+        query_id, shown = search(payload, text)
+        counts["queries"] += 1
+        counts["hit@1"] += bool(shown) and shown[0] in targets
+        counts["hit@k"] += any(i in targets for i in shown)
+        if not oracle and rng.random() < operators.unjudged:
+            counts["unjudged"] += 1
             continue
-        for wrong in shown[:3]:
-            client.post("/v1/feedback", {"query_id": answer["query_id"], "verdict": "rejected", "candidate_id": wrong})
-        client.post(
-            "/v1/feedback", {"query_id": answer["query_id"], "verdict": "corrected", "correct_id": min(targets)}
-        )
-        stats["corrected"] += 1
-    n = max(1, stats["queries"])
+        counts["judged"] += 1
+        first = decide(shown, targets, near, operators, rng)
+        counts["wrong_rejected"] += first.overlooked and any(i in targets for i in first.reject)
+        if not first.missed:
+            verdict(query_id, verdict="confirmed", candidate_id=first.confirm)
+            counts["confirmed"] += 1
+            counts["wrong_confirmed"] += first.wrong
+            continue
+        correct: int | None = min(targets) if oracle else None
+        if person is not None and operators.search_again:
+            # the same photo in other words: a second logged query, judged as the first
+            counts["searched_again"] += 1
+            again_id, again_shown = search(payload, person.word_again(q["kind"], text, rng))
+            second = decide(again_shown, targets, near, operators, rng)
+            if second.missed:
+                for wrong in second.reject:
+                    verdict(again_id, verdict="rejected", candidate_id=wrong)
+            else:
+                verdict(again_id, verdict="confirmed", candidate_id=second.confirm)
+                counts["found_again"] += 1
+                counts["wrong_confirmed"] += second.wrong
+                correct = second.confirm
+        for wrong in first.reject:
+            verdict(query_id, verdict="rejected", candidate_id=wrong)
+        if correct is None:
+            counts["rejected_only"] += 1
+        else:
+            verdict(query_id, verdict="corrected", correct_id=correct)
+            counts["corrected"] += 1
+    n = max(1, counts["queries"])
     summary = {
-        **stats,
-        "hit@1_rate": round(stats["hit@1"] / n, 4),
-        f"hit@{k}_rate": round(stats["confirmed"] / n, 4),
+        "operators": operators.kind,
+        **counts,
+        "hit@1_rate": round(counts["hit@1"] / n, 4),
+        f"hit@{k}_rate": round(counts["hit@k"] / n, 4),
+        "judged_rate": round(counts["judged"] / n, 4),
         "took_s": round(time.perf_counter() - t0, 1),
+        "texts": texts,
     }
     log(
-        f"pilot: {stats['queries']} queries, target top-1 in {summary['hit@1_rate']:.1%}, in top {k} in "
-        f"{summary[f'hit@{k}_rate']:.1%}; {stats['corrected']} corrections"
+        f"pilot ({operators.kind} operators): {counts['queries']} queries, target top-1 in "
+        f"{summary['hit@1_rate']:.1%}, "
+        f"in top {k} in {summary[f'hit@{k}_rate']:.1%}; {counts['judged']} judged: {counts['confirmed']} confirmed, "
+        f"{counts['corrected']} corrected, {counts['rejected_only']} only rejected"
     )
     return summary
