@@ -16,7 +16,6 @@ from isacir.adapt import data as adapt_data
 from isacir.adapt import fit as adapt_fit
 from isacir.adapt import settings as adapt_settings
 from isacir.adapt import tuning as adapt_tuning
-from isacir.adapt.recipes import recipe_flags
 from isacir.adapter import AdapterMismatchError, QueryAdapter, new_adapter
 from isacir.edge.payload import decode_payload, encode_payload
 from isacir.errors import CheckpointError
@@ -237,8 +236,33 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     db = state.settings.feedback_db or state.gallery.dir / "feedback.sqlite"
     args = ["--gallery", str(state.gallery.dir), "--feedback", str(db), "--query-encoder", str(tmp / "qe")]
     args += ["--foundation", tiny_openclip_dir[0], "--out", str(tmp / "adapter"), "--steps", "20"]
-    run_adapt = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress")
+    # the default: the recipe and its pair chosen by folds, the winner's fold soup saved
+    auto = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress")
+    chose = last_json(auto)
+    weighed = {w["recipe"]: w for w in chose["recipe"]["weighed"]}
+    assert set(weighed) == {"vocab", "lora-attn"} and chose["recipe"]["chosen"] in weighed
+    assert chose["counts"]["holdout"] == chose["counts"]["train"] == 30 and chose["counts"]["soup"] == 4
+    assert chose["settings"]["recipe"] == chose["recipe"]["chosen"] and chose["settings"]["folds"] == 4
+    ok = {n: w["chosen"]["hit@1"] for n, w in weighed.items() if w["promotable"]}
+    if ok:  # the promotable candidate with the most pooled hits wins, and serves at its chosen pair
+        assert ok[chose["recipe"]["chosen"]] == max(ok.values())
+        served = weighed[chose["recipe"]["chosen"]]["chosen"]
+        assert chose["holdout"]["after"]["hit@1"] == served["hit@1"] and chose["promotable"]
+    else:
+        assert not chose["promotable"] and chose["reasons"]
+    assert f"recipe {chose['recipe']['chosen']} chosen by folds" in _unwrapped(auto.stderr)
+    loaded = QueryAdapter.from_pretrained(tmp / "adapter")
+    assert loaded.fingerprint == chose["fingerprint"]
+    assert (loaded.interpolation, loaded.guard_margin) == (
+        chose["tuning"]["chosen"]["interpolation"] if chose["tuning"]["chosen"] else loaded.interpolation,
+        chose["tuning"]["chosen"]["guard_margin"] if chose["tuning"]["chosen"] else loaded.guard_margin,
+    )
+    mixed = run("adapt", *args, "--recipe", "auto", "--lora-rank", "4", "--no-progress", check=False)
+    assert mixed.returncode == 2 and "--lora-rank belong to --recipe custom" in _unwrapped(mixed.stderr)
+    # a custom flag (here --holdout) trains exactly the settings given
+    run_adapt = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress", "--holdout", "0.2")
     report = last_json(run_adapt)
+    assert "recipe" not in report and report["settings"]["recipe"] == "custom"
     assert report["counts"]["train"] + report["counts"]["holdout"] == 30
     assert report["counts"]["holdout"] == 6  # round(0.2 * 30)
     assert isinstance(report["promotable"], bool) and report["holdout"]["after"]["n"] == 6
@@ -254,8 +278,6 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     else:
         assert held["intervals"]["flip_rate"] is None
     assert "95 % interval of the change" in _unwrapped(run_adapt.stderr)
-    # an untuned adapter that may not be promoted points at the flag that tunes it
-    assert ("hint: --tune" in _unwrapped(run_adapt.stderr)) == (not report["promotable"])
     app = load_service(state.gallery.dir, tmp / "qe", tiny_openclip_dir[0], adapter=tmp / "adapter")
     assert app.state.service.adapter_fingerprint == report["fingerprint"]
     app.state.service.retriever.close()
@@ -268,7 +290,6 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     assert again["refit"]["train"] == 30 and again["counts"]["holdout"] == 6
     assert again["holdout"]["before"] == report["holdout"]["before"]
     assert "refit on all 30 feedback queries" in _unwrapped(refit.stderr)
-    assert "hint: --tune" not in _unwrapped(refit.stderr)
     assert json.loads((tmp / "adapter" / "report.json").read_text())["fingerprint"] == again["fingerprint"]
     # --folds: every query judged once, the saved adapter trained on all of them
     cv = run("adapt", *args, "--batch-size", "8", "--hidden", "16", "--no-progress", "--tune", "--folds", "2")
@@ -280,13 +301,12 @@ def test_adapt_cli_writes_a_folder_that_serve_loads(tmp_path_factory, openclip_f
     assert one_fold.returncode == 2 and "--folds must be 0" in _unwrapped(one_fold.stderr)
     no_holdout = run("adapt", *args, "--holdout", "0", "--refit", "--no-progress", check=False)
     assert no_holdout.returncode != 0 and "--holdout > 0" in _unwrapped(no_holdout.stderr)
-    # with nothing held out nothing may be promoted: the hint names the recipe the docs tabulate
+    # with nothing held out nothing may be promoted, and the report says why
     blind = run(
         "adapt", *args, "--holdout", "0", "--steps", "2", "--batch-size", "8", "--hidden", "16", "--no-progress"
     )
     assert last_json(blind)["promotable"] is False
-    assert "hint: --tune lets the held-out feedback choose" in _unwrapped(blind.stderr)
-    assert f"measured best on Shapes-CIR is {recipe_flags()} (docs/operations/learning.md" in _unwrapped(blind.stderr)
+    assert "no held-out feedback to judge it by" in _unwrapped(blind.stderr)
 
 
 def _reloaded(adapter: QueryAdapter, folder, fnd, qe, tokens) -> QueryAdapter:

@@ -340,3 +340,80 @@ def test_split_and_folds_are_deterministic_and_disjoint():
     assert Counter(q.query_id for _, h in folds for q in h) == Counter(q.query_id for q in examples)
     with pytest.raises(ValueError, match="24 folds need"):
         data.folds(24, 7)
+
+
+def test_the_default_recipe_is_chosen_by_folds_and_serves_the_winners_fold_soup(tmp_path, openclip_fnd, monkeypatch):
+    """`isacir adapt`'s default: every candidate recipe judged by the same folds, the rule picks the
+    promotable candidate with the most pooled hits, and the saved adapter is exactly the soup of that
+    candidate's fold adapters at its chosen pair; a run killed in the second candidate resumes there."""
+    from isacir.adapt import adapt
+    from isacir.adapt import choose as adapt_choose
+    from isacir.adapt.recipes import CANDIDATE_RECIPES
+    from isacir.adapt.soup import soup
+    from isacir.adapter import QueryAdapter
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=16)
+    _synthetic_feedback(state, 24, seed=29)
+    monkeypatch.setattr(adapt_tuning, "FOLD_TUNE_MARGINS", (0.0, 0.02, 2.0))  # a pair that never yields
+    fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
+    args = (gallery, fnd, qe, state.feedback)
+    base = AdaptSettings.auto(steps=12, lr=1e-2, batch_size=8, hidden=16, seed=2, folds=2, save_every=4)
+    members: list[list[QueryAdapter]] = []
+    real_soup = adapt_choose.soup
+
+    def keep(adapters):
+        members.append(list(adapters))
+        return real_soup(adapters)
+
+    monkeypatch.setattr(adapt_choose, "soup", keep)
+    report = adapt(*args, tmp_path / "auto", base, progress=False)
+    weighed = {w["recipe"]: w for w in report["recipe"]["weighed"]}
+    assert list(weighed) == list(CANDIDATE_RECIPES)
+    ok = {n: w["chosen"] for n, w in weighed.items() if w["chosen"] is not None}
+    assert ok, "the never-yielding margin keeps every candidate promotable"
+    winner = max(ok, key=lambda n: (ok[n]["hit@1"], -(ok[n]["flip_rate"] or 0.0), ok[n]["hit@10"]))
+    assert report["recipe"]["chosen"] == winner and report["promotable"]
+
+    # each candidate's folds are the custom recipe's folds: the same pooled grid, count for count
+    for name in CANDIDATE_RECIPES:
+        custom = replace(base, recipe="custom", tune=True, **CANDIDATE_RECIPES[name])
+        one = adapt(*args, tmp_path / f"custom-{name}", custom, progress=False)
+        assert one["tuning"]["chosen"] == weighed[name]["chosen"]
+        if name == winner:
+            assert report["tuning"]["grid"] == one["tuning"]["grid"]
+
+    # the saved adapter is the winner's two fold adapters averaged, at the chosen pair
+    (fold_adapters,) = members
+    assert len(fold_adapters) == 2 and fold_adapters[0].config.lora_rank == CANDIDATE_RECIPES[winner]["lora_rank"]
+    want = soup(fold_adapters)
+    want.set_interpolation(ok[winner]["interpolation"])
+    want.set_guard_margin(ok[winner]["guard_margin"])
+    saved = QueryAdapter.from_pretrained(tmp_path / "auto")
+    assert saved.fingerprint == want.fingerprint == report["fingerprint"]
+
+    # killed in the second candidate's second fold: the rerun trains only what was left
+    real_save, seen = adapt_fit._save_checkpoint, []
+    second = list(CANDIDATE_RECIPES)[1]
+    crash_at = adapt_settings.CANDIDATE_CHECKPOINT_NAME.format(second).format(1)
+
+    def crash(path, st):
+        real_save(path, st)
+        seen.append((path.name, st["step"]))
+        if path.name == crash_at and st["step"] == 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapt_fit, "_save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(*args, tmp_path / "killed", base, progress=False)
+    seen.clear()
+    resumed = adapt(*args, tmp_path / "killed", base, progress=False)
+    assert seen[0] == (crash_at, 12)
+    assert resumed["fingerprint"] == report["fingerprint"]
+    assert not any(p.name.startswith(".adapt-") for p in (tmp_path / "killed").iterdir())
+
+
+def test_recipe_settings_are_checked():
+    with pytest.raises(ConfigError, match="--recipe must be one of"):
+        AdaptSettings(recipe="best").check()
+    with pytest.raises(ConfigError, match="--refit and --soup belong to --recipe custom"):
+        AdaptSettings.auto(soup=3).check()

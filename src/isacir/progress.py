@@ -105,3 +105,15 @@ def progress_bar(
     if getattr(stream, "isatty", lambda: False)():
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave, file=stream)
     return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, stream=stream)
+
+
+def log_line(message: str, stream: IO[str] | None = None) -> None:
+    """One line between progress bars (above a live tqdm bar on a terminal, plain elsewhere)."""
+    stream = stream or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=stream)
+    else:
+        stream.write(message + "\n")
+        stream.flush()

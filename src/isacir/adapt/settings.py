@@ -22,6 +22,10 @@ REFIT_CHECKPOINT_NAME = ".adapt-refit-checkpoint.pt"
 FOLD_CHECKPOINT_NAME = ".adapt-fold{}-checkpoint.pt"
 
 
+#: the automatic recipe choice's folds, per candidate recipe: ``.format(recipe)`` leaves the fold's ``{}``
+CANDIDATE_CHECKPOINT_NAME = ".adapt-{}-fold{{}}-checkpoint.pt"
+
+
 #: Two gallery items whose stored vectors agree this closely are one picture to the system (the
 #: same photo indexed twice): no query tells them apart, so either one answers a query that the
 #: operator answered with the other, and neither may be the other's negative.
@@ -89,11 +93,24 @@ class AdaptSettings:
     #: :mod:`isacir.adapt.soup`. Averaging damps what each learned by chance, which is what flips
     #: earlier first places; it costs this many trainings and nothing at serving time
     soup: int = 1
+    #: ``custom``: train exactly these settings. ``auto`` (what ``isacir adapt`` does by default):
+    #: weigh the candidate recipes by folds and serve the winner's fold soup (:mod:`.choose`); a
+    #: candidate's name judges and serves that one recipe the same way
+    recipe: str = "custom"
     #: learn from the oldest N logged queries only (None: all of them)
     max_queries: int | None = None
     save_every: int = 50
 
+    @classmethod
+    def auto(cls, **fields: object) -> AdaptSettings:
+        """The product's default: the recipe chosen by folds (``isacir adapt`` with no recipe flags)."""
+        return cls(recipe="auto", **fields)  # type: ignore[arg-type]
+
     def check(self) -> None:
+        from .recipes import RECIPE_CHOICES
+
+        if self.recipe not in RECIPE_CHOICES:
+            raise ConfigError(f"--recipe must be one of {', '.join(RECIPE_CHOICES)}, got {self.recipe!r}")
         if self.steps < 1 or self.batch_size < 1 or self.hidden < 1:
             raise ConfigError("steps, batch size and hidden width must be at least 1")
         if not 0.0 <= self.holdout < 1.0:
@@ -121,5 +138,10 @@ class AdaptSettings:
             raise ConfigError("--max-queries must be at least 1")
         if self.folds == 1 or self.folds < 0:
             raise ConfigError(f"--folds must be 0 (one hold-out) or at least 2, got {self.folds}")
+        if self.recipe != "custom" and (self.refit or self.soup > 1):
+            raise ConfigError(
+                f"--recipe {self.recipe} serves the soup of its fold adapters: --refit and --soup belong to "
+                "--recipe custom"
+            )
         if self.refit and self.holdout <= 0 and not self.folds:
             raise ConfigError("--refit trains again on the held-out feedback after judging: it needs --holdout > 0")

@@ -19,9 +19,11 @@ from ..adapter import QueryAdapter
 from ..errors import ConfigError, IsacirError
 from .data import FeedbackData, load_feedback
 from .fit import _Fit
+from .folds import count_folds
+from .recipes import AUTO_FOLDS
 from .report import _judgement, _report
 from .settings import CHECKPOINT_NAME, FOLD_CHECKPOINT_NAME, REFIT_CHECKPOINT_NAME, AdaptSettings
-from .tuning import ComposedQueries, _choose, _served_pairs, _tune_pairs, feedback_metrics, tune_serving
+from .tuning import ComposedQueries, _choose, _tune_pairs, feedback_metrics, tune_serving
 
 if TYPE_CHECKING:
     from ..feedback import FeedbackStore
@@ -47,7 +49,7 @@ def adapt(
     that adapter is saved: the report's held-out numbers then describe the recipe, not weights that
     never saw those queries.
     """
-    settings = settings or AdaptSettings()
+    settings = settings or AdaptSettings.auto()
     settings.check()
     t_start = time.perf_counter()
     gallery.check_foundation(foundation)
@@ -86,6 +88,17 @@ def adapt(
     out.mkdir(parents=True, exist_ok=True)
     compose = ComposedQueries(foundation, query_encoder.config.template, query_encoder.num_tokens)
     fit = _Fit(gallery, foundation, qe_fp, compose, data, settings, previous, progress)
+    if settings.recipe != "custom":
+        from .choose import adapt_by_choice
+
+        needed = settings.folds or AUTO_FOLDS
+        if len(data.triplets) < needed:
+            raise ConfigError(
+                f"--recipe {settings.recipe} judges by {needed} folds and needs at least {needed} learnable "
+                f"queries; the log has {len(data.triplets)}"
+            )
+        adapter, report = adapt_by_choice(gallery, foundation, qe_fp, compose, data, settings, previous, out, progress)
+        return _save(adapter, report, out, settings, t_start)
     if settings.folds:
         adapter, report = _adapt_by_folds(fit, compose, gallery, data, settings, previous, out)
         return _save(adapter, report, out, settings, t_start)
@@ -146,50 +159,22 @@ def _adapt_by_folds(
     given = (settings.interpolation, settings.guard_margin)
     tuned = _tune_pairs(folds=True) if settings.tune else []
     pairs = tuned + ([given] if given not in tuned else [])
-    before = {"n": 0, "hit@1": 0, "hit@10": 0}  # hit@1 counts the top-1 hits that can flip
-    cells = {pair: {"hit@1": 0, "hit@10": 0, "lost": 0, "gained": 0} for pair in pairs}
-    sizes = []
-    for f, (train, held) in enumerate(data.folds(k, settings.seed)):
-        adapter, _ = fit(train, out / FOLD_CHECKPOINT_NAME.format(f), desc=f"fold {f + 1}/{k}")
-        metrics, top1_before = feedback_metrics(compose, gallery, held, previous)
-        n = len(held)
-        sizes.append({"train": len(train), "holdout": n})
-        before["n"] += n
-        before["hit@1"] += int(top1_before.sum())
-        before["hit@10"] += round(metrics["hit@10"] * n)
-        for pair, metrics, top1 in _served_pairs(compose, gallery, held, adapter, pairs):
-            cell = cells[pair]
-            cell["hit@1"] += int(top1.sum())
-            cell["hit@10"] += round(metrics["hit@10"] * n)
-            cell["lost"] += int((top1_before & ~top1).sum())
-            cell["gained"] += int((top1 & ~top1_before).sum())
-    total, had = before["n"], before["hit@1"]
-
-    def pooled(pair: tuple[float, float]) -> dict[str, Any]:
-        c = cells[pair]
-        return {
-            "interpolation": pair[0],
-            "guard_margin": pair[1],
-            "n": total,
-            "hit@1": c["hit@1"] / total,
-            "hit@10": c["hit@10"] / total,
-            "flip_rate": c["lost"] / had if had else None,
-            "flips": c["lost"],
-            "gained": c["gained"],
-        }
-
-    held_before = {"n": total, "hit@1": before["hit@1"] / total, "hit@10": before["hit@10"] / total}
+    counts = count_folds(fit, compose, gallery, data, k, settings.seed, previous, pairs, out / FOLD_CHECKPOINT_NAME)
+    counts.adapters.clear()  # the saved adapter is trained on everything below
+    total, had = counts.n, counts.hit1_before
+    held_before = counts.before
     tuning: dict[str, Any] | None = None
     pair = given
     if settings.tune:
-        grid = [pooled(p) for p in tuned]
+        grid = [counts.pooled(p) for p in tuned]
         chosen = _choose(grid, held_before["hit@1"])
         tuning = {"before": held_before, "grid": grid, "chosen": chosen, "folds": k}
         if chosen is None:
             tuning["reason"] = "no pair keeps pooled hit@1 with a flip rate within the limit; the given settings stand"
         else:
             pair = (chosen["interpolation"], chosen["guard_margin"])
-    served = pooled(pair)
+    served = counts.pooled(pair)
+    sizes = counts.sizes
 
     everything = list(data.triplets)  # in log order: what --holdout 0 would train on
     final, losses = fit(everything, out / REFIT_CHECKPOINT_NAME, desc="refit")

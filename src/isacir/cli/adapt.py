@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -17,7 +17,9 @@ def adapt_cmd(
     query_encoder: Path = typer.Option(..., help="The served query encoder: only its logged tokens are used."),
     out: Path = typer.Option(..., help="Adapter folder to write (config, weights, fingerprint, report)."),
     foundation: Optional[str] = typer.Option(None, help="Default: the one the query encoder was trained for."),
-    holdout: float = typer.Option(0.2, help="Share of feedback queries held out to judge the adapter."),
+    holdout: Optional[float] = typer.Option(
+        None, help="--recipe custom: the share of feedback queries held out to judge the adapter (default 0.2)."
+    ),
     steps: int = typer.Option(300, help="Optimiser steps."),
     lr: float = typer.Option(1e-3, help="Learning rate (AdamW)."),
     batch_size: int = typer.Option(64, help="Feedback queries per step (and as many replay queries)."),
@@ -27,61 +29,71 @@ def adapt_cmd(
     vocab: bool = typer.Option(True, "--vocab/--no-vocab", help="Learn rows for the operators' words."),
     vocab_min_count: int = typer.Option(2, help="A word piece needs this many uses to get a row."),
     vocab_max_rows: int = typer.Option(512, help="At most this many vocabulary rows (most used first)."),
-    lora_rank: int = typer.Option(
-        0, help="LoRA rank on the text tower's linear layers (0: off; the default until a benchmark shows it helps)."
+    lora_rank: Optional[int] = typer.Option(
+        None, help="--recipe custom: LoRA rank on the text tower's linear layers (default 0: off)."
     ),
     lora_alpha: float = typer.Option(8.0, help="LoRA alpha: the update is scaled by alpha / rank."),
-    lora_attention: bool = typer.Option(
-        False,
+    lora_attention: Optional[bool] = typer.Option(
+        None,
         "--lora-attention",
         help="With --lora-rank, also put LoRA on the text tower's attention projections (off by default).",
     ),
-    query_head: bool = typer.Option(
-        False,
+    query_head: Optional[bool] = typer.Option(
+        None,
         "--query-head",
         help="Also learn a residual linear map on the composed query: a metric on the stored gallery vectors.",
     ),
     replay_weight: float = typer.Option(1.0, help="Weight of the distillation on unjudged logged queries."),
     max_replay: int = typer.Option(2000, help="At most this many unjudged queries to replay."),
-    hard_negatives: int = typer.Option(
-        0,
+    hard_negatives: Optional[int] = typer.Option(
+        None,
         help="The previous version's top N on each feedback query join its negatives (0: off). "
         "Assumes one right item per query, as an operator's single choice says.",
     ),
-    focal_weight: float = typer.Option(
-        0.0,
+    focal_weight: Optional[float] = typer.Option(
+        None,
         help="Focal distillation: keep the previous version's scores on queries it answered right at "
         "rank 1, with this weight (0: off); fewer negative flips, smaller gains.",
     ),
-    focal_base: float = typer.Option(0.0, help="Focal distillation's weight on every feedback query (0: off)."),
-    interpolation: float = typer.Option(
-        1.0, help="0 = zero-shot, 1 = as trained; in between trades gains for less forgetting (WiSE-FT)."
+    focal_base: Optional[float] = typer.Option(
+        None, help="Focal distillation's weight on every feedback query (0: off)."
     ),
-    guard_margin: float = typer.Option(
-        0.0,
-        help="Top-1 guard: keep the zero-shot top-1 first unless the adapter prefers its own by this "
-        "cosine margin (0: off; costs one more text-tower pass per query).",
+    interpolation: Optional[float] = typer.Option(
+        None,
+        help="--recipe custom (default 1): 0 = zero-shot, 1 = as trained; in between trades gains for less "
+        "forgetting (WiSE-FT).",
     ),
-    tune: bool = typer.Option(
-        False,
+    guard_margin: Optional[float] = typer.Option(
+        None,
+        help="--recipe custom (default 0): top-1 guard: keep the zero-shot top-1 first unless the adapter "
+        "prefers its own by this cosine margin (0: off; costs one more text-tower pass per query).",
+    ),
+    tune: Optional[bool] = typer.Option(
+        None,
         "--tune/--no-tune",
         help="Choose interpolation and guard margin on the held-out feedback: the best promotable pair "
         "(the given ones stand when none is).",
     ),
-    refit: bool = typer.Option(
-        False,
+    refit: Optional[bool] = typer.Option(
+        None,
         "--refit/--no-refit",
         help="After judging (and with --tune, tuning) on the held-out feedback, train once more on all "
         "of it and save that adapter; the report's held-out numbers then judge the recipe.",
     ),
-    folds: int = typer.Option(
-        0,
-        help="Judge (and with --tune, tune) by K-fold cross-validation instead of --holdout: K adapters "
-        "each trained without one K-th answer it, counts pooled over all the feedback (--tune weighs guard "
-        "margins 0.01 apart on them); the saved adapter is trained on all of it (0: off; K more trainings).",
+    folds: Optional[int] = typer.Option(
+        None,
+        help="The folds that judge each recipe (default 4 for a chosen recipe). With --recipe custom: judge (and "
+        "with --tune, tune) by K-fold cross-validation instead of --holdout, the saved adapter trained on all of "
+        "the feedback (0: off; K more trainings).",
     ),
-    soup: int = typer.Option(
-        1,
+    recipe: Optional[str] = typer.Option(
+        None,
+        help="auto (the default): weigh the candidate recipes (vocab, lora-attn) by folds of the feedback and "
+        "serve the winner's fold soup at the pair the folds chose; vocab or lora-attn: that one, the same way; "
+        "custom: exactly the flags given (the default as soon as a custom-only flag is given).",
+    ),
+    soup: Optional[int] = typer.Option(
+        None,
         help="Train every adapter as K, with seeds --seed to --seed + K - 1, and save their uniform soup "
         "(their updates averaged exactly): fewer flips at the same gain, K times the training, the same "
         "serving cost (1: one adapter).",
@@ -95,15 +107,35 @@ def adapt_cmd(
 ) -> None:
     """Train a server-side adapter of the text side on the feedback log, and report held-out gains."""
     from ..adapt import AdaptSettings, adapt
-    from ..adapt.recipes import recipe_flags
     from ..adapter import QueryAdapter
     from ..cli.feedback import open_feedback_db
+    from ..errors import ConfigError
     from ..foundation import create_foundation
     from ..gallery import Gallery
     from ..query import QueryEncoder
 
+    custom: dict[str, Any] = {
+        "holdout": holdout,
+        "lora_rank": lora_rank,
+        "query_head": query_head,
+        "lora_attention": lora_attention,
+        "hard_negatives": hard_negatives,
+        "focal_weight": focal_weight,
+        "focal_base": focal_base,
+        "interpolation": interpolation,
+        "guard_margin": guard_margin,
+        "tune": tune,
+        "refit": refit,
+        "soup": soup,
+    }
+    given = {k: v for k, v in custom.items() if v is not None}
+    recipe = recipe or ("custom" if given else "auto")
+    if recipe != "custom" and given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(
+            f"--recipe {recipe} chooses the model and how it serves by folds: {flags} belong to --recipe custom"
+        )
     settings = AdaptSettings(
-        holdout=holdout,
         steps=steps,
         lr=lr,
         batch_size=batch_size,
@@ -113,22 +145,13 @@ def adapt_cmd(
         vocab=vocab,
         vocab_min_count=vocab_min_count,
         vocab_max_rows=vocab_max_rows,
-        lora_rank=lora_rank,
         lora_alpha=lora_alpha,
-        query_head=query_head,
-        lora_attention=lora_attention,
         replay_weight=replay_weight,
         max_replay=max_replay,
-        hard_negatives=hard_negatives,
-        focal_weight=focal_weight,
-        focal_base=focal_base,
-        interpolation=interpolation,
-        guard_margin=guard_margin,
-        tune=tune,
-        refit=refit,
-        folds=folds,
-        soup=soup,
+        folds=folds or 0,
         max_queries=max_queries,
+        recipe=recipe,
+        **given,
     )
     settings.check()
     store = open_feedback_db(feedback)
@@ -159,6 +182,18 @@ def adapt_cmd(
             f"judged by {report['cross_validation']['folds']}-fold cross-validation: every one of the "
             f"{report['counts']['holdout']} feedback queries held out once; the saved adapter was trained on all"
         )
+    if "recipe" in report:
+        weighed = "; ".join(
+            f"{w['recipe']}: "
+            + (
+                f"pooled hit@1 {w['chosen']['hit@1']:.3f}, flips {w['chosen']['flips']}"
+                if w["chosen"]
+                else "no promotable pair"
+            )
+            for w in report["recipe"]["weighed"]
+        )
+        chose = report["recipe"]
+        err.print(f"recipe {chose['chosen']} chosen by folds ({weighed}); saved {chose['served']}")
     if settings.soup > 1:
         err.print(
             f"every adapter trained is the soup of {settings.soup}, with seeds {seed} to {seed + settings.soup - 1}"
@@ -177,10 +212,4 @@ def adapt_cmd(
         )
         + f"; {verdict}"
     )
-    if not report["promotable"] and not tune:
-        err.print(
-            "hint: --tune lets the held-out feedback choose an interpolation and top-1 guard that keep the "
-            f"flips within 5 %; the recipe measured best on Shapes-CIR is {recipe_flags()} "
-            "(docs/operations/learning.md, What to expect)"
-        )
     emit_json(report)
