@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from isacir.adapt import tuning as adapt_tuning
-from isacir_lab.shapes.feedback_goals import paired_counts, verdict_intervals
+from isacir_lab.shapes.operators import OperatorConfig
 from isacir_lab.shapes.phrasing import known_phrasings_copy, parse_modifier, rephrase
 from isacir_lab.shapes.pilot import LEFT_OUT, PILOT_PHRASINGS, PilotConfig, generate_pilot, load_pilot
 from isacir_lab.shapes.world import PHRASES, ShapesConfig, generate
@@ -95,184 +94,105 @@ def small_loop(tmp_path_factory, small_shapes):
     bench = run_shapes_bench(out, cfg, **quiet)
     settings = AdaptSettings(steps=40, batch_size=16, gallery_negatives=64, seed=0)
     pilot = PilotConfig(queries=60, distractors=40)
-    # the adapters train with another seed than the world's (`bench feedback --adapt-seed 1`)
-    run_settings = replace(settings, refit=True, folds=2, seed=1)
-    summary = run_feedback_bench(out, 0, pilot, run_settings, (20, 60), config=cfg, **quiet)
+    # isacir adapt's default recipe choice, on 2 folds; the adapters train with another seed than
+    # the world's (`bench feedback --adapt-seed 1`)
+    run_settings = AdaptSettings.auto(steps=40, batch_size=16, gallery_negatives=64, seed=1, folds=2)
+    operators = OperatorConfig(seed=0)
+    summary = run_feedback_bench(
+        out, 0, pilot, run_settings, operators, config=cfg, eval_blocks=2, curve=(30,), **quiet
+    )
     versions = run_pilot_versions(out, 0, PilotConfig(queries=40, distractors=40), settings, config=cfg, **quiet)
     return out, cfg, bench, summary, versions
 
 
 @pytest.mark.slow
 def test_bench_feedback_on_the_small_bench(small_loop):
-    """The whole loop on the scaled-down bench: pilot over HTTP, adapters, test before and after."""
+    """The whole loop on the scaled-down bench: realistic operators over HTTP, isacir adapt's default
+    on their feedback, the served adapter judged on the evaluation stream and the test split."""
+    from isacir.adapter import QueryAdapter
+    from isacir.evaluation.benchmarks import load_shapes
+    from isacir.evaluation.evaluate import evaluate
+    from isacir.foundation import create_foundation
+    from isacir.query import QueryEncoder
     from isacir_lab.shapes.bench import METRICS
+    from isacir_lab.shapes.evaluation import used_phrasings
+    from isacir_lab.shapes.feedback_goals import served_goals
 
     out, cfg, bench, summary, _ = small_loop
-    assert set(summary) == {"seed", "before", "after", "curve", "known_phrasings", "unseen_phrasings", "flip_rate"}
-    for block in (summary["before"], summary["after"], *summary["curve"].values()):
-        assert set(block) == set(METRICS)
-    # "before" is the plain ISA encoder: exactly the bench's own row
-    assert summary["before"] == bench["methods"]["isa"]
-    assert summary["curve"]["60"] == summary["after"]
-    # another training seed than the world's names its results apart from the run of record
-    assert not (out / "feedback-seed0.json").exists()
-    detail = json.loads((out / "feedback-seed0-adapt1.json").read_text())
-    assert detail["settings"]["seed"] == 1 and detail["seed"] == 0
+    assert set(summary) == {"seed", "operators", "verdicts", "served", "overlap", "timings"}
+    assert summary["operators"] == "realistic"
+    # another training seed than the world's names its results apart
+    detail = json.loads((out / "feedback-realistic-seed0-adapt1.json").read_text())
+    assert detail["settings"]["seed"] == 1 and detail["settings"]["recipe"] == "auto"
     pilot = detail["pilot"]
-    assert pilot["queries"] == 60 and pilot["confirmed"] + pilot["corrected"] == 60
-    # the unseen-phrasing subset: every test query in a phrasing the pilot left out
-    world = out / "worlds" / cfg.world.key()
-    anns = json.loads((world / "annotations" / "test.json").read_text())
-    left_out = sum(
-        parse_modifier(a["shared_concept"], a["relative_caption"])[1] == LEFT_OUT[a["shared_concept"]] for a in anns
+    assert (
+        pilot["queries"] == 60 and pilot["judged"] + pilot["unjudged"] == 60 == summary["verdicts"] + pilot["unjudged"]
     )
-    assert detail["unseen_phrasings_queries"] == left_out > 0
-    # the intervals turn the stored rates back into counts of the test queries
-    assert detail["test_queries"] == len(anns)
-    # which CPU made the numbers: another model differs in the last float bits of every training
-    assert detail["cpu"]["model"] and detail["cpu"]["logical_cpus"] == os.cpu_count()
-    served = {"R@1": summary["after"]["R@1"], "flip_rate": summary["flip_rate"] or 0.0}
-    right, gained, lost = paired_counts(detail["before"]["R@1"], served["R@1"], served["flip_rate"], len(anns))
-    assert gained - lost == round((summary["after"]["R@1"] - summary["before"]["R@1"]) * len(anns) / 100)
-
-    def is_rate(x: float | None) -> bool:
-        """A flip rate: a share of the top-1 hits before, or None where there were none."""
-        return x is None if not right else x is not None and 0.0 <= x <= 1.0
-
-    assert is_rate(summary["flip_rate"])
-    # 60 test queries may have no top-1 hit before (it depends on the CPU's last float bits); then
-    # the flip rate has no interval, and saying so beats an interval of nothing
-    if right:
-        v = verdict_intervals(detail["before"], served, len(anns))
-        assert (v["r1_gain"]["gained"], v["r1_gain"]["lost"]) == (gained, lost)
-    else:
-        with pytest.raises(ValueError, match="flip rate is undefined"):
-            verdict_intervals(detail["before"], served, len(anns))
-    assert (out / "feedback-seed0-adapt1.png").stat().st_size > 5000
-    # the log holds what the operator did: every query judged, corrections after three rejections
-    db = next((out / "feedback").glob("seed0-*/feedback.sqlite"))
-    with sqlite3.connect(db) as con:
-        assert con.execute("SELECT COUNT(*) FROM queries").fetchone()[0] == 60
-        assert con.execute("SELECT COUNT(DISTINCT query_id) FROM feedback").fetchone()[0] == 60
-        corrected = con.execute("SELECT query_id FROM feedback WHERE verdict = 'corrected'").fetchall()
-        for (qid,) in corrected:
-            n = con.execute(
-                "SELECT COUNT(*) FROM feedback WHERE query_id = ? AND verdict = 'rejected'", (qid,)
-            ).fetchone()[0]
-            assert n == 3
+    assert pilot["confirmed"] + pilot["corrected"] + pilot["rejected_only"] == pilot["judged"]
+    # the log: one query per search (a miss searches again), none without its tokens
+    run = next((out / "feedback").glob("realistic-seed0-adapt1-*"))
+    with sqlite3.connect(run / "feedback.sqlite") as con:
+        assert con.execute("SELECT COUNT(*) FROM queries").fetchone()[0] == 60 + pilot["searched_again"]
         assert con.execute("SELECT COUNT(*) FROM queries WHERE tokens IS NULL").fetchone()[0] == 0
-    assert detail["adapters"]["60"]["counts"]["train"] + detail["adapters"]["60"]["counts"]["holdout"] == 60
-    # the trade-off at interpolation 1 is the final adapter itself, reloaded from its folder
-    full = detail["interpolation_tradeoff"]["1.0"]
-    assert (full["R@1"], full["R@10"], full["flip_rate"]) == (
-        summary["after"]["R@1"],
-        summary["after"]["R@10"],
-        summary["flip_rate"],
-    )
-    assert set(detail["interpolation_tradeoff"]) == {"0.25", "0.5", "0.75", "1.0"}
-    assert is_rate(detail["flip_rate_int4_payload"])
-    # the top-1 guard keeps either the zero-shot first place or the adapter's: it can only undo flips
-    guarded = detail["guarded_tradeoff"]
-    assert len(guarded) == 9
-    for g in guarded.values():
-        unguarded = detail["interpolation_tradeoff"][str(g["interpolation"])]
-        if unguarded["flip_rate"] is not None:
-            assert g["flip_rate"] <= unguarded["flip_rate"]
-    # what `adapt --tune` would serve: a pair of the grid, chosen on held-out feedback only
-    tuned = detail["tuned_on_held_out"]
-    assert tuned["interpolation"] in (0.25, 0.5, 0.75, 1.0) and is_rate(tuned["flip_rate"])
-    if tuned["held_out"] is not None:
-        assert (tuned["interpolation"], tuned["guard_margin"]) == (
-            tuned["held_out"]["interpolation"],
-            tuned["held_out"]["guard_margin"],
+        assert (
+            con.execute("SELECT COUNT(*) FROM feedback WHERE verdict = 'corrected'").fetchone()[0] == pilot["corrected"]
         )
-        assert tuned["held_out"]["hit@1"] >= tuned["held_out_before"]["hit@1"]
-    # --refit: the same pair, trained again on all 60 queries; the curve's adapters were not refit
-    refit = detail["tuned_then_refit"]
-    assert (refit["interpolation"], refit["guard_margin"]) == (tuned["interpolation"], tuned["guard_margin"])
-    assert refit["trained_on"] == 60 and is_rate(refit["flip_rate"])
-    report = json.loads(next((out / "feedback").glob("seed0-*/adapter-refit/report.json")).read_text())
-    assert report["counts"]["train"] == 60 and report["counts"]["holdout"] == 0
-    assert report["settings"]["seed"] == 1  # the training seed reached the adapters themselves
-    assert all("refit" not in a["counts"] for a in detail["adapters"].values())
-    assert all("folds" not in a["counts"] for a in detail["adapters"].values())  # the curve is one hold-out
-    # --folds 2: the pair chosen on counts pooled over all 60 queries, trained on all of them
-    cv = detail["tuned_by_folds"]
-    assert cv["folds"] == 2 and cv["trained_on"] == 60 and cv["held_out_before"]["n"] == 60
-    if cv["held_out"] is not None:
-        assert (cv["interpolation"], cv["guard_margin"]) == (
-            cv["held_out"]["interpolation"],
-            cv["held_out"]["guard_margin"],
-        )
-    # the grid the folds weighed is recorded whole, on the folds' own margins, the chosen pair in it
-    weighed = [(g["interpolation"], g["guard_margin"]) for g in cv["grid"]]
-    assert sorted(weighed) == sorted(adapt_tuning._tune_pairs(folds=True)) and len(set(weighed)) == len(weighed)
-    assert cv["held_out"] is None or cv["held_out"] in cv["grid"]
-    cv_report = json.loads(next((out / "feedback").glob("seed0-*/adapter-folds/report.json")).read_text())
-    assert cv_report["tuning"]["grid"] == cv["grid"]
-    assert cv_report["counts"]["folds"] == 2 and cv_report["counts"]["train"] == 60
-    assert sum(s["holdout"] for s in cv_report["cross_validation"]["sizes"]) == 60
-    # the moonshot's yardstick, computed here, equals the one `bench shapes` wrote for this cache
-    shapes = json.loads((out / "results-seed0.json").read_text())
-    oracle = shapes["oracles"]["oracle_reference_caption_plus_modifier"]
-    assert detail["oracle_reference_caption_plus_modifier"] == oracle
+        logged = [t for (t,) in con.execute("SELECT text FROM queries")]
 
+    # the served adapter is the folder isacir adapt saved, at the pair its folds chose
+    served_adapter = QueryAdapter.from_pretrained(run / "adapter")
+    assert detail["adapter"]["fingerprint"] == served_adapter.fingerprint
+    assert detail["served_pair"] == {
+        "interpolation": served_adapter.interpolation,
+        "guard_margin": served_adapter.guard_margin,
+    }
+    assert detail["recipe"]["chosen"] in {"vocab", "lora-attn"}
 
-def test_results_of_another_training_seed_are_named_apart():
-    from isacir.adapt import AdaptSettings
-    from isacir_lab.shapes.bench import ShapesBenchConfig
-    from isacir_lab.shapes.feedback_bench import FeedbackRun
-    from isacir_lab.shapes.pilot import PilotConfig
-
-    assert FeedbackRun(0).stem == FeedbackRun(0, 0).stem == "feedback-seed0"
-    assert FeedbackRun(3, 1).stem == "feedback-seed3-adapt1"
-    assert FeedbackRun(3, 3, query_head=True).stem == "feedback-seed3-head"
-    assert FeedbackRun(3, 1, query_head=True).replicates_stem == "feedback-seed3-adapt1-head-replicates"
-    assert FeedbackRun(3, 1, lora_attention=True).stem == "feedback-seed3-adapt1-attn"
-    # the settings a bench trains with name its run; those that do not set a run apart leave it alone
-    settings = AdaptSettings(seed=3, lora_rank=4, lora_attention=True, folds=5)
-    assert FeedbackRun.of(3, settings) == FeedbackRun(3, lora_attention=True)
-    assert FeedbackRun.of(0, AdaptSettings(seed=0, steps=7)) == FeedbackRun(0)
-    # the flags that select a variant are the bench's own options
-    assert FeedbackRun(3, 1, True, True, 3).flags() == " --adapt-seed 1 --lora-attention --query-head --soup 3"
-    assert FeedbackRun(3, 1, True, True, 3).stem == "feedback-seed3-adapt1-attn-head-soup3"
-    assert FeedbackRun.of(3, AdaptSettings(seed=3, soup=3)) == FeedbackRun(3, soup=3) != FeedbackRun(3)
-    assert FeedbackRun(3, 3).flags() == ""
-    # their pilot logs and adapters too: one variant's run never deletes another's folder
-    world, pilot = ShapesBenchConfig(seed=3).world, PilotConfig()
-    runs = [FeedbackRun(3, a, t, h) for a in (None, 1) for h in (False, True) for t in (False, True)]
-    dirs = {r.folder(Path("o"), pilot, world) for r in runs}
-    assert len(dirs) == 8 and FeedbackRun(3, 3).folder(Path("o"), pilot, world) in dirs
-    assert {d.name.split("-")[0] for d in dirs} == {"seed3"} and all(d.parent == Path("o/feedback") for d in dirs)
-
-
-def test_a_missing_run_names_the_command_that_trains_it_again(tmp_path):
-    """`bench replicates` on a run whose adapters are gone says which `bench feedback` to run; the
-    command is built from the run's settings, and for the recorded runs it is the one the docs show."""
-    from isacir.errors import IsacirError
-    from isacir_lab.shapes.replicates import _served_adapters, rerun_command
-
-    root = Path(__file__).resolve().parents[1]
-    docs = " ".join(p.read_text() for p in (root / "docs").rglob("*.md"))
-    results = root / "docs" / "results"
-    for name in (
-        "reruns/feedback-lora4-seed0-epyc.json",
-        "training-seeds/feedback-lora4-seed0-adapt1-epyc.json",
-        "variants/feedback-lora4-head-seed0-epyc.json",
-        "variants/feedback-lora4-attn-soup3-seed0-epyc.json",
-    ):
-        run = json.loads((results / name).read_text())
-        assert rerun_command(Path("runs/shapes"), run) + " --json" in docs, name
-    run = json.loads((results / "variants/feedback-lora4-head-seed0-epyc.json").read_text())
-    run["seed"] = 3
-    run["settings"] = {**run["settings"], "steps": 50, "lora_rank": 2, "lora_attention": True, "soup": 3}
-    run["pilot_config"] = {**run["pilot_config"], "queries": 60}
-    want = "isacir-lab bench feedback --seed 3 --out o --queries 60 --steps 50 --lora-rank 2 --lora-attention"
-    want += " --query-head --refit --folds 5 --soup 3"
-    want += " --adapt-seed 0"
-    assert rerun_command(Path("o"), run) == want
-    with pytest.raises(IsacirError, match=f"adapter-1000 is missing: train the run's adapters again with {want}"):
-        _served_adapters(tmp_path / "gone", run, Path("o"))
+    # the stream's numbers, again from each block by the product's own evaluation (pooled over two
+    # blocks of equal size: their mean)
+    paths = json.loads(next((out / "pilots").glob("*/pilot-run.json")).read_text())
+    fnd = create_foundation(paths["foundation"])
+    qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
+    blocks = sorted(p for p in (out / "evaluation").iterdir() if (p / "evaluation.json").is_file())
+    assert len(blocks) == 2
+    served = summary["served"]
+    for arm, adapter in (("before", None), ("after", served_adapter)):
+        r1 = []
+        for block in blocks:
+            metrics, _ = evaluate(
+                load_shapes(block), fnd, "isa", query_encoder=qe, template=cfg.template, progress=False, adapter=adapter
+            )
+            r1.append(metrics["R@1"])
+        assert served[arm]["R@1"] == pytest.approx(sum(r1) / 2, abs=0.01)
+    assert served["queries"] == 2 * cfg.world.test_queries
+    right, flips = served["right_before"], served["flips"]
+    if right:
+        assert served["flip_rate"] == pytest.approx(100 * flips / right, abs=0.01)
+        assert served["flip_ci"][0] <= served["flip_rate"] <= served["flip_ci"][1]
+    # used and unseen phrasings: read from what the operators typed; every left-out phrasing unseen
+    used = used_phrasings(logged)
+    parts = served["phrasings"]
+    assert parts["used"]["n"] + parts["unseen"]["n"] == served["queries"]
+    anns = [a for b in blocks for a in json.loads((b / "annotations" / "test.json").read_text())]
+    unseen = [
+        a
+        for a in anns
+        if (a["shared_concept"], parse_modifier(a["shared_concept"], a["relative_caption"])[1]) not in used
+    ]
+    assert len(unseen) == parts["unseen"]["n"]
+    assert all(
+        (a["shared_concept"], LEFT_OUT[a["shared_concept"]]) not in used for a in anns
+    )  # the operators never used the left-out phrasings
+    assert sum(p["n"] for p in served["per_edit"].values()) == served["queries"]
+    for part in (parts["used"], parts["unseen"], *served["per_edit"].values()):
+        assert set(part["before"]) == {"R@1", "R@10"} and part["R@1_change"]["ci"][0] <= part["R@1_change"]["points"]
+    assert 0 <= summary["overlap"]["modifiers_typed_in_pilot"] <= 100
+    assert detail["goals"] == served_goals(served)
+    # the test split for reference: "before" is exactly the bench's own row
+    assert detail["test_split"]["before"] == bench["methods"]["isa"]
+    assert set(detail["test_split"]["after"]) == set(METRICS)
+    assert set(detail["curve"]) == {"30"}
+    assert detail["cpu"]["model"] and detail["cpu"]["logical_cpus"] == os.cpu_count()
 
 
 @pytest.mark.slow
@@ -332,7 +252,6 @@ def test_dashboard_after_a_simulated_two_version_pilot(small_loop, viewport):
     """/pilot over the simulated pilot's own log: both versions named in the table and the charts."""
     import os
     import shutil
-    from pathlib import Path
 
     from playwright.sync_api import expect, sync_playwright
     from serve_helpers import start_server
@@ -410,14 +329,16 @@ def test_shifted_world_draws_the_same_scenes_in_another_look(split, tmp_path):
         ShapesConfig(variant="night")
 
 
-def test_a_replicate_is_another_draw_of_the_test_split(split, tmp_path):
+def test_an_evaluation_block_is_another_draw_of_the_test_split(split, tmp_path):
     """Built as the test split is (queries, phrasings, hard negatives, distractors), from streams
-    of its own: no image of the test gallery or of another replicate is re-drawn but by chance."""
-    from isacir_lab.shapes.world import generate_replicate
+    of its own: no image of the test gallery or of another block is re-drawn but by chance; with
+    ``avoid``, no query shows an object set the pilot showed."""
+    from isacir_lab.shapes.evaluation import generate_evaluation
+    from isacir_lab.shapes.pilot import pilot_object_sets
 
-    world, _ = split
-    one = generate_replicate(tmp_path / "1", SMALL_WORLD, 1)
-    two = generate_replicate(tmp_path / "2", SMALL_WORLD, 2)
+    world, pilot = split
+    one = generate_evaluation(tmp_path / "1", SMALL_WORLD, 1)
+    two = generate_evaluation(tmp_path / "2", SMALL_WORLD, 2)
 
     def pixels(folder):
         return [Image.open(p).tobytes() for p in sorted((folder / "unlabeled2017").iterdir())]
@@ -425,129 +346,54 @@ def test_a_replicate_is_another_draw_of_the_test_split(split, tmp_path):
     test_anns = json.loads((world / "annotations" / "test.json").read_text())
     test_gallery = len(json.loads((world / "annotations" / "image_info_unlabeled2017.json").read_text())["images"])
     seen = set(pixels(world))
-    for rep in (one, two):
-        anns = json.loads((rep / "annotations" / "test.json").read_text())
+    for block in (one, two):
+        anns = json.loads((block / "annotations" / "test.json").read_text())
         assert len(anns) == len(test_anns) == SMALL_WORLD.test_queries
         assert anns != test_anns
         for a in anns:
             kind = a["shared_concept"]
             assert parse_modifier(kind, a["relative_caption"])[1] in PHRASES[kind]["test"]
             assert a["reference_img_id"] not in a["gt_img_ids"] and a["target_img_id"] in a["gt_img_ids"]
-        images = json.loads((rep / "annotations" / "image_info_unlabeled2017.json").read_text())["images"]
+        images = json.loads((block / "annotations" / "image_info_unlabeled2017.json").read_text())["images"]
         # each query brings its reference, its target and 2 or 3 hard negatives; then the distractors
         assert len(images) - SMALL_WORLD.distractors in range(4 * len(anns), 5 * len(anns) + 1)
         assert abs(len(images) - test_gallery) <= 2 * len(anns)
-        mine = pixels(rep)
+        mine = pixels(block)
         assert sum(px in seen for px in mine) <= len(mine) // 50  # chance repeats only
         seen |= set(mine)
-    # cached by key, and deterministic: the same index draws the same split again
-    stamp = (one / "replicate.json").stat().st_mtime_ns
-    assert generate_replicate(one, SMALL_WORLD, 1) == one and (one / "replicate.json").stat().st_mtime_ns == stamp
-    again = generate_replicate(tmp_path / "again", SMALL_WORLD, 1)
+        assert len(json.loads((block / "objects.json").read_text())) == len(anns)
+    # cached by key, and deterministic: the same index draws the same block again
+    stamp = (one / "evaluation.json").stat().st_mtime_ns
+    assert generate_evaluation(one, SMALL_WORLD, 1) == one and (one / "evaluation.json").stat().st_mtime_ns == stamp
+    again = generate_evaluation(tmp_path / "again", SMALL_WORLD, 1)
     assert (again / "annotations" / "test.json").read_text() == (one / "annotations" / "test.json").read_text()
     assert pixels(again) == pixels(one)
+    # avoiding the pilot's object sets: the draw changes, and no reference or target shows one
+    avoid = pilot_object_sets(load_pilot(pilot))
+    overlap = [o for o in json.loads((one / "objects.json").read_text()) if _key(o["target_objects"]) in avoid]
+    assert overlap, "the small pilot shares some object sets with an unconstrained draw"
+    novel = generate_evaluation(tmp_path / "novel", SMALL_WORLD, 1, avoid)
+    for o in json.loads((novel / "objects.json").read_text()):
+        assert _key(o["target_objects"]) not in avoid and _key(o["ref_objects"]) not in avoid
     # a crash leaves a .partial folder behind: the next call builds over it and swaps it in whole
     (tmp_path / "3.partial" / "unlabeled2017").mkdir(parents=True)
     (tmp_path / "3.partial" / "unlabeled2017" / "stale.png").write_bytes(b"left by a killed run")
-    three = generate_replicate(tmp_path / "3", SMALL_WORLD, 3)
-    assert (three / "replicate.json").is_file() and not (tmp_path / "3.partial").exists()
+    three = generate_evaluation(tmp_path / "3", SMALL_WORLD, 3)
+    assert (three / "evaluation.json").is_file() and not (tmp_path / "3.partial").exists()
     with pytest.raises(ValueError, match="at least 1"):
-        generate_replicate(tmp_path / "0", SMALL_WORLD, 0)
+        generate_evaluation(tmp_path / "0", SMALL_WORLD, 0)
 
 
-@pytest.mark.slow
-def test_replicates_judge_the_runs_served_adapters_again(small_loop):
-    """`bench replicates` on the small loop's run: the served adapters of its JSON, on fresh draws
-    of the test split, pooled by counting queries (checked against each replicate's own metrics)."""
-    from conftest import assert_replicates_add_up
+def test_the_pilot_records_every_object_set_it_showed(split):
+    from isacir_lab.shapes.pilot import pilot_object_sets
 
-    from isacir.adapter import QueryAdapter
-    from isacir.errors import IsacirError
-    from isacir_lab.shapes.feedback_bench import FeedbackRun
-    from isacir_lab.shapes.replicates import RECIPES, _served_adapters, run_replicates
-
-    out, cfg, _, _, _ = small_loop
-    quiet = {"progress": False, "log": lambda *_: None}
-    summary = run_replicates(out, FeedbackRun(0, 1), 2, config=cfg, frontier="tuned_then_refit", **quiet)
-    detail = json.loads((out / "feedback-seed0-adapt1-replicates.json").read_text())
-    run = json.loads((out / "feedback-seed0-adapt1.json").read_text())
-    n = cfg.world.test_queries
-    assert summary["queries"] == detail["queries"] == 2 * n and detail["replicates"] == 2
-    pooled = detail["pooled"]
-    # the run judged again is named with its recipe and the adapters it served
-    assert detail["bench"] == "feedback-seed0-adapt1.json" and detail["settings"] == run["settings"]
-    assert detail["run_fingerprint"] == run["adapters"]["60"]["fingerprint"]
-    folder = next((out / "feedback").glob("seed0-*"))
-    refit = QueryAdapter.from_pretrained(folder / "adapter-refit")
-    assert detail["adapters"]["tuned_then_refit"] == refit.fingerprint
-    # pooled by counting queries = the replicates' own numbers, and judged on them
-    assert_replicates_add_up(detail)
-    assert set(RECIPES) == {k for k in pooled if k not in ("before", "known_phrasings_before")}
-    for name in RECIPES:
-        # the adapters served are the run's own, at the pair its JSON records
-        assert (pooled[name]["interpolation"], pooled[name]["guard_margin"]) == (
-            run[name]["interpolation"],
-            run[name]["guard_margin"],
-        )
-    assert summary["tuned_then_refit"]["R@1"] == pooled["tuned_then_refit"]["R@1"]
-    assert_frontier_counts_as_served(out, cfg, folder / "adapter-refit", detail, summary)
-    # an adapter folder from another run than the JSON describes is refused, naming both
-    stale = {**run, "adapters": {**run["adapters"], "60": {**run["adapters"]["60"], "fingerprint": "0" * 16}}}
-    with pytest.raises(IsacirError, match="0000000000000000.*another run"):
-        _served_adapters(folder, stale)
-    with pytest.raises(IsacirError, match="no bench feedback run"):
-        run_replicates(out, FeedbackRun(0, 7), 1, config=cfg, **quiet)
-    with pytest.raises(IsacirError, match="--count must be at least 1"):
-        run_replicates(out, FeedbackRun(0, 1), 0, config=cfg, **quiet)
-    with pytest.raises(IsacirError, match="--frontier must name a served recipe"):
-        run_replicates(out, FeedbackRun(0, 1), 1, config=cfg, frontier="adapter-refit", **quiet)
+    _, pilot = split
+    doc = load_pilot(pilot)
+    sets = pilot_object_sets(doc)
+    assert all(_key(q["target_objects"]) in sets for q in doc["queries"])
+    # at most one object set per picture shown (references and gallery); pictures repeat sets
+    assert len(doc["queries"]) // 2 <= len(sets) <= len(doc["queries"]) + len(list((pilot / "gallery").iterdir()))
 
 
-def assert_frontier_counts_as_served(out, cfg, folder, detail, summary):
-    """The frontier's grid against the served evaluation (the guard on full rankings, composed per
-    pair), counted over the same replicates; its best and largest cells against the grid."""
-    from isacir.adapter import QueryAdapter
-    from isacir_lab.shapes.bench import cached_isa
-    from isacir_lab.shapes.feedback_bench import _TestSet
-    from isacir_lab.shapes.feedback_goals import MAX_TEST_FLIP_RATE, MIN_R1_GAIN
-    from isacir_lab.shapes.replicates import FRONTIER_INTERPOLATIONS, FRONTIER_MARGINS
-    from isacir_lab.shapes.world import generate_replicate
-
-    front = detail["frontier"]
-    assert front["recipe"] == "tuned_then_refit"
-    grid = {(g["interpolation"], g["guard_margin"]): g for g in front["grid"]}
-    assert set(grid) == {(a, m) for a in FRONTIER_INTERPOLATIONS for m in FRONTIER_MARGINS}
-    _, fnd, _, qe = cached_isa(out, cfg, lambda *_: None, False)
-    root = out / "worlds" / f"{cfg.world.key()}.replicates"
-    cells = [(1.0, 0.0), (0.75, 0.02), (0.5, 0.06)]
-    right = {c: 0 for c in cells}
-    flips = {c: 0 for c in cells}
-    had = 0
-    for index in range(1, detail["replicates"] + 1):
-        test = _TestSet(generate_replicate(root / str(index), cfg.world, index), fnd, qe, cfg.template, False)
-        _, before = test.evaluate(None)
-        first = [bool(set(r[:1]) & set(q.targets)) for q, r in zip(test.bench.queries, before, strict=True)]
-        had += sum(first)
-        for a, m in cells:
-            _, after = test.evaluate(QueryAdapter.from_pretrained(folder, interpolation=a, guard_margin=m))
-            hit = [bool(set(r[:1]) & set(q.targets)) for q, r in zip(test.bench.queries, after, strict=True)]
-            right[(a, m)] += sum(hit)
-            flips[(a, m)] += sum(f and not h for f, h in zip(first, hit, strict=True))
-    n = detail["queries"]
-    for cell in cells:
-        g = grid[cell]
-        assert (g["flips"], g["right_before"]) == (flips[cell], had)
-        assert g["R@1"] == round(100 * right[cell] / n, 2)
-        assert abs(g["R@1_gain"] - 100 * (right[cell] - had) / n) < 0.006
-    # a wider margin keeps the zero-shot first place on more queries, so it never flips more
-    for a in FRONTIER_INTERPOLATIONS:
-        lost = [grid[(a, m)]["flips"] for m in FRONTIER_MARGINS]
-        assert lost == sorted(lost, reverse=True)
-    within = [g for g in front["grid"] if g["flip_rate"] is not None and g["flip_rate"] <= MAX_TEST_FLIP_RATE]
-    best = front["best_within_flip_goal"]
-    assert (best is None) == (not within)
-    if best is not None:
-        assert best in within and best["R@1"] == max(g["R@1"] for g in within)
-    assert front["largest_gain"]["R@1"] == max(g["R@1"] for g in front["grid"])
-    assert front["gain_goal_within_flip_goal"] == (best is not None and best["R@1_gain"] >= MIN_R1_GAIN)
-    assert summary["frontier"]["best_within_flip_goal"] == best
+def _key(objects) -> tuple:
+    return tuple(tuple(o) for o in objects)

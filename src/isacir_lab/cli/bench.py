@@ -12,6 +12,7 @@ from rich.markup import escape
 from isacir.cli._app import emit_json, err
 from isacir.errors import IsacirError
 
+from ..shapes.operators import OperatorConfig
 from ._app import bench_app
 
 
@@ -69,148 +70,94 @@ def bench_shapes_cmd(
 def bench_feedback_cmd(
     seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse."),
     out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
-    queries: int = typer.Option(1000, help="Pilot queries (the learning curve also stops at 100 and 300)."),
-    k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
+    queries: int = typer.Option(1000, help="Pilot queries."),
+    k: int = typer.Option(10, help="Candidates the operators are shown."),
+    operators: str = typer.Option(
+        "realistic", help="realistic: simulated people (see the options below); oracle: reads the ground truth."
+    ),
+    operator_count: int = typer.Option(OperatorConfig.count, help="Realistic operators, each with their own habits."),
+    habit: float = typer.Option(OperatorConfig.habit, help="Share of an operator's wordings in their favourite."),
+    unjudged: float = typer.Option(OperatorConfig.unjudged, help="Share of queries nobody judges."),
+    wrong_confirm: float = typer.Option(
+        OperatorConfig.wrong_confirm, help="Chance of confirming a near miss shown above the target."
+    ),
+    wrong_reject: float = typer.Option(OperatorConfig.wrong_reject, help="Chance of overlooking a shown target."),
+    search_again: bool = typer.Option(
+        True, "--search-again/--no-search-again", help="On a miss, search once more in other words."
+    ),
+    operator_seed: Optional[int] = typer.Option(None, help="The operators' random stream (default: --seed)."),
+    recipe: str = typer.Option("auto", help="isacir adapt's --recipe: auto (its default), vocab, lora-attn, custom."),
+    folds: Optional[int] = typer.Option(None, help="isacir adapt's --folds (default: its own)."),
     steps: Optional[int] = typer.Option(None, help="Adapter training steps (default: isacir adapt's)."),
-    lora_rank: int = typer.Option(0, help="LoRA rank on the text tower (0: off, as isacir adapt's default)."),
-    lora_attention: bool = typer.Option(
-        False, "--lora-attention", help="Adapters with isacir adapt's --lora-attention (needs --lora-rank)."
-    ),
-    query_head: bool = typer.Option(False, "--query-head", help="Adapters with isacir adapt's --query-head."),
-    soup: int = typer.Option(
-        1,
-        help="The refit and K-fold recipes' adapters as isacir adapt's --soup K: each the soup of K trained "
-        "with successive seeds (K times their trainings; the learning curve trains one adapter per point).",
-    ),
-    refit: bool = typer.Option(
-        False,
-        "--refit",
-        help="Also measure isacir adapt --tune --refit: the pair tuned on held-out feedback, trained on all of it.",
-    ),
-    folds: int = typer.Option(
-        0,
-        help="Also measure isacir adapt --tune --folds K: the pair chosen by K-fold cross-validation over all "
-        "the pilot's feedback, trained on all of it (0: off; K + 1 more trainings).",
-    ),
     adapt_seed: Optional[int] = typer.Option(
-        None,
-        help="The adapters' training seed (default: --seed). Another one measures training noise on the same "
-        "pilot; its results get a name of their own (feedback-seedS-adaptA).",
+        None, help="The adapters' training seed (default: --seed); another one names its results apart."
     ),
+    eval_blocks: int = typer.Option(4, help="Blocks of the evaluation stream, each as large as the test split."),
+    novel_objects: bool = typer.Option(
+        False, "--novel-objects", help="Draw the evaluation stream without any object set the pilot showed."
+    ),
+    curve: str = typer.Option("", help="Also adapters on the first N logged queries, e.g. 100,300 (off by default)."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
-    """Learning from a simulated pilot: test R@K with and without the adapter its feedback trains.
+    """Learning from a simulated pilot: the adapter isacir adapt serves, judged on fresh queries.
 
-    The last stdout line is {"seed", "before", "after", "curve", "known_phrasings",
-    "unseen_phrasings", "flip_rate"}; details, goals and the learning-curve plot land in OUT.
+    The last stdout line is {"seed", "operators", "verdicts", "served": {"before", "after",
+    "flip_rate", "flip_ci", "phrasings": {"used", "unseen"}, "per_edit", "known_phrasings"},
+    "overlap", "timings"}, numbers in percent; details and goals land in
+    OUT/feedback-{operators}-seed{S}.json.
     """
     from dataclasses import replace
 
-    from ..shapes.feedback_bench import BENCH_ADAPT, CURVE, FeedbackRun, run_feedback_bench
+    from isacir.adapt import AdaptSettings
+
+    from ..shapes.feedback_bench import feedback_stem, run_feedback_bench
     from ..shapes.pilot import PilotConfig
 
     if queries < 1:
         raise IsacirError("--queries must be at least 1")
-    adapt_seed = seed if adapt_seed is None else adapt_seed
-    settings = replace(
-        BENCH_ADAPT,
-        seed=adapt_seed,
-        lora_rank=lora_rank,
-        query_head=query_head,
-        lora_attention=lora_attention,
-        soup=soup,
-        refit=refit,
-        folds=folds,
+    if operators == "oracle":
+        people = replace(OperatorConfig.oracle(), seed=seed if operator_seed is None else operator_seed)
+    else:
+        people = OperatorConfig(
+            kind=operators,
+            count=operator_count,
+            habit=habit,
+            unjudged=unjudged,
+            wrong_confirm=wrong_confirm,
+            wrong_reject=wrong_reject,
+            search_again=search_again,
+            seed=seed if operator_seed is None else operator_seed,
+        )
+    people.check()
+    settings = AdaptSettings(
+        recipe=recipe,
+        seed=seed if adapt_seed is None else adapt_seed,
+        **({"folds": folds} if folds is not None else {}),
         **({"steps": steps} if steps else {}),
     )
     settings.check()
-    curve = tuple(n for n in CURVE if n < queries) + (queries,)
+    try:
+        points = tuple(int(n) for n in curve.split(",") if n.strip())
+    except ValueError:
+        raise IsacirError(f"--curve takes numbers of logged queries, e.g. 100,300; got {curve!r}") from None
     summary = run_feedback_bench(
         out_dir,
         seed,
         PilotConfig(queries=queries),
         settings,
-        curve,
+        people,
         k,
+        eval_blocks=eval_blocks,
+        novel_objects=novel_objects,
+        curve=points,
         log=lambda m: err.print(escape(str(m)), highlight=False),
     )
     if not as_json:
-        stem = FeedbackRun.of(seed, settings).stem
+        stem = feedback_stem(seed, settings, people)
         detail = json.loads((out_dir / f"{stem}.json").read_text())
         for goal, ok in detail["goals"].items():
-            err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal}")
-        err.print(f"details and learning curve: {out_dir}/{stem}.{{json,png}}")
-    emit_json(summary)
-
-
-@bench_app.command("replicates")
-def bench_replicates_cmd(
-    seed: int = typer.Option(0, help="The seed of the bench feedback run to judge again."),
-    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
-    count: int = typer.Option(4, help="Replicates of the test split, each as large as the test split itself."),
-    adapt_seed: Optional[int] = typer.Option(
-        None, help="The run's adapter training seed, when it was not --seed (a feedback-seedS-adaptA run)."
-    ),
-    frontier: Optional[str] = typer.Option(
-        None,
-        help="Also weigh this served recipe's adapter (tuned_on_held_out, tuned_then_refit or tuned_by_folds) at "
-        "every interpolation (0.5, 0.75, 1) and guard margin (0 to 0.12) on the same queries.",
-    ),
-    query_head: bool = typer.Option(
-        False, "--query-head", help="Judge the run made with --query-head (a feedback-seedS-head run)."
-    ),
-    lora_attention: bool = typer.Option(
-        False, "--lora-attention", help="Judge the run made with --lora-attention (a feedback-seedS-attn run)."
-    ),
-    soup: int = typer.Option(1, help="Judge the run made with --soup K (a feedback-seedS-soupK run)."),
-    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
-) -> None:
-    """A bench feedback run's served adapters on fresh draws of the test split, pooled.
-
-    Trains nothing: the adapters and their pairs are the run's. Each replicate is built as the test
-    split is (queries, hard negatives, distractors, held-out phrasings) from random streams of its
-    own. The last stdout line is {"seed", "replicates", "queries", "before", and per served recipe
-    "R@1", "R@10", "flip_rate", "known_phrasings_R@10", "every_goal"} over the pooled queries;
-    per-replicate numbers, goals and intervals land in OUT/feedback-seedS-replicates.json. With
-    --frontier, the summary adds that adapter's best pair within the flip goal and its largest gain
-    (the JSON holds the whole grid): whether the pair or the adapter holds the gain where it is.
-    """
-    from ..shapes.feedback_bench import FeedbackRun
-    from ..shapes.replicates import run_replicates
-
-    run = FeedbackRun(seed, adapt_seed, lora_attention, query_head, soup)
-    summary = run_replicates(
-        out_dir, run, count, log=lambda m: err.print(escape(str(m)), highlight=False), frontier=frontier
-    )
-    if not as_json:
-        detail = json.loads((out_dir / f"{run.replicates_stem}.json").read_text())
-        pooled = detail["pooled"]
-        for name, served in pooled.items():
-            if not isinstance(served, dict) or "goals" not in served:
-                continue
-            gain = served["intervals"]["r1_gain"] if served["intervals"] else None
-            span = f" [{gain['interval'][0]:+.1f}, {gain['interval'][1]:+.1f}]" if gain else ""
-            verdict = "[green]every goal met[/]" if served["every_goal"] else "[red]missed[/]"
-            err.print(
-                f"{name}: R@1 {pooled['before']['R@1']} -> {served['R@1']}{span}, flips {served['flips']} of "
-                f"{served['right_before']}: {verdict} on {detail['queries']} queries; "
-                f"{served['replicates_meeting_every_goal']} of {detail['replicates']} replicates meet every goal"
-            )
-        if "frontier" in detail:
-            front = detail["frontier"]
-            for label, cell in (
-                ("best within the flip goal", front["best_within_flip_goal"]),
-                ("largest gain", front["largest_gain"]),
-            ):
-                err.print(
-                    f"frontier of {front['recipe']}, {label}: "
-                    + (
-                        f"{cell['interpolation']} / {cell['guard_margin']}: R@1 {cell['R@1_gain']:+.2f}, "
-                        f"flips {cell['flips']} of {cell['right_before']}"
-                        if cell
-                        else "no pair"
-                    )
-                )
+            err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal} (served adapter)")
+        err.print(f"details: {out_dir}/{stem}.json")
     emit_json(summary)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +47,12 @@ def simulate_cmd(
     queries: Optional[int] = typer.Option(None, help="Only the first N pilot queries (default: all)."),
     k: int = typer.Option(10, help="Candidates the simulated operator looks at."),
     payload_dtype: str = typer.Option("int8", help="How the device quantises its tokens: fp16 | int8 | int4."),
+    operators: str = typer.Option(
+        "realistic",
+        help="Who judges: realistic (simulated people, the defaults of bench feedback's operator options) or "
+        "oracle (reads the ground truth, judges every query, never errs).",
+    ),
+    operator_seed: int = typer.Option(0, help="The operators' random stream."),
     as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
     """Play the pilot against a running service: device payloads over HTTP, operator verdicts back."""
@@ -53,8 +60,15 @@ def simulate_cmd(
     from isacir.serve.settings import read_api_keys
 
     from ..shapes.feedback_bench import gallery_ids
+    from ..shapes.operators import OperatorConfig
     from ..shapes.pilot import ServiceClient, simulate_pilot
 
+    people = (
+        replace(OperatorConfig.oracle(), seed=operator_seed)
+        if operators == "oracle"
+        else OperatorConfig(kind=operators, seed=operator_seed)
+    )
+    people.check()
     key = api_key or (read_api_keys(api_key_file)[0] if api_key_file else None)
     stats = simulate_pilot(
         pilot,
@@ -64,6 +78,7 @@ def simulate_cmd(
         k=k,
         limit=queries,
         payload_dtype=payload_dtype,
+        operators=people,
         log=lambda m: err.print(m, highlight=False),
     )
-    emit_json(stats)
+    emit_json({k: v for k, v in stats.items() if k != "texts"})

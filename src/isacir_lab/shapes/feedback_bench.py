@@ -5,13 +5,14 @@ Reuses a ``bench shapes`` cache (world, foundation, the ISA encoder), then:
 1. prepares the pilot: its own split, its own gallery indexed by the frozen image tower, and the
    ISA encoder exported to ONNX for the device side;
 2. runs the pilot: every reference photo goes through the ONNX edge runner, its payload to a real
-   ``isacir serve`` app over HTTP with an API key, and a simulated operator answers each search;
-3. trains query adapters on the first 100, 300 and 1,000 pilot queries' feedback;
-4. evaluates the 500 standard test queries (a gallery the pilot never touched) with and without
-   each adapter, plus the known-phrasings copy (forgetting) and the test queries in the phrasings
-   the pilot left out (what was learned beyond the pilot's own phrases);
-5. weighs gains against flips: the final adapter at several interpolations, and two yardsticks
-   of how easily top-1 flips on this test at all (a rephrasing, the int4 payload's rounding).
+   ``isacir serve`` app over HTTP with an API key, and simulated operators (realistic people by
+   default, :mod:`.operators`) judge what the service shows them;
+3. trains the adapter that ``isacir adapt`` would serve on that feedback (its default: the recipe
+   and its pair chosen by folds of the feedback);
+4. judges the served adapter, as served, on the evaluation stream (:mod:`.evaluation`: fresh
+   queries no choice has seen), split into phrasings the operators used and never used and per
+   edit type, with the known-phrasings copy for forgetting; and on the world's test split for
+   reference.
 """
 
 from __future__ import annotations
@@ -21,18 +22,28 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from isacir._fs import atomic_write_text
 from isacir.adapt import AdaptSettings
 from isacir.bench.machine import cpu_info
+from isacir.errors import ConfigError
 
 from .bench import METRICS, ShapesBenchConfig, cached_isa
-from .feedback_goals import feedback_goals
-from .phrasing import known_phrasings_copy
-from .pilot import LEFT_OUT, PilotConfig, ServiceClient, generate_pilot, simulate_pilot
+from .evaluation import EVAL_BLOCKS, generate_evaluation, judge_stream, overlap_report, served_report, used_phrasings
+from .feedback_goals import served_goals
+from .operators import OperatorConfig
+from .pilot import (
+    LEFT_OUT,
+    PilotConfig,
+    ServiceClient,
+    generate_pilot,
+    load_pilot,
+    pilot_object_sets,
+    simulate_pilot,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,17 +51,6 @@ if TYPE_CHECKING:
     from isacir.adapter import QueryAdapter
     from isacir.foundation import Foundation
     from isacir.query import QueryEncoder
-
-    from .world import ShapesConfig
-
-CURVE = (100, 300, 1000)
-#: Interpolations of the final adapter at which the gain is weighed against the flips.
-TRADEOFF = (0.25, 0.5, 0.75, 1.0)
-#: top-1 guard margins tried at the upper interpolations (cosine differences; see isacir.adapter.guard)
-GUARD_MARGINS = (0.02, 0.04, 0.06)
-GUARD_INTERPOLATIONS = (0.5, 0.75, 1.0)
-#: The adapter recipe of the benchmark (chosen on the pilot's own held-out feedback, never on the test set).
-BENCH_ADAPT = AdaptSettings()
 
 
 def prepare_pilot(
@@ -112,62 +112,12 @@ def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
         g.close()
 
 
-@dataclass(frozen=True)
-class FeedbackRun:
-    """Which ``bench feedback`` run: the world's seed, and the adapter settings that set a run apart.
-
-    One place names a run's results, its folder and its command-line flags, so that a run with
-    another training seed, attention LoRA or the query head never overwrites the run of record, and
-    a new variant is one field here rather than a parameter threaded through every caller.
-    """
-
-    seed: int
-    #: the adapters' training seed; the world's seed when ``None`` (an equal one is stored as ``None``)
-    adapt_seed: int | None = None
-    lora_attention: bool = False
-    query_head: bool = False
-    #: adapters trained as soups of this many (1: one adapter)
-    soup: int = 1
-
-    def __post_init__(self) -> None:
-        if self.adapt_seed == self.seed:
-            object.__setattr__(self, "adapt_seed", None)
-
-    @classmethod
-    def of(cls, seed: int, settings: AdaptSettings) -> FeedbackRun:
-        """The run that ``settings`` train on world ``seed``."""
-        return cls(seed, settings.seed, settings.lora_attention, settings.query_head, settings.soup)
-
-    @property
-    def suffix(self) -> str:
-        return (
-            ("" if self.adapt_seed is None else f"-adapt{self.adapt_seed}")
-            + ("-attn" if self.lora_attention else "")
-            + ("-head" if self.query_head else "")
-            + (f"-soup{self.soup}" if self.soup > 1 else "")
-        )
-
-    @property
-    def stem(self) -> str:
-        """The name (without suffix) of the run's results: ``feedback-seed{S}`` and its variant."""
-        return f"feedback-seed{self.seed}{self.suffix}"
-
-    @property
-    def replicates_stem(self) -> str:
-        return f"{self.stem}-replicates"
-
-    def folder(self, out: Path, pilot: PilotConfig, world: ShapesConfig) -> Path:
-        """The folder of the run's pilot log and adapters, named apart per variant as its results are."""
-        return Path(out) / "feedback" / f"seed{self.seed}-{pilot.key(world)}{self.suffix}"
-
-    def flags(self) -> str:
-        """The ``bench`` options that select this variant (empty for the run of record)."""
-        return "".join(
-            ([f" --adapt-seed {self.adapt_seed}"] if self.adapt_seed is not None else [])
-            + ([" --lora-attention"] if self.lora_attention else [])
-            + ([" --query-head"] if self.query_head else [])
-            + ([f" --soup {self.soup}"] if self.soup > 1 else [])
-        )
+def feedback_stem(seed: int, settings: AdaptSettings, operators: OperatorConfig) -> str:
+    """The name of a ``bench feedback`` run's results: ``feedback-{operators}-seed{S}``, with the
+    recipe when it is not the default and the adapters' seed when it is not the world's."""
+    recipe = "" if settings.recipe == "auto" else f"-{settings.recipe}"
+    adapt_seed = "" if settings.seed == seed else f"-adapt{settings.seed}"
+    return f"feedback-{operators.kind}-seed{seed}{recipe}{adapt_seed}"
 
 
 def run_feedback_bench(
@@ -175,18 +125,25 @@ def run_feedback_bench(
     seed: int = 0,
     pilot: PilotConfig | None = None,
     settings: AdaptSettings | None = None,
-    curve: tuple[int, ...] = CURVE,
+    operators: OperatorConfig | None = None,
     k: int = 10,
     config: ShapesBenchConfig | None = None,
+    eval_blocks: int = EVAL_BLOCKS,
+    novel_objects: bool = False,
+    curve: tuple[int, ...] = (),
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Pilot, adapters, test evaluation; writes ``feedback-seed{S}.json`` and ``.png`` into ``out``
-    (:class:`FeedbackRun`: ``-adapt{A}`` is added when ``settings.seed`` differs from ``seed``,
-    ``-attn`` with ``settings.lora_attention`` and ``-head`` with ``settings.query_head``)."""
-    import torch
+    """Pilot, the served adapter, its evaluation; writes ``{stem}.json`` into ``out`` and returns
+    the summary (the last JSON line of ``bench feedback``; :func:`feedback_stem` names the run).
 
-    from isacir.adapt import adapt, tune_adapter
+    The served adapter is what ``isacir adapt`` saves with ``settings`` (default: its default, the
+    recipe chosen by folds) on all the pilot's feedback, served as saved: its pair and top-1 guard.
+    It is judged on the evaluation stream (:mod:`.evaluation`), which nothing chose anything on, and,
+    for reference, on the world's test split. ``curve`` adds adapters trained the same way on the
+    first N logged queries (judged on the stream's R@1 and R@10 only).
+    """
+    from isacir.adapt import adapt
     from isacir.adapter import QueryAdapter
     from isacir.edge.runner import EdgeEncoder
     from isacir.feedback import FeedbackStore
@@ -198,17 +155,23 @@ def run_feedback_bench(
 
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
-    pilot = pilot or PilotConfig(queries=max(curve))
-    settings = settings or replace(BENCH_ADAPT, seed=seed)
+    pilot = pilot or PilotConfig()
+    settings = settings or AdaptSettings.auto(seed=seed)
+    operators = operators or OperatorConfig(seed=seed)
+    operators.check()
+    settings.check()
+    if eval_blocks < 1:
+        raise ConfigError(f"--eval-blocks must be at least 1, got {eval_blocks}")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     paths = prepare_pilot(out, seed, pilot, config, log, progress)
     timings["prepare_s"] = time.perf_counter() - t0
     fnd = create_foundation(paths["foundation"])
     qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
+    stem = feedback_stem(seed, settings, operators)
 
     # the pilot, through the device path and HTTP; a fresh log every run
-    run = FeedbackRun.of(seed, settings).folder(out, pilot, config.world)
+    run = out / "feedback" / f"{stem.removeprefix('feedback-')}-{pilot.key(config.world)}"
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
@@ -228,146 +191,89 @@ def run_feedback_bench(
             limit=pilot.queries,
             progress=progress,
             log=log,
+            operators=operators,
         )
     timings["pilot_s"] = time.perf_counter() - t
     store = FeedbackStore(run / "feedback.sqlite")
+    logged = [q["text"] for q in store.queries()]
 
-    # the test set: the bench's own queries and gallery, and the two diagnostic views of it
+    # the served adapter: isacir adapt on all the pilot's feedback, as an operator would run it
     t = time.perf_counter()
-    world = out / "worlds" / config.world.key()
-    test = _TestSet(world, fnd, qe, config.template, progress)
-    known = _TestSet(
-        known_phrasings_copy(world, run / "known-phrasings-world"),
-        fnd,
-        qe,
-        config.template,
-        progress,
-        gallery_vecs=test.gallery_vecs,
+    report = adapt(gallery, fnd, qe, store, run / "adapter", settings, progress=progress)
+    served_adapter = QueryAdapter.from_pretrained(run / "adapter")
+    timings["adapt_s"] = time.perf_counter() - t
+    log(
+        f"served adapter {report['fingerprint']}: recipe {report.get('recipe', {}).get('chosen', settings.recipe)}, "
+        f"interpolation {served_adapter.interpolation}, guard margin {served_adapter.guard_margin}, "
+        f"{'promotable' if report['promotable'] else 'not promotable: ' + '; '.join(report['reasons'])}"
     )
-    before, before_rank = test.evaluate(None)
-    known_before, known_rank = known.evaluate(None)
-    timings["evaluate_before_s"] = time.perf_counter() - t
 
-    results: dict[str, Any] = {"curve": {}}
-    adapters: dict[int, QueryAdapter] = {}
-    reports: dict[str, Any] = {}
+    # the evaluation stream, then the world's test split for reference
+    t = time.perf_counter()
+    doc = load_pilot(paths["pilot"])
+    avoid = pilot_object_sets(doc) if novel_objects else set()
+    world_dir = out / "worlds" / config.world.key()
+    tag = f"-novel{pilot.key(config.world)}" if novel_objects else ""
+    blocks = [
+        generate_evaluation(out / "evaluation" / f"{config.world.key()}-{i}{tag}", config.world, i, avoid)
+        for i in range(1, eval_blocks + 1)
+    ]
+    judged = judge_stream(blocks, fnd, qe, config.template, served_adapter, run / "scratch", progress)
+    served = served_report(judged, used_phrasings(logged))
+    overlap = overlap_report(judged, pilot_object_sets(doc), logged)
+    timings["evaluate_s"] = time.perf_counter() - t
+    test = _TestSet(world_dir, fnd, qe, config.template, progress)
+    test_before, before_rank = test.evaluate(None)
+    test_after, after_rank = test.evaluate(served_adapter)
+    test_split = {
+        "before": test_before,
+        "after": test_after,
+        "flip_rate": _flip_rate(test, before_rank, after_rank),
+        "queries": len(test.bench.queries),
+    }
+
+    points: dict[str, Any] = {}
     for n in curve:
         t = time.perf_counter()
         folder = run / f"adapter-{n}"
-        torch.manual_seed(settings.seed)
-        # the curve judges the recipe on held-out feedback, one adapter per point: a soup is
-        # measured where it is served, in the refit and K-fold recipes
-        one = replace(settings, max_queries=n, refit=False, folds=0, soup=1)
-        report = adapt(gallery, fnd, qe, store, folder, one, progress=progress)
-        adapters[n] = QueryAdapter.from_pretrained(folder)
-        metrics, _ = test.evaluate(adapters[n])
-        results["curve"][str(n)] = metrics
-        reports[str(n)] = {f: report[f] for f in ("promotable", "reasons", "holdout", "counts", "fingerprint")}
+        adapt(gallery, fnd, qe, store, folder, replace(settings, max_queries=n), progress=progress)
+        point = judge_stream(blocks, fnd, qe, config.template, QueryAdapter.from_pretrained(folder), run / "scratch")
+        points[str(n)] = {m: _hit_pct(point, f"after@{m[2:]}") for m in ("R@1", "R@10")}
         timings[f"adapt_{n}_s"] = time.perf_counter() - t
-        log(f"after {n} pilot queries: test R@1 {metrics['R@1']} R@10 {metrics['R@10']} (before {before['R@1']})")
-    final = adapters[max(curve)]
-    after, after_rank = test.evaluate(final)
-    known_after, _ = known.evaluate(final)
-    unseen = test.subset(lambda a: a["phrasing"] == LEFT_OUT[a["kind"]])
-    flip = _flip_rate(test, before_rank, after_rank)
-    # yardsticks for the flip rate: the same model and queries, with only the phrasing changed, or
-    # with the tokens rounded to the int4 payload (what a slow link would send)
-    flip_rephrased = _flip_rate(test, before_rank, known_rank)
-    _, int4_rank = test.evaluate(None, token_source=_int4_tokens(qe, fnd))
-    tradeoff = {}
-    for a in TRADEOFF:
-        tradeoff[str(a)] = test.gain_and_flips(
-            QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}", interpolation=a), before_rank
-        )
-    # the top-1 guard: the zero-shot top-1 stays first unless the adapter prefers its own by a margin
-    guarded = {}
-    for a in GUARD_INTERPOLATIONS:
-        for m in GUARD_MARGINS:
-            adapter = QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}", interpolation=a, guard_margin=m)
-            guarded[f"{a}@{m}"] = {"interpolation": a, "margin": m, **test.gain_and_flips(adapter, before_rank)}
-    # what `isacir adapt --tune` would serve: the pair the held-out feedback picks, on the test
-    tuned_adapter = QueryAdapter.from_pretrained(run / f"adapter-{max(curve)}")
-    tuning = tune_adapter(gallery, fnd, qe, store, tuned_adapter, replace(settings, max_queries=max(curve)))
-
-    def served(adapter: QueryAdapter) -> dict[str, Any]:
-        """What an adapter served as it is does on the test: its pair, gains, flips and forgetting."""
-        return {
-            "interpolation": adapter.interpolation,
-            "guard_margin": adapter.guard_margin,
-            **test.gain_and_flips(adapter, before_rank),
-            "known_phrasings_R@10": known.evaluate(adapter)[0]["R@10"],
-        }
-
-    tuned = {**served(tuned_adapter), "held_out": tuning["chosen"], "held_out_before": tuning.get("before")}
-    if settings.refit:
-        # what `isacir adapt --tune --refit` serves: that recipe and pair, trained on all the feedback
-        t = time.perf_counter()
-        refit_settings = replace(
-            settings,
-            max_queries=max(curve),
-            holdout=0.0,
-            refit=False,
-            folds=0,
-            interpolation=tuned_adapter.interpolation,
-            guard_margin=tuned_adapter.guard_margin,
-        )
-        adapt(gallery, fnd, qe, store, run / "adapter-refit", refit_settings, progress=progress)
-        detail_refit = {**served(QueryAdapter.from_pretrained(run / "adapter-refit")), "trained_on": max(curve)}
-        timings["refit_s"] = time.perf_counter() - t
-    if settings.folds:
-        # what `isacir adapt --tune --folds K` serves: the pair chosen on counts pooled over every
-        # pilot query (each answered by an adapter trained without it), trained on all of them
-        t = time.perf_counter()
-        folds_settings = replace(settings, max_queries=max(curve), tune=True, refit=False)
-        cv = adapt(gallery, fnd, qe, store, run / "adapter-folds", folds_settings, progress=progress)
-        detail_folds = {
-            **served(QueryAdapter.from_pretrained(run / "adapter-folds")),
-            "trained_on": max(curve),
-            "folds": settings.folds,
-            "held_out": cv["tuning"]["chosen"],
-            "held_out_before": cv["tuning"]["before"],
-            # every pair the pooled folds weighed: how near the runner-up came, and on which grid
-            "grid": cv["tuning"]["grid"],
-        }
-        timings["folds_s"] = time.perf_counter() - t
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
-    oracle = test.oracle(world, config.template)
+    goals = served_goals(served)
     summary = {
         "seed": seed,
-        "before": before,
-        "after": after,
-        "curve": results["curve"],
-        "known_phrasings": {"before": known_before, "after": known_after},
-        "unseen_phrasings": {"before": unseen(before_rank), "after": unseen(after_rank)},
-        "flip_rate": flip,
+        "operators": operators.kind,
+        "verdicts": pilot_stats["judged"],
+        "served": served,
+        "overlap": overlap,
+        "timings": {k_: round(v, 1) for k_, v in timings.items()},
     }
     detail = {
         **summary,
-        "goals": check_feedback_goals(summary, oracle),
-        "test_queries": len(test.bench.queries),  # turns the rates back into counts (the goals' intervals)
-        "cpu": cpu_info(),  # a cache built on another CPU model differs in its last float bits
-        "flip_rate_rephrasing_only": flip_rephrased,
-        "flip_rate_int4_payload": _flip_rate(test, before_rank, int4_rank),
-        "interpolation_tradeoff": tradeoff,
-        "guarded_tradeoff": guarded,
-        "tuned_on_held_out": tuned,
-        **({"tuned_then_refit": detail_refit} if settings.refit else {}),
-        **({"tuned_by_folds": detail_folds} if settings.folds else {}),
-        "oracle_reference_caption_plus_modifier": oracle,
-        "pilot": pilot_stats,
-        "adapters": reports,
-        "unseen_phrasings_queries": unseen.count,
-        "left_out_phrasings": LEFT_OUT,
+        "goals": goals,
+        "recipe": report.get("recipe"),
+        "adapter": {f: report.get(f) for f in ("fingerprint", "promotable", "reasons", "holdout", "counts", "tuning")},
+        "served_pair": {"interpolation": served_adapter.interpolation, "guard_margin": served_adapter.guard_margin},
+        "test_split": test_split,
+        "curve": points,
+        "evaluation": {"blocks": eval_blocks, "novel_objects": novel_objects, "queries": len(judged)},
+        "pilot": {k_: v for k_, v in pilot_stats.items() if k_ != "texts"},
+        "operators_config": asdict(operators),
         "settings": asdict(settings),
         "pilot_config": asdict(pilot),
-        "timings": {k_: round(v, 1) for k_, v in timings.items()},
+        "left_out_phrasings": LEFT_OUT,
+        "cpu": cpu_info(),
     }
-    stem = out / FeedbackRun.of(seed, settings).stem
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
-    curve_chart(before, results["curve"], stem.with_suffix(".png"), seed, oracle)
+    atomic_write_text((out / stem).with_suffix(".json"), json.dumps(detail, indent=2))
     return summary
+
+
+def _hit_pct(judged: Any, name: str) -> float:
+    return round(100 * float(judged.arr(name).mean()), 2)
 
 
 def run_pilot_versions(
@@ -401,7 +307,7 @@ def run_pilot_versions(
     out = Path(out)
     config = config or ShapesBenchConfig(seed=seed)
     pilot = pilot or PilotConfig()
-    settings = settings or replace(BENCH_ADAPT, seed=seed)
+    settings = settings or AdaptSettings.auto(seed=seed)
     paths = prepare_pilot(out, seed, pilot, config, log, progress)
     fnd = create_foundation(paths["foundation"])
     qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
@@ -488,61 +394,6 @@ class _TestSet:
         )
         return {k: round(metrics[k], 2) for k in METRICS}, rankings
 
-    def scores(self, adapter: QueryAdapter | None) -> np.ndarray:
-        """Scores ``[Q, N]`` of the composed queries over :attr:`names`, each query's reference at
-        -inf. No top-1 guard: this is what the guard weighs, at the adapter's interpolation."""
-        from isacir.evaluation.evaluate import encode_queries
-        from isacir.evaluation.metrics import mask_excluded
-
-        bench = self.bench
-        queries = encode_queries(
-            bench, self.fnd, self.gallery_vecs, self.names, "isa", self.qe, self.template, adapter=adapter
-        )
-        exclude = [q.reference for q in bench.queries] if bench.exclude_reference else []
-        return mask_excluded(queries @ self.gallery_vecs.T, self.names, exclude)
-
-    def gain_and_flips(self, adapter: QueryAdapter, before_rank: list[list[str]]) -> dict[str, Any]:
-        """R@1 and R@10 with ``adapter``, and its flip rate against the rankings ``before_rank``."""
-        metrics, rank = self.evaluate(adapter)
-        return {"R@1": metrics["R@1"], "R@10": metrics["R@10"], "flip_rate": _flip_rate(self, before_rank, rank)}
-
-    def oracle(self, world: Path, template: str) -> dict[str, float] | None:
-        """R@K of the zero-shot oracle that reads the reference's true caption (None: no captions)."""
-        from .bench import oracle_rows
-
-        metrics, _ = oracle_rows(world, self.bench, self.fnd, self.gallery_vecs, self.names, template)
-        return metrics.get("oracle_reference_caption_plus_modifier")
-
-    def subset(self, keep: Callable[[dict], bool]) -> _Subset:
-        return _Subset(self, keep)
-
-
-class _Subset:
-    def __init__(self, test: _TestSet, keep: Callable[[dict], bool]):
-        from .phrasing import parse_modifier
-
-        self.test = test
-        self.index = [
-            i
-            for i, q in enumerate(test.bench.queries)
-            if keep({"kind": test.kinds[q.qid], "phrasing": parse_modifier(test.kinds[q.qid], q.modifiers[0])[1]})
-        ]
-        self.count = len(self.index)
-
-    def __call__(self, rankings: list[list[str]]) -> dict[str, float]:
-        from isacir.evaluation.evaluate import score_benchmark
-
-        sub = replace(self.test.bench, queries=[self.test.bench.queries[i] for i in self.index])
-        metrics = score_benchmark(sub, [rankings[i] for i in self.index])
-        return {k: round(metrics[k], 2) for k in METRICS}
-
-
-def _int4_tokens(qe: QueryEncoder, fnd: Foundation) -> Callable[[list], Any]:
-    """The encoder's tokens after a round trip through the int4 payload."""
-    from .edge_bench import through_payload
-
-    return through_payload(lambda refs: qe.encode_images(refs, foundation=fnd).detach().cpu().numpy(), "int4")
-
 
 def _flip_rate(test: _TestSet, before: list[list[str]], after: list[list[str]]) -> float | None:
     """Among test queries whose target was at rank 1 before, the share whose target is not after
@@ -558,39 +409,3 @@ def _flip_rate(test: _TestSet, before: list[list[str]], after: list[list[str]]) 
 
     rate, _, _ = flip_rate(top1(before), top1(after))
     return round(rate, 4) if rate is not None else None
-
-
-def check_feedback_goals(summary: dict[str, Any], oracle: dict[str, float] | None) -> dict[str, bool]:
-    known = summary["known_phrasings"]
-    return feedback_goals(
-        summary["before"], summary["after"], summary["flip_rate"], known["before"], known["after"], oracle
-    )
-
-
-def curve_chart(
-    before: dict[str, float], curve: dict[str, dict], path: Path, seed: int, oracle: dict[str, float] | None = None
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [0] + [int(n) for n in curve]
-    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
-    for metric, style in (("R@1", "o-"), ("R@10", "s-")):
-        ax.plot(xs, [before[metric]] + [curve[n][metric] for n in curve], style, label=f"test {metric}")
-    if oracle is not None:
-        ax.axhline(oracle["R@1"], color="grey", ls="--", lw=1, label="R@1 of the oracle: true caption + modifier")
-    ax.set_xscale("symlog", linthresh=100)
-    ax.set_xticks(xs, [str(x) for x in xs])
-    ax.set_xlabel("pilot queries with operator feedback")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Shapes-CIR test, learning from a pilot (seed {seed})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)

@@ -117,3 +117,32 @@ def verdict_intervals(
             "decided": f_hi <= MAX_TEST_FLIP_RATE or f_lo > MAX_TEST_FLIP_RATE,
         },
     }
+
+
+#: what the served adapter must do on the evaluation stream, learning from realistic operators:
+#: R@1 and R@10 points gained over zero-shot, and R@1 points gained on the phrasings the operators
+#: never used (the flip and forgetting limits are the ones above)
+SERVED_MIN_R1_GAIN = 6.0
+SERVED_MIN_R10_GAIN = 4.0
+MIN_UNSEEN_R1_GAIN = 3.0
+
+
+def served_goals(served: dict[str, Any]) -> dict[str, bool]:
+    """Each goal of the served adapter (``bench feedback``'s ``served`` block) and whether it holds;
+    the moonshot only when the block has the oracle's R@1."""
+    before, after = served["before"], served["after"]
+    unseen = served["phrasings"]["unseen"]
+    known = served["known_phrasings"]
+    goals = {
+        f"R@1 >= before + {SERVED_MIN_R1_GAIN:g}": after["R@1"] >= before["R@1"] + SERVED_MIN_R1_GAIN,
+        f"R@10 >= before + {SERVED_MIN_R10_GAIN:g}": after["R@10"] >= before["R@10"] + SERVED_MIN_R10_GAIN,
+        f"flip rate <= {100 * MAX_TEST_FLIP_RATE:g} %": served["flip_rate"] is not None
+        and served["flip_rate"] <= 100 * MAX_TEST_FLIP_RATE,
+        f"known-phrasings R@10 >= before - {MAX_KNOWN_R10_LOSS:g}": known["after"]["R@10"]
+        >= known["before"]["R@10"] - MAX_KNOWN_R10_LOSS,
+        f"unseen-phrasings R@1 >= before + {MIN_UNSEEN_R1_GAIN:g}": unseen["n"] > 0
+        and unseen["after"]["R@1"] >= unseen["before"]["R@1"] + MIN_UNSEEN_R1_GAIN,
+    }
+    if "oracle" in served:
+        goals["moonshot: R@1 >= oracle reference caption + modifier"] = after["R@1"] >= served["oracle"]["R@1"]
+    return goals

@@ -62,7 +62,7 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
     tmp = out.with_name(out.name + ".partial")
     (tmp / "references").mkdir(parents=True, exist_ok=True)
     (tmp / "gallery").mkdir(parents=True, exist_ok=True)
-    scenes, queries = [], []
+    scenes, queries, references = [], [], []
     while len(queries) < config.queries:
         ref = random_scene(rng, world.max_objects)
         edit = make_edit(rng, ref, "test", PILOT_PHRASINGS)
@@ -71,6 +71,7 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
         kind, text, target, negs = edit
         n = len(queries)
         render(ref, world.image_size).save(tmp / "references" / f"{n:06d}.png")
+        references.append(ref)
         phrasing = parse_modifier(kind, text)[1]
         queries.append(
             {"id": n, "reference": f"references/{n:06d}.png", "text": text, "kind": kind, "phrasing": phrasing}
@@ -91,14 +92,29 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
             near_of.setdefault(owner[1], []).append(scene.key())
     for q in queries:
         q["targets"] = by_key[target_of[q["id"]]]
+        q["target_objects"] = [list(o) for o in target_of[q["id"]]]
         # the edit's hard negatives (one attribute off, or the edit not applied): the near misses
         # a hurried operator may confirm; never a picture of the target's objects
         keys = {key for key in near_of.get(q["id"], []) if key != target_of[q["id"]]}
         q["near"] = sorted(name for key in keys for name in by_key[key])
-    doc = {"key": key, "world": asdict(world), "config": asdict(config), "left_out": LEFT_OUT, "queries": queries}
+    # every object set the pilot showed (references and gallery): what an evaluation stream may avoid
+    objects = sorted({json.dumps(s.key()) for _, s in scenes} | {json.dumps(s.key()) for s in references})
+    doc = {
+        "key": key,
+        "world": asdict(world),
+        "config": asdict(config),
+        "left_out": LEFT_OUT,
+        "queries": queries,
+        "object_sets": [json.loads(o) for o in objects],
+    }
     atomic_write_text(tmp / "pilot.json", json.dumps(doc))
     replace_dir(tmp, out)
     return out
+
+
+def pilot_object_sets(doc: dict[str, Any]) -> set[tuple]:
+    """The object sets (:meth:`~.world.Scene.key`) of every image a pilot showed, as hashable keys."""
+    return {tuple(tuple(o) for o in key) for key in doc["object_sets"]}
 
 
 def load_pilot(folder: str | Path) -> dict[str, Any]:

@@ -20,12 +20,11 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-
-from isacir._fs import atomic_write_text, replace_dir
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 COLOURS = {
@@ -350,11 +349,19 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
     return out
 
 
-def write_test_split(out: Path, config: ShapesConfig, rng: random.Random, caption_rng: random.Random) -> None:
+def write_test_split(
+    out: Path,
+    config: ShapesConfig,
+    rng: random.Random,
+    caption_rng: random.Random,
+    avoid: Collection[tuple] = (),
+) -> list[dict[str, tuple]]:
     """Composed test queries over a gallery with hard negatives, written in CIRCO's layout.
 
     Scenes come from ``rng`` and reference / target captions (oracle diagnostics only) from
     ``caption_rng``, so that a world and its replicates differ only in the streams they are given.
+    A drawn query whose reference or target has an object set in ``avoid`` (:meth:`Scene.key`) is
+    drawn again. Returns each query's ``ref_objects`` and ``target_objects`` (their keys).
     """
     gallery: list[Scene] = []
     queries = []
@@ -364,6 +371,8 @@ def write_test_split(out: Path, config: ShapesConfig, rng: random.Random, captio
         if edit is None:
             continue
         kind, text, target, negs = edit
+        if avoid and (ref.key() in avoid or target.key() in avoid):
+            continue
         base = len(gallery)
         gallery.extend([ref, target, *negs])
         queries.append(
@@ -410,43 +419,4 @@ def write_test_split(out: Path, config: ShapesConfig, rng: random.Random, captio
     (out / "annotations").mkdir(exist_ok=True)
     (out / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
     (out / "annotations" / "test.json").write_text(json.dumps(annotations))
-
-
-#: Bumped whenever a replicate's output changes for the same world and index.
-REPLICATE_FORMAT = 1
-
-
-def replicate_key(config: ShapesConfig, index: int) -> str:
-    raw = json.dumps([REPLICATE_FORMAT, config.key(), index], sort_keys=True).encode()
-    return hashlib.blake2b(raw, digest_size=6).hexdigest()
-
-
-def generate_replicate(out: str | os.PathLike, config: ShapesConfig, index: int) -> Path:
-    """Write replicate ``index`` of the world's test split to ``out`` (cached by its key).
-
-    A replicate is another draw of the test split: as many queries, built the same way (held-out
-    phrasings, hard negatives, distractors), in a gallery of the same size, from random streams
-    of its own, so that no scene of the test split or of another replicate is re-drawn on purpose.
-    A few hundred queries measure a gain of a few points with an interval as wide as the gain's
-    margin over a goal; replicates measure the same quantity again, so that a verdict can be told
-    apart from the draw of the test queries. No training image or caption is written: a replicate
-    is only ever evaluated.
-    """
-    if index < 1:
-        raise ValueError(f"replicate index must be at least 1 (the test split itself is 0), got {index}")
-    out = Path(out)
-    key = replicate_key(config, index)
-    done = out / "replicate.json"
-    if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        return out
-    tmp = out.with_name(out.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    write_test_split(
-        tmp,
-        config,
-        random.Random(f"replicate-{config.seed}-{index}"),
-        random.Random(f"replicate-captions-{config.seed}-{index}"),
-    )
-    atomic_write_text(tmp / "replicate.json", json.dumps({"key": key, "index": index, "world": asdict(config)}))
-    replace_dir(tmp, out)
-    return out
+    return [{"ref_objects": gallery[q["ref"]].key(), "target_objects": gallery[q["target"]].key()} for q in queries]
