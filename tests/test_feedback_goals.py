@@ -256,11 +256,12 @@ def test_replicates_sit_beside_the_test_split_of_their_run():
     assert render.feedback_replicates_table(runs, []).startswith("No `bench replicates`")
 
 
-def test_the_recipe_to_deploy_is_the_one_the_learning_page_tabulates_and_tells_people_to_run():
-    """One row per seed whose recipe-to-deploy run has replicates, each agreeing with that run's
-    5-fold row of the additions table (the same pooled counts, rendered by another function) and
-    with its own JSON; the learning page shows the table and the command with these flags."""
-    from isacir.adapt.recipes import RECIPE_TO_DEPLOY, recipe_flags
+def test_the_development_recipe_to_deploy_is_the_one_the_experiments_page_tabulates():
+    """One row per seed whose recipe-to-deploy run (of the oracle-operator development runs) has
+    replicates, each agreeing with that run's 5-fold row of the additions table (the same pooled
+    counts, rendered by another function) and with its own JSON; the experiments page shows the
+    table and names the recipe by these flags."""
+    from isacir_lab.results.feedback import RECIPE_TO_DEPLOY, recipe_flags
 
     assert recipe_flags({"lora_rank": 4, "lora_attention": True, "soup": 5, "folds": 5}) == (
         "--lora-rank 4 --lora-attention --soup 5 --tune --folds 5"
@@ -283,6 +284,6 @@ def test_the_recipe_to_deploy_is_the_one_the_learning_page_tabulates_and_tells_p
         p = rep["pooled"]["tuned_by_folds"]
         assert f"{p['interpolation']:.2f} / {p['guard_margin']:.2f}" in row
         assert ("**met**" in row.split(" | ")[9]) == p["every_goal"]
-    page = (ROOT / "docs" / "operations" / "learning.md").read_text()
-    assert table in page and f"{recipe_flags()}\n```" in page
+    page = (ROOT / "docs" / "experiments" / "feedback-learning.md").read_text()
+    assert table in page and f"`{recipe_flags()}`" in page
     assert render.feedback_deploy_table(runs, []).startswith("No run of `--lora-rank 4")

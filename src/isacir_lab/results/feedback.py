@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-
-from isacir.adapt.recipes import RECIPE_TO_DEPLOY, recipe_flags
+from typing import Any
 
 from ..shapes.feedback_goals import (
     MAX_TEST_FLIP_RATE,
@@ -17,6 +16,19 @@ from ..shapes.feedback_goals import (
 )
 from .cells import _arrow, fmt
 from .paths import RESULTS
+
+#: the ``isacir adapt`` options that the development runs with the oracle operator chose as the
+#: recipe to deploy, before the default chose its recipe by folds; the tables of those runs name it
+RECIPE_TO_DEPLOY: dict[str, Any] = {"lora_rank": 4, "lora_attention": True, "soup": 5, "folds": 5}
+
+
+def recipe_flags(recipe: dict[str, Any] = RECIPE_TO_DEPLOY) -> str:
+    """``isacir adapt --recipe custom`` options for a recipe (the pair always chosen by ``--tune``)."""
+    flags = [f"--lora-rank {recipe['lora_rank']}"] if recipe.get("lora_rank") else []
+    flags += ["--lora-attention"] if recipe.get("lora_attention") else []
+    flags += [f"--soup {recipe['soup']}"] if recipe.get("soup", 1) > 1 else []
+    flags += ["--tune"] + ([f"--folds {recipe['folds']}"] if recipe.get("folds") else [])
+    return " ".join(flags)
 
 
 def load_feedback_runs() -> list[dict]:

@@ -67,6 +67,7 @@ from .records import (
     load_runtimes_runs,
     load_shapes_runs,
 )
+from .served import load_served_runs, served_edit_table, served_goals_table, served_table
 from .shapes import per_seed_csv, results_page, summary_csv, summary_table
 
 
@@ -94,8 +95,12 @@ def render() -> dict[Path, str]:
     replicated = feedback_runs + lora_runs + load_reruns() + load_training_seeds()
     variant_runs, variant_replicates = load_variants()
     beside = _beside_their_base(variant_replicates, load_replicates())
+    served = load_served_runs(RESULTS)
     blocks = {
         "shapes-summary": summary_table(runs),
+        "feedback-served": served_table(served),
+        "feedback-served-goals": served_goals_table(served),
+        "feedback-served-edits": served_edit_table(served),
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),
         "feedback-summary": feedback_table(feedback_runs),
