@@ -417,3 +417,36 @@ def test_recipe_settings_are_checked():
         AdaptSettings(recipe="best").check()
     with pytest.raises(ConfigError, match="--refit and --soup belong to --recipe custom"):
         AdaptSettings.auto(soup=3).check()
+
+
+def test_word_dropout_drops_words_at_its_rate_and_never_the_whole_modifier():
+    g = torch.Generator().manual_seed(0)
+    text = "the red circle: recolour it blue"
+    outs = [adapt_fit._drop_words(text, 0.3, g) for _ in range(4000)]
+    words = len(text.split())
+    kept = sum(len(o.split()) for o in outs) / (4000 * words)
+    assert abs(kept - 0.7) < 0.02
+    assert all(o and set(o.split()) <= set(text.split()) for o in outs)
+    # every word dropped at once leaves the text whole rather than empty
+    assert adapt_fit._drop_words("blue", 0.999, torch.Generator().manual_seed(1)) == "blue"
+    with pytest.raises(ConfigError, match="--word-dropout"):
+        AdaptSettings(word_dropout=1.0).check()
+    with pytest.raises(ConfigError, match="--vocab-decay"):
+        AdaptSettings(vocab_decay=-1).check()
+
+
+def test_vocabulary_decay_keeps_new_rows_near_the_foundations_words(tmp_path, openclip_fnd):
+    from isacir.adapt import adapt
+    from isacir.adapter import QueryAdapter
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=12)
+    _synthetic_feedback(state, 24, seed=31)
+    args = (state.gallery, state.foundation, state.query_encoder, state.feedback)
+    base = AdaptSettings(steps=15, lr=1e-2, batch_size=8, hidden=16, seed=1, holdout=0.0, vocab_min_count=1)
+    norms = {}
+    for decay in (0.0, 100.0):
+        adapt(*args, tmp_path / f"d{decay}", replace(base, vocab_decay=decay), progress=False)
+        adapter = QueryAdapter.from_pretrained(tmp_path / f"d{decay}")
+        assert adapter.vocab is not None and len(adapter.config.vocab_ids)
+        norms[decay] = float(adapter.vocab.delta.detach().norm(dim=-1).mean())
+    assert norms[100.0] < 0.5 * norms[0.0]

@@ -154,7 +154,11 @@ class _Fit:
             picked = torch.randperm(len(train), generator=g)[: settings.batch_size].tolist()
             batch = [train[i] for i in picked]
             extra = pool[torch.randperm(len(pool), generator=g)[: settings.gallery_negatives]] if len(pool) else None
+            if settings.word_dropout > 0:
+                batch = [replace(e, text=_drop_words(e.text, settings.word_dropout, g)) for e in batch]
             loss = _contrastive_loss(compose, adapter, batch, bank, extra, settings, before, picked)
+            if settings.vocab_decay > 0 and adapter.vocab is not None:
+                loss = loss + settings.vocab_decay * adapter.vocab.delta.pow(2).sum(-1).mean()
             if settings.replay_weight > 0:
                 loss = loss + settings.replay_weight * _replay_loss(
                     compose, adapter, previous, self.data.replay, replay_targets, train, settings, g
@@ -173,6 +177,14 @@ class _Fit:
         bar.close()
         adapter.eval()
         return adapter, losses
+
+
+def _drop_words(text: str, p: float, g: torch.Generator) -> str:
+    """``text`` with each word dropped with chance ``p`` (never all of them: then it stays whole)."""
+    words = text.split()
+    keep = (torch.rand(len(words), generator=g) >= p).tolist()
+    kept = [w for w, k in zip(words, keep, strict=True) if k]
+    return " ".join(kept) if kept else text
 
 
 class Bank:

@@ -75,6 +75,12 @@ class AdaptSettings:
     #: (0: off), plus ``focal_base`` on every query
     focal_weight: float = 0.0
     focal_base: float = 0.0
+    #: each word of a judged query's modifier is dropped with this chance at every step (0: off),
+    #: so that the adapter cannot lean on the exact words one operator happened to type
+    word_dropout: float = 0.0
+    #: L2 weight on the learned vocabulary rows' distance from the foundation's own embedding of
+    #: those words (0: off): new rows stay near what the tower already reads
+    vocab_decay: float = 0.0
     #: the top-1 guard's cosine margin (0: off); see :mod:`isacir.adapter.guard`
     guard_margin: float = 0.0
     #: choose interpolation and guard margin on the held-out feedback (the given ones stand if
@@ -132,6 +138,10 @@ class AdaptSettings:
                 f"--hard-negatives, --focal-weight and --focal-base must not be negative, got "
                 f"{self.hard_negatives}, {self.focal_weight}, {self.focal_base}"
             )
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ConfigError(f"--word-dropout must be within [0, 1), got {self.word_dropout}")
+        if self.vocab_decay < 0:
+            raise ConfigError(f"--vocab-decay must not be negative, got {self.vocab_decay}")
         if self.soup < 1:
             raise ConfigError(f"--soup must be at least 1 (one adapter), got {self.soup}")
         if self.max_queries is not None and self.max_queries < 1:

@@ -161,6 +161,38 @@ def bench_feedback_cmd(
     emit_json(summary)
 
 
+@bench_app.command("phrasings")
+def bench_phrasings_cmd(
+    seed: int = typer.Option(0, help="The seed of the bench feedback run whose pilot log to use."),
+    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
+    operators: str = typer.Option("realistic", help="Which bench feedback run: realistic or oracle operators."),
+    steps: Optional[int] = typer.Option(None, help="Adapter training steps (default: isacir adapt's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """Which adapter ideas carry to new phrasings, judged on the pilot's feedback by leaving each
+    phrasing out in turn (never on the evaluation stream).
+
+    The last stdout line is {"queries", "before_hit@1", and per idea "hit@1", "gain", "gain_ci"};
+    details land in OUT/phrasings-seedS.json.
+    """
+    from ..shapes.phrasing_folds import run_phrasing_folds
+
+    runs = sorted((out_dir / "feedback").glob(f"{operators}-seed{seed}-*"))
+    runs = [r for r in runs if (r / "feedback.sqlite").is_file() and "-adapt" not in r.name]
+    pilots = sorted((out_dir / "pilots").glob("*/pilot-run.json"))
+    if not runs or not pilots:
+        raise IsacirError(f"no bench feedback run of seed {seed} under {out_dir}: run isacir-lab bench feedback first")
+    run = runs[-1]
+    key = run.name.rsplit("-", 1)[-1]
+    paths = next((json.loads(p.read_text()) for p in pilots if p.parent.name == key), None)
+    if paths is None:
+        raise IsacirError(f"the pilot of {run} ({key}) is not under {out_dir}/pilots")
+    summary = run_phrasing_folds(
+        run, paths, out_dir, seed, steps=steps, log=lambda m: err.print(escape(str(m)), highlight=False)
+    )
+    emit_json(summary)
+
+
 @bench_app.command("domain")
 def bench_domain_cmd(
     seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse."),
