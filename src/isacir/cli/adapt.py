@@ -58,6 +58,12 @@ def adapt_cmd(
     focal_base: Optional[float] = typer.Option(
         None, help="Focal distillation's weight on every feedback query (0: off)."
     ),
+    word_dropout: Optional[float] = typer.Option(
+        None, help="--recipe custom: drop each word of a judged modifier with this chance at every step (0: off)."
+    ),
+    vocab_decay: Optional[float] = typer.Option(
+        None, help="--recipe custom: L2 weight keeping new vocabulary rows near the foundation's words (0: off)."
+    ),
     interpolation: Optional[float] = typer.Option(
         None,
         help="--recipe custom (default 1): 0 = zero-shot, 1 = as trained; in between trades gains for less "
@@ -124,6 +130,8 @@ def adapt_cmd(
         "focal_base": focal_base,
         "interpolation": interpolation,
         "guard_margin": guard_margin,
+        "word_dropout": word_dropout,
+        "vocab_decay": vocab_decay,
         "tune": tune,
         "refit": refit,
         "soup": soup,

@@ -1,0 +1,83 @@
+"""The served adapter's report on the evaluation stream, on a hand-computed case."""
+
+from __future__ import annotations
+
+import pytest
+
+from isacir_lab.shapes.evaluation import Judged, overlap_report, served_report, used_phrasings
+from isacir_lab.shapes.feedback_goals import served_goals
+
+pytestmark = pytest.mark.lab
+
+
+def _judged() -> Judged:
+    j = Judged()
+    j.kind = ["colour", "colour", "colour", "move", "move", "shape"]
+    j.phrasing = ["now in {value}", "now in {value}", "recolour it {value}", "shift it to the {value}"] + [
+        "shift it to the {value}",
+        "swap it for a {value}",
+    ]
+    j.modifier = ["now in red", "now in blue", "recolour it red", "shift it to the top", "shift it to the left"] + [
+        "swap it for a star"
+    ]
+    a, b = ((("circle", "red", "large", 0),), (("star", "blue", "small", 4),))
+    j.target_objects = [a, b, a, b, a, b]
+    j.ref_objects = [b, b, b, b, b, a]
+    j.add("before@1", [1, 1, 0, 0, 1, 0])
+    j.add("after@1", [1, 0, 1, 1, 1, 0])
+    j.add("before@10", [1, 1, 1, 0, 1, 0])
+    j.add("after@10", [1, 1, 1, 1, 1, 1])
+    j.add("known_before@10", [1, 1, 1, 1, 0, 0])
+    j.add("known_after@10", [1, 1, 1, 1, 1, 0])
+    j.add("oracle@1", [1, 1, 1, 0, 0, 0])
+    return j
+
+
+def test_served_report_counts_by_hand():
+    used = {("colour", "now in {value}"), ("move", "shift it to the {value}")}
+    r = served_report(_judged(), used)
+    assert r["queries"] == 6
+    assert r["before"] == {"R@1": 50.0, "R@10": 66.67} and r["after"] == {"R@1": 66.67, "R@10": 100.0}
+    # three right at rank 1 before; query 1 lost it: one flip in three
+    assert (r["flips"], r["right_before"], r["flip_rate"]) == (1, 3, 33.33)
+    lo, hi = r["flip_ci"]
+    assert lo < 33.33 < hi and hi - lo > 40  # three queries decide very little
+    assert r["R@1_change"]["points"] == 16.67
+    lo, hi = r["R@1_change"]["ci"]
+    assert lo < 16.67 < hi
+    used_part, unseen = r["phrasings"]["used"], r["phrasings"]["unseen"]
+    # used: queries 0, 1, 3, 4; unseen: 2 (recolour) and 5 (swap)
+    assert (used_part["n"], unseen["n"]) == (4, 2)
+    assert used_part["before"]["R@1"] == 75.0 and used_part["after"]["R@1"] == 75.0
+    assert unseen["before"]["R@1"] == 0.0 and unseen["after"]["R@1"] == 50.0
+    assert r["per_edit"]["colour"]["n"] == 3 and r["per_edit"]["colour"]["after"]["R@1"] == 66.67
+    assert r["per_edit"]["shape"] == {
+        "before": {"R@1": 0.0, "R@10": 0.0},
+        "after": {"R@1": 0.0, "R@10": 100.0},
+        "R@1_change": {"points": 0.0, "ci": r["per_edit"]["shape"]["R@1_change"]["ci"]},
+        "n": 1,
+    }
+    assert r["known_phrasings"] == {"before": {"R@10": 66.67}, "after": {"R@10": 83.33}}
+    assert r["oracle"] == {"R@1": 50.0}
+    goals = served_goals(r)
+    assert goals["R@1 >= before + 6"] and goals["R@10 >= before + 4"]
+    assert not goals["flip rate <= 5 %"] and goals["unseen-phrasings R@1 >= before + 3"]
+    assert goals["moonshot: R@1 >= oracle reference caption + modifier"]
+
+
+def test_overlap_with_the_pilot_by_hand():
+    a = (("circle", "red", "large", 0),)
+    o = overlap_report(_judged(), {a}, ["now in red", "swap it for a star", "now in red"])
+    assert o == {
+        "target_object_sets_in_pilot": 50.0,
+        "reference_object_sets_in_pilot": 16.67,
+        "modifiers_typed_in_pilot": 33.33,
+    }
+
+
+def test_used_phrasings_read_from_what_operators_typed():
+    used = used_phrasings(["the red circle: now in blue", "relocate it to the top", "sing"])
+    assert ("colour", "now in {value}") in used and ("move", "relocate it to the {value}") in used
+    # "make it {value}" is a phrasing of two edit types: its text counts for both
+    assert {("colour", "make it {value}"), ("size", "make it {value}")} <= used_phrasings(["make it red"])
+    assert used_phrasings(["sing"]) == set()
