@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from isacir_lab.shapes.evaluation import Judged, overlap_report, served_report, used_phrasings
@@ -81,3 +83,54 @@ def test_used_phrasings_read_from_what_operators_typed():
     # "make it {value}" is a phrasing of two edit types: its text counts for both
     assert {("colour", "make it {value}"), ("size", "make it {value}")} <= used_phrasings(["make it red"])
     assert used_phrasings(["sing"]) == set()
+
+
+def test_bench_phrasings_holds_each_phrasing_out_once(tmp_path, openclip_fnd, tiny_openclip_dir, monkeypatch):
+    """Leave-one-phrasing-out on a log whose modifiers use three phrasings: the groups are the
+    phrasings, each idea answers every held-out query once, and the pooled counts add up."""
+    import numpy as np
+    from serve_helpers import build_service
+
+    from isacir.edge.payload import encode_payload
+    from isacir_lab.shapes import phrasing_folds
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=12)
+    state.query_encoder.save_pretrained(tmp_path / "qe")
+    rng = np.random.default_rng(5)
+    ids = sorted(int(it["id"]) for it in state.gallery.items())
+    qe, scale = state.query_encoder, state.foundation.word_embedding_rms()
+    wordings = ["the red circle: now in {}", "recolour it {}", "shift it to the {}"]
+    values = ["blue", "green", "top", "left", "red"]
+    for i in range(30):
+        tokens = (rng.standard_normal((qe.num_tokens, qe.word_dim)) * scale).astype(np.float32)
+        text = wordings[i % 3].format(values[i % 5])
+        shown = [int(x) for x in rng.choice(ids, 5, replace=False)]
+        qid = state.feedback.log_query(
+            "tokens", text, encode_payload(tokens, state.qe_fingerprint), 5, shown, state.qe_fingerprint,
+            state.foundation_fingerprint,
+        )  # fmt: skip
+        state.feedback.add(qid, int(rng.choice(ids)), "corrected")
+    db = state.settings.feedback_db or state.gallery.dir / "feedback.sqlite"
+    paths = {
+        "foundation": tiny_openclip_dir[0],
+        "query_encoder": str(tmp_path / "qe"),
+        "gallery": str(state.gallery.dir),
+    }
+    monkeypatch.setattr(phrasing_folds, "MIN_GROUP", 5)
+    ideas = {"vocab": {}, "vocab + word dropout 0.2": {"word_dropout": 0.2}}
+    run = db.parent
+    summary = phrasing_folds.run_phrasing_folds(run, paths, tmp_path / "out", 0, ideas, steps=4, log=lambda *_: None)
+    detail = json.loads((tmp_path / "out" / "phrasings-seed0.json").read_text())
+    assert {g: v["n"] for g, v in detail["groups"].items()} == {
+        "colour: now in {value}": 10,
+        "colour: recolour it {value}": 10,
+        "move: shift it to the {value}": 10,
+    }
+    assert summary["queries"] == 30
+    for idea in ideas:
+        s = summary[idea]
+        assert s["gain"] == pytest.approx(100 * (s["gained"] - s["lost"]) / 30, abs=0.01)
+        pooled = sum(detail["groups"][g][idea] * 10 for g in detail["groups"]) / 30
+        assert s["hit@1"] == pytest.approx(100 * pooled, abs=0.01)
+        assert s["gain_ci"][0] <= s["gain"] <= s["gain_ci"][1]
+    assert not (tmp_path / "out" / ".phrasing-folds-checkpoint.pt").exists()

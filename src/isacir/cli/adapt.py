@@ -188,7 +188,12 @@ def adapt_cmd(
     if "cross_validation" in report:
         err.print(
             f"judged by {report['cross_validation']['folds']}-fold cross-validation: every one of the "
-            f"{report['counts']['holdout']} feedback queries held out once; the saved adapter was trained on all"
+            f"{report['counts']['holdout']} feedback queries held out once; "
+            + (
+                "the saved adapter is the soup of the fold adapters"
+                if "recipe" in report
+                else "the saved adapter was trained on all"
+            )
         )
     if "recipe" in report:
         weighed = "; ".join(

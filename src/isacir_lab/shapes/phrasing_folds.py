@@ -81,10 +81,12 @@ def run_phrasing_folds(
     for label in labels:
         if label is not None:
             sizes[label] = sizes.get(label, 0) + 1
-    groups = sorted(g for g, n in sizes.items() if n >= MIN_GROUP)
+    # a group is held out only when something else is left to train on
+    groups = sorted(g for g, n in sizes.items() if MIN_GROUP <= n < len(data.triplets))
     if not groups:
         raise IsacirError(f"no phrasing has {MIN_GROUP} judged queries in {db}")
     compose = ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     before_hits: list[bool] = []
