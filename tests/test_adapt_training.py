@@ -450,3 +450,27 @@ def test_vocabulary_decay_keeps_new_rows_near_the_foundations_words(tmp_path, op
         assert adapter.vocab is not None and len(adapter.config.vocab_ids)
         norms[decay] = float(adapter.vocab.delta.detach().norm(dim=-1).mean())
     assert norms[100.0] < 0.5 * norms[0.0]
+
+
+def test_a_grid_of_pairs_composes_once_per_interpolation_and_counts_as_each_pair_alone(tmp_path, openclip_fnd):
+    """The grid reuses each interpolation's queries and the zero-shot anchors across margins; every
+    pair's numbers equal those of the adapter served at that pair on its own."""
+    from isacir.adapt import adapt
+    from isacir.adapter import QueryAdapter
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=12)
+    _synthetic_feedback(state, 20, seed=37)
+    fnd, qe, gallery = state.foundation, state.query_encoder, state.gallery
+    settings = AdaptSettings(steps=10, lr=1e-2, batch_size=8, hidden=16, seed=1, holdout=0.0)
+    adapt(gallery, fnd, qe, state.feedback, tmp_path / "a", settings, progress=False)
+    data = load_feedback(state.feedback, qe.fingerprint, qe.num_tokens, fnd.word_dim, gallery, 0, 1)
+    compose = adapt_tuning.ComposedQueries(fnd, qe.config.template, qe.num_tokens)
+    pairs = [(0.5, 0.0), (0.5, 0.02), (1.0, 0.0), (1.0, 0.01), (1.0, 2.0)]
+    grid = list(
+        adapt_tuning._served_pairs(compose, gallery, data.triplets, QueryAdapter.from_pretrained(tmp_path / "a"), pairs)
+    )
+    assert [p for p, _, _ in grid] == pairs
+    for (a, m), metrics, top1 in grid:
+        alone = QueryAdapter.from_pretrained(tmp_path / "a", interpolation=a, guard_margin=m)
+        want, want_top1 = adapt_tuning.feedback_metrics(compose, gallery, data.triplets, alone)
+        assert metrics == want and np.array_equal(top1, want_top1)

@@ -55,18 +55,29 @@ class ComposedQueries:
 
 
 def feedback_metrics(
-    compose: ComposedQueries, gallery: Gallery, examples: list[FeedbackExample], adapter: QueryAdapter | None
+    compose: ComposedQueries,
+    gallery: Gallery,
+    examples: list[FeedbackExample],
+    adapter: QueryAdapter | None,
+    queries: np.ndarray | None = None,
+    anchors: list[list[Any]] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """hit@1 / hit@10 of the positives over the whole gallery, and each query's top-1 flag
-    (as served: with the adapter's top-1 guard, when it has one)."""
+    (as served: with the adapter's top-1 guard, when it has one).
+
+    ``queries`` (the composed queries of ``adapter``) and ``anchors`` (the zero-shot search's
+    hits) may be passed when already at hand: a grid of guard margins at one interpolation
+    composes the same queries, and every margin anchors on the same zero-shot search."""
     if not examples:
         return {"n": 0, "hit@1": None, "hit@10": None}, np.zeros(0, dtype=bool)
-    queries = compose.many(examples, adapter).numpy()
+    if queries is None:
+        queries = compose.many(examples, adapter).numpy()
     hits = gallery.search(queries, 10)
     if adapter is not None and adapter.guard_margin > 0:
         # the anchor is the zero-shot search's first place at the same depth, so that exact ties
         # break as they would for the zero-shot service
-        anchors = gallery.search(compose.many(examples, None).numpy(), 10)
+        if anchors is None:
+            anchors = gallery.search(compose.many(examples, None).numpy(), 10)
         hits = [
             guard_hits(gallery, h, q, a[0] if a else None, adapter.guard_margin)
             for h, q, a in zip(hits, queries, anchors, strict=True)
@@ -139,11 +150,20 @@ def _served_pairs(
     pairs: Sequence[tuple[float, float]],
 ) -> Iterator[tuple[tuple[float, float], dict[str, Any], np.ndarray]]:
     """``adapter`` served at each (interpolation, guard margin) pair on ``held``: the pair, its
-    :func:`feedback_metrics` and top-1 flags. The adapter is left at the last pair."""
+    :func:`feedback_metrics` and top-1 flags. The adapter is left at the last pair.
+
+    The queries are composed once per interpolation (the margin only acts on the ranking) and the
+    zero-shot anchors once in all."""
+    composed: dict[float, np.ndarray] = {}
+    anchors: list[list[Any]] | None = None
     for a, m in pairs:
         adapter.set_interpolation(a)
         adapter.set_guard_margin(m)
-        metrics, top1 = feedback_metrics(compose, gallery, held, adapter)
+        if a not in composed:
+            composed[a] = compose.many(held, adapter).numpy()
+        if m > 0 and anchors is None and held:
+            anchors = gallery.search(compose.many(held, None).numpy(), 10)
+        metrics, top1 = feedback_metrics(compose, gallery, held, adapter, composed[a], anchors)
         yield (a, m), metrics, top1
 
 
