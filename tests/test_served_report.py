@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,37 @@ def test_bench_phrasings_holds_each_phrasing_out_once(tmp_path, openclip_fnd, ti
         assert s["hit@1"] == pytest.approx(100 * pooled, abs=0.01)
         assert s["gain_ci"][0] <= s["gain"] <= s["gain_ci"][1]
     assert not (tmp_path / "out" / ".phrasing-folds-checkpoint.pt").exists()
+
+
+RECORDED = sorted((Path(__file__).resolve().parents[1] / "docs" / "results" / "served").glob("feedback-*.json"))
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=lambda p: p.stem)
+def test_recorded_served_runs_add_up_and_render_as_their_numbers_say(path):
+    """Each recorded run: its counts agree with its rates, its goals are the goals of its numbers,
+    and the rendered rows show those numbers."""
+    from isacir_lab.results.served import ServedRun, served_goals_table, served_table
+
+    raw = json.loads(path.read_text())
+    s = raw["served"]
+    assert s["flip_rate"] == pytest.approx(100 * s["flips"] / s["right_before"], abs=0.006)
+    assert s["phrasings"]["used"]["n"] + s["phrasings"]["unseen"]["n"] == s["queries"]
+    assert sum(p["n"] for p in s["per_edit"].values()) == s["queries"]
+    assert raw["evaluation"]["queries"] == s["queries"] and raw["verdicts"] == raw["pilot"]["judged"]
+    assert raw["goals"] == served_goals(s)
+    run = ServedRun.load(path)
+    row = next(r for r in served_table([run]).splitlines() if r.startswith(f"| {raw['seed']} |"))
+    assert f"{s['before']['R@1']:.1f} → {s['after']['R@1']:.1f}" in row
+    assert f"{s['flips']} of {s['right_before']}" in row and f"({s['phrasings']['unseen']['n']})" in row
+    goals = served_goals_table([run]).splitlines()[2:]
+    assert [g.endswith("| met |") for g in goals] == list(raw["goals"].values())
+
+
+def test_a_broken_record_names_its_file(tmp_path):
+    from isacir_lab.results.records import RecordError
+    from isacir_lab.results.served import ServedRun
+
+    bad = tmp_path / "feedback-realistic-seed9.json"
+    bad.write_text(json.dumps({"seed": 9, "served": {}}))
+    with pytest.raises(RecordError, match="feedback-realistic-seed9.json"):
+        ServedRun.load(bad)

@@ -61,6 +61,9 @@ class ServedRun:
     adapt_s: float
     total_s: float
     cpu: str
+    #: how much of the stream the pilot showed (``overlap``) and what its operators did (``pilot``)
+    overlap: dict[str, float]
+    pilot: dict[str, int]
 
     @classmethod
     def load(cls, path: Path) -> ServedRun:
@@ -91,6 +94,11 @@ class ServedRun:
                 adapt_s=float(raw["timings"]["adapt_s"]),
                 total_s=float(raw["timings"]["total_s"]),
                 cpu=str(raw["cpu"]["model"]),
+                overlap={k: float(v) for k, v in raw["overlap"].items()},
+                pilot={
+                    k: int(raw["pilot"][k])
+                    for k in ("judged", "confirmed", "corrected", "rejected_only", "wrong_confirmed")
+                },
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise RecordError(f"{path}: not a bench feedback record of the served adapter ({exc!r})") from None
@@ -151,4 +159,25 @@ def served_edit_table(runs: list[ServedRun]) -> str:
         f"| {r.seed} | " + " | ".join(r.per_edit[k].cell() if k in r.per_edit else "–" for k in kinds) + " |"
         for r in runs
     ]
+    return head + "\n".join(rows) + "\n"
+
+
+def served_context_table(runs: list[ServedRun]) -> str:
+    """Per run: how much of the evaluation stream the pilot showed, and the moonshot's yardstick."""
+    if not runs:
+        return "No `bench feedback` run of the served adapter is recorded yet.\n"
+    head = (
+        "| seed | targets whose object set the pilot showed | modifiers typed word for word in the pilot "
+        "| pilot: judged, confirmed, corrected, only rejected, wrong confirmations | oracle R@1 (moonshot) |\n"
+        "|---:|---:|---:|---|---:|\n"
+    )
+    rows = []
+    for r in runs:
+        o, p = r.overlap, r.pilot
+        oracle = f"{r.oracle_r1:.1f}" if r.oracle_r1 is not None else "–"
+        rows.append(
+            f"| {r.seed} | {o['target_object_sets_in_pilot']:.1f} % | {o['modifiers_typed_in_pilot']:.1f} % "
+            f"| {p['judged']}, {p['confirmed']}, {p['corrected']}, {p['rejected_only']}, {p['wrong_confirmed']} "
+            f"| {oracle} |"
+        )
     return head + "\n".join(rows) + "\n"

@@ -33,7 +33,6 @@ IDEAS: dict[str, dict[str, Any]] = {
     "vocab + word dropout 0.2": {"word_dropout": 0.2},
     "vocab + vocabulary decay 1": {"vocab_decay": 1.0},
     "lora-attn": {"lora_rank": 4, "lora_attention": True},
-    "lora-attn + word dropout 0.2": {"lora_rank": 4, "lora_attention": True, "word_dropout": 0.2},
 }
 #: a phrasing needs this many judged queries to be held out as a group of its own
 MIN_GROUP = 15
