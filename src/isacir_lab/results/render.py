@@ -67,7 +67,15 @@ from .records import (
     load_runtimes_runs,
     load_shapes_runs,
 )
-from .served import load_served_runs, served_context_table, served_edit_table, served_goals_table, served_table
+from .served import (
+    load_phrasing_runs,
+    load_served_runs,
+    phrasing_ideas_table,
+    served_context_table,
+    served_edit_table,
+    served_goals_table,
+    served_table,
+)
 from .shapes import per_seed_csv, results_page, summary_csv, summary_table
 
 
@@ -102,6 +110,7 @@ def render() -> dict[Path, str]:
         "feedback-served-goals": served_goals_table(served),
         "feedback-served-edits": served_edit_table(served),
         "feedback-served-context": served_context_table(served),
+        "feedback-phrasing-ideas": phrasing_ideas_table(load_phrasing_runs(RESULTS)),
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),
         "feedback-summary": feedback_table(feedback_runs),

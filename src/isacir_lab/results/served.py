@@ -181,3 +181,55 @@ def served_context_table(runs: list[ServedRun]) -> str:
             f"| {oracle} |"
         )
     return head + "\n".join(rows) + "\n"
+
+
+@dataclass(frozen=True)
+class PhrasingIdeasRun:
+    """One ``isacir-lab bench phrasings`` run: ``docs/results/served/phrasings-seed{S}.json``."""
+
+    seed: int
+    queries: int
+    groups: int
+    before: float
+    #: idea -> (hit@1, gain, gain interval)
+    ideas: dict[str, tuple[float, float, tuple[float, float]]]
+    took_s: float
+
+    @classmethod
+    def load(cls, path: Path) -> PhrasingIdeasRun:
+        try:
+            raw = json.loads(path.read_text())
+            summary = raw["summary"]
+            return cls(
+                seed=int(raw["seed"]),
+                queries=int(summary["queries"]),
+                groups=len(raw["groups"]),
+                before=float(summary["before_hit@1"]),
+                ideas={
+                    name: (float(v["hit@1"]), float(v["gain"]), (float(v["gain_ci"][0]), float(v["gain_ci"][1])))
+                    for name, v in summary.items()
+                    if isinstance(v, dict)
+                },
+                took_s=float(raw["took_s"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError, json.JSONDecodeError) as exc:
+            raise RecordError(f"{path}: not a bench phrasings record ({exc!r})") from None
+
+
+def load_phrasing_runs(results: Path) -> list[PhrasingIdeasRun]:
+    return sorted(
+        (PhrasingIdeasRun.load(p) for p in (results / "served").glob("phrasings-seed*.json")), key=lambda r: r.seed
+    )
+
+
+def phrasing_ideas_table(runs: list[PhrasingIdeasRun]) -> str:
+    """Per run and idea: held-out-phrasing hit@1 on the pilot's feedback, and its gain over zero-shot."""
+    if not runs:
+        return "No `bench phrasings` run is recorded yet.\n"
+    head = "| seed | idea | hit@1 on held-out phrasings | gain over zero-shot [95 %] |\n|---:|---|---:|---|\n"
+    rows = []
+    for r in runs:
+        rows.append(f"| {r.seed} | zero-shot ({r.queries} judged queries, {r.groups} phrasings) | {r.before:.1f} | |")
+        for name, (hit, gain, (lo, hi)) in r.ideas.items():
+            rows.append(f"| {r.seed} | {name} | {hit:.1f} | {gain:+.1f} [{lo:+.1f}, {hi:+.1f}] |")
+    return head + "\n".join(rows) + "\n"
