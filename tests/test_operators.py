@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 
@@ -238,3 +239,25 @@ def _example(kind: str) -> str:
         "remove": "red circle",
     }
     return PHRASES[kind]["test"][0].format(value=value[kind], comparative="bigger")
+
+
+def test_the_experiments_page_states_every_operator_default():
+    """Each operator option's default on the experiments page is the one the bench uses."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "experiments" / "feedback-learning.md").read_text()
+    rows = {
+        re.match(r"\| `(--[\w-]+)`", r).group(1): r.rsplit(" | ", 1)[1].strip(" |`")
+        for r in page.splitlines()
+        if r.startswith("| `--")
+    }
+    defaults = OperatorConfig()
+    assert rows["--operators"] == defaults.kind
+    assert int(rows["--operator-count"]) == defaults.count
+    for option, field in (("--habit", "habit"), ("--unjudged", "unjudged")):
+        assert float(rows[option]) == getattr(defaults, field)
+    assert (
+        float(rows["--wrong-confirm"]) == defaults.wrong_confirm
+        and float(rows["--wrong-reject"]) == defaults.wrong_reject
+    )
+    assert (rows["--search-again"] == "on") == defaults.search_again
