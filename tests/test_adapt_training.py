@@ -474,3 +474,15 @@ def test_a_grid_of_pairs_composes_once_per_interpolation_and_counts_as_each_pair
         alone = QueryAdapter.from_pretrained(tmp_path / "a", interpolation=a, guard_margin=m)
         want, want_top1 = adapt_tuning.feedback_metrics(compose, gallery, data.triplets, alone)
         assert metrics == want and np.array_equal(top1, want_top1)
+
+
+def test_too_little_feedback_for_the_folds_is_one_clear_error(tmp_path, openclip_fnd):
+    from isacir.adapt import adapt
+
+    _, state, _ = build_service(tmp_path / "svc", openclip_fnd, api_key=None, n_images=8)
+    _synthetic_feedback(state, 3, seed=41, replay=0)
+    args = (state.gallery, state.foundation, state.query_encoder, state.feedback, tmp_path / "a")
+    with pytest.raises(ConfigError, match="--recipe auto judges by 4 folds and needs at least 4 learnable queries"):
+        adapt(*args, AdaptSettings.auto(steps=2), progress=False)
+    with pytest.raises(ConfigError, match="--folds 5 needs at least 5 learnable queries; the log has 3"):
+        adapt(*args, AdaptSettings(steps=2, folds=5), progress=False)

@@ -79,26 +79,20 @@ def adapt(
             f"--refit needs held-out feedback to judge the recipe first: --holdout {settings.holdout} of "
             f"{len(data.triplets)} learnable queries holds none out"
         )
-    if settings.folds and len(data.triplets) < settings.folds:
-        raise ConfigError(
-            f"--folds {settings.folds} needs at least {settings.folds} learnable queries; "
-            f"the log has {len(data.triplets)}"
-        )
+    chosen_by_folds = settings.recipe != "custom"
+    k = settings.folds or (AUTO_FOLDS if chosen_by_folds else 0)
+    if k and len(data.triplets) < k:
+        by = f"--recipe {settings.recipe} judges by {k} folds and" if chosen_by_folds else f"--folds {k}"
+        raise ConfigError(f"{by} needs at least {k} learnable queries; the log has {len(data.triplets)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     compose = ComposedQueries(foundation, query_encoder.config.template, query_encoder.num_tokens)
-    fit = _Fit(gallery, foundation, qe_fp, compose, data, settings, previous, progress)
-    if settings.recipe != "custom":
+    if chosen_by_folds:
         from .choose import adapt_by_choice
 
-        needed = settings.folds or AUTO_FOLDS
-        if len(data.triplets) < needed:
-            raise ConfigError(
-                f"--recipe {settings.recipe} judges by {needed} folds and needs at least {needed} learnable "
-                f"queries; the log has {len(data.triplets)}"
-            )
         adapter, report = adapt_by_choice(gallery, foundation, qe_fp, compose, data, settings, previous, out, progress)
         return _save(adapter, report, out, settings, t_start)
+    fit = _Fit(gallery, foundation, qe_fp, compose, data, settings, previous, progress)
     if settings.folds:
         adapter, report = _adapt_by_folds(fit, compose, gallery, data, settings, previous, out)
         return _save(adapter, report, out, settings, t_start)
