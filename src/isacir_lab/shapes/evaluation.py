@@ -121,8 +121,12 @@ def judge_stream(
     adapter: QueryAdapter,
     scratch: Path,
     progress: bool = False,
+    others: dict[str, QueryAdapter] | None = None,
 ) -> Judged:
-    """Evaluate zero-shot and ``adapter`` (as served: its pair and guard) on every block."""
+    """Evaluate zero-shot and ``adapter`` (as served: its pair and guard) on every block.
+
+    ``others`` are judged in the same pass, on the same encoded galleries, as arms ``{name}@1`` and
+    ``{name}@10`` (a learning curve's adapters)."""
     from .bench import oracle_rows
     from .feedback_bench import _TestSet
     from .phrasing import known_phrasings_copy
@@ -156,6 +160,10 @@ def judge_stream(
             _, ranked = source.evaluate(with_adapter)
             judged.add(f"{name}@1", _hits(queries, ranked, 1))
             judged.add(f"{name}@10", _hits(queries, ranked, 10))
+        for name, other in (others or {}).items():
+            _, ranked = test.evaluate(other)
+            judged.add(f"{name}@1", _hits(queries, ranked, 1))
+            judged.add(f"{name}@10", _hits(queries, ranked, 10))
         _, oracle = oracle_rows(block, test.bench, fnd, test.gallery_vecs, test.names, template)
         if "oracle_reference_caption_plus_modifier" in oracle:
             judged.add("oracle@1", _hits(queries, oracle["oracle_reference_caption_plus_modifier"], 1))
@@ -166,7 +174,8 @@ def _hits(queries: list, rankings: list[list[str]], k: int) -> list[bool]:
     return [bool(set(r[:k]) & set(q.targets)) for q, r in zip(queries, rankings, strict=True)]
 
 
-def _pct(x: np.ndarray) -> float | None:
+def pct(x: np.ndarray) -> float | None:
+    """A hit rate in percent, to two decimals (None for no queries)."""
     return round(100 * float(x.mean()), 2) if len(x) else None
 
 
@@ -189,8 +198,8 @@ def served_report(judged: Judged, used: set[tuple[str, str]]) -> dict[str, Any]:
 
     def part(mask: np.ndarray) -> dict[str, Any]:
         return {
-            "before": {"R@1": _pct(b1[mask]), "R@10": _pct(b10[mask])},
-            "after": {"R@1": _pct(a1[mask]), "R@10": _pct(a10[mask])},
+            "before": {"R@1": pct(b1[mask]), "R@10": pct(b10[mask])},
+            "after": {"R@1": pct(a1[mask]), "R@10": pct(a10[mask])},
             "R@1_change": _change(b1[mask], a1[mask]),
             "n": int(mask.sum()),
         }
@@ -198,8 +207,8 @@ def served_report(judged: Judged, used: set[tuple[str, str]]) -> dict[str, Any]:
     kinds = np.array(judged.kind)
     return {
         "queries": len(judged),
-        "before": {"R@1": _pct(b1), "R@10": _pct(b10)},
-        "after": {"R@1": _pct(a1), "R@10": _pct(a10)},
+        "before": {"R@1": pct(b1), "R@10": pct(b10)},
+        "after": {"R@1": pct(a1), "R@10": pct(a10)},
         "R@1_change": _change(b1, a1),
         "R@10_change": _change(b10, a10),
         "flip_rate": round(100 * lost / right, 2) if right else None,
@@ -209,10 +218,10 @@ def served_report(judged: Judged, used: set[tuple[str, str]]) -> dict[str, Any]:
         "phrasings": {"used": part(seen), "unseen": part(~seen)},
         "per_edit": {k: part(kinds == k) for k in sorted(set(judged.kind))},
         "known_phrasings": {
-            "before": {"R@10": _pct(judged.arr("known_before@10"))},
-            "after": {"R@10": _pct(judged.arr("known_after@10"))},
+            "before": {"R@10": pct(judged.arr("known_before@10"))},
+            "after": {"R@10": pct(judged.arr("known_after@10"))},
         },
-        **({"oracle": {"R@1": _pct(judged.arr("oracle@1"))}} if "oracle@1" in judged.hits else {}),
+        **({"oracle": {"R@1": pct(judged.arr("oracle@1"))}} if "oracle@1" in judged.hits else {}),
     }
 
 

@@ -32,7 +32,15 @@ from isacir.bench.machine import cpu_info
 from isacir.errors import ConfigError
 
 from .bench import METRICS, ShapesBenchConfig, cached_isa
-from .evaluation import EVAL_BLOCKS, generate_evaluation, judge_stream, overlap_report, served_report, used_phrasings
+from .evaluation import (
+    EVAL_BLOCKS,
+    generate_evaluation,
+    judge_stream,
+    overlap_report,
+    pct,
+    served_report,
+    used_phrasings,
+)
 from .feedback_goals import served_goals
 from .operators import OperatorConfig
 from .pilot import (
@@ -208,19 +216,29 @@ def run_feedback_bench(
         f"{'promotable' if report['promotable'] else 'not promotable: ' + '; '.join(report['reasons'])}"
     )
 
-    # the evaluation stream, then the world's test split for reference
+    # a learning curve's adapters, trained the same way on the first N logged queries
+    curve_adapters = {}
+    for n in curve:
+        t = time.perf_counter()
+        adapt(gallery, fnd, qe, store, run / f"adapter-{n}", replace(settings, max_queries=n), progress=progress)
+        curve_adapters[f"curve{n}"] = QueryAdapter.from_pretrained(run / f"adapter-{n}")
+        timings[f"adapt_{n}_s"] = time.perf_counter() - t
+
+    # the evaluation stream (every adapter in one pass), then the world's test split for reference
     t = time.perf_counter()
-    doc = load_pilot(paths["pilot"])
-    avoid = pilot_object_sets(doc) if novel_objects else set()
+    shown = pilot_object_sets(load_pilot(paths["pilot"]))
+    avoid = shown if novel_objects else set()
     world_dir = out / "worlds" / config.world.key()
     tag = f"-novel{pilot.key(config.world)}" if novel_objects else ""
     blocks = [
         generate_evaluation(out / "evaluation" / f"{config.world.key()}-{i}{tag}", config.world, i, avoid)
         for i in range(1, eval_blocks + 1)
     ]
-    judged = judge_stream(blocks, fnd, qe, config.template, served_adapter, run / "scratch", progress)
+    judged = judge_stream(
+        blocks, fnd, qe, config.template, served_adapter, run / "scratch", progress, others=curve_adapters
+    )
     served = served_report(judged, used_phrasings(logged))
-    overlap = overlap_report(judged, pilot_object_sets(doc), logged)
+    overlap = overlap_report(judged, shown, logged)
     timings["evaluate_s"] = time.perf_counter() - t
     test = _TestSet(world_dir, fnd, qe, config.template, progress)
     test_before, before_rank = test.evaluate(None)
@@ -232,14 +250,7 @@ def run_feedback_bench(
         "queries": len(test.bench.queries),
     }
 
-    points: dict[str, Any] = {}
-    for n in curve:
-        t = time.perf_counter()
-        folder = run / f"adapter-{n}"
-        adapt(gallery, fnd, qe, store, folder, replace(settings, max_queries=n), progress=progress)
-        point = judge_stream(blocks, fnd, qe, config.template, QueryAdapter.from_pretrained(folder), run / "scratch")
-        points[str(n)] = {m: _hit_pct(point, f"after@{m[2:]}") for m in ("R@1", "R@10")}
-        timings[f"adapt_{n}_s"] = time.perf_counter() - t
+    points = {str(n): {m: pct(judged.arr(f"curve{n}@{m[2:]}")) for m in ("R@1", "R@10")} for n in curve}
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
@@ -270,10 +281,6 @@ def run_feedback_bench(
     }
     atomic_write_text((out / stem).with_suffix(".json"), json.dumps(detail, indent=2))
     return summary
-
-
-def _hit_pct(judged: Any, name: str) -> float:
-    return round(100 * float(judged.arr(name).mean()), 2)
 
 
 def run_pilot_versions(

@@ -98,14 +98,14 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
         keys = {key for key in near_of.get(q["id"], []) if key != target_of[q["id"]]}
         q["near"] = sorted(name for key in keys for name in by_key[key])
     # every object set the pilot showed (references and gallery): what an evaluation stream may avoid
-    objects = sorted({json.dumps(s.key()) for _, s in scenes} | {json.dumps(s.key()) for s in references})
+    objects = sorted({s.key() for _, s in scenes} | {s.key() for s in references})
     doc = {
         "key": key,
         "world": asdict(world),
         "config": asdict(config),
         "left_out": LEFT_OUT,
         "queries": queries,
-        "object_sets": [json.loads(o) for o in objects],
+        "object_sets": [[list(o) for o in key] for key in objects],
     }
     atomic_write_text(tmp / "pilot.json", json.dumps(doc))
     replace_dir(tmp, out)
