@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from isacir.errors import ConfigError
 
-from .phrasing import parse_modifier
+from .phrasing import parse_any
 from .world import COMPARATIVE, PHRASES
 
 OPERATOR_KINDS = ("realistic", "oracle")
@@ -81,14 +81,7 @@ class OperatorConfig:
 
 def reword(kind: str, text: str, template: str) -> str:
     """``text`` (a modifier in one of the world's phrasings of edit ``kind``) in ``template``'s words."""
-    for split in ("test", "train"):
-        try:
-            selector, _, value = parse_modifier(kind, text, split)
-            break
-        except ValueError:
-            continue
-    else:
-        raise ValueError(f"no phrasing of {kind!r} matches {text!r}")
+    selector, _, value = parse_any(kind, text)
     body = template.format(value=value, comparative=COMPARATIVE.get(value, ""))
     return f"the {selector}: {body}" if selector else body
 
@@ -115,17 +108,9 @@ class Operator:
     def word_again(self, kind: str, text: str, rng: random.Random) -> str:
         """Other words for the same change, after a search that missed: another phrasing of the
         pilot's family where there is one, else one of the plain phrasings everyone knows."""
-        used = parse_modifier(kind, text)[1] if _matches(kind, text, "test") else None
+        used = parse_any(kind, text)[1]
         pool = [t for t in self.phrasings[kind] if t != used] or [t for t in PHRASES[kind]["train"] if t != used]
         return reword(kind, text, rng.choice(pool))
-
-
-def _matches(kind: str, text: str, split: str) -> bool:
-    try:
-        parse_modifier(kind, text, split)
-        return True
-    except ValueError:
-        return False
 
 
 @dataclass

@@ -41,6 +41,17 @@ def parse_modifier(kind: str, text: str, split: str = "test") -> tuple[str, str,
     raise ValueError(f"no {split} phrasing of {kind!r} matches {phrase!r}")
 
 
+def parse_any(kind: str, text: str) -> tuple[str, str, str]:
+    """:func:`parse_modifier` over the test phrasings, then the training ones (an operator who
+    searches again may fall back on the plain words everyone knows)."""
+    for split in ("test", "train"):
+        try:
+            return parse_modifier(kind, text, split)
+        except ValueError:
+            continue
+    raise ValueError(f"no phrasing of {kind!r} matches {text!r}")
+
+
 def rephrase(annotation: dict) -> str:
     """The annotation's modifier in a training phrasing (picked by id) of the same edit and value."""
     kind = annotation["shared_concept"]
