@@ -256,3 +256,13 @@ def test_the_experiments_page_states_every_operator_default():
         and float(rows["--wrong-reject"]) == defaults.wrong_reject
     )
     assert (rows["--search-again"] == "on") == defaults.search_again
+
+
+def test_operators_named_on_the_command_line():
+    assert OperatorConfig.of("oracle", seed=3, habit=0.5) == OperatorConfig.oracle(3)  # the oracle has no knobs
+    people = OperatorConfig.of("realistic", seed=2, habit=0.5, unjudged=0.1)
+    assert (people.kind, people.seed, people.habit, people.unjudged) == ("realistic", 2, 0.5, 0.1)
+    with pytest.raises(ConfigError, match="--operators must be one of"):
+        OperatorConfig.of("psychic")
+    with pytest.raises(ConfigError, match="--unjudged"):
+        OperatorConfig.of("realistic", unjudged=1.0)

@@ -106,7 +106,6 @@ def bench_feedback_cmd(
     "overlap", "timings"}, numbers in percent; details and goals land in
     OUT/feedback-{operators}-seed{S}.json.
     """
-    from dataclasses import replace
 
     from isacir.adapt import AdaptSettings
 
@@ -115,20 +114,16 @@ def bench_feedback_cmd(
 
     if queries < 1:
         raise IsacirError("--queries must be at least 1")
-    if operators == "oracle":
-        people = replace(OperatorConfig.oracle(), seed=seed if operator_seed is None else operator_seed)
-    else:
-        people = OperatorConfig(
-            kind=operators,
-            count=operator_count,
-            habit=habit,
-            unjudged=unjudged,
-            wrong_confirm=wrong_confirm,
-            wrong_reject=wrong_reject,
-            search_again=search_again,
-            seed=seed if operator_seed is None else operator_seed,
-        )
-    people.check()
+    people = OperatorConfig.of(
+        operators,
+        seed=seed if operator_seed is None else operator_seed,
+        count=operator_count,
+        habit=habit,
+        unjudged=unjudged,
+        wrong_confirm=wrong_confirm,
+        wrong_reject=wrong_reject,
+        search_again=search_again,
+    )
     settings = AdaptSettings(
         recipe=recipe,
         seed=seed if adapt_seed is None else adapt_seed,

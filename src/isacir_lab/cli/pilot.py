@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -63,12 +62,7 @@ def simulate_cmd(
     from ..shapes.operators import OperatorConfig
     from ..shapes.pilot import ServiceClient, simulate_pilot
 
-    people = (
-        replace(OperatorConfig.oracle(), seed=operator_seed)
-        if operators == "oracle"
-        else OperatorConfig(kind=operators, seed=operator_seed)
-    )
-    people.check()
+    people = OperatorConfig.of(operators, seed=operator_seed)
     key = api_key or (read_api_keys(api_key_file)[0] if api_key_file else None)
     stats = simulate_pilot(
         pilot,

@@ -75,8 +75,18 @@ class OperatorConfig:
             raise ConfigError(f"--reject-top must not be negative, got {self.reject_top}")
 
     @classmethod
-    def oracle(cls) -> OperatorConfig:
-        return cls(kind="oracle", count=1, unjudged=0.0, wrong_confirm=0.0, wrong_reject=0.0, search_again=False)
+    def oracle(cls, seed: int = 0) -> OperatorConfig:
+        return cls(
+            kind="oracle", count=1, unjudged=0.0, wrong_confirm=0.0, wrong_reject=0.0, search_again=False, seed=seed
+        )
+
+    @classmethod
+    def of(cls, kind: str, seed: int = 0, **knobs: object) -> OperatorConfig:
+        """The operators a command line names, checked: the oracle (which has no knobs) or people
+        with ``knobs`` (the fields above)."""
+        config = cls.oracle(seed) if kind == "oracle" else cls(kind=kind, seed=seed, **knobs)  # type: ignore[arg-type]
+        config.check()
+        return config
 
 
 def reword(kind: str, text: str, template: str) -> str:
