@@ -250,7 +250,7 @@ def test_device_resolution_and_inference_precision(monkeypatch, tiny_openclip_di
         assert fnd.inference_dtype is None and fnd.encode_text(["a red car"]).dtype == torch.float32
 
 
-@pytest.mark.parametrize("verb", [["index"], ["search"], ["eval"], ["serve"], ["bench", "index"]])
+@pytest.mark.parametrize("verb", [["index"], ["search"], ["eval"], ["serve"], ["adapt"], ["bench", "index"]])
 def test_the_model_verbs_take_a_device(verb):
     from typer.testing import CliRunner
 

@@ -111,6 +111,8 @@ class _Fit:
             query_head=settings.query_head,
             lora_attention=settings.lora_attention,
         )
+        adapter.follow(self.foundation)  # before the optimiser: it trains where the foundation runs
+        device = adapter.device
 
         # stored vectors, read once and never re-encoded: the positives, the rejected candidates,
         # and a pool of random gallery items standing for "everything else" the query must not
@@ -126,7 +128,7 @@ class _Fit:
         before = _previous_view(compose, gallery, train, previous, settings)
         needed |= {i for top in before.top for i in top}
         vid, vecs = gallery.vectors(sorted(needed))
-        bank = Bank(vid, vecs)
+        bank = Bank(vid, vecs, device)
         pool = torch.from_numpy(np.array([bank.row[int(i)] for i in pool_ids if int(i) in bank.row], dtype=np.int64))
         replay_targets = self.replay_targets()
 
@@ -190,8 +192,8 @@ def _drop_words(text: str, p: float, g: torch.Generator) -> str:
 class Bank:
     """Stored gallery vectors by row, with the row of every id."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray):
-        self.vectors = torch.from_numpy(np.array(vectors, dtype=np.float32))
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, device: torch.device | str = "cpu"):
+        self.vectors = torch.from_numpy(np.array(vectors, dtype=np.float32)).to(device)
         self.row = {int(i): r for r, i in enumerate(ids.tolist())}
 
 
@@ -246,19 +248,20 @@ def _contrastive_loss(
     if extra_rows is not None:
         for r in extra_rows.tolist():
             rows.setdefault(r, len(rows))
-    cand = bank.vectors[torch.tensor(list(rows))]
-    q = compose(stack_tokens(batch), [e.text for e in batch], adapter).float()
-    labels = torch.tensor([rows[bank.row[e.positive]] for e in batch if e.positive is not None])
+    dev = bank.vectors.device
+    cand = bank.vectors[torch.tensor(list(rows), device=dev)]
+    q = compose(stack_tokens(batch), [e.text for e in batch], adapter).float().to(dev)
+    labels = torch.tensor([rows[bank.row[e.positive]] for e in batch if e.positive is not None], device=dev)
     # a duplicate of a query's positive is not its negative: it does not count for that query
     twins = cand[labels] @ cand.T >= DUPLICATE_COSINE
-    twins[torch.arange(len(labels)), labels] = False
+    twins[torch.arange(len(labels), device=dev), labels] = False
     logits = (q @ cand.T / settings.temperature).masked_fill(twins, _MASKED)
     loss = F.cross_entropy(logits, labels)
     if before.queries is not None and (settings.focal_weight or settings.focal_base):
-        old_logits = (before.queries[picked] @ cand.T / settings.temperature).masked_fill(twins, _MASKED)
+        old_logits = (before.queries[picked].to(dev) @ cand.T / settings.temperature).masked_fill(twins, _MASKED)
         old = F.softmax(old_logits, dim=-1)
         kl = F.kl_div(F.log_softmax(logits, dim=-1), old, reduction="none").sum(-1)
-        weight = settings.focal_base + settings.focal_weight * before.right[picked]
+        weight = settings.focal_base + settings.focal_weight * before.right[picked].to(dev)
         loss = loss + (weight * kl).mean()
     return loss
 
@@ -284,7 +287,7 @@ def _replay_loss(
     if replay_targets is not None and replay:
         pick = torch.randperm(len(replay), generator=g)[:half].tolist()
         q = compose(stack_tokens([replay[i] for i in pick]), [replay[i].text for i in pick], adapter).float()
-        parts.append(1 - (q * replay_targets[pick]).sum(-1))
+        parts.append(1 - (q * replay_targets[pick].to(q.device)).sum(-1))
     if settings.replay_shuffled and len(train) > 1:
         a = torch.randperm(len(train), generator=g)[:half].tolist()
         b = torch.randint(1, len(train), (len(a),), generator=g).tolist()

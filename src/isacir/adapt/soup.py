@@ -84,7 +84,7 @@ def soup(members: Sequence[QueryAdapter]) -> QueryAdapter:
         vocab_words=[words[i] for i in ids],
         training={},
     )
-    out = QueryAdapter(config)
+    out = QueryAdapter(config).to(members[0].device)
 
     t = out.tokens
     t.down.weight.copy_(torch.cat([m.tokens.down.weight for m in members], 0))

@@ -128,6 +128,7 @@ def _save(
     """Record the run in the adapter and write its folder; the report gains the adapter's version."""
     report["took_s"] = round(time.perf_counter() - t_start, 2)
     adapter.config.training = {"settings": asdict(settings), "counts": report["counts"]}
+    adapter.to("cpu")  # a folder loads on any machine; serving moves it to its foundation's device
     adapter.save_pretrained(out, report)  # replaces the folder, checkpoints included: the run is done
     report["fingerprint"] = adapter.fingerprint
     return report

@@ -47,8 +47,12 @@ class ComposedQueries:
 
     @torch.no_grad()
     def many(self, examples: list[FeedbackExample], adapter: QueryAdapter | None, chunk: int = 256) -> torch.Tensor:
+        """The composed queries of ``examples``, on the CPU whatever the foundation's device: the
+        gallery's search and the reports read them as arrays."""
         parts = [
-            self(stack_tokens(examples[i : i + chunk]), [e.text for e in examples[i : i + chunk]], adapter).float()
+            self(stack_tokens(examples[i : i + chunk]), [e.text for e in examples[i : i + chunk]], adapter)
+            .float()
+            .cpu()
             for i in range(0, len(examples), chunk)
         ]
         return torch.cat(parts) if parts else torch.zeros(0)

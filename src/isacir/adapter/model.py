@@ -124,7 +124,7 @@ class QueryAdapter(nn.Module):
         """The pseudo tokens the text encoder reads, ``[B, N, D]``."""
         if self.interpolation == 0.0:
             return tokens
-        dev = self.tokens.up.weight.device
+        dev = self.device
         out = tokens.to(dev) + self.interpolation * self.tokens.residual(tokens.to(dev, torch.float32)).to(tokens.dtype)
         return out.to(tokens.device)
 
@@ -199,6 +199,18 @@ class QueryAdapter(nn.Module):
     def _hooked(self) -> bool:
         return self.vocab is not None or self.lora is not None or self.attn_lora is not None
 
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.up.weight.device
+
+    def follow(self, foundation: Foundation) -> None:
+        """Move to the foundation's device, where it is not there yet (a no-op on the same device).
+
+        A move may replace the parameters: build an optimiser after it.
+        """
+        if self.device != foundation.device:
+            self.to(foundation.device)
+
     def attach(self, foundation: Foundation) -> None:
         """Hook the vocabulary patch and the LoRA updates into the foundation (idempotent).
 
@@ -206,7 +218,11 @@ class QueryAdapter(nn.Module):
         act only inside :meth:`applied`, in the thread that entered it: other users of the same
         foundation (a plain retriever, gallery indexing, a concurrent request) never see them.
         Placeholder ids never get a row, so the order with the pseudo-token splice is free.
+
+        The adapter moves to the foundation's device first: its hooks run inside the foundation's
+        forward, on that forward's tensors, so a foundation on a GPU needs the adapter there too.
         """
+        self.follow(foundation)
         if not self._hooked or id(foundation) in self._hooks:
             return
         handles = []

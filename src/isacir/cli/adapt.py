@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ._app import FEEDBACK_DB_HELP, JSON_ALWAYS_HELP, app, emit_json, err
+from ._app import DEVICE_HELP, FEEDBACK_DB_HELP, JSON_ALWAYS_HELP, app, emit_json, err
 
 
 @app.command("adapt")
@@ -108,6 +108,7 @@ def adapt_cmd(
     previous: Optional[Path] = typer.Option(
         None, help="The adapter served now: replay targets and the 'before' of the report come from it."
     ),
+    device: str = typer.Option("auto", help=DEVICE_HELP + " The adapter trains there too."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:
@@ -165,7 +166,8 @@ def adapt_cmd(
     store = open_feedback_db(feedback)
     g = Gallery.open(gallery)
     fnd = create_foundation(
-        foundation or QueryEncoder.load_config(query_encoder).foundation_id or g.info["foundation_id"]
+        foundation or QueryEncoder.load_config(query_encoder).foundation_id or g.info["foundation_id"],
+        device=device,
     )
     qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd)
     prev = QueryAdapter.from_pretrained(previous) if previous is not None else None
