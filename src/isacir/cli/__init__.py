@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (registers the verbs)
     registry,
     serve,
     train,
+    weights,
 )
 from ._app import app, run_cli
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -68,9 +70,20 @@ def add_version_option(typer_app: typer.Typer, program: str) -> None:
 
     @typer_app.callback()
     def _root(
+        ctx: typer.Context,
         version: bool = typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version."),
+        weights_dir: Optional[Path] = typer.Option(
+            None,
+            "--weights-dir",
+            envvar="ISACIR_WEIGHTS_DIR",
+            help="A folder `isacir weights unpack` filled: every model loads from it, with the network off.",
+        ),
     ) -> None:
-        pass
+        # the weights verbs take the folder as their own target; every other verb loads from it
+        if weights_dir is not None and ctx.invoked_subcommand != "weights":
+            from ..weights import use_weights_dir
+
+            use_weights_dir(weights_dir)
 
 
 def run_cli(typer_app: typer.Typer) -> None:
