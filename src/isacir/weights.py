@@ -18,13 +18,11 @@ at ``DIR/hub`` and turns the network off (``HF_HUB_OFFLINE``), before any loader
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .archive import ArchiveError, extract_checked, inventory, read_archive_manifest, sha256_file, write_archive
 from .errors import IsacirError
 
 BUNDLE_FORMAT = 1
@@ -209,14 +208,6 @@ def _probe_main() -> None:
 # ----- pack --------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _seed(staging_hub: Path, source_hub: Path, repos: Iterable[str]) -> list[str]:
     """Copy what this machine's cache holds of ``repos`` into the staging cache (hard links where
     the file system allows: nothing is read twice); returns the repositories found."""
@@ -235,18 +226,6 @@ def _seed(staging_hub: Path, source_hub: Path, repos: Iterable[str]) -> list[str
         shutil.copytree(src, staging_hub / src.name, symlinks=True, copy_function=link_or_copy)
         found.append(repo)
     return found
-
-
-def _inventory(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Every regular file under ``root/hub`` with its sha256 and size, and every link with its target."""
-    files, links = [], []
-    for path in sorted((root / HUB).rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            links.append({"path": rel, "target": os.readlink(path)})
-        elif path.is_file():
-            files.append({"path": rel, "sha256": _sha256(path), "size": path.stat().st_size})
-    return files, links
 
 
 def pack(
@@ -275,7 +254,7 @@ def pack(
         if download:
             _probe(models, staging / HUB, offline=False)
         fingerprints = _probe(models, staging / HUB, offline=True)  # complete without the network
-        files, links = _inventory(staging)
+        files, links = inventory(staging, [HUB])
         manifest = {
             "format": BUNDLE_FORMAT,
             "isacir": __version__,
@@ -287,12 +266,7 @@ def pack(
             "links": links,
             "bytes": sum(f["size"] for f in files),
         }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        part = staging / "bundle.tar.part"
-        with tarfile.open(part, "w") as tar:
-            tar.add(staging / MANIFEST_NAME, MANIFEST_NAME)
-            tar.add(staging / HUB, HUB)
-        os.replace(part, out)
+        write_archive(staging, MANIFEST_NAME, manifest, [HUB], out)
         manifest["took_s"] = round(time.perf_counter() - t0, 2)
     return manifest
 
@@ -303,43 +277,15 @@ def pack(
 def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a bundle, checked for its format."""
     bundle = Path(bundle)
-    if not bundle.is_file():
-        raise WeightsError(f"no weights bundle at {bundle}")
     try:
-        with tarfile.open(bundle) as tar:
-            member = tar.extractfile(MANIFEST_NAME)
-            raw = member.read() if member is not None else b""
-    except (tarfile.TarError, KeyError, OSError) as exc:
-        raise WeightsError(f"{bundle} is not a weights bundle ({MANIFEST_NAME} unreadable: {exc})") from None
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise WeightsError(f"{bundle}: {MANIFEST_NAME} is not JSON ({exc})") from None
+        manifest = read_archive_manifest(bundle, MANIFEST_NAME, "weights bundle")
+    except ArchiveError as exc:
+        raise WeightsError(str(exc)) from None
     if manifest.get("format") != BUNDLE_FORMAT:
         raise WeightsError(
             f"{bundle}: bundle format {manifest.get('format')!r}; this isacir reads format {BUNDLE_FORMAT}"
         )
     return manifest
-
-
-def _check_members(tar: tarfile.TarFile, manifest: dict[str, Any], bundle: Path) -> None:
-    """Every member is the manifest, a folder, or a file or link the manifest lists (no more, no less)."""
-    files = {f["path"]: f for f in manifest["files"]}
-    links = {ln["path"]: ln["target"] for ln in manifest["links"]}
-    seen: set[str] = set()
-    for m in tar.getmembers():
-        name = m.name
-        if name == MANIFEST_NAME or (m.isdir() and (name == HUB or name.startswith(HUB + "/"))):
-            continue
-        if m.isfile() and name in files and m.size == files[name]["size"]:
-            seen.add(name)
-        elif m.issym() and links.get(name) == m.linkname:
-            seen.add(name)
-        else:
-            raise WeightsError(f"{bundle}: member {name!r} is not what the manifest lists; refusing the bundle")
-    missing = (set(files) | set(links)) - seen
-    if missing:
-        raise WeightsError(f"{bundle}: {len(missing)} listed file(s) missing, e.g. {sorted(missing)[0]}")
 
 
 def _merge(src: Path, dst: Path) -> int:
@@ -355,7 +301,7 @@ def _merge(src: Path, dst: Path) -> int:
             if target.is_symlink() and os.readlink(target) == os.readlink(path):
                 continue
         elif target.is_file() and not target.is_symlink() and target.stat().st_size == path.stat().st_size:
-            if _sha256(target) == _sha256(path):
+            if sha256_file(target) == sha256_file(path):
                 continue
         os.replace(path, target)
         moved += 1
@@ -375,16 +321,10 @@ def unpack(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".isacir-unpack-", dir=hub.parent) as tmp:
         staging = Path(tmp)
-        with tarfile.open(bundle) as tar:
-            _check_members(tar, manifest, bundle)
-            tar.extractall(staging, filter="data")  # no absolute paths, no links out of the folder
-        for f in manifest["files"]:
-            got = _sha256(staging / f["path"])
-            if got != f["sha256"]:
-                raise WeightsError(
-                    f"{bundle}: {f['path']} has sha256 {got[:12]}..., the manifest says {f['sha256'][:12]}...: "
-                    "the bundle is damaged; nothing was unpacked"
-                )
+        try:
+            extract_checked(bundle, MANIFEST_NAME, manifest, staging)
+        except ArchiveError as exc:
+            raise WeightsError(str(exc)) from None
         moved = _merge(staging / HUB, hub)
     report: dict[str, Any] = {
         "hub": str(hub),
