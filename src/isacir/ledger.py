@@ -86,6 +86,17 @@ class Ledger:
                         folder.rmdir()
             raise
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[dict[str, Any]]:
+        """The state under a shared lock: writers wait until the block ends, readers do not. For
+        copying the state together with the files it names (a backup) without a writer between."""
+        if not self.lock.parent.is_dir():
+            yield self.read()
+            return
+        with open(self.lock, "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            yield self.read()
+
     def stamp(self) -> tuple[int, int, int] | None:
         """What changes whenever the state file is replaced (every write replaces it)."""
         try:
