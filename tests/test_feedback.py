@@ -66,7 +66,7 @@ def test_a_v2_log_gains_the_adapter_column(tmp_path):
     con.commit()
     con.close()
     store = FeedbackStore(path)
-    assert store.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert store.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     q = next(store.queries())
     assert q["adapter_fingerprint"] is None and q["version"] == "fpq" and q["latency_ms"] == 4.0
     assert q["model_version"] is None and q["interleave"] is None
@@ -75,6 +75,26 @@ def test_a_v2_log_gains_the_adapter_column(tmp_path):
     # what the feedback counter is labelled with: the version that answered the judged query
     assert store.answered_by(qid) == "fpq+fpa" and store.answered_by("q1") == "fpq"
     assert store.answered_by("never-logged") is None
+
+
+def test_a_v4_log_gains_the_review_queue(tmp_path):
+    """Version 4 (no review queue): rows and verdicts kept; queries can then be drawn for review."""
+    path = tmp_path / "feedback.sqlite"
+    store = FeedbackStore(path)
+    qid = store.log_query("tokens", "red", b"\x01", 3, [5, 6], "fpq", "fpf")
+    store.add(qid, 5, "confirmed")
+    store.close()
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE review")
+    con.execute("PRAGMA user_version = 4")
+    con.commit()
+    con.close()
+    store = FeedbackStore(path)
+    assert store.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert store.counts() == {"queries": 1, "confirmed": 1}
+    other = store.log_query("tokens", "blue", b"\x02", 3, [5, 6], "fpq", "fpf")
+    store.enqueue_review(other, 0.9, 0.5, uniform=False)
+    assert store.lease_review("ann", 60)["query_id"] == other
 
 
 def test_a_v3_log_gains_the_version_name_and_interleaving_columns(tmp_path):
@@ -90,7 +110,7 @@ def test_a_v3_log_gains_the_version_name_and_interleaving_columns(tmp_path):
     con.commit()
     con.close()
     store = FeedbackStore(path)
-    assert store.db().execute("PRAGMA user_version").fetchone()[0] == 4
+    assert store.db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     old = next(store.queries())
     assert old["version"] == "fpq+fpa" and old["model_version"] is None and old["interleave"] is None
     teams = {"A": "v1", "B": "v2", "teams": {"5": "A", "6": "B"}}

@@ -45,7 +45,19 @@ CREATE TABLE IF NOT EXISTS feedback (
     in_results BOOLEAN NOT NULL DEFAULT TRUE
 );
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
-CREATE INDEX IF NOT EXISTS queries_created ON queries(created)
+CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
+CREATE TABLE IF NOT EXISTS review (
+    query_id TEXT PRIMARY KEY,
+    score DOUBLE PRECISION NOT NULL,
+    probability DOUBLE PRECISION NOT NULL,
+    uniform INTEGER NOT NULL,
+    reasons TEXT,
+    created DOUBLE PRECISION NOT NULL,
+    leased_to TEXT,
+    lease_until DOUBLE PRECISION,
+    done DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS review_open ON review(done, created)
 """
 
 # Columns added after the first schema: a database created by an older isacir gains them in place.
@@ -66,6 +78,8 @@ def _pg(sql: str) -> str:
 
 
 class PostgresFeedbackStore(FeedbackStore):
+    _SKIP_LOCKED = " FOR UPDATE OF r SKIP LOCKED"
+
     def __init__(self, url: str, max_connections: int = 10, connect_timeout: float = 15.0):
         try:
             from psycopg_pool import ConnectionPool

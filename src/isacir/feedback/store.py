@@ -32,7 +32,7 @@ from ..errors import IsacirError
 log = logging.getLogger(__name__)
 VERDICTS = ("confirmed", "rejected", "corrected")
 #: The on-disk layout; older files are migrated in place, in one transaction, when opened.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -62,6 +62,25 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
 CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
 """
+
+# The review queue (see :mod:`.review`): queries drawn for review, each with the probability it was
+# drawn with. No foreign key: with the asynchronous query log the row may precede its query's commit,
+# and a query becomes leasable once both are there.
+_REVIEW = """
+CREATE TABLE IF NOT EXISTS review (
+    query_id TEXT PRIMARY KEY,
+    score REAL NOT NULL,
+    probability REAL NOT NULL,
+    uniform INTEGER NOT NULL,
+    reasons TEXT,
+    created REAL NOT NULL,
+    leased_to TEXT,
+    lease_until REAL,
+    done REAL
+);
+CREATE INDEX IF NOT EXISTS review_open ON review(done, created)
+"""
+_TABLES += _REVIEW
 
 # Version 1 (no user_version set): verdicts confirmed | rejected only, no latency, no in_results.
 _FROM_V1 = """
@@ -94,6 +113,9 @@ _FROM_V3 = """
 ALTER TABLE queries ADD COLUMN model_version TEXT;
 ALTER TABLE queries ADD COLUMN interleave TEXT;
 """
+
+# Version 4: no review queue.
+_FROM_V4 = _REVIEW
 
 
 def served_version(query_encoder_fingerprint: str | None, adapter_fingerprint: str | None) -> str:
@@ -144,7 +166,12 @@ class FeedbackStore:
                 )
             if version < SCHEMA_VERSION:
                 if has_feedback:
-                    steps = ([_FROM_V1] if version < 2 else []) + ([_FROM_V2] if version < 3 else []) + [_FROM_V3]
+                    steps = (
+                        ([_FROM_V1] if version < 2 else [])
+                        + ([_FROM_V2] if version < 3 else [])
+                        + ([_FROM_V3] if version < 4 else [])
+                        + [_FROM_V4]
+                    )
                 else:
                     steps = [_TABLES]
                 for script in steps:
@@ -242,9 +269,80 @@ class FeedbackStore:
                 raise FeedbackError(f"correct_id {candidate_id} is not an item of the gallery", 422)
         elif not returned:
             raise FeedbackError(f"candidate {candidate_id} was not among the results of query {query_id}", 422)
-        return self._insert_feedback(
+        feedback_id = self._insert_feedback(
             (query_id, candidate_id, verdict, time.time() if created is None else created, note, returned)
         )
+        self._execute("UPDATE review SET done = ? WHERE query_id = ? AND done IS NULL", (time.time(), query_id))
+        return feedback_id
+
+    # ----- the review queue (see :mod:`.review`) --------------------------------------------------
+    #: how a lease skips rows another transaction is leasing (PostgreSQL); SQLite writes one at a time
+    _SKIP_LOCKED = ""
+
+    def enqueue_review(
+        self, query_id: str, score: float, probability: float, uniform: bool, reasons: dict | None = None
+    ) -> None:
+        """Put an answered query in the review queue (once: a second call changes nothing)."""
+        self._execute(
+            "INSERT INTO review (query_id, score, probability, uniform, reasons, created) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (query_id) DO NOTHING",
+            (query_id, float(score), float(probability), int(uniform), json.dumps(reasons or {}), time.time()),
+        )
+
+    def lease_review(self, holder: str, lease_s: float, now: float | None = None) -> dict[str, Any] | None:
+        """Hand the oldest open query to ``holder`` for ``lease_s`` seconds, never to two holders at
+        once; the holder's own unexpired lease comes back first. None when nothing is open."""
+        now = time.time() if now is None else now
+        mine = self._fetchall(
+            "SELECT query_id FROM review WHERE leased_to = ? AND lease_until > ? AND done IS NULL "
+            "ORDER BY created, query_id LIMIT 1",
+            (holder, now),
+        )
+        qid = mine[0][0] if mine else None
+        open_row = "done IS NULL AND (lease_until IS NULL OR lease_until <= ?)"
+        for _ in range(8 if qid is None else 0):  # another holder may take the same row first: next one
+            got = self._fetchall(
+                f"UPDATE review SET leased_to = ?, lease_until = ? WHERE {open_row} AND query_id = ("  # noqa: S608
+                f"SELECT r.query_id FROM review r JOIN queries q ON q.query_id = r.query_id WHERE r.{open_row} "
+                f"ORDER BY r.created, r.query_id LIMIT 1{self._SKIP_LOCKED}) RETURNING query_id",
+                (holder, now + lease_s, now, now),
+            )
+            if got:
+                qid = got[0][0]
+                break
+            if not self._fetchall(f"SELECT 1 FROM review WHERE {open_row} LIMIT 1", (now,)):  # noqa: S608
+                return None
+        if qid is None:
+            return None
+        row = self._fetchall(
+            "SELECT r.query_id, r.score, r.reasons, r.lease_until, q.text, q.mode, q.results, q.created, "
+            "q.model_version FROM review r JOIN queries q ON q.query_id = r.query_id WHERE r.query_id = ?",
+            (qid,),
+        )[0]
+        keys = ("query_id", "score", "reasons", "lease_until", "text", "mode", "results", "created", "model_version")
+        out = dict(zip(keys, row, strict=True))
+        out["reasons"] = json.loads(out["reasons"] or "{}")
+        out["results"] = json.loads(out["results"])
+        return out
+
+    def release_review(self, query_id: str, holder: str) -> bool:
+        """Give a leased query back (an operator who skips it); True when ``holder`` held it."""
+        return (
+            self._execute(
+                "UPDATE review SET leased_to = NULL, lease_until = NULL WHERE query_id = ? AND leased_to = ? "
+                "AND done IS NULL",
+                (query_id, holder),
+            )
+            > 0
+        )
+
+    def review_items(self) -> list[dict[str, Any]]:
+        """Every query drawn for review, with its draw probability, oldest first."""
+        keys = ("query_id", "score", "probability", "uniform", "created", "done")
+        rows = self._fetchall(
+            "SELECT query_id, score, probability, uniform, created, done FROM review ORDER BY created, query_id"
+        )
+        return [{**dict(zip(keys, r, strict=True)), "uniform": bool(r[3])} for r in rows]
 
     def answered_by(self, query_id: str) -> str | None:
         """The version that answered a logged query (:func:`served_version`), or None if unknown."""
