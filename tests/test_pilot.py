@@ -51,6 +51,32 @@ def test_the_acceptance_log_by_hand():
     assert (s["latency_p50_ms"], s["latency_p95_ms"]) == (30.0, 60.0)
 
 
+def test_rates_under_selective_review_by_hand():
+    """The review queue drew four of the six (probabilities 1/2, 1/4, 1 and 1/2; the last unjudged):
+    false hits weigh 2, 4 and 1 for the three judged ones, of which only the 1/4 one (weight 4) is
+    a false hit: 4 / 7, against 1 / 3 unweighted; the uniform slice holds only the first."""
+    log = six_queries()
+    ids = [x["query_id"] for x in log]
+    review = [
+        {"query_id": ids[0], "probability": 0.5, "uniform": True},
+        {"query_id": ids[2], "probability": 0.25, "uniform": False},
+        {"query_id": ids[3], "probability": 1.0, "uniform": False},
+        {"query_id": ids[4], "probability": 0.5, "uniform": False},
+    ]
+    r = pilot_summary(log, "overall", review=review)["review"]
+    assert (r["drawn"], r["judged"]) == (4, 3)
+    fh = r["false_hit_rate"]
+    assert fh["weighted"]["rate"] == pytest.approx(4 / 7) and fh["weighted"]["n"] == 3
+    assert fh["unweighted"]["rate"] == pytest.approx(1 / 3)
+    assert fh["unweighted"]["ci"] == pytest.approx(list(wilson(1, 3)))
+    assert fh["uniform_slice"] == {"n": 1, "rate": 0.0, "ci": list(wilson(0, 1))}
+    p1 = r["precision_at_1"]  # right at top-1: only the first (weight 2) of 2 + 4 + 1
+    assert p1["weighted"]["rate"] == pytest.approx(2 / 7) and p1["unweighted"]["rate"] == pytest.approx(1 / 3)
+    # no draws in the window: no review block; the plain summary is unchanged by it
+    assert "review" not in pilot_summary(log, "overall", review=[{"query_id": "elsewhere", "probability": 1.0}])
+    assert pilot_summary(log, "overall", review=review)["overall"] == summarize(log)
+
+
 def test_mrr_hit_at_k_and_the_latest_positive():
     log = [
         q([5, 6, 7, 8], [(7, "confirmed")]),  # rank 3

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from isacir.errors import ConfigError
-from isacir.feedback.review import ReviewPolicy, ReviewSampler, informativeness, weighted_rate
+from isacir.feedback.review import ReviewPolicy, ReviewSampler, informativeness
+from isacir.intervals import weighted_rate
 
 
 def test_informativeness_is_the_larger_of_a_close_race_and_unseen_words():
@@ -60,7 +61,7 @@ def test_weighted_rate_on_a_hand_computed_log():
     r = 3 / 7
     var = (0.5 / 0.25 * (1 - r) ** 2 + 0.75 / 0.0625 * r**2 + 0.0) / 49
     assert out["rate"] == pytest.approx(r) and out["weight_sum"] == pytest.approx(7)
-    half = 1.959964 * math.sqrt(var)
+    half = 1.959963984540054 * math.sqrt(var)
     assert out["ci"] == pytest.approx([max(0.0, r - half), r + half])
     assert weighted_rate([])["rate"] is None
     # everything reviewed (p = 1): the plain rate, with no sampling error
@@ -133,3 +134,47 @@ def test_the_queue_hands_each_query_to_one_operator_at_a_time(make_store):
     assert store.lease_review("later", 60, now=time.time() + 120)["query_id"] == qids[1]
     done = {r["query_id"]: r["done"] for r in store.review_items()}
     assert done[qids[0]] is not None and done[qids[1]] is None
+
+
+def test_the_service_queues_answered_queries_and_hands_them_out_per_key(tmp_path, openclip_fnd):
+    import base64
+
+    from fastapi.testclient import TestClient
+    from serve_helpers import build_service
+
+    from isacir.edge.payload import encode_payload
+    from isacir.serve.review import ReviewDesk
+
+    app, state, _ = build_service(tmp_path, openclip_fnd, api_key=None, n_images=10)
+    state.review = ReviewDesk(state.feedback, ReviewPolicy(budget=1.0, uniform=1.0, lease_s=300), seed=0)
+    state.keys = type(state.keys).from_secrets(["ann-secret", "bob-secret"])  # two operators
+    ann, bob = {"X-API-Key": "ann-secret"}, {"X-API-Key": "bob-secret"}
+    qe = state.query_encoder
+    rng = np.random.default_rng(0)
+    with TestClient(app) as client:
+        asked = []
+        for text in ("red", "blue and round", "tiny"):
+            tokens = rng.standard_normal((qe.num_tokens, qe.word_dim)).astype(np.float32)
+            payload = base64.b64encode(encode_payload(tokens, state.qe_fingerprint)).decode()
+            r = client.post("/v1/search/tokens", headers=ann, json={"payload": payload, "text": text, "k": 4})
+            assert r.status_code == 200
+            asked.append((r.json()["query_id"], [h["id"] for h in r.json()["results"]]))
+        items = {i["query_id"]: i for i in state.feedback.review_items()}
+        assert set(items) == {q for q, _ in asked} and all(i["probability"] == 1.0 for i in items.values())
+        first = client.get("/v1/review/next", headers=ann).json()["review"]
+        assert first["query_id"] == asked[0][0] and [h["id"] for h in first["results"]] == asked[0][1]
+        assert first["text"] == "red" and first["results"][0]["thumbnail_url"].endswith("/thumbnail")
+        assert client.get("/v1/review/next", headers=ann).json()["review"]["query_id"] == asked[0][0]
+        second = client.get("/v1/review/next", headers=bob).json()["review"]
+        assert second["query_id"] == asked[1][0]  # never the one ann holds
+        verdict = {"query_id": first["query_id"], "verdict": "confirmed", "candidate_id": first["results"][0]["id"]}
+        assert client.post("/v1/feedback", headers=ann, json=verdict).status_code == 200
+        assert client.get("/v1/review/next", headers=ann).json()["review"]["query_id"] == asked[2][0]
+        released = client.post(f"/v1/review/{asked[1][0]}/release", headers=bob).json()
+        assert released == {"query_id": asked[1][0], "released": True}
+        assert client.post(f"/v1/review/{asked[2][0]}/release", headers=bob).json()["released"] is False
+        assert client.get("/v1/review/next", headers=bob).json()["review"]["query_id"] == asked[1][0]
+        assert client.get("/v1/review/next").status_code == 401
+        review = client.get("/v1/pilot/summary?group_by=overall", headers=ann).json()["review"]
+        assert (review["drawn"], review["judged"]) == (3, 1)
+        assert review["false_hit_rate"]["weighted"]["rate"] == 0.0

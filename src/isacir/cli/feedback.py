@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from ..errors import IsacirError
-from ._app import FEEDBACK_DB_HELP, JSON_ALWAYS_HELP, app, emit_json, err
+from ._app import FEEDBACK_DB_HELP, JSON_ALWAYS_HELP, JSON_HELP, app, emit_json, err
 
 if TYPE_CHECKING:
     from ..feedback import FeedbackStore
@@ -66,3 +66,37 @@ def stats_cmd(
 ) -> None:
     """Counts of logged queries and of each verdict."""
     emit_json(open_feedback_db(db).counts())
+
+
+@feedback_app.command("fit-refine")
+def feedback_fit_refine(
+    gallery: Path = typer.Option(..., help="The served gallery; the weights are saved in it (refine.json)."),
+    query_encoder: Path = typer.Option(..., help="The served query encoder: its logged queries are used."),
+    feedback: Optional[str] = typer.Option(None, "--feedback-db", help=FEEDBACK_DB_HELP + " Default: GALLERY's."),
+    adapter: Optional[Path] = typer.Option(None, help="The served adapter, if any (queries are composed with it)."),
+    k: int = typer.Option(10, help="Fit for the named item in the refined top K."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Fit refinement's weights (POST /v1/search/{id}/refine) on the log's searches whose right item
+    was not shown, and save them where the service reads them at start."""
+    from ..adapt.refine import fit_refinement
+    from ..adapter import QueryAdapter
+    from ..foundation import create_foundation
+    from ..gallery import Gallery
+    from ..query import QueryEncoder
+    from ..search import Retriever
+
+    g = Gallery.open(gallery)
+    fnd = create_foundation(QueryEncoder.load_config(query_encoder).foundation_id or g.info["foundation_id"])
+    qe = QueryEncoder.from_pretrained(query_encoder, foundation=fnd).eval()
+    qa = QueryAdapter.from_pretrained(adapter) if adapter is not None else None
+    store = open_feedback_db(feedback or str(Path(gallery) / "feedback.sqlite"))
+    weights, report = fit_refinement(store, Retriever(g, fnd, qe, adapter=qa), k=k)
+    path = weights.save(gallery)
+    chosen = report["chosen"]
+    err.print(
+        f"{report['n']} searches whose right item was not shown: hit@{k} {report['hit_at_k_before']:.3f} before, "
+        f"{chosen['hit_at_k']:.3f} after one round (toward {chosen['toward']}, away {chosen['away']}) -> {path}"
+    )
+    if as_json:
+        emit_json({"weights": {"keep": weights.keep, "toward": weights.toward, "away": weights.away}, **report})

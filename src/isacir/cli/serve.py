@@ -37,6 +37,13 @@ def serve_cmd(
     registry_poll_s: float = typer.Option(
         1.0, help="With a registry: seconds between checks for changes (0: only POST /v1/admin/reload)."
     ),
+    review_budget: float = typer.Option(
+        0.1, help="The share of answered queries drawn into the review queue (GET /v1/review/next); 0: none."
+    ),
+    review_uniform: float = typer.Option(
+        0.2, help="The share of that budget drawn uniformly, so weighted pilot numbers cover all traffic."
+    ),
+    review_lease_s: float = typer.Option(600.0, help="Seconds an operator holds a handed-out review query."),
     foundation: Optional[str] = typer.Option(
         None, help="Default: the one the query encoder was trained for, or the gallery's."
     ),
@@ -117,6 +124,9 @@ def serve_cmd(
         interleave=pair,
         registry_poll_s=registry_poll_s,
         edge=edge,
+        review_budget=review_budget,
+        review_uniform=review_uniform,
+        review_lease_s=review_lease_s,
     )
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")

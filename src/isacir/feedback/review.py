@@ -7,20 +7,19 @@ them from). Each answered query is drawn into the queue at log time with a known
 (Poisson sampling): a uniform part, so every query can be drawn (a slice that measures the
 traffic without any preference), plus a part that grows with the query's score. Because every
 selected query carries its probability, the pilot's rates over reviewed queries can be weighted
-back to the whole traffic (Hájek's ratio estimator, the self-normalised Horvitz-Thompson form):
-a queue that prefers hard queries would otherwise report far more false hits than users see.
+back to the whole traffic (:func:`isacir.intervals.weighted_rate`: Hájek's ratio estimator, the
+self-normalised Horvitz-Thompson form): a queue that prefers hard queries would otherwise report
+far more false hits than users see.
 
 Margin and uncertainty sampling are what active-learning libraries (modAL, Label Studio's ML
-backend) call the same idea; the estimator is written out here because it is a few lines over
-the rows this module already holds, and its variance formula is the one the tests check.
+backend) call the same idea.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,20 +120,3 @@ class ReviewSampler:
             return None
         # drawn by either of two independent draws
         return Selection(1.0 - (1.0 - p_uniform) * (1.0 - p_score), by_uniform, score)
-
-
-def weighted_rate(items: Iterable[tuple[bool, float]], z: float = 1.959964) -> dict[str, Any]:
-    """Hájek's estimate of a rate over the whole traffic from ``(outcome, inclusion probability)``
-    of the reviewed queries, with its 95 % interval (linearised variance under Poisson sampling:
-    ``sum((1 - p) / p**2 * (y - R)**2) / (sum(1 / p))**2``), clipped to [0, 1]."""
-    rows = [(float(bool(y)), float(p)) for y, p in items]
-    if any(not 0.0 < p <= 1.0 for _, p in rows):
-        raise ValueError("inclusion probabilities must lie in (0, 1]")
-    n = len(rows)
-    if n == 0:
-        return {"n": 0, "rate": None, "ci": None}
-    total = sum(1.0 / p for _, p in rows)
-    rate = sum(y / p for y, p in rows) / total
-    variance = sum((1.0 - p) / p**2 * (y - rate) ** 2 for y, p in rows) / total**2
-    half = z * math.sqrt(variance)
-    return {"n": n, "rate": rate, "ci": [max(0.0, rate - half), min(1.0, rate + half)], "weight_sum": total}

@@ -344,6 +344,20 @@ class FeedbackStore:
         )
         return [{**dict(zip(keys, r, strict=True)), "uniform": bool(r[3])} for r in rows]
 
+    def logged_query(self, query_id: str) -> dict[str, Any] | None:
+        """One logged query as it was answered (tokens as payload bytes), or None."""
+        keys = ("query_id", "created", "mode", "text", "tokens", "k", "results", "model_version")
+        found = self._fetchall(
+            "SELECT query_id, created, mode, text, tokens, k, results, model_version FROM queries WHERE query_id = ?",
+            (query_id,),
+        )
+        if not found:
+            return None
+        q = dict(zip(keys, found[0], strict=True))
+        q["tokens"] = bytes(q["tokens"]) if q["tokens"] is not None else None
+        q["results"] = json.loads(q["results"])
+        return q
+
     def answered_by(self, query_id: str) -> str | None:
         """The version that answered a logged query (:func:`served_version`), or None if unknown."""
         found = self._fetchall(

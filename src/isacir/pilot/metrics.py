@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..intervals import wilson
+from ..intervals import weighted_rate, wilson
 from .tagger import DEFAULT_TAGGER, Tagger
 
 DEFINITIONS: dict[str, str] = {
@@ -29,6 +29,9 @@ DEFINITIONS: dict[str, str] = {
     "latency_p50_ms": "median time to answer a search, over all queries that recorded it",
     "latency_p95_ms": "95th percentile of the same (nearest rank)",
     "*_ci": "Wilson score interval at 95 % for the rate of the same name",
+    "review": "queries the review queue drew, each with its draw probability p: per rate, 'weighted' weights "
+    "each judged one by 1/p (Hajek), an estimate over all traffic; 'unweighted' is their plain rate; "
+    "'uniform_slice' uses only those drawn uniformly",
 }
 RATES = ("precision_at_1", "hit_at_k", "false_hit_rate", "correction_rate", "unjudged_share")
 GROUPINGS = ("overall", "day", "week", "version", "mode", "category")
@@ -79,6 +82,44 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return float(ordered[rank - 1])
 
 
+def _top1_right(q: dict[str, Any]) -> bool:
+    positive = positive_of(q)
+    return positive is not None and bool(q["results"]) and q["results"][0] == positive
+
+
+def _false_hit(q: dict[str, Any]) -> bool:
+    results = q["results"]
+    return bool(results) and any(v["verdict"] == "rejected" and v["candidate_id"] == results[0] for v in q["verdicts"])
+
+
+def reviewed_rates(queries: Iterable[dict[str, Any]], review: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The false-hit rate and precision@1 over the judged queries the review queue drew, three ways:
+    weighted by 1 / draw probability (an estimate over all traffic), plain, and over the uniform
+    slice alone. ``review``: :meth:`~isacir.feedback.FeedbackStore.review_items`."""
+    drawn = {r["query_id"]: r for r in review}
+    judged = [q for q in queries if q["verdicts"] and q["query_id"] in drawn]
+    out: dict[str, Any] = {"drawn": len(drawn), "judged": len(judged)}
+    for name, outcome in (("false_hit_rate", _false_hit), ("precision_at_1", _top1_right)):
+        ys = [(outcome(q), float(drawn[q["query_id"]]["probability"])) for q in judged]
+        hits = sum(y for y, _ in ys)
+        uniform = [y for q, (y, _) in zip(judged, ys, strict=True) if drawn[q["query_id"]]["uniform"]]
+        plain_ci, slice_ci = wilson(hits, len(ys)), wilson(sum(uniform), len(uniform))
+        out[name] = {
+            "weighted": weighted_rate(ys),
+            "unweighted": {
+                "n": len(ys),
+                "rate": hits / len(ys) if ys else None,
+                "ci": list(plain_ci) if plain_ci else None,
+            },
+            "uniform_slice": {
+                "n": len(uniform),
+                "rate": sum(uniform) / len(uniform) if uniform else None,
+                "ci": list(slice_ci) if slice_ci else None,
+            },
+        }
+    return out
+
+
 def summarize(queries: Iterable[dict[str, Any]], k: int | None = None) -> dict[str, Any]:
     """Every metric of :data:`DEFINITIONS` over ``queries``. ``k`` cuts hit@K (default: each query's list)."""
     n = judged = top1 = hits = false_hits = corrections = 0
@@ -95,13 +136,13 @@ def summarize(queries: Iterable[dict[str, Any]], k: int | None = None) -> dict[s
         results = list(q["results"])
         shown = results if k is None else results[:k]
         positive = positive_of(q)
-        if positive is not None and results and results[0] == positive:
+        if _top1_right(q):
             top1 += 1
         if positive is not None and positive in shown:
             hits += 1
         if positive is not None and positive in results:
             reciprocal += 1.0 / (results.index(positive) + 1)
-        if results and any(v["verdict"] == "rejected" and v["candidate_id"] == results[0] for v in verdicts):
+        if _false_hit(q):
             false_hits += 1
         if any(v["verdict"] == "corrected" and v["candidate_id"] not in results for v in verdicts):
             corrections += 1
@@ -169,12 +210,24 @@ def group_queries(
 
 
 def pilot_summary(
-    queries: Iterable[dict[str, Any]], group_by: str = "version", k: int | None = None, tagger: Tagger = DEFAULT_TAGGER
+    queries: Iterable[dict[str, Any]],
+    group_by: str = "version",
+    k: int | None = None,
+    tagger: Tagger = DEFAULT_TAGGER,
+    review: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``{"definitions", "group_by", "groups": [{"key", ...metrics}], "overall": {...metrics}}``."""
+    """``{"definitions", "group_by", "groups": [{"key", ...metrics}], "overall": {...metrics}}``, and
+    ``review`` (:func:`reviewed_rates`) when the review queue drew any of ``queries``."""
     rows = list(queries)
     grouped = group_queries(rows, group_by, tagger)
+    extra = {}
+    if review:
+        in_window = {q["query_id"] for q in rows}
+        drawn = [r for r in review if r["query_id"] in in_window]
+        if drawn:
+            extra["review"] = reviewed_rates(rows, drawn)
     return {
+        **extra,
         "definitions": DEFINITIONS,
         "group_by": group_by,
         "k": k,

@@ -110,6 +110,9 @@ def load_service(
     interleave: tuple[str, str] | None = None,
     registry_poll_s: float = 1.0,
     edge: str | os.PathLike | None = None,
+    review_budget: float = 0.1,
+    review_uniform: float = 0.2,
+    review_lease_s: float = 600.0,
 ) -> FastAPI:
     """Open gallery, foundation and query side, check that they belong together, build the app.
 
@@ -161,6 +164,9 @@ def load_service(
         canary_share=canary_share,
         interleave=interleave,
         registry_poll_s=registry_poll_s,
+        review_budget=review_budget,
+        review_uniform=review_uniform,
+        review_lease_s=review_lease_s,
     )
     qa = None
     if adapter is not None:

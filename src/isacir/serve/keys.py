@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: Every scope a key can hold, and what it opens.
 SCOPES: dict[str, str] = {
     "search": "composed search (photo or tokens) and GET /v1/info",
-    "feedback": "POST /v1/feedback: operator verdicts",
+    "feedback": "POST /v1/feedback: operator verdicts; the review queue (GET /v1/review/next)",
     "images": "gallery images, thumbnails and item lookups",
     "gallery:write": "add and delete gallery items",
     "models:admin": "register, promote and retire model versions",

@@ -70,6 +70,16 @@ FILTER_DOC = (
 _FILTER: TypeAdapter = TypeAdapter(SearchFilter)
 
 
+class RefineMark(BaseModel):
+    id: int = Field(..., ge=0, le=2**63 - 1, description="A gallery item (usually one of the results).")
+    mark: Literal["right", "close", "wrong"] = Field(..., description="right | close (more like this) | wrong")
+
+
+class RefineIn(BaseModel):
+    marks: list[RefineMark] = Field(..., min_length=1, max_length=100)
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
 class TokenSearch(BaseModel):
     payload: str = Field(
         ...,
@@ -126,7 +136,7 @@ class UpgradeOut(_Out):
 
 class SearchOut(_Out):
     query_id: str = Field(..., description="Name it in POST /v1/feedback.")
-    mode: Literal["image", "tokens"]
+    mode: Literal["image", "tokens", "refine"]
     text: str
     took_ms: float
     model_version: Optional[str] = Field(..., description="The registry version that answered (null: no registry).")
@@ -137,6 +147,7 @@ class SearchOut(_Out):
     results: list[ResultOut]
     upgrade: Optional[UpgradeOut] = Field(None, description="Present when the version that answered is outdated.")
     interleaving: Optional[dict[str, str]] = Field(None, description="The two versions compared, A and B.")
+    refined_from: Optional[str] = Field(None, description="A refinement: the query it moved from.")
 
 
 class FeedbackOut(_Out):
@@ -145,6 +156,34 @@ class FeedbackOut(_Out):
     candidate_id: int = Field(..., description="The item judged (for 'corrected', the right item).")
     verdict: Literal["confirmed", "rejected", "corrected"]
     correct_id: Optional[int] = None
+
+
+class ReviewItemOut(_Out):
+    id: int
+    name: str
+    image_url: str
+    thumbnail_url: str
+
+
+class ReviewOut(_Out):
+    query_id: str
+    text: str
+    mode: str
+    asked: float = Field(..., description="When the query was answered (unix seconds).")
+    model_version: Optional[str] = None
+    score: float = Field(..., description="How much a verdict would teach, 0..1 (see `reasons`).")
+    reasons: dict = Field(..., description="margin (first minus second score), ambiguity, unseen_words.")
+    lease_until: float = Field(..., description="The query is held for this key until then (unix seconds).")
+    results: list[ReviewItemOut] = Field(..., description="What the search returned, best first.")
+
+
+class ReviewNextOut(_Out):
+    review: Optional[ReviewOut] = Field(..., description="The query to judge; null when the queue is empty.")
+
+
+class ReviewReleaseOut(_Out):
+    query_id: str
+    released: bool = Field(..., description="False when this key did not hold it (or it was judged).")
 
 
 class VersionOut(_Out):
@@ -223,3 +262,6 @@ class PilotSummaryOut(_Out):
     k: Optional[int]
     groups: list[PilotGroupOut]
     overall: PilotMetricsOut
+    review: Optional[dict] = Field(
+        None, description="Rates over the queries the review queue drew: weighted (all traffic), plain, uniform slice."
+    )

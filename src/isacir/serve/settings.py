@@ -50,6 +50,12 @@ class ServeSettings:
     interleave: Optional[tuple[str, str]] = None
     #: with a registry: how often its file is checked for changes (seconds; 0: only POST /v1/admin/reload)
     registry_poll_s: float = 1.0
+    #: the review queue: the share of answered queries drawn for review (0: none), the share of
+    #: that drawn uniformly, and how long an operator holds a handed-out query (seconds)
+    review_budget: float = 0.1
+    review_uniform: float = 0.2
+    review_lease_s: float = 600.0
+    review_seed: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
 

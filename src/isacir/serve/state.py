@@ -24,6 +24,8 @@ from .._version import __version__
 from ..audit import AuditLog
 from ..errors import IsacirError
 from ..feedback import open_store
+from ..feedback.review import ReviewPolicy
+from ..refine import RefineWeights
 from .batching import MicroBatcher
 from .keys import KeyRing
 from .lineup import (
@@ -38,6 +40,7 @@ from .lineup import (
 )
 from .metrics import ServiceMetrics
 from .querylog import QueryLog
+from .review import ReviewDesk
 from .settings import ServeSettings
 
 if TYPE_CHECKING:
@@ -111,6 +114,13 @@ class ServiceState:
         self.feedback = open_store(settings.feedback_db or self.home / "feedback.sqlite")
         self.metrics = ServiceMetrics()
         self.query_log = QueryLog(self.feedback, settings.query_log, on_commit=self.metrics.query_log_committed)
+        #: refinement's weights: fitted ones saved in the gallery folder, else Rocchio's defaults
+        self.refine_weights = RefineWeights.load(self.home)
+        self.review = ReviewDesk(
+            self.feedback,
+            ReviewPolicy(settings.review_budget, settings.review_uniform, lease_s=settings.review_lease_s),
+            seed=settings.review_seed,
+        )
         self.composer: MicroBatcher = MicroBatcher(
             self._compose_batch,
             settings.max_batch,

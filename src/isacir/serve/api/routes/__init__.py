@@ -1,7 +1,16 @@
 """One router per resource; :data:`routers` in the order the app includes them."""
 
-from . import edge, feedback, gallery, models, ops, pilot, search
+from . import edge, feedback, gallery, models, ops, pilot, review, search
 
-routers = [ops.router, search.router, models.router, edge.router, pilot.router, gallery.router, feedback.router]
+routers = [
+    ops.router,
+    search.router,
+    models.router,
+    edge.router,
+    pilot.router,
+    gallery.router,
+    feedback.router,
+    review.router,
+]
 
 __all__ = ["routers"]

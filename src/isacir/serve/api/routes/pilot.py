@@ -58,7 +58,7 @@ def pilot_summary_route(
     if group_by not in GROUPINGS:
         raise api_error(422, f"group_by must be one of {', '.join(GROUPINGS)}, got {group_by!r}", "group_by")
     start, end = time_range(since, until)
-    return pilot_summary(state.feedback.queries(start, end), group_by, k)
+    return pilot_summary(state.feedback.queries(start, end), group_by, k, review=state.feedback.review_items())
 
 
 @router.get(

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from ....edge.payload import PayloadError, decode_payload, encode_payload
 from ....search import UnknownReference, exclusions
 from ...lineup import Lineup, Served, VersionRefused
-from ...schemas import _FILTER, FILTER_DOC, MAX_K, InfoOut, SearchOut, TokenSearch, errors
+from ...schemas import _FILTER, FILTER_DOC, MAX_K, InfoOut, RefineIn, SearchOut, TokenSearch, errors
 from ...state import ServiceState
 from ..deps import StateDep, api_error, decode_upload, item_json, require
 
@@ -108,6 +108,7 @@ def _respond(
         interleave=interleave,
         query_id=query_id,
     )
+    state.review.consider(qid, [float(h.score) for h in hits], text)
     teams = interleave["teams"] if interleave else {}
     out = {
         "query_id": qid,
@@ -234,3 +235,46 @@ def search_tokens(state: StateDep, body: TokenSearch) -> dict:
     exclude = _excluded(state, body.reference_id, body.exclude_ids, None)
     hits, reranker = _search(state, served, tokens, body.text, body.k, body.rerank, exclude, body.filter)
     return _respond(state, lineup, served, "tokens", body.text, hits, body.k, raw, t0, reranker)
+
+
+@router.post(
+    "/v1/search/{query_id}/refine",
+    responses=errors(404, 409),
+    response_model=SearchOut,
+    response_model_exclude_unset=True,
+)
+def refine(state: StateDep, query_id: str, body: RefineIn) -> dict:
+    """Search again from an answered query, moved toward the items marked right or close and away
+    from those marked wrong (which leave the list), over the stored gallery vectors; no model runs
+    but the text tower that composes the logged query. Logged as a query of its own (mode
+    ``refine``), so its verdicts teach the next adapter like any other."""
+    import torch
+
+    from ....refine import RefineError, marked_vectors, refined_query
+
+    t0 = time.perf_counter()
+    logged = state.feedback.logged_query(query_id)
+    if logged is None:
+        raise api_error(404, f"unknown query_id {query_id!r}: refine a search this server answered", "not_found")
+    if logged["tokens"] is None:
+        raise api_error(409, f"query {query_id} has no tokens left (the log's retention dropped them)", "no_tokens")
+    decoded = decode_payload(logged["tokens"])
+    lineup = state.lineup
+    try:
+        served = lineup.for_tokens(decoded.fingerprint, random.random())
+    except VersionRefused as exc:
+        raise api_error(409, str(exc), exc.code) from None
+    marks = {m.id: m.mark for m in body.marks}
+    retriever = served.model.retriever
+    try:
+        toward, away = marked_vectors(retriever.gallery, marks)
+        tokens = retriever.prepare_tokens(torch.from_numpy(decoded.tokens)[None])
+        query = state.compose(retriever, tokens, logged["text"])
+        moved = refined_query(query, toward, away, state.refine_weights)
+    except RefineError as exc:
+        raise api_error(422, str(exc), "refine") from None
+    wrong = sorted(i for i, m in marks.items() if m == "wrong")
+    hits = retriever.search_vector(moved, body.k, exclude=wrong)
+    out = _respond(state, lineup, served, "refine", logged["text"], hits, body.k, logged["tokens"], t0, "none")
+    out["refined_from"] = query_id
+    return out
