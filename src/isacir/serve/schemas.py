@@ -71,7 +71,7 @@ _FILTER: TypeAdapter = TypeAdapter(SearchFilter)
 
 
 class RefineMark(BaseModel):
-    id: int = Field(..., ge=0, le=2**63 - 1, description="A gallery item (usually one of the results).")
+    id: int = Field(..., ge=0, le=2**53 - 1, description="A gallery item (a 53-bit id), usually a result.")
     mark: Literal["right", "close", "wrong"] = Field(..., description="right | close (more like this) | wrong")
 
 
