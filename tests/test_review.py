@@ -174,6 +174,9 @@ def test_the_service_queues_answered_queries_and_hands_them_out_per_key(tmp_path
         assert released == {"query_id": asked[1][0], "released": True}
         assert client.post(f"/v1/review/{asked[2][0]}/release", headers=bob).json()["released"] is False
         assert client.get("/v1/review/next", headers=bob).json()["review"]["query_id"] == asked[1][0]
+        # skipping gives it back and hands the next open one (none here but ann's): then nothing
+        assert client.get(f"/v1/review/next?skip={asked[1][0]}", headers=bob).json()["review"] is None
+        assert client.get("/v1/review/next", headers=bob).json()["review"]["query_id"] == asked[1][0]
         assert client.get("/v1/review/next").status_code == 401
         review = client.get("/v1/pilot/summary?group_by=overall", headers=ann).json()["review"]
         assert (review["drawn"], review["judged"]) == (3, 1)

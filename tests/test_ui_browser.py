@@ -149,6 +149,99 @@ def test_none_of_these_then_open_by_id_and_mark_the_right_one(tmp_path, openclip
 @pytest.mark.parametrize(
     "viewport", [{"width": 390, "height": 844}, {"width": 1280, "height": 900}], ids=["phone", "desktop"]
 )
+def test_review_the_queue_then_refine_a_search_with_more_like_this(tmp_path, openclip_fnd, viewport):
+    """The operator opens Review, judges the query the service hands them, skips one, then in a
+    search of their own rejects a candidate and asks for more like another one."""
+    import base64
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from playwright.sync_api import expect, sync_playwright
+
+    from isacir.edge.payload import encode_payload
+    from isacir.feedback.review import ReviewPolicy
+    from isacir.serve.review import ReviewDesk
+
+    app, state, images = build_service(tmp_path, openclip_fnd, n_images=12)
+    state.review = ReviewDesk(state.feedback, ReviewPolicy(budget=1.0, uniform=1.0), seed=0)
+    qe = state.query_encoder
+    client = TestClient(app)  # two devices' searches, queued for review (no lifespan: the server runs it)
+    asked = []
+    for n, text in enumerate(("with stripes", "in blue")):
+        tokens = np.random.default_rng(n).standard_normal((qe.num_tokens, qe.word_dim)).astype(np.float32)
+        payload = base64.b64encode(encode_payload(tokens, state.qe_fingerprint)).decode()
+        r = client.post(
+            "/v1/search/tokens", headers={"X-API-Key": "test-key"}, json={"payload": payload, "text": text, "k": 4}
+        )
+        asked.append(r.json()["query_id"])
+    server = start_server(app)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    name = "phone" if viewport["width"] < 500 else "desktop"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport=viewport, device_scale_factor=2 if name == "phone" else 1)
+            page.goto(server.url + "/")
+            page.evaluate("localStorage.setItem('isacir.apiKey', 'test-key')")
+            page.reload()
+
+            page.click("#review-toggle")
+            expect(page.locator("#review")).to_be_visible()
+            expect(page.locator("#query")).to_be_hidden()
+            expect(page.locator("#review-query")).to_contain_text("with stripes")
+            expect(page.locator("#review-why")).to_contain_text("Asked")
+            cards = page.locator("li.result")
+            expect(cards).to_have_count(4)
+            page.wait_for_function(
+                "[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+            page.screenshot(path=str(ARTIFACTS / f"ui-review-{name}.png"), full_page=True)
+            confirmed = int(cards.nth(1).get_attribute("data-id"))
+            cards.nth(1).locator(".confirm").click()
+            expect(cards.nth(1)).to_have_class("result confirmed")
+            page.click("#review-next")
+            expect(page.locator("#review-query")).to_contain_text("in blue")
+            page.click("#review-skip")  # nothing else open: the queue says so
+            expect(page.locator("#status")).to_contain_text("review queue is empty")
+            page.click("#review-close")
+            expect(page.locator("#query")).to_be_visible()
+
+            page.set_input_files("#file", str(images[2]))
+            page.fill("#text", "rounder")
+            page.select_option("#k", "5")
+            page.click("#search")
+            expect(cards).to_have_count(5)
+            first_query = page.locator("#results").get_attribute("data-query-id")
+            rejected = int(cards.nth(0).get_attribute("data-id"))
+            liked = int(cards.nth(2).get_attribute("data-id"))
+            expect(cards.nth(2).locator(".like")).to_be_hidden()  # offered after a rejection
+            cards.nth(0).locator(".reject").click()
+            expect(cards.nth(2).locator(".like")).to_be_visible()
+            expect(cards.nth(0).locator(".like")).to_be_hidden()
+            cards.nth(2).locator(".like").click()
+            expect(page.locator("#status")).to_contain_text("more like #3 and unlike the 1 rejected")
+            expect(page.locator("#results")).not_to_have_attribute("data-query-id", first_query)
+            refined = [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())]
+            assert rejected not in refined and liked in refined
+            page.wait_for_function(
+                "[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            page.screenshot(path=str(ARTIFACTS / f"ui-refine-{name}.png"), full_page=True)
+            browser.close()
+    finally:
+        server.stop()
+    db = sqlite3.connect(state.feedback.path)
+    assert db.execute("SELECT candidate_id FROM feedback WHERE query_id = ?", (asked[0],)).fetchall() == [(confirmed,)]
+    modes = [m for (m,) in db.execute("SELECT mode FROM queries ORDER BY created")]
+    assert modes[-1] == "refine"
+    done = dict(db.execute("SELECT query_id, done IS NOT NULL FROM review").fetchall())
+    assert done[asked[0]] == 1 and done[asked[1]] == 0
+
+
+@pytest.mark.parametrize(
+    "viewport", [{"width": 390, "height": 844}, {"width": 1280, "height": 900}], ids=["phone", "desktop"]
+)
 def test_pilot_dashboard_draws_both_versions(tmp_path, openclip_fnd, viewport):
     from playwright.sync_api import expect, sync_playwright
     from test_pilot import two_version_log

@@ -289,28 +289,34 @@ class FeedbackStore:
             (query_id, float(score), float(probability), int(uniform), json.dumps(reasons or {}), time.time()),
         )
 
-    def lease_review(self, holder: str, lease_s: float, now: float | None = None) -> dict[str, Any] | None:
+    def lease_review(
+        self, holder: str, lease_s: float, now: float | None = None, skip: str | None = None
+    ) -> dict[str, Any] | None:
         """Hand the oldest open query to ``holder`` for ``lease_s`` seconds, never to two holders at
-        once; the holder's own unexpired lease comes back first. None when nothing is open."""
+        once; the holder's own unexpired lease comes back first. ``skip``: a query this holder gives
+        back and does not want again now. None when nothing is open."""
         now = time.time() if now is None else now
+        if skip is not None:
+            self.release_review(skip, holder)
         mine = self._fetchall(
             "SELECT query_id FROM review WHERE leased_to = ? AND lease_until > ? AND done IS NULL "
-            "ORDER BY created, query_id LIMIT 1",
-            (holder, now),
+            "AND query_id <> ? ORDER BY created, query_id LIMIT 1",
+            (holder, now, skip or ""),
         )
         qid = mine[0][0] if mine else None
-        open_row = "done IS NULL AND (lease_until IS NULL OR lease_until <= ?)"
+        open_row = "{t}done IS NULL AND ({t}lease_until IS NULL OR {t}lease_until <= ?) AND {t}query_id <> ?"
+        outer, inner = open_row.format(t=""), open_row.format(t="r.")
         for _ in range(8 if qid is None else 0):  # another holder may take the same row first: next one
             got = self._fetchall(
-                f"UPDATE review SET leased_to = ?, lease_until = ? WHERE {open_row} AND query_id = ("  # noqa: S608
-                f"SELECT r.query_id FROM review r JOIN queries q ON q.query_id = r.query_id WHERE r.{open_row} "
+                f"UPDATE review SET leased_to = ?, lease_until = ? WHERE {outer} AND query_id = ("  # noqa: S608
+                f"SELECT r.query_id FROM review r JOIN queries q ON q.query_id = r.query_id WHERE {inner} "
                 f"ORDER BY r.created, r.query_id LIMIT 1{self._SKIP_LOCKED}) RETURNING query_id",
-                (holder, now + lease_s, now, now),
+                (holder, now + lease_s, now, skip or "", now, skip or ""),
             )
             if got:
                 qid = got[0][0]
                 break
-            if not self._fetchall(f"SELECT 1 FROM review WHERE {open_row} LIMIT 1", (now,)):  # noqa: S608
+            if not self._fetchall(f"SELECT 1 FROM review WHERE {outer} LIMIT 1", (now, skip or "")):  # noqa: S608
                 return None
         if qid is None:
             return None

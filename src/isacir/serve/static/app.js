@@ -77,6 +77,7 @@
       card.classList.add(verdict);
       card.dataset.verdict = verdict;
       status(`Recorded: candidate ${id} ${verdict}.`);
+      if (verdict === "rejected") offerRefine();
     } catch (err) {
       status(err.message, true);
     } finally {
@@ -96,6 +97,7 @@
         card.classList.add("rejected");
         card.dataset.verdict = "rejected";
       }
+      offerRefine();
       correcting = last;
       $("correcting-text").textContent = correcting.text || "(no text)";
       $("correcting").hidden = false;
@@ -106,6 +108,39 @@
       status(err.message, true);
     } finally {
       $("none").disabled = false;
+    }
+  }
+
+  // "More like this": after a rejection, search again from the same query, moved toward the
+  // chosen card and away from the rejected ones (POST /v1/search/{id}/refine); the refined list is
+  // a query of its own, judged like any other.
+  function offerRefine() {
+    document.querySelectorAll("#results li.result").forEach((c) => {
+      c.querySelector(".like").hidden = c.dataset.verdict === "rejected" || !$("results").dataset.queryId;
+    });
+  }
+
+  async function refine(card) {
+    const queryId = $("results").dataset.queryId;
+    if (!queryId) return;
+    const cards = [...document.querySelectorAll("#results li.result")];
+    const marks = [{ id: Number(card.dataset.id), mark: "close" }].concat(
+      cards.filter((c) => c.dataset.verdict === "rejected").map((c) => ({ id: Number(c.dataset.id), mark: "wrong" })),
+    );
+    status("Searching again from your marks…");
+    try {
+      const res = await api(`/v1/search/${queryId}/refine`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ marks, k: Number($("k").value) }),
+      });
+      const data = await res.json();
+      const away = marks.length - 1;
+      render(data);
+      status(`${data.results.length} candidates, more like #${card.querySelector(".rank").textContent.replace("#", "")}` +
+        (away ? ` and unlike the ${away} rejected` : "") + ". Confirm the right one, reject wrong ones.");
+    } catch (err) {
+      status(err.message, true);
     }
   }
 
@@ -148,7 +183,8 @@
     items.forEach((r, i) => {
       const card = $("card").content.firstElementChild.cloneNode(true);
       card.dataset.id = r.id;
-      card.querySelector(".rank").textContent = r.score === undefined ? `id ${r.id}` : `#${i + 1}`;
+      // a result list (a search, a review) ranks; an item opened by id does not
+      card.querySelector(".rank").textContent = queryId ? `#${i + 1}` : `id ${r.id}`;
       card.querySelector(".score").textContent = r.score === undefined ? "" : r.score.toFixed(3);
       // a catalogue title (index --metadata) reads better than a file name; the name stays in the tooltip
       const title = (r.metadata && r.metadata.title) || r.name;
@@ -164,6 +200,7 @@
       card.querySelector(".confirm").addEventListener("click", () => feedback(card, queryId, r.id, "confirmed"));
       card.querySelector(".reject").addEventListener("click", () => feedback(card, queryId, r.id, "rejected"));
       card.querySelector(".correct").addEventListener("click", () => correct(card, r.id));
+      card.querySelector(".like").addEventListener("click", () => refine(card));
       list.appendChild(card);
     });
     list.dataset.queryId = queryId || "";
@@ -179,6 +216,53 @@
     $("none-bar").hidden = data.results.length === 0;
     status(`${data.results.length} candidates in ${data.took_ms} ms. Confirm the right one, reject wrong ones.`);
   }
+
+  // ----- the review queue: the service hands this operator one logged query at a time
+  let reviewing = null;
+  function why(reasons) {
+    const parts = [];
+    if (reasons.ambiguity > 0) parts.push(`the first two results were close (margin ${Number(reasons.margin).toFixed(3)})`);
+    if (reasons.unseen_words && reasons.unseen_words.length) parts.push(`new words: ${reasons.unseen_words.join(", ")}`);
+    return parts.length ? `Asked because ${parts.join("; ")}.` : "Asked at random, so the pilot's numbers cover all traffic.";
+  }
+  async function nextReview(skip = null) {
+    stopCorrecting();
+    $("review").hidden = false;
+    $("query").hidden = true;
+    status("Fetching a query to review…");
+    try {
+      const url = skip ? `/v1/review/next?skip=${encodeURIComponent(skip)}` : "/v1/review/next";
+      const { review } = await (await api(url)).json();
+      reviewing = review;
+      if (!review) {
+        $("review-query").textContent = "Nothing to review right now.";
+        $("review-why").textContent = "";
+        renderCards([], null);
+        $("none-bar").hidden = true;
+        status("The review queue is empty.");
+        return;
+      }
+      $("review-query").textContent = `The search “${review.text || "(no text)"}” (${review.mode}). ` +
+        "The reference photo stayed on its device: judge by the change and the candidates.";
+      $("review-why").textContent = why(review.reasons);
+      render({ results: review.results, query_id: review.query_id, text: review.text, took_ms: 0 });
+      status(`${review.results.length} candidates to judge. Confirm the right one, reject wrong ones.`);
+    } catch (err) {
+      status(err.message, true);
+    }
+  }
+  function closeReview() {
+    reviewing = null;
+    $("review").hidden = true;
+    $("query").hidden = false;
+    renderCards([], null);
+    $("none-bar").hidden = true;
+    status("");
+  }
+  $("review-toggle").addEventListener("click", () => ($("review").hidden ? nextReview() : closeReview()));
+  $("review-next").addEventListener("click", () => nextReview());
+  $("review-close").addEventListener("click", closeReview);
+  $("review-skip").addEventListener("click", () => nextReview(reviewing ? reviewing.query_id : null));
 
   $("none").addEventListener("click", noneOfThese);
   $("correcting-cancel").addEventListener("click", () => { stopCorrecting(); status("Correction cancelled."); });

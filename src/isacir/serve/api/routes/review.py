@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Optional
+
+from fastapi import APIRouter, Query, Request
 
 from ...schemas import ReviewNextOut, ReviewReleaseOut, errors
 from ..deps import StateDep, item_json, require
@@ -11,12 +13,16 @@ router = APIRouter(tags=["review"])
 
 
 @router.get("/v1/review/next", dependencies=require("feedback"), responses=errors(), response_model=ReviewNextOut)
-def review_next(request: Request, state: StateDep) -> dict:
+def review_next(
+    request: Request,
+    state: StateDep,
+    skip: Optional[str] = Query(None, max_length=64, description="A held query to give back and not get again now."),
+) -> dict:
     """The next query to judge, held for this key for the lease; the same one again until it is
-    judged (``POST /v1/feedback``), released, or the lease runs out. ``review`` is null when the
-    queue is empty."""
+    judged (``POST /v1/feedback``), skipped, released, or the lease runs out. ``review`` is null
+    when the queue is empty."""
     actor = request.state.actor
-    lease = state.feedback.lease_review(actor, state.review.policy.lease_s)
+    lease = state.feedback.lease_review(actor, state.review.policy.lease_s, skip=skip)
     if lease is None:
         return {"review": None}
     results = []
