@@ -27,6 +27,13 @@ if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 
+def _thumbs_loaded(page) -> None:
+    """Wait until every card's thumbnail has arrived (they come through authenticated fetches)."""
+    page.wait_for_function(
+        "[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+
 @pytest.mark.parametrize("viewport", [{"width": 390, "height": 844}], ids=["phone"])
 def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
     from playwright.sync_api import expect, sync_playwright
@@ -56,9 +63,7 @@ def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
             expect(cards).to_have_count(10)
             expect(page.locator("#status")).to_contain_text("10 candidates")
             # thumbnails arrive through authenticated fetches
-            page.wait_for_function(
-                "[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
-            )
+            _thumbs_loaded(page)
 
             first = cards.nth(0)
             chosen = int(first.get_attribute("data-id"))
@@ -192,9 +197,7 @@ def test_review_the_queue_then_refine_a_search_with_more_like_this(tmp_path, ope
             expect(page.locator("#review-why")).to_contain_text("Asked")
             cards = page.locator("li.result")
             expect(cards).to_have_count(4)
-            page.wait_for_function(
-                "[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
-            )
+            _thumbs_loaded(page)
             assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
             page.screenshot(path=str(ARTIFACTS / f"ui-review-{name}.png"), full_page=True)
             confirmed = int(cards.nth(1).get_attribute("data-id"))
@@ -224,9 +227,7 @@ def test_review_the_queue_then_refine_a_search_with_more_like_this(tmp_path, ope
             expect(page.locator("#results")).not_to_have_attribute("data-query-id", first_query)
             refined = [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())]
             assert rejected not in refined and liked in refined
-            page.wait_for_function(
-                "[...document.querySelectorAll('li.result img.thumb')].every(i => i.complete && i.naturalWidth > 0)"
-            )
+            _thumbs_loaded(page)
             page.screenshot(path=str(ARTIFACTS / f"ui-refine-{name}.png"), full_page=True)
             browser.close()
     finally:

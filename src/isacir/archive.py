@@ -65,29 +65,40 @@ def write_archive(root: Path, manifest_name: str, manifest: dict[str, Any], part
         raise
 
 
-def read_archive_manifest(archive: Path, manifest_name: str, what: str) -> dict[str, Any]:
-    """The JSON manifest of ``archive`` (a clear error when it is not a ``what``)."""
+def read_archive_manifest(
+    archive: Path, manifest_name: str, what: str, fmt: int, error: type[IsacirError] = ArchiveError
+) -> dict[str, Any]:
+    """The JSON manifest of ``archive``, of format ``fmt``; ``error`` (naming the problem) when it
+    is not a ``what`` this isacir reads."""
     if not archive.is_file():
-        raise ArchiveError(f"no {what} at {archive}")
+        raise error(f"no {what} at {archive}")
     try:
         with tarfile.open(archive) as tar:
             member = tar.extractfile(manifest_name)
             raw = member.read() if member is not None else b""
     except (tarfile.TarError, KeyError, OSError) as exc:
-        raise ArchiveError(f"{archive} is not a {what} ({manifest_name} unreadable: {exc})") from None
+        raise error(f"{archive} is not a {what} ({manifest_name} unreadable: {exc})") from None
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
-        raise ArchiveError(f"{archive}: {manifest_name} is not JSON ({exc})") from None
+        raise error(f"{archive}: {manifest_name} is not JSON ({exc})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-        raise ArchiveError(f"{archive}: {manifest_name} lists no files")
+        raise error(f"{archive}: {manifest_name} lists no files")
+    if manifest.get("format") != fmt:
+        raise error(f"{archive}: {what} format {manifest.get('format')!r}; this isacir reads format {fmt}")
     return manifest
 
 
-def extract_checked(archive: Path, manifest_name: str, manifest: dict[str, Any], dest: Path) -> None:
+def extract_checked(
+    archive: Path,
+    manifest_name: str,
+    manifest: dict[str, Any],
+    dest: Path,
+    error: type[IsacirError] = ArchiveError,
+) -> None:
     """Extract ``archive`` into ``dest`` after checking its members against ``manifest``, then check
-    every file's sha256; raises :class:`ArchiveError` (naming the first problem) otherwise. The
-    caller extracts into a staging folder it removes on error, so nothing unchecked is ever used."""
+    every file's sha256; raises ``error`` (naming the first problem) otherwise. The caller
+    extracts into a staging folder it removes on error, so nothing unchecked is ever used."""
     files = {f["path"]: f for f in manifest["files"]}
     links = {ln["path"]: ln["target"] for ln in manifest.get("links", [])}
     with tarfile.open(archive) as tar:
@@ -100,15 +111,15 @@ def extract_checked(archive: Path, manifest_name: str, manifest: dict[str, Any],
             ):
                 seen.add(m.name)
                 continue
-            raise ArchiveError(f"{archive}: member {m.name!r} is not what the manifest lists; refusing it")
+            raise error(f"{archive}: member {m.name!r} is not what the manifest lists; refusing it")
         missing = (set(files) | set(links)) - seen
         if missing:
-            raise ArchiveError(f"{archive}: {len(missing)} listed file(s) missing, e.g. {sorted(missing)[0]}")
+            raise error(f"{archive}: {len(missing)} listed file(s) missing, e.g. {sorted(missing)[0]}")
         tar.extractall(dest, filter="data")  # no absolute paths, no links out of the folder
     for rel, f in files.items():
         got = sha256_file(dest / rel)
         if got != f["sha256"]:
-            raise ArchiveError(
+            raise error(
                 f"{archive}: {rel} has sha256 {got[:12]}..., the manifest says {f['sha256'][:12]}...: "
                 "the archive is damaged; nothing was used"
             )

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .archive import ArchiveError, extract_checked, inventory, read_archive_manifest, write_archive
+from .archive import extract_checked, inventory, read_archive_manifest, write_archive
 from .errors import IsacirError
 
 BACKUP_FORMAT = 1
@@ -275,14 +275,7 @@ def _pg_dump(url: str, out: Path) -> None:
 
 
 def read_backup_manifest(archive: str | os.PathLike) -> dict[str, Any]:
-    archive = Path(archive)
-    try:
-        manifest = read_archive_manifest(archive, MANIFEST_NAME, "isacir backup")
-    except ArchiveError as exc:
-        raise BackupError(str(exc)) from None
-    if manifest.get("format") != BACKUP_FORMAT:
-        raise BackupError(f"{archive}: backup format {manifest.get('format')!r}; this isacir reads {BACKUP_FORMAT}")
-    return manifest
+    return read_archive_manifest(Path(archive), MANIFEST_NAME, "isacir backup", BACKUP_FORMAT, BackupError)
 
 
 def _move_paths(db: Path, old: str, new: str) -> int:
@@ -323,10 +316,7 @@ def restore(archive: str | os.PathLike, out: str | os.PathLike, feedback_db: str
     t0 = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=".isacir-restore-", dir=out))
     try:
-        try:
-            extract_checked(archive, MANIFEST_NAME, manifest, staging)
-        except ArchiveError as exc:
-            raise BackupError(str(exc)) from None
+        extract_checked(archive, MANIFEST_NAME, manifest, staging, BackupError)
         home = out / GALLERY_PART
         os.replace(staging / GALLERY_PART, home)
         if (staging / REGISTRY_PART).is_dir():

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .archive import ArchiveError, extract_checked, inventory, read_archive_manifest, sha256_file, write_archive
+from .archive import extract_checked, inventory, read_archive_manifest, sha256_file, write_archive
 from .errors import IsacirError
 
 BUNDLE_FORMAT = 1
@@ -276,16 +276,7 @@ def pack(
 
 def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a bundle, checked for its format."""
-    bundle = Path(bundle)
-    try:
-        manifest = read_archive_manifest(bundle, MANIFEST_NAME, "weights bundle")
-    except ArchiveError as exc:
-        raise WeightsError(str(exc)) from None
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise WeightsError(
-            f"{bundle}: bundle format {manifest.get('format')!r}; this isacir reads format {BUNDLE_FORMAT}"
-        )
-    return manifest
+    return read_archive_manifest(Path(bundle), MANIFEST_NAME, "weights bundle", BUNDLE_FORMAT, WeightsError)
 
 
 def _merge(src: Path, dst: Path) -> int:
@@ -321,10 +312,7 @@ def unpack(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".isacir-unpack-", dir=hub.parent) as tmp:
         staging = Path(tmp)
-        try:
-            extract_checked(bundle, MANIFEST_NAME, manifest, staging)
-        except ArchiveError as exc:
-            raise WeightsError(str(exc)) from None
+        extract_checked(bundle, MANIFEST_NAME, manifest, staging, WeightsError)
         moved = _merge(staging / HUB, hub)
     report: dict[str, Any] = {
         "hub": str(hub),
