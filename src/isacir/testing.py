@@ -105,3 +105,91 @@ def save_tiny_blip(folder: str | os.PathLike, seed: int = 0) -> str:
     model.save_pretrained(folder)
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return f"hf-blip:{folder}"
+
+
+#: what the tiny multilingual tower's tokenizer is trained on: English and Japanese modifiers
+TINY_BILINGUAL_CORPUS = (
+    "a photo of a dog that is red",
+    "a photo of a red car that is blue",
+    "same but in black leather",
+    "sleeveless dress with stripes",
+    "make it blue and smaller",
+    "同じ形で赤",
+    "取っ手なし",
+    "赤い車の写真",
+    "青くして小さく",
+    "犬の写真",
+    "黒い革で同じもの",
+)
+
+
+def save_tiny_xlmr_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny open_clip model whose text tower is an XLM-RoBERTa (mean pooling, as
+    ``xlm-roberta-base-ViT-B-32`` has) with a SentencePiece-style Unigram tokenizer trained here on
+    English and Japanese; return the foundation name that loads it.
+
+    One folder holds what open_clip's local layout needs (``open_clip_config.json``, the weights)
+    and what its Hugging Face text tower reads (the tower's ``config.json`` and the tokenizer files),
+    as a Hub repository would."""
+    import open_clip
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
+
+    from ._logcapture import captured_library_logs
+    from .foundation.openclip import save_openclip_checkpoint
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    raw = Tokenizer(models.Unigram())
+    raw.normalizer = normalizers.NFKC()
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=special, unk_token="<unk>")
+    raw.train_from_iterator(list(TINY_BILINGUAL_CORPUS) * 20, trainer)
+    bos, eos = raw.token_to_id("<s>"), raw.token_to_id("</s>")
+    raw.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    tokenizer = XLMRobertaTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+    tower = XLMRobertaConfig(
+        vocab_size=raw.get_vocab_size(),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=40,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=bos,
+        eos_token_id=eos,
+    )
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {
+            "hf_model_name": str(folder),
+            "hf_tokenizer_name": str(folder),
+            "hf_pooler_type": "mean_pooler",
+            "hf_proj_type": "linear",
+            "context_length": 32,
+        },
+    }
+    arch = "isacir-tiny-xlmr"
+    (folder / f"{arch}.json").write_text(json.dumps(cfg))
+    tower.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    open_clip.add_model_config(folder / f"{arch}.json")
+    torch.manual_seed(seed)
+    with captured_library_logs():  # "no pretrained weights" is the point here
+        model = open_clip.create_model(arch, pretrained=None, pretrained_hf=False)
+    save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    return f"openclip:{arch}@{folder}"

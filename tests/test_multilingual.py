@@ -1,0 +1,58 @@
+"""Multilingual foundations: a text tower other than CLIP's (XLM-RoBERTa, mean pooling) with a
+SentencePiece-style tokenizer that reads Japanese, built tiny and random here in the real formats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from isacir.compose import PromptTemplate
+
+TEMPLATE = "a photo of {} that {}"
+
+
+@pytest.fixture(scope="module")
+def xlmr(tmp_path_factory):
+    from isacir.foundation import create_foundation
+    from isacir.testing import save_tiny_xlmr_openclip
+
+    return create_foundation(save_tiny_xlmr_openclip(tmp_path_factory.mktemp("xlmr"), seed=0))
+
+
+def test_the_tower_and_its_tokenizer_are_what_the_config_names(xlmr):
+    tok = xlmr.tokenizer
+    assert type(xlmr.model.text).__name__ == "HFTextEncoder" and xlmr.model.text.config.model_type == "xlm-roberta"
+    assert (tok.bos, tok.eos, tok.pad_id) == ([0], [2], 1)
+    # the slots are filled with a token the attention never masks (not padding)
+    assert tok.placeholder_id != tok.pad_id
+    assert xlmr.word_dim == 64 and xlmr.embed_dim == 32
+    # Japanese is read as pieces of its own, not as unknowns
+    pieces = tok.encode("取っ手なし")
+    assert pieces and tok.tokenizer.unk_token_id not in pieces
+
+
+@pytest.mark.parametrize(
+    "words,modifier",
+    [("dog", "is red"), ("red car", "make it blue"), ("犬", "同じ形で赤"), ("赤い車", "取っ手なし"), ("dress", "")],
+)
+def test_splicing_real_word_embeddings_equals_plain_text(xlmr, words, modifier):
+    """The invariant every family keeps: the words' own embeddings in the slots give the plain text's
+    feature, here through mean pooling over the attended positions."""
+    emb = xlmr.embed_words(words).unsqueeze(0)
+    with torch.no_grad():
+        spliced = xlmr.encode_composed(emb, [modifier], TEMPLATE)
+        plain = xlmr.encode_text([PromptTemplate.parse(TEMPLATE).render(words, modifier)])
+    assert spliced.shape == (1, xlmr.embed_dim)
+    assert torch.allclose(spliced, plain, atol=1e-5), (spliced - plain).abs().max()
+
+
+def test_pseudo_tokens_change_the_query_and_a_batch_composes_at_once(xlmr):
+    torch.manual_seed(0)
+    tokens = torch.randn(3, 4, xlmr.word_dim) * xlmr.word_embedding_rms()
+    with torch.no_grad():
+        batch = xlmr.encode_composed(tokens, ["同じ形で赤", "is red", ""], TEMPLATE)
+        one = xlmr.encode_composed(tokens[1:2], ["is red"], TEMPLATE)
+        other = xlmr.encode_composed(tokens[2:3] * 0.5, ["is red"], TEMPLATE)
+    assert batch.shape == (3, xlmr.embed_dim)
+    assert torch.allclose(batch[1:2], one, atol=1e-5)
+    assert not torch.allclose(one, other, atol=1e-3)  # the slots are read, not masked away
