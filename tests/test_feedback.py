@@ -86,6 +86,7 @@ def test_a_v4_log_gains_the_review_queue(tmp_path):
     store.close()
     con = sqlite3.connect(path)
     con.execute("DROP TABLE review")
+    con.execute("ALTER TABLE feedback DROP COLUMN verdict_s")
     con.execute("PRAGMA user_version = 4")
     con.commit()
     con.close()
@@ -95,6 +96,9 @@ def test_a_v4_log_gains_the_review_queue(tmp_path):
     other = store.log_query("tokens", "blue", b"\x02", 3, [5, 6], "fpq", "fpf")
     store.enqueue_review(other, 0.9, 0.5, uniform=False)
     assert store.lease_review("ann", 60)["query_id"] == other
+    store.add(other, 6, "confirmed", verdict_s=4.5)
+    times = {q["query_id"]: [v["verdict_s"] for v in q["verdicts"]] for q in store.queries()}
+    assert times == {qid: [None], other: [4.5]}
 
 
 def test_a_v3_log_gains_the_version_name_and_interleaving_columns(tmp_path):
@@ -105,6 +109,8 @@ def test_a_v3_log_gains_the_version_name_and_interleaving_columns(tmp_path):
     # a v3 file: the same tables without the two newest columns
     con.execute("ALTER TABLE queries DROP COLUMN interleave")
     con.execute("ALTER TABLE queries DROP COLUMN model_version")
+    con.execute("ALTER TABLE feedback DROP COLUMN verdict_s")
+    con.execute("DROP TABLE review")
     con.execute("PRAGMA user_version = 3")
     con.execute("INSERT INTO queries VALUES ('q1', 1.0, 'tokens', 'red', x'01', 'fpq', 'fpf', 3, '[5]', 4.0, 'fpa')")
     con.commit()

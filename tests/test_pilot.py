@@ -51,6 +51,24 @@ def test_the_acceptance_log_by_hand():
     assert (s["latency_p50_ms"], s["latency_p95_ms"]) == (30.0, 60.0)
 
 
+def test_operator_time_per_judged_query_by_hand():
+    """The time spent on a query is its last verdict's (results shown to that verdict); queries whose
+    client did not time them do not count."""
+    log = [
+        q([1, 2, 3], [(2, "rejected"), (1, "confirmed")]),
+        q([4, 5, 6], [(4, "confirmed")]),
+        q([7, 8, 9], [(7, "rejected")]),
+        q([10, 11, 12]),
+    ]
+    for query, times in zip(log, [(3.0, 7.5), (2.0,), (None,)], strict=False):
+        for v, t in zip(query["verdicts"], times, strict=True):
+            v["verdict_s"] = t
+    s = summarize(log)
+    assert s["operator_timed"] == 2 and s["operator_s_mean"] == pytest.approx((7.5 + 2.0) / 2)
+    assert s["operator_s_median"] == 2.0  # nearest rank of two values: the first
+    assert summarize(log[2:])["operator_s_median"] is None
+
+
 def test_rates_under_selective_review_by_hand():
     """The review queue drew four of the six (probabilities 1/2, 1/4, 1 and 1/2; the last unjudged):
     false hits weigh 2, 4 and 1 for the three judged ones, of which only the 1/4 one (weight 4) is

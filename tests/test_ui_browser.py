@@ -234,6 +234,9 @@ def test_review_the_queue_then_refine_a_search_with_more_like_this(tmp_path, ope
         server.stop()
     db = sqlite3.connect(state.feedback.path)
     assert db.execute("SELECT candidate_id FROM feedback WHERE query_id = ?", (asked[0],)).fetchall() == [(confirmed,)]
+    # the page timed the operator: results shown to verdict, in seconds
+    ((took,),) = db.execute("SELECT verdict_s FROM feedback WHERE query_id = ?", (asked[0],)).fetchall()
+    assert took is not None and 0 <= took < 120
     modes = [m for (m,) in db.execute("SELECT mode FROM queries ORDER BY created")]
     assert modes[-1] == "refine"
     done = dict(db.execute("SELECT query_id, done IS NOT NULL FROM review").fetchall())

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected', 'corrected')),
     created DOUBLE PRECISION NOT NULL,
     note TEXT,
-    in_results BOOLEAN NOT NULL DEFAULT TRUE
+    in_results BOOLEAN NOT NULL DEFAULT TRUE,
+    verdict_s DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
 CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
@@ -64,7 +65,8 @@ CREATE INDEX IF NOT EXISTS review_open ON review(done, created)
 _ADDED_COLUMNS = """
 ALTER TABLE queries ADD COLUMN IF NOT EXISTS adapter_fingerprint TEXT;
 ALTER TABLE queries ADD COLUMN IF NOT EXISTS model_version TEXT;
-ALTER TABLE queries ADD COLUMN IF NOT EXISTS interleave TEXT
+ALTER TABLE queries ADD COLUMN IF NOT EXISTS interleave TEXT;
+ALTER TABLE feedback ADD COLUMN IF NOT EXISTS verdict_s DOUBLE PRECISION
 """
 
 
@@ -146,8 +148,8 @@ class PostgresFeedbackStore(FeedbackStore):
     def _insert_feedback(self, row: tuple) -> int:
         with self.pool.connection() as conn, conn.transaction():
             cur = conn.execute(
-                "INSERT INTO feedback (query_id, candidate_id, verdict, created, note, in_results) "
-                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING feedback_id",
+                "INSERT INTO feedback (query_id, candidate_id, verdict, created, note, in_results, verdict_s) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING feedback_id",
                 row,
             )
             found = cur.fetchone()

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'rejected', 'corrected')),
     created REAL NOT NULL,
     note TEXT,
-    in_results INTEGER NOT NULL DEFAULT 1
+    in_results INTEGER NOT NULL DEFAULT 1,
+    verdict_s REAL
 );
 CREATE INDEX IF NOT EXISTS feedback_query ON feedback(query_id);
 CREATE INDEX IF NOT EXISTS queries_created ON queries(created);
@@ -114,8 +115,13 @@ ALTER TABLE queries ADD COLUMN model_version TEXT;
 ALTER TABLE queries ADD COLUMN interleave TEXT;
 """
 
-# Version 4: no review queue.
-_FROM_V4 = _REVIEW
+# Version 4: no review queue, and no record of how long an operator took over a verdict.
+_FROM_V4 = (
+    _REVIEW
+    + """;
+ALTER TABLE feedback ADD COLUMN verdict_s REAL
+"""
+)
 
 
 def served_version(query_encoder_fingerprint: str | None, adapter_fingerprint: str | None) -> str:
@@ -220,8 +226,8 @@ class FeedbackStore:
 
     def _insert_feedback(self, row: tuple) -> int:
         cur = self.db().execute(
-            "INSERT INTO feedback (query_id, candidate_id, verdict, created, note, in_results) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO feedback (query_id, candidate_id, verdict, created, note, in_results, verdict_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
             row,
         )
         return int(cur.lastrowid or 0)
@@ -252,9 +258,11 @@ class FeedbackStore:
         note: str | None = None,
         in_gallery: Callable[[int], bool] | None = None,
         created: float | None = None,
+        verdict_s: float | None = None,
     ) -> int:
         """Store one verdict. For ``corrected``, ``candidate_id`` is the right item (any gallery id:
-        ``in_gallery`` checks it); otherwise it must be one of the query's results."""
+        ``in_gallery`` checks it); otherwise it must be one of the query's results. ``verdict_s``:
+        the seconds from the results shown to this verdict, as the operator's client measured them."""
         if verdict not in VERDICTS:
             raise FeedbackError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
         found = self._fetchall("SELECT results FROM queries WHERE query_id = ?", (query_id,))
@@ -269,8 +277,10 @@ class FeedbackStore:
                 raise FeedbackError(f"correct_id {candidate_id} is not an item of the gallery", 422)
         elif not returned:
             raise FeedbackError(f"candidate {candidate_id} was not among the results of query {query_id}", 422)
+        if verdict_s is not None and not 0 <= verdict_s <= 86400:
+            raise FeedbackError(f"verdict_s must be within 0..86400 seconds, got {verdict_s}", 422)
         feedback_id = self._insert_feedback(
-            (query_id, candidate_id, verdict, time.time() if created is None else created, note, returned)
+            (query_id, candidate_id, verdict, time.time() if created is None else created, note, returned, verdict_s)
         )
         self._execute("UPDATE review SET done = ? WHERE query_id = ? AND done IS NULL", (time.time(), query_id))
         return feedback_id
@@ -415,13 +425,19 @@ class FeedbackStore:
         )
         verdicts: dict[str, list[dict]] = {}
         # only the verdicts of queries in the window: a summary of one week must not read the whole log
-        for qid, cand, verdict, created, in_results in self._fetchall(
-            "SELECT f.query_id, f.candidate_id, f.verdict, f.created, f.in_results FROM feedback f "
+        for qid, cand, verdict, created, in_results, verdict_s in self._fetchall(
+            "SELECT f.query_id, f.candidate_id, f.verdict, f.created, f.in_results, f.verdict_s FROM feedback f "
             "JOIN queries q USING (query_id)" + window + " ORDER BY f.feedback_id",
             args,
         ):
             verdicts.setdefault(qid, []).append(
-                {"candidate_id": cand, "verdict": verdict, "created": created, "in_results": bool(in_results)}
+                {
+                    "candidate_id": cand,
+                    "verdict": verdict,
+                    "created": created,
+                    "in_results": bool(in_results),
+                    "verdict_s": verdict_s,
+                }
             )
         keys = (
             "query_id",

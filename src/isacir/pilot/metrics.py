@@ -28,6 +28,10 @@ DEFINITIONS: dict[str, str] = {
     "unjudged_share": "queries with no verdict, over all queries",
     "latency_p50_ms": "median time to answer a search, over all queries that recorded it",
     "latency_p95_ms": "95th percentile of the same (nearest rank)",
+    "operator_s_median": "median over judged queries whose client timed it of the seconds from results shown to "
+    "the query's last verdict: operator time per judged query",
+    "operator_s_mean": "the mean of the same (what projected operator hours multiply)",
+    "operator_timed": "judged queries whose verdicts carry the operator's time",
     "*_ci": "Wilson score interval at 95 % for the rate of the same name",
     "review": "queries the review queue drew, each with its draw probability p: per rate, 'weighted' weights "
     "each judged one by 1/p (Hajek), an estimate over all traffic; 'unweighted' is their plain rate; "
@@ -125,6 +129,7 @@ def summarize(queries: Iterable[dict[str, Any]], k: int | None = None) -> dict[s
     n = judged = top1 = hits = false_hits = corrections = 0
     reciprocal = 0.0
     latencies: list[float] = []
+    operator_s: list[float] = []
     for q in queries:
         n += 1
         if q.get("latency_ms") is not None:
@@ -133,6 +138,9 @@ def summarize(queries: Iterable[dict[str, Any]], k: int | None = None) -> dict[s
         if not verdicts:
             continue
         judged += 1
+        timed = [float(v["verdict_s"]) for v in verdicts if v.get("verdict_s") is not None]
+        if timed:
+            operator_s.append(max(timed))  # the last verdict's time is the time spent on the query
         results = list(q["results"])
         shown = results if k is None else results[:k]
         positive = positive_of(q)
@@ -161,6 +169,9 @@ def summarize(queries: Iterable[dict[str, Any]], k: int | None = None) -> dict[s
     out["mrr"] = reciprocal / judged if judged else None
     out["latency_p50_ms"] = _percentile(latencies, 50)
     out["latency_p95_ms"] = _percentile(latencies, 95)
+    out["operator_timed"] = len(operator_s)
+    out["operator_s_median"] = _percentile(operator_s, 50)
+    out["operator_s_mean"] = sum(operator_s) / len(operator_s) if operator_s else None
     return out
 
 

@@ -108,6 +108,9 @@ class FeedbackIn(BaseModel):
     candidate_id: Optional[int] = Field(None, description="confirmed / rejected: one of the query's results.")
     correct_id: Optional[int] = Field(None, description="corrected: the right item, any gallery id (shown or not).")
     note: Optional[str] = Field(None, max_length=2000)
+    verdict_s: Optional[float] = Field(
+        None, ge=0, le=86400, description="Seconds from the results shown to this verdict (the client measures it)."
+    )
 
 
 # ----- response bodies: declared so that clients generated from the spec, in any language, get types
@@ -249,6 +252,9 @@ class PilotMetricsOut(_Out):
     mrr: Optional[float]
     latency_p50_ms: Optional[float]
     latency_p95_ms: Optional[float]
+    operator_timed: int
+    operator_s_median: Optional[float]
+    operator_s_mean: Optional[float]
 
 
 class PilotGroupOut(PilotMetricsOut):

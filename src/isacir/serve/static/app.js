@@ -63,10 +63,12 @@
     probeDevice();
   });
 
+  // when the current results were shown: each verdict says how long the operator took over them
+  let shownAt = performance.now();
   const postFeedback = (body) => api("/v1/feedback", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
+    body: JSON.stringify({ ...body, verdict_s: Math.round(performance.now() - shownAt) / 1000 }),
   });
 
   async function feedback(card, queryId, id, verdict) {
@@ -176,6 +178,7 @@
   }
 
   function renderCards(items, queryId) {
+    if (queryId) shownAt = performance.now();
     thumbs.forEach((u) => URL.revokeObjectURL(u));
     thumbs = [];
     const list = $("results");

@@ -45,6 +45,7 @@ def feedback(state: StateDep, body: FeedbackIn) -> dict:
             body.verdict,
             body.note,
             in_gallery=lambda i: state.gallery.path_of(i) is not None,
+            verdict_s=body.verdict_s,
         )
     except FeedbackError as exc:
         raise api_error(exc.status, str(exc), "feedback") from None
