@@ -254,7 +254,8 @@ def two_version_log(store, ids, days=4, per_day=6):
                 model_version="v2" if version.startswith("B") else None,  # B came through the registry
             )
             wrong = (i % 2 == 0) if version.startswith("A") else (i == 0)
-            store.add(qid, results[0], "rejected" if wrong else "confirmed")
+            # operators take longer on version A's lists (12 s against 6 s)
+            store.add(qid, results[0], "rejected" if wrong else "confirmed", verdict_s=12.0 if d < 2 else 6.0)
             qids.append(qid)
     return qids
 

@@ -278,6 +278,10 @@ def test_pilot_dashboard_draws_both_versions(tmp_path, openclip_fnd, viewport):
             expect(rows.nth(0).locator("th")).to_have_text("AAAAAAAA")
             expect(rows.nth(1).locator("th")).to_have_text("v2 (BBBBBBBB)")  # its registry name, fingerprint beside
             expect(rows.nth(0).locator("td").nth(2)).to_have_text("50.0 %")  # version A's false-hit rate
+            expect(rows.nth(0).locator("td").nth(8)).to_have_text("12.0")  # operator seconds per judged query
+            expect(rows.nth(1).locator("td").nth(8)).to_have_text("6.0")
+            expect(page.locator("#o-operator-n")).to_contain_text("median of 24; mean 9.0 s")
+            expect(page.locator("#review-line")).to_be_hidden()  # no review queue in this pilot
             page.wait_for_function(
                 "[...document.querySelectorAll('.charts img')].every(i => i.complete && i.naturalWidth > 100)"
             )

@@ -65,13 +65,25 @@
       $("o-hit-ci").textContent = ci(o.hit_at_k_ci);
       $("o-judged").textContent = `${o.judged} / ${o.queries}`;
       $("o-latency").textContent = o.latency_p50_ms === null ? "" : `p50 ${o.latency_p50_ms.toFixed(0)} ms, p95 ${o.latency_p95_ms.toFixed(0)} ms`;
+      $("o-operator").textContent = o.operator_s_median === null ? "–" : `${o.operator_s_median.toFixed(1)} s`;
+      $("o-operator-n").textContent = o.operator_timed ? `median of ${o.operator_timed}; mean ${o.operator_s_mean.toFixed(1)} s` : "not timed";
+      // with the review queue on, the reviewed queries' rates weighted back to all traffic
+      const r = data.review;
+      $("review-line").hidden = !r;
+      if (r) {
+        const f = r.false_hit_rate;
+        $("review-line").textContent = `Review queue: ${r.judged} of ${r.drawn} drawn queries judged. False-hit rate weighted to all ` +
+          `traffic ${pct(f.weighted.rate)} (${ci(f.weighted.ci)}); over the reviewed queries ${pct(f.unweighted.rate)}; ` +
+          `uniform slice ${pct(f.uniform_slice.rate)} (${f.uniform_slice.n}).`;
+      }
       const body = $("versions").querySelector("tbody");
       body.replaceChildren();
       data.groups.forEach((g) => {
         const tr = document.createElement("tr");
         const cells = [g.label || short(g.key), g.queries, g.judged, pct(g.false_hit_rate), pct(g.precision_at_1), pct(g.hit_at_k),
           g.mrr === null ? "–" : g.mrr.toFixed(3), pct(g.correction_rate),
-          g.latency_p50_ms === null ? "–" : g.latency_p50_ms.toFixed(0)];
+          g.latency_p50_ms === null ? "–" : g.latency_p50_ms.toFixed(0),
+          g.operator_s_median === null ? "–" : g.operator_s_median.toFixed(1)];
         cells.forEach((c, i) => {
           const td = document.createElement(i === 0 ? "th" : "td");
           td.textContent = c;
