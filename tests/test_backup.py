@@ -226,3 +226,41 @@ def test_the_cli_backs_up_and_restores_with_one_json_line_each(served, tmp_path)
     assert json.loads(back.stdout.strip().splitlines()[-1])["generations"]["main"]["verify"]["ok"]
     again = runner.invoke(cli, ["restore", str(tmp_path / "b.tar"), "--out", str(tmp_path / "r")])
     assert isinstance(again.exception, BackupError) and "not empty" in str(again.exception)
+
+
+def test_every_live_generation_travels_and_a_retired_one_does_not(tmp_path, openclip_fnd):
+    """A gallery mid-upgrade: the serving generation and a second one built for a new foundation;
+    both come back with their items and ids, each verified; the ledger says which serves."""
+    from serve_helpers import make_images
+
+    from isacir.foundation import create_foundation
+    from isacir.gallery.generations import Generations
+    from isacir.testing import save_tiny_openclip
+
+    home = tmp_path / "gallery"
+    make_images(tmp_path / "images", 8)
+    g = Gallery.open_or_create(home, openclip_fnd)
+    g.index([str(tmp_path / "images")], openclip_fnd, progress=False)
+    g.checkpoint()
+    g.close()
+    new_fnd = create_foundation(save_tiny_openclip(tmp_path / "new-foundation", seed=7))
+    report = Generations(home).build("g2", new_fnd, progress=False, actor="test")
+    assert report["state"] == "ready"
+    manifest = backup(home, tmp_path / "b.tar")
+    assert set(manifest["generations"]) == {"main", "g2"}
+    restored = restore(tmp_path / "b.tar", tmp_path / "r")
+    assert {n: g["items"] for n, g in restored["generations"].items()} == {"main": 8, "g2": 8}
+    assert all(g["verify"]["ok"] for g in restored["generations"].values())
+    back = tmp_path / "r" / "gallery"
+    originals = {n: Gallery.open(home, generation=n) for n in ("main", "g2")}
+    copies = {n: Gallery.open(back, generation=n) for n in ("main", "g2")}
+    for n in ("main", "g2"):
+        assert sorted(copies[n].ids().tolist()) == sorted(originals[n].ids().tolist())
+        _, vecs = originals[n].vectors(sorted(originals[n].ids().tolist())[:4])
+        assert _top_ids(copies[n], vecs, 5) == _top_ids(originals[n], vecs, 5)
+    assert Generations(back).serving()["name"] == "main"
+    for gal in (*originals.values(), *copies.values()):
+        gal.close()
+    # once retired, a generation's vectors are gone: the next backup leaves it out
+    Generations(home).retire("g2", actor="test")
+    assert set(backup(home, tmp_path / "c.tar")["generations"]) == {"main"}
