@@ -332,6 +332,9 @@ def test_report_is_one_self_contained_file_plus_csvs(tmp_path):
     assert float(rows[0]["false_hit_rate"]) == 0.5 and float(rows[1]["false_hit_rate"]) == pytest.approx(
         1 / 6, abs=1e-4
     )
+    # the cost side: operator seconds per judged query, per version
+    assert [float(r["operator_s_median"]) for r in rows] == [12.0, 6.0] and rows[0]["operator_timed"] == "12"
+    assert "operator time per judged query<b>6.0 s</b>" in page
     assert {p.name for p in csv_dir.iterdir()} == {
         f"pilot-by-{g}.csv" for g in ("overall", "day", "week", "version", "mode", "category")
     }

@@ -28,6 +28,9 @@ COLUMNS = (
     "mrr",
     "latency_p50_ms",
     "latency_p95_ms",
+    "operator_timed",
+    "operator_s_median",
+    "operator_s_mean",
 )
 
 
@@ -54,10 +57,25 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
+def _seconds(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f} s"
+
+
 def _html_table(title: str, groups: list[dict[str, Any]]) -> str:
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("", "queries", "judged", "false-hit", "precision@1", "hit@K", "corrected", "MRR", "p50 ms")
+        for h in (
+            "",
+            "queries",
+            "judged",
+            "false-hit",
+            "precision@1",
+            "hit@K",
+            "corrected",
+            "MRR",
+            "p50 ms",
+            "operator s",
+        )
     )
     rows = []
     for g in groups:
@@ -73,6 +91,7 @@ def _html_table(title: str, groups: list[dict[str, Any]]) -> str:
             _pct(g["correction_rate"]),
             "–" if g["mrr"] is None else f"{g['mrr']:.3f}",
             "–" if g["latency_p50_ms"] is None else f"{g['latency_p50_ms']:.0f}",
+            "–" if g["operator_s_median"] is None else f"{g['operator_s_median']:.1f}",
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<h2>{html.escape(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -122,6 +141,7 @@ dt {{ font-weight: 600; }} dd {{ margin: 0 0 .4rem 1rem; color: #667085; }}
 <div>precision@1<b>{_pct(overall["precision_at_1"])}</b></div>
 <div>hit@K<b>{_pct(overall["hit_at_k"])}</b></div>
 <div>judged<b>{overall["judged"]} / {overall["queries"]}</b></div>
+<div>operator time per judged query<b>{_seconds(overall["operator_s_median"])}</b></div>
 </div>
 {figures}
 {tables}
