@@ -83,27 +83,49 @@ def test_the_route_ranks_as_a_brute_force_search_of_the_moved_query(service):
         assert client.post(f"/v1/search/{first['query_id']}/refine", json={"marks": []}).status_code == 422
 
 
-def test_fitted_weights_are_the_grids_best_and_never_worse_than_no_move(service, tmp_path):
-    """Rounds where the target sits beside the item the operator would call close: the fit moves
-    toward it, and one round finds more targets than not moving."""
-    _, state = service
-    ids, vecs = state.gallery.vectors(sorted(state.gallery.ids().tolist()))
+class _ArrayGallery:
+    """Stored vectors searched exactly in numpy: the fit reads nothing else of a gallery."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vecs = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        self.ids = np.arange(100, 100 + len(vectors))
+
+    def vectors(self, ids):
+        rows = [int(i) - 100 for i in ids]
+        return np.asarray(ids, dtype=np.int64), self.vecs[rows]
+
+    def search(self, queries, k):
+        from types import SimpleNamespace
+
+        hits = []
+        for row in queries @ self.vecs.T:
+            hits.append([SimpleNamespace(id=int(self.ids[j]), score=float(row[j])) for j in np.argsort(-row)[:k]])
+        return hits
+
+
+def test_fitted_weights_are_the_grids_best_and_never_worse_than_no_move(tmp_path):
+    """Targets sit beside the item an operator would call close, queries point elsewhere: the fit
+    moves toward the close item, and one round finds every target where not moving finds none."""
     rng = np.random.default_rng(3)
+    n_pairs, dim = 10, 16
+    anchors = rng.standard_normal((n_pairs, dim))
+    close = anchors + 0.05 * rng.standard_normal((n_pairs, dim))  # each target's twin
+    gallery = _ArrayGallery(np.concatenate([anchors, close]))
     rounds = []
-    for _ in range(12):
-        target = int(rng.integers(len(ids)))
-        close = int(np.argsort(-(vecs @ vecs[target]))[1])  # the target's nearest neighbour
-        noise = rng.standard_normal(vecs.shape[1]).astype(np.float32)
-        query = vecs[close] * 0.3 + noise / np.linalg.norm(noise)
-        query /= np.linalg.norm(query)
-        rounds.append({"query": query, "marks": {int(ids[close]): "close"}, "positive": int(ids[target])})
-    weights, report = fit_weights(state.gallery, rounds, k=3)
+    for t in range(n_pairs):
+        away = -gallery.vecs[t] + 0.1 * rng.standard_normal(dim)  # a query pointing away from the target
+        rounds.append(
+            {"query": away / np.linalg.norm(away), "marks": {100 + n_pairs + t: "close"}, "positive": 100 + t}
+        )
+    weights, report = fit_weights(gallery, rounds, k=2)
     grid = report["grid"]
-    best = max(g["hit_at_k"] for g in grid)
     still = next(g for g in grid if g["toward"] == 0 and g["away"] == 0)
-    assert report["chosen"]["hit_at_k"] == best >= still["hit_at_k"]
+    assert still["hit_at_k"] == 0.0 and report["chosen"]["hit_at_k"] == max(g["hit_at_k"] for g in grid) == 1.0
     assert (weights.toward, weights.away) == (report["chosen"]["toward"], report["chosen"]["away"])
-    assert weights.toward > 0 and "fitted on 12" in weights.source
+    assert weights.toward > 0 and "fitted on 10" in weights.source
+    # ties go to the smallest move that reaches the best
+    best = [g for g in grid if g["hit_at_k"] == 1.0]
+    assert weights.toward + weights.away == min(g["toward"] + g["away"] for g in best)
     weights.save(tmp_path)
     assert RefineWeights.load(tmp_path) == weights and RefineWeights.load(tmp_path / "none") == RefineWeights()
     (tmp_path / "refine.json").write_text("{}")
