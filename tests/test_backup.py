@@ -171,15 +171,15 @@ def test_an_index_the_log_no_longer_reaches_is_left_out_and_rebuilt(served, tmp_
     backup tries again, and at worst leaves the index out: the restore rebuilds it from the catalogue."""
     _, state = served
     assert (state.home / "faiss" / "index.faiss").is_file()
-    real = backup_mod._log_floor_and_generation
+    real = backup_mod._catalogue_state
     calls = []
 
     def trimmed(db):
-        floor, gen = real(db)
+        floor, gen, items = real(db)
         calls.append(1)
-        return gen + 1, gen  # the log starts after every index the backup copied
+        return gen + 1, gen, items  # the log starts after every index the backup copied
 
-    monkeypatch.setattr(backup_mod, "_log_floor_and_generation", trimmed)
+    monkeypatch.setattr(backup_mod, "_catalogue_state", trimmed)
     manifest = backup(state.home, tmp_path / "b.tar")
     assert len(calls) == backup_mod.INDEX_TRIES and manifest["generations"]["main"]["index_generation"] is None
     assert not any(f["path"].startswith("gallery/faiss/") for f in manifest["files"])

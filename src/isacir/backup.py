@@ -36,11 +36,14 @@ from typing import Any
 from ._version import __version__
 from .archive import extract_checked, inventory, read_archive_manifest, write_archive
 from .errors import IsacirError
+from .feedback.store import log_counts
 
 BACKUP_FORMAT = 1
 MANIFEST_NAME = "isacir-backup.json"
 #: where each part lives inside a backup
-GALLERY_PART, REGISTRY_PART, FEEDBACK_DUMP = "gallery", "registry", "feedback.pgdump"
+GALLERY_PART, REGISTRY_PART = "gallery", "registry"
+FEEDBACK_DUMP, FEEDBACK_SQLITE = "feedback.pgdump", "feedback.sqlite"
+PARTS = [GALLERY_PART, REGISTRY_PART, FEEDBACK_DUMP, FEEDBACK_SQLITE]
 #: tries at a consistent (index, catalogue) pair before the index is left out
 INDEX_TRIES = 3
 _SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".part", ".partial", ".tmp")
@@ -53,7 +56,7 @@ class BackupError(IsacirError):
 def _sqlite_copy(src: Path, dst: Path) -> None:
     """A consistent copy of a live SQLite database (WAL included), by SQLite's online backup API."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=60)
+    source = _read_only(src)
     target = sqlite3.connect(dst)
     try:
         with target:
@@ -82,21 +85,16 @@ def _copy_files(src: Path, dst: Path, exclude: set[Path]) -> None:
             shutil.copy2(path, target)
 
 
-def _log_floor_and_generation(db: Path) -> tuple[int, int]:
-    conn = sqlite3.connect(db)
-    try:
+def _read_only(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
+def _catalogue_state(db: Path) -> tuple[int, int, int]:
+    """``(log floor, generation, items)`` of a copied catalogue."""
+    with contextlib.closing(_read_only(db)) as conn:
         state = dict(conn.execute("SELECT key, value FROM state").fetchall())
-    finally:
-        conn.close()
-    return int(state.get("log_floor", 0)), int(state.get("generation", 0))
-
-
-def _count(db: Path, sql: str) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute(sql).fetchone()[0])
-    finally:
-        conn.close()
+        items = int(conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    return int(state.get("log_floor", 0)), int(state.get("generation", 0)), items
 
 
 def _gallery_folder(src: Path, dst: Path) -> dict[str, Any]:
@@ -114,7 +112,7 @@ def _gallery_folder(src: Path, dst: Path) -> dict[str, Any]:
             (dst / "faiss" / "index.json").write_text(meta)
             index_gen = int(json.loads(meta)["generation"])
         _sqlite_copy(src / "meta.sqlite", dst / "meta.sqlite")
-        floor, generation = _log_floor_and_generation(dst / "meta.sqlite")
+        floor, generation, items = _catalogue_state(dst / "meta.sqlite")
         if index_gen is None or floor <= index_gen:
             break
     else:  # a checkpoint trimmed the log past the copied index every time: rebuild on restore
@@ -122,7 +120,7 @@ def _gallery_folder(src: Path, dst: Path) -> dict[str, Any]:
         index_gen = None
     return {
         "store": info["store"],
-        "items": _count(dst / "meta.sqlite", "SELECT COUNT(*) FROM items"),
+        "items": items,
         "generation": generation,
         "index_generation": index_gen,
     }
@@ -194,14 +192,11 @@ def backup(
         elif Path(fb).is_file():
             fb_path = Path(fb).resolve()
             inside = fb_path.parent == home
-            target = staged / fb_path.name if inside else root / "feedback.sqlite"
+            target = staged / fb_path.name if inside else root / FEEDBACK_SQLITE
             _sqlite_copy(fb_path, target)
-            manifest["feedback"] = {
-                "kind": "sqlite",
-                "in_gallery": inside,
-                "name": fb_path.name,
-                "counts": _feedback_counts(str(target)),
-            }
+            with contextlib.closing(_read_only(target)) as copy:
+                counts = log_counts(lambda sql: copy.execute(sql).fetchall())
+            manifest["feedback"] = {"kind": "sqlite", "in_gallery": inside, "name": fb_path.name, "counts": counts}
         elif feedback_db is not None:
             raise BackupError(f"feedback database not found: {feedback_db}")
         # 3. the generations: each index, then its catalogue; 4. then every other file (uploads)
@@ -226,23 +221,22 @@ def backup(
                     *_milvus_lite(src),
                 }
                 _copy_files(src, staged / src.relative_to(home), exclude)
-        files, links = inventory(root, [GALLERY_PART, REGISTRY_PART, FEEDBACK_DUMP, "feedback.sqlite"])
+        files, links = inventory(root, PARTS)
         manifest.update(files=files, links=links, bytes=sum(f["size"] for f in files))
-        parts = [GALLERY_PART, REGISTRY_PART, FEEDBACK_DUMP, "feedback.sqlite"]
-        write_archive(root, MANIFEST_NAME, manifest, parts, out)
+        write_archive(root, MANIFEST_NAME, manifest, PARTS, out)
     manifest["took_s"] = round(time.perf_counter() - t0, 2)
     return manifest
 
 
 def _milvus_lite(folder: Path) -> set[Path]:
     """A Milvus Lite database file in the gallery folder: rebuilt from the catalogue, never copied live."""
-    info = json.loads((folder / "gallery.json").read_text())
-    store = str(info.get("store", ""))
-    if store.startswith("milvus://") and not store.startswith("milvus://http"):
-        target = store[len("milvus://") :]
-        if "/" in target and not target.split(":")[0].replace(".", "").isdigit():
-            return {(folder / target).resolve()}
-    return set()
+    from .gallery.stores import parse_milvus_uri
+
+    store = str(json.loads((folder / "gallery.json").read_text()).get("store", ""))
+    if not store.startswith("milvus://"):
+        return set()
+    target, _ = parse_milvus_uri(store[len("milvus://") :], folder)
+    return {Path(target).resolve()} if target.endswith(".db") else set()
 
 
 def _feedback_counts(spec: str) -> dict[str, int]:
@@ -322,8 +316,8 @@ def restore(archive: str | os.PathLike, out: str | os.PathLike, feedback_db: str
         if (staging / REGISTRY_PART).is_dir():
             reg_dst = home / "models" if manifest["registry_in_gallery"] else out / REGISTRY_PART
             os.replace(staging / REGISTRY_PART, reg_dst)
-        if (staging / "feedback.sqlite").is_file():
-            os.replace(staging / "feedback.sqlite", out / "feedback.sqlite")
+        if (staging / FEEDBACK_SQLITE).is_file():
+            os.replace(staging / FEEDBACK_SQLITE, out / FEEDBACK_SQLITE)
         if fb is not None and fb["kind"] == "postgresql":
             _pg_restore(staging / FEEDBACK_DUMP, str(feedback_db))
     finally:
@@ -350,7 +344,7 @@ def restore(archive: str | os.PathLike, out: str | os.PathLike, feedback_db: str
         spec = (
             str(feedback_db)
             if fb["kind"] == "postgresql"
-            else str(home / fb["name"] if fb.get("in_gallery") else out / "feedback.sqlite")
+            else str(home / fb["name"] if fb.get("in_gallery") else out / FEEDBACK_SQLITE)
         )
         counts = _feedback_counts(spec)
         if counts != fb["counts"]:

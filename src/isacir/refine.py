@@ -86,6 +86,11 @@ def refined_query(
     return (q / norm).astype(np.float32)
 
 
+def wrong_ids(marks: Mapping[int, str]) -> list[int]:
+    """The items marked wrong: they leave the refined list."""
+    return sorted(i for i, m in marks.items() if m == "wrong")
+
+
 def marked_vectors(gallery: Gallery, marks: Mapping[int, str]) -> tuple[np.ndarray, np.ndarray]:
     """The stored vectors of the items marked right or close, and of those marked wrong."""
     check_marks(marks)
@@ -119,23 +124,17 @@ def fit_weights(
     as an operator who asks for "more like this one" picks it). Ties go to the smaller move."""
     if not rounds:
         raise RefineError("no judged queries to fit refinement weights on")
+    # the marked vectors are read once per round, not once per grid point
+    marked = [(r, *marked_vectors(gallery, r["marks"]), wrong_ids(r["marks"])) for r in rounds]
     grid = []
     for toward in TOWARD_GRID:
         for away in AWAY_GRID:
             w = RefineWeights(1.0, toward, away)
             found = 0
-            for r in rounds:
-                hits = _refined_hits(gallery, r["query"], r["marks"], w, k)
-                found += int(r["positive"] in hits)
+            for r, near, far, wrong in marked:
+                hits = gallery.search(refined_query(r["query"], near, far, w)[None], k + len(wrong))[0]
+                found += int(r["positive"] in [h.id for h in hits if h.id not in wrong][:k])
             grid.append({"toward": toward, "away": away, "hit_at_k": found / len(rounds)})
     best = max(grid, key=lambda g: (g["hit_at_k"], -(g["toward"] + g["away"])))
     source = f"fitted on {len(rounds)} judged queries: hit@{k} {best['hit_at_k']:.3f} after one round"
     return RefineWeights(1.0, best["toward"], best["away"], source), {"grid": grid, "chosen": best, "n": len(rounds)}
-
-
-def _refined_hits(gallery: Gallery, query: np.ndarray, marks: Mapping[int, str], w: RefineWeights, k: int) -> list[int]:
-    toward, away = marked_vectors(gallery, marks)
-    wrong = {i for i, m in marks.items() if m == "wrong"}
-    moved = refined_query(query, toward, away, w)
-    hits = gallery.search(moved[None], k + len(wrong))[0]
-    return [h.id for h in hits if h.id not in wrong][:k]

@@ -39,8 +39,6 @@ BUNDLE_FORMAT = 1
 MANIFEST_NAME = "isacir-weights.json"
 #: the hub cache inside a bundle and inside a weights folder
 HUB = "hub"
-#: environment variable naming the weights folder (what ``--weights-dir`` sets)
-WEIGHTS_DIR_ENV = "ISACIR_WEIGHTS_DIR"
 
 
 class WeightsError(IsacirError):
@@ -214,18 +212,17 @@ def _seed(staging_hub: Path, source_hub: Path, repos: Iterable[str]) -> list[str
     found = []
     for repo in dict.fromkeys(repos):
         src = source_hub / _repo_folder(repo)
-        if not src.is_dir():
-            continue
-
-        def link_or_copy(a: str, b: str) -> None:
-            try:
-                os.link(a, b)
-            except OSError:
-                shutil.copy2(a, b)
-
-        shutil.copytree(src, staging_hub / src.name, symlinks=True, copy_function=link_or_copy)
-        found.append(repo)
+        if src.is_dir():
+            shutil.copytree(src, staging_hub / src.name, symlinks=True, copy_function=_link_or_copy)
+            found.append(repo)
     return found
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
 
 
 def pack(
@@ -279,20 +276,22 @@ def read_manifest(bundle: str | os.PathLike) -> dict[str, Any]:
     return read_archive_manifest(Path(bundle), MANIFEST_NAME, "weights bundle", BUNDLE_FORMAT, WeightsError)
 
 
-def _merge(src: Path, dst: Path) -> int:
+def _merge(src: Path, dst: Path, sha256: dict[str, str]) -> int:
     """Move the unpacked hub cache into place: files and links that are there already and equal stay;
-    every other one is replaced atomically (``refs/main`` then names the bundle's revision)."""
+    every other one is replaced atomically (``refs/main`` then names the bundle's revision).
+    ``sha256``: each unpacked file's hash by its path under ``src`` (checked already)."""
     moved = 0
     for path in sorted(src.rglob("*")):
         if path.is_dir() and not path.is_symlink():
             continue
-        target = dst / path.relative_to(src)
+        rel = path.relative_to(src)
+        target = dst / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink():
             if target.is_symlink() and os.readlink(target) == os.readlink(path):
                 continue
         elif target.is_file() and not target.is_symlink() and target.stat().st_size == path.stat().st_size:
-            if sha256_file(target) == sha256_file(path):
+            if sha256_file(target) == sha256[rel.as_posix()]:
                 continue
         os.replace(path, target)
         moved += 1
@@ -313,7 +312,8 @@ def unpack(
     with tempfile.TemporaryDirectory(prefix=".isacir-unpack-", dir=hub.parent) as tmp:
         staging = Path(tmp)
         extract_checked(bundle, MANIFEST_NAME, manifest, staging, WeightsError)
-        moved = _merge(staging / HUB, hub)
+        hashes = {f["path"].removeprefix(HUB + "/"): f["sha256"] for f in manifest["files"]}
+        moved = _merge(staging / HUB, hub, hashes)
     report: dict[str, Any] = {
         "hub": str(hub),
         "models": [m["name"] for m in manifest["models"]],

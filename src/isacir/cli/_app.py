@@ -52,6 +52,8 @@ err = Console(stderr=True)
 #: every verb takes --json, so that a script can pass it to any of them and read the last stdout line
 JSON_HELP = "Print the result as JSON, the last line on stdout (people's output goes to stderr)."
 JSON_ALWAYS_HELP = "Accepted by every verb: this one always ends stdout with its result as one JSON line."
+#: the environment variable naming a weights folder, as ``--weights-dir`` does
+WEIGHTS_DIR_ENV = "ISACIR_WEIGHTS_DIR"
 DEVICE_HELP = "Where the large model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
 FEEDBACK_DB_HELP = (
     "The query log and feedback: a SQLite file (the service keeps it at GALLERY/feedback.sqlite) or a "
@@ -75,7 +77,7 @@ def add_version_option(typer_app: typer.Typer, program: str) -> None:
         weights_dir: Optional[Path] = typer.Option(
             None,
             "--weights-dir",
-            envvar="ISACIR_WEIGHTS_DIR",
+            envvar=WEIGHTS_DIR_ENV,
             help="A folder `isacir weights unpack` filled: every model loads from it, with the network off.",
         ),
     ) -> None:

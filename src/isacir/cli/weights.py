@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._app import JSON_HELP, app, emit_json, err
+from ._app import JSON_HELP, WEIGHTS_DIR_ENV, app, emit_json, err
 
 weights_app = typer.Typer(
     help="Pack model weights where there is internet, unpack them where there is none.", no_args_is_help=True
@@ -17,7 +17,7 @@ app.add_typer(weights_app, name="weights")
 _WEIGHTS_DIR = typer.Option(
     None,
     "--weights-dir",
-    envvar="ISACIR_WEIGHTS_DIR",
+    envvar=WEIGHTS_DIR_ENV,
     help="The folder to unpack into (its hub/ is what `isacir --weights-dir` loads from); default: this "
     "machine's Hugging Face cache.",
 )

@@ -352,6 +352,15 @@ class FeedbackStore:
             > 0
         )
 
+    def judged_texts(self) -> list[str]:
+        """The modifier of every query with a verdict, once each."""
+        return [
+            t
+            for (t,) in self._fetchall(
+                "SELECT DISTINCT q.text FROM feedback f JOIN queries q ON q.query_id = f.query_id"
+            )
+        ]
+
     def review_items(self) -> list[dict[str, Any]]:
         """Every query drawn for review, with its draw probability, oldest first."""
         keys = ("query_id", "score", "probability", "uniform", "created", "done")
@@ -483,16 +492,22 @@ class FeedbackStore:
         return self._execute(f"UPDATE queries SET tokens = NULL WHERE {where}", (cutoff,))
 
     def counts(self) -> dict[str, int]:
-        out = {"queries": int(self._fetchall("SELECT COUNT(*) FROM queries")[0][0])}
-        for verdict, n in self._fetchall("SELECT verdict, COUNT(*) FROM feedback GROUP BY verdict"):
-            out[verdict] = n
-        return out
+        return log_counts(self._fetchall)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def log_counts(fetchall: Callable[[str], list[tuple]]) -> dict[str, int]:
+    """Logged queries and verdicts by kind, through any connection's ``fetchall(sql)`` (a backup
+    counts its read-only copy with it, without opening it as a store, which would migrate it)."""
+    out = {"queries": int(fetchall("SELECT COUNT(*) FROM queries")[0][0])}
+    for verdict, n in fetchall("SELECT verdict, COUNT(*) FROM feedback GROUP BY verdict"):
+        out[verdict] = n
+    return out
 
 
 def query_row(

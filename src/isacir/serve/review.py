@@ -40,9 +40,7 @@ class ReviewDesk:
         with self._lock:
             if self._known is None or time.monotonic() - self._known_at > self.VOCABULARY_TTL_S:
                 found: set[str] = set()
-                for (text,) in self.store._fetchall(
-                    "SELECT DISTINCT q.text FROM feedback f JOIN queries q ON q.query_id = f.query_id"
-                ):
+                for text in self.store.judged_texts():
                     found.update(words(text))
                 self._known, self._known_at = found, time.monotonic()
             return self._known

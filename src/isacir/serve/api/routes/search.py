@@ -250,7 +250,7 @@ def refine(state: StateDep, query_id: str, body: RefineIn) -> dict:
     ``refine``), so its verdicts teach the next adapter like any other."""
     import torch
 
-    from ....refine import RefineError, marked_vectors, refined_query
+    from ....refine import RefineError, marked_vectors, refined_query, wrong_ids
 
     t0 = time.perf_counter()
     logged = state.feedback.logged_query(query_id)
@@ -273,8 +273,7 @@ def refine(state: StateDep, query_id: str, body: RefineIn) -> dict:
         moved = refined_query(query, toward, away, state.refine_weights)
     except RefineError as exc:
         raise api_error(422, str(exc), "refine") from None
-    wrong = sorted(i for i, m in marks.items() if m == "wrong")
-    hits = retriever.search_vector(moved, body.k, exclude=wrong)
+    hits = retriever.search_vector(moved, body.k, exclude=wrong_ids(marks))
     out = _respond(state, lineup, served, "refine", logged["text"], hits, body.k, logged["tokens"], t0, "none")
     out["refined_from"] = query_id
     return out
