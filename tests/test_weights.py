@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from isacir.testing import cache_hub_repo
 from isacir.weights import HUB, MANIFEST_NAME, ModelRef, WeightsError, pack, predicted_repos, read_manifest, unpack
 
 CLIP_REPO, BLIP_REPO = "isacir-test/tiny-clip", "isacir-test/tiny-blip"
@@ -25,22 +26,6 @@ MODELS = [
     ModelRef("foundation", f"hf-blip:{BLIP_REPO}"),
     ModelRef("backbone", BACKBONE),
 ]
-
-
-def cache_repo(hub: Path, repo: str, files: dict[str, Path], revision: str = "0" * 40) -> None:
-    """Put ``files`` (name in the repository -> a local file) into a hub cache as the hub library
-    lays it out: content in ``blobs/``, ``snapshots/REV/NAME`` linking there, ``refs/main`` naming REV."""
-    root = hub / ("models--" + repo.replace("/", "--"))
-    (root / "blobs").mkdir(parents=True, exist_ok=True)
-    (root / "refs").mkdir(exist_ok=True)
-    (root / "refs" / "main").write_text(revision)
-    for name, src in files.items():
-        data = src.read_bytes()
-        blob = hashlib.sha256(data).hexdigest()
-        (root / "blobs" / blob).write_bytes(data)
-        link = root / "snapshots" / revision / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(root / "blobs" / blob, link.parent))
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +40,13 @@ def source_hub(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("weights-src")
     hub = tmp / "hub"
     clip = Path(save_tiny_openclip(tmp / "clip", seed=3).split("@", 1)[1])
-    cache_repo(hub, CLIP_REPO, {p.name: p for p in clip.iterdir() if p.name.startswith("open_clip_")})
+    cache_hub_repo(hub, CLIP_REPO, {p.name: p for p in clip.iterdir() if p.name.startswith("open_clip_")})
     blip = Path(save_tiny_blip(tmp / "blip", seed=3).split(":", 1)[1])
-    cache_repo(hub, BLIP_REPO, {p.name: p for p in blip.iterdir() if p.is_file()})
+    cache_hub_repo(hub, BLIP_REPO, {p.name: p for p in blip.iterdir() if p.is_file()})
     save_file(timm.create_model(BACKBONE).state_dict(), str(tmp / "model.safetensors"))
-    cache_repo(hub, BACKBONE_REPO, {"model.safetensors": tmp / "model.safetensors"})
+    cache_hub_repo(hub, BACKBONE_REPO, {"model.safetensors": tmp / "model.safetensors"})
     (tmp / "junk.bin").write_bytes(os.urandom(4096))
-    cache_repo(hub, "other/unrelated", {"model.safetensors": tmp / "junk.bin"})
+    cache_hub_repo(hub, "other/unrelated", {"model.safetensors": tmp / "junk.bin"})
     return hub, {"clip": clip, "blip": blip}
 
 
@@ -225,3 +210,45 @@ def test_packing_without_the_network_names_the_model_the_cache_lacks(source_hub,
     assert not (tmp_path / "b.tar").exists() and not list(tmp_path.glob(".isacir-weights-*"))
     with pytest.raises(WeightsError, match="at least one"):
         pack([], tmp_path / "c.tar")
+
+
+@pytest.mark.parametrize("python_filter", [True, False], ids=["data-filter", "no-data-filter"])
+def test_an_archive_whose_manifest_lists_paths_outside_is_refused(tmp_path, monkeypatch, python_filter):
+    """The manifest itself may be hostile: a listed path that climbs out, or a listed link that points
+    out, is refused before anything is written, on Pythons with tarfile's data filter and without."""
+    from isacir.archive import ArchiveError, extract_checked
+
+    if not python_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def archive(name: str, member: tarfile.TarInfo, data: bytes = b"") -> tuple[Path, dict]:
+        path = tmp_path / f"{name}.tar"
+        entry = {"path": member.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        manifest = (
+            {"files": [entry]}
+            if member.isfile()
+            else {"files": [], "links": [{"path": member.name, "target": member.linkname}]}
+        )
+        with tarfile.open(path, "w") as tar:
+            raw = json.dumps(manifest).encode()
+            info = tarfile.TarInfo("m.json")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+            member.size = len(data) if member.isfile() else 0
+            tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+        return path, manifest
+
+    climb = tarfile.TarInfo("a/../../escape")
+    link = tarfile.TarInfo("a/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+    for name, member, data in [("climb", climb, b"out"), ("link", link, b"")]:
+        path, manifest = archive(name, member, data)
+        dest = tmp_path / f"dest-{name}"
+        dest.mkdir()
+        with pytest.raises(ArchiveError, match="points outside the folder"):
+            extract_checked(path, "m.json", manifest, dest)
+        assert not list(dest.rglob("*")) and not (tmp_path / "escape").exists()
+    inside = tarfile.TarInfo("a/b/fine")
+    path, manifest = archive("fine", inside, b"ok")
+    extract_checked(path, "m.json", manifest, tmp_path / "dest-fine")
+    assert (tmp_path / "dest-fine" / "a" / "b" / "fine").read_bytes() == b"ok"

@@ -187,8 +187,7 @@ def backup(
         # 2. the feedback log, before the catalogues: every verdict's item is in the backup
         fb = feedback_db if feedback_db is not None else (str(home / "feedback.sqlite"))
         if is_postgres_url(fb):
-            _pg_dump(fb, root / FEEDBACK_DUMP)
-            manifest["feedback"] = {"kind": "postgresql", "counts": _feedback_counts(fb)}
+            manifest["feedback"] = {"kind": "postgresql", "counts": _pg_dump_counted(fb, root / FEEDBACK_DUMP)}
         elif Path(fb).is_file():
             fb_path = Path(fb).resolve()
             inside = fb_path.parent == home
@@ -239,6 +238,27 @@ def _milvus_lite(folder: Path) -> set[Path]:
     return {Path(target).resolve()} if target.endswith(".db") else set()
 
 
+def _pg_dump_counted(url: str, out: Path) -> dict[str, int]:
+    """``pg_dump`` of one snapshot, and the log's counts read in that same snapshot.
+
+    A repeatable-read transaction exports its snapshot and counts in it; ``pg_dump --snapshot``
+    dumps exactly that state. Counting in a second transaction instead would also count the
+    verdicts that arrive while the dump runs, and the restore's check would then fail.
+    """
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            if row is None:
+                raise BackupError("PostgreSQL exported no snapshot")
+            counts = log_counts(lambda sql: conn.execute(sql).fetchall())
+            _pg_dump(url, out, snapshot=str(row[0]))  # the snapshot lives while this transaction does
+    return counts
+
+
 def _feedback_counts(spec: str) -> dict[str, int]:
     from .feedback.postgres import open_store
 
@@ -256,10 +276,10 @@ def _pg_tool(name: str) -> str:
     return found
 
 
-def _pg_dump(url: str, out: Path) -> None:
-    """``pg_dump`` in its custom format: one consistent snapshot (a repeatable-read transaction)."""
+def _pg_dump(url: str, out: Path, snapshot: str) -> None:
+    """``pg_dump`` in its custom format, of the exported ``snapshot``."""
     done = subprocess.run(
-        [_pg_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(out), url],
+        [_pg_tool("pg_dump"), "--format=custom", "--no-owner", f"--snapshot={snapshot}", "--file", str(out), url],
         capture_output=True,
         text=True,
         check=False,

@@ -8,6 +8,7 @@ loading code on these: an open_clip checkpoint (``open_clip_config.json`` + safe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -193,3 +194,20 @@ def save_tiny_xlmr_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
         model = open_clip.create_model(arch, pretrained=None, pretrained_hf=False)
     save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
     return f"openclip:{arch}@{folder}"
+
+
+def cache_hub_repo(hub: str | os.PathLike, repo: str, files: dict[str, Path], revision: str = "0" * 40) -> None:
+    """Put ``files`` (name in the repository -> a local file) into a Hugging Face hub cache as the
+    hub library lays it out (content in ``blobs/``, ``snapshots/REV/NAME`` linking there,
+    ``refs/main`` naming REV), so a tiny model loads as a hub model would, with no download."""
+    root = Path(hub) / ("models--" + repo.replace("/", "--"))
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(revision)
+    for name, src in files.items():
+        data = Path(src).read_bytes()
+        blob = hashlib.sha256(data).hexdigest()
+        (root / "blobs" / blob).write_bytes(data)
+        link = root / "snapshots" / revision / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(root / "blobs" / blob, link.parent))
