@@ -12,7 +12,7 @@ TEST_WORKERS ?= 2
 PYTEST_XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: test test-fast lint format docs demo install system-deps web clean bench-query-side
+.PHONY: test test-fast stack-test lint format docs demo install system-deps web clean bench-query-side
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,17 +55,22 @@ test-fast: $(STAMP) $(VENDOR)
 	$(PY) -m pytest -q $(PYTEST_XDIST) -m "not slow and not browser and not ddp and not bench" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# The on-premises compose stack (deploy/), built and exercised end to end; needs Docker (started, and
+# installed from Debian, when this runs as root). Its last line is JSON; see deploy/stack_test.py.
+stack-test: $(STAMP) $(VENDOR)
+	$(PY) deploy/stack_test.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks docs
-	$(VENV)/bin/ruff format --check src tests benchmarks docs
+	$(VENV)/bin/ruff check src tests benchmarks docs deploy
+	$(VENV)/bin/ruff format --check src tests benchmarks docs deploy
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/isacir-lab render --check
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks docs
-	$(VENV)/bin/ruff format src tests benchmarks docs
+	$(VENV)/bin/ruff check --fix src tests benchmarks docs deploy
+	$(VENV)/bin/ruff format src tests benchmarks docs deploy
 
 docs: $(STAMP)
 	$(VENV)/bin/isacir-lab render

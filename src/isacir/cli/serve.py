@@ -13,7 +13,7 @@ from ._app import DEVICE_HELP, app, err
 
 @app.command("serve")
 def serve_cmd(
-    gallery: Path = typer.Option(..., help="Gallery folder (from `isacir index`)."),
+    gallery: Path = typer.Option(..., help="Gallery folder (from `isacir index`).", envvar="ISACIR_GALLERY"),
     query_encoder: Optional[Path] = typer.Option(
         None,
         help="Serve this one query-encoder folder. Default: every served version of the model registry "
@@ -25,10 +25,12 @@ def serve_cmd(
         "UI's on-device mode download.",
     ),
     registry: Optional[Path] = typer.Option(
-        None, help="A model registry (`isacir models`) whose canary, active and deprecated versions are served."
+        None,
+        help="A model registry (`isacir models`) whose canary, active and deprecated versions are served.",
+        envvar="ISACIR_REGISTRY",
     ),
     canary_share: float = typer.Option(
-        0.1, help="With a registry: the share of thin-client searches the canary answers."
+        0.1, help="With a registry: the share of thin-client searches the canary answers.", envvar="ISACIR_CANARY_SHARE"
     ),
     interleave: Optional[str] = typer.Option(
         None,
@@ -38,32 +40,45 @@ def serve_cmd(
         1.0, help="With a registry: seconds between checks for changes (0: only POST /v1/admin/reload)."
     ),
     review_budget: float = typer.Option(
-        0.1, help="The share of answered queries drawn into the review queue (GET /v1/review/next); 0: none."
+        0.1,
+        help="The share of answered queries drawn into the review queue (GET /v1/review/next); 0: none.",
+        envvar="ISACIR_REVIEW_BUDGET",
     ),
     review_uniform: float = typer.Option(
         0.2, help="The share of that budget drawn uniformly, so weighted pilot numbers cover all traffic."
     ),
     review_lease_s: float = typer.Option(600.0, help="Seconds an operator holds a handed-out review query."),
     foundation: Optional[str] = typer.Option(
-        None, help="Default: the one the query encoder was trained for, or the gallery's."
+        None, help="Default: the one the query encoder was trained for, or the gallery's.", envvar="ISACIR_FOUNDATION"
     ),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
+    host: str = typer.Option("127.0.0.1", envvar="ISACIR_HOST"),
+    port: int = typer.Option(8000, envvar="ISACIR_PORT"),
     api_key_file: Optional[Path] = typer.Option(
         None,
         help="Scoped keys (.toml from `isacir keys add`, reloaded on change), or one plaintext key per line "
         "(every scope). Default: no auth, only sensible on loopback.",
+        envvar="ISACIR_API_KEY_FILE",
     ),
-    max_upload_mb: float = typer.Option(10.0, help="Request body cap; larger bodies get 413."),
+    max_upload_mb: float = typer.Option(
+        10.0, help="Request body cap; larger bodies get 413.", envvar="ISACIR_MAX_UPLOAD_MB"
+    ),
     feedback_db: Optional[str] = typer.Option(
-        None, help="A SQLite file (default: GALLERY/feedback.sqlite) or a postgresql:// URL that replicas share."
+        None,
+        help="A SQLite file (default: GALLERY/feedback.sqlite) or a postgresql:// URL that replicas share.",
+        envvar="ISACIR_FEEDBACK_DB",
     ),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    threads: Optional[int] = typer.Option(
+        None, help="torch CPU threads (default: torch's choice).", envvar="ISACIR_THREADS"
+    ),
     query_log_retention_days: Optional[float] = typer.Option(
-        None, help="Drop the payload tokens of unjudged queries after N days (default: keep them)."
+        None,
+        help="Drop the payload tokens of unjudged queries after N days (default: keep them).",
+        envvar="ISACIR_QUERY_LOG_RETENTION_DAYS",
     ),
     cors_origin: list[str] = typer.Option(
-        [], help="A browser origin allowed to call the API from another site (repeatable; default: none)."
+        [],
+        help="A browser origin allowed to call the API from another site (repeatable; default: none).",
+        envvar="ISACIR_CORS_ORIGIN",
     ),
     adapter: Optional[Path] = typer.Option(
         None, help="A query adapter folder from `isacir adapt`, applied to every search (default: none)."
@@ -79,7 +94,7 @@ def serve_cmd(
     ),
     max_inflight: int = typer.Option(32, help="API requests answered at once; beyond that, 503 with Retry-After."),
     batch_workers: int = typer.Option(1, help="Batches of composed queries run at once (each uses --threads)."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP, envvar="ISACIR_DEVICE"),
     itm_cache_mb: float = typer.Option(
         2048.0, help="Matching-head (BLIP ITM) re-ranking: MiB of cached gallery hidden states (0: no cache)."
     ),
