@@ -713,34 +713,57 @@ def backup_and_restore(a: Stack, base: str, queries: list[str], checks: dict[str
     return b, lost
 
 
-def main() -> dict:
-    t0 = time.monotonic()
+class Phases:
+    """Seconds per phase of the run, for the JSON (where the time goes)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.t = time.monotonic()
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(now - self.t, 1)
+        self.t = now
+
+
+def main(started: float) -> dict:
+    phases = Phases()
     base = ensure_base()
+    phases.done("base_image")
     sizes = build_images(base)
-    build_s = time.monotonic() - t0
+    phases.done("build")
     checks: dict[str, Any] = {}
     a, b = Stack("a", base), None
     try:
         a.init_secrets()
         prepare_import(a.dir / "import")
+        phases.done("secrets_and_models")
         # installed and first used by the previous release, then upgraded in place (its weights
         # unpack is not what is tested, and on Debian 12's Python it needs this release's fix)
         a.run("weights", "unpack", "/import/weights.tar")
         a.run_previous_release(previous_release_source())
         install(a)
+        phases.done("install")
         up_s = a.up()
+        phases.done("up")
         kept = use_the_previous_release(a)
         a.upgrade()
         check_the_upgrade(a, kept, checks)
+        phases.done("upgrade")
         queries = use_the_api(a, checks)
+        phases.done("api")
         w = kill_during_writes(a, queries, checks)
         lost = missing_writes(a, w)
+        phases.done("kill")
         down_and_up(a, checks)
         lost += missing_writes(a, w)
+        phases.done("down_up")
         b, lost_in_backup = backup_and_restore(a, base, queries, checks)
         lost += lost_in_backup
-        return {"build_s": round(build_s, 1), "up_s": round(up_s, 1), "checks": checks, "lost": lost,
-                "images": sizes, "base": base}  # fmt: skip
+        phases.done("backup_restore")
+        build_s = phases.seconds["base_image"] + phases.seconds["build"]
+        return {"build_s": round(build_s, 1), "up_s": round(up_s, 1), "total_s": round(time.monotonic() - started, 1),
+                "phases": phases.seconds, "checks": checks, "lost": lost, "images": sizes, "base": base}  # fmt: skip
     finally:
         for stack in (a, b):
             if stack is not None and os.environ.get("STACK_TEST_KEEP") != "1":
@@ -748,10 +771,10 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    daemon = None
+    daemon, started = None, time.monotonic()
     try:
         daemon = ensure_docker()
-        result = main()
+        result = main(started)
     except Skip as why:
         print(json.dumps({"skipped": str(why)}))
         sys.exit(0)

@@ -52,7 +52,7 @@ ENV PATH=/opt/isacir/bin:$PATH \
 USER isacir
 WORKDIR /data
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+HEALTHCHECK --interval=5s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('ISACIR_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["isacir-entrypoint"]
 CMD ["serve"]
