@@ -31,17 +31,31 @@ def test_the_tower_and_its_tokenizer_are_what_the_config_names(xlmr):
     assert pieces and tok.tokenizer.unk_token_id not in pieces
 
 
+JA_TEMPLATE = "ja"  # {}の写真、{}; with no modifier, {}の写真
+
+
 @pytest.mark.parametrize(
-    "words,modifier",
-    [("dog", "is red"), ("red car", "make it blue"), ("犬", "同じ形で赤"), ("赤い車", "取っ手なし"), ("dress", "")],
+    "words,modifier,template",
+    [
+        ("dog", "is red", TEMPLATE),
+        ("red car", "make it blue", TEMPLATE),
+        ("犬", "同じ形で赤", TEMPLATE),
+        ("赤い車", "取っ手なし", TEMPLATE),
+        ("dress", "", TEMPLATE),
+        # a template with no spaces: its pieces are glued to the slot and the modifier
+        ("犬", "同じ形で赤", JA_TEMPLATE),
+        ("赤い車", "取っ手なし", JA_TEMPLATE),
+        ("dog", "赤くして", JA_TEMPLATE),
+        ("犬", "", JA_TEMPLATE),
+    ],
 )
-def test_splicing_real_word_embeddings_equals_plain_text(xlmr, words, modifier):
+def test_splicing_real_word_embeddings_equals_plain_text(xlmr, words, modifier, template):
     """The invariant every family keeps: the words' own embeddings in the slots give the plain text's
     feature, here through mean pooling over the attended positions."""
     emb = xlmr.embed_words(words).unsqueeze(0)
     with torch.no_grad():
-        spliced = xlmr.encode_composed(emb, [modifier], TEMPLATE)
-        plain = xlmr.encode_text([PromptTemplate.parse(TEMPLATE).render(words, modifier)])
+        spliced = xlmr.encode_composed(emb, [modifier], template)
+        plain = xlmr.encode_text([PromptTemplate.parse(template).render(words, modifier)])
     assert spliced.shape == (1, xlmr.embed_dim)
     assert torch.allclose(spliced, plain, atol=1e-5), (spliced - plain).abs().max()
 
@@ -56,3 +70,18 @@ def test_pseudo_tokens_change_the_query_and_a_batch_composes_at_once(xlmr):
     assert batch.shape == (3, xlmr.embed_dim)
     assert torch.allclose(batch[1:2], one, atol=1e-5)
     assert not torch.allclose(one, other, atol=1e-3)  # the slots are read, not masked away
+
+
+def test_a_language_names_its_template_and_training_keeps_the_words_themselves():
+    from isacir.errors import TemplateError
+    from isacir.template import TEMPLATES
+    from isacir.training.config import TrainConfig
+
+    ja = PromptTemplate.parse("ja")
+    assert (ja.full, ja.empty) == ("{}の写真、{}", "{}の写真")
+    assert ja.render("犬", " 赤くして ") == "犬の写真、赤くして" and ja.render("犬") == "犬の写真"
+    assert PromptTemplate.parse("en") == PromptTemplate.parse(TEMPLATES["en"])
+    # a checkpoint records the words it was trained with, not a name whose words could change
+    assert TrainConfig(template="ja").template == "{}の写真、{}"
+    with pytest.raises(TemplateError, match="name a language"):
+        PromptTemplate.parse("fr")

@@ -36,6 +36,12 @@ class TokenizerAdapter:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """Tokens of ``text`` where it directly follows other text with no space between, as the
+        pieces of a Japanese template do (``{}の写真、{}``). The same as :meth:`encode` for
+        tokenizers that add nothing at the start of a text (CLIP's BPE, WordPiece)."""
+        return self.encode(text)
+
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize plain texts with the same layout as composed prompts: ``(ids, attention_mask)``."""
         rows = []
@@ -104,6 +110,59 @@ class HFTokenizerAdapter(TokenizerAdapter):
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(self.clean(text), add_special_tokens=False)["input_ids"])
 
+    def encode_continuation(self, text: str) -> list[int]:
+        # SentencePiece-style tokenizers mark the start of every text they are given as a word start
+        # (the Metaspace "dummy prefix"); a piece glued to the text before it has no such start, so
+        # it is tokenized by a copy of the tokenizer that adds no prefix.
+        if not hasattr(self, "_continuation"):
+            self._continuation = _without_dummy_prefix(self.tokenizer)
+        if self._continuation is None:
+            return self.encode(text)
+        return list(self._continuation.encode(self.clean(text), add_special_tokens=False).ids)
+
+
+def _without_dummy_prefix(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer's backend whose Metaspace adds no word-start marker and whose
+    normalizer prepends none; None where the tokenizer adds none (or is not a fast one)."""
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    changed = False
+
+    def strip(node: Any) -> Any:
+        nonlocal changed
+        if isinstance(node, dict):
+            if node.get("type") == "Metaspace" and (
+                node.get("prepend_scheme", "always") != "never" or node.get("add_prefix_space")
+            ):
+                node = {**node, "prepend_scheme": "never"}
+                node.pop("add_prefix_space", None)
+                changed = True
+            if node.get("type") == "Prepend":
+                changed = True
+                return None
+            return {k: strip(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [x for x in (strip(v) for v in node) if x is not None]
+        return node
+
+    spec["normalizer"] = strip(spec.get("normalizer"))
+    spec["pre_tokenizer"] = strip(spec.get("pre_tokenizer"))
+    if not changed:
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def _glued(before: str, piece: str) -> bool:
+    """Whether ``piece`` continues the text before it with no space between (``before`` is what
+    precedes it; a pseudo-token slot counts as text)."""
+    return bool(piece) and not piece[0].isspace() and not (before and before[-1].isspace())
+
 
 @dataclass
 class ComposedInputs:
@@ -129,12 +188,15 @@ def build_composed_inputs(
     modifiers: Sequence[str],
 ) -> ComposedInputs:
     """Lay out ``bos + prefix + [slot]*N + middle + modifier + suffix + eos`` for each modifier."""
-    cache: dict[str, list[int]] = {}
+    cache: dict[tuple[str, bool], list[int]] = {}
 
-    def enc(piece: str) -> list[int]:
-        if piece not in cache:
-            cache[piece] = adapter.encode(piece) if piece.strip() else []
-        return cache[piece]
+    def enc(piece: str, glued: bool = False) -> list[int]:
+        if (piece, glued) not in cache:
+            text = piece if piece.strip() else ""
+            cache[piece, glued] = (adapter.encode_continuation(text) if glued else adapter.encode(text)) if text else []
+        return cache[piece, glued]
+
+    slot = "x"  # what a slot counts as for the glue between pieces: text, not a space
 
     specials = len(adapter.bos) + len(adapter.eos)
     rows: list[list[int]] = []
@@ -145,12 +207,14 @@ def build_composed_inputs(
             if not template.has_modifier_slot:
                 raise TemplateError(f"template {template.full!r} has no modifier slot, but a modifier was given")
             prefix, middle, suffix = template.pieces(True)
-            head, tail = enc(prefix), enc(middle)
-            end = enc(suffix)
-            mod = adapter.encode(modifier)
+            head, tail = enc(prefix), enc(middle, _glued(slot, middle))
+            before_mod = middle if middle else slot
+            glued_mod = _glued(before_mod, modifier)
+            mod = adapter.encode_continuation(modifier) if glued_mod else adapter.encode(modifier)
+            end = enc(suffix, _glued(modifier or before_mod, suffix))
         else:
             prefix, suffix = template.pieces(False)
-            head, tail, end, mod = enc(prefix), [], enc(suffix), []
+            head, tail, end, mod = enc(prefix), [], enc(suffix, _glued(slot, suffix)), []
         fixed = specials + len(head) + num_tokens + len(tail) + len(end)
         budget = adapter.context_length - fixed
         if budget < 0:

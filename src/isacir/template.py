@@ -12,6 +12,17 @@ from .errors import TemplateError
 
 DEFAULT_TEMPLATE = "a photo of {} that {}"
 PLACEHOLDER = "{}"
+#: Templates by language, named where a template is asked for (``--template ja``). Japanese writes
+#: no spaces: the slot comes first, where a photo's subject goes, and the pieces after it are
+#: tokenized as the continuation of the text before them (see :mod:`isacir.compose`).
+TEMPLATES = {"en": DEFAULT_TEMPLATE, "ja": "{}の写真、{}"}
+#: Their forms for an empty modifier, where cutting after the first slot would drop a word.
+EMPTY_FORMS = {TEMPLATES["ja"]: "{}の写真"}
+
+
+def resolve_template(template: str) -> str:
+    """A language name from :data:`TEMPLATES` as its template; any other string as it is."""
+    return TEMPLATES.get(template, template)
 
 
 @dataclass(frozen=True)
@@ -32,12 +43,15 @@ class PromptTemplate:
             return template
         if not isinstance(template, str):
             raise TemplateError(f"template must be a string, got {type(template).__name__}")
+        template = resolve_template(template)
         count = template.count(PLACEHOLDER)
         if count not in (1, 2):
             raise TemplateError(
                 f"template {template!r} must contain one '{{}}' for the pseudo tokens and optionally a "
-                f"second '{{}}' for the modifier; found {count}"
+                f"second '{{}}' for the modifier, or name a language ({', '.join(TEMPLATES)}); found {count}"
             )
+        if empty is None:
+            empty = EMPTY_FORMS.get(template)
         if empty is None:
             cut = template.index(PLACEHOLDER) + len(PLACEHOLDER)
             empty = template[:cut]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import ConfigError
-from ..template import DEFAULT_TEMPLATE
+from ..template import DEFAULT_TEMPLATE, TEMPLATES, resolve_template
 
 PRESET_PACKAGE = "isacir.training.presets"
 
@@ -63,7 +63,12 @@ class TrainConfig:
         0.0, "Weight of the word prior (pull tokens towards real words); an ablation, 0 = off."
     )
     local_grid: Optional[int] = setting(None, "Pool cached patch features to GRID x GRID (saves disk).")
-    template: str = setting(DEFAULT_TEMPLATE, "Prompt the pseudo tokens are trained in ({} = tokens, {} = modifier).")
+    template: str = setting(
+        DEFAULT_TEMPLATE,
+        "Prompt the pseudo tokens are trained in ({} = tokens, {} = modifier), or a language's: "
+        + ", ".join(TEMPLATES)
+        + ".",
+    )
     augment: str = setting(
         "light", "Query-side augmentation: none | light (scale jitter) | medium (+ brightness/contrast)."
     )
@@ -89,6 +94,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from ..query.methods import canonical_method
+
+        # a language name is stored as its template: the tokens are trained for these exact words
+        self.template = resolve_template(self.template)
 
         try:
             self.method = canonical_method(self.method)
