@@ -32,13 +32,14 @@ $(VENDOR): web/package.json web/package-lock.json web/build.mjs
 
 web: $(VENDOR)
 
-# The browser tests drive Debian's chromium, the metrics test scrapes with Debian's prometheus,
+# The browser tests drive Debian's chromium (with a Japanese font, so screenshots show what operators
+# type), the metrics test scrapes with Debian's prometheus,
 # the load-test check drives Debian's wrk, the feedback-store tests start Debian's postgresql, and
 # `make web` needs node and npm.
 # Each entry is PACKAGE:PROGRAM (PostgreSQL keeps its programs off PATH, under /usr/lib/postgresql).
 # As root, install what is missing; otherwise those tests say what to install.
 SYSTEM_PACKAGES := chromium:chromium prometheus:prometheus wrk:wrk postgresql:/usr/lib/postgresql/*/bin/initdb \
-	nodejs:node npm:npm
+	nodejs:node npm:npm fonts-ipafont-gothic:/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf
 system-deps:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do pkg=$${entry%%:*}; prog=$${entry#*:}; \
 		command -v $$prog >/dev/null 2>&1 || ls $$prog >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \

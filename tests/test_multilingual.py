@@ -85,3 +85,8 @@ def test_a_language_names_its_template_and_training_keeps_the_words_themselves()
     assert TrainConfig(template="ja").template == "{}の写真、{}"
     with pytest.raises(TemplateError, match="name a language"):
         PromptTemplate.parse("fr")
+
+
+def test_what_a_foundation_reads_is_told_from_its_text_tower(xlmr, openclip_fnd, blip_fnd):
+    assert xlmr.languages == ("multilingual",)  # an XLM-RoBERTa tower, whatever its vocabulary size
+    assert openclip_fnd.languages == ("en",) and blip_fnd.languages == ("en",)  # CLIP's BPE, BERT

@@ -50,12 +50,15 @@ def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
 
             # no key yet: the service says so and the key box opens
             page.set_input_files("#file", str(images[4]))
-            page.fill("#text", "make it red")
+            page.fill("#text", "同じ形で赤")  # operators may write Japanese; it travels and is logged as typed
             page.click("#search")
             expect(page.locator("#status")).to_contain_text("API key")
             expect(page.locator("#key-box")).to_be_visible()
             page.fill("#api-key", "test-key")
             page.click("#key-save")
+            # the served model reads English only, and the operator is told before searching
+            expect(page.locator("#languages")).to_contain_text("English only")
+            expect(page.locator("#text")).to_have_attribute("lang", "en")
 
             page.select_option("#k", "10")
             page.click("#search")
@@ -87,6 +90,8 @@ def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
     )
     assert rows[0] == (chosen, "confirmed")
     assert rows[1][1] == "rejected"
+    text = sqlite3.connect(state.feedback.path).execute("SELECT text FROM queries WHERE query_id = ?", (query_id,))
+    assert text.fetchone() == ("同じ形で赤",)
     assert (ARTIFACTS / "ui-phone-search.png").stat().st_size > 10_000
 
 

@@ -49,6 +49,12 @@ def pool_patch_grid(local: torch.Tensor, grid: int | None) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, grid).flatten(2).transpose(1, 2)
 
 
+#: Hugging Face text towers trained on many languages (XLM-RoBERTa, NLLB's M2M-100, mT5, Gemma)
+MULTILINGUAL_TEXT_TOWERS = frozenset({"xlm-roberta", "xlm-roberta-xl", "m2m_100", "mt5", "gemma", "gemma2", "gemma3"})
+#: vocabularies this large (XLM-R 250k, mT5 250k, Gemma 256k pieces) cover many scripts
+MULTILINGUAL_VOCAB = 200_000
+
+
 @dataclass
 class ImageFeatures:
     """Image-side outputs of a foundation.
@@ -107,6 +113,20 @@ class Foundation(nn.Module):
         return {"family": self.family}
 
     # ----- shared behaviour ------------------------------------------------------------------------
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """What the text tower reads: ``("en",)``, or ``("multilingual",)`` for a tower trained on
+        many languages. Operators see it, so that nobody types Japanese into an English-only model
+        (which answers, poorly, without an error)."""
+        if self._text_tower_type() in MULTILINGUAL_TEXT_TOWERS:
+            return ("multilingual",)
+        # a tokenizer of this size was built for many scripts (CLIP's BPE has 49k pieces, BERT 30k)
+        return ("multilingual",) if self.token_embedding.num_embeddings >= MULTILINGUAL_VOCAB else ("en",)
+
+    def _text_tower_type(self) -> str | None:
+        """The Hugging Face ``model_type`` of the text tower, where it is one."""
+        return None
+
     @property
     def word_dim(self) -> int:
         return self.token_embedding.embedding_dim

@@ -148,6 +148,10 @@ class OpenClipFoundation(Foundation):
     def token_embedding(self) -> nn.Embedding:
         return self._token_embedding
 
+    def _text_tower_type(self) -> str | None:
+        config = getattr(getattr(self.model, "text", None), "config", None)  # open_clip's HFTextEncoder
+        return getattr(config, "model_type", None)
+
     def _architecture(self) -> object:
         return {"family": self.family, **self._arch}
 

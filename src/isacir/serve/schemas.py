@@ -221,6 +221,9 @@ class InfoOut(_Out):
     num_tokens: int
     token_dim: int
     template: str
+    languages: list[str] = Field(
+        ..., description='What the foundation\'s text tower reads: ["en"] (English only) or ["multilingual"].'
+    )
     gallery_items: int
     store: str
 

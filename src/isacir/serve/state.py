@@ -428,6 +428,7 @@ class ServiceState:
             "num_tokens": qe.num_tokens,
             "token_dim": qe.word_dim,
             "template": primary.model.retriever.template,
+            "languages": list(self.foundation.languages),
             "gallery_items": self.gallery.count(),
             "store": self.gallery.info["store"],
         }

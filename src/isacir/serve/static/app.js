@@ -61,7 +61,24 @@
     $("key-box").hidden = true;
     status("API key saved in this browser.");
     probeDevice();
+    showLanguages();
   });
+
+  // Which languages the served model reads: an English-only model answers a Japanese change
+  // without any error, only badly, so the operator is told before typing.
+  async function showLanguages() {
+    try {
+      const res = await fetch("/v1/info", { headers: headers() });
+      if (!res.ok) return;
+      const info = await res.json();
+      const many = (info.languages || []).includes("multilingual");
+      $("languages").textContent = many
+        ? "The model reads many languages: write the change in yours (日本語も可)."
+        : "The model reads English only: write the change in English.";
+      $("languages").dataset.languages = (info.languages || []).join(",");
+      $("text").lang = many ? "" : "en";
+    } catch (_) { /* the service is unreachable: the search itself will say so */ }
+  }
 
   // when the current results were shown: each verdict says how long the operator took over them
   let shownAt = performance.now();
@@ -378,4 +395,5 @@
     }
   });
   probeDevice();
+  showLanguages();
 })();
