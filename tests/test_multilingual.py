@@ -90,3 +90,44 @@ def test_a_language_names_its_template_and_training_keeps_the_words_themselves()
 def test_what_a_foundation_reads_is_told_from_its_text_tower(xlmr, openclip_fnd, blip_fnd):
     assert xlmr.languages == ("multilingual",)  # an XLM-RoBERTa tower, whatever its vocabulary size
     assert openclip_fnd.languages == ("en",) and blip_fnd.languages == ("en",)  # CLIP's BPE, BERT
+
+
+@pytest.fixture(scope="module")
+def siglip2(tmp_path_factory):
+    from isacir.foundation import create_foundation
+    from isacir.testing import save_tiny_siglip2_openclip
+
+    return create_foundation(save_tiny_siglip2_openclip(tmp_path_factory.mktemp("siglip2"), seed=0))
+
+
+def test_a_siglip2_tower_reads_through_its_gemma_tokenizer(siglip2):
+    tok = siglip2.tokenizer
+    assert type(tok.tokenizer).__name__.startswith("GemmaTokenizer")
+    assert siglip2.model.text.pool_type == "last" and tok.pad_to == "max"  # pooled where padding ends
+    # spaces are written into the pieces, so a word after a space is a different piece
+    assert tok.encode(" photo") != tok.encode("photo")
+
+
+@pytest.mark.parametrize(
+    "words,modifier,template",
+    [
+        ("dog", "is red", TEMPLATE),
+        ("red car", "make it blue", TEMPLATE),
+        ("犬", "同じ形で赤", TEMPLATE),
+        ("dress", "", TEMPLATE),
+        ("dog", "同じ形で赤", JA_TEMPLATE),
+        ("dog", "", JA_TEMPLATE),
+    ],
+)
+def test_splicing_with_a_tokenizer_that_writes_spaces_into_its_pieces(siglip2, words, modifier, template):
+    """The space before a slot belongs to the words in it, as in the plain text's own pieces; so the
+    words' embeddings are taken as they stand there (after a space in the English template, first in
+    the Japanese one). A tokenizer that merges a word with the template's next characters into one
+    piece cannot be matched this way, so the cases are words whose pieces end where they do."""
+    tpl = PromptTemplate.parse(template)
+    before = tpl.full.split("{}")[0]
+    emb = siglip2.embed_words((" " if before.endswith(" ") else "") + words).unsqueeze(0)
+    with torch.no_grad():
+        spliced = siglip2.encode_composed(emb, [modifier], template)
+        plain = siglip2.encode_text([tpl.render(words, modifier)])
+    assert torch.allclose(spliced, plain, atol=1e-5), (spliced - plain).abs().max()

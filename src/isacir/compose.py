@@ -107,8 +107,14 @@ class HFTokenizerAdapter(TokenizerAdapter):
         unk = tokenizer.unk_token_id
         self.placeholder_id = star if star is not None and star != unk else (unk if unk is not None else 0)
 
+    def _cleaned(self, text: str) -> str:
+        # open_clip's cleaners strip the ends; a leading space is kept, since it is the text's own
+        # where a tokenizer writes spaces into its pieces (see build_composed_inputs)
+        cleaned = self.clean(text)
+        return " " + cleaned if cleaned and text[:1].isspace() and not cleaned[:1].isspace() else cleaned
+
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(self.clean(text), add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(self._cleaned(text), add_special_tokens=False)["input_ids"])
 
     def encode_continuation(self, text: str) -> list[int]:
         # SentencePiece-style tokenizers mark the start of every text they are given as a word start
@@ -118,7 +124,7 @@ class HFTokenizerAdapter(TokenizerAdapter):
             self._continuation = _without_dummy_prefix(self.tokenizer)
         if self._continuation is None:
             return self.encode(text)
-        return list(self._continuation.encode(self.clean(text), add_special_tokens=False).ids)
+        return list(self._continuation.encode(self._cleaned(text), add_special_tokens=False).ids)
 
 
 def _without_dummy_prefix(tokenizer: Any) -> Any:
@@ -207,14 +213,18 @@ def build_composed_inputs(
             if not template.has_modifier_slot:
                 raise TemplateError(f"template {template.full!r} has no modifier slot, but a modifier was given")
             prefix, middle, suffix = template.pieces(True)
-            head, tail = enc(prefix), enc(middle, _glued(slot, middle))
-            before_mod = middle if middle else slot
-            glued_mod = _glued(before_mod, modifier)
-            mod = adapter.encode_continuation(modifier) if glued_mod else adapter.encode(modifier)
-            end = enc(suffix, _glued(modifier or before_mod, suffix))
+            # A space between pieces belongs to the text after it, as in the plain text's tokens
+            # where a tokenizer writes spaces into its pieces (Gemma's "▁that"); the one before the
+            # slot goes to the pseudo tokens. Tokenizers that drop spaces see the same ids either way.
+            body = middle.rstrip()
+            text = middle[len(body) :] + modifier.strip()
+            head, tail = enc(prefix.rstrip()), enc(body, _glued(slot, body))
+            before_mod = body or slot
+            mod = adapter.encode_continuation(text) if _glued(before_mod, text) else adapter.encode(text)
+            end = enc(suffix, _glued(text, suffix))
         else:
             prefix, suffix = template.pieces(False)
-            head, tail, end, mod = enc(prefix), [], enc(suffix, _glued(slot, suffix)), []
+            head, tail, end, mod = enc(prefix.rstrip()), [], enc(suffix, _glued(slot, suffix)), []
         fixed = specials + len(head) + num_tokens + len(tail) + len(end)
         budget = adapter.context_length - fixed
         if budget < 0:

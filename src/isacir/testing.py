@@ -196,6 +196,66 @@ def save_tiny_xlmr_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
     return f"openclip:{arch}@{folder}"
 
 
+def save_tiny_siglip2_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny open_clip model shaped like SigLIP 2's (``ViT-B-16-SigLIP2``): open_clip's own text
+    transformer with no causal mask, pooled at the last position over text padded to the context,
+    read through a Gemma tokenizer (byte-pair pieces, spaces written as ``▁``, no word-start marker,
+    ``<bos>`` first) trained here on English and Japanese; return the foundation name that loads it."""
+    import open_clip
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import GemmaTokenizerFast
+
+    from ._logcapture import captured_library_logs
+    from .foundation.openclip import save_openclip_checkpoint
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    special = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.normalizer = normalizers.Replace(" ", "\u2581")
+    raw.decoder = decoders.Sequence([decoders.Replace("\u2581", " ")])
+    # trained as SentencePiece trains Gemma's: pieces never span a space (one may start with "▁");
+    # the finished tokenizer, like Gemma's, has no pre-tokenizer
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=160, special_tokens=special)
+    raw.train_from_iterator(list(TINY_BILINGUAL_CORPUS) * 20, trainer)
+    raw.pre_tokenizer = None
+    bos = raw.token_to_id("<bos>")
+    raw.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    tokenizer = GemmaTokenizerFast(
+        tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", pad_token="<pad>"
+    )
+    tokenizer.save_pretrained(folder)
+    cfg = {
+        "embed_dim": 32,
+        "init_logit_bias": -10,
+        "custom_text": True,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {
+            "context_length": 24,
+            "vocab_size": len(tokenizer),
+            "hf_tokenizer_name": str(folder),
+            "tokenizer_kwargs": {"clean": "canonicalize"},
+            "width": 64,
+            "heads": 2,
+            "layers": 2,
+            "no_causal_mask": True,
+            "proj_bias": True,
+            "pool_type": "last",
+            "norm_kwargs": {"eps": 1e-6},
+            "act_kwargs": {"approximate": "tanh"},
+        },
+    }
+    arch = "isacir-tiny-siglip2"
+    (folder / f"{arch}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder / f"{arch}.json")
+    torch.manual_seed(seed)
+    with captured_library_logs():  # "no pretrained weights" is the point here
+        model = open_clip.create_model(arch, pretrained=None)
+    save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    return f"openclip:{arch}@{folder}"
+
+
 def cache_hub_repo(hub: str | os.PathLike, repo: str, files: dict[str, Path], revision: str = "0" * 40) -> None:
     """Put ``files`` (name in the repository -> a local file) into a Hugging Face hub cache as the
     hub library lays it out (content in ``blobs/``, ``snapshots/REV/NAME`` linking there,
