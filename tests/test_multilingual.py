@@ -131,3 +131,56 @@ def test_splicing_with_a_tokenizer_that_writes_spaces_into_its_pieces(siglip2, w
         spliced = siglip2.encode_composed(emb, [modifier], template)
         plain = siglip2.encode_text([tpl.render(words, modifier)])
     assert torch.allclose(spliced, plain, atol=1e-5), (spliced - plain).abs().max()
+
+
+@pytest.fixture(scope="module")
+def nllb(tmp_path_factory):
+    from isacir.foundation import create_foundation
+    from isacir.testing import save_tiny_nllb_openclip
+
+    return create_foundation(save_tiny_nllb_openclip(tmp_path_factory.mktemp("nllb"), seed=0))
+
+
+def test_an_nllb_tower_starts_with_its_language_code_and_pools_there(nllb):
+    tok = nllb.tokenizer
+    assert type(nllb.model.text.transformer).__name__ == "M2M100Encoder"
+    assert tok.tokenizer.convert_ids_to_tokens(tok.bos) == ["eng_Latn"] and tok.eos == [tok.tokenizer.eos_token_id]
+    assert nllb.languages == ("multilingual",)
+
+
+@pytest.mark.parametrize(
+    "words,modifier,template",
+    [
+        ("dog", "is red", TEMPLATE),
+        ("犬", "同じ形で赤", TEMPLATE),
+        ("dress", "", TEMPLATE),
+        ("dog", "同じ形で赤", JA_TEMPLATE),
+        ("dog", "", JA_TEMPLATE),
+    ],
+)
+def test_splicing_into_an_nllb_tower_equals_plain_text(nllb, words, modifier, template):
+    emb = nllb.embed_words(words).unsqueeze(0)
+    with torch.no_grad():
+        spliced = nllb.encode_composed(emb, [modifier], template)
+        plain = nllb.encode_text([PromptTemplate.parse(template).render(words, modifier)])
+    assert torch.allclose(spliced, plain, atol=1e-5), (spliced - plain).abs().max()
+
+
+def test_a_tokenizer_composition_cannot_handle_is_refused_by_name():
+    """A text side whose tokenizer cannot take pseudo tokens fails at load, naming it, rather than
+    splicing into the wrong places."""
+    from open_clip.tokenizer import HFTokenizer
+
+    from isacir.errors import UnknownModelError
+    from isacir.foundation.openclip import _tokenizer_adapter
+
+    clips = HFTokenizer.__new__(HFTokenizer)
+    clips.tokenizer_mode = "clips"
+    with pytest.raises(UnknownModelError, match="'clips' tokenizer mode is not supported"):
+        _tokenizer_adapter(clips, 77)
+
+    class Homemade:
+        pass
+
+    with pytest.raises(UnknownModelError, match="tokenizer type Homemade is not supported"):
+        _tokenizer_adapter(Homemade(), 77)

@@ -256,6 +256,67 @@ def save_tiny_siglip2_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
     return f"openclip:{arch}@{folder}"
 
 
+def save_tiny_nllb_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny open_clip model shaped like NLLB-CLIP (``nllb-clip-base``): the encoder of an
+    M2M-100 (NLLB's architecture) as the text tower, pooled at its first token, which NLLB's
+    tokenizer makes the source-language code (``eng_Latn``, ``jpn_Jpan``); the tokenizer is trained
+    here on English and Japanese; return the foundation name that loads it."""
+    import open_clip
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import M2M100Config, NllbTokenizerFast
+
+    from ._logcapture import captured_library_logs
+    from .foundation.openclip import save_openclip_checkpoint
+
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    raw.train_from_iterator(list(TINY_BILINGUAL_CORPUS) * 20, trainer)
+    spec = json.loads(raw.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
+    tokenizer = NllbTokenizerFast(
+        vocab=spec["vocab"], merges=merges, additional_special_tokens=["eng_Latn", "jpn_Jpan"], src_lang="eng_Latn"
+    )
+    tokenizer.save_pretrained(folder)
+    tower = M2M100Config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+    )
+    tower.save_pretrained(folder)
+    cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {
+            "hf_model_name": str(folder),
+            "hf_tokenizer_name": str(folder),
+            "hf_proj_type": "linear",
+            "hf_pooler_type": "cls_pooler",
+            "context_length": 32,
+        },
+    }
+    arch = "isacir-tiny-nllb"
+    (folder / f"{arch}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder / f"{arch}.json")
+    torch.manual_seed(seed)
+    with captured_library_logs():  # "no pretrained weights" is the point here
+        model = open_clip.create_model(arch, pretrained=None, pretrained_hf=False)
+    save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    return f"openclip:{arch}@{folder}"
+
+
 def cache_hub_repo(hub: str | os.PathLike, repo: str, files: dict[str, Path], revision: str = "0" * 40) -> None:
     """Put ``files`` (name in the repository -> a local file) into a Hugging Face hub cache as the
     hub library lays it out (content in ``blobs/``, ``snapshots/REV/NAME`` linking there,
