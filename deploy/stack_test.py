@@ -159,10 +159,10 @@ def local_torch_wheels() -> None:
     if list(dest.glob("torch-2.14.1-*.whl")):
         return
     config = sh(sys.executable, "-m", "pip", "config", "list", check=False).stdout
-    roots = [
-        Path(v.strip("'\"").removeprefix("file://")) for line in config.splitlines() for v in line.split("=", 1)[1:]
-    ]
-    local = [r for r in roots if r.is_absolute() and r.exists()]
+    # each setting's value may hold several places (extra-index-url 'file:///a file:///b')
+    values = [v for line in config.splitlines() if "=" in line for v in line.split("=", 1)[1].strip("'\"").split()]
+    local = [p for p in (Path(v.removeprefix("file://")) for v in values) if p.is_absolute() and p.is_dir()]
+    # a find-links folder holds wheels; a file:// simple index keeps them in a folder beside it
     if not any(list(r.glob("torch-2.14.1-*.whl")) + list(r.parent.glob("*/torch-2.14.1-*.whl")) for r in local):
         return  # the build takes torch from TORCH_INDEX
     say("copying the local torch wheels into deploy/docker/wheels")
