@@ -124,6 +124,40 @@ TINY_BILINGUAL_CORPUS = (
 )
 
 
+def _hf_text_cfg(folder: Path, pooler: str) -> dict:
+    """An open_clip config whose text tower is the Hugging Face model saved in ``folder``."""
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+        "text_cfg": {
+            "hf_model_name": str(folder),
+            "hf_tokenizer_name": str(folder),
+            "hf_pooler_type": pooler,
+            "hf_proj_type": "linear",
+            "context_length": 32,
+        },
+    }
+
+
+def _save_tiny_arch(folder: Path, arch: str, cfg: dict, seed: int, hf_tower: bool = False) -> str:
+    """Register ``cfg`` as ``arch``, build it with seeded random weights and save it in open_clip's
+    local layout; return the foundation name that loads it."""
+    import open_clip
+
+    from ._logcapture import captured_library_logs
+    from .foundation.openclip import save_openclip_checkpoint
+
+    (folder / f"{arch}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder / f"{arch}.json")
+    torch.manual_seed(seed)
+    with captured_library_logs():  # "no pretrained weights" is the point here
+        # the tower's weights are these random ones, not a hub download
+        extra = {"pretrained_hf": False} if hf_tower else {}
+        model = open_clip.create_model(arch, pretrained=None, **extra)
+    save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    return f"openclip:{arch}@{folder}"
+
+
 def save_tiny_xlmr_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
     """Write a tiny open_clip model whose text tower is an XLM-RoBERTa (mean pooling, as
     ``xlm-roberta-base-ViT-B-32`` has) with a SentencePiece-style Unigram tokenizer trained here on
@@ -132,12 +166,8 @@ def save_tiny_xlmr_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
     One folder holds what open_clip's local layout needs (``open_clip_config.json``, the weights)
     and what its Hugging Face text tower reads (the tower's ``config.json`` and the tokenizer files),
     as a Hub repository would."""
-    import open_clip
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
-
-    from ._logcapture import captured_library_logs
-    from .foundation.openclip import save_openclip_checkpoint
 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -173,27 +203,9 @@ def save_tiny_xlmr_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
         bos_token_id=bos,
         eos_token_id=eos,
     )
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-        "text_cfg": {
-            "hf_model_name": str(folder),
-            "hf_tokenizer_name": str(folder),
-            "hf_pooler_type": "mean_pooler",
-            "hf_proj_type": "linear",
-            "context_length": 32,
-        },
-    }
-    arch = "isacir-tiny-xlmr"
-    (folder / f"{arch}.json").write_text(json.dumps(cfg))
     tower.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    open_clip.add_model_config(folder / f"{arch}.json")
-    torch.manual_seed(seed)
-    with captured_library_logs():  # "no pretrained weights" is the point here
-        model = open_clip.create_model(arch, pretrained=None, pretrained_hf=False)
-    save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
-    return f"openclip:{arch}@{folder}"
+    return _save_tiny_arch(folder, "isacir-tiny-xlmr", _hf_text_cfg(folder, "mean_pooler"), seed, hf_tower=True)
 
 
 def save_tiny_siglip2_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
@@ -201,12 +213,8 @@ def save_tiny_siglip2_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
     transformer with no causal mask, pooled at the last position over text padded to the context,
     read through a Gemma tokenizer (byte-pair pieces, spaces written as ``▁``, no word-start marker,
     ``<bos>`` first) trained here on English and Japanese; return the foundation name that loads it."""
-    import open_clip
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import GemmaTokenizerFast
-
-    from ._logcapture import captured_library_logs
-    from .foundation.openclip import save_openclip_checkpoint
 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,14 +254,7 @@ def save_tiny_siglip2_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
             "act_kwargs": {"approximate": "tanh"},
         },
     }
-    arch = "isacir-tiny-siglip2"
-    (folder / f"{arch}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder / f"{arch}.json")
-    torch.manual_seed(seed)
-    with captured_library_logs():  # "no pretrained weights" is the point here
-        model = open_clip.create_model(arch, pretrained=None)
-    save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
-    return f"openclip:{arch}@{folder}"
+    return _save_tiny_arch(folder, "isacir-tiny-siglip2", cfg, seed)
 
 
 def save_tiny_nllb_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
@@ -261,12 +262,8 @@ def save_tiny_nllb_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
     M2M-100 (NLLB's architecture) as the text tower, pooled at its first token, which NLLB's
     tokenizer makes the source-language code (``eng_Latn``, ``jpn_Jpan``); the tokenizer is trained
     here on English and Japanese; return the foundation name that loads it."""
-    import open_clip
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import M2M100Config, NllbTokenizerFast
-
-    from ._logcapture import captured_library_logs
-    from .foundation.openclip import save_openclip_checkpoint
 
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -296,25 +293,7 @@ def save_tiny_nllb_openclip(folder: str | os.PathLike, seed: int = 0) -> str:
         decoder_start_token_id=tokenizer.eos_token_id,
     )
     tower.save_pretrained(folder)
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-        "text_cfg": {
-            "hf_model_name": str(folder),
-            "hf_tokenizer_name": str(folder),
-            "hf_proj_type": "linear",
-            "hf_pooler_type": "cls_pooler",
-            "context_length": 32,
-        },
-    }
-    arch = "isacir-tiny-nllb"
-    (folder / f"{arch}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder / f"{arch}.json")
-    torch.manual_seed(seed)
-    with captured_library_logs():  # "no pretrained weights" is the point here
-        model = open_clip.create_model(arch, pretrained=None, pretrained_hf=False)
-    save_openclip_checkpoint(model, folder, cfg, {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
-    return f"openclip:{arch}@{folder}"
+    return _save_tiny_arch(folder, "isacir-tiny-nllb", _hf_text_cfg(folder, "cls_pooler"), seed, hf_tower=True)
 
 
 def cache_hub_repo(hub: str | os.PathLike, repo: str, files: dict[str, Path], revision: str = "0" * 40) -> None:
