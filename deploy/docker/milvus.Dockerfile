@@ -17,4 +17,6 @@ EXPOSE 19530 9091
 HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=30 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9091/healthz', timeout=4)"]
 STOPSIGNAL SIGINT
-ENTRYPOINT ["/opt/milvus/bin/milvus-server", "--data", "/var/lib/milvus"]
+# After a restart, Milvus's coordinators wait for their previous sessions' etcd leases to run out
+# (30 s by default) before serving; on one host there is no other node to fail over to, so 10 s.
+ENTRYPOINT ["/opt/milvus/bin/milvus-server", "--data", "/var/lib/milvus", "--extra-config", "common.session.ttl=10"]
