@@ -10,6 +10,7 @@ lets the modifier absorb all truncation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -116,12 +117,15 @@ class HFTokenizerAdapter(TokenizerAdapter):
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(self._cleaned(text), add_special_tokens=False)["input_ids"])
 
+    @functools.cached_property
+    def _continuation(self) -> Any:
+        # built on first use: copying a 250k-piece tokenizer is not start-up work for English prompts
+        return _without_dummy_prefix(self.tokenizer)
+
     def encode_continuation(self, text: str) -> list[int]:
         # SentencePiece-style tokenizers mark the start of every text they are given as a word start
         # (the Metaspace "dummy prefix"); a piece glued to the text before it has no such start, so
         # it is tokenized by a copy of the tokenizer that adds no prefix.
-        if not hasattr(self, "_continuation"):
-            self._continuation = _without_dummy_prefix(self.tokenizer)
         if self._continuation is None:
             return self.encode(text)
         return list(self._continuation.encode(self._cleaned(text), add_special_tokens=False).ids)
@@ -164,10 +168,11 @@ def _without_dummy_prefix(tokenizer: Any) -> Any:
     return Tokenizer.from_str(json.dumps(spec))
 
 
-def _glued(before: str, piece: str) -> bool:
-    """Whether ``piece`` continues the text before it with no space between (``before`` is what
-    precedes it; a pseudo-token slot counts as text)."""
-    return bool(piece) and not piece[0].isspace() and not (before and before[-1].isspace())
+def _glued(piece: str) -> bool:
+    """Whether ``piece``, which follows a slot or other text, continues it with no space between.
+    Composition moves every space between pieces to the start of the piece after it, so the text
+    before a piece never ends in one and the piece's own first character decides."""
+    return bool(piece) and not piece[0].isspace()
 
 
 @dataclass
@@ -196,13 +201,14 @@ def build_composed_inputs(
     """Lay out ``bos + prefix + [slot]*N + middle + modifier + suffix + eos`` for each modifier."""
     cache: dict[tuple[str, bool], list[int]] = {}
 
-    def enc(piece: str, glued: bool = False) -> list[int]:
-        if (piece, glued) not in cache:
-            text = piece if piece.strip() else ""
-            cache[piece, glued] = (adapter.encode_continuation(text) if glued else adapter.encode(text)) if text else []
-        return cache[piece, glued]
+    def tokens(text: str, glued: bool) -> list[int]:
+        return adapter.encode_continuation(text) if glued else adapter.encode(text)
 
-    slot = "x"  # what a slot counts as for the glue between pieces: text, not a space
+    def enc(piece: str, glued: bool = False) -> list[int]:
+        """The template's pieces repeat for every row: tokenized once."""
+        if (piece, glued) not in cache:
+            cache[piece, glued] = tokens(piece, glued) if piece.strip() else []
+        return cache[piece, glued]
 
     specials = len(adapter.bos) + len(adapter.eos)
     rows: list[list[int]] = []
@@ -218,13 +224,12 @@ def build_composed_inputs(
             # slot goes to the pseudo tokens. Tokenizers that drop spaces see the same ids either way.
             body = middle.rstrip()
             text = middle[len(body) :] + modifier.strip()
-            head, tail = enc(prefix.rstrip()), enc(body, _glued(slot, body))
-            before_mod = body or slot
-            mod = adapter.encode_continuation(text) if _glued(before_mod, text) else adapter.encode(text)
-            end = enc(suffix, _glued(text, suffix))
+            head, tail = enc(prefix.rstrip()), enc(body, _glued(body))
+            mod = tokens(text, _glued(text))
+            end = enc(suffix, _glued(suffix))
         else:
             prefix, suffix = template.pieces(False)
-            head, tail, end, mod = enc(prefix.rstrip()), [], enc(suffix, _glued(slot, suffix)), []
+            head, tail, end, mod = enc(prefix.rstrip()), [], enc(suffix, _glued(suffix)), []
         fixed = specials + len(head) + num_tokens + len(tail) + len(end)
         budget = adapter.context_length - fixed
         if budget < 0:
