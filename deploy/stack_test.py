@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +322,16 @@ class Stack:
         ).stdout
         return [ln for ln in out.splitlines() if ln.strip()]
 
+    def corrected_verdicts(self) -> set[tuple[str, int]]:
+        """The log's ``corrected`` verdicts as (query id, item id), read in PostgreSQL itself."""
+        rows = self.psql("SELECT query_id || ' ' || candidate_id FROM feedback WHERE verdict = 'corrected'")
+        return {(q, int(item)) for q, item in (row.split(" ") for row in rows)}
+
+    def missing_items(self, items: Iterable[int]) -> set[int]:
+        """The gallery ids among ``items`` that the service does not have."""
+        s = self.session()
+        return {i for i in items if call(s, "GET", f"{self.url}/v1/gallery/{i}").status_code != 200}
+
     # --- HTTPS through the proxy
     def session(self) -> Any:
         import requests
@@ -367,9 +377,6 @@ def previous_release_source() -> Path:
 def prepare_import(folder: Path) -> None:
     """On the 'connected side' (this machine): a tiny foundation in a Hugging Face hub cache, packed
     with ``isacir weights pack``; an untrained query encoder for it and its edge package; images."""
-    import numpy as np
-    from PIL import Image
-
     from isacir.testing import cache_hub_repo, save_tiny_openclip
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -407,14 +414,26 @@ def prepare_import(folder: Path) -> None:
             env=offline,
         )
         sh(*isacir, "export-edge", "--query-encoder", folder / "qe", "--out", folder / "edge", env=offline)
-    rng = np.random.default_rng(0)
-    for sub, n in [("images", 16), ("uploads", 4)]:
+    for n_sub, (sub, n) in enumerate([("images", 16), ("uploads", 4)]):
         (folder / sub).mkdir()
         for i in range(n):
-            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / sub / f"{sub[:3]}{i:03d}.png")
+            (folder / sub / f"{sub[:3]}{i:03d}.png").write_bytes(random_png([100 + n_sub, i]))
     for f in folder.rglob("*"):
         f.chmod(0o755 if f.is_dir() else 0o644)  # the service's user reads the bind mount
+
+
+def random_png(seed: list[int]) -> bytes:
+    """A 40 x 40 PNG of random pixels: a gallery image no other seed repeats (the installed images
+    take seeds [100, i] and [101, i], the writers [1, i] and [2, i])."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def install(stack: Stack) -> None:
@@ -516,22 +535,11 @@ class Writer:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
-    def image(self, i: int) -> bytes:
-        import io
-
-        import numpy as np
-        from PIL import Image
-
-        pixels = np.random.default_rng([self.seed, i]).integers(0, 255, (40, 40, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
-        return buf.getvalue()
-
     def _loop(self) -> None:
         s, url, i = self.stack.session(), self.stack.url, 0
         while not self.stop.is_set():
             try:
-                files = {"images": (f"w{self.seed}-{i}.png", self.image(i))}
+                files = {"images": (f"w{self.seed}-{i}.png", random_png([self.seed, i]))}
                 r = call(s, "POST", f"{url}/v1/gallery", files=files, timeout=30)
                 added = r.json().get("added") if r.status_code == 200 else None
                 if not added or added[0]["id"] is None:
@@ -563,13 +571,9 @@ class Writer:
         self.thread.join(120)
 
 
-def missing_writes(stack: Stack, writer: Writer) -> int:
-    """Acknowledged uploads not in the gallery plus acknowledged verdicts not in the log."""
-    s = stack.session()
-    lost = sum(call(s, "GET", f"{stack.url}/v1/gallery/{i}").status_code != 200 for i in writer.acked_items.values())
-    rows = set(stack.psql("SELECT query_id || ' ' || candidate_id FROM feedback WHERE verdict = 'corrected'"))
-    lost += sum(f"{q} {item}" not in rows for q, item in writer.acked_verdicts)
-    return lost
+def missing_writes(stack: Stack, items: Iterable[int], verdicts: set[tuple[str, int]]) -> int:
+    """Acknowledged uploads not in the stack's gallery plus acknowledged verdicts not in its log."""
+    return len(stack.missing_items(items)) + len(verdicts - stack.corrected_verdicts())
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float = 120) -> None:
@@ -688,13 +692,13 @@ def backup_and_restore(a: Stack, base: str, queries: list[str], checks: dict[str
                   "--feedback-db", db, "--out", "/data/backup.tar")  # fmt: skip
         checks["writes_acked_during_backup"] = len(w.acked_items) - len(items_before)
         checks["backup_under_load"] = checks["writes_acked_during_backup"] > 0
-    lost = missing_writes(a, w)
+    lost = missing_writes(a, w.acked_items.values(), w.acked_verdicts)
     backup = WORK / "backup" / "backup.tar"
     backup.parent.mkdir(exist_ok=True)
     sh(DOCKER, "cp", f"{a.container('isacir')}:/data/backup.tar", backup)
     backup.chmod(0o644)
     b = Stack("b", base)
-    sh("rm", "-rf", b.dir / "secrets")
+    shutil.rmtree(b.dir / "secrets", ignore_errors=True)
     sh("cp", "-a", a.dir / "secrets", b.dir / "secrets")  # the same keys and certificate, group kept
     b.key, b.ca = a.key, str(b.dir / "secrets" / "tls.crt")
     shutil.copytree(a.dir / "import", b.dir / "import", dirs_exist_ok=True)
@@ -702,17 +706,14 @@ def backup_and_restore(a: Stack, base: str, queries: list[str], checks: dict[str
     b.run("restore", "/backup/backup.tar", "--out", "/data", "--feedback-db", db,
           volumes=(f"{backup.parent}:/backup:ro",))  # fmt: skip
     b.up()
-    sb = b.session()
-    lost += sum(call(sb, "GET", f"{b.url}/v1/gallery/{item}").status_code != 200 for item in items_before.values())
-    rows = set(b.psql("SELECT query_id || ' ' || candidate_id FROM feedback WHERE verdict = 'corrected'"))
-    lost += sum(f"{q} {item}" not in rows for q, item in verdicts_before)
+    lost += missing_writes(b, items_before.values(), verdicts_before)
     # uploads acknowledged after the backup's copy are in the live stack only: compare on what both hold
-    late = {i for i in w.acked_items.values() if call(sb, "GET", f"{b.url}/v1/gallery/{i}").status_code != 200}
+    late = b.missing_items(w.acked_items.values())
     live = [[r for r in q if r[0] not in late] for q in answers(a.session(), a.url, probes_of(a))]
-    restored = answers(sb, b.url, probes_of(a))
+    restored = answers(b.session(), b.url, probes_of(a))
     checks["restored_same_answers"] = all(r[: len(x)] == x for r, x in zip(restored, live, strict=True))
     checks["uploads_after_backup"] = len(late)
-    checks["restored_verdicts"] = len(rows)
+    checks["restored_verdicts"] = len(b.corrected_verdicts())
     verify = b.run("gallery", "verify", "--gallery", "/data/gallery", "--json").splitlines()[-1]
     checks["restored_gallery_verified"] = json.loads(verify).get("ok")
     return b, lost
@@ -758,10 +759,10 @@ def main(started: float) -> dict:
         queries = use_the_api(a, checks)
         phases.done("api")
         w = kill_during_writes(a, queries, checks)
-        lost = missing_writes(a, w)
+        lost = missing_writes(a, w.acked_items.values(), w.acked_verdicts)
         phases.done("kill")
         down_and_up(a, checks)
-        lost += missing_writes(a, w)
+        lost += missing_writes(a, w.acked_items.values(), w.acked_verdicts)
         phases.done("down_up")
         b, lost_in_backup = backup_and_restore(a, base, queries, checks)
         lost += lost_in_backup
