@@ -47,6 +47,8 @@ IMAGES = [
 FOUNDATION_REPO = "isacir-test/tiny-clip"
 FOUNDATION = f"openclip:hf-hub:{FOUNDATION_REPO}"
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+#: left in deploy/docker/wheels when this test put the wheels there (so a clean-up removes only those)
+LINKED_MARK = ".linked-by-stack-test"
 
 
 class Skip(Exception):
@@ -113,6 +115,33 @@ def ensure_docker() -> subprocess.Popen | None:
     raise RuntimeError(f"dockerd did not start; its log ends:\n{(WORK / 'dockerd.log').read_text()[-3000:]}")
 
 
+def docker_disk() -> dict[str, str]:
+    """What Docker holds on disk now, by kind (images, build cache ...), as Docker prints it."""
+    out = sh(DOCKER, "system", "df", "--format", "{{.Type}}\t{{.Size}}", check=False).stdout
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def free_gb(path: Path = ROOT) -> float:
+    return round(shutil.disk_usage(path).free / 1e9, 1)
+
+
+def clean_up() -> None:
+    """Remove what this test built (its images, the local base, the build cache and the wheels it
+    linked): on CI machines, whose disk is shared, several GB must not outlive the run."""
+    say("removing the test's images, the build cache and the linked wheels")
+    tags = [f"isacir-{service}:{TAG}" for service, *_ in IMAGES]
+    if not os.environ.get("ISACIR_BASE_IMAGE"):
+        tags.append(LOCAL_BASE)
+    sh(DOCKER, "image", "rm", "-f", *tags, check=False)
+    sh(DOCKER, "image", "prune", "-f", check=False)
+    sh(DOCKER, "builder", "prune", "-af", check=False, timeout=600)
+    wheels = DEPLOY / "docker" / "wheels"
+    if (wheels / LINKED_MARK).exists():
+        for whl in wheels.glob("*.whl"):
+            whl.unlink()
+        (wheels / LINKED_MARK).unlink()
+
+
 def stop_docker(daemon: subprocess.Popen | None) -> None:
     if daemon is None:
         return
@@ -152,34 +181,48 @@ def ensure_base() -> str:
     return LOCAL_BASE
 
 
-def local_torch_wheels() -> None:
-    """Where pip finds torch 2.14.1 on local disk (this project's machines), copy it and what it needs
-    into deploy/docker/wheels so the image build installs from there instead of downloading."""
+def local_torch_wheels() -> bool:
+    """Where pip finds torch 2.14.1 on local disk (this project's machines), put it and what it needs
+    into deploy/docker/wheels so the image build installs from there instead of downloading.
+
+    Files pip would take from local disk are hard-linked (several GB of CUDA wheels, no second
+    copy); the rest are downloaded. Returns whether this call filled the folder."""
     dest = DEPLOY / "docker" / "wheels"
     if list(dest.glob("torch-2.14.1-*.whl")):
-        return
+        return False
     config = sh(sys.executable, "-m", "pip", "config", "list", check=False).stdout
     # each setting's value may hold several places (extra-index-url 'file:///a file:///b')
     values = [v for line in config.splitlines() if "=" in line for v in line.split("=", 1)[1].strip("'\"").split()]
     local = [p for p in (Path(v.removeprefix("file://")) for v in values) if p.is_absolute() and p.is_dir()]
     # a find-links folder holds wheels; a file:// simple index keeps them in a folder beside it
     if not any(list(r.glob("torch-2.14.1-*.whl")) + list(r.parent.glob("*/torch-2.14.1-*.whl")) for r in local):
-        return  # the build takes torch from TORCH_INDEX
-    say("copying the local torch wheels into deploy/docker/wheels")
-    sh(
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--only-binary",
-        ":all:",
-        "-d",
-        dest,
-        "torch==2.14.1",
-        "torchvision==0.29.1",
-        timeout=1200,
-    )
+        return False  # the build takes torch from TORCH_INDEX
+    say("linking the local torch wheels into deploy/docker/wheels")
+    wanted = ("torch==2.14.1", "torchvision==0.29.1")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        sh(sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+           "--only-binary", ":all:", "--report", report, *wanted, timeout=600)  # fmt: skip
+        urls = [item["download_info"]["url"] for item in json.loads(report.read_text())["install"]]
+    for url in urls:
+        if url.startswith("file://"):
+            link_or_copy(Path(url.removeprefix("file://")), dest)
+    # pip download keeps what is already in the folder and fetches only the rest
+    sh(sys.executable, "-m", "pip", "download", "--quiet", "--only-binary", ":all:", "-d", dest, *wanted,
+       timeout=1200)  # fmt: skip
+    return True
+
+
+def link_or_copy(src: Path, folder: Path) -> None:
+    """Hard-link ``src`` into ``folder`` (no space used), or copy it across file systems."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / src.name
+    if target.exists():
+        return
+    try:
+        os.link(src, target)
+    except OSError:
+        shutil.copy2(src, target)
 
 
 def build_images(base: str) -> dict[str, int]:
@@ -187,7 +230,8 @@ def build_images(base: str) -> dict[str, int]:
     ca = DEPLOY / "docker" / "ca"
     for crt in Path("/usr/local/share/ca-certificates").glob("*.crt"):
         shutil.copy(crt, ca / crt.name)  # a TLS-inspecting proxy's authority, for pip inside the build
-    local_torch_wheels()
+    if local_torch_wheels():
+        (DEPLOY / "docker" / "wheels" / LINKED_MARK).touch()
     sizes = {}
     for service, _, dockerfile, context in IMAGES:
         tag = f"isacir-{service}:{TAG}"
@@ -734,6 +778,7 @@ class Phases:
 
 def main(started: float) -> dict:
     phases = Phases()
+    disk = {"free_gb_at_start": free_gb()}
     base = ensure_base()
     phases.done("base_image")
     sizes = build_images(base)
@@ -768,8 +813,10 @@ def main(started: float) -> dict:
         lost += lost_in_backup
         phases.done("backup_restore")
         build_s = phases.seconds["base_image"] + phases.seconds["build"]
+        disk |= {"free_gb_at_end": free_gb(), "docker": docker_disk()}
         return {"build_s": round(build_s, 1), "up_s": round(up_s, 1), "total_s": round(time.monotonic() - started, 1),
-                "phases": phases.seconds, "checks": checks, "lost": lost, "images": sizes, "base": base}  # fmt: skip
+                "phases": phases.seconds, "checks": checks, "lost": lost, "images": sizes, "base": base,
+                "disk": disk}  # fmt: skip
     finally:
         for stack in (a, b):
             if stack is not None and os.environ.get("STACK_TEST_KEEP") != "1":
@@ -778,13 +825,20 @@ def main(started: float) -> dict:
 
 if __name__ == "__main__":
     daemon, started = None, time.monotonic()
+    # CI machines start empty and share their disk: leave nothing behind there; keep the layer
+    # cache elsewhere (a second run then takes minutes, not ten)
+    clean = os.environ.get("STACK_TEST_CLEAN", "1" if os.environ.get("CI") else "0") == "1"
+    ready = False
     try:
         daemon = ensure_docker()
+        ready = True
         result = main(started)
     except Skip as why:
         print(json.dumps({"skipped": str(why)}))
         sys.exit(0)
     finally:
+        if clean and ready:
+            clean_up()
         stop_docker(daemon)
     print(json.dumps(result))
     checks = result["checks"]

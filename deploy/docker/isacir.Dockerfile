@@ -14,15 +14,18 @@
 # that is how a build runs with no internet, from wheels brought in by hand.
 ARG BASE=debian:bookworm-slim
 
-FROM ${BASE} AS build
+# One stage: a build stage would only hold the same virtual environment again (several GB of torch
+# in the builder's layer cache), and nothing here needs a compiler.
+FROM ${BASE}
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 # extra certificate authorities of the build network (a TLS-inspecting proxy), if any
 COPY deploy/docker/ca/ /usr/local/share/ca-certificates/
-RUN (python3 -c "import venv, ensurepip" 2>/dev/null && command -v update-ca-certificates >/dev/null) \
-    || (apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
-        && rm -rf /var/lib/apt/lists/*); \
-    update-ca-certificates >/dev/null && python3 -m venv /opt/isacir
+# pg_dump and pg_restore: `isacir backup` and `restore` of a PostgreSQL feedback log
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+        postgresql-client \
+    && rm -rf /var/lib/apt/lists/* \
+    && update-ca-certificates >/dev/null && python3 -m venv /opt/isacir
 # torch first and pinned, as the Makefile does: from the local wheels when there are any
 RUN --mount=type=bind,source=deploy/docker/wheels,target=/wheels \
     if ls /wheels/torch-*.whl >/dev/null 2>&1; then from="--no-index --find-links /wheels"; \
@@ -32,13 +35,8 @@ COPY pyproject.toml README.md /src/
 COPY src/isacir /src/src/isacir
 RUN test -f /src/src/isacir/serve/static/vendor/VERSION.json \
     || { echo "the operator UI's vendored files are missing: run 'make web' before building" >&2; exit 1; }; \
-    /opt/isacir/bin/pip install --quiet "/src[serve,postgres]" && /opt/isacir/bin/isacir --version
-
-FROM ${BASE}
-# pg_dump and pg_restore: `isacir backup` and `restore` of a PostgreSQL feedback log
-RUN apt-get update && apt-get install -y --no-install-recommends python3 ca-certificates postgresql-client \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=build /opt/isacir /opt/isacir
+    /opt/isacir/bin/pip install --quiet "/src[serve,postgres]" && /opt/isacir/bin/isacir --version \
+    && rm -rf /src
 COPY deploy/docker/isacir-entrypoint.sh /usr/local/bin/isacir-entrypoint
 # a fixed uid, so that volumes and bind-mounted secrets can be given to it on the host
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home isacir \
