@@ -66,6 +66,26 @@ def test_what_a_foundation_reads_is_told_from_its_text_tower(xlmr, openclip_fnd,
     assert openclip_fnd.languages == ("en",) and blip_fnd.languages == ("en",)  # CLIP's BPE, BERT
 
 
+def test_a_checkpoint_that_declares_its_languages_is_taken_at_its_word(tmp_path):
+    """A text tower whose type and vocabulary say nothing (a custom one, trained bilingual) names
+    its languages in open_clip_config.json, and the service shows them; the declaration survives a
+    re-save and is read from the folder, not from memory."""
+    import json
+
+    from isacir.foundation import create_foundation
+    from isacir.foundation.openclip import save_openclip_checkpoint
+    from isacir.testing import save_tiny_openclip
+
+    name = save_tiny_openclip(tmp_path / "plain")
+    plain = create_foundation(name)
+    cfg = json.loads((tmp_path / "plain" / "open_clip_config.json").read_text())
+    save_openclip_checkpoint(plain.model, tmp_path / "bilingual", cfg["model_cfg"], cfg["preprocess_cfg"], ("en", "ja"))
+    assert json.loads((tmp_path / "bilingual" / "open_clip_config.json").read_text())["languages"] == ["en", "ja"]
+    bilingual = create_foundation(name.replace(str(tmp_path / "plain"), str(tmp_path / "bilingual")))
+    assert bilingual.languages == ("en", "ja") and plain.languages == ("en",)
+    assert bilingual.fingerprint == plain.fingerprint  # the same weights: what it reads is metadata
+
+
 @pytest.fixture(scope="module")
 def siglip2(tmp_path_factory):
     from isacir.foundation import create_foundation

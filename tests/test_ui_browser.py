@@ -79,8 +79,15 @@ def test_upload_search_confirm(tmp_path, openclip_fnd, viewport):
             assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
             page.screenshot(path=str(ARTIFACTS / "ui-phone-search.png"), full_page=True)
             query_id = page.locator("#results").get_attribute("data-query-id")
+
+            # a model that declares two languages (the bilingual Shapes-CIR one): both are named
+            state.foundation.declared_languages = ("en", "ja")
+            page.reload()
+            expect(page.locator("#languages")).to_contain_text("English and Japanese (日本語)")
+            expect(page.locator("#text")).to_have_attribute("lang", "")
             browser.close()
     finally:
+        state.foundation.declared_languages = None  # the foundation is shared with other tests
         server.stop()
 
     rows = (

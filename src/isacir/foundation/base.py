@@ -74,6 +74,8 @@ class Foundation(nn.Module):
 
     #: Registry family prefix, e.g. ``"openclip"``.
     family: str = ""
+    #: Languages the checkpoint's own metadata names (ISO codes); they win over the guess below.
+    declared_languages: tuple[str, ...] | None = None
 
     def __init__(self, name: str):
         super().__init__()
@@ -117,7 +119,10 @@ class Foundation(nn.Module):
     def languages(self) -> tuple[str, ...]:
         """What the text tower reads: ``("en",)``, or ``("multilingual",)`` for a tower trained on
         many languages. Operators see it, so that nobody types Japanese into an English-only model
-        (which answers, poorly, without an error)."""
+        (which answers, poorly, without an error). A checkpoint that declares its languages
+        (``save_openclip_checkpoint(languages=...)``) is taken at its word."""
+        if self.declared_languages:
+            return self.declared_languages
         if self._text_tower_type() in MULTILINGUAL_TEXT_TOWERS:
             return ("multilingual",)
         # a tokenizer of this size was built for many scripts (CLIP's BPE has 49k pieces, BERT 30k)

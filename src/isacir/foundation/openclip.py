@@ -318,22 +318,35 @@ def load_openclip(spec: str, name: str) -> OpenClipFoundation:
     # The fingerprint covers the config, not the name: the same weights saved as a file or a folder
     # must fingerprint identically.
     architecture = {"cfg": cfg}
-    return OpenClipFoundation(name, model, preprocess, tokenizer, architecture)
+    foundation = OpenClipFoundation(name, model, preprocess, tokenizer, architecture)
+    folder = Path(model_name.split(":", 1)[1]) if model_name.startswith("local-dir:") else None
+    if folder is not None:
+        declared = json.loads((folder / "open_clip_config.json").read_text()).get("languages")
+        if declared:
+            foundation.declared_languages = tuple(str(lang) for lang in declared)
+    return foundation
 
 
 def save_openclip_checkpoint(
-    model: nn.Module, folder: str | os.PathLike, model_cfg: dict, preprocess_cfg: dict | None = None
+    model: nn.Module,
+    folder: str | os.PathLike,
+    model_cfg: dict,
+    preprocess_cfg: dict | None = None,
+    languages: tuple[str, ...] | None = None,
 ) -> Path:
     """Save an open_clip model as ``open_clip_config.json`` + ``open_clip_model.safetensors``.
 
     This is the layout ``local-dir:`` and the Hub use, so the folder loads with
-    ``openclip:ARCH@/folder`` on any machine without network.
+    ``openclip:ARCH@/folder`` on any machine without network. ``languages`` (ISO codes) declares
+    what the text tower was trained to read, where its type and vocabulary cannot tell.
     """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    cfg: dict = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg or {}}
+    if languages:
+        cfg["languages"] = list(languages)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     tmp = folder / "open_clip_model.safetensors.tmp"
     save_file(state, str(tmp))

@@ -35,12 +35,18 @@ def bench_shapes_cmd(
         "e.g. max_steps=2500, output_stride=null, learn_temperature=true.",
     ),
     foundation_steps: Optional[int] = typer.Option(None, help="Training steps of the tiny foundation."),
+    language: str = typer.Option(
+        "en",
+        help="Modifiers' language: en (the English world), or ja or both (a bilingual world whose "
+        "foundation read half its captions in Japanese; every method reported per language).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """Shapes-CIR end to end: generate, train the tiny foundation and each method, evaluate all.
 
-    The last stdout line is {"seed", "methods": {method: {R@1, R@5, R@10, R@50, mAP@10}}}; a
-    Markdown table and a bar chart land in OUT.
+    The last stdout line is {"seed", "methods": {method: {R@1, R@5, R@10, R@50, mAP@10}}}; with
+    --language ja or both it is {"seed", "languages": {lang: {"methods": ...}}, "language_goals"}.
+    A Markdown table and a bar chart land in OUT.
     """
     from dataclasses import replace
 
@@ -49,7 +55,11 @@ def bench_shapes_cmd(
 
     from ..shapes.bench import ShapesBenchConfig, run_shapes_bench
 
+    languages = {"en": ("en",), "ja": ("ja",), "both": ("en", "ja")}.get(language)
+    if languages is None:
+        raise IsacirError(f"--language must be en, ja or both, not {language!r}")
     cfg = ShapesBenchConfig.small(seed) if small else ShapesBenchConfig(seed=seed)
+    cfg = replace(cfg, languages=languages)
     cfg.train = (load_config(config) if config else cfg.train).with_overrides(override)
     check_settings(cfg.train)
     if foundation_steps is not None:
@@ -61,8 +71,8 @@ def bench_shapes_cmd(
             raise IsacirError(str(exc)) from None
     summary = run_shapes_bench(out_dir, cfg, log=lambda m: err.print(escape(str(m)), highlight=False))
     if not as_json:
-        err.print((out_dir / f"results-seed{seed}.md").read_text())
-        err.print(f"table, chart and details: {out_dir}/results-seed{seed}.{{md,png,json}}")
+        err.print((out_dir / f"{cfg.stem}.md").read_text())
+        err.print(f"table, chart and details: {out_dir}/{cfg.stem}.{{md,png,json}}")
     emit_json(summary)
 
 

@@ -22,6 +22,7 @@ from isacir.evaluation.metrics import recall_any_at_k
 from isacir.query.methods import get_method
 from isacir.training.config import TrainConfig, load_config
 
+from .bench_report import METRICS, bar_chart, check_goals, checklist, language_goals, markdown_table
 from .world import ShapesConfig, generate
 
 if TYPE_CHECKING:
@@ -32,10 +33,15 @@ TRAINING_FREE = ("image_only", "text_only", "image_plus_text", "pixel_only")
 #: each maps to a registered method through :func:`canonical_method` (``isa_symmetric`` is an alias).
 TRAINED = ("pic2word", "isa_symmetric", "isa")
 METHODS = TRAINING_FREE + TRAINED
-METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@10")
 # The tiny foundation's language is its captions, which read "<description>, <edit>"; this is the
 # world's counterpart of "a photo of {} that {}" for a web-trained CLIP (same for every method).
 SHAPES_TEMPLATE = "{} , {}"
+#: The same per language: Japanese captions read "<description>、<edit>". Both cut to "{}" for an
+#: empty modifier, so one trained encoder serves both.
+SHAPES_TEMPLATES = {"en": SHAPES_TEMPLATE, "ja": "{}、{}"}
+LANGUAGES = tuple(SHAPES_TEMPLATES)
+#: The share of Japanese captions of the bilingual world that ``--language ja|both`` runs on.
+BILINGUAL_JAPANESE_FRACTION = 0.5
 #: The training preset every trained method shares, so the comparison is like for like.
 PRESET = "shapes-cir"
 #: Settings that change how a run is carried out, never what it learns: left out of cache keys.
@@ -76,16 +82,35 @@ class ShapesBenchConfig:
     #: How the trained methods train: the ``shapes-cir`` preset; ``method`` and ``seed`` are set per run.
     train: TrainConfig = field(default_factory=_preset)
     methods: tuple[str, ...] = METHODS
+    #: The modifiers' languages to evaluate. Japanese needs a bilingual world: asking for it makes
+    #: the world bilingual (:data:`BILINGUAL_JAPANESE_FRACTION`) unless it already writes Japanese.
+    languages: tuple[str, ...] = ("en",)
 
     def __post_init__(self) -> None:
         self.world = replace(self.world, seed=self.seed)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        self.languages = tuple(dict.fromkeys(self.languages))
+        bad = [lang for lang in self.languages if lang not in LANGUAGES]
+        if bad or not self.languages:
+            raise ValueError(f"unknown language(s) {bad or 'none'}; choose from {', '.join(LANGUAGES)}")
+        if "ja" in self.languages and not self.world.japanese_fraction:
+            self.world = replace(self.world, japanese_fraction=BILINGUAL_JAPANESE_FRACTION)
 
     @property
     def template(self) -> str:
         return self.train.template
+
+    def language_template(self, language: str) -> str:
+        """The composition template for modifiers in ``language`` (English: the training template)."""
+        return self.template if language == "en" else SHAPES_TEMPLATES[language]
+
+    @property
+    def stem(self) -> str:
+        """Results file stem: ``results-seed{S}``, with the world's Japanese share where it has one."""
+        share = self.world.japanese_fraction
+        return f"results-seed{self.seed}" + (f"-ja{round(share * 100)}" if share else "")
 
     @classmethod
     def small(cls, seed: int = 0) -> ShapesBenchConfig:
@@ -197,15 +222,16 @@ def cached_isa(out: Path, config: ShapesBenchConfig, log: Callable = print, prog
 def run_shapes_bench(
     out: str | Path, config: ShapesBenchConfig | None = None, log: Callable = print, progress: bool = True
 ) -> dict:
-    """Run every stage for ``config`` under ``out``; returns ``{"seed", "methods", ...}``.
+    """Run every stage for ``config`` under ``out``; returns ``{"seed", "methods"}`` for the English
+    world, ``{"seed", "languages": {lang: {"methods"}}, "language_goals"}`` for a bilingual one.
 
-    Writes ``results-seed{S}.json`` (with per-edit-type recall and timings), ``results-seed{S}.md``
-    and ``results-seed{S}.png`` into ``out``.
+    Writes ``{stem}.json`` (with per-edit-type recall and timings), ``{stem}.md`` and ``{stem}.png``
+    into ``out`` (:attr:`ShapesBenchConfig.stem`: ``results-seed{S}``, ``-ja50`` for the bilingual world).
     """
     import torch
 
     from isacir.evaluation.benchmarks import load_shapes
-    from isacir.evaluation.evaluate import encode_gallery, evaluate
+    from isacir.evaluation.evaluate import encode_gallery
     from isacir.foundation import create_foundation
     from isacir.query import QueryEncoder
 
@@ -232,9 +258,79 @@ def run_shapes_bench(
             timings[f"train_{method}_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    bench = load_shapes(world)
-    names = list(bench.gallery)
-    gallery = encode_gallery(fnd, [bench.gallery[n] for n in names], progress=progress)
+    base_bench = load_shapes(world)
+    names = list(base_bench.gallery)
+    gallery = encode_gallery(fnd, [base_bench.gallery[n] for n in names], progress=progress)
+    per_language = {
+        language: evaluate_language(world, base_bench, language, fnd, gallery, names, encoders, config)
+        for language in config.languages
+    }
+    timings["evaluate_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+
+    common = {
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "foundation": name,
+        "queries": len(base_bench.queries),
+        "gallery": len(names),
+        "config": asdict(config),
+    }
+    stem = out / config.stem
+    if config.languages == ("en",) and not config.world.japanese_fraction:
+        # the English world's record keeps the layout the results pages and dashboards read
+        english = per_language["en"]
+        summary = {"seed": config.seed, "methods": english["methods"]}
+        detail = {**summary, **{k: v for k, v in english.items() if k != "methods"}, **common}
+        markdown = markdown_table(
+            english["methods"], english["recall_at_1_by_edit"], english["goals"], config.seed,
+            english["oracles"], english["modifier_response"],
+        )  # fmt: skip
+    else:
+        languages = {lang: {"methods": r["methods"]} for lang, r in per_language.items()}
+        summary = {"seed": config.seed, "languages": languages, "language_goals": language_goals(per_language)}
+        detail = {"seed": config.seed, "languages": per_language, "language_goals": summary["language_goals"],
+                  "japanese_fraction": config.world.japanese_fraction, **common}  # fmt: skip
+        markdown = "\n".join(
+            markdown_table(
+                r["methods"], r["recall_at_1_by_edit"], r["goals"], config.seed, r["oracles"],
+                r["modifier_response"], title=f"Shapes-CIR, seed {config.seed}, modifiers in {LANGUAGE_NAMES[lang]}",
+            )
+            for lang, r in per_language.items()
+        )  # fmt: skip
+        if summary["language_goals"]:
+            goals = summary["language_goals"]
+            markdown += "\nAcross languages:\n\n" + checklist(goals)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2, ensure_ascii=False))
+    atomic_write_text(stem.with_suffix(".md"), markdown)
+    bar_chart({f"{m} ({lang})" if len(per_language) > 1 else m: v for lang, r in per_language.items()
+               for m, v in r["methods"].items()}, stem.with_suffix(".png"), config.seed)  # fmt: skip
+    return summary
+
+
+LANGUAGE_NAMES = {"en": "English", "ja": "Japanese"}
+
+
+def in_language(world: Path, bench, language: str):
+    """``bench`` with every query's modifier in ``language`` (the world's ``relative_caption_ja``)."""
+    from dataclasses import replace as replace_
+
+    if language == "en":
+        return bench
+    anns = _test_annotations(world)
+    field_ = f"relative_caption_{language}"
+    if not all(field_ in anns[q.qid] for q in bench.queries):
+        raise ValueError(f"this world has no modifiers in {LANGUAGE_NAMES[language]}: generate it bilingual")
+    return replace_(bench, queries=[replace_(q, modifiers=[anns[q.qid][field_]]) for q in bench.queries])
+
+
+def evaluate_language(world: Path, base_bench, language: str, fnd, gallery, names, encoders, config) -> dict:
+    """Every method, the oracles and the modifier response with modifiers in ``language``."""
+    import torch
+
+    from isacir.evaluation.evaluate import evaluate
+
+    bench = in_language(world, base_bench, language)
+    template = config.language_template(language)
     results: dict[str, dict] = {}
     by_kind: dict[str, dict] = {}
     kinds = _query_kinds(world)
@@ -245,54 +341,43 @@ def run_shapes_bench(
             fnd,
             mode,
             query_encoder=encoders.get(method),
-            template=config.template,
+            template=template,
             gallery_vecs=gallery,
             progress=False,
         )
         results[method] = {k: round(metrics[k], 2) for k in METRICS}
         by_kind[method] = _recall_by_kind(bench, rankings, kinds)
-    diagnostics, oracle_rankings = oracle_rows(world, bench, fnd, gallery, names, config.template)
+    diagnostics, oracle_rankings = oracle_rows(world, bench, fnd, gallery, names, template, language)
     for oracle, rankings in oracle_rankings.items():
         by_kind[oracle] = _recall_by_kind(bench, rankings, kinds)
     response = {}
     if diagnostics:  # the world carries true captions
         anns = _test_annotations(world)
-        captions = [anns[q.qid]["reference_caption"] for q in bench.queries]
+        captions = [anns[q.qid][_caption_field("reference", language)] for q in bench.queries]
         refs = [bench.gallery[q.reference] for q in bench.queries]
         for method, enc in encoders.items():
             with torch.no_grad():
                 tokens = torch.cat(
                     [enc.encode_images(refs[i : i + 64], foundation=fnd) for i in range(0, len(refs), 64)]
                 )
-            resp = modifier_response(fnd, config.template, tokens, [q.modifiers for q in bench.queries], captions)
+            resp = modifier_response(fnd, template, tokens, [q.modifiers for q in bench.queries], captions)
             response[method] = summarize_response(resp, [kinds[q.qid] for q in bench.queries])
-    timings["evaluate_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-
-    summary = {"seed": config.seed, "methods": results}
-    detail = {
-        **summary,
+    return {
+        "methods": results,
         "recall_at_1_by_edit": by_kind,
         "oracles": diagnostics,
         "modifier_response": response,
-        "timings": {k: round(v, 1) for k, v in timings.items()},
-        "foundation": name,
-        "queries": len(bench.queries),
-        "gallery": len(names),
-        "config": asdict(config),
         "goals": check_goals(results),
     }
-    stem = out / f"results-seed{config.seed}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(detail, indent=2))
-    atomic_write_text(
-        stem.with_suffix(".md"), markdown_table(results, by_kind, detail["goals"], config.seed, diagnostics, response)
-    )
-    bar_chart(results, stem.with_suffix(".png"), config.seed)
-    return summary
+
+
+def _caption_field(which: str, language: str) -> str:
+    """``reference_caption`` / ``target_caption``, with the language's suffix outside English."""
+    return f"{which}_caption" + ("" if language == "en" else f"_{language}")
 
 
 def oracle_rows(
-    world: Path, bench, fnd, gallery, names: list[str], template: str
+    world: Path, bench, fnd, gallery, names: list[str], template: str, language: str = "en"
 ) -> tuple[dict[str, dict], dict[str, list[list[str]]]]:
     """Upper bounds that read the generator's true captions (diagnostics, never methods).
 
@@ -309,13 +394,14 @@ def oracle_rows(
     from isacir.evaluation.metrics import rank_gallery
 
     anns = _test_annotations(world)
-    if not all("reference_caption" in anns[q.qid] for q in bench.queries):
+    ref_field, target_field = _caption_field("reference", language), _caption_field("target", language)
+    if not all(ref_field in anns[q.qid] for q in bench.queries):
         return {}, {}
     tpl = PromptTemplate.parse(template)
     prompts = {
-        "oracle_target_caption": [anns[q.qid]["target_caption"] for q in bench.queries],
+        "oracle_target_caption": [anns[q.qid][target_field] for q in bench.queries],
         "oracle_reference_caption_plus_modifier": [
-            tpl.render(anns[q.qid]["reference_caption"], q.modifiers[0]) for q in bench.queries
+            tpl.render(anns[q.qid][ref_field], q.modifiers[0]) for q in bench.queries
         ],
     }
     out, ranked = {}, {}
@@ -406,89 +492,3 @@ def _recall_by_kind(bench, rankings: list[list[str]], kinds: dict[str, str]) -> 
         ranked.append(r)
         relevant.append(set(q.targets))
     return {k: round(recall_any_at_k(ranked, relevant, [1])[1], 1) for k, (ranked, relevant) in sorted(groups.items())}
-
-
-def check_goals(results: dict[str, dict]) -> dict[str, bool]:
-    """The project's quality goals for ``isa`` (only those whose methods were run)."""
-    isa = results.get("isa")
-    if isa is None:
-        return {}
-    goals = {}
-    for base in ("pic2word", "isa_symmetric"):
-        if base in results:
-            goals[f"isa R@10 >= {base} R@10"] = isa["R@10"] >= results[base]["R@10"]
-    if "image_only" in results:
-        goals["isa R@1 >= 2 x image_only R@1"] = isa["R@1"] >= 2 * results["image_only"]["R@1"]
-    if "image_plus_text" in results:
-        goals["isa R@1 >= 1.5 x image_plus_text R@1"] = isa["R@1"] >= 1.5 * results["image_plus_text"]["R@1"]
-    if "pixel_only" in results:
-        goals["isa R@1 >= pixel_only R@1"] = isa["R@1"] >= results["pixel_only"]["R@1"]
-    return goals
-
-
-def markdown_table(
-    results: dict[str, dict],
-    by_kind: dict[str, dict],
-    goals: dict[str, bool],
-    seed: int,
-    oracles: dict[str, dict] | None = None,
-    response: dict[str, dict] | None = None,
-) -> str:
-    lines = [
-        f"## Shapes-CIR, seed {seed}",
-        "",
-        "| method | " + " | ".join(METRICS) + " |",
-        "|---|" + "---:|" * len(METRICS),
-    ]
-    for m, r in results.items():
-        lines.append(f"| {m} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + " |")
-    for m, r in (oracles or {}).items():
-        lines.append(f"| *{m}* (upper bound) | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + " |")
-    kinds = sorted({k for v in by_kind.values() for k in v})
-    if kinds:
-        lines += ["", "R@1 by edit type:", "", "| method | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
-        for m, v in by_kind.items():
-            lines.append(f"| {m} | " + " | ".join(f"{v.get(k, 0):.1f}" for k in kinds) + " |")
-    if response:
-        kinds = list(next(iter(response.values())))
-        lines += [
-            "",
-            "Modifier response: how far the modifier moves each trained method's query, as a fraction "
-            "of how far it moves the reference's true caption (shift ratio / cosine of the two shifts):",
-            "",
-            "| method | " + " | ".join(kinds) + " |",
-            "|---|" + "---:|" * len(kinds),
-        ]
-        for m, v in response.items():
-            lines.append(
-                f"| {m} | "
-                + " | ".join(f"{v[k]['shift_ratio']:.2f} / {v[k]['direction_cos']:.2f}" for k in kinds)
-                + " |"
-            )
-    if goals:
-        lines += ["", "Goals:", ""] + [f"- [{'x' if ok else ' '}] {g}" for g, ok in goals.items()]
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(results: dict[str, dict], path: Path, seed: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    methods = list(results)
-    x = np.arange(len(methods))
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods)), 3.6), dpi=120)
-    for j, k in enumerate(("R@1", "R@10", "R@50")):
-        ax.bar(x + (j - 1) * 0.27, [results[m][k] for m in methods], 0.27, label=k)
-    ax.set_xticks(x, methods, rotation=20, ha="right")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Shapes-CIR (seed {seed}), held-out modifier phrasings")
-    ax.legend(ncol=3, fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)

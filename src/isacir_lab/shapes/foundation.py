@@ -17,10 +17,27 @@ from pathlib import Path
 
 import torch
 
+from .japanese import words_ja
 from .world import CELLS, COLOURS, COMPARATIVE, PHRASES, SHAPES, SIZES
 
 ARCH = "shapes-clip"
 SPECIALS = ["[PAD]", "[UNK]", "[SOS]"]
+
+
+#: Characters of scripts written without spaces (kana, CJK ideographs and punctuation, full-width
+#: forms): each is a token of its own, as most of the kanji in CLIP-family vocabularies are.
+#: Splitting Japanese into words needs a morphological analyser; the world's Japanese needs none.
+UNSPACED = "\u3000-\u30ff\u3400-\u9fff\uff00-\uffef"
+#: What the vocabulary counts as one token: an unspaced character, a run of other word characters,
+#: or one other mark (the tokenizer's pre-tokenizer splits the same way).
+TOKEN_PATTERN = f"[{UNSPACED}]|[^\\W{UNSPACED}]+|[^\\w\\s{UNSPACED}]"
+
+
+def writes_japanese(captions: list[str]) -> bool:
+    """Whether any caption holds Japanese (the bilingual world's)."""
+    import re
+
+    return any(re.search(f"[{UNSPACED}]", c) for c in captions)
 
 
 def vocabulary(captions: list[str]) -> list[str]:
@@ -28,6 +45,7 @@ def vocabulary(captions: list[str]) -> list[str]:
 
     Words that only occur in held-out phrasings get embedding rows that training never updates,
     as unseen words would in a real model. CLIP pools at argmax(ids), so [EOS] takes the largest id.
+    A bilingual world's captions add Japanese, one character per token.
     """
     import re
 
@@ -35,20 +53,36 @@ def vocabulary(captions: list[str]) -> list[str]:
     sources = list(captions) + [t for s in PHRASES.values() for k in s.values() for t in k]
     sources += list(COLOURS) + list(SHAPES) + list(SIZES) + list(CELLS) + list(COMPARATIVE.values())
     sources += ["a photo of that", "on the in at"]
+    if writes_japanese(captions):
+        sources += words_ja()
     for text in sources:
-        words.update(re.findall(r"\w+|[^\w\s]", text.lower().replace("{value}", " ").replace("{comparative}", " ")))
+        words.update(re.findall(TOKEN_PATTERN, text.lower().replace("{value}", " ").replace("{comparative}", " ")))
     return SPECIALS + sorted(words) + ["[EOS]"]
 
 
+def context_length_for(captions: list[str]) -> int:
+    """40 tokens for the English world; 80 where captions hold character-level Japanese."""
+    import re
+
+    if not writes_japanese(captions):
+        return 40
+    longest = max(len(re.findall(TOKEN_PATTERN, c)) for c in captions) + 2  # [SOS], [EOS]
+    if longest > 80:
+        raise ValueError(f"a caption of {longest} tokens is longer than the foundation's 80")
+    return 80
+
+
 def build_tokenizer(vocab: list[str], context_length: int):
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
     ids = {w: i for i, w in enumerate(vocab)}
     tok = Tokenizer(WordLevel(ids, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(f"[{UNSPACED}]"), behavior="isolated"), pre_tokenizers.Whitespace()]
+    )
     tok.post_processor = processors.TemplateProcessing(
         single="[SOS] $A [EOS]", special_tokens=[("[SOS]", ids["[SOS]"]), ("[EOS]", ids["[EOS]"])]
     )
@@ -106,12 +140,13 @@ def create_untrained(world: Path, folder: Path, seed: int = 0) -> str:
 
     captions = [c["caption"] for c in json.loads((Path(world) / "foundation_captions.json").read_text())]
     vocab = vocabulary(captions)
-    cfg = model_config(len(vocab))
+    cfg = model_config(len(vocab), context_length=context_length_for(captions))
     from isacir.foundation.openclip import save_openclip_checkpoint
 
     torch.manual_seed(seed)
     model = open_clip.CLIP(**cfg)
-    save_openclip_checkpoint(model, folder, cfg, _preprocess_config(cfg))
+    languages = ("en", "ja") if writes_japanese(captions) else None
+    save_openclip_checkpoint(model, folder, cfg, _preprocess_config(cfg), languages=languages)
     build_tokenizer(vocab, cfg["text_cfg"]["context_length"]).save_pretrained(str(folder))
     return f"openclip:{ARCH}@{folder}"
 
@@ -167,5 +202,5 @@ def train_foundation(
     log(f"shapes foundation: {steps} steps in {time.perf_counter() - t0:.0f}s, final loss {loss.item():.3f}")
     # the tokenizer saved by create_untrained stays; only the weights change
     cfg = json.loads((folder / "open_clip_config.json").read_text())
-    save_openclip_checkpoint(model.eval(), folder, cfg["model_cfg"], cfg["preprocess_cfg"])
+    save_openclip_checkpoint(model.eval(), folder, cfg["model_cfg"], cfg["preprocess_cfg"], cfg.get("languages"))
     return name

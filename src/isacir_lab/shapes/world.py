@@ -26,6 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from . import japanese
+
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 COLOURS = {
     "red": (220, 40, 40),
@@ -208,38 +210,63 @@ def _new_bg(rng: random.Random, scene: Scene) -> Scene:
     return Scene(scene.objects, rng.randrange(len(BACKGROUNDS)))
 
 
-def make_edit(
-    rng: random.Random, ref: Scene, split: str, phrasings: dict[str, list[str]] | None = None
-) -> tuple[str, str, Scene, list[Scene]] | None:
-    """Pick an edit of ``ref``: ``(type, modifier text, target, hard negatives)`` or None if impossible.
+@dataclass(frozen=True)
+class Change:
+    """What an edit asks for, apart from its wording: the slots a phrasing's template fills.
 
-    ``phrasings`` (per edit type) replaces the ``split`` phrasings, e.g. a subset of them.
+    ``value`` is the new colour, shape or size, the new cell (move), the added object (add) or the
+    removed one (remove); ``edited`` is the object a modifier must name because the scene has several.
+    """
+
+    kind: str
+    value: str | int | Obj
+    edited: Obj | None = None
+
+
+def modifier_text(change: Change, template: str) -> str:
+    """The English modifier for ``change`` in ``template`` (one of :data:`PHRASES`'s)."""
+    value = change.value
+    if isinstance(value, Obj):
+        return template.format(value=value.phrase() if change.kind == "add" else f"{value.colour} {value.shape}")
+    if change.kind == "move":
+        assert isinstance(value, int)
+        text = template.format(value=CELLS[value])
+    else:
+        assert isinstance(value, str)
+        text = template.format(value=value, comparative=COMPARATIVE.get(value, value))
+    return f"the {change.edited.colour} {change.edited.shape}: {text}" if change.edited is not None else text
+
+
+def draw_edit(
+    rng: random.Random, ref: Scene, split: str, phrasings: dict[str, list[str]] | None = None
+) -> tuple[Change, str, Scene, list[Scene]] | None:
+    """Pick an edit of ``ref``: ``(change, English template, target, hard negatives)`` or None if impossible.
+
+    ``phrasings`` (per edit type) replaces the ``split`` phrasings, e.g. a subset of them. The
+    wording is kept apart from the change so that another language can write the same edit.
     """
     kinds = ["colour", "shape", "size", "move", "add", "remove"]
     kind = rng.choice(kinds)
     objs = list(ref.objects)
     i = rng.randrange(len(objs))
     o = objs[i]
-    many = len(objs) > 1
-    ref_name = f"{o.colour} {o.shape}"  # how multi-object modifiers name the edited object
+    edited = o if len(objs) > 1 else None  # multi-object modifiers name the edited object
     taken = {x.cell for x in objs}
     template = rng.choice(phrasings[kind] if phrasings is not None else PHRASES[kind][split])
     negatives: list[Obj | None] = []
+    value: str | int
     if kind == "colour":
         value = rng.choice([c for c in COLOURS if c != o.colour])
         new = _with(o, colour=value)
         negatives = [_with(o, colour=c) for c in rng.sample([c for c in COLOURS if c not in (o.colour, value)], 2)]
-        text = template.format(value=value)
     elif kind == "shape":
         value = rng.choice([s for s in SHAPES if s != o.shape])
         new = _with(o, shape=value)
         negatives = [_with(o, shape=s) for s in rng.sample([s for s in SHAPES if s not in (o.shape, value)], 2)]
-        text = template.format(value=value)
     elif kind == "size":
         value = "small" if o.size == "large" else "large"
         new = _with(o, size=value)
         negatives = [_with(o, colour=rng.choice([c for c in COLOURS if c != o.colour]), size=value)]
-        text = template.format(value=value, comparative=COMPARATIVE[value])
     elif kind == "move":
         free = [c for c in range(9) if c not in taken]
         if not free:
@@ -247,7 +274,6 @@ def make_edit(
         value = rng.choice(free)
         new = _with(o, cell=value)
         negatives = [_with(o, cell=c) for c in rng.sample([c for c in free if c != value], min(2, len(free) - 1))]
-        text = template.format(value=CELLS[value])
     elif kind == "add":
         if len(objs) >= 3:
             return None
@@ -259,17 +285,15 @@ def make_edit(
         ]
         negs = [Scene(tuple(objs + [w]), rng.randrange(len(BACKGROUNDS))) for w in wrong]
         negs.append(_new_bg(rng, ref))  # edit not applied
-        return kind, template.format(value=added.phrase()), target, negs
+        return Change(kind, added), template, target, negs
     else:  # remove
-        if not many:
+        if edited is None:
             return None
         target = Scene(tuple(x for j, x in enumerate(objs) if j != i), rng.randrange(len(BACKGROUNDS)))
         others = [j for j in range(len(objs)) if j != i]
         negs = [Scene(tuple(x for j, x in enumerate(objs) if j != k), rng.randrange(len(BACKGROUNDS))) for k in others]
         negs.append(_new_bg(rng, ref))
-        return kind, template.format(value=f"{o.colour} {o.shape}"), target, negs
-    if many:
-        text = f"the {ref_name}: {text}"
+        return Change(kind, o), template, target, negs
     objs_new = objs.copy()
     objs_new[i] = new
     target = Scene(tuple(objs_new), rng.randrange(len(BACKGROUNDS)))
@@ -279,7 +303,18 @@ def make_edit(
         alt[i] = n
         negs.append(Scene(tuple(alt), rng.randrange(len(BACKGROUNDS))))
     negs.append(_new_bg(rng, ref))  # the edit not applied
-    return kind, text, target, negs
+    return Change(kind, value, edited), template, target, negs
+
+
+def make_edit(
+    rng: random.Random, ref: Scene, split: str, phrasings: dict[str, list[str]] | None = None
+) -> tuple[str, str, Scene, list[Scene]] | None:
+    """Pick an edit of ``ref``: ``(type, English modifier, target, hard negatives)`` or None if impossible."""
+    drawn = draw_edit(rng, ref, split, phrasings)
+    if drawn is None:
+        return None
+    change, template, target, negs = drawn
+    return change.kind, modifier_text(change, template), target, negs
 
 
 @dataclass
@@ -294,15 +329,29 @@ class ShapesConfig:
     max_objects: int = 3
     #: "" (the standard world) or "shifted" (other backgrounds and light: a domain shift)
     variant: str = ""
+    #: Share of the foundation's captions written in Japanese. Above 0 the world is bilingual: every
+    #: test query carries its modifier in both languages (``relative_caption_ja``), and its scenes
+    #: and English texts are those of the English-only world of the same seed.
+    japanese_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown world variant {self.variant!r}; choose from {VARIANTS}")
+        if not 0.0 <= self.japanese_fraction <= 1.0:
+            raise ValueError(f"japanese_fraction must be within [0, 1], got {self.japanese_fraction}")
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages its test queries are written in."""
+        return ("en", "ja") if self.japanese_fraction > 0 else ("en",)
 
     def key(self) -> str:
         d = asdict(self)
+        # worlds made before a setting existed keep their keys while it has its default
         if not d["variant"]:
-            del d["variant"]  # the standard world keeps the key it had before variants existed
+            del d["variant"]
+        if not d["japanese_fraction"]:
+            del d["japanese_fraction"]
         return hashlib.blake2b(json.dumps([WORLD_FORMAT, d], sort_keys=True).encode(), digest_size=6).hexdigest()
 
 
@@ -324,28 +373,39 @@ def generate(out: str | os.PathLike, config: ShapesConfig | None = None) -> Path
 
     # 2. foundation pretraining pairs: descriptions, plus text-only edit-style descriptions of the
     #    resulting image (language pretraining with TRAIN phrasings only; never CIR training)
+    #    A bilingual world writes some captions in Japanese, from a stream of its own, so the
+    #    scenes and the English texts stay those of the English-only world.
     cap_dir = out / "foundation"
     cap_dir.mkdir(parents=True, exist_ok=True)
+    ja_rng = random.Random(f"japanese-{config.seed}") if config.japanese_fraction > 0 else None
     pairs = []
     for n in range(config.caption_pairs):
         scene = random_scene(rng, config.max_objects)
         caption = describe(scene, rng)
+        in_japanese = ja_rng is not None and ja_rng.random() < config.japanese_fraction
+        if in_japanese:
+            caption = japanese.describe_ja(scene, ja_rng)
         if rng.random() < config.edit_caption_fraction:
-            edit = None
-            while edit is None:
+            drawn = None
+            while drawn is None:
                 source = random_scene(rng, config.max_objects)
-                edit = make_edit(rng, source, "train")
-            _, text, scene, _ = edit
-            caption = f"{describe(source, rng)}, {text}"
+                drawn = draw_edit(rng, source, "train")
+            change, template, scene, _ = drawn
+            caption = f"{describe(source, rng)}, {modifier_text(change, template)}"
+            if in_japanese:
+                assert ja_rng is not None
+                text = japanese.modifier_ja(change, ja_rng.choice(japanese.PHRASES_JA[change.kind]["train"]))
+                caption = japanese.describe_ja(source, ja_rng) + japanese.CAPTION_JOINER_JA + text
         name = f"{n:06d}.png"
         render(scene, size, variant=config.variant).save(cap_dir / name)
         pairs.append({"image": name, "caption": caption})
-    (out / "foundation_captions.json").write_text(json.dumps(pairs))
+    (out / "foundation_captions.json").write_text(json.dumps(pairs, ensure_ascii=False))
 
     # 3. composed test queries over a gallery with hard negatives, in CIRCO's layout
     caption_rng = random.Random(config.seed + 7919)  # separate stream: captions do not move the scenes
-    write_test_split(out, config, rng, caption_rng)
-    done.write_text(json.dumps({"key": config.key(), "config": asdict(config), "phrases": PHRASES}))
+    write_test_split(out, config, rng, caption_rng, ja_rng=ja_rng)
+    phrases = {"en": PHRASES, "ja": japanese.PHRASES_JA} if config.japanese_fraction > 0 else PHRASES
+    done.write_text(json.dumps({"key": config.key(), "config": asdict(config), "phrases": phrases}, ensure_ascii=False))
     return out
 
 
@@ -355,37 +415,47 @@ def write_test_split(
     rng: random.Random,
     caption_rng: random.Random,
     avoid: Collection[tuple] = (),
+    ja_rng: random.Random | None = None,
 ) -> list[dict[str, tuple]]:
     """Composed test queries over a gallery with hard negatives, written in CIRCO's layout.
 
     Scenes come from ``rng`` and reference / target captions (oracle diagnostics only) from
     ``caption_rng``, so that a world and its replicates differ only in the streams they are given.
     A drawn query whose reference or target has an object set in ``avoid`` (:meth:`Scene.key`) is
-    drawn again. Returns each query's ``ref_objects`` and ``target_objects`` (their keys).
+    drawn again. With ``ja_rng`` every query's modifier and captions are written in Japanese too
+    (``relative_caption_ja``, ``reference_caption_ja``, ``target_caption_ja``), worded from that
+    stream. Returns each query's ``ref_objects`` and ``target_objects`` (their keys).
     """
     gallery: list[Scene] = []
     queries = []
     while len(queries) < config.test_queries:
         ref = random_scene(rng, config.max_objects)
-        edit = make_edit(rng, ref, "test")
-        if edit is None:
+        drawn = draw_edit(rng, ref, "test")
+        if drawn is None:
             continue
-        kind, text, target, negs = edit
+        change, template, target, negs = drawn
         if avoid and (ref.key() in avoid or target.key() in avoid):
             continue
         base = len(gallery)
         gallery.extend([ref, target, *negs])
-        queries.append(
-            {
-                "id": len(queries),
-                "ref": base,
-                "target": base + 1,
-                "kind": kind,
-                "text": text,
-                "ref_caption": describe(ref, caption_rng),
-                "target_caption": describe(target, caption_rng),
+        query = {
+            "id": len(queries),
+            "ref": base,
+            "target": base + 1,
+            "kind": change.kind,
+            "text": modifier_text(change, template),
+            "ref_caption": describe(ref, caption_rng),
+            "target_caption": describe(target, caption_rng),
+        }
+        if ja_rng is not None:
+            query["ja"] = {
+                "relative_caption_ja": japanese.modifier_ja(
+                    change, ja_rng.choice(japanese.PHRASES_JA[change.kind]["test"])
+                ),
+                "reference_caption_ja": japanese.describe_ja(ref, ja_rng),
+                "target_caption_ja": japanese.describe_ja(target, ja_rng),
             }
-        )
+        queries.append(query)
     for _ in range(config.distractors):
         gallery.append(random_scene(rng, config.max_objects))
     img_dir = out / "unlabeled2017"
@@ -414,9 +484,10 @@ def write_test_split(
                 # for oracle diagnostics only (no method sees them)
                 "reference_caption": q["ref_caption"],
                 "target_caption": q["target_caption"],
+                **q.get("ja", {}),
             }
         )
     (out / "annotations").mkdir(exist_ok=True)
     (out / "annotations" / "image_info_unlabeled2017.json").write_text(json.dumps({"images": images}))
-    (out / "annotations" / "test.json").write_text(json.dumps(annotations))
+    (out / "annotations" / "test.json").write_text(json.dumps(annotations, ensure_ascii=False))
     return [{"ref_objects": gallery[q["ref"]].key(), "target_objects": gallery[q["target"]].key()} for q in queries]

@@ -71,12 +71,17 @@
       const res = await fetch("/v1/info", { headers: headers() });
       if (!res.ok) return;
       const info = await res.json();
-      const many = (info.languages || []).includes("multilingual");
+      const langs = info.languages || [];
+      const many = langs.includes("multilingual");
+      const names = { en: "English", ja: "Japanese (日本語)" };
+      const named = langs.map((l) => names[l] || l);
       $("languages").textContent = many
         ? "The model reads many languages: write the change in yours (日本語も可)."
-        : "The model reads English only: write the change in English.";
-      $("languages").dataset.languages = (info.languages || []).join(",");
-      $("text").lang = many ? "" : "en";
+        : langs.length > 1
+          ? `The model reads ${named.join(" and ")}: write the change in one of them.`
+          : "The model reads English only: write the change in English.";
+      $("languages").dataset.languages = langs.join(",");
+      $("text").lang = many || langs.length > 1 ? "" : "en";
     } catch (_) { /* the service is unreachable: the search itself will say so */ }
   }
 
