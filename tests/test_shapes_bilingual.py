@@ -187,6 +187,17 @@ def test_bench_shapes_reports_every_method_per_language(tmp_path):
     markdown = (tmp_path / "results-seed0-ja50.md").read_text()
     assert "modifiers in Japanese" in markdown and "modifiers in English" in markdown
     assert not (tmp_path / "results-seed0.json").exists()  # the English world's record is left alone
+    # the docs' table is generated from the record, copied to docs/results as shapes-bilingual-seed{S}.json
+    from isacir_lab.results.shapes import bilingual_table, load_bilingual_runs
+
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "shapes-bilingual-seed0.json").write_text((tmp_path / "results-seed0-ja50.json").read_text())
+    table = bilingual_table(load_bilingual_runs(records))
+    isa_row = next(line for line in table.splitlines() if line.startswith("| **isa**"))
+    r1, r10 = (f"**{ja['isa'][k]:.1f}**" for k in ("R@1", "R@10"))
+    assert isa_row.split(" | ")[2] == r1 and isa_row.split(" | ")[4] == r10  # R@1 ja, R@10 ja columns
+    assert "read 50 % of its captions in Japanese" in table and "isa ja R@10 >= isa en R@10 - 5:" in table
     # an English-only world has nothing to read in Japanese
     from isacir.evaluation.benchmarks import load_shapes
 

@@ -76,7 +76,7 @@ from .served import (
     served_goals_table,
     served_table,
 )
-from .shapes import per_seed_csv, results_page, summary_csv, summary_table
+from .shapes import bilingual_table, load_bilingual_runs, per_seed_csv, results_page, summary_csv, summary_table
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -106,6 +106,7 @@ def render() -> dict[Path, str]:
     served = load_served_runs(RESULTS)
     blocks = {
         "shapes-summary": summary_table(runs),
+        "shapes-bilingual": bilingual_table(load_bilingual_runs(RESULTS)),
         "feedback-served": served_table(served),
         "feedback-served-goals": served_goals_table(served),
         "feedback-served-edits": served_edit_table(served),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import statistics
+from pathlib import Path
 
 from .cells import METRICS, fmt
-from .records import ORACLES, ShapesRun
+from .records import ORACLES, RecordError, ShapesRun
 
 
 def label(name: str, bold: bool = False) -> str:
@@ -143,3 +145,50 @@ in [the experiment history](../experiments/shapes-cir.md). The same numbers as C
 ## Per seed
 
 {per_seed_tables(runs)}"""
+
+
+# ----- the bilingual world --------------------------------------------------------------------------
+#: The metrics of the bilingual table, each shown with English and with Japanese modifiers.
+BILINGUAL_COLUMNS = ("R@1", "R@10", "mAP@10")
+
+
+def load_bilingual_runs(results: Path) -> list[dict]:
+    """Every ``shapes-bilingual-seed{S}.json`` (a ``bench shapes --language both`` record), by seed."""
+    runs = []
+    for path in sorted(results.glob("shapes-bilingual-seed*.json")):
+        try:
+            raw = json.loads(path.read_text())
+            runs.append(
+                {
+                    "seed": int(raw["seed"]),
+                    "japanese_fraction": float(raw["japanese_fraction"]),
+                    "methods": {lang: r["methods"] for lang, r in raw["languages"].items()},
+                    "goals": dict(raw.get("language_goals", {})),
+                }
+            )
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise RecordError(f"{path} is not a bench shapes --language both record: {exc!r}") from None
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def bilingual_table(runs: list[dict]) -> str:
+    """Per seed: every method with English and with Japanese modifiers, side by side, and the goals."""
+    if not runs:
+        return "No bilingual run is recorded yet.\n"
+    parts = []
+    for run in runs:
+        en, ja = run["methods"]["en"], run["methods"]["ja"]
+        share = round(run["japanese_fraction"] * 100)
+        parts += [
+            f"Seed {run['seed']} (`isacir-lab bench shapes --seed {run['seed']} --language both`; the foundation "
+            f"read {share} % of its captions in Japanese):",
+            "",
+            "| method | " + " | ".join(f"{k} en | {k} ja" for k in BILINGUAL_COLUMNS) + " |",
+            "|---|" + "---:|---:|" * len(BILINGUAL_COLUMNS),
+        ]
+        for name in en:
+            b = name == "isa"
+            cells = [c for k in BILINGUAL_COLUMNS for c in (fmt(en[name][k]), fmt(ja[name][k]))]
+            parts.append(f"| {label(name, b)} | " + " | ".join(f"**{c}**" if b else c for c in cells) + " |")
+        parts += ["", *(f"- {goal}: {'met' if ok else '**missed**'}" for goal, ok in run["goals"].items()), ""]
+    return "\n".join(parts)
