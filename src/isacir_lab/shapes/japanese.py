@@ -84,25 +84,21 @@ def describe_ja(scene: Scene, rng: random.Random) -> str:
 
 
 def modifier_ja(change: Change, template: str) -> str:
-    """The Japanese modifier for ``change`` in one of :data:`PHRASES_JA`'s templates."""
+    """The Japanese modifier for ``change`` in one of :data:`PHRASES_JA`'s templates (what
+    ``world.modifier_text`` is for English)."""
     from .world import Obj
 
     value = change.value
-    if change.kind in ("colour", "shape", "size", "move"):
-        words = {"colour": COLOURS_JA, "shape": SHAPES_JA, "size": SIZES_JA}.get(change.kind)
-        if words is not None:
-            assert isinstance(value, str)
-            slots = {"value": words[value]}
-        else:
-            assert isinstance(value, int)
-            slots = {"value": CELLS_JA[value]}
-        if change.kind == "size":
-            assert isinstance(value, str)
-            slots["comparative"] = COMPARATIVE_JA[value]
-        text = template.format(**slots)
-        return f"{object_name(change.edited)}は{text}" if change.edited is not None else text
-    assert isinstance(value, Obj)
-    return template.format(value=object_phrase(value) if change.kind == "add" else object_name(value))
+    if isinstance(value, Obj):
+        return template.format(value=object_phrase(value) if change.kind == "add" else object_name(value))
+    if change.kind == "move":
+        assert isinstance(value, int)
+        text = template.format(value=CELLS_JA[value])
+    else:
+        assert isinstance(value, str)
+        words = {"colour": COLOURS_JA, "shape": SHAPES_JA, "size": SIZES_JA}[change.kind]
+        text = template.format(value=words[value], comparative=COMPARATIVE_JA.get(value, ""))
+    return f"{object_name(change.edited)}は{text}" if change.edited is not None else text
 
 
 def words_ja() -> list[str]:

@@ -340,11 +340,6 @@ class ShapesConfig:
         if not 0.0 <= self.japanese_fraction <= 1.0:
             raise ValueError(f"japanese_fraction must be within [0, 1], got {self.japanese_fraction}")
 
-    @property
-    def languages(self) -> tuple[str, ...]:
-        """The languages its test queries are written in."""
-        return ("en", "ja") if self.japanese_fraction > 0 else ("en",)
-
     def key(self) -> str:
         d = asdict(self)
         # worlds made before a setting existed keep their keys while it has its default
