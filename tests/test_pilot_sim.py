@@ -115,8 +115,8 @@ def test_bench_feedback_on_the_small_bench(small_loop):
     from isacir.foundation import create_foundation
     from isacir.query import QueryEncoder
     from isacir_lab.shapes.bench import METRICS
-    from isacir_lab.shapes.evaluation import used_phrasings
     from isacir_lab.shapes.feedback_goals import served_goals
+    from isacir_lab.shapes.phrasing import used_phrasings
 
     out, cfg, bench, summary, _ = small_loop
     assert set(summary) == {"seed", "operators", "verdicts", "served", "overlap", "timings"}

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from isacir_lab.shapes.evaluation import Judged, overlap_report, served_report, used_phrasings
+from isacir_lab.shapes.evaluation import Judged, overlap_report, served_report
 from isacir_lab.shapes.feedback_goals import served_goals
+from isacir_lab.shapes.phrasing import used_phrasings
 
 pytestmark = pytest.mark.lab
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,7 @@ from isacir.cli._app import emit_json, err
 from isacir.errors import IsacirError
 
 from ..shapes.operators import OperatorConfig
+from ..shapes.world import LOW_RESOURCE_JAPANESE_FRACTION
 from ._app import bench_app
 
 
@@ -40,6 +42,9 @@ def bench_shapes_cmd(
         help="Modifiers' language: en (the English world), or ja or both (a bilingual world whose "
         "foundation read half its captions in Japanese; every method reported per language).",
     ),
+    japanese_fraction: Optional[float] = typer.Option(
+        None, help="Share of the foundation's captions in Japanese (default: 0 for en, 0.5 for ja and both)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """Shapes-CIR end to end: generate, train the tiny foundation and each method, evaluate all.
@@ -48,8 +53,6 @@ def bench_shapes_cmd(
     --language ja or both it is {"seed", "languages": {lang: {"methods": ...}}, "language_goals"}.
     A Markdown table and a bar chart land in OUT.
     """
-    from dataclasses import replace
-
     from isacir.training.config import load_config
     from isacir.training.trainer import check_settings
 
@@ -59,6 +62,8 @@ def bench_shapes_cmd(
     if languages is None:
         raise IsacirError(f"--language must be en, ja or both, not {language!r}")
     cfg = ShapesBenchConfig.small(seed) if small else ShapesBenchConfig(seed=seed)
+    if japanese_fraction is not None:
+        cfg = replace(cfg, world=_world_share(cfg.world, japanese_fraction))
     cfg = replace(cfg, languages=languages)
     cfg.train = (load_config(config) if config else cfg.train).with_overrides(override)
     check_settings(cfg.train)
@@ -74,6 +79,14 @@ def bench_shapes_cmd(
         err.print((out_dir / f"{cfg.stem}.md").read_text())
         err.print(f"table, chart and details: {out_dir}/{cfg.stem}.{{md,png,json}}")
     emit_json(summary)
+
+
+def _world_share(world, share: float):
+    """``world`` with ``share`` of its foundation's captions in Japanese, checked."""
+    try:
+        return replace(world, japanese_fraction=share)
+    except ValueError as exc:
+        raise IsacirError(f"--japanese-fraction: {exc}") from None
 
 
 @bench_app.command("feedback")
@@ -107,6 +120,14 @@ def bench_feedback_cmd(
         False, "--novel-objects", help="Draw the evaluation stream without any object set the pilot showed."
     ),
     curve: str = typer.Option("", help="Also adapters on the first N logged queries, e.g. 100,300 (off by default)."),
+    language: str = typer.Option(
+        "en", help="What the operators write: en, or ja (on a bilingual world; see --japanese-fraction)."
+    ),
+    japanese_fraction: Optional[float] = typer.Option(
+        None,
+        help="Share of the foundation's captions in Japanese (default: 0 for en; for ja "
+        f"{LOW_RESOURCE_JAPANESE_FRACTION:g}, a foundation that barely read the operators' language).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
 ) -> None:
     """Learning from a simulated pilot: the adapter isacir adapt serves, judged on fresh queries.
@@ -114,16 +135,28 @@ def bench_feedback_cmd(
     The last stdout line is {"seed", "operators", "verdicts", "served": {"before", "after",
     "flip_rate", "flip_ci", "phrasings": {"used", "unseen"}, "per_edit", "known_phrasings"},
     "overlap", "timings"}, numbers in percent; details and goals land in
-    OUT/feedback-{operators}-seed{S}.json.
+    OUT/feedback-{operators}-seed{S}.json (on a bilingual world -ja{share}-{language} is added).
     """
 
     from isacir.adapt import AdaptSettings
 
+    from ..shapes.bench import ShapesBenchConfig
     from ..shapes.feedback_bench import feedback_stem, run_feedback_bench
     from ..shapes.pilot import PilotConfig
 
     if queries < 1:
         raise IsacirError("--queries must be at least 1")
+    if language not in ("en", "ja"):
+        raise IsacirError(f"--language must be en or ja, not {language!r}")
+    share = (
+        japanese_fraction
+        if japanese_fraction is not None
+        else (0.0 if language == "en" else LOW_RESOURCE_JAPANESE_FRACTION)
+    )
+    if language == "ja" and not share:
+        raise IsacirError("--language ja needs a foundation that read some Japanese: --japanese-fraction above 0")
+    world = ShapesBenchConfig(seed=seed)
+    world = replace(world, world=_world_share(world.world, share))
     people = OperatorConfig.of(
         operators,
         seed=seed if operator_seed is None else operator_seed,
@@ -154,11 +187,13 @@ def bench_feedback_cmd(
         k,
         eval_blocks=eval_blocks,
         novel_objects=novel_objects,
+        config=world,
         curve=points,
         log=lambda m: err.print(escape(str(m)), highlight=False),
+        language=language,
     )
     if not as_json:
-        stem = feedback_stem(seed, settings, people)
+        stem = feedback_stem(seed, settings, people, share, language)
         detail = json.loads((out_dir / f"{stem}.json").read_text())
         for goal, ok in detail["goals"].items():
             err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal} (served adapter)")

@@ -31,7 +31,7 @@ from isacir._fs import atomic_write_text, replace_dir
 from isacir.intervals import gain_interval, wilson
 
 from .phrasing import parse_modifier
-from .world import PHRASES, ShapesConfig, write_test_split
+from .world import ShapesConfig, write_test_split
 
 if TYPE_CHECKING:
     from isacir.adapter import QueryAdapter
@@ -69,25 +69,14 @@ def generate_evaluation(out: str | Path, config: ShapesConfig, index: int, avoid
         random.Random(f"evaluation-{config.seed}-{index}"),
         random.Random(f"evaluation-captions-{config.seed}-{index}"),
         avoid=avoid,
+        # a bilingual world's blocks word each query in Japanese too (a stream of its own)
+        ja_rng=random.Random(f"evaluation-japanese-{config.seed}-{index}") if config.japanese_fraction > 0 else None,
     )
     atomic_write_text(tmp / "objects.json", json.dumps(scenes))
     doc = {"key": key, "index": index, "world": asdict(config), "avoided_object_sets": len(avoid)}
     atomic_write_text(tmp / "evaluation.json", json.dumps(doc))
     replace_dir(tmp, out)
     return out
-
-
-def used_phrasings(texts: Iterable[str]) -> set[tuple[str, str]]:
-    """Every ``(edit type, phrasing)`` that the operators' modifiers match (test or training family)."""
-    used = set()
-    for text in texts:
-        for kind, families in PHRASES.items():
-            for split in families:
-                try:
-                    used.add((kind, parse_modifier(kind, text, split)[1]))
-                except ValueError:
-                    continue
-    return used
 
 
 @dataclass
@@ -122,8 +111,10 @@ def judge_stream(
     scratch: Path,
     progress: bool = False,
     others: dict[str, QueryAdapter] | None = None,
+    language: str = "en",
 ) -> Judged:
-    """Evaluate zero-shot and ``adapter`` (as served: its pair and guard) on every block.
+    """Evaluate zero-shot and ``adapter`` (as served: its pair and guard) on every block, with
+    modifiers in ``language`` (``template`` must be that language's).
 
     ``others`` are judged in the same pass, on the same encoded galleries, as arms ``{name}@1`` and
     ``{name}@10`` (a learning curve's adapters)."""
@@ -133,14 +124,15 @@ def judge_stream(
 
     judged = Judged()
     for block in blocks:
-        test = _TestSet(block, fnd, qe, template, progress)
+        test = _TestSet(block, fnd, qe, template, progress, language=language)
         known = _TestSet(
-            known_phrasings_copy(block, scratch / f"known-{block.name}"),
+            known_phrasings_copy(block, scratch / f"known-{block.name}", language),
             fnd,
             qe,
             template,
             progress,
             gallery_vecs=test.gallery_vecs,
+            language=language,
         )
         queries = test.bench.queries
         objects = json.loads((block / "objects.json").read_text())
@@ -148,7 +140,7 @@ def judge_stream(
             kind = test.kinds[q.qid]
             judged.kind.append(kind)
             judged.modifier.append(q.modifiers[0])
-            judged.phrasing.append(parse_modifier(kind, q.modifiers[0])[1])
+            judged.phrasing.append(parse_modifier(kind, q.modifiers[0], language=language)[1])
             judged.target_objects.append(tuple(tuple(x) for x in o["target_objects"]))
             judged.ref_objects.append(tuple(tuple(x) for x in o["ref_objects"]))
         for name, source, with_adapter in (
@@ -164,7 +156,7 @@ def judge_stream(
             _, ranked = test.evaluate(other)
             judged.add(f"{name}@1", _hits(queries, ranked, 1))
             judged.add(f"{name}@10", _hits(queries, ranked, 10))
-        _, oracle = oracle_rows(block, test.bench, fnd, test.gallery_vecs, test.names, template)
+        _, oracle = oracle_rows(block, test.bench, fnd, test.gallery_vecs, test.names, template, language)
         if "oracle_reference_caption_plus_modifier" in oracle:
             judged.add("oracle@1", _hits(queries, oracle["oracle_reference_caption_plus_modifier"], 1))
     return judged

@@ -39,12 +39,13 @@ from .evaluation import (
     overlap_report,
     pct,
     served_report,
-    used_phrasings,
 )
-from .feedback_goals import served_goals
+from .feedback_goals import language_goals, served_goals
 from .operators import OperatorConfig
+from .phrasing import used_phrasings
 from .pilot import (
     LEFT_OUT,
+    LEFT_OUT_JA,
     PilotConfig,
     ServiceClient,
     generate_pilot,
@@ -68,11 +69,13 @@ def prepare_pilot(
     config: ShapesBenchConfig | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    language: str = "en",
 ) -> dict[str, Any]:
     """The pilot's split, gallery and edge model for a ``bench shapes`` cache (each cached).
 
     Returns the paths a service and a simulator need: ``pilot``, ``gallery``, ``query_encoder``,
-    ``edge``, ``foundation``.
+    ``edge``, ``foundation``. For operators who write ``language`` the query encoder is the ISA
+    encoder with that language's template (:func:`encoder_in_language`).
     """
     from isacir.export import export_edge
     from isacir.gallery import Gallery
@@ -82,6 +85,7 @@ def prepare_pilot(
     pilot = pilot or PilotConfig()
     _, fnd, qe_path, qe = cached_isa(bench_dir, config, log, progress)
     root = bench_dir / "pilots" / pilot.key(config.world)
+    qe_path, qe = encoder_in_language(qe_path, qe, fnd, config.language_template(language), root, language)
     split = generate_pilot(root / "split", config.world, pilot)
     edge = root / f"edge-{qe.fingerprint}"
     if not (edge / "edge.json").is_file():
@@ -103,6 +107,30 @@ def prepare_pilot(
     return paths
 
 
+def encoder_in_language(
+    path: Path, qe: QueryEncoder, fnd: Foundation, template: str, root: Path, language: str
+) -> tuple[Path, QueryEncoder]:
+    """``qe`` composing its queries in ``template`` (saved once under ``root``), or ``qe`` itself
+    when it already does.
+
+    The Shapes-CIR encoders learn their tokens in the template's empty form, ``{}``, which every
+    language's template shares, so the same weights serve either language; only the text around
+    the modifier differs. A customer whose operators write Japanese trains with ``--template ja``
+    instead. The copy is another version (its fingerprint covers the template), with its own edge
+    export.
+    """
+    from isacir.query import QueryEncoder
+
+    if qe.config.template == template:
+        return path, qe
+    dest = root / f"encoder-{language}-{qe.fingerprint}"
+    if not (dest / "config.json").is_file():
+        copy = QueryEncoder.from_pretrained(path, foundation=fnd)
+        copy.config = replace(copy.config, template=template)
+        copy.save_pretrained(dest)  # atomic
+    return dest, QueryEncoder.from_pretrained(dest, foundation=fnd).eval()
+
+
 def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
     """The served gallery's id of every split image, keyed as the split names them."""
     from isacir.gallery import Gallery
@@ -120,12 +148,16 @@ def gallery_ids(gallery_dir: str | Path, split: str | Path) -> dict[str, int]:
         g.close()
 
 
-def feedback_stem(seed: int, settings: AdaptSettings, operators: OperatorConfig) -> str:
+def feedback_stem(
+    seed: int, settings: AdaptSettings, operators: OperatorConfig, japanese_fraction: float = 0.0, language: str = "en"
+) -> str:
     """The name of a ``bench feedback`` run's results: ``feedback-{operators}-seed{S}``, with the
-    recipe when it is not the default and the adapters' seed when it is not the world's."""
+    recipe when it is not the default and the adapters' seed when it is not the world's; on a
+    bilingual world, its Japanese share and the operators' language (``-ja5-ja``)."""
     recipe = "" if settings.recipe == "auto" else f"-{settings.recipe}"
     adapt_seed = "" if settings.seed == seed else f"-adapt{settings.seed}"
-    return f"feedback-{operators.kind}-seed{seed}{recipe}{adapt_seed}"
+    world = f"-ja{round(japanese_fraction * 100)}-{language}" if japanese_fraction else ""
+    return f"feedback-{operators.kind}-seed{seed}{world}{recipe}{adapt_seed}"
 
 
 def run_feedback_bench(
@@ -141,9 +173,14 @@ def run_feedback_bench(
     curve: tuple[int, ...] = (),
     log: Callable[[str], None] = print,
     progress: bool = True,
+    language: str = "en",
 ) -> dict[str, Any]:
     """Pilot, the served adapter, its evaluation; writes ``{stem}.json`` into ``out`` and returns
     the summary (the last JSON line of ``bench feedback``; :func:`feedback_stem` names the run).
+
+    ``language`` is what the operators write: Japanese needs a bilingual world
+    (``config.world.japanese_fraction``); the service then composes in the Japanese template, and
+    the evaluation stream and test split are judged with their Japanese modifiers.
 
     The served adapter is what ``isacir adapt`` saves with ``settings`` (default: its default, the
     recipe chosen by folds) on all the pilot's feedback, served as saved: its pair and top-1 guard.
@@ -170,13 +207,16 @@ def run_feedback_bench(
     settings.check()
     if eval_blocks < 1:
         raise ConfigError(f"--eval-blocks must be at least 1, got {eval_blocks}")
+    if language != "en" and not config.world.japanese_fraction:
+        raise ConfigError(f"operators who write {language!r} need a bilingual world (a Japanese share above 0)")
+    template = config.language_template(language)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    paths = prepare_pilot(out, seed, pilot, config, log, progress)
+    paths = prepare_pilot(out, seed, pilot, config, log, progress, language)
     timings["prepare_s"] = time.perf_counter() - t0
     fnd = create_foundation(paths["foundation"])
     qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd).eval()
-    stem = feedback_stem(seed, settings, operators)
+    stem = feedback_stem(seed, settings, operators, config.world.japanese_fraction, language)
 
     # the pilot, through the device path and HTTP; a fresh log every run
     run = out / "feedback" / f"{stem.removeprefix('feedback-')}-{pilot.key(config.world)}"
@@ -200,6 +240,7 @@ def run_feedback_bench(
             progress=progress,
             log=log,
             operators=operators,
+            language=language,
         )
     timings["pilot_s"] = time.perf_counter() - t
     store = FeedbackStore(run / "feedback.sqlite")
@@ -235,12 +276,12 @@ def run_feedback_bench(
         for i in range(1, eval_blocks + 1)
     ]
     judged = judge_stream(
-        blocks, fnd, qe, config.template, served_adapter, run / "scratch", progress, others=curve_adapters
+        blocks, fnd, qe, template, served_adapter, run / "scratch", progress, others=curve_adapters, language=language
     )
     served = served_report(judged, used_phrasings(logged))
     overlap = overlap_report(judged, shown, logged)
     timings["evaluate_s"] = time.perf_counter() - t
-    test = _TestSet(world_dir, fnd, qe, config.template, progress)
+    test = _TestSet(world_dir, fnd, qe, template, progress, language=language)
     test_before, before_rank = test.evaluate(None)
     test_after, after_rank = test.evaluate(served_adapter)
     test_split = {
@@ -254,10 +295,11 @@ def run_feedback_bench(
     gallery.close()
     timings["total_s"] = time.perf_counter() - t0
 
-    goals = served_goals(served)
+    goals = served_goals(served) if language == "en" else language_goals(served)
     summary = {
         "seed": seed,
         "operators": operators.kind,
+        **({"language": language, "japanese_fraction": config.world.japanese_fraction} if language != "en" else {}),
         "verdicts": pilot_stats["judged"],
         "served": served,
         "overlap": overlap,
@@ -276,7 +318,7 @@ def run_feedback_bench(
         "operators_config": asdict(operators),
         "settings": asdict(settings),
         "pilot_config": asdict(pilot),
-        "left_out_phrasings": LEFT_OUT,
+        "left_out_phrasings": LEFT_OUT if language == "en" else LEFT_OUT_JA,
         "cpu": cpu_info(),
     }
     atomic_write_text((out / stem).with_suffix(".json"), json.dumps(detail, indent=2))
@@ -366,14 +408,22 @@ class _TestSet:
     """A Shapes-CIR benchmark with its gallery encoded once, evaluated with or without an adapter."""
 
     def __init__(
-        self, world: Path, fnd: Foundation, qe: QueryEncoder, template: str, progress: bool, gallery_vecs=None
+        self,
+        world: Path,
+        fnd: Foundation,
+        qe: QueryEncoder,
+        template: str,
+        progress: bool,
+        gallery_vecs=None,
+        language: str = "en",
     ):
         from isacir.evaluation.benchmarks import load_shapes
         from isacir.evaluation.evaluate import encode_gallery
 
-        from .bench import _query_kinds
+        from .bench import _query_kinds, in_language
 
-        self.bench, self.fnd, self.qe, self.template = load_shapes(world), fnd, qe, template
+        self.bench = in_language(world, load_shapes(world), language)
+        self.fnd, self.qe, self.template = fnd, qe, template
         self.kinds = _query_kinds(world)
         bench = self.bench
         self.names = list(bench.gallery)

@@ -146,3 +146,21 @@ def served_goals(served: dict[str, Any]) -> dict[str, bool]:
     if "oracle" in served:
         goals["moonshot: R@1 >= oracle reference caption + modifier"] = after["R@1"] >= served["oracle"]["R@1"]
     return goals
+
+
+#: what learning from operators who write a language the foundation barely read must do
+#: (issue "operators who write in Japanese"): R@1 points gained over zero-shot, with the flip limit
+#: above and some gain on the phrasings those operators never used
+LANGUAGE_MIN_R1_GAIN = 10.0
+
+
+def language_goals(served: dict[str, Any]) -> dict[str, bool]:
+    """The goals of a ``bench feedback --language ja`` run (its ``served`` block)."""
+    before, after = served["before"], served["after"]
+    unseen = served["phrasings"]["unseen"]
+    return {
+        f"R@1 >= before + {LANGUAGE_MIN_R1_GAIN:g}": after["R@1"] >= before["R@1"] + LANGUAGE_MIN_R1_GAIN,
+        f"flip rate <= {100 * MAX_TEST_FLIP_RATE:g} %": served["flip_rate"] is not None
+        and served["flip_rate"] <= 100 * MAX_TEST_FLIP_RATE,
+        "unseen-phrasings R@1 > before": unseen["n"] > 0 and unseen["after"]["R@1"] > unseen["before"]["R@1"],
+    }

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 
 from isacir.errors import ConfigError
 
-from .phrasing import parse_any
-from .world import COMPARATIVE, PHRASES
+from .phrasing import parse_any, reword, wording
 
 OPERATOR_KINDS = ("realistic", "oracle")
 
@@ -89,38 +88,36 @@ class OperatorConfig:
         return config
 
 
-def reword(kind: str, text: str, template: str) -> str:
-    """``text`` (a modifier in one of the world's phrasings of edit ``kind``) in ``template``'s words."""
-    selector, _, value = parse_any(kind, text)
-    body = template.format(value=value, comparative=COMPARATIVE.get(value, ""))
-    return f"the {selector}: {body}" if selector else body
-
-
 @dataclass
 class Operator:
-    """One person: a favourite phrasing per edit type, drawn from ``phrasings``."""
+    """One person: a favourite phrasing per edit type, drawn from ``phrasings`` (in ``language``)."""
 
     index: int
     favourite: dict[str, str]
     phrasings: dict[str, list[str]]
     habit: float
+    language: str = "en"
 
     @classmethod
-    def draw(cls, index: int, phrasings: dict[str, list[str]], habit: float, rng: random.Random) -> Operator:
-        return cls(index, {kind: rng.choice(ts) for kind, ts in phrasings.items()}, phrasings, habit)
+    def draw(
+        cls, index: int, phrasings: dict[str, list[str]], habit: float, rng: random.Random, language: str = "en"
+    ) -> Operator:
+        return cls(index, {kind: rng.choice(ts) for kind, ts in phrasings.items()}, phrasings, habit, language)
 
     def word(self, kind: str, text: str, rng: random.Random) -> str:
         """How this operator types the change that ``text`` describes."""
         others = [t for t in self.phrasings[kind] if t != self.favourite[kind]]
         template = self.favourite[kind] if not others or rng.random() < self.habit else rng.choice(others)
-        return reword(kind, text, template)
+        return reword(kind, text, template, self.language)
 
     def word_again(self, kind: str, text: str, rng: random.Random) -> str:
         """Other words for the same change, after a search that missed: another phrasing of the
         pilot's family where there is one, else one of the plain phrasings everyone knows."""
-        used = parse_any(kind, text)[1]
-        pool = [t for t in self.phrasings[kind] if t != used] or [t for t in PHRASES[kind]["train"] if t != used]
-        return reword(kind, text, rng.choice(pool))
+        used = parse_any(kind, text, self.language)[1]
+        pool = [t for t in self.phrasings[kind] if t != used] or [
+            t for t in wording(self.language).templates(kind, "train") if t != used
+        ]
+        return reword(kind, text, rng.choice(pool), self.language)
 
 
 @dataclass

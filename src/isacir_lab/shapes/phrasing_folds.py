@@ -24,7 +24,7 @@ from isacir._fs import atomic_write_text
 from isacir.errors import IsacirError
 from isacir.intervals import gain_interval
 
-from .evaluation import used_phrasings
+from .phrasing import used_phrasings
 
 #: the ideas weighed, by name: the fields each sets on the adapter settings. Each is an addition
 #: to the default's cheaper candidate (``vocab``), the one whose gain rests most on the operators'

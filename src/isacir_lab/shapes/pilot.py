@@ -30,13 +30,16 @@ from isacir._fs import atomic_write_text, replace_dir
 from isacir.errors import IsacirError
 from isacir.progress import progress_bar
 
+from . import japanese
 from .operators import Operator, OperatorConfig, decide
-from .phrasing import parse_modifier
-from .world import PHRASES, ShapesConfig, make_edit, random_scene, render
+from .phrasing import LANGUAGES, pilot_phrasings
+from .world import ShapesConfig, draw_edit, modifier_text, random_scene, render
 
-#: The test phrasing each edit type leaves out of the pilot (the "unseen phrasings").
-LEFT_OUT = {kind: p["test"][-1] for kind, p in PHRASES.items()}
-PILOT_PHRASINGS = {kind: [t for t in p["test"] if t != LEFT_OUT[kind]] for kind, p in PHRASES.items()}
+#: The test phrasing each edit type leaves out of the pilot (the "unseen phrasings"), and the
+#: rest of the test family, which the pilot's operators use.
+LEFT_OUT, PILOT_PHRASINGS = pilot_phrasings("en")
+#: The same for Japanese operators (a bilingual world's pilot).
+LEFT_OUT_JA, PILOT_PHRASINGS_JA = pilot_phrasings("ja")
 #: Bumped whenever the split's output changes for the same settings.
 PILOT_FORMAT = 2
 
@@ -59,23 +62,34 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
     if (out / "pilot.json").is_file() and json.loads((out / "pilot.json").read_text()).get("key") == key:
         return out
     rng = random.Random(f"pilot-{world.seed}")  # a stream of its own: no test scene is re-drawn
+    # a bilingual world's pilot words each query in Japanese too, from a stream of its own, so
+    # its scenes and English texts are those of the English-only world's pilot
+    ja_rng = random.Random(f"pilot-japanese-{world.seed}") if world.japanese_fraction > 0 else None
     tmp = out.with_name(out.name + ".partial")
     (tmp / "references").mkdir(parents=True, exist_ok=True)
     (tmp / "gallery").mkdir(parents=True, exist_ok=True)
     scenes, queries, references = [], [], []
     while len(queries) < config.queries:
         ref = random_scene(rng, world.max_objects)
-        edit = make_edit(rng, ref, "test", PILOT_PHRASINGS)
-        if edit is None:
+        drawn = draw_edit(rng, ref, "test", PILOT_PHRASINGS)
+        if drawn is None:
             continue
-        kind, text, target, negs = edit
+        change, template, target, negs = drawn
+        kind = change.kind
         n = len(queries)
         render(ref, world.image_size).save(tmp / "references" / f"{n:06d}.png")
         references.append(ref)
-        phrasing = parse_modifier(kind, text)[1]
-        queries.append(
-            {"id": n, "reference": f"references/{n:06d}.png", "text": text, "kind": kind, "phrasing": phrasing}
-        )
+        query = {
+            "id": n,
+            "reference": f"references/{n:06d}.png",
+            "text": modifier_text(change, template),
+            "kind": kind,
+            "phrasing": template,
+        }
+        if ja_rng is not None:
+            template_ja = ja_rng.choice(PILOT_PHRASINGS_JA[kind])
+            query |= {"text_ja": japanese.modifier_ja(change, template_ja), "phrasing_ja": template_ja}
+        queries.append(query)
         scenes.append((n, target))
         scenes.extend((("near", n), s) for s in negs)
     scenes.extend((None, random_scene(rng, world.max_objects)) for _ in range(config.distractors))
@@ -104,6 +118,7 @@ def generate_pilot(out: str | Path, world: ShapesConfig, config: PilotConfig | N
         "world": asdict(world),
         "config": asdict(config),
         "left_out": LEFT_OUT,
+        **({"left_out_ja": LEFT_OUT_JA} if ja_rng is not None else {}),
         "queries": queries,
         "object_sets": [[list(o) for o in key] for key in objects],
     }
@@ -154,12 +169,15 @@ def simulate_pilot(
     progress: bool = True,
     log: Callable[[str], None] = print,
     operators: OperatorConfig | None = None,
+    language: str = "en",
 ) -> dict[str, Any]:
     """Run the pilot's queries through the device path and the service; the operators judge them.
 
     ``gallery_ids`` maps the split's gallery file names (``gallery/000123.png``) to the served
     gallery's ids. ``start`` and ``limit`` pick a slice of the pilot's queries. ``operators`` says
-    who judges (:class:`~.operators.OperatorConfig`: realistic people by default). Returns counts,
+    who judges (:class:`~.operators.OperatorConfig`: realistic people by default), and ``language``
+    what they write (Japanese needs a bilingual world's pilot, whose queries carry ``text_ja``;
+    the service must then compose in a Japanese template). Returns counts,
     the pilot's own hit rates as the operators saw them, and what each query's operator typed
     (``texts``: the first search's modifier per pilot query id).
     """
@@ -169,10 +187,16 @@ def simulate_pilot(
     operators.check()
     oracle = operators.kind == "oracle"
     rng = random.Random(f"operators-{operators.seed}")
-    crew = [Operator.draw(i, PILOT_PHRASINGS, operators.habit, rng) for i in range(operators.count)]
+    if language not in LANGUAGES:
+        raise IsacirError(f"operators write {' or '.join(LANGUAGES)}, not {language!r}")
+    phrasings = PILOT_PHRASINGS if language == "en" else PILOT_PHRASINGS_JA
+    crew = [Operator.draw(i, phrasings, operators.habit, rng, language) for i in range(operators.count)]
     folder = Path(pilot_dir)
     queries = load_pilot(folder)["queries"][start:]
     queries = queries[:limit] if limit is not None else queries
+    field = "text" if language == "en" else f"text_{language}"
+    if queries and field not in queries[0]:
+        raise IsacirError(f"pilot {folder} has no modifiers in {language!r}: its world is not bilingual")
     counts = dict.fromkeys(
         ("queries", "judged", "unjudged", "confirmed", "corrected", "rejected_only", "wrong_confirmed",
          "wrong_rejected", "searched_again", "found_again", "hit@1", "hit@k", "payload_bytes"),
@@ -197,7 +221,7 @@ def simulate_pilot(
             payload = edge.payload(im.convert("RGB"), dtype=payload_dtype)
         counts["payload_bytes"] += len(payload)
         person = None if oracle else crew[rng.randrange(len(crew))]
-        text = q["text"] if person is None else person.word(q["kind"], q["text"], rng)
+        text = q[field] if person is None else person.word(q["kind"], q[field], rng)
         texts[q["id"]] = text
         query_id, shown = search(payload, text)
         counts["queries"] += 1

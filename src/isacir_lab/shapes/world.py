@@ -101,6 +101,8 @@ PHRASES = {
     },
 }
 COMPARATIVE = {"large": "bigger", "small": "smaller"}
+#: The Japanese share of a foundation that barely read Japanese (``bench feedback --language ja``).
+LOW_RESOURCE_JAPANESE_FRACTION = 0.05
 #: Bumped whenever the generator's output changes for the same config.
 WORLD_FORMAT = 2
 
