@@ -33,6 +33,8 @@ from .errors import IsacirError
 from .ledger import Ledger, check_name, event
 
 REGISTRY_FORMAT = 1
+#: the traffic split a registry leaves to the service (see :meth:`Registry.set_rollout`)
+DEFAULT_ROLLOUT: dict[str, Any] = {"canary_share": None, "interleave": None}
 STATES = ("staged", "canary", "active", "deprecated", "retired")
 #: where each state may go (``active`` is left by promoting another version, or by deprecating it)
 TRANSITIONS = {
@@ -70,7 +72,8 @@ class Evaluation:
     @classmethod
     def from_report(cls, report: dict, source: str, version: dict) -> Evaluation:
         """An ``isacir adapt`` report (held-out feedback: hit@1 before and after, and the flip
-        rate against the adapter's zero-shot query encoder), or a benchmark report of the form
+        rate against what served before: the query encoder alone, or with the ``previous_adapter``
+        the report names), or a benchmark report of the form
         ``{"metric": "R@1", "score": x, "flip_rate": f, "baseline": {"query_encoder": fp,
         "adapter": fp|null, "score": y}}``."""
         try:
@@ -80,8 +83,9 @@ class Evaluation:
                     metric="hit@1",
                     score=float(hold["after"]["hit@1"]),
                     baseline_score=float(hold["before"]["hit@1"]),
-                    baseline={"query_encoder": version["fingerprint"], "adapter": None},
-                    flip_rate=float(hold["flip_rate"]),
+                    baseline={"query_encoder": version["fingerprint"], "adapter": report.get("previous_adapter")},
+                    # none held out was right before: none could be lost
+                    flip_rate=float(hold["flip_rate"]) if hold["flip_rate"] is not None else 0.0,
                     source=source,
                 )
             base = report["baseline"]
@@ -126,7 +130,13 @@ class Registry:
 
     def versions(self) -> list[dict]:
         """Every version, oldest first."""
-        return sorted(self._read()["versions"].values(), key=lambda v: (v["created"], v["version"]))
+        return _oldest_first(self._read())
+
+    def snapshot(self) -> tuple[list[dict], dict]:
+        """``(versions oldest first, rollout)`` from one read of the file (a service builds what it
+        serves from both, and a write between two reads could pair them wrongly)."""
+        data = self._read()
+        return _oldest_first(data), {**DEFAULT_ROLLOUT, **data.get("rollout", {})}
 
     def get(self, version: str) -> dict:
         versions = self._read()["versions"]
@@ -136,7 +146,17 @@ class Registry:
         return versions[version]
 
     def history(self, version: str | None = None) -> list[dict]:
-        return [h for h in self._read()["history"] if version is None or h["version"] == version]
+        return [h for h in self._read()["history"] if version is None or h.get("version") == version]
+
+    def rollout(self) -> dict:
+        """How the served versions share traffic, as set by :meth:`set_rollout`: ``canary_share``
+        (None: the service's own setting) and ``interleave`` (a pair of version names, or None)."""
+        return {**DEFAULT_ROLLOUT, **self._read().get("rollout", {})}
+
+    def activated(self, version: str) -> float | None:
+        """When ``version`` last became active (None: never)."""
+        times = [h["time"] for h in self.history(version) if h.get("to") == "active"]
+        return max(times) if times else None
 
     def active(self, foundation_fingerprint: str) -> dict | None:
         for v in self._read()["versions"].values():
@@ -278,6 +298,39 @@ class Registry:
             data["history"].append(event)
             return dict(record)
 
+    def set_rollout(
+        self,
+        canary_share: float | None = None,
+        interleave: tuple[str, str] | list[str] | None = None,
+        actor: str = "unknown",
+        reason: str = "",
+    ) -> dict:
+        """Set how the served versions share traffic; a service serving this registry applies it on
+        its next reload, over its own ``--canary-share`` and ``--interleave``. ``None`` hands each
+        back to the service's setting. An interleaved pair must name two versions that are served
+        (canary, active or deprecated)."""
+        if canary_share is not None and not 0.0 <= float(canary_share) <= 1.0:
+            raise RegistryError(f"canary share must be within 0..1, got {canary_share}")
+        pair = None
+        if interleave is not None:
+            pair = [str(v) for v in interleave]
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise RegistryError(f"interleaving compares two different versions, got {interleave!r}")
+        with self._writing() as data:
+            if pair is not None:
+                for name in pair:
+                    record = data["versions"].get(name)
+                    if record is None or record["state"] not in ("canary", "active", "deprecated"):
+                        state = record["state"] if record else "not registered"
+                        raise RegistryError(f"cannot interleave {name!r}: it is {state}, not served")
+            before = {**DEFAULT_ROLLOUT, **data.get("rollout", {})}
+            after = {"canary_share": None if canary_share is None else float(canary_share), "interleave": pair}
+            data["rollout"] = after
+            data["history"].append(
+                {"time": time.time(), "rollout": after, "from": before, "actor": actor, "reason": reason}
+            )
+            return after
+
     def check_gate(self, candidate: dict, active: dict | None, report: str | Path | None = None) -> dict:
         """The quality gate for ``candidate`` to replace ``active``: its evaluation report (``report``,
         else the one it was added with) must score at least the active version on the same data,
@@ -319,6 +372,10 @@ class Registry:
         if problems:
             raise GateError(f"version {candidate['version']!r} fails the quality gate: " + "; ".join(problems))
         return {"passed": True, **checked}
+
+
+def _oldest_first(data: dict) -> list[dict]:
+    return sorted(data["versions"].values(), key=lambda v: (v["created"], v["version"]))
 
 
 def _event(version: str, before: str | None, after: str, actor: str, reason: str) -> dict:

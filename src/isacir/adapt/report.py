@@ -32,6 +32,8 @@ def _judgement(
         "promotable": not reasons,
         "reasons": reasons,
         "before": "previous adapter " + previous.fingerprint if previous is not None else "zero-shot (no adapter)",
+        # what "before" was measured with, for the registry's quality gate
+        "previous_adapter": previous.fingerprint if previous is not None else None,
         "holdout": {
             "before": held_before,
             "after": held_after,

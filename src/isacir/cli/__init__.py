@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (registers the verbs)
     adapt,
     backup,
     bench,
+    cycle,
     edge,
     evaluate,
     feedback,

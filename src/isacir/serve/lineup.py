@@ -313,7 +313,8 @@ def lineup_from_registry(
     stamp: Any = None,
 ) -> Lineup:
     """The registry versions of the live generations' foundations, reusing ``previous``'s loaded
-    models. ``generations[0]`` is the serving one.
+    models. ``generations[0]`` is the serving one. ``canary_share`` and ``interleave`` are the
+    service's own settings; the registry's rollout (:meth:`Registry.set_rollout`) overrides them.
 
     Models are loaded here, before anything is swapped, so a version that fails to load fails
     this build and leaves the running lineup as it was."""
@@ -323,7 +324,12 @@ def lineup_from_registry(
     if not generations:
         raise LineupError("no live gallery generation to serve")
     by_foundation = {g.foundation_fingerprint: g for g in generations}
-    records = registry.versions()
+    records, rollout = registry.snapshot()
+    if rollout["canary_share"] is not None:
+        canary_share = float(rollout["canary_share"])
+    from_registry = rollout["interleave"] is not None
+    if from_registry:
+        interleave = (rollout["interleave"][0], rollout["interleave"][1])
     held = previous.models() if previous is not None else {}
     served: list[Served] = []
     for rec in records:
@@ -356,7 +362,7 @@ def lineup_from_registry(
             f"indexed the serving generation {generations[0].name!r}, to serve (versions: {states}); "
             "promote one: isacir models promote NAME --to active"
         )
-    if interleave is not None and previous is not None:
+    if interleave is not None and (previous is not None or from_registry):
         names = {s.name for s in served}
         if not all(n in names for n in interleave):
             log.warning("interleaving %s stopped: a compared version is no longer served", "/".join(interleave))

@@ -286,8 +286,8 @@ class ServiceState:
                     self._live_generations(None, old),
                     self._make_model,
                     old,
-                    old.canary_share,
-                    old.interleave,
+                    self.settings.canary_share,
+                    self.settings.interleave,
                     stamp=stamp,
                 )
             except Exception as exc:

@@ -104,6 +104,7 @@ def render() -> dict[Path, str]:
     variant_runs, variant_replicates = load_variants()
     beside = _beside_their_base(variant_replicates, load_replicates())
     served = load_served_runs(RESULTS)
+    japanese = load_served_runs(RESULTS, "japanese")
     blocks = {
         "shapes-summary": summary_table(runs),
         "shapes-bilingual": bilingual_table(load_bilingual_runs(RESULTS)),
@@ -111,6 +112,9 @@ def render() -> dict[Path, str]:
         "feedback-served-goals": served_goals_table(served),
         "feedback-served-edits": served_edit_table(served),
         "feedback-served-context": served_context_table(served),
+        "japanese-served": served_table(japanese),
+        "japanese-served-goals": served_goals_table(japanese),
+        "japanese-served-edits": served_edit_table(japanese),
         "feedback-phrasing-ideas": phrasing_ideas_table(load_phrasing_runs(RESULTS)),
         "query-side-backbones": backbones_table(backbones),
         "pilot-definitions": pilot_definitions(),

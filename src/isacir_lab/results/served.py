@@ -1,5 +1,6 @@
 """The tables of the served adapter: ``bench feedback`` runs with realistic operators, on the
-evaluation stream (``docs/results/served/feedback-{operators}-seed{S}.json``)."""
+evaluation stream (``docs/results/served/feedback-{operators}-seed{S}.json``; runs whose operators
+write Japanese in ``docs/results/japanese/``)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ class ServedRun:
     #: how much of the stream the pilot showed (``overlap``) and what its operators did (``pilot``)
     overlap: dict[str, float]
     pilot: dict[str, int]
+    #: what the operators wrote, and the share of the foundation's captions in Japanese
+    language: str = "en"
+    japanese_fraction: float = 0.0
 
     @classmethod
     def load(cls, path: Path) -> ServedRun:
@@ -99,14 +103,17 @@ class ServedRun:
                     k: int(raw["pilot"][k])
                     for k in ("judged", "confirmed", "corrected", "rejected_only", "wrong_confirmed")
                 },
+                language=str(raw.get("language", "en")),
+                japanese_fraction=float(raw.get("japanese_fraction", 0.0)),
             )
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise RecordError(f"{path}: not a bench feedback record of the served adapter ({exc!r})") from None
 
 
-def load_served_runs(results: Path) -> list[ServedRun]:
+def load_served_runs(results: Path, folder: str = "served") -> list[ServedRun]:
+    """The records in ``results/folder`` (``japanese``: operators who write Japanese)."""
     return sorted(
-        (ServedRun.load(p) for p in (results / "served").glob("feedback-*-seed*.json")),
+        (ServedRun.load(p) for p in (results / folder).glob("feedback-*-seed*.json")),
         key=lambda r: (r.operators, r.seed),
     )
 
