@@ -411,3 +411,104 @@ def test_the_command_line(loop, tmp_path):
 
     with pytest.raises(IsacirError, match="no active version"):
         LearningCycle(loop["gallery"], CyclePolicy(), loop["store"], Registry(tmp_path / "empty")).tick()
+
+
+# ----- the service: the loop in the background, and the console's actions ------------------------
+
+
+def _admin_service(loop, tmp_path):
+    from isacir.serve import load_service
+    from isacir.serve.keys import hash_key
+
+    keys = tmp_path / "keys.toml"
+    keys.write_text(
+        f'[[keys]]\nname = "owner"\nsha256 = "{hash_key("admin-secret")}"\nscopes = ["models:admin", "search"]\n'
+        f'[[keys]]\nname = "desk"\nsha256 = "{hash_key("operator-secret")}"\nscopes = ["search", "feedback"]\n'
+    )
+    app = load_service(loop["gallery"], api_key_file=keys, registry=loop["registry"].folder,
+                       feedback_db=loop["gallery"] / "feedback.sqlite", registry_poll_s=0.1)  # fmt: skip
+    return app.state.service
+
+
+def test_the_service_runs_cycles_in_the_background_and_the_console_needs_models_admin(loop, tmp_path):
+    import requests
+    from serve_helpers import start_server
+
+    from isacir.audit import AuditLog
+    from isacir.serve import create_app
+
+    state = _admin_service(loop, tmp_path)
+    server = start_server(create_app(state))
+    admin, desk = {"X-API-Key": "admin-secret"}, {"X-API-Key": "operator-secret"}
+    url = server.url
+    try:
+        # without the loop: the console says so
+        assert requests.get(f"{url}/v1/admin/cycle", headers=admin, timeout=10).json() == {"enabled": False}
+        r = requests.post(f"{url}/v1/admin/cycle", headers=admin, json={"start": True, "reason": "x"}, timeout=10)
+        assert r.status_code == 409 and r.json()["code"] == "learning_off"
+        fnd = loop["fnd"]
+        state.attach_learning(_cycle(loop), every_s=3600)  # the schedule never fires during the test
+        # every admin route refuses a key without models:admin, and acts on nothing
+        for method, path, body in (
+            ("get", "/v1/admin/cycle", None),
+            ("post", "/v1/admin/cycle", {"start": True, "reason": "try"}),
+            ("post", "/v1/admin/versions/v1", {"to": "deprecated", "reason": "try"}),
+            ("put", "/v1/admin/rollout", {"canary_share": 0.5, "reason": "try"}),
+            ("get", "/v1/admin/audit", None),
+        ):
+            r = requests.request(method, url + path, headers=desk, json=body, timeout=10)
+            assert r.status_code == 403 and r.json()["code"] == "forbidden", (path, r.text)
+        assert loop["registry"].get("v1")["state"] == "active" and not CycleStore(loop["registry"].folder).all()
+        # a reason is required
+        r = requests.post(f"{url}/v1/admin/cycle", headers=admin, json={"start": True, "reason": " "}, timeout=10)
+        assert r.status_code == 422
+
+        _feedback(loop["store"], loop["qe"], fnd, loop["ids"], 80, seed=6)
+        r = requests.post(f"{url}/v1/admin/cycle", headers=admin, json={"start": True, "reason": "week 1"}, timeout=10)
+        assert r.status_code == 202, r.text
+        deadline = time.time() + 120
+        while True:
+            body = requests.get(f"{url}/v1/admin/cycle", headers=admin, timeout=10).json()
+            if body["last"] is not None and not body["running"]:
+                break
+            assert time.time() < deadline, body
+            time.sleep(0.2)
+        assert body["last"]["action"] == "advanced" and body["last"]["by"] == "owner"
+        name = body["status"]["last"]["candidate"]
+        assert body["status"]["last"]["state"] == "canary"
+        # the service serves the canary interleaved with the active version at once
+        versions = requests.get(f"{url}/v1/versions", headers=admin, timeout=10).json()
+        assert versions["interleave"] == [name, "v1"] and versions["canary_share"] == 0.25
+        # the console's own actions: the traffic split, then a roll back by hand
+        split = {"canary_share": 0.05, "interleave": None, "reason": "less risk"}
+        r = requests.put(f"{url}/v1/admin/rollout", headers=admin, json=split, timeout=10)
+        assert r.status_code == 200 and r.json()["rollout"] == {"canary_share": 0.05, "interleave": None}
+        assert requests.get(f"{url}/v1/versions", headers=admin, timeout=10).json()["canary_share"] == 0.05
+        r = requests.put(f"{url}/v1/admin/rollout", headers=admin,
+                         json={"interleave": ["v1", "nope"], "reason": "typo"}, timeout=10)  # fmt: skip
+        assert r.status_code == 409 and "nope" in r.json()["detail"]
+        r = requests.post(f"{url}/v1/admin/versions/{name}", headers=admin, json={"to": "retired", "reason": "by hand"},
+                          timeout=10)  # fmt: skip
+        assert r.status_code == 200 and r.json()["version"]["state"] == "retired"
+        r = requests.post(f"{url}/v1/admin/versions/ghost", headers=admin, json={"to": "retired", "reason": "x"},
+                          timeout=10)  # fmt: skip
+        assert r.status_code == 404
+        r = requests.post(f"{url}/v1/admin/versions/{name}", headers=admin, json={"to": "active", "reason": "x"},
+                          timeout=10)  # fmt: skip
+        assert r.status_code == 409  # retired is the end
+        # the next step sees the retirement: the cycle ends as rolled back
+        assert state.learner.request(False, "", "test")
+        deadline = time.time() + 60
+        while CycleStore(loop["registry"].folder).all()[-1]["state"] == "canary":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert CycleStore(loop["registry"].folder).all()[-1]["state"] == "rolled_back"
+        audit = requests.get(f"{url}/v1/admin/audit?limit=50", headers=admin, timeout=10).json()
+        actions = [e["action"] for e in audit["entries"]]
+        assert actions[0] == "cycle.rolled_back" and "models.state" in actions and "cycle.requested" in actions
+        assert audit["entries"][0]["time"] >= audit["entries"][-1]["time"]
+        requested = next(e for e in AuditLog.of_gallery(loop["gallery"]).entries() if e["action"] == "cycle.requested")
+        assert requested["actor"] == "owner" and requested["reason"] == "week 1"
+    finally:
+        server.stop()
+        state.close()

@@ -99,6 +99,10 @@ def serve_cmd(
         2048.0, help="Matching-head (BLIP ITM) re-ranking: MiB of cached gallery hidden states (0: no cache)."
     ),
     itm_concurrency: int = typer.Option(1, help="Requests that may run the matching head at once."),
+    learn_policy: Optional[Path] = typer.Option(
+        None, help="Run learning cycles in the background by this policy (see `isacir cycle run`); needs a registry."
+    ),
+    learn_every: float = typer.Option(300.0, help="Seconds between the learning loop's steps (with --learn-policy)."),
 ) -> None:
     """Serve composed search over HTTP, with the operator web UI at /."""
     import uvicorn
@@ -115,6 +119,11 @@ def serve_cmd(
         if len(names) != 2 or not all(names) or names[0] == names[1]:
             raise typer.BadParameter(f"--interleave takes two different version names, 'A,B'; got {interleave!r}")
         pair = (names[0], names[1])
+    policy = None
+    if learn_policy is not None:
+        from ..cycle import CyclePolicy
+
+        policy = CyclePolicy.from_toml(learn_policy)  # a bad policy fails before the models load
     _check_port_free(host, port)  # before minutes of model loading, not after
     app_ = load_service(
         gallery,
@@ -143,6 +152,20 @@ def serve_cmd(
         review_uniform=review_uniform,
         review_lease_s=review_lease_s,
     )
+    if policy is not None:
+        from ..cycle import LearningCycle
+
+        state = app_.state.service
+        loop = LearningCycle(
+            gallery,
+            policy,
+            state.feedback,
+            state.registry,
+            actor="service:learning",
+            foundation=lambda: state.foundation,
+        )
+        state.attach_learning(loop, learn_every)
+        err.print(f"learning cycles by {learn_policy}, a step every {learn_every:g} s")
     if api_key_file is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving without an API key on a non-loopback address")
     err.print(f"isacir serving {gallery} on http://{host}:{port}/  (UI at /, health at /healthz)")

@@ -274,3 +274,28 @@ class PilotSummaryOut(_Out):
     review: Optional[dict] = Field(
         None, description="Rates over the queries the review queue drew: weighted (all traffic), plain, uniform slice."
     )
+
+
+# ----- the operations console (models:admin) -----------------------------------------------------
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+class CycleIn(BaseModel):
+    start: bool = Field(False, description="Begin a cycle now, whatever the policy's trigger says.")
+    reason: Reason = Field(..., description="Why, for the audit log.")
+
+
+class StateIn(BaseModel):
+    to: Literal["canary", "active", "deprecated", "retired", "staged"] = Field(..., description="The new state.")
+    reason: Reason = Field(..., description="Why, for the registry's history and the audit log.")
+    force: bool = Field(False, description="To active despite the quality gate (recorded as forced).")
+
+
+class RolloutIn(BaseModel):
+    canary_share: Optional[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        None, description="The share of searches a canary answers (null: the service's own setting)."
+    )
+    interleave: Optional[Annotated[list[str], Field(min_length=2, max_length=2)]] = Field(
+        None, description="Two served versions to compare by interleaving (null: none)."
+    )
+    reason: Reason = Field(..., description="Why, for the registry's history and the audit log.")

@@ -28,6 +28,7 @@ from ..feedback.review import ReviewPolicy
 from ..refine import RefineWeights
 from .batching import MicroBatcher
 from .keys import KeyRing
+from .learning import BackgroundLearner, LearningLoop
 from .lineup import (
     RELEASE_AFTER_S,
     Lineup,
@@ -146,6 +147,8 @@ class ServiceState:
         self.maybe_prune()
         self._housekeeper = threading.Thread(target=self._housekeeping, name="isacir-housekeeping", daemon=True)
         self._housekeeper.start()
+        #: the learning loop's background job (``serve --learn-policy``), attached by :meth:`attach_learning`
+        self.learner: BackgroundLearner | None = None
 
     # ----- the served versions --------------------------------------------------------------------
     def _make_model(
@@ -377,8 +380,19 @@ class ServiceState:
         """One composed query vector; concurrent callers share a text-tower forward pass."""
         return self.composer((retriever, tokens, text))
 
+    def attach_learning(self, loop: LearningLoop, every_s: float = 300.0) -> BackgroundLearner:
+        """Run ``loop`` (an :class:`isacir.cycle.LearningCycle` over this gallery) in the background:
+        a step every ``every_s`` seconds, and at once when the console asks; what a step changes in
+        the registry is served right after it."""
+        if self.registry is None:
+            raise IsacirError("a learning policy needs a registry: serve one (--registry), not --query-encoder")
+        self.learner = BackgroundLearner(loop, every_s, after=lambda: self.reload(force=True)).start()
+        return self.learner
+
     def close(self) -> None:
         """Stop the batch workers; queued query-log rows are committed first."""
+        if self.learner is not None:
+            self.learner.close()
         self._stop.set()
         self._housekeeper.join(timeout=10)
         self._take_noted()

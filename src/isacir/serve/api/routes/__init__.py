@@ -1,6 +1,6 @@
 """One router per resource; :data:`routers` in the order the app includes them."""
 
-from . import edge, feedback, gallery, models, ops, pilot, review, search
+from . import admin, edge, feedback, gallery, models, ops, pilot, review, search
 
 routers = [
     ops.router,
@@ -11,6 +11,7 @@ routers = [
     gallery.router,
     feedback.router,
     review.router,
+    admin.router,
 ]
 
 __all__ = ["routers"]
