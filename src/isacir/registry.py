@@ -252,10 +252,12 @@ class Registry:
         reason: str = "",
         report: str | Path | None = None,
         force: bool = False,
+        gate: dict | None = None,
     ) -> dict:
         """Move a version to ``state``. To ``active``: through the quality gate (see
         :meth:`check_gate`), or ``force`` with a ``reason``; the active version of its foundation
-        becomes ``deprecated``."""
+        becomes ``deprecated``. ``gate``: a gate check already made (a canary's), recorded with
+        the move."""
         if state not in STATES:
             raise RegistryError(f"unknown state {state!r}; one of {', '.join(STATES)}")
         if force and not reason.strip():
@@ -270,7 +272,6 @@ class Registry:
             if state not in TRANSITIONS[current]:
                 hint = " (promote another version to active first)" if current == "active" else ""
                 raise RegistryError(f"version {version!r} is {current}; it cannot become {state}{hint}")
-            gate = None
             if state == "active":
                 old = next(
                     (

@@ -96,16 +96,14 @@ class LearningCycle:
     def status(self) -> dict[str, Any]:
         """The open cycle (or the last one), and whether a new one would start now."""
         cycles = self.cycles.all()
-        out: dict[str, Any] = {
-            "policy": self.policy.to_dict(),
-            "cycles": len(cycles),
-            "last": cycles[-1] if cycles else None,
-        }
+        last = cycles[-1] if cycles else None
+        out: dict[str, Any] = {"policy": self.policy.to_dict(), "cycles": len(cycles), "last": last}
         try:
             active = self._active()
             out["active"] = active["version"]
             out["new_verdicts"] = self.new_verdicts(active)
-            out["trigger"] = self._trigger(active, cycles)
+            under_way = last is not None and last["state"] in OPEN
+            out["trigger"] = f"cycle {last['id']} is under way" if under_way else self._trigger(active, cycles)
         except IsacirError as exc:
             out["active"], out["trigger"] = None, str(exc)
         return out
@@ -234,7 +232,8 @@ class LearningCycle:
                 self._end(cycle, "refused", str(exc))
                 return
             step(cycle, "gate", **gate)
-            self.registry.set_state(name, "canary", actor=self.actor, reason=f"cycle {cycle['id']}: passed the gate")
+            why = f"cycle {cycle['id']}: passed the gate"
+            self.registry.set_state(name, "canary", actor=self.actor, reason=why, gate=gate)
         elif record["state"] == "retired":
             self._end(cycle, "refused", f"{name} was retired before its canary began")
             return

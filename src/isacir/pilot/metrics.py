@@ -276,3 +276,19 @@ def hit_curve(queries: Iterable[dict[str, Any]], ks: Sequence[int]) -> dict[int,
     """hit@K for each K: the share of judged queries whose positive is in the top K."""
     rows = list(queries)
     return {k: summarize(rows, k)["hit_at_k"] for k in ks}
+
+
+def operator_cost(summary: dict[str, Any]) -> dict[str, Any]:
+    """The cost side of a version, from its :func:`summarize` at ``k = 5``: operator seconds per
+    judged query, the share solved at top 1 and within the top 5, corrections per 100 judged
+    queries, and the operator hours 1,000 queries would take at that pace (every one judged)."""
+    seconds = summary["operator_s_mean"]
+    corrections = summary["correction_rate"]
+    return {
+        "operator_s_per_judged": seconds,
+        "timed": summary["operator_timed"],
+        "solved_top1": summary["precision_at_1"],
+        "solved_top5": summary["hit_at_k"],
+        "corrections_per_100": None if corrections is None else 100 * corrections,
+        "hours_per_1000_queries": None if seconds is None else seconds * 1000 / 3600,
+    }

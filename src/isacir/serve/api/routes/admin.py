@@ -4,10 +4,13 @@ the learning loop), needs the ``models:admin`` scope and a reason, and lands in 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from ....pilot.interleaving import interleaving_report
+from ....pilot.metrics import operator_cost, summarize
 from ....registry import GateError, RegistryError
 from ...schemas import CycleIn, RolloutIn, StateIn, errors
 from ..deps import StateDep, api_error, require
@@ -28,6 +31,36 @@ def _applied(state: StateDep) -> dict[str, Any]:
         return state.reload(force=True)
     except Exception as exc:  # noqa: BLE001  (the change is recorded; the service keeps serving what it served)
         return {"changed": False, "error": str(exc)}
+
+
+@router.get("/v1/admin/versions", dependencies=ADMIN, responses=errors(409))
+def versions_overview(state: StateDep, days: float = Query(30.0, gt=0, le=3650)) -> dict:
+    """Every registry version with its lineage, history and last gate, and the searches of the last
+    ``days`` it answered alone: pilot metrics with intervals and the operator cost; the interleaved
+    comparisons and the traffic split beside them."""
+    registry = _registry(state)
+    queries = list(state.feedback.queries(since=time.time() - days * 86400))
+    out = []
+    for record in registry.versions():
+        name = record["version"]
+        history = registry.history(name)
+        gates = [h["gate"] for h in history if h.get("gate")]
+        mine = [q for q in queries if q.get("model_version") == name and not q.get("interleave")]
+        pilot = summarize(mine, k=5)
+        out.append({**record, "history": history, "gate": gates[-1] if gates else None, "pilot": pilot,
+                    "cost": operator_cost(pilot)})  # fmt: skip
+    lineup = state.lineup
+    return {
+        "days": days,
+        "versions": out,
+        "rollout": registry.rollout(),
+        "served": {
+            "canary_share": lineup.canary_share,
+            "interleave": list(lineup.interleave) if lineup.interleave else None,
+            "primary": lineup.primary.name,
+        },
+        "interleaving": interleaving_report(queries)["comparisons"],
+    }
 
 
 @router.get("/v1/admin/cycle", dependencies=ADMIN, responses=errors())

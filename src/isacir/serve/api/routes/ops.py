@@ -51,6 +51,12 @@ def pilot_page() -> HTMLResponse:
     return HTMLResponse((STATIC / "pilot.html").read_text())
 
 
+@router.get("/admin", include_in_schema=False)
+def admin_page() -> HTMLResponse:
+    """The operations console; its data and actions are keyed routes (scope ``models:admin``)."""
+    return HTMLResponse((STATIC / "admin.html").read_text())
+
+
 @router.get("/openapi.json", dependencies=require(None), include_in_schema=False)
 def openapi(request: Request) -> JSONResponse:
     return JSONResponse(request.app.openapi())
