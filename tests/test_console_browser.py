@@ -114,8 +114,9 @@ def test_the_console_runs_the_loop_and_shows_its_cost(loop, tmp_path, viewport):
 
             page.fill("#share", "5")
             act(page, page.locator("#share-set"), "less risk this week")
-            expect(page.locator("#c-canary-note")).to_contain_text("share 5.0 % (registry)")
-            assert reg.rollout()["canary_share"] == 0.05
+            # the interleaved comparison keeps its pair: 5 % of searches are merged now
+            expect(page.locator("#c-canary-note")).to_contain_text("share 5.0 % interleaved (registry)")
+            assert reg.rollout() == {"canary_share": 0.0, "interleave": [first, "v1"], "interleave_share": 0.05}
 
             # roll the canary back by hand; the cycle sees it at its next step
             act(page, page.locator(f"#versions tr[data-version='{first}'] button[data-to='retired']"), "bad answers")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from serve_helpers import make_images
 
 from isacir.cycle import CycleBusy, CyclePolicy, CycleStore, LearningCycle, judge
@@ -268,14 +270,16 @@ def test_a_cycle_trains_gates_serves_a_canary_and_promotes_a_good_candidate(loop
     assert trained["holdout"]["after"]["hit@1"] > trained["holdout"]["before"]["hit@1"]  # it learned
     gate = next(s for s in c["steps"] if s["step"] == "gate")
     assert gate["passed"] and gate["score"] >= gate["active_score"]
-    assert reg.rollout() == {"canary_share": 0.25, "interleave": [name, "v1"]}
+    # the candidate answers only inside interleaved searches, a quarter of them
+    assert reg.rollout() == {"canary_share": 0.0, "interleave": [name, "v1"], "interleave_share": 0.25}
     # a service serving the registry interleaves the pair, whatever its own settings say
     (loop["tmp"] / "keys.txt").write_text("k\n")
     app = load_service(loop["gallery"], api_key_file=loop["tmp"] / "keys.txt", registry=reg.folder,
                        feedback_db=loop["tmp"] / "other.sqlite")  # fmt: skip
     state = app.state.service
     try:
-        assert state.lineup.interleave == (name, "v1") and state.lineup.canary_share == 0.25
+        lineup = state.lineup
+        assert lineup.interleave == (name, "v1") and lineup.interleave_share == 0.25 and lineup.canary_share == 0.0
     finally:
         state.close()
 
@@ -285,7 +289,7 @@ def test_a_cycle_trains_gates_serves_a_canary_and_promotes_a_good_candidate(loop
     done = cycle.tick()["cycle"]
     assert done["state"] == "promoted" and "preferred in 60 interleaved searches" in done["outcome"]
     assert reg.get(name)["state"] == "active" and reg.get("v1")["state"] == "deprecated"
-    assert reg.rollout() == {"canary_share": None, "interleave": None}
+    assert reg.rollout() == {"canary_share": None, "interleave": None, "interleave_share": None}
     promoted = [h for h in reg.history(name) if h.get("to") == "active"]
     assert promoted and promoted[-1]["gate"]["passed"] and promoted[-1]["actor"] == "test"
     events = [e["action"] for e in AuditLog.of_gallery(loop["gallery"]).entries() if e["action"].startswith("cycle.")]
@@ -307,7 +311,7 @@ def test_a_bad_candidate_is_rolled_back_and_the_active_version_stays(loop):
     reg = loop["registry"]
     assert done["state"] == "rolled_back" and "the active version is preferred" in done["outcome"]
     assert reg.get(c["candidate"])["state"] == "retired" and reg.get("v1")["state"] == "active"
-    assert reg.rollout() == {"canary_share": None, "interleave": None}
+    assert reg.rollout() == {"canary_share": None, "interleave": None, "interleave_share": None}
     # a webhook that cannot be reached is recorded, and never stops the cycle
     assert {e["event"] for e in done["webhook_errors"]} == {"started", "canary", "rolled_back"}
 
@@ -478,11 +482,12 @@ def test_the_service_runs_cycles_in_the_background_and_the_console_needs_models_
         assert body["status"]["last"]["state"] == "canary"
         # the service serves the canary interleaved with the active version at once
         versions = requests.get(f"{url}/v1/versions", headers=admin, timeout=10).json()
-        assert versions["interleave"] == [name, "v1"] and versions["canary_share"] == 0.25
+        assert versions["interleave"] == [name, "v1"] and versions["interleave_share"] == 0.25
         # the console's own actions: the traffic split, then a roll back by hand
         split = {"canary_share": 0.05, "interleave": None, "reason": "less risk"}
         r = requests.put(f"{url}/v1/admin/rollout", headers=admin, json=split, timeout=10)
-        assert r.status_code == 200 and r.json()["rollout"] == {"canary_share": 0.05, "interleave": None}
+        assert r.status_code == 200
+        assert r.json()["rollout"] == {"canary_share": 0.05, "interleave": None, "interleave_share": None}
         assert requests.get(f"{url}/v1/versions", headers=admin, timeout=10).json()["canary_share"] == 0.05
         r = requests.put(f"{url}/v1/admin/rollout", headers=admin,
                          json={"interleave": ["v1", "nope"], "reason": "typo"}, timeout=10)  # fmt: skip
@@ -512,3 +517,46 @@ def test_the_service_runs_cycles_in_the_background_and_the_console_needs_models_
     finally:
         server.stop()
         state.close()
+
+
+def test_device_searches_are_interleaved_at_the_cycles_share(loop, tmp_path):
+    """A canary that is an adapter on the active version's encoder reads the same device tokens,
+    so device searches are interleaved too, a quarter of them, each merged by team draft."""
+    from fastapi.testclient import TestClient
+
+    from isacir.edge.payload import encode_payload
+    from isacir.pilot.interleaving import query_seed, team_draft
+    from isacir.serve import create_app
+
+    _feedback(loop["store"], loop["qe"], loop["fnd"], loop["ids"], 80, seed=9)
+    name = _cycle(loop).tick()["cycle"]["candidate"]
+    state = _admin_service(loop, tmp_path)
+    rng = np.random.default_rng(4)
+    qe, fnd = loop["qe"], loop["fnd"]
+    merged = alone = 0
+    with TestClient(create_app(state)) as client:
+        for _ in range(200):
+            tokens = (rng.standard_normal((qe.num_tokens, qe.word_dim)) * fnd.word_embedding_rms()).astype(np.float32)
+            payload = base64.b64encode(encode_payload(tokens, qe.fingerprint)).decode()
+            r = client.post("/v1/search/tokens", headers={"X-API-Key": "operator-secret"},
+                            json={"payload": payload, "text": "in red", "k": 6})  # fmt: skip
+            assert r.status_code == 200, r.text
+            body = r.json()
+            if "interleaving" not in body:
+                assert body["model_version"] == "v1"  # the rest go to the active version alone
+                alone += 1
+                continue
+            merged += 1
+            assert body["interleaving"] == {"A": name, "B": "v1"}
+            if merged <= 3:  # the merge is the team draft of both versions' own answers
+                ranks = []
+                for version in (name, "v1"):
+                    served = state.lineup.by_name(version)
+                    hits = served.model.retriever.search(text="in red", tokens=torch.from_numpy(tokens)[None], k=6)
+                    ranks.append([h.id for h in hits])
+                want = team_draft(ranks[0], ranks[1], 6, query_seed(body["query_id"]))
+                assert [x["id"] for x in body["results"]] == want.items
+    # binomial(200, 0.25): 50 expected, 4 standard deviations either side
+    assert abs(merged - 50) <= 4 * (200 * 0.25 * 0.75) ** 0.5 and merged + alone == 200
+    logged = [q for q in loop["store"].queries() if q["mode"] == "tokens" and q.get("interleave")]
+    assert len(logged) == merged and all(q["tokens"] for q in logged)

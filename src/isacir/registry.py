@@ -34,7 +34,7 @@ from .ledger import Ledger, check_name, event
 
 REGISTRY_FORMAT = 1
 #: the traffic split a registry leaves to the service (see :meth:`Registry.set_rollout`)
-DEFAULT_ROLLOUT: dict[str, Any] = {"canary_share": None, "interleave": None}
+DEFAULT_ROLLOUT: dict[str, Any] = {"canary_share": None, "interleave": None, "interleave_share": None}
 STATES = ("staged", "canary", "active", "deprecated", "retired")
 #: where each state may go (``active`` is left by promoting another version, or by deprecating it)
 TRANSITIONS = {
@@ -305,13 +305,18 @@ class Registry:
         interleave: tuple[str, str] | list[str] | None = None,
         actor: str = "unknown",
         reason: str = "",
+        interleave_share: float | None = None,
     ) -> dict:
         """Set how the served versions share traffic; a service serving this registry applies it on
         its next reload, over its own ``--canary-share`` and ``--interleave``. ``None`` hands each
         back to the service's setting. An interleaved pair must name two versions that are served
-        (canary, active or deprecated)."""
-        if canary_share is not None and not 0.0 <= float(canary_share) <= 1.0:
-            raise RegistryError(f"canary share must be within 0..1, got {canary_share}")
+        (canary, active or deprecated); ``interleave_share`` is the share of searches it merges
+        (None: all of them)."""
+        for name, share in (("canary share", canary_share), ("interleave share", interleave_share)):
+            if share is not None and not 0.0 <= float(share) <= 1.0:
+                raise RegistryError(f"{name} must be within 0..1, got {share}")
+        if interleave_share is not None and interleave is None:
+            raise RegistryError("an interleave share needs an interleaved pair")
         pair = None
         if interleave is not None:
             pair = [str(v) for v in interleave]
@@ -325,7 +330,11 @@ class Registry:
                         state = record["state"] if record else "not registered"
                         raise RegistryError(f"cannot interleave {name!r}: it is {state}, not served")
             before = {**DEFAULT_ROLLOUT, **data.get("rollout", {})}
-            after = {"canary_share": None if canary_share is None else float(canary_share), "interleave": pair}
+            after = {
+                "canary_share": None if canary_share is None else float(canary_share),
+                "interleave": pair,
+                "interleave_share": None if interleave_share is None else float(interleave_share),
+            }
             data["rollout"] = after
             data["history"].append(
                 {"time": time.time(), "rollout": after, "from": before, "actor": actor, "reason": reason}

@@ -237,8 +237,12 @@ class LearningCycle:
         elif record["state"] == "retired":
             self._end(cycle, "refused", f"{name} was retired before its canary began")
             return
-        interleave = (name, active) if self.policy.compare == "interleave" else None
-        self.registry.set_rollout(self.policy.canary_share, interleave, self.actor, f"cycle {cycle['id']}: canary")
+        why = f"cycle {cycle['id']}: canary"
+        if self.policy.compare == "interleave":
+            # the candidate answers only inside interleaved searches, which are the policy's share
+            self.registry.set_rollout(0.0, (name, active), self.actor, why, interleave_share=self.policy.canary_share)
+        else:
+            self.registry.set_rollout(self.policy.canary_share, None, self.actor, why)
         cycle["state"], cycle["canary_since"] = "canary", self.clock()
         step(cycle, "canary", share=self.policy.canary_share, compare=self.policy.compare)
         self._tell(

@@ -150,7 +150,8 @@ class Lineup:
     foundation_name: str = ""
     #: the share of thin-client requests (and of a shared fingerprint's payloads) the canary answers
     canary_share: float = 0.0
-    #: two served version names compared by team-draft interleaving on thin-client searches
+    #: two served version names compared by team-draft interleaving: photo searches, and token
+    #: searches whose payload both read
     interleave: tuple[str, str] | None = None
     #: the gallery generations answered from; the first is the serving one (empty: the service's
     #: one gallery, when no registry is served)
@@ -158,12 +159,17 @@ class Lineup:
     #: when the snapshot was built, and from which registry and generations file states
     built: float = field(default_factory=time.time)
     stamp: Any = None
+    #: the share of the searches ``interleave`` could merge that are interleaved (the rest are
+    #: routed as usual); a learning cycle sets it to its canary share
+    interleave_share: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.served:
             raise LineupError("a service needs at least one version to serve")
         if not 0.0 <= self.canary_share <= 1.0:
             raise LineupError(f"canary share must be within 0..1, got {self.canary_share}")
+        if not 0.0 <= self.interleave_share <= 1.0:
+            raise LineupError(f"interleave share must be within 0..1, got {self.interleave_share}")
         if self.interleave is not None:
             for name in self.interleave:
                 if self.by_name(name) is None:
@@ -212,6 +218,19 @@ class Lineup:
         return {s.model.key: s.model for s in self.served}
 
     # ----- routing --------------------------------------------------------------------------------
+    def interleaved_pair(self, draw: float, fingerprint: str | None = None) -> tuple[Served, Served] | None:
+        """The two versions to merge for one search, or None to route it as usual: interleaving is
+        on, ``draw`` (uniform in [0, 1)) falls within its share, and, for a token payload with
+        ``fingerprint``, both versions read it."""
+        if self.interleave is None or draw >= self.interleave_share:
+            return None
+        a, b = self.by_name(self.interleave[0]), self.by_name(self.interleave[1])
+        if a is None or b is None:
+            return None
+        if fingerprint is not None and not (a.model.qe_fingerprint == b.model.qe_fingerprint == fingerprint):
+            return None
+        return a, b
+
     def for_thin_client(self, draw: float) -> Served:
         """The version a thin-client search uses; ``draw`` is uniform in [0, 1)."""
         active, canary = self.active, self.canary
@@ -328,8 +347,11 @@ def lineup_from_registry(
     if rollout["canary_share"] is not None:
         canary_share = float(rollout["canary_share"])
     from_registry = rollout["interleave"] is not None
+    interleave_share = 1.0
     if from_registry:
         interleave = (rollout["interleave"][0], rollout["interleave"][1])
+        if rollout.get("interleave_share") is not None:
+            interleave_share = float(rollout["interleave_share"])
     held = previous.models() if previous is not None else {}
     served: list[Served] = []
     for rec in records:
@@ -376,6 +398,7 @@ def lineup_from_registry(
         interleave,
         tuple(generations),
         stamp=stamp if stamp is not None else registry_stamp(registry),
+        interleave_share=interleave_share,
     )
 
 

@@ -233,6 +233,7 @@ class VersionsOut(_Out):
     primary: Optional[str]
     canary_share: float
     interleave: Optional[list[str]]
+    interleave_share: float = Field(1.0, description="The share of searches the interleaved pair merges.")
     registry: Optional[str]
     last_reload_error: Optional[str]
 
@@ -297,5 +298,8 @@ class RolloutIn(BaseModel):
     )
     interleave: Optional[Annotated[list[str], Field(min_length=2, max_length=2)]] = Field(
         None, description="Two served versions to compare by interleaving (null: none)."
+    )
+    interleave_share: Optional[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        None, description="The share of searches the pair merges (null: all of them)."
     )
     reason: Reason = Field(..., description="Why, for the registry's history and the audit log.")

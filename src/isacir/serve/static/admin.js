@@ -45,6 +45,8 @@
     return td;
   };
 
+  let rollout = { canary_share: null, interleave: null, interleave_share: null };
+
   function reason() {
     const r = $("reason").value.trim();
     if (!r) {
@@ -127,9 +129,13 @@
     $("c-active").textContent = active ? active.version : "none";
     $("c-active-note").textContent = active ? `false-hit ${pct(active.pilot.false_hit_rate)}${ci(active.pilot.false_hit_rate_ci)}` : "";
     $("c-canary").textContent = canary ? canary.version : "none";
-    const share = data.served.canary_share;
-    $("c-canary-note").textContent = `share ${pct(share)}` + (data.rollout.canary_share === null ? " (the service's setting)" : " (registry)");
+    // with an interleaved pair, the candidate's share is the share of searches merged
+    const merged = data.served.interleave !== null;
+    const share = merged ? data.served.interleave_share : data.served.canary_share;
+    const from = (merged ? data.rollout.interleave_share : data.rollout.canary_share) === null ? " (the service's setting)" : " (registry)";
+    $("c-canary-note").textContent = `share ${pct(share)}${merged ? " interleaved" : ""}${from}`;
     if (document.activeElement !== $("share")) $("share").value = Math.round(100 * share);
+    rollout = data.rollout;
     const pair = data.served.interleave;
     $("c-inter").textContent = pair ? `${pair[0]} vs ${pair[1]}` : "off";
     const now = pair && data.interleaving.find((c) => c.versions.A === pair[0] && c.versions.B === pair[1]);
@@ -219,7 +225,11 @@
   $("share-set").addEventListener("click", () => act("Set the canary share", (r) => {
     const share = Number($("share").value) / 100;
     if (!Number.isFinite(share) || share < 0 || share > 1) throw new Error("The canary share is a percentage from 0 to 100.");
-    return api("/v1/admin/rollout", "PUT", { canary_share: share, interleave: null, reason: r });
+    // an interleaved comparison keeps its pair: the share is then of the searches merged
+    const body = rollout.interleave
+      ? { canary_share: rollout.canary_share, interleave: rollout.interleave, interleave_share: share, reason: r }
+      : { canary_share: share, interleave: null, reason: r };
+    return api("/v1/admin/rollout", "PUT", body);
   }));
   $("key-toggle").addEventListener("click", () => { $("key-box").hidden = !$("key-box").hidden; });
   $("api-key").value = localStorage.getItem(keyStore) || "";

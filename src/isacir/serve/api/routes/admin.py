@@ -57,6 +57,7 @@ def versions_overview(state: StateDep, days: float = Query(30.0, gt=0, le=3650))
         "served": {
             "canary_share": lineup.canary_share,
             "interleave": list(lineup.interleave) if lineup.interleave else None,
+            "interleave_share": lineup.interleave_share,
             "primary": lineup.primary.name,
         },
         "interleaving": interleaving_report(queries)["comparisons"],
@@ -105,7 +106,9 @@ def set_rollout(body: RolloutIn, request: Request, state: StateDep) -> dict:
     registry = _registry(state)
     actor = request.state.actor
     try:
-        rollout = registry.set_rollout(body.canary_share, body.interleave, actor, body.reason)
+        rollout = registry.set_rollout(
+            body.canary_share, body.interleave, actor, body.reason, interleave_share=body.interleave_share
+        )
     except RegistryError as exc:
         raise api_error(409, str(exc), "registry") from None
     state.audit.record(actor, "models.rollout", reason=body.reason, **rollout)

@@ -20,6 +20,7 @@ def versions(state: StateDep) -> dict:
         "primary": lineup.primary.name,
         "canary_share": lineup.canary_share,
         "interleave": list(lineup.interleave) if lineup.interleave else None,
+        "interleave_share": lineup.interleave_share,
         "registry": str(state.registry.folder) if state.registry is not None else None,
         "last_reload_error": state.last_reload_error,
     }

@@ -161,8 +161,10 @@ def search(
     pil = decode_upload(data, image.filename or "image")
     exclude = _excluded(state, reference_id, [], None if keep_copies else content_hash(data))
     lineup = state.lineup
-    if lineup.interleave is not None:
-        return _interleaved(state, lineup, pil, text, k, rerank, exclude, where, t0)
+    pair = lineup.interleaved_pair(random.random())
+    if pair is not None:
+        tokens_of = lambda served: served.model.retriever.pseudo_tokens(pil)  # noqa: E731
+        return _interleaved(state, lineup, pair, tokens_of, "image", text, k, rerank, exclude, where, t0)
     served = lineup.for_thin_client(random.random())
     tokens = served.model.retriever.pseudo_tokens(pil)
     hits, reranker = _search(state, served, tokens, text, k, rerank, exclude, where)
@@ -171,32 +173,45 @@ def search(
 
 
 def _interleaved(
-    state: ServiceState, lineup: Lineup, pil, text: str, k: int, rerank: int, exclude: set[int], where, t0: float
+    state: ServiceState,
+    lineup: Lineup,
+    pair: tuple[Served, Served],
+    tokens_of,
+    mode: str,
+    text: str,
+    k: int,
+    rerank: int,
+    exclude: set[int],
+    where,
+    t0: float,
+    raw: bytes | None = None,
 ):
-    """Both compared versions answer; the operator sees their rankings merged by team draft."""
+    """Both compared versions answer (``tokens_of(served)``: the pseudo tokens each reads); the
+    operator sees their rankings merged by team draft. ``raw``: the device's payload, logged as sent."""
     from ....pilot.interleaving import query_seed, team_draft
 
     assert lineup.interleave is not None
-    pair = [lineup.by_name(name) for name in lineup.interleave]
     answers = []
     for served in pair:
-        assert served is not None
-        tokens = served.model.retriever.pseudo_tokens(pil)
+        tokens = tokens_of(served)
         answers.append((tokens, *_search(state, served, tokens, text, k, rerank, exclude, where)))
     qid = uuid.uuid4().hex
     merged = team_draft([h.id for h in answers[0][1]], [h.id for h in answers[1][1]], k, query_seed(qid))
     by_team = {"A": {h.id: h for h in answers[0][1]}, "B": {h.id: h for h in answers[1][1]}}
     hits = [by_team[merged.teams[i]][i] for i in merged.items]
     a = pair[0]
-    assert a is not None
     record = {
         "A": lineup.interleave[0],
         "B": lineup.interleave[1],
         "teams": {str(i): team for i, team in merged.teams.items()},
     }
-    payload = encode_payload(answers[0][0][0].float().cpu().numpy(), a.model.qe_fingerprint, "fp16")
+    payload = (
+        raw
+        if raw is not None
+        else encode_payload(answers[0][0][0].float().cpu().numpy(), a.model.qe_fingerprint, "fp16")
+    )
     reranker = answers[0][2]
-    return _respond(state, lineup, a, "image", text, hits, k, payload, t0, reranker, query_id=qid, interleave=record)
+    return _respond(state, lineup, a, mode, text, hits, k, payload, t0, reranker, query_id=qid, interleave=record)
 
 
 @router.post(
@@ -233,6 +248,10 @@ def search_tokens(state: StateDep, body: TokenSearch) -> dict:
         )
     tokens = torch.from_numpy(decoded.tokens)[None]
     exclude = _excluded(state, body.reference_id, body.exclude_ids, None)
+    pair = lineup.interleaved_pair(random.random(), decoded.fingerprint)
+    if pair is not None:  # both compared versions read these tokens (an adapter on the same encoder)
+        return _interleaved(state, lineup, pair, lambda _: tokens, "tokens", body.text, body.k, body.rerank,
+                            exclude, body.filter, t0, raw)  # fmt: skip
     hits, reranker = _search(state, served, tokens, body.text, body.k, body.rerank, exclude, body.filter)
     return _respond(state, lineup, served, "tokens", body.text, hits, body.k, raw, t0, reranker)
 
