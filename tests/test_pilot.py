@@ -380,3 +380,22 @@ def test_report_is_one_self_contained_file_plus_csvs(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "--from/--to" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_report_shows_each_interleaved_comparison_by_registry_name():
+    from isacir.pilot.report import build_report
+
+    teams = {"1": "A", "2": "B", "3": "A"}
+    log = []
+    for n, confirmed in enumerate([1, 1, 3, 2, None]):  # v3 wins 3, v2 wins 1, one search unjudged
+        verdicts = [{"candidate_id": confirmed, "verdict": "confirmed"}] if confirmed else []
+        log.append({"query_id": f"q{n}", "created": T0 + n, "mode": "tokens", "text": "red", "results": [1, 2, 3],
+                    "version": "QE+AD", "model_version": "v3", "latency_ms": 5.0,
+                    "interleave": {"A": "v3", "B": "v2", "teams": teams}, "verdicts": verdicts})  # fmt: skip
+    page, _ = build_report(log)
+    section = page[page.index("<h2>Interleaved comparisons</h2>") :]
+    row = section[section.index("<tbody>") : section.index("</tbody>")]
+    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    assert cells[:6] == ["v3 vs v2", "5", "4", "3", "1", "0"] and cells[6].startswith("0.750")
+    assert cells[7] == "not yet"  # four decided searches cannot tell
+    assert "No interleaved search" in build_report(log[:0])[0]

@@ -294,6 +294,9 @@ def test_pilot_dashboard_draws_both_versions(tmp_path, openclip_fnd, viewport):
             expect(rows.nth(1).locator("td").nth(8)).to_have_text("6.0")
             expect(page.locator("#o-operator-n")).to_contain_text("median of 24; mean 9.0 s")
             expect(page.locator("#review-line")).to_be_hidden()  # no review queue in this pilot
+            # how traffic is split now, and the interleaved comparisons (none in this pilot)
+            expect(page.locator("#split")).to_contain_text("Served now:")
+            expect(page.locator("#interleaving tbody")).to_contain_text("No interleaved search")
             page.wait_for_function(
                 "[...document.querySelectorAll('.charts img')].every(i => i.complete && i.naturalWidth > 100)"
             )

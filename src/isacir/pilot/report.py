@@ -16,6 +16,7 @@ from typing import Any
 
 from .._fs import atomic_write_text
 from . import charts
+from .interleaving import interleaving_report
 from .metrics import DEFINITIONS, GROUPINGS, RATES, pilot_summary
 
 COLUMNS = (
@@ -97,6 +98,30 @@ def _html_table(title: str, groups: list[dict[str, Any]]) -> str:
     return f"<h2>{html.escape(title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _interleaving_table(comparisons: list[dict[str, Any]]) -> str:
+    """Each interleaved pair of versions (by registry name): judged searches, wins, ties, the win
+    rate of A with its 95 % interval, and which one is preferred."""
+    if not comparisons:
+        return "<h2>Interleaved comparisons</h2><p>No interleaved search in this log.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("A vs B", "interleaved", "judged", "wins A", "wins B", "ties",
+                                               "win rate of A", "preferred"))  # fmt: skip
+    rows = []
+    for c in comparisons:
+        a, b = c["versions"]["A"], c["versions"]["B"]
+        ci = c["win_rate_ci95"]
+        rate = (
+            "–"
+            if c["win_rate"] is None
+            else f"{c['win_rate']:.3f}" + (f" <small>({ci[0]:.3f}–{ci[1]:.3f})</small>" if ci else "")
+        )
+        cells = [html.escape(f"{a} vs {b}"), c["interleaved_queries"], c["queries"], c["wins"][a], c["wins"][b],
+                 c["ties"], rate, html.escape(c["preferred"] or "not yet")]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    return (
+        f"<h2>Interleaved comparisons</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
 def build_report(queries: Iterable[dict[str, Any]], title: str = "isacir pilot report") -> tuple[str, dict[str, str]]:
     """(HTML, {grouping: CSV}) for ``queries``."""
     log = list(queries)
@@ -117,9 +142,9 @@ def build_report(queries: Iterable[dict[str, Any]], title: str = "isacir pilot r
     # an inline SVG's XML prolog is not valid inside HTML; keep the <svg> element only
     figures = "".join(f"<figure>{s[s.index('<svg') :]}</figure>" for s in svgs)
     definitions = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in DEFINITIONS.items())
-    tables = "".join(
-        _html_table(f"By {g}", summaries[g]["groups"]) for g in ("version", "week", "day", "mode", "category")
-    )
+    tables = _html_table("By version", summaries["version"]["groups"])
+    tables += _interleaving_table(interleaving_report(log)["comparisons"])
+    tables += "".join(_html_table(f"By {g}", summaries[g]["groups"]) for g in ("week", "day", "mode", "category"))
     now = dt.datetime.now(dt.timezone.utc)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

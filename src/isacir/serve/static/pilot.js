@@ -101,6 +101,7 @@
         dd.textContent = v;
         dl.append(dt, dd);
       });
+      await traffic();
       const period = $("period").value;
       await Promise.all([
         chart($("chart-versions"), "versions"),
@@ -112,6 +113,43 @@
       status(`${o.queries} queries, ${o.judged} judged, ${data.groups.length} version(s).`);
     } catch (err) {
       status(err.message, true);
+    }
+  }
+
+  // how the served versions share traffic now, and every interleaved comparison in the range
+  async function traffic() {
+    const [versions, inter] = await Promise.all([
+      api("/v1/versions").then((r) => r.json()).catch(() => null),
+      api(`/v1/interleaving?${range()}`).then((r) => r.json()),
+    ]);
+    if (versions) {
+      const by = (state) => versions.versions.filter((v) => v.state === state).map((v) => v.version || short(v.fingerprint));
+      const canary = by("canary");
+      const pair = versions.interleave;
+      $("split").textContent = `Served now: ${by("active").join(", ") || "no active version"} active` +
+        (canary.length ? `; ${canary.join(", ")} canary at ${pct(versions.canary_share)} of searches` : "") +
+        (pair ? `; ${pair[0]} and ${pair[1]} interleaved in ${pct(versions.interleave_share)} of searches` : "") + ".";
+    }
+    const body = $("interleaving").querySelector("tbody");
+    body.replaceChildren();
+    inter.comparisons.forEach((c) => {
+      const tr = document.createElement("tr");
+      const a = c.versions.A, b = c.versions.B;
+      const rate = c.win_rate === null ? "–" : c.win_rate.toFixed(3) + (c.win_rate_ci95 ? ` (${c.win_rate_ci95[0].toFixed(3)}–${c.win_rate_ci95[1].toFixed(3)})` : "");
+      [`${a} vs ${b}`, c.queries, c.wins[a], c.wins[b], c.ties, rate, c.preferred || "not yet"].forEach((t, i) => {
+        const td = document.createElement(i === 0 ? "th" : "td");
+        td.textContent = String(t);
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+    if (!inter.comparisons.length) {
+      const tr = document.createElement("tr");
+      const td = document.createElement("td");
+      td.colSpan = 7;
+      td.textContent = "No interleaved search in this range.";
+      tr.appendChild(td);
+      body.appendChild(tr);
     }
   }
 
