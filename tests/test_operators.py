@@ -202,6 +202,14 @@ def test_realistic_pilot_over_a_scripted_service(pilot_split, monkeypatch):
         pilot_id = shown[v["query_id"]]["pilot_id"]
         assert v["correct_id"] in {ids[t] for t in service.queries[pilot_id]["targets"]}
     assert stats["rejected_only"] == stats["judged"] - stats["corrected"]
+    # every verdict says how long the operator took; a correction comes after a second search, so
+    # it took longer than that search's own verdict plus typing the change again
+    assert all(v["verdict_s"] > 0 for v in service.verdicts)
+    again = {s["pilot_id"]: s["query_id"] for s in service.searches if s["text"] != stats["texts"][s["pilot_id"]]}
+    second_s = {v["query_id"]: v["verdict_s"] for v in service.verdicts}
+    for v in corrected:
+        assert v["verdict_s"] > second_s[again[shown[v["query_id"]]["pilot_id"]]] + CAREFUL.seconds_retype
+    assert stats["operator_s_per_judged"] > CAREFUL.seconds_retype
     # the plain phrasings have a second wording for some edits only: some misses stay misses
     assert 0 < stats["corrected"] < stats["judged"]
 
@@ -266,3 +274,18 @@ def test_operators_named_on_the_command_line():
         OperatorConfig.of("psychic")
     with pytest.raises(ConfigError, match="--unjudged"):
         OperatorConfig.of("realistic", unjudged=1.0)
+
+
+def test_an_operators_time_grows_with_the_candidates_looked_at():
+    from isacir_lab.shapes.operators import Decision, seconds_to_verdict
+
+    config = OperatorConfig()
+    shown = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    # by hand: 4 s to read, 1.5 s per candidate up to the one confirmed (the third), times the noise
+    factor = random.Random(1).lognormvariate(0.0, 0.3)
+    assert seconds_to_verdict(shown, Decision(confirm=7), config, random.Random(1)) == round((4 + 3 * 1.5) * factor, 2)
+    assert seconds_to_verdict(shown, Decision(reject=[5, 6, 7]), config, random.Random(1)) == round(19 * factor, 2)
+    times = [seconds_to_verdict(shown, Decision(confirm=5), config, random.Random(s)) for s in range(2000)]
+    assert 5.5 * 0.9 < sorted(times)[1000] < 5.5 * 1.1  # the median is the base time
+    with pytest.raises(ConfigError, match="seconds_retype"):
+        OperatorConfig(seconds_retype=-1).check()

@@ -37,7 +37,8 @@ OPERATOR_KINDS = ("realistic", "oracle")
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    """Who judges the pilot. Every field is an ``isacir-lab bench feedback`` option of the same name."""
+    """Who judges the pilot. Every field but the ``seconds_*`` of the time model is an
+    ``isacir-lab bench feedback`` option of the same name."""
 
     #: ``realistic`` (the default) or ``oracle`` (reads the ground truth, judges all, never errs)
     kind: str = "realistic"
@@ -58,6 +59,12 @@ class OperatorConfig:
     reject_top: int = 3
     #: the operators' own random stream (their habits, who judges what, their slips)
     seed: int = 0
+    #: how long a verdict takes (seconds): reading the change and the list, each candidate looked
+    #: at, and typing the change again before a second search; each time varies by a log-normal
+    #: factor (sigma 0.3). The UI measures the same span: from the results shown to the verdict.
+    seconds_first: float = 4.0
+    seconds_per_candidate: float = 1.5
+    seconds_retype: float = 10.0
 
     def check(self) -> None:
         if self.kind not in OPERATOR_KINDS:
@@ -72,6 +79,9 @@ class OperatorConfig:
             raise ConfigError("--unjudged 1 leaves nothing to learn from: every query unjudged")
         if self.reject_top < 0:
             raise ConfigError(f"--reject-top must not be negative, got {self.reject_top}")
+        for name in ("seconds_first", "seconds_per_candidate", "seconds_retype"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
 
     @classmethod
     def oracle(cls, seed: int = 0) -> OperatorConfig:
@@ -136,6 +146,14 @@ class Decision:
     @property
     def missed(self) -> bool:
         return self.confirm is None
+
+
+def seconds_to_verdict(shown: Sequence[int], decision: Decision, config: OperatorConfig, rng: random.Random) -> float:
+    """How long an operator takes over one result list: the candidates up to the one confirmed are
+    looked at, all of them on a miss."""
+    looked = shown.index(decision.confirm) + 1 if decision.confirm in shown else len(shown)
+    base = config.seconds_first + config.seconds_per_candidate * looked
+    return round(base * rng.lognormvariate(0.0, 0.3), 2)
 
 
 def decide(

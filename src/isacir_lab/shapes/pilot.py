@@ -31,7 +31,7 @@ from isacir.errors import IsacirError
 from isacir.progress import progress_bar
 
 from . import japanese
-from .operators import Operator, OperatorConfig, decide
+from .operators import Operator, OperatorConfig, decide, seconds_to_verdict
 from .phrasing import LANGUAGES, pilot_phrasings
 from .world import ShapesConfig, draw_edit, modifier_text, random_scene, render
 
@@ -187,6 +187,7 @@ def simulate_pilot(
     operators.check()
     oracle = operators.kind == "oracle"
     rng = random.Random(f"operators-{operators.seed}")
+    clock = random.Random(f"operator-time-{operators.seed}")  # a stream of its own: timing moves no decision
     if language not in LANGUAGES:
         raise IsacirError(f"operators write {' or '.join(LANGUAGES)}, not {language!r}")
     phrasings = PILOT_PHRASINGS if language == "en" else PILOT_PHRASINGS_JA
@@ -202,6 +203,7 @@ def simulate_pilot(
          "wrong_rejected", "searched_again", "found_again", "hit@1", "hit@k", "payload_bytes"),
         0,
     )  # fmt: skip
+    operator_s = 0.0
     texts: dict[int, str] = {}
 
     def search(payload: bytes, text: str) -> tuple[str, list[int]]:
@@ -209,7 +211,7 @@ def simulate_pilot(
         return answer["query_id"], [r["id"] for r in answer["results"]]
 
     def verdict(query_id: str, **body: Any) -> None:
-        client.post("/v1/feedback", {"query_id": query_id, **body})
+        client.post("/v1/feedback", {"query_id": query_id, **{k: v for k, v in body.items() if v is not None}})
 
     t0 = time.perf_counter()
     for q in progress_bar(queries, desc="pilot", unit="query", disable=not progress):
@@ -232,9 +234,12 @@ def simulate_pilot(
             continue
         counts["judged"] += 1
         first = decide(shown, targets, near, operators, rng)
+        # the oracle takes no time: it is a yardstick, not a person
+        spent = None if oracle else seconds_to_verdict(shown, first, operators, clock)
         counts["wrong_rejected"] += first.overlooked and any(i in targets for i in first.reject)
         if not first.missed:
-            verdict(query_id, verdict="confirmed", candidate_id=first.confirm)
+            verdict(query_id, verdict="confirmed", candidate_id=first.confirm, verdict_s=spent)
+            operator_s += spent or 0.0
             counts["confirmed"] += 1
             counts["wrong_confirmed"] += first.wrong
             continue
@@ -244,20 +249,26 @@ def simulate_pilot(
             counts["searched_again"] += 1
             again_id, again_shown = search(payload, person.word_again(q["kind"], text, rng))
             second = decide(again_shown, targets, near, operators, rng)
+            spent_again = seconds_to_verdict(again_shown, second, operators, clock)
             if second.missed:
                 for wrong in second.reject:
-                    verdict(again_id, verdict="rejected", candidate_id=wrong)
+                    verdict(again_id, verdict="rejected", candidate_id=wrong, verdict_s=spent_again)
             else:
-                verdict(again_id, verdict="confirmed", candidate_id=second.confirm)
+                verdict(again_id, verdict="confirmed", candidate_id=second.confirm, verdict_s=spent_again)
                 counts["found_again"] += 1
                 counts["wrong_confirmed"] += second.wrong
                 correct = second.confirm
+        # the first list's verdicts land when the operator comes back to it, after the second search
+        total = spent
+        if spent is not None and person is not None and operators.search_again:
+            total = spent + operators.seconds_retype + spent_again
         for wrong in first.reject:
-            verdict(query_id, verdict="rejected", candidate_id=wrong)
+            verdict(query_id, verdict="rejected", candidate_id=wrong, verdict_s=total)
+        operator_s += total or 0.0
         if correct is None:
             counts["rejected_only"] += 1
         else:
-            verdict(query_id, verdict="corrected", correct_id=correct)
+            verdict(query_id, verdict="corrected", correct_id=correct, verdict_s=total)
             counts["corrected"] += 1
     n = max(1, counts["queries"])
     summary = {
@@ -266,6 +277,8 @@ def simulate_pilot(
         "hit@1_rate": round(counts["hit@1"] / n, 4),
         f"hit@{k}_rate": round(counts["hit@k"] / n, 4),
         "judged_rate": round(counts["judged"] / n, 4),
+        # operator seconds per judged pilot query (a search again included); None for the oracle
+        "operator_s_per_judged": None if oracle else round(operator_s / max(1, counts["judged"]), 2),
         "took_s": round(time.perf_counter() - t0, 1),
         "texts": texts,
     }
