@@ -560,3 +560,32 @@ def test_device_searches_are_interleaved_at_the_cycles_share(loop, tmp_path):
     assert abs(merged - 50) <= 4 * (200 * 0.25 * 0.75) ** 0.5 and merged + alone == 200
     logged = [q for q in loop["store"].queries() if q["mode"] == "tokens" and q.get("interleave")]
     assert len(logged) == merged and all(q["tokens"] for q in logged)
+
+
+def test_an_adapter_trained_elsewhere_is_offered_through_the_same_gate(loop, tmp_path):
+    from isacir.adapt import AdaptSettings, adapt
+    from isacir.gallery import Gallery
+
+    _feedback(loop["store"], loop["qe"], loop["fnd"], loop["ids"], 80, seed=10)
+    g = Gallery.open(loop["gallery"])
+    try:
+        settings = AdaptSettings(recipe="custom", steps=60, batch_size=16, gallery_negatives=16, holdout=0.25)
+        adapt(g, loop["fnd"], loop["qe"], loop["store"], tmp_path / "mine", settings, progress=False)
+    finally:
+        g.close()
+    cycle = _cycle(loop)
+    with pytest.raises(IsacirError, match="reason"):
+        cycle.offer(tmp_path / "mine", " ")
+    with pytest.raises(IsacirError):
+        cycle.offer(tmp_path, "not an adapter folder")
+    result = cycle.offer(tmp_path / "mine", "trained by hand with another recipe")
+    c = result["cycle"]
+    assert [s["step"] for s in c["steps"]][:2] == ["started", "offered"] and "trained" not in [
+        s["step"] for s in c["steps"]
+    ]
+    assert c["state"] in ("canary", "refused")  # the gate decides, as for a cycle's own adapter
+    record = loop["registry"].get(c["candidate"])
+    assert record["adapter"]["fingerprint"] == next(s for s in c["steps"] if s["step"] == "offered")["adapter"]
+    if c["state"] == "canary":
+        with pytest.raises(IsacirError, match="under way"):
+            cycle.offer(tmp_path / "mine", "again")

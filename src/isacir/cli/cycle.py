@@ -16,6 +16,7 @@ cycle_app = typer.Typer(
 )
 app.add_typer(cycle_app, name="cycle")
 
+FEEDBACK_HELP = FEEDBACK_DB_HELP + " Default: GALLERY/feedback.sqlite."
 POLICY_HELP = "The cycle policy (TOML: [trigger], [adapt], [rollout], [notify]; see docs/operations/cycles.md)."
 
 
@@ -34,9 +35,7 @@ def _cycle(gallery: Path, policy: Path, feedback: Optional[str], registry: Optio
 def cycle_run(
     gallery: Path = typer.Option(..., help="The gallery whose registry and feedback log the cycle works on."),
     policy: Path = typer.Option(..., help=POLICY_HELP),
-    feedback: Optional[str] = typer.Option(
-        None, "--feedback-db", help=FEEDBACK_DB_HELP + " Default: GALLERY/feedback.sqlite."
-    ),
+    feedback: Optional[str] = typer.Option(None, "--feedback-db", help=FEEDBACK_HELP),
     registry: Optional[Path] = typer.Option(None, help="Registry folder (default: GALLERY/models)."),
     start: bool = typer.Option(False, "--start", help="Start a cycle now, whatever the trigger says (needs --reason)."),
     reason: str = typer.Option("", help="Why, for the audit log."),
@@ -64,13 +63,30 @@ def cycle_run(
     emit_json(result)
 
 
+@cycle_app.command("offer")
+def cycle_offer(
+    adapter: Path = typer.Option(
+        ..., help="An adapter folder trained elsewhere (isacir adapt) for the active version."
+    ),
+    reason: str = typer.Option(..., help="Why, for the audit log."),
+    gallery: Path = typer.Option(..., help="The gallery whose registry and feedback log the cycle works on."),
+    policy: Path = typer.Option(..., help=POLICY_HELP),
+    feedback: Optional[str] = typer.Option(None, "--feedback-db", help=FEEDBACK_HELP),
+    registry: Optional[Path] = typer.Option(None, help="Registry folder (default: GALLERY/models)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
+) -> None:
+    """Begin a cycle with an adapter trained by hand: no training, the same gate, canary and decision."""
+    result = _cycle(gallery, policy, feedback, registry, False).offer(adapter, reason)
+    cycle = result["cycle"]
+    err.print(f"cycle {cycle['id']} ({cycle['candidate']}): {cycle['state']}", highlight=False)
+    emit_json(result)
+
+
 @cycle_app.command("status")
 def cycle_status(
     gallery: Path = typer.Option(..., help="The gallery whose registry and feedback log the cycle works on."),
     policy: Path = typer.Option(..., help=POLICY_HELP),
-    feedback: Optional[str] = typer.Option(
-        None, "--feedback-db", help=FEEDBACK_DB_HELP + " Default: GALLERY/feedback.sqlite."
-    ),
+    feedback: Optional[str] = typer.Option(None, "--feedback-db", help=FEEDBACK_HELP),
     registry: Optional[Path] = typer.Option(None, help="Registry folder (default: GALLERY/models)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_ALWAYS_HELP),
 ) -> None:

@@ -60,12 +60,13 @@ class LearningCycle:
         foundation: Callable[[], Foundation] | None = None,
         progress: bool = False,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ):
         self.gallery_dir = Path(gallery)
         self.policy, self.feedback, self.actor = policy, feedback, actor
         self.registry = registry or Registry.of_gallery(gallery)
         self.cycles = CycleStore(self.registry.folder)
-        self.audit = AuditLog.of_gallery(self.gallery_dir)
+        self.audit = audit or AuditLog.of_gallery(self.gallery_dir)
         self._foundation = foundation
         self.progress, self.clock = progress, clock
 
@@ -136,18 +137,51 @@ class LearningCycle:
                 if why is not None:
                     return {"action": "none", "reason": why, "cycle": None}
                 cycle = self._begin(active, reason or ("started by hand" if start else "the policy's trigger held"))
-            done = []
-            while cycle["state"] in OPEN:
-                state = cycle["state"]
-                if state == "training":
-                    self._train(cycle)
-                elif state == "trained":
-                    self._gate_and_canary(cycle)
-                elif not self._compare(cycle):
-                    break
-                self.cycles.save(cycle)
-                done.append(cycle["state"])
-            return {"action": "advanced" if done else "waiting", "states": done, "cycle": cycle}
+            return self._advance(cycle)
+
+    def offer(self, adapter: str | Path, reason: str) -> dict[str, Any]:
+        """Begin a cycle with an adapter trained elsewhere (``isacir adapt`` by hand, another
+        recipe): it skips training and goes through the same gate, canary and comparison. Refused
+        while a cycle is under way."""
+        import shutil
+
+        from ..adapter import QueryAdapter
+
+        if not reason.strip():
+            raise IsacirError("offering an adapter needs a reason, for the audit log")
+        qa = QueryAdapter.from_pretrained(adapter)  # a folder that is no adapter fails here, not in the registry
+        with self.cycles.exclusive():
+            cycle = self.cycles.open_cycle()
+            if cycle is not None:
+                raise IsacirError(
+                    f"cycle {cycle['id']} is under way ({cycle['state']}); offer the adapter after it ends"
+                )
+            active = self._active()
+            qa.check(active["fingerprint"], active["foundation_fingerprint"])
+            cycle = self._begin(active, reason)
+            dest = self.cycles.workdir(cycle["id"]) / "adapter"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(adapter, dest, dirs_exist_ok=True)
+            cycle["state"] = "trained"
+            step(cycle, "offered", adapter=qa.fingerprint, source=str(adapter), reason=reason)
+            self.audit.record(self.actor, "cycle.offered", cycle=cycle["id"], adapter=qa.fingerprint, reason=reason)
+            self.cycles.save(cycle)
+            return self._advance(cycle)
+
+    def _advance(self, cycle: dict[str, Any]) -> dict[str, Any]:
+        """Every step of ``cycle`` that can run now (the caller holds the cycle lock)."""
+        done = []
+        while cycle["state"] in OPEN:
+            state = cycle["state"]
+            if state == "training":
+                self._train(cycle)
+            elif state == "trained":
+                self._gate_and_canary(cycle)
+            elif not self._compare(cycle):
+                break
+            self.cycles.save(cycle)
+            done.append(cycle["state"])
+        return {"action": "advanced" if done else "waiting", "states": done, "cycle": cycle}
 
     def _begin(self, active: dict[str, Any], reason: str) -> dict[str, Any]:
         now = self.clock()
