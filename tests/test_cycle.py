@@ -589,3 +589,35 @@ def test_an_adapter_trained_elsewhere_is_offered_through_the_same_gate(loop, tmp
     if c["state"] == "canary":
         with pytest.raises(IsacirError, match="under way"):
             cycle.offer(tmp_path / "mine", "again")
+
+
+def test_an_offered_adapter_is_judged_on_the_log_not_on_its_own_report(loop, tmp_path):
+    """An adapter trained on shuffled positives carries a report of its own data that may look fine;
+    the gate judges it against the active version on the real log, and refuses it."""
+    from isacir.adapt import AdaptSettings, adapt
+    from isacir.adapter import QueryAdapter
+    from isacir.feedback import FeedbackStore
+    from isacir.gallery import Gallery
+    from isacir_lab.shapes.operations_bench import _shuffled_log
+
+    _feedback(loop["store"], loop["qe"], loop["fnd"], loop["ids"], 80, seed=11)
+    cycle = _cycle(loop)
+    name = cycle.tick()["cycle"]["candidate"]
+    _evidence(loop, name, win=True)
+    assert cycle.tick()["cycle"]["state"] == "promoted"  # the active version now has a good adapter
+    reg = loop["registry"]
+    _shuffled_log(loop["gallery"] / "feedback.sqlite", tmp_path / "shuffled.sqlite", loop["ids"], seed=0)
+    g = Gallery.open(loop["gallery"])
+    try:
+        settings = AdaptSettings(recipe="custom", steps=80, batch_size=16, gallery_negatives=16, holdout=0.25)
+        previous = QueryAdapter.from_pretrained(reg.path_of(name, "adapter"))
+        adapt(g, loop["fnd"], loop["qe"], FeedbackStore(tmp_path / "shuffled.sqlite"), tmp_path / "bad", settings,
+              previous=previous, progress=False)  # fmt: skip
+    finally:
+        g.close()
+    c = cycle.offer(tmp_path / "bad", "a deliberately bad adapter")["cycle"]
+    assert c["state"] == "refused" and "fails the quality gate" in c["outcome"]
+    report = json.loads(Path(c["gate_report"]).read_text())
+    assert report["baseline"]["adapter"] == reg.get(name)["adapter"]["fingerprint"]
+    assert report["score"] < report["baseline"]["score"] and report["n"] >= 80
+    assert reg.get(c["candidate"])["state"] == "retired" and reg.get(name)["state"] == "active"

@@ -101,3 +101,43 @@ def _report(
         "loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None},
         "settings": asdict(settings),
     }
+
+
+def judge_on_log(
+    gallery: Gallery,
+    foundation,
+    query_encoder,
+    store,
+    adapter: QueryAdapter,
+    previous: QueryAdapter | None = None,
+) -> dict[str, Any]:
+    """An adapter against ``previous`` (what serves now; None: zero-shot) on every learnable query
+    of the feedback log, as the registry's gate reads a benchmark report: ``{"metric": "hit@1",
+    "score", "flip_rate", "baseline": {"query_encoder", "adapter", "score"}, "n"}``.
+
+    For an adapter trained elsewhere (``isacir cycle offer``): its own report was measured on
+    whatever it was trained with, which the gate must not take on trust. Queries it trained on
+    count too, so a good adapter looks better here than on fresh traffic; the canary comparison is
+    the check that follows."""
+    from .data import load_feedback
+
+    data = load_feedback(store, query_encoder.fingerprint, query_encoder.num_tokens, foundation.word_dim, gallery)
+    examples = list(data.triplets)
+    compose = ComposedQueries(foundation, query_encoder.config.template, query_encoder.num_tokens)
+    before, top1_before = feedback_metrics(compose, gallery, examples, previous)
+    after, top1_after = feedback_metrics(compose, gallery, examples, adapter)
+    rate, lost, had = flip_rate(top1_before, top1_after)
+    return {
+        "metric": "hit@1",
+        "score": after["hit@1"] if after["n"] else 0.0,
+        "flip_rate": rate if rate is not None else 0.0,
+        "flips": lost,
+        "top1_before": had,
+        "n": after["n"],
+        "baseline": {
+            "query_encoder": query_encoder.fingerprint,
+            "adapter": previous.fingerprint if previous is not None else None,
+            "score": before["hit@1"] if before["n"] else 0.0,
+        },
+        "judged_on": "every learnable query of the feedback log",
+    }

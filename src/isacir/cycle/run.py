@@ -162,11 +162,37 @@ class LearningCycle:
             dest = self.cycles.workdir(cycle["id"]) / "adapter"
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(adapter, dest, dirs_exist_ok=True)
-            cycle["state"] = "trained"
+            # the gate judges it on this log, not on the report it came with
+            gate_report = self._judge_offered(dest, active)
+            cycle["state"], cycle["gate_report"] = "trained", str(gate_report)
             step(cycle, "offered", adapter=qa.fingerprint, source=str(adapter), reason=reason)
             self.audit.record(self.actor, "cycle.offered", cycle=cycle["id"], adapter=qa.fingerprint, reason=reason)
             self.cycles.save(cycle)
             return self._advance(cycle)
+
+    def _judge_offered(self, adapter_dir: Path, active: dict[str, Any]) -> Path:
+        """The offered adapter against the active version on every learnable query of the log,
+        written beside it as the report its gate reads."""
+        from .._fs import atomic_write_text
+        from ..adapt.report import judge_on_log
+        from ..adapter import QueryAdapter
+        from ..foundation import create_foundation
+        from ..gallery import Gallery
+        from ..query import QueryEncoder
+
+        g = Gallery.open(self.gallery_dir)
+        try:
+            fnd = self._foundation() if self._foundation is not None else create_foundation(g.info["foundation_id"])
+            qe = QueryEncoder.from_pretrained(self.registry.path_of(active["version"]), foundation=fnd)
+            previous = None
+            if active.get("adapter"):
+                previous = QueryAdapter.from_pretrained(self.registry.path_of(active["version"], "adapter"))
+            report = judge_on_log(g, fnd, qe, self.feedback, QueryAdapter.from_pretrained(adapter_dir), previous)
+        finally:
+            g.close()
+        path = adapter_dir.parent / "gate-report.json"
+        atomic_write_text(path, json.dumps(report, indent=2))
+        return path
 
     def _advance(self, cycle: dict[str, Any]) -> dict[str, Any]:
         """Every step of ``cycle`` that can run now (the caller holds the cycle lock)."""
@@ -260,7 +286,7 @@ class LearningCycle:
         record = versions[name]
         if record["state"] == "staged":
             try:
-                gate = self.registry.check_gate(record, versions[active])
+                gate = self.registry.check_gate(record, versions[active], cycle.get("gate_report"))
             except GateError as exc:
                 self.registry.set_state(name, "retired", actor=self.actor, reason=f"cycle {cycle['id']}: {exc}")
                 self._end(cycle, "refused", str(exc))
@@ -298,9 +324,8 @@ class LearningCycle:
             return False
         if evidence.decision == "promote":
             try:
-                self.registry.set_state(
-                    name, "active", actor=self.actor, reason=f"cycle {cycle['id']}: {evidence.reason}"
-                )
+                why = f"cycle {cycle['id']}: {evidence.reason}"
+                self.registry.set_state(name, "active", actor=self.actor, reason=why, report=cycle.get("gate_report"))
             except GateError as exc:
                 self.registry.set_state(name, "retired", actor=self.actor, reason=f"cycle {cycle['id']}: {exc}")
                 return self._close_rollout(cycle, "rolled_back", f"the gate refused it at promotion: {exc}")

@@ -201,6 +201,35 @@ def bench_feedback_cmd(
     emit_json(summary)
 
 
+@bench_app.command("operations")
+def bench_operations_cmd(
+    seed: int = typer.Option(0, help="The bench shapes seed whose cache to reuse (built where missing)."),
+    out_dir: Path = typer.Option(Path("runs/shapes"), "--out", help="The bench shapes cache and results folder."),
+    weeks: int = typer.Option(4, help="Weeks of the simulated pilot."),
+    days_per_week: int = typer.Option(5, help="Working days per week."),
+    queries_per_day: int = typer.Option(100, help="Queries the operators send each day."),
+    bad_week: int = typer.Option(2, help="The week on whose first day a bad adapter is offered (0: never)."),
+    min_new_verdicts: int = typer.Option(300, help="The policy: judged searches before a cycle starts."),
+    canary_share: float = typer.Option(0.3, help="The policy: the share of searches interleaved with a candidate."),
+    min_comparisons: int = typer.Option(60, help="The policy: judged comparisons before a decision."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary on stdout."),
+) -> None:
+    """Weeks of a simulated pilot with the learning loop running by its policy, and a bad adapter
+    offered once. The last stdout line is {"seed", "weeks": [{"week", "version", "false_hit_rate",
+    "ci", "operator_s_per_query", "queries", "judged"}], "decisions", "bad_version", "errors_5xx",
+    "goals", "took_s"}; details land in OUT/operations-seed{S}.json."""
+    from ..shapes.operations_bench import OperationsConfig, run_operations_bench
+
+    ops = OperationsConfig(weeks, days_per_week, queries_per_day, bad_week, min_new_verdicts, canary_share,
+                           min_comparisons)  # fmt: skip
+    summary = run_operations_bench(out_dir, seed, ops, log=lambda m: err.print(escape(str(m)), highlight=False))
+    if not as_json:
+        for goal, ok in summary["goals"].items():
+            err.print(f"[{'green' if ok else 'red'}]{'met' if ok else 'missed'}[/] {goal}")
+        err.print(f"details: {out_dir}/operations-seed{seed}.json")
+    emit_json(summary)
+
+
 @bench_app.command("phrasings")
 def bench_phrasings_cmd(
     seed: int = typer.Option(0, help="The seed of the bench feedback run whose pilot log to use."),
