@@ -13,7 +13,10 @@ from .settings import AdaptSettings
 from .tuning import ComposedQueries, feedback_metrics
 
 if TYPE_CHECKING:
+    from ..feedback import FeedbackStore
+    from ..foundation import Foundation
     from ..gallery import Gallery
+    from ..query import QueryEncoder
 
 
 def _judgement(
@@ -105,9 +108,9 @@ def _report(
 
 def judge_on_log(
     gallery: Gallery,
-    foundation,
-    query_encoder,
-    store,
+    foundation: Foundation,
+    query_encoder: QueryEncoder,
+    store: FeedbackStore,
     adapter: QueryAdapter,
     previous: QueryAdapter | None = None,
 ) -> dict[str, Any]:

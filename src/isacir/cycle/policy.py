@@ -27,11 +27,14 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..adapt.settings import AdaptSettings
 
 COMPARE = ("interleave", "canary")
 _WINDOW = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
@@ -68,7 +71,7 @@ class CyclePolicy:
             raise ConfigError(f"notify.webhook must be an http(s) URL, got {self.webhook!r}")
         self.adapt_settings()  # bad adapt settings fail when the policy is read, not hours later
 
-    def adapt_settings(self):
+    def adapt_settings(self) -> AdaptSettings:
         """The :class:`~isacir.adapt.AdaptSettings` a cycle trains with, checked."""
         from ..adapt.settings import AdaptSettings
 

@@ -103,8 +103,10 @@ class LearningCycle:
             active = self._active()
             out["active"] = active["version"]
             out["new_verdicts"] = self.new_verdicts(active)
-            under_way = last is not None and last["state"] in OPEN
-            out["trigger"] = f"cycle {last['id']} is under way" if under_way else self._trigger(active, cycles)
+            if last is not None and last["state"] in OPEN:
+                out["trigger"] = f"cycle {last['id']} is under way"
+            else:
+                out["trigger"] = self._trigger(active, cycles)
         except IsacirError as exc:
             out["active"], out["trigger"] = None, str(exc)
         return out
