@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +70,24 @@ def post_search(
             data={"text": text, "k": k},
             timeout=30,
         )
+
+
+def chromium_or_skip() -> str:
+    """The Chromium the browser tests drive (``ISACIR_CHROMIUM``, default Debian's); without one
+    the calling module is skipped, except on CI, where ``.ci/run`` must have installed it."""
+    import pytest
+
+    chromium = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
+    if not Path(chromium).exists() and not shutil.which("chromium"):
+        if os.environ.get("CI"):
+            raise RuntimeError(f"Chromium not found at {chromium}: .ci/run must install Debian's chromium")
+        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium)", allow_module_level=True)
+    return chromium
+
+
+#: where browser tests leave their screenshots
+ARTIFACTS = Path(
+    __import__("os").environ.get(
+        "ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"
+    )
+)

@@ -9,28 +9,19 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from serve_helpers import make_images, start_server
+from serve_helpers import ARTIFACTS, chromium_or_skip, make_images, start_server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(
-    os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
-)
+CHROMIUM = chromium_or_skip()
 VENDOR = Path(__file__).resolve().parents[1] / "src" / "isacir" / "serve" / "static" / "vendor"
 KEY = {"X-API-Key": "test-key"}
 
-if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-    if os.environ.get("CI"):
-        raise RuntimeError(f"Chromium not found at {CHROMIUM}: .ci/run must install Debian's chromium")
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 if not (VENDOR / "ort.wasm.min.js").is_file():
     raise RuntimeError(f"{VENDOR} lacks ONNX Runtime Web: `make web` (part of `make test`) installs it from npm")
 

@@ -4,26 +4,15 @@ version, and read the cost view and the audit trail."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
-from pathlib import Path
 
 import pytest
-from serve_helpers import start_server
+from serve_helpers import ARTIFACTS, chromium_or_skip, start_server
 from test_cycle import _admin_service, _cycle, _feedback, loop  # noqa: F401  (loop is a fixture)
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(
-    os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
-)
-
-if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-    if os.environ.get("CI"):
-        raise RuntimeError(f"Chromium not found at {CHROMIUM}: .ci/run must install Debian's chromium")
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+CHROMIUM = chromium_or_skip()
 
 
 def _timed_searches(setup, version: str, seconds: float, n: int = 8) -> None:

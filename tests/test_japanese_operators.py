@@ -9,6 +9,7 @@ import sqlite3
 from dataclasses import replace
 
 import pytest
+from test_operators import _Edge, _Image
 from test_shapes_bilingual import _phrasings_matching
 
 from isacir.errors import IsacirError
@@ -165,34 +166,13 @@ class _Service:
         if path == "/v1/feedback":
             self.verdicts.append(body)
             return {}
-        q = self.queries[_Image.current]
+        q = self.queries[_Edge.current]  # the pilot query whose photo the edge encoded last
         targets = [self.ids[n] for n in q["targets"]]
         others = [i for i in sorted(self.ids.values()) if i not in targets][:10]
         found = parse_any(q["kind"], body["text"], "ja")[1] in self.finds
         shown = targets[:1] + others[:9] if found else others
         self.searches.append({"text": body["text"], "pilot_id": q["id"], "query_id": f"q{len(self.searches)}"})
         return {"query_id": self.searches[-1]["query_id"], "results": [{"id": i} for i in shown]}
-
-
-class _Image:
-    current = -1
-
-    def __init__(self, path):
-        _Image.current = int(path.stem)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def convert(self, mode):
-        return self
-
-
-class _Edge:
-    def payload(self, image, dtype="int8"):
-        return b"tokens"
 
 
 def test_japanese_operators_type_japanese_in_their_own_habits(pilots, monkeypatch):

@@ -6,7 +6,6 @@ import json
 import os
 import sqlite3
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -257,31 +256,23 @@ def test_bench_edge_int8_gates_the_int8_model_on_shapes_r10(small_loop, tmp_path
 )
 def test_dashboard_after_a_simulated_two_version_pilot(small_loop, viewport):
     """/pilot over the simulated pilot's own log: both versions named in the table and the charts."""
-    import os
-    import shutil
 
     from playwright.sync_api import expect, sync_playwright
-    from serve_helpers import start_server
+    from serve_helpers import ARTIFACTS, chromium_or_skip, start_server
 
     from isacir.foundation import create_foundation
     from isacir.gallery import Gallery
     from isacir.query import QueryEncoder
     from isacir.serve import ServeSettings, ServiceState, create_app
 
-    chromium = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
-    if not Path(chromium).exists() and not shutil.which("chromium"):
-        if os.environ.get("CI"):
-            raise RuntimeError(f"Chromium not found at {chromium}: .ci/run must install Debian's chromium")
-        pytest.skip(f"no Chromium at {chromium} (apt-get install chromium)")
+    chromium = chromium_or_skip()
     out, _, _, _, result = small_loop
     paths = json.loads(next((out / "pilots").glob("*/pilot-run.json")).read_text())
     fnd = create_foundation(paths["foundation"])
     qe = QueryEncoder.from_pretrained(paths["query_encoder"], foundation=fnd)
     settings = ServeSettings(api_keys=("k",), feedback_db=out / "pilot-versions-seed0" / "feedback.sqlite")
     server = start_server(create_app(ServiceState(Gallery.open(paths["gallery"]), fnd, qe, settings)))
-    artifacts = Path(
-        os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
-    )
+    artifacts = ARTIFACTS
     artifacts.mkdir(parents=True, exist_ok=True)
     name = "phone" if viewport["width"] < 600 else "desktop"
     first, second = (h["version"] for h in result["halves"])

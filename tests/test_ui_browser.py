@@ -6,25 +6,14 @@ when no Chromium exists, and never on CI.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sqlite3
-from pathlib import Path
 
 import pytest
-from serve_helpers import build_service, start_server
+from serve_helpers import ARTIFACTS, build_service, chromium_or_skip, start_server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("ISACIR_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(
-    os.environ.get("ISACIR_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
-)
-
-if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-    if os.environ.get("CI"):
-        raise RuntimeError(f"Chromium not found at {CHROMIUM}: .ci/run must install Debian's chromium")
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+CHROMIUM = chromium_or_skip()
 
 
 def _thumbs_loaded(page) -> None:
