@@ -1,34 +1,14 @@
 // isacir operations console: /v1/admin/* (scope models:admin). Every action goes through the same
 // registry and learning-loop code as the command line, with a reason for the audit trail.
 (() => {
-  const $ = (id) => document.getElementById(id);
-  const keyStore = "isacir.apiKey";
-  const headers = (json = false) => {
-    const key = localStorage.getItem(keyStore);
-    return { ...(key ? { "X-API-Key": key } : {}), ...(json ? { "Content-Type": "application/json" } : {}) };
-  };
-  const status = (msg, error = false) => {
-    $("status").textContent = msg;
-    $("status").classList.toggle("error", error);
-  };
+  const { $, status, request, keyBox } = window.isacirKeyed;
   async function api(path, method = "GET", body = undefined) {
-    const res = await fetch(path, { method, headers: headers(body !== undefined), body: body === undefined ? undefined : JSON.stringify(body) });
-    if (res.status === 401) {
-      $("key-box").hidden = false;
-      throw new Error("The console needs an API key: paste one with the models:admin scope above and save.");
-    }
-    if (res.status === 403) {
-      $("key-box").hidden = false;
-      throw new Error("This key may not run operations (it lacks the 'models:admin' scope): use an admin key.");
-    }
-    let data = null;
-    try { data = await res.json(); } catch (_) { /* no body */ }
-    if (!res.ok) {
-      const d = data && data.detail;
-      const msg = typeof d === "string" ? d : (d && d.detail) || (Array.isArray(d) ? d.map((e) => e.msg).join("; ") : res.statusText);
-      throw new Error(`${res.status}: ${msg}`);
-    }
-    return data;
+    const opts = body === undefined ? { method } : { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+    const res = await request(path, opts, {
+      unauthorized: "The console needs an API key: paste one with the models:admin scope above and save.",
+      forbidden: () => "This key may not run operations (it lacks the 'models:admin' scope): use an admin key.",
+    });
+    return res.json();
   }
   const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)} %`);
   const ci = (c) => (c ? ` [${(100 * c[0]).toFixed(1)}–${(100 * c[1]).toFixed(1)}]` : "");
@@ -231,13 +211,7 @@
       : { canary_share: share, interleave: null, reason: r };
     return api("/v1/admin/rollout", "PUT", body);
   }));
-  $("key-toggle").addEventListener("click", () => { $("key-box").hidden = !$("key-box").hidden; });
-  $("api-key").value = localStorage.getItem(keyStore) || "";
-  $("key-save").addEventListener("click", () => {
-    localStorage.setItem(keyStore, $("api-key").value.trim());
-    $("key-box").hidden = true;
-    load();
-  });
+  keyBox(load);
   load();
   setInterval(() => { if (!document.hidden) load(false); }, 5000);
 })();

@@ -1,39 +1,15 @@
 // isacir operator UI: pick a reference photo, type the change, confirm or reject candidates.
 (() => {
-  const $ = (id) => document.getElementById(id);
-  const keyStore = "isacir.apiKey";
+  const { $, headers, status, request, keyBox } = window.isacirKeyed;
   let file = null;
   let thumbs = [];
   // The search an operator is correcting: {queryId, text}. While set, cards offer "The right one".
   let correcting = null;
   let last = null;
 
-  const headers = () => {
-    const key = localStorage.getItem(keyStore);
-    return key ? { "X-API-Key": key } : {};
-  };
-  const status = (msg, error = false) => {
-    $("status").textContent = msg;
-    $("status").classList.toggle("error", error);
-  };
-  async function api(path, opts = {}) {
-    const res = await fetch(path, { ...opts, headers: { ...headers(), ...(opts.headers || {}) } });
-    if (res.status === 401) {
-      $("key-box").hidden = false;
-      throw new Error("The service needs an API key: paste it above and save.");
-    }
-    if (res.status === 403) {
-      let detail = "this key lacks the scope this action needs";
-      try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
-      throw new Error(`Not allowed: ${detail}. Ask for an operator key.`);
-    }
-    if (!res.ok) {
-      let detail = res.statusText;
-      try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
-      throw new Error(`${res.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
-    }
-    return res;
-  }
+  const api = (path, opts = {}) => request(path, opts, {
+    forbidden: (detail) => `Not allowed: ${detail}. Ask for an operator key.`,
+  });
 
   function choose(f) {
     if (!f) return;
@@ -54,11 +30,7 @@
   drop.addEventListener("drop", (e) => choose(e.dataTransfer.files[0]));
   drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
 
-  $("key-toggle").addEventListener("click", () => { $("key-box").hidden = !$("key-box").hidden; });
-  $("api-key").value = localStorage.getItem(keyStore) || "";
-  $("key-save").addEventListener("click", () => {
-    localStorage.setItem(keyStore, $("api-key").value.trim());
-    $("key-box").hidden = true;
+  keyBox(() => {
     status("API key saved in this browser.");
     probeDevice();
     showLanguages();

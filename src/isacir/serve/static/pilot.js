@@ -1,33 +1,11 @@
 // isacir pilot dashboard: numbers from /v1/pilot/summary, charts as server-drawn SVG.
 (() => {
-  const $ = (id) => document.getElementById(id);
-  const keyStore = "isacir.apiKey";
+  const { $, status, request, keyBox } = window.isacirKeyed;
   const urls = [];
-  const headers = () => {
-    const key = localStorage.getItem(keyStore);
-    return key ? { "X-API-Key": key } : {};
-  };
-  const status = (msg, error = false) => {
-    $("status").textContent = msg;
-    $("status").classList.toggle("error", error);
-  };
-  async function api(path) {
-    const res = await fetch(path, { headers: headers() });
-    if (res.status === 401) {
-      $("key-box").hidden = false;
-      throw new Error("The dashboard needs an API key: paste it above and save.");
-    }
-    if (res.status === 403) {
-      $("key-box").hidden = false;
-      throw new Error("This key may not read the pilot (it lacks the 'pilot' scope): use an operator or admin key.");
-    }
-    if (!res.ok) {
-      let detail = res.statusText;
-      try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
-      throw new Error(`${res.status}: ${detail}`);
-    }
-    return res;
-  }
+  const api = (path) => request(path, {}, {
+    unauthorized: "The dashboard needs an API key: paste it above and save.",
+    forbidden: () => "This key may not read the pilot (it lacks the 'pilot' scope): use an operator or admin key.",
+  });
   const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)} %`);
   const ci = (c) => (c ? `95 %: ${(100 * c[0]).toFixed(1)}–${(100 * c[1]).toFixed(1)}` : "");
   // 8 characters of each fingerprint: "QE+ADAPTER" versions keep both parts apart
@@ -153,13 +131,7 @@
     }
   }
 
-  $("key-toggle").addEventListener("click", () => { $("key-box").hidden = !$("key-box").hidden; });
-  $("api-key").value = localStorage.getItem(keyStore) || "";
-  $("key-save").addEventListener("click", () => {
-    localStorage.setItem(keyStore, $("api-key").value.trim());
-    $("key-box").hidden = true;
-    load();
-  });
+  keyBox(load);
   $("range").addEventListener("submit", (e) => { e.preventDefault(); load(); });
   load();
 })();
