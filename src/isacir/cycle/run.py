@@ -19,12 +19,13 @@ its evidence, and each decision is POSTed to the policy's webhook when there is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,11 @@ from .policy import CyclePolicy
 from .record import OPEN, CycleStore, step
 
 if TYPE_CHECKING:
+    from ..adapter import QueryAdapter
     from ..feedback import FeedbackStore
     from ..foundation import Foundation
+    from ..gallery import Gallery
+    from ..query import QueryEncoder
 
 log = logging.getLogger("isacir.cycle")
 
@@ -162,10 +166,15 @@ class LearningCycle:
             qa.check(active["fingerprint"], active["foundation_fingerprint"])
             cycle = self._begin(active, reason)
             dest = self.cycles.workdir(cycle["id"]) / "adapter"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(adapter, dest, dirs_exist_ok=True)
-            # the gate judges it on this log, not on the report it came with
-            gate_report = self._judge_offered(dest, active)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(adapter, dest, dirs_exist_ok=True)
+                # the gate judges it on this log, not on the report it came with
+                gate_report = self._judge_offered(dest, active)
+            except Exception as exc:  # an offer that fails must not leave a cycle that trains its own
+                self._end(cycle, "failed", f"offering {adapter} failed: {exc}")
+                self.cycles.save(cycle)
+                raise
             cycle["state"], cycle["gate_report"] = "trained", str(gate_report)
             step(cycle, "offered", adapter=qa.fingerprint, source=str(adapter), reason=reason)
             self.audit.record(self.actor, "cycle.offered", cycle=cycle["id"], adapter=qa.fingerprint, reason=reason)
@@ -178,20 +187,9 @@ class LearningCycle:
         from .._fs import atomic_write_text
         from ..adapt.report import judge_on_log
         from ..adapter import QueryAdapter
-        from ..foundation import create_foundation
-        from ..gallery import Gallery
-        from ..query import QueryEncoder
 
-        g = Gallery.open(self.gallery_dir)
-        try:
-            fnd = self._foundation() if self._foundation is not None else create_foundation(g.info["foundation_id"])
-            qe = QueryEncoder.from_pretrained(self.registry.path_of(active["version"]), foundation=fnd)
-            previous = None
-            if active.get("adapter"):
-                previous = QueryAdapter.from_pretrained(self.registry.path_of(active["version"], "adapter"))
+        with self._served(active["version"]) as (g, fnd, qe, previous):
             report = judge_on_log(g, fnd, qe, self.feedback, QueryAdapter.from_pretrained(adapter_dir), previous)
-        finally:
-            g.close()
         path = adapter_dir.parent / "gate-report.json"
         atomic_write_text(path, json.dumps(report, indent=2))
         return path
@@ -239,28 +237,38 @@ class LearningCycle:
         self._tell(cycle, "started", reason)
         return cycle
 
-    def _train(self, cycle: dict[str, Any]) -> None:
-        from ..adapt import adapt
+    @contextlib.contextmanager
+    def _served(self, version: str) -> Iterator[tuple[Gallery, Foundation, QueryEncoder, QueryAdapter | None]]:
+        """The gallery (opened to read), its foundation, and ``version``'s query encoder and adapter."""
         from ..adapter import QueryAdapter
         from ..foundation import create_foundation
         from ..gallery import Gallery
         from ..query import QueryEncoder
 
-        active = cycle["active"]["version"]
-        out = self.cycles.workdir(cycle["id"]) / "adapter"
         g = Gallery.open(self.gallery_dir)
         try:
             fnd = self._foundation() if self._foundation is not None else create_foundation(g.info["foundation_id"])
-            qe = QueryEncoder.from_pretrained(self.registry.path_of(active), foundation=fnd)
-            previous = None
-            if cycle["active"]["adapter"]:
-                previous = QueryAdapter.from_pretrained(self.registry.path_of(active, "adapter"))
-            report = adapt(g, fnd, qe, self.feedback, out, self.policy.adapt_settings(), previous, self.progress)
+            qe = QueryEncoder.from_pretrained(self.registry.path_of(version), foundation=fnd)
+            record = self.registry.get(version)
+            adapter = (
+                QueryAdapter.from_pretrained(self.registry.path_of(version, "adapter"))
+                if record.get("adapter")
+                else None
+            )
+            yield g, fnd, qe, adapter
+        finally:
+            g.close()
+
+    def _train(self, cycle: dict[str, Any]) -> None:
+        from ..adapt import adapt
+
+        out = self.cycles.workdir(cycle["id"]) / "adapter"
+        try:
+            with self._served(cycle["active"]["version"]) as (g, fnd, qe, previous):
+                report = adapt(g, fnd, qe, self.feedback, out, self.policy.adapt_settings(), previous, self.progress)
         except IsacirError as exc:
             self._end(cycle, "failed", f"training failed: {exc}")
             return
-        finally:
-            g.close()
         cycle["state"] = "trained"
         summary = {
             "adapter": report["fingerprint"],
