@@ -25,7 +25,9 @@ def test_weeks_of_a_pilot_with_the_loop_running_itself(tmp_path, small_shapes):
 
     copy_shapes_cache(small_shapes[0], tmp_path)
     cfg = replace(ShapesBenchConfig.small(seed=0), methods=("isa",))
-    ops = OperationsConfig(weeks=2, days_per_week=2, queries_per_day=30, bad_week=2, min_new_verdicts=30,
+    # the loop's own cycles wait for more verdicts than the pilot has, so that the one cycle is the
+    # bad adapter's, offered on day 3 (what the small ISA learns from 120 queries depends on the CPU)
+    ops = OperationsConfig(weeks=2, days_per_week=2, queries_per_day=30, bad_week=2, min_new_verdicts=10_000,
                            canary_share=0.5, min_comparisons=8)  # fmt: skip
     settings = AdaptSettings.auto(steps=30, batch_size=16, gallery_negatives=32, seed=0, folds=2)
     summary = run_operations_bench(tmp_path, 0, ops, settings, OperatorConfig(seed=0), cfg, log=lambda *_: None,
@@ -43,7 +45,7 @@ def test_weeks_of_a_pilot_with_the_loop_running_itself(tmp_path, small_shapes):
         assert w["operator_s_per_query"] > OperatorConfig().seconds_first  # the operators took time
     # every decision is the registry's: its states match the cycles' ends, one active version
     cycles = CycleStore(registry.folder).all()
-    assert [d["cycle"] for d in summary["decisions"]] == [c["id"] for c in cycles] and cycles
+    assert [d["cycle"] for d in summary["decisions"]] == [c["id"] for c in cycles] and len(cycles) == 1
     ends = {"promoted": "active", "rolled_back": "retired", "refused": "retired"}
     states = {v["version"]: v["state"] for v in registry.versions()}
     for d in summary["decisions"]:
@@ -52,7 +54,10 @@ def test_weeks_of_a_pilot_with_the_loop_running_itself(tmp_path, small_shapes):
     assert list(states.values()).count("active") == 1
     # the bad adapter was offered once, never became active, and touched at most its share
     bad = summary["bad_version"]
-    assert bad["offered"] and bad["offered_on_day"] >= 3 and not bad["reached_active"]
+    assert bad["offered"] and bad["offered_on_day"] == 3 and not bad["reached_active"]
+    assert summary["goals"]["the bad adapter was offered"] is True
+    # judged on the real log by the gate: refused there, or compared in its canary
+    assert bad["state"] in ("refused", "canary", "rolled_back")
     assert states[bad["version"]] != "active"
     assert [d["offered"] for d in summary["decisions"]].count(True) == 1
     assert 0.0 <= bad["share_of_all_queries"] <= 1.0

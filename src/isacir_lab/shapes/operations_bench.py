@@ -311,6 +311,10 @@ def _goals(weeks: list[dict], bad: dict[str, Any], errors_5xx: int, ops: Operati
         "their 95 % intervals do not overlap": bool(first["ci"] and last["ci"] and last["ci"][1] < first["ci"][0]),
         "no 5xx answer": errors_5xx == 0,
     }
+    if ops.bad_week:
+        # a cycle under way from the bad week to the end keeps it from being offered: a run that
+        # never tested the loop against a bad adapter has not met its goals
+        goals["the bad adapter was offered"] = bool(bad.get("offered"))
     if bad.get("offered"):
         goals["the bad adapter never became active"] = not bad["reached_active"]
         goals[f"the bad adapter answered at most {ops.canary_share:.0%} of the queries of its canary days"] = (
