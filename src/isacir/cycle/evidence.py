@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..pilot.interleaving import credit, summarize
+from ..pilot.interleaving import logged_outcome, summarize
 from ..pilot.metrics import summarize as pilot_summarize
 from .policy import CyclePolicy
 
@@ -60,10 +60,11 @@ def interleaved_outcomes(queries: Iterable[dict], candidate: str, active: str) -
     out = []
     for q in queries:
         record = q.get("interleave")
-        if not record or {record["A"], record["B"]} != {candidate, active} or not q["verdicts"]:
+        if not record or {record["A"], record["B"]} != {candidate, active}:
             continue
-        confirmed = [str(v["candidate_id"]) for v in q["verdicts"] if v["verdict"] == "confirmed"]
-        won = credit({str(k): t for k, t in record["teams"].items()}, confirmed)
+        won = logged_outcome(q)
+        if won is None:
+            continue
         if record["A"] != candidate and won != "tie":
             won = "A" if won == "B" else "B"
         out.append(won)

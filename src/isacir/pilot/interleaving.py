@@ -101,6 +101,15 @@ def summarize(outcomes: Iterable[str], a: str = "A", b: str = "B") -> dict:
     }
 
 
+def logged_outcome(query: dict) -> str | None:
+    """A logged interleaved query's outcome (:func:`credit` of its confirmations), or None when
+    nobody judged it. ``query`` is a :meth:`FeedbackStore.queries` row with an ``interleave``."""
+    if not query["verdicts"]:
+        return None
+    confirmed = [str(v["candidate_id"]) for v in query["verdicts"] if v["verdict"] == "confirmed"]
+    return credit(query["interleave"]["teams"], confirmed)
+
+
 def interleaving_report(queries: Iterable[dict]) -> dict:
     """The live comparisons in a query log: each interleaved query that an operator judged is a win
     for the version with more confirmed items, or a tie; queries nobody judged do not count.
@@ -114,10 +123,9 @@ def interleaving_report(queries: Iterable[dict]) -> dict:
             continue
         pair = pairs.setdefault((record["A"], record["B"]), {"outcomes": [], "shown": 0})
         pair["shown"] += 1
-        if not q["verdicts"]:
-            continue
-        confirmed = [str(v["candidate_id"]) for v in q["verdicts"] if v["verdict"] == "confirmed"]
-        pair["outcomes"].append(credit(record["teams"], confirmed))
+        outcome = logged_outcome(q)
+        if outcome is not None:
+            pair["outcomes"].append(outcome)
     comparisons = []
     for (a, b), pair in pairs.items():
         summary = summarize(pair["outcomes"], a, b)
