@@ -136,7 +136,7 @@ class Registry:
         """``(versions oldest first, rollout)`` from one read of the file (a service builds what it
         serves from both, and a write between two reads could pair them wrongly)."""
         data = self._read()
-        return _oldest_first(data), {**DEFAULT_ROLLOUT, **data.get("rollout", {})}
+        return _oldest_first(data), _rollout_of(data)
 
     def get(self, version: str) -> dict:
         versions = self._read()["versions"]
@@ -150,8 +150,9 @@ class Registry:
 
     def rollout(self) -> dict:
         """How the served versions share traffic, as set by :meth:`set_rollout`: ``canary_share``
-        (None: the service's own setting) and ``interleave`` (a pair of version names, or None)."""
-        return {**DEFAULT_ROLLOUT, **self._read().get("rollout", {})}
+        (None: the service's own setting), ``interleave`` (a pair of version names, or None) and
+        ``interleave_share`` (None: every search the pair can merge)."""
+        return _rollout_of(self._read())
 
     def activated(self, version: str) -> float | None:
         """When ``version`` last became active (None: never)."""
@@ -329,7 +330,7 @@ class Registry:
                     if record is None or record["state"] not in ("canary", "active", "deprecated"):
                         state = record["state"] if record else "not registered"
                         raise RegistryError(f"cannot interleave {name!r}: it is {state}, not served")
-            before = {**DEFAULT_ROLLOUT, **data.get("rollout", {})}
+            before = _rollout_of(data)
             after = {
                 "canary_share": None if canary_share is None else float(canary_share),
                 "interleave": pair,
@@ -382,6 +383,10 @@ class Registry:
         if problems:
             raise GateError(f"version {candidate['version']!r} fails the quality gate: " + "; ".join(problems))
         return {"passed": True, **checked}
+
+
+def _rollout_of(data: dict) -> dict:
+    return {**DEFAULT_ROLLOUT, **data.get("rollout", {})}
 
 
 def _oldest_first(data: dict) -> list[dict]:

@@ -78,6 +78,8 @@ class LearningCycle:
     def _foundation_fingerprint(self) -> str:
         from ..gallery import Gallery
 
+        if self._foundation is not None:  # the service's own: no need to open the gallery every step
+            return self._foundation().fingerprint
         g = Gallery.open(self.gallery_dir)
         try:
             return str(g.info["foundation_fingerprint"])
@@ -106,19 +108,18 @@ class LearningCycle:
         try:
             active = self._active()
             out["active"] = active["version"]
-            out["new_verdicts"] = self.new_verdicts(active)
+            out["new_verdicts"] = n = self.new_verdicts(active)
             if last is not None and last["state"] in OPEN:
                 out["trigger"] = f"cycle {last['id']} is under way"
             else:
-                out["trigger"] = self._trigger(active, cycles)
+                out["trigger"] = self._trigger(active, cycles, n)
         except IsacirError as exc:
             out["active"], out["trigger"] = None, str(exc)
         return out
 
-    def _trigger(self, active: dict[str, Any], cycles: list[dict[str, Any]]) -> str | None:
-        """Why a cycle may not start now (None: it may)."""
+    def _trigger(self, active: dict[str, Any], cycles: list[dict[str, Any]], n: int) -> str | None:
+        """Why a cycle may not start now (None: it may), with ``n`` judged searches since ``active``."""
         p, now = self.policy, self.clock()
-        n = self.new_verdicts(active)
         if n < p.min_new_verdicts:
             since = f"{n} judged searches since {active['version']} became active"
             return f"{since}; the policy waits for {p.min_new_verdicts}"
@@ -139,10 +140,12 @@ class LearningCycle:
             cycle = self.cycles.open_cycle()
             if cycle is None:
                 active = self._active()
-                why = None if start else self._trigger(active, self.cycles.all())
+                n = self.new_verdicts(active)  # reads the log: once per step
+                why = None if start else self._trigger(active, self.cycles.all(), n)
                 if why is not None:
                     return {"action": "none", "reason": why, "cycle": None}
-                cycle = self._begin(active, reason or ("started by hand" if start else "the policy's trigger held"))
+                why = reason or ("started by hand" if start else "the policy's trigger held")
+                cycle = self._begin(active, why, n)
             return self._advance(cycle)
 
     def offer(self, adapter: str | Path, reason: str) -> dict[str, Any]:
@@ -164,7 +167,7 @@ class LearningCycle:
                 )
             active = self._active()
             qa.check(active["fingerprint"], active["foundation_fingerprint"])
-            cycle = self._begin(active, reason)
+            cycle = self._begin(active, reason, self.new_verdicts(active))
             dest = self.cycles.workdir(cycle["id"]) / "adapter"
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +212,7 @@ class LearningCycle:
             done.append(cycle["state"])
         return {"action": "advanced" if done else "waiting", "states": done, "cycle": cycle}
 
-    def _begin(self, active: dict[str, Any], reason: str) -> dict[str, Any]:
+    def _begin(self, active: dict[str, Any], reason: str, new_verdicts: int) -> dict[str, Any]:
         now = self.clock()
         cycle_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
         existing = {c["id"] for c in self.cycles.all()}
@@ -229,7 +232,7 @@ class LearningCycle:
                 "adapter": (active.get("adapter") or {}).get("fingerprint"),
             },
             "candidate": f"cycle-{cycle_id}",
-            "new_verdicts": self.new_verdicts(active),
+            "new_verdicts": new_verdicts,
             "steps": [],
         }
         step(cycle, "started", reason=reason, new_verdicts=cycle["new_verdicts"])

@@ -217,6 +217,14 @@ class Lineup:
     def models(self) -> dict[tuple[str, str | None], Model]:
         return {s.model.key: s.model for s in self.served}
 
+    def split(self) -> dict[str, Any]:
+        """How traffic is shared now: the canary share, the interleaved pair and its share."""
+        return {
+            "canary_share": self.canary_share,
+            "interleave": list(self.interleave) if self.interleave else None,
+            "interleave_share": self.interleave_share,
+        }
+
     # ----- routing --------------------------------------------------------------------------------
     def interleaved_pair(self, draw: float, fingerprint: str | None = None) -> tuple[Served, Served] | None:
         """The two versions to merge for one search, or None to route it as usual: interleaving is
@@ -350,7 +358,7 @@ def lineup_from_registry(
     interleave_share = 1.0
     if from_registry:
         interleave = (rollout["interleave"][0], rollout["interleave"][1])
-        if rollout.get("interleave_share") is not None:
+        if rollout["interleave_share"] is not None:
             interleave_share = float(rollout["interleave_share"])
     held = previous.models() if previous is not None else {}
     served: list[Served] = []

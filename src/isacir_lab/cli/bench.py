@@ -220,8 +220,15 @@ def bench_operations_cmd(
     "goals", "took_s"}; details land in OUT/operations-seed{S}.json."""
     from ..shapes.operations_bench import OperationsConfig, run_operations_bench
 
-    ops = OperationsConfig(weeks, days_per_week, queries_per_day, bad_week, min_new_verdicts, canary_share,
-                           min_comparisons)  # fmt: skip
+    ops = OperationsConfig(
+        weeks=weeks,
+        days_per_week=days_per_week,
+        queries_per_day=queries_per_day,
+        bad_week=bad_week,
+        min_new_verdicts=min_new_verdicts,
+        canary_share=canary_share,
+        min_comparisons=min_comparisons,
+    )
     summary = run_operations_bench(out_dir, seed, ops, log=lambda m: err.print(escape(str(m)), highlight=False))
     if not as_json:
         for goal, ok in summary["goals"].items():

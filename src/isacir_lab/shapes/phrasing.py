@@ -21,9 +21,6 @@ from pathlib import Path
 from . import japanese
 from .world import COMPARATIVE, PHRASES
 
-#: The languages the world writes modifiers in.
-LANGUAGES = ("en", "ja")
-
 
 def _alternatives(words) -> str:
     """A regex group matching any of ``words``, longest first (``左上`` before ``上``)."""
@@ -96,6 +93,10 @@ WORDINGS = {
         _alternatives(japanese.COMPARATIVE_JA.values()),
     ),
 }
+
+
+#: The languages the world writes modifiers in.
+LANGUAGES = tuple(WORDINGS)
 
 
 def wording(language: str) -> Wording:

@@ -40,26 +40,28 @@ def versions_overview(state: StateDep, days: float = Query(30.0, gt=0, le=3650))
     comparisons and the traffic split beside them."""
     registry = _registry(state)
     queries = list(state.feedback.queries(since=time.time() - days * 86400))
+    versions, rollout = registry.snapshot()
+    history: dict[str, list[dict]] = {}
+    for h in registry.history():
+        if h.get("version"):
+            history.setdefault(h["version"], []).append(h)
+    alone: dict[str, list[dict]] = {}  # the searches each version answered by itself
+    for q in queries:
+        if q.get("model_version") and not q.get("interleave"):
+            alone.setdefault(q["model_version"], []).append(q)
     out = []
-    for record in registry.versions():
-        name = record["version"]
-        history = registry.history(name)
-        gates = [h["gate"] for h in history if h.get("gate")]
-        mine = [q for q in queries if q.get("model_version") == name and not q.get("interleave")]
-        pilot = summarize(mine, k=5)
-        out.append({**record, "history": history, "gate": gates[-1] if gates else None, "pilot": pilot,
+    for record in versions:
+        mine = history.get(record["version"], [])
+        gates = [h["gate"] for h in mine if h.get("gate")]
+        pilot = summarize(alone.get(record["version"], []), k=5)
+        out.append({**record, "history": mine, "gate": gates[-1] if gates else None, "pilot": pilot,
                     "cost": operator_cost(pilot)})  # fmt: skip
     lineup = state.lineup
     return {
         "days": days,
         "versions": out,
-        "rollout": registry.rollout(),
-        "served": {
-            "canary_share": lineup.canary_share,
-            "interleave": list(lineup.interleave) if lineup.interleave else None,
-            "interleave_share": lineup.interleave_share,
-            "primary": lineup.primary.name,
-        },
+        "rollout": rollout,
+        "served": {**lineup.split(), "primary": lineup.primary.name},
         "interleaving": interleaving_report(queries)["comparisons"],
     }
 

@@ -18,9 +18,7 @@ def versions(state: StateDep) -> dict:
     return {
         "versions": [s.describe() for s in lineup.served],
         "primary": lineup.primary.name,
-        "canary_share": lineup.canary_share,
-        "interleave": list(lineup.interleave) if lineup.interleave else None,
-        "interleave_share": lineup.interleave_share,
+        **lineup.split(),
         "registry": str(state.registry.folder) if state.registry is not None else None,
         "last_reload_error": state.last_reload_error,
     }
